@@ -1,0 +1,859 @@
+//! The Strata record batch format (version 1): how producers encode records,
+//! how the broker validates and stamps them, and how consumers decode them.
+//!
+//! One format end to end: a producer encodes a batch once, the broker checks
+//! it with [`validate`], writes the base offset into the header with
+//! [`set_base_offset`] (outside the CRC, so no re-encoding) and stores the
+//! bytes; fetches return them unchanged and consumers decode them with
+//! [`BatchIter`] and [`RawBatch::records`].
+//!
+//! Layout (all integers little-endian):
+//!
+//! | offset | size | field | covered by CRC |
+//! |---|---|---|---|
+//! | 0  | 8 | base offset (set by the broker) | no |
+//! | 8  | 4 | batch length: bytes after this field | no |
+//! | 12 | 4 | leader epoch (set by the broker) | no |
+//! | 16 | 1 | magic = 1 | no |
+//! | 17 | 4 | CRC32C of bytes 21.. | no |
+//! | 21 | 2 | attributes: bits 0-2 compression (0 none, 1 lz4); others zero | yes |
+//! | 23 | 4 | last offset delta (record count - 1) | yes |
+//! | 27 | 8 | base timestamp, ms | yes |
+//! | 35 | 8 | max timestamp, ms | yes |
+//! | 43 | 8 | producer id (-1: none) | yes |
+//! | 51 | 2 | producer epoch (-1: none) | yes |
+//! | 53 | 4 | base sequence (-1: none) | yes |
+//! | 57 | 4 | record count | yes |
+//! | 61 | … | records, compressed as a whole when the codec is not none | yes |
+//!
+//! A record: varint length of the rest, attributes (u8, zero), zigzag varint
+//! timestamp delta, varint offset delta, zigzag varint key length (-1: null)
+//! and key, zigzag varint value length (-1: null) and value, varint header
+//! count, then per header a varint key length and UTF-8 key and a zigzag
+//! varint value length (-1: null) and value.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
+
+/// Size of the fixed batch header.
+pub const HEADER_LEN: usize = 61;
+/// Bytes before the batch-length field ends; `total = LENGTH_PREFIX + batch_len`.
+pub const LENGTH_PREFIX: usize = 12;
+/// The only batch format version.
+pub const MAGIC: u8 = 1;
+const CRC_START: usize = 21;
+const COMPRESSION_MASK: u16 = 0b111;
+/// Upper bound on a batch's decompressed record bytes, a guard against
+/// decompression bombs independent of configured limits.
+pub const MAX_UNCOMPRESSED_BYTES: usize = 256 * 1024 * 1024;
+
+/// How the records of a batch are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+}
+
+impl Compression {
+    fn from_attributes(attributes: u16) -> Result<Self, BatchError> {
+        match attributes & COMPRESSION_MASK {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Lz4),
+            other => Err(BatchError::UnknownCompression(other)),
+        }
+    }
+
+    fn bits(self) -> u16 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+        }
+    }
+}
+
+/// Why a batch was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch is truncated: needs {needed} bytes, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("batch length field says {declared} bytes but the request holds {actual}")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("unsupported batch format version (magic byte {0}, expected {MAGIC})")]
+    BadMagic(u8),
+    #[error("batch CRC32C mismatch: header says {stored:#010x}, content gives {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("unknown compression codec {0}")]
+    UnknownCompression(u16),
+    #[error("reserved attribute bits are set ({0:#06x})")]
+    ReservedAttributes(u16),
+    #[error("batch holds no records")]
+    Empty,
+    #[error("batch header declares {declared} records but last offset delta is {last_delta}")]
+    InconsistentCount { declared: u32, last_delta: u32 },
+    #[error("batch declares {declared} records but contains {found}")]
+    CountMismatch { declared: u32, found: u32 },
+    #[error("record {index} is malformed: {reason}")]
+    MalformedRecord { index: u32, reason: &'static str },
+    #[error("record {index} is {size} bytes, over the limit of {limit} bytes")]
+    RecordTooLarge {
+        index: u32,
+        size: usize,
+        limit: usize,
+    },
+    #[error("batch max timestamp {declared} disagrees with its records (max {actual})")]
+    TimestampMismatch { declared: i64, actual: i64 },
+    #[error("lz4 decompression failed: {0}")]
+    Decompression(String),
+    #[error("decompressed size {0} exceeds the {MAX_UNCOMPRESSED_BYTES}-byte limit")]
+    DecompressedTooLarge(usize),
+}
+
+/// The decoded fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    pub batch_len: u32,
+    pub leader_epoch: u32,
+    pub magic: u8,
+    pub crc: u32,
+    pub attributes: u16,
+    pub last_offset_delta: u32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: u32,
+}
+
+impl BatchHeader {
+    /// Parses the fixed header at the start of `buf` without checking the CRC.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::Truncated {
+                needed: HEADER_LEN,
+                available: buf.len(),
+            });
+        }
+        let mut b = buf;
+        let base_offset = b.get_u64_le();
+        let batch_len = b.get_u32_le();
+        let leader_epoch = b.get_u32_le();
+        let magic = b.get_u8();
+        if magic != MAGIC {
+            return Err(BatchError::BadMagic(magic));
+        }
+        let header = BatchHeader {
+            base_offset,
+            batch_len,
+            leader_epoch,
+            magic,
+            crc: b.get_u32_le(),
+            attributes: b.get_u16_le(),
+            last_offset_delta: b.get_u32_le(),
+            base_timestamp: b.get_i64_le(),
+            max_timestamp: b.get_i64_le(),
+            producer_id: b.get_i64_le(),
+            producer_epoch: b.get_i16_le(),
+            base_sequence: b.get_i32_le(),
+            record_count: b.get_u32_le(),
+        };
+        if (batch_len as usize) < HEADER_LEN - LENGTH_PREFIX {
+            return Err(BatchError::LengthMismatch {
+                declared: batch_len as usize + LENGTH_PREFIX,
+                actual: buf.len(),
+            });
+        }
+        Ok(header)
+    }
+
+    /// Total size of the batch in bytes, header included.
+    pub fn total_len(&self) -> usize {
+        LENGTH_PREFIX + self.batch_len as usize
+    }
+
+    /// Offset of the last record.
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.last_offset_delta)
+    }
+
+    /// Offset right after the last record.
+    pub fn next_offset(&self) -> u64 {
+        self.last_offset() + 1
+    }
+
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        Compression::from_attributes(self.attributes)
+    }
+
+    /// Whether the batch carries idempotent-producer fields.
+    pub fn has_producer_id(&self) -> bool {
+        self.producer_id >= 0
+    }
+}
+
+/// Limits applied by [`validate`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest encoded record (key, value, headers and framing) accepted.
+    pub max_record_bytes: usize,
+}
+
+/// Fully validates that `buf` is exactly one well-formed batch: length, magic,
+/// CRC, attributes, record framing, count and size limits, timestamps.
+///
+/// Never panics, whatever the input.
+pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    if header.total_len() != buf.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: header.total_len(),
+            actual: buf.len(),
+        });
+    }
+    check_crc(buf, &header)?;
+    let compression = header.compression()?;
+    if header.attributes & !COMPRESSION_MASK != 0 {
+        return Err(BatchError::ReservedAttributes(header.attributes));
+    }
+    if header.record_count == 0 {
+        return Err(BatchError::Empty);
+    }
+    if header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::InconsistentCount {
+            declared: header.record_count,
+            last_delta: header.last_offset_delta,
+        });
+    }
+    let payload = decompress(compression, &buf[HEADER_LEN..])?;
+    let mut reader = RecordReader::new(&header, payload.as_ref());
+    let mut max_ts = i64::MIN;
+    let mut index = 0u32;
+    while let Some(span) = reader.next_span()? {
+        if span.len > limits.max_record_bytes {
+            return Err(BatchError::RecordTooLarge {
+                index,
+                size: span.len,
+                limit: limits.max_record_bytes,
+            });
+        }
+        max_ts = max_ts.max(span.timestamp);
+        index += 1;
+    }
+    if max_ts != header.max_timestamp {
+        return Err(BatchError::TimestampMismatch {
+            declared: header.max_timestamp,
+            actual: max_ts,
+        });
+    }
+    Ok(header)
+}
+
+fn check_crc(buf: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+    let computed = crc32c::crc32c(&buf[CRC_START..]);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Writes the base offset into a batch's header (outside the CRC).
+pub fn set_base_offset(buf: &mut [u8], base_offset: u64) {
+    buf[0..8].copy_from_slice(&base_offset.to_le_bytes());
+}
+
+/// Writes the leader epoch into a batch's header (outside the CRC).
+pub fn set_leader_epoch(buf: &mut [u8], epoch: u32) {
+    buf[12..16].copy_from_slice(&epoch.to_le_bytes());
+}
+
+fn decompress(
+    compression: Compression,
+    data: &[u8],
+) -> Result<std::borrow::Cow<'_, [u8]>, BatchError> {
+    match compression {
+        Compression::None => Ok(std::borrow::Cow::Borrowed(data)),
+        Compression::Lz4 => {
+            if data.len() < 4 {
+                return Err(BatchError::Decompression("missing size prefix".into()));
+            }
+            let size = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            if size > MAX_UNCOMPRESSED_BYTES {
+                return Err(BatchError::DecompressedTooLarge(size));
+            }
+            lz4_flex::block::decompress(&data[4..], size)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| BatchError::Decompression(e.to_string()))
+        }
+    }
+}
+
+/// One header of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// A decoded record with its absolute offset and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<RecordHeader>,
+}
+
+impl Record {
+    /// The first header with this key.
+    pub fn header(&self, key: &str) -> Option<&Bytes> {
+        self.headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value.as_ref())
+    }
+}
+
+/// Position of one record inside the (decompressed) record area.
+struct RecordSpan {
+    /// Encoded size of the record body.
+    len: usize,
+    timestamp: i64,
+    key: Option<(usize, usize)>,
+    value: Option<(usize, usize)>,
+    headers: Vec<(String, Option<(usize, usize)>)>,
+}
+
+/// Walks the records of one batch, checking framing as it goes.
+struct RecordReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    index: u32,
+    count: u32,
+    base_timestamp: i64,
+}
+
+impl<'a> RecordReader<'a> {
+    fn new(header: &BatchHeader, data: &'a [u8]) -> Self {
+        RecordReader {
+            data,
+            pos: 0,
+            index: 0,
+            count: header.record_count,
+            base_timestamp: header.base_timestamp,
+        }
+    }
+
+    fn malformed(&self, reason: &'static str) -> BatchError {
+        BatchError::MalformedRecord {
+            index: self.index,
+            reason,
+        }
+    }
+
+    fn next_span(&mut self) -> Result<Option<RecordSpan>, BatchError> {
+        if self.index == self.count {
+            if self.pos != self.data.len() {
+                return Err(BatchError::CountMismatch {
+                    declared: self.count,
+                    found: self.count + 1,
+                });
+            }
+            return Ok(None);
+        }
+        if self.pos == self.data.len() {
+            return Err(BatchError::CountMismatch {
+                declared: self.count,
+                found: self.index,
+            });
+        }
+        let mut cur = &self.data[self.pos..];
+        let before = cur.len();
+        let len = decode_varint(&mut cur).map_err(|_| self.malformed("bad length varint"))?;
+        let len = usize::try_from(len).map_err(|_| self.malformed("length overflows"))?;
+        let body_start = self.pos + (before - cur.len());
+        let body_end = body_start
+            .checked_add(len)
+            .filter(|end| *end <= self.data.len())
+            .ok_or_else(|| self.malformed("length runs past the end of the batch"))?;
+        let mut body = &self.data[body_start..body_end];
+        let body_len = body.len();
+        if body.is_empty() {
+            return Err(self.malformed("empty record"));
+        }
+        let attributes = body.get_u8();
+        if attributes != 0 {
+            return Err(self.malformed("reserved record attributes set"));
+        }
+        let ts_delta = zigzag_decode(
+            decode_varint(&mut body).map_err(|_| self.malformed("bad timestamp delta"))?,
+        );
+        let timestamp = self
+            .base_timestamp
+            .checked_add(ts_delta)
+            .ok_or_else(|| self.malformed("timestamp overflows"))?;
+        let offset_delta =
+            decode_varint(&mut body).map_err(|_| self.malformed("bad offset delta"))?;
+        if offset_delta != u64::from(self.index) {
+            return Err(self.malformed("offset delta out of sequence"));
+        }
+        let key = self.read_nullable(&mut body, body_start, body_len)?;
+        let value = self.read_nullable(&mut body, body_start, body_len)?;
+        let header_count =
+            decode_varint(&mut body).map_err(|_| self.malformed("bad header count"))?;
+        if header_count > body.len() as u64 {
+            return Err(self.malformed("header count exceeds record size"));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let key_len =
+                decode_varint(&mut body).map_err(|_| self.malformed("bad header key length"))?;
+            let key_len =
+                usize::try_from(key_len).map_err(|_| self.malformed("header key overflows"))?;
+            if key_len > body.len() {
+                return Err(self.malformed("header key runs past the record"));
+            }
+            let key = std::str::from_utf8(&body[..key_len])
+                .map_err(|_| self.malformed("header key is not UTF-8"))?
+                .to_owned();
+            body.advance(key_len);
+            let value = self.read_nullable(&mut body, body_start, body_len)?;
+            headers.push((key, value));
+        }
+        if !body.is_empty() {
+            return Err(self.malformed("trailing bytes inside record"));
+        }
+        self.pos = body_end;
+        self.index += 1;
+        Ok(Some(RecordSpan {
+            len,
+            timestamp,
+            key,
+            value,
+            headers,
+        }))
+    }
+
+    /// Reads a zigzag length (-1 = null) and returns the absolute byte range.
+    fn read_nullable(
+        &self,
+        body: &mut &[u8],
+        body_start: usize,
+        body_len: usize,
+    ) -> Result<Option<(usize, usize)>, BatchError> {
+        let len =
+            zigzag_decode(decode_varint(body).map_err(|_| self.malformed("bad field length"))?);
+        if len == -1 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| self.malformed("negative field length"))?;
+        if len > body.len() {
+            return Err(self.malformed("field runs past the record"));
+        }
+        let start = body_start + (body_len - body.len());
+        body.advance(len);
+        Ok(Some((start, start + len)))
+    }
+}
+
+fn zigzag_encode(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn zigzag_decode(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// One batch inside a buffer of stored batches.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    pub header: BatchHeader,
+    /// The whole batch, header included.
+    pub bytes: Bytes,
+}
+
+impl RawBatch {
+    /// Checks the CRC and decodes every record. Records share memory with the
+    /// batch when it is not compressed.
+    pub fn records(&self) -> Result<Vec<Record>, BatchError> {
+        check_crc(&self.bytes, &self.header)?;
+        let compression = self.header.compression()?;
+        let payload = match compression {
+            Compression::None => self.bytes.slice(HEADER_LEN..),
+            Compression::Lz4 => {
+                Bytes::from(decompress(compression, &self.bytes[HEADER_LEN..])?.into_owned())
+            }
+        };
+        let mut reader = RecordReader::new(&self.header, &payload);
+        let mut out = Vec::with_capacity(self.header.record_count as usize);
+        let slice = |r: Option<(usize, usize)>| r.map(|(s, e)| payload.slice(s..e));
+        while let Some(span) = reader.next_span()? {
+            let offset = self.header.base_offset + out.len() as u64;
+            out.push(Record {
+                offset,
+                timestamp_ms: span.timestamp,
+                key: slice(span.key),
+                value: slice(span.value),
+                headers: span
+                    .headers
+                    .into_iter()
+                    .map(|(key, v)| RecordHeader {
+                        key,
+                        value: slice(v),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Iterates over the batches in a buffer of concatenated batches (a fetch
+/// response or a segment's data). Stops with an error at the first batch whose
+/// header is unreadable or that is cut short.
+pub struct BatchIter {
+    buf: Bytes,
+    failed: bool,
+}
+
+impl BatchIter {
+    pub fn new(buf: Bytes) -> Self {
+        BatchIter { buf, failed: false }
+    }
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<RawBatch, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() || self.failed {
+            return None;
+        }
+        let header = match BatchHeader::parse(&self.buf) {
+            Ok(h) => h,
+            Err(e) => {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        };
+        let total = header.total_len();
+        if total > self.buf.len() {
+            self.failed = true;
+            return Some(Err(BatchError::Truncated {
+                needed: total,
+                available: self.buf.len(),
+            }));
+        }
+        let bytes = self.buf.split_to(total);
+        Some(Ok(RawBatch { header, bytes }))
+    }
+}
+
+/// Encodes records into one batch. Producers fill one per partition and send
+/// it when it is big or old enough.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    compression: Compression,
+    records: BytesMut,
+    count: u32,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression) -> Self {
+        BatchBuilder {
+            compression,
+            records: BytesMut::new(),
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: i64::MIN,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+
+    /// Marks the batch as coming from an idempotent producer.
+    pub fn set_producer(&mut self, producer_id: i64, epoch: i16, base_sequence: i32) {
+        self.producer_id = producer_id;
+        self.producer_epoch = epoch;
+        self.base_sequence = base_sequence;
+    }
+
+    /// Number of records added so far.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Size of the batch if it were finished now without compression.
+    pub fn size(&self) -> usize {
+        HEADER_LEN + self.records.len()
+    }
+
+    /// Size one record would add to the batch.
+    pub fn record_size(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> usize {
+        let body = Self::body_len(0, 0, key, value, headers);
+        encoded_len_varint(body as u64) + body
+    }
+
+    fn body_len(
+        ts_delta: i64,
+        offset_delta: u32,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> usize {
+        let nullable = |f: Option<&[u8]>| match f {
+            None => 1,
+            Some(b) => encoded_len_varint(zigzag_encode(b.len() as i64)) + b.len(),
+        };
+        1 + encoded_len_varint(zigzag_encode(ts_delta))
+            + encoded_len_varint(u64::from(offset_delta))
+            + nullable(key)
+            + nullable(value)
+            + encoded_len_varint(headers.len() as u64)
+            + headers
+                .iter()
+                .map(|(k, v)| encoded_len_varint(k.len() as u64) + k.len() + nullable(*v))
+                .sum::<usize>()
+    }
+
+    /// Appends one record.
+    pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        if self.count == 0 {
+            self.base_timestamp = timestamp_ms;
+        }
+        let ts_delta = timestamp_ms.wrapping_sub(self.base_timestamp);
+        let body = Self::body_len(ts_delta, self.count, key, value, headers);
+        let buf = &mut self.records;
+        buf.reserve(body + 10);
+        encode_varint(body as u64, buf);
+        buf.put_u8(0);
+        encode_varint(zigzag_encode(ts_delta), buf);
+        encode_varint(u64::from(self.count), buf);
+        put_nullable(buf, key);
+        put_nullable(buf, value);
+        encode_varint(headers.len() as u64, buf);
+        for (k, v) in headers {
+            encode_varint(k.len() as u64, buf);
+            buf.put_slice(k.as_bytes());
+            put_nullable(buf, *v);
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp_ms);
+        self.count += 1;
+    }
+
+    /// Finishes the batch. Returns `None` when it holds no records.
+    pub fn finish(self) -> Option<Bytes> {
+        if self.count == 0 {
+            return None;
+        }
+        let payload: Bytes = match self.compression {
+            Compression::None => self.records.freeze(),
+            Compression::Lz4 => {
+                let mut out = Vec::with_capacity(
+                    4 + lz4_flex::block::get_maximum_output_size(self.records.len()),
+                );
+                out.extend_from_slice(&(self.records.len() as u32).to_le_bytes());
+                out.extend_from_slice(&lz4_flex::block::compress(&self.records));
+                Bytes::from(out)
+            }
+        };
+        let total = HEADER_LEN + payload.len();
+        let mut buf = BytesMut::with_capacity(total);
+        buf.put_u64_le(0);
+        buf.put_u32_le((total - LENGTH_PREFIX) as u32);
+        buf.put_u32_le(0);
+        buf.put_u8(MAGIC);
+        buf.put_u32_le(0); // CRC, filled below
+        buf.put_u16_le(self.compression.bits());
+        buf.put_u32_le(self.count - 1);
+        buf.put_i64_le(self.base_timestamp);
+        buf.put_i64_le(self.max_timestamp);
+        buf.put_i64_le(self.producer_id);
+        buf.put_i16_le(self.producer_epoch);
+        buf.put_i32_le(self.base_sequence);
+        buf.put_u32_le(self.count);
+        buf.put_slice(&payload);
+        let crc = crc32c::crc32c(&buf[CRC_START..]);
+        buf[17..21].copy_from_slice(&crc.to_le_bytes());
+        Some(buf.freeze())
+    }
+}
+
+fn put_nullable(buf: &mut BytesMut, field: Option<&[u8]>) {
+    match field {
+        None => encode_varint(zigzag_encode(-1), buf),
+        Some(b) => {
+            encode_varint(zigzag_encode(b.len() as i64), buf);
+            buf.put_slice(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: Limits = Limits {
+        max_record_bytes: 1 << 20,
+    };
+
+    fn sample(compression: Compression) -> Bytes {
+        let mut b = BatchBuilder::new(compression);
+        b.push(
+            1000,
+            Some(b"k1"),
+            Some(b"hello"),
+            &[("traceparent", Some(b"00-abc"))],
+        );
+        b.push(999, None, Some(b""), &[]);
+        b.push(1005, Some(b"k3"), None, &[("h", None)]);
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn roundtrip_uncompressed_and_lz4() {
+        for c in [Compression::None, Compression::Lz4] {
+            let mut bytes = sample(c).to_vec();
+            set_base_offset(&mut bytes, 42);
+            let header = validate(&bytes, LIMITS).unwrap();
+            assert_eq!(header.base_offset, 42);
+            assert_eq!(header.record_count, 3);
+            assert_eq!(header.max_timestamp, 1005);
+            let batch = BatchIter::new(Bytes::from(bytes)).next().unwrap().unwrap();
+            let recs = batch.records().unwrap();
+            assert_eq!(recs.len(), 3);
+            assert_eq!(recs[0].offset, 42);
+            assert_eq!(recs[0].value.as_deref(), Some(&b"hello"[..]));
+            assert_eq!(
+                recs[0].header("traceparent").map(|b| &b[..]),
+                Some(&b"00-abc"[..])
+            );
+            assert_eq!(recs[1].key, None);
+            assert_eq!(recs[1].timestamp_ms, 999);
+            assert_eq!(recs[2].value, None);
+            assert_eq!(recs[2].offset, 44);
+        }
+    }
+
+    #[test]
+    fn crc_covers_content_but_not_offset() {
+        let mut bytes = sample(Compression::None).to_vec();
+        set_base_offset(&mut bytes, u64::MAX - 10);
+        set_leader_epoch(&mut bytes, 7);
+        validate(&bytes, LIMITS).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        assert!(matches!(
+            validate(&bytes, LIMITS),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn record_limit_is_enforced() {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(1, None, Some(&[0u8; 2000]), &[]);
+        let bytes = b.finish().unwrap();
+        let err = validate(
+            &bytes,
+            Limits {
+                max_record_bytes: 1000,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, BatchError::RecordTooLarge { index: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_and_padded_batches_are_rejected() {
+        let bytes = sample(Compression::None);
+        for cut in [0, 10, HEADER_LEN - 1, HEADER_LEN, bytes.len() - 1] {
+            assert!(validate(&bytes[..cut], LIMITS).is_err(), "cut at {cut}");
+        }
+        let mut padded = bytes.to_vec();
+        padded.push(0);
+        assert!(matches!(
+            validate(&padded, LIMITS),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn record_size_estimate_matches_encoding() {
+        let mut b = BatchBuilder::new(Compression::None);
+        let before = b.size();
+        b.push(0, Some(b"key"), Some(b"value"), &[("a", Some(b"b"))]);
+        assert_eq!(
+            b.size() - before,
+            BatchBuilder::record_size(Some(b"key"), Some(b"value"), &[("a", Some(b"b"))])
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = validate(&data, LIMITS);
+            for b in BatchIter::new(Bytes::from(data)) {
+                if let Ok(b) = b { let _ = b.records(); }
+            }
+        }
+
+        #[test]
+        fn corrupting_any_covered_byte_is_detected(flip in 0usize..1000, bit in 0u8..8) {
+            let bytes = sample(Compression::Lz4);
+            let idx = CRC_START + flip % (bytes.len() - CRC_START);
+            let mut bad = bytes.to_vec();
+            bad[idx] ^= 1 << bit;
+            prop_assert!(validate(&bad, LIMITS).is_err());
+        }
+
+        #[test]
+        fn builder_roundtrips(records in proptest::collection::vec(
+            (any::<i32>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..50))), 1..30),
+            lz4 in any::<bool>()) {
+            let mut b = BatchBuilder::new(if lz4 { Compression::Lz4 } else { Compression::None });
+            for (ts, k, v) in &records {
+                b.push(i64::from(*ts), k.as_deref(), v.as_deref(), &[]);
+            }
+            let bytes = b.finish().unwrap();
+            validate(&bytes, LIMITS).unwrap();
+            let decoded = BatchIter::new(bytes).next().unwrap().unwrap().records().unwrap();
+            prop_assert_eq!(decoded.len(), records.len());
+            for (d, (ts, k, v)) in decoded.iter().zip(&records) {
+                prop_assert_eq!(d.timestamp_ms, i64::from(*ts));
+                prop_assert_eq!(d.key.as_deref(), k.as_deref());
+                prop_assert_eq!(d.value.as_deref(), v.as_deref());
+            }
+        }
+    }
+}
