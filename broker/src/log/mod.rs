@@ -1,0 +1,547 @@
+//! The durable log of one partition: segments on disk, append with group
+//! commit, reads by offset and timestamp, recovery, rolling and retention.
+//!
+//! Architecture invariants:
+//! - Readers never see bytes beyond the *high watermark*: in `fsync` mode the
+//!   offset up to which data is known to be on stable storage, in `none` mode
+//!   the end of what was written.
+//! - Only the active (last) segment is scanned at start-up; sealed segments
+//!   are known from their index headers.
+//! - Retention deletes whole sealed segments, oldest first, never the active
+//!   one.
+//! - A failed fsync poisons the partition: the page cache can no longer be
+//!   trusted to match the disk, so it stops accepting writes until restart
+//!   (which recovers from what is really on disk).
+
+mod index;
+pub(crate) mod segment;
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use strata_proto::batch::{BatchHeader, BatchIter, set_base_offset};
+use tokio::sync::{Notify, watch};
+
+use segment::{ActiveSegment, ReadError, SealedSegment, SEGMENT_HEADER_LEN};
+
+/// Whether an append waits for fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Fsync,
+    None,
+}
+
+/// Per-partition settings (from the topic's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogConfig {
+    pub segment_bytes: u64,
+    /// Roll the active segment once its first append is this old.
+    pub segment_ms: i64,
+    /// Delete sealed segments whose newest record is older than this; -1 keeps forever.
+    pub retention_ms: i64,
+    /// Keep at most about this many bytes; -1 means unlimited.
+    pub retention_bytes: i64,
+    pub durability: Durability,
+    pub index_interval_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogError {
+    #[error("offset {requested} is out of range: the partition holds offsets {start} to {end}")]
+    OffsetOutOfRange { requested: u64, start: u64, end: u64 },
+    #[error("storage error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt { path: PathBuf, position: u64, reason: String },
+    #[error("partition stopped accepting writes after a storage failure: {0}")]
+    Poisoned(String),
+    #[error("partition is closed")]
+    Closed,
+}
+
+impl LogError {
+    fn io(path: &Path, source: io::Error) -> LogError {
+        LogError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Result of a successful append (before durability).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub append_time_ms: i64,
+}
+
+/// A chunk read from the log.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadResult {
+    pub records: Bytes,
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start: u64,
+}
+
+/// Per-partition numbers for describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogStats {
+    pub start_offset: u64,
+    pub high_watermark: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+/// What a maintenance pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Maintenance {
+    pub rolled: bool,
+    pub deleted_segments: Vec<u64>,
+}
+
+struct LogState {
+    sealed: VecDeque<SealedSegment>,
+    active: ActiveSegment,
+    config: LogConfig,
+    /// First offset still stored.
+    log_start: u64,
+    /// Offset up to which readers may read.
+    visible_end: u64,
+    /// Byte position in the active segment matching `visible_end`.
+    visible_pos: u64,
+    poisoned: Option<String>,
+}
+
+pub(crate) struct PartitionLog {
+    dir: PathBuf,
+    state: Mutex<LogState>,
+    hw: watch::Sender<u64>,
+    sync_needed: Notify,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog").field("dir", &self.dir).finish()
+    }
+}
+
+/// What recovery found, for logging.
+#[derive(Debug, Default)]
+pub(crate) struct RecoveryReport {
+    pub segments: usize,
+    pub truncated: Vec<String>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering the active segment.
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<(Arc<PartitionLog>, RecoveryReport), LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+            let entry = entry.map_err(|e| LogError::io(dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                // An index write interrupted by a crash.
+                std::fs::remove_file(entry.path()).map_err(|e| LogError::io(&entry.path(), e))?;
+            } else if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut report = RecoveryReport { segments: bases.len(), ..Default::default() };
+        let interval = config.index_interval_bytes;
+        let mut sealed = VecDeque::new();
+        let active = match bases.split_last() {
+            None => ActiveSegment::create(dir, 0).map_err(|e| LogError::io(dir, e))?,
+            Some((&last, rest)) => {
+                for &base in rest {
+                    let (seg, stopped) =
+                        SealedSegment::open(dir, base, interval).map_err(|e| LogError::io(dir, e))?;
+                    if let Some(why) = stopped {
+                        report.truncated.push(format!("sealed segment {base}: {why}"));
+                    }
+                    sealed.push_back(seg);
+                }
+                let (active, stopped) =
+                    ActiveSegment::recover(dir, last, interval, now_ms).map_err(|e| LogError::io(dir, e))?;
+                if let Some(why) = stopped {
+                    report.truncated.push(format!("active segment {last}: {why}"));
+                }
+                active
+            }
+        };
+        // Index files whose segment is gone (deleted by retention mid-way).
+        for entry in std::fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+            let path = entry.map_err(|e| LogError::io(dir, e))?.path();
+            if path.extension().is_some_and(|e| e == "index") && !path.with_extension("log").exists() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let log_start = sealed.front().map_or(active.base_offset, |s| s.base_offset);
+        let visible_end = active.next_offset;
+        let visible_pos = active.size;
+        let (hw, _) = watch::channel(visible_end);
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(LogState {
+                sealed,
+                active,
+                config,
+                log_start,
+                visible_end,
+                visible_pos,
+                poisoned: None,
+            }),
+            hw,
+            sync_needed: Notify::new(),
+            closed: AtomicBool::new(false),
+        };
+        Ok((Arc::new(log), report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding the lock cannot leave the files inconsistent
+        // (appends are all-or-nothing), so a poisoned mutex is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.lock().config
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        self.lock().config = config;
+    }
+
+    /// Subscribes to high-watermark changes (for long polls and durability waits).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.hw.subscribe()
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        *self.hw.borrow()
+    }
+
+    /// Appends one validated batch: stamps its base offset and writes it.
+    /// Blocking (file I/O). In `fsync` mode the caller must then wait with
+    /// [`PartitionLog::wait_durable`] before acknowledging.
+    pub fn append(&self, batch: &mut [u8], header: &BatchHeader, now_ms: i64) -> Result<Appended, LogError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let mut st = self.lock();
+        if let Some(why) = &st.poisoned {
+            return Err(LogError::Poisoned(why.clone()));
+        }
+        let cfg = st.config;
+        let too_big = st.active.size + batch.len() as u64 > cfg.segment_bytes;
+        let too_old = st.active.first_append_ms.is_some_and(|t| now_ms - t >= cfg.segment_ms);
+        if !st.active.is_empty() && (too_big || too_old) {
+            self.roll(&mut st)?;
+        }
+        let base = st.active.next_offset;
+        set_base_offset(batch, base);
+        let mut stamped = *header;
+        stamped.base_offset = base;
+        st.active
+            .append(batch, &stamped, cfg.index_interval_bytes, now_ms)
+            .map_err(|e| LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e))?;
+        match cfg.durability {
+            Durability::None => {
+                st.visible_end = st.active.next_offset;
+                st.visible_pos = st.active.size;
+                self.hw.send_replace(st.visible_end);
+            }
+            Durability::Fsync => self.sync_needed.notify_one(),
+        }
+        Ok(Appended {
+            base_offset: base,
+            last_offset: stamped.last_offset(),
+            append_time_ms: now_ms,
+        })
+    }
+
+    /// Seals the active segment and starts a new one. Called with the lock held.
+    fn roll(&self, st: &mut LogState) -> Result<(), LogError> {
+        let next = st.active.next_offset;
+        let new_active = ActiveSegment::create(&self.dir, next).map_err(|e| LogError::io(&self.dir, e))?;
+        let old = std::mem::replace(&mut st.active, new_active);
+        let sync = st.config.durability == Durability::Fsync;
+        let sealed = match old.seal(sync) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("sealing segment failed: {e}");
+                st.poisoned = Some(why.clone());
+                return Err(LogError::Poisoned(why));
+            }
+        };
+        st.sealed.push_back(sealed);
+        // Everything in the sealed segment is now on disk (or, in `none`
+        // mode, already visible).
+        st.visible_end = next;
+        st.visible_pos = SEGMENT_HEADER_LEN;
+        self.hw.send_replace(next);
+        Ok(())
+    }
+
+    /// Waits until `offset` (exclusive end) is below the high watermark.
+    pub async fn wait_durable(&self, end: u64) -> Result<(), LogError> {
+        let mut rx = self.hw.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= end {
+                return Ok(());
+            }
+            if let Some(why) = self.lock().poisoned.clone() {
+                return Err(LogError::Poisoned(why));
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return Err(LogError::Closed);
+            }
+            if rx.changed().await.is_err() {
+                return Err(LogError::Closed);
+            }
+        }
+    }
+
+    /// The group-commit loop: one fsync covers every append made before it
+    /// started, so concurrent producers share fsyncs. Runs until closed.
+    pub async fn run_syncer(self: Arc<Self>) {
+        loop {
+            self.sync_needed.notified().await;
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let (file, base, target_end, target_pos) = {
+                let st = self.lock();
+                if st.poisoned.is_some() || st.visible_end >= st.active.next_offset {
+                    continue;
+                }
+                (st.active.file.clone(), st.active.base_offset, st.active.next_offset, st.active.size)
+            };
+            let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
+            let mut st = self.lock();
+            match result {
+                Ok(Ok(())) => {
+                    if target_end > st.visible_end {
+                        st.visible_end = target_end;
+                        if st.active.base_offset == base {
+                            st.visible_pos = target_pos;
+                        }
+                        self.hw.send_replace(target_end);
+                    }
+                }
+                Ok(Err(e)) => {
+                    st.poisoned = Some(format!("fsync failed: {e}"));
+                    self.hw.send_modify(|_| {});
+                }
+                Err(e) => {
+                    st.poisoned = Some(format!("fsync task failed: {e}"));
+                    self.hw.send_modify(|_| {});
+                }
+            }
+        }
+    }
+
+    /// fsyncs whatever was written and publishes it (clean shutdown).
+    pub fn flush(&self) -> Result<(), LogError> {
+        let mut st = self.lock();
+        if st.poisoned.is_some() {
+            return Ok(());
+        }
+        st.active
+            .file
+            .sync_data()
+            .map_err(|e| LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e))?;
+        st.visible_end = st.active.next_offset;
+        st.visible_pos = st.active.size;
+        self.hw.send_replace(st.visible_end);
+        Ok(())
+    }
+
+    /// Stops the log: pending waits fail with `Closed`, the syncer exits.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.sync_needed.notify_one();
+        self.hw.send_modify(|_| {});
+    }
+
+    /// Reads whole batches from offset `from`. Blocking (file I/O).
+    pub fn read(&self, from: u64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        let mut from = from;
+        loop {
+            let (target, start, hw) = {
+                let st = self.lock();
+                let (start, hw) = (st.log_start, st.visible_end);
+                if from < start || from > hw {
+                    return Err(LogError::OffsetOutOfRange { requested: from, start, end: hw });
+                }
+                if from == hw {
+                    return Ok(ReadResult { records: Bytes::new(), next_offset: from, high_watermark: hw, log_start: start });
+                }
+                let target = if from >= st.active.base_offset {
+                    ReadTarget::Active {
+                        file: st.active.file.clone(),
+                        start: st.active.position_for(from),
+                        end: st.visible_pos,
+                    }
+                } else {
+                    let i = st.sealed.partition_point(|s| s.base_offset <= from);
+                    match i.checked_sub(1).map(|i| &st.sealed[i]) {
+                        Some(seg) if from < seg.next_offset => ReadTarget::Sealed(seg.clone()),
+                        // In a gap between segments (a corrupt tail was cut):
+                        // continue at the next segment.
+                        _ => ReadTarget::Skip(st.sealed.get(i).map_or(st.active.base_offset, |s| s.base_offset)),
+                    }
+                };
+                (target, start, hw)
+            };
+            let result = match &target {
+                ReadTarget::Skip(next) => {
+                    from = *next;
+                    continue;
+                }
+                ReadTarget::Active { file, start, end } => segment::read_batches(file, *start, *end, from, max_bytes),
+                ReadTarget::Sealed(seg) => match seg.read(from, max_bytes) {
+                    Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                        // Deleted by retention after we looked: re-check the range.
+                        continue;
+                    }
+                    other => other,
+                },
+            };
+            let read = result.map_err(|e| self.read_error(&target, e))?;
+            if read.bytes.is_empty() {
+                if let ReadTarget::Sealed(seg) = &target {
+                    // Nothing left in this segment at or after `from`.
+                    from = seg.next_offset;
+                    continue;
+                }
+            }
+            return Ok(ReadResult { records: read.bytes, next_offset: read.next_offset, high_watermark: hw, log_start: start });
+        }
+    }
+
+    fn read_error(&self, target: &ReadTarget, e: ReadError) -> LogError {
+        let path = match target {
+            ReadTarget::Sealed(seg) => seg.log_path(),
+            _ => self.dir.clone(),
+        };
+        match e {
+            ReadError::Io(source) => LogError::Io { path, source },
+            ReadError::Corrupt { position, reason } => LogError::Corrupt { path, position, reason },
+        }
+    }
+
+    /// The first offset whose record timestamp is >= `ts`, with that
+    /// record's timestamp; the high watermark (and -1) when there is none.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<(u64, i64), LogError> {
+        let candidates: Vec<ReadTarget>;
+        let hw;
+        {
+            let st = self.lock();
+            hw = st.visible_end;
+            let mut c: Vec<ReadTarget> = st
+                .sealed
+                .iter()
+                .filter(|s| s.max_timestamp >= ts)
+                .take(1)
+                .map(|s| ReadTarget::Sealed(s.clone()))
+                .collect();
+            if c.is_empty() && st.active.max_timestamp >= ts {
+                c.push(ReadTarget::Active {
+                    file: st.active.file.clone(),
+                    start: st.active.position_for_time(ts),
+                    end: st.visible_pos,
+                });
+            }
+            candidates = c;
+        }
+        for target in candidates {
+            let batch = match &target {
+                ReadTarget::Sealed(seg) => seg.find_by_time(ts),
+                ReadTarget::Active { file, start, end } => segment::find_batch_by_time(file, *start, *end, ts),
+                ReadTarget::Skip(_) => Ok(None),
+            }
+            .map_err(|e| self.read_error(&target, e))?;
+            if let Some(bytes) = batch {
+                if let Some(Ok(raw)) = BatchIter::new(bytes).next() {
+                    let records = raw.records().map_err(|e| LogError::Corrupt {
+                        path: self.dir.clone(),
+                        position: 0,
+                        reason: e.to_string(),
+                    })?;
+                    if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts && r.offset < hw) {
+                        return Ok((r.offset, r.timestamp_ms));
+                    }
+                }
+            }
+        }
+        Ok((hw, -1))
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.lock();
+        LogStats {
+            start_offset: st.log_start,
+            high_watermark: st.visible_end,
+            size_bytes: st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.size,
+            segments: st.sealed.len() as u32 + 1,
+        }
+    }
+
+    /// Rolls an expired active segment and applies retention. Deletes whole
+    /// sealed segments only, never the active one. `now_ms` is injected so
+    /// that tests control time.
+    pub fn maintain(&self, now_ms: i64) -> Result<Maintenance, LogError> {
+        let mut report = Maintenance::default();
+        let doomed: Vec<SealedSegment> = {
+            let mut st = self.lock();
+            if st.poisoned.is_some() {
+                return Ok(report);
+            }
+            let cfg = st.config;
+            if !st.active.is_empty() && st.active.first_append_ms.is_some_and(|t| now_ms - t >= cfg.segment_ms) {
+                self.roll(&mut st)?;
+                report.rolled = true;
+            }
+            let mut doomed = Vec::new();
+            let mut total: u64 = st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.size;
+            while let Some(front) = st.sealed.front() {
+                let expired = cfg.retention_ms >= 0 && front.max_timestamp < now_ms.saturating_sub(cfg.retention_ms);
+                let oversize = cfg.retention_bytes >= 0 && total - front.size >= cfg.retention_bytes as u64;
+                if !(expired || oversize) {
+                    break;
+                }
+                let Some(seg) = st.sealed.pop_front() else { break };
+                total -= seg.size;
+                doomed.push(seg);
+            }
+            st.log_start = st.sealed.front().map_or(st.active.base_offset, |s| s.base_offset);
+            doomed
+        };
+        for seg in doomed {
+            seg.delete().map_err(|e| LogError::io(&seg.log_path(), e))?;
+            report.deleted_segments.push(seg.base_offset);
+        }
+        Ok(report)
+    }
+}
+
+enum ReadTarget {
+    Active { file: Arc<std::fs::File>, start: u64, end: u64 },
+    Sealed(SealedSegment),
+    Skip(u64),
+}
+
+#[cfg(test)]
+mod tests;
