@@ -1,6 +1,107 @@
 //! The Strata broker library: configuration, the partition log, the topic
 //! catalog, the broker domain service and its gRPC/HTTP front ends.
 //!
-//! `main.rs` only parses flags and calls [`start`]; tests call it in-process.
+//! `main.rs` only parses flags and calls [`start`]; tests call it in-process
+//! with `127.0.0.1:0` listeners.
 
+mod broker;
+mod catalog;
+pub mod config;
+mod error;
+mod grpc;
+mod http;
 pub mod log;
+mod names;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use broker::{Broker, OpenError};
+pub use config::Config;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+/// A broker serving on its listeners.
+pub struct RunningBroker {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    broker: Arc<Broker>,
+    stop: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for RunningBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningBroker").field("grpc_addr", &self.grpc_addr).field("http_addr", &self.http_addr).finish()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Binds the listeners, opens (recovers) the data directory and serves.
+pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    let grpc_listener = bind(config.server.listen).await?;
+    let http_listener = bind(config.server.http_listen).await?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.http_listen, source })?;
+    let broker = Broker::open(config).await?;
+    let (stop, _) = watch::channel(false);
+    let stopped = |rx: watch::Receiver<bool>| async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(broker.clone().maintenance_loop());
+    let grpc = tokio::spawn(grpc::serve(broker.clone(), grpc_listener, stopped(stop.subscribe())));
+    let http = tokio::spawn(http::serve(broker.clone(), http_listener, stopped(stop.subscribe())));
+    tracing::info!(%grpc_addr, %http_addr, data_dir = %broker.config().storage.data_dir.display(), "strata-broker serving");
+    Ok(RunningBroker { grpc_addr, http_addr, broker, stop, grpc, http })
+}
+
+impl RunningBroker {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Graceful stop: refuse new work, end streams, let in-flight calls
+    /// finish (up to `server.shutdown_timeout`), then flush every partition.
+    pub async fn shutdown(self) {
+        self.broker.shutdown();
+        self.stop.send_replace(true);
+        let timeout = self.broker.config().server.shutdown_timeout.0;
+        let grpc_abort = self.grpc.abort_handle();
+        match tokio::time::timeout(timeout, self.grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within {timeout:?}; closing them");
+                grpc_abort.abort();
+            }
+        }
+        let _ = tokio::time::timeout(timeout, self.http).await;
+        self.broker.close().await;
+        tracing::info!("strata-broker stopped; all partitions flushed");
+    }
+}

@@ -38,7 +38,7 @@ pub enum Durability {
 
 /// Per-partition settings (from the topic's configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LogConfig {
+pub struct LogConfig {
     pub segment_bytes: u64,
     /// Roll the active segment once its first append is this old.
     pub segment_ms: i64,
@@ -51,7 +51,7 @@ pub(crate) struct LogConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LogError {
+pub enum LogError {
     #[error("offset {requested} is out of range: the partition holds offsets {start} to {end}")]
     OffsetOutOfRange { requested: u64, start: u64, end: u64 },
     #[error("storage error on {path}: {source}")]
@@ -72,7 +72,7 @@ impl LogError {
 
 /// Result of a successful append (before durability).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Appended {
+pub struct Appended {
     pub base_offset: u64,
     pub last_offset: u64,
     pub append_time_ms: i64,
@@ -80,7 +80,7 @@ pub(crate) struct Appended {
 
 /// A chunk read from the log.
 #[derive(Debug, Clone)]
-pub(crate) struct ReadResult {
+pub struct ReadResult {
     pub records: Bytes,
     pub next_offset: u64,
     pub high_watermark: u64,
@@ -89,7 +89,7 @@ pub(crate) struct ReadResult {
 
 /// Per-partition numbers for describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LogStats {
+pub struct LogStats {
     pub start_offset: u64,
     pub high_watermark: u64,
     pub size_bytes: u64,
@@ -98,7 +98,7 @@ pub(crate) struct LogStats {
 
 /// What a maintenance pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Maintenance {
+pub struct Maintenance {
     pub rolled: bool,
     pub deleted_segments: Vec<u64>,
 }
@@ -116,7 +116,7 @@ struct LogState {
     poisoned: Option<String>,
 }
 
-pub(crate) struct PartitionLog {
+pub struct PartitionLog {
     dir: PathBuf,
     state: Mutex<LogState>,
     hw: watch::Sender<u64>,
@@ -132,8 +132,7 @@ impl std::fmt::Debug for PartitionLog {
 
 /// What recovery found, for logging.
 #[derive(Debug, Default)]
-pub(crate) struct RecoveryReport {
-    pub segments: usize,
+pub struct RecoveryReport {
     pub truncated: Vec<String>,
 }
 
@@ -154,7 +153,7 @@ impl PartitionLog {
             }
         }
         bases.sort_unstable();
-        let mut report = RecoveryReport { segments: bases.len(), ..Default::default() };
+        let mut report = RecoveryReport::default();
         let interval = config.index_interval_bytes;
         let mut sealed = VecDeque::new();
         let active = match bases.split_last() {
@@ -213,10 +212,6 @@ impl PartitionLog {
         // A panic while holding the lock cannot leave the files inconsistent
         // (appends are all-or-nothing), so a poisoned mutex is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn config(&self) -> LogConfig {
-        self.lock().config
     }
 
     pub fn set_config(&self, config: LogConfig) {
@@ -379,6 +374,9 @@ impl PartitionLog {
     pub fn read(&self, from: u64, max_bytes: usize) -> Result<ReadResult, LogError> {
         let mut from = from;
         loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(LogError::Closed);
+            }
             let (target, start, hw) = {
                 let st = self.lock();
                 let (start, hw) = (st.log_start, st.visible_end);
@@ -412,7 +410,10 @@ impl PartitionLog {
                 }
                 ReadTarget::Active { file, start, end } => segment::read_batches(file, *start, *end, from, max_bytes),
                 ReadTarget::Sealed(seg) => match seg.read(from, max_bytes) {
-                    Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(ReadError::Io(e))
+                        if e.kind() == io::ErrorKind::NotFound
+                            && !self.lock().sealed.iter().any(|s| s.base_offset == seg.base_offset) =>
+                    {
                         // Deleted by retention after we looked: re-check the range.
                         continue;
                     }

@@ -1,0 +1,678 @@
+//! The broker domain service: owns the catalog and every partition log, and
+//! implements produce, fetch and administration independent of transport.
+//!
+//! Architecture invariant: the catalog is committed before the files follow
+//! it (create: catalog then directories; delete: catalog then removal), so
+//! after a crash start-up reconciles the disk to the catalog by creating
+//! missing partition directories and removing orphaned ones.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use strata_proto::batch::{self, Limits};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::catalog::{Applied, CatalogCommand, CatalogStore, TopicSettings, topic_dir};
+use crate::config::{Config, Limit, MIN_SEGMENT_BYTES};
+use crate::error::BrokerError;
+use crate::log::{Durability, LogError, LogStats, PartitionLog, ReadResult};
+use crate::names::{TenantName, TopicName};
+
+/// Wall-clock time in ms since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Settings a client asked for; `None` means the broker default (create)
+/// or unchanged (update).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicOverrides {
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<i64>,
+    pub durability: Option<Durability>,
+    pub local_retention_ms: Option<i64>,
+    pub local_retention_bytes: Option<i64>,
+}
+
+/// A topic as clients see it.
+#[derive(Debug, Clone)]
+pub struct TopicView {
+    pub tenant: String,
+    pub name: String,
+    pub id: u64,
+    pub partitions: u32,
+    pub settings: TopicSettings,
+    pub created_at_ms: i64,
+    pub partition_stats: Vec<LogStats>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantView {
+    pub name: String,
+    pub created_at_ms: i64,
+    pub topic_count: u32,
+}
+
+/// The outcome of an acknowledged produce.
+#[derive(Debug, Clone, Copy)]
+pub struct Produced {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub append_time_ms: i64,
+}
+
+pub(crate) struct TopicState {
+    pub tenant: String,
+    pub name: String,
+    pub id: u64,
+    pub created_at_ms: i64,
+    pub settings: RwLock<TopicSettings>,
+    pub partitions: RwLock<Vec<Arc<PartitionLog>>>,
+}
+
+type TopicKey = (String, String);
+
+pub struct Broker {
+    config: Arc<Config>,
+    catalog: tokio::sync::Mutex<CatalogStore>,
+    topics: RwLock<HashMap<TopicKey, Arc<TopicState>>>,
+    produce_budget: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    ready: AtomicBool,
+    _dir_lock: std::fs::File,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("data_dir", &self.config.storage.data_dir).finish()
+    }
+}
+
+/// Why the broker could not open its data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("data directory {0} is in use by another strata-broker process")]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::StoreError),
+    #[error("cannot recover partition in {path}: {source}")]
+    Recovery { path: PathBuf, source: LogError },
+}
+
+/// A produced batch written to the log, waiting to become durable.
+pub struct PendingAppend {
+    log: Arc<PartitionLog>,
+    produced: Produced,
+    resource: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PendingAppend {
+    /// Resolves once the batch is durable per the topic's durability mode.
+    pub async fn wait(self) -> Result<Produced, BrokerError> {
+        self.log
+            .wait_durable(self.produced.last_offset + 1)
+            .await
+            .map_err(|source| BrokerError::Log { resource: self.resource.clone(), source })?;
+        Ok(self.produced)
+    }
+}
+
+impl Broker {
+    /// Opens the data directory, recovering every partition (only active
+    /// segments are scanned), and starts their group-commit tasks.
+    pub async fn open(config: Config) -> Result<Arc<Broker>, OpenError> {
+        let config = Arc::new(config);
+        let cfg = config.clone();
+        let (lock, store, topics) = tokio::task::spawn_blocking(move || open_blocking(&cfg))
+            .await
+            .map_err(|e| OpenError::DataDir { path: config.storage.data_dir.clone(), source: std::io::Error::other(e) })??;
+        for topic in topics.values() {
+            for log in read_lock(&topic.partitions).iter() {
+                tokio::spawn(log.clone().run_syncer());
+            }
+        }
+        let (shutdown, _) = watch::channel(false);
+        let budget = config.limits.max_inflight_produce_bytes.0.min(u64::from(u32::MAX)) as usize;
+        Ok(Arc::new(Broker {
+            produce_budget: Arc::new(Semaphore::new(budget)),
+            config,
+            catalog: tokio::sync::Mutex::new(store),
+            topics: RwLock::new(topics),
+            shutdown,
+            ready: AtomicBool::new(true),
+            _dir_lock: lock,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A receiver that turns true when the broker starts shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) async fn until_shutdown(&self) {
+        let mut rx = self.shutdown.subscribe();
+        if rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn check_running(&self) -> Result<(), BrokerError> {
+        if *self.shutdown.borrow() { Err(BrokerError::ShuttingDown) } else { Ok(()) }
+    }
+
+    /// Stops accepting new work: not ready, new appends refused, fetch and
+    /// produce streams end. In-flight appends still complete.
+    pub fn shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Flushes every partition to disk and closes it (after `shutdown`).
+    pub async fn close(&self) {
+        let logs: Vec<Arc<PartitionLog>> = self.all_logs();
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                if let Err(e) = log.flush() {
+                    tracing::error!(dir = %log.dir().display(), error = %e, "flush on shutdown failed");
+                }
+                log.close();
+            }
+        })
+        .await;
+    }
+
+    fn all_logs(&self) -> Vec<Arc<PartitionLog>> {
+        read_lock(&self.topics)
+            .values()
+            .flat_map(|t| read_lock(&t.partitions).clone())
+            .collect()
+    }
+
+    /// Runs retention and age-based rolling on every partition. `now_ms` is
+    /// injected so tests control time.
+    pub async fn run_maintenance(&self, now_ms: i64) {
+        let logs = self.all_logs();
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                match log.maintain(now_ms) {
+                    Ok(m) if !m.deleted_segments.is_empty() => {
+                        tracing::info!(dir = %log.dir().display(), segments = ?m.deleted_segments, "retention deleted segments");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(dir = %log.dir().display(), error = %e, "maintenance failed"),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Periodic maintenance until shutdown.
+    pub async fn maintenance_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.storage.maintenance_interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.run_maintenance(now_ms()).await,
+                _ = self.until_shutdown() => return,
+            }
+        }
+    }
+
+    // ---- lookup -------------------------------------------------------
+
+    fn topic(&self, tenant: &str, topic: &str) -> Result<Arc<TopicState>, BrokerError> {
+        let tenant = TenantName::resolve(tenant)?;
+        let name = TopicName::parse(topic)?;
+        let topics = read_lock(&self.topics);
+        if let Some(t) = topics.get(&(tenant.as_str().to_owned(), name.as_str().to_owned())) {
+            return Ok(t.clone());
+        }
+        drop(topics);
+        // Distinguish an unknown tenant from an unknown topic.
+        let catalog = self.catalog.try_lock();
+        if let Ok(c) = catalog {
+            if !c.catalog().tenants.contains_key(tenant.as_str()) {
+                return Err(crate::catalog::CatalogError::UnknownTenant(tenant.to_string()).into());
+            }
+        }
+        Err(crate::catalog::CatalogError::UnknownTopic { tenant: tenant.to_string(), name: name.to_string() }.into())
+    }
+
+    /// The log of one partition, with a `tenant/topic/partition` label.
+    pub(crate) fn partition(&self, tenant: &str, topic: &str, partition: u32) -> Result<(Arc<PartitionLog>, String), BrokerError> {
+        let t = self.topic(tenant, topic)?;
+        let parts = read_lock(&t.partitions);
+        let log = parts.get(partition as usize).cloned().ok_or_else(|| BrokerError::UnknownPartition {
+            tenant: t.tenant.clone(),
+            topic: t.name.clone(),
+            partition,
+            partitions: parts.len() as u32,
+        })?;
+        Ok((log, format!("{}/{}/{}", t.tenant, t.name, partition)))
+    }
+
+    // ---- produce and fetch --------------------------------------------
+
+    /// Validates and appends one batch; the returned handle resolves once it
+    /// is durable. Appends to one partition happen in call order.
+    pub async fn append(&self, tenant: &str, topic: &str, partition: u32, batch: Bytes) -> Result<PendingAppend, BrokerError> {
+        self.check_running()?;
+        let (log, resource) = self.partition(tenant, topic, partition)?;
+        let limit = self.config.limits.max_batch_bytes.0;
+        if batch.len() as u64 > limit {
+            return Err(BrokerError::BatchTooLarge { resource, size: batch.len(), limit });
+        }
+        let permit = self
+            .produce_budget
+            .clone()
+            .acquire_many_owned(batch.len().max(1) as u32)
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        let limits = Limits { max_record_bytes: self.config.limits.max_record_bytes.0 as usize };
+        let log2 = log.clone();
+        let res = resource.clone();
+        let appended = tokio::task::spawn_blocking(move || {
+            let header = batch::validate(&batch, limits).map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
+            let mut owned = batch.to_vec();
+            log2.append(&mut owned, &header, now_ms()).map_err(|source| BrokerError::Log { resource: res, source })
+        })
+        .await
+        .map_err(|e| BrokerError::InvalidRequest(format!("append task failed: {e}")))??;
+        Ok(PendingAppend {
+            log,
+            produced: Produced {
+                base_offset: appended.base_offset,
+                last_offset: appended.last_offset,
+                append_time_ms: appended.append_time_ms,
+            },
+            resource,
+            _permit: permit,
+        })
+    }
+
+    /// Appends and waits for durability.
+    pub async fn produce(&self, tenant: &str, topic: &str, partition: u32, batch: Bytes) -> Result<Produced, BrokerError> {
+        self.append(tenant, topic, partition, batch).await?.wait().await
+    }
+
+    /// Reads whole batches from `from`.
+    pub(crate) async fn read(log: &Arc<PartitionLog>, resource: &str, from: u64, max_bytes: usize) -> Result<ReadResult, BrokerError> {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.read(from, max_bytes))
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("read task failed: {e}")))?
+            .map_err(|source| BrokerError::Log { resource: resource.to_owned(), source })
+    }
+
+    /// First offset with a timestamp >= `ts` (the high watermark if none).
+    pub(crate) async fn offset_for_timestamp(log: &Arc<PartitionLog>, resource: &str, ts: i64) -> Result<(u64, i64), BrokerError> {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts))
+            .await
+            .map_err(|e| BrokerError::InvalidRequest(format!("lookup task failed: {e}")))?
+            .map_err(|source| BrokerError::Log { resource: resource.to_owned(), source })
+    }
+
+    // ---- administration -----------------------------------------------
+
+    pub async fn create_tenant(&self, name: &str, if_not_exists: bool) -> Result<TenantView, BrokerError> {
+        self.check_running()?;
+        let name = TenantName::parse(name)?;
+        let mut store = self.catalog.lock().await;
+        let res = store.commit(&CatalogCommand::CreateTenant { name: name.to_string(), at_ms: now_ms() });
+        match res {
+            Ok(_) => {}
+            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TenantExists(_))) if if_not_exists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let t = &store.catalog().tenants[name.as_str()];
+        Ok(TenantView { name: name.to_string(), created_at_ms: t.created_at_ms, topic_count: t.topics.len() as u32 })
+    }
+
+    pub async fn list_tenants(&self) -> Vec<TenantView> {
+        let store = self.catalog.lock().await;
+        store
+            .catalog()
+            .tenants
+            .iter()
+            .map(|(name, t)| TenantView { name: name.clone(), created_at_ms: t.created_at_ms, topic_count: t.topics.len() as u32 })
+            .collect()
+    }
+
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), BrokerError> {
+        self.check_running()?;
+        let name = TenantName::parse(name)?;
+        let mut store = self.catalog.lock().await;
+        store.commit(&CatalogCommand::DeleteTenant { name: name.to_string() })?;
+        let dir = self.config.storage.data_dir.join("topics").join(name.as_str());
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
+    }
+
+    fn resolve_settings(&self, base: TopicSettings, o: &TopicOverrides) -> Result<TopicSettings, BrokerError> {
+        let s = TopicSettings {
+            retention_ms: o.retention_ms.unwrap_or(base.retention_ms),
+            retention_bytes: o.retention_bytes.unwrap_or(base.retention_bytes),
+            segment_bytes: o.segment_bytes.unwrap_or(base.segment_bytes),
+            segment_ms: o.segment_ms.unwrap_or(base.segment_ms),
+            durability: o.durability.unwrap_or(base.durability),
+            local_retention_ms: o.local_retention_ms.unwrap_or(base.local_retention_ms),
+            local_retention_bytes: o.local_retention_bytes.unwrap_or(base.local_retention_bytes),
+        };
+        let bad = |m: String| Err(BrokerError::InvalidConfig(m));
+        const MAX_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+        for (field, v) in [("retention_ms", s.retention_ms), ("local_retention_ms", s.local_retention_ms)] {
+            if v != -1 && !(1..=MAX_MS).contains(&v) {
+                return bad(format!("{field} must be -1 (forever) or between 1 and {MAX_MS} ms, got {v}"));
+            }
+        }
+        for (field, v) in [("retention_bytes", s.retention_bytes), ("local_retention_bytes", s.local_retention_bytes)] {
+            if v != -1 && v <= 0 {
+                return bad(format!("{field} must be -1 (unlimited) or positive, got {v}"));
+            }
+        }
+        if !(MIN_SEGMENT_BYTES..=(1 << 31)).contains(&s.segment_bytes) {
+            return bad(format!("segment_bytes must be between {MIN_SEGMENT_BYTES} and {} bytes, got {}", 1u64 << 31, s.segment_bytes));
+        }
+        if !(1..=MAX_MS).contains(&s.segment_ms) {
+            return bad(format!("segment_ms must be between 1 and {MAX_MS} ms, got {}", s.segment_ms));
+        }
+        Ok(s)
+    }
+
+    fn default_settings(&self) -> TopicSettings {
+        let d = &self.config.topic_defaults;
+        TopicSettings {
+            retention_ms: match d.retention {
+                Limit::Unlimited => -1,
+                Limit::Max(h) => h.0.as_millis() as i64,
+            },
+            retention_bytes: match d.retention_bytes {
+                Limit::Unlimited => -1,
+                Limit::Max(b) => b.0 as i64,
+            },
+            segment_bytes: d.segment_bytes.0,
+            segment_ms: d.segment_age.0.as_millis() as i64,
+            durability: d.durability,
+            local_retention_ms: -1,
+            local_retention_bytes: -1,
+        }
+    }
+
+    pub async fn create_topic(
+        &self,
+        tenant: &str,
+        name: &str,
+        partitions: u32,
+        overrides: TopicOverrides,
+        if_not_exists: bool,
+    ) -> Result<TopicView, BrokerError> {
+        self.check_running()?;
+        let tenant = TenantName::resolve(tenant)?;
+        let name = TopicName::parse(name)?;
+        self.check_partitions(partitions)?;
+        let settings = self.resolve_settings(self.default_settings(), &overrides)?;
+        let mut store = self.catalog.lock().await;
+        let cmd = CatalogCommand::CreateTopic {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            partitions,
+            settings,
+            at_ms: now_ms(),
+        };
+        let id = match store.commit(&cmd) {
+            Ok(Applied::Topic { id }) => id,
+            Ok(other) => return Err(BrokerError::InvalidRequest(format!("unexpected catalog result {other:?}"))),
+            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TopicExists { .. })) if if_not_exists => {
+                drop(store);
+                return self.describe_topic(tenant.as_str(), name.as_str());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let record = store.catalog().tenants[tenant.as_str()].topics[name.as_str()].clone();
+        let dir = topic_dir(&self.config.storage.data_dir, tenant.as_str(), name.as_str(), id);
+        let logs = self.open_partitions(&dir, 0..partitions, settings).await?;
+        let state = Arc::new(TopicState {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            id,
+            created_at_ms: record.created_at_ms,
+            settings: RwLock::new(settings),
+            partitions: RwLock::new(logs),
+        });
+        write_lock(&self.topics).insert((tenant.to_string(), name.to_string()), state);
+        drop(store);
+        self.describe_topic(tenant.as_str(), name.as_str())
+    }
+
+    fn check_partitions(&self, partitions: u32) -> Result<(), BrokerError> {
+        let max = self.config.limits.max_partitions_per_topic;
+        if partitions == 0 || partitions > max {
+            return Err(BrokerError::InvalidConfig(format!("partitions must be between 1 and {max}, got {partitions}")));
+        }
+        Ok(())
+    }
+
+    async fn open_partitions(
+        &self,
+        dir: &Path,
+        range: std::ops::Range<u32>,
+        settings: TopicSettings,
+    ) -> Result<Vec<Arc<PartitionLog>>, BrokerError> {
+        let dir = dir.to_path_buf();
+        let interval = self.config.storage.index_interval_bytes.0;
+        let logs = tokio::task::spawn_blocking(move || {
+            range
+                .map(|p| {
+                    let path = dir.join(p.to_string());
+                    PartitionLog::open(&path, settings.log_config(interval), now_ms())
+                        .map(|(log, _)| log)
+                        .map_err(|source| BrokerError::Log { resource: path.display().to_string(), source })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| BrokerError::InvalidRequest(format!("open task failed: {e}")))??;
+        for log in &logs {
+            tokio::spawn(log.clone().run_syncer());
+        }
+        Ok(logs)
+    }
+
+    pub async fn list_topics(&self, tenant: &str) -> Result<Vec<TopicView>, BrokerError> {
+        let tenant = TenantName::resolve(tenant)?;
+        let store = self.catalog.lock().await;
+        let t = store
+            .catalog()
+            .tenants
+            .get(tenant.as_str())
+            .ok_or_else(|| crate::catalog::CatalogError::UnknownTenant(tenant.to_string()))?;
+        Ok(t.topics
+            .iter()
+            .map(|(name, r)| TopicView {
+                tenant: tenant.to_string(),
+                name: name.clone(),
+                id: r.id,
+                partitions: r.partitions,
+                settings: r.settings,
+                created_at_ms: r.created_at_ms,
+                partition_stats: Vec::new(),
+            })
+            .collect())
+    }
+
+    pub fn describe_topic(&self, tenant: &str, name: &str) -> Result<TopicView, BrokerError> {
+        let t = self.topic(tenant, name)?;
+        let stats = read_lock(&t.partitions).iter().map(|l| l.stats()).collect::<Vec<_>>();
+        Ok(TopicView {
+            tenant: t.tenant.clone(),
+            name: t.name.clone(),
+            id: t.id,
+            partitions: stats.len() as u32,
+            settings: *read_lock(&t.settings),
+            created_at_ms: t.created_at_ms,
+            partition_stats: stats,
+        })
+    }
+
+    pub async fn add_partitions(&self, tenant: &str, name: &str, partitions: u32) -> Result<TopicView, BrokerError> {
+        self.check_running()?;
+        let t = self.topic(tenant, name)?;
+        self.check_partitions(partitions)?;
+        let mut store = self.catalog.lock().await;
+        let applied = store.commit(&CatalogCommand::AddPartitions {
+            tenant: t.tenant.clone(),
+            name: t.name.clone(),
+            partitions,
+        })?;
+        if let Applied::PartitionsAdded { from, to, .. } = applied {
+            if to > from {
+                let dir = topic_dir(&self.config.storage.data_dir, &t.tenant, &t.name, t.id);
+                let settings = *read_lock(&t.settings);
+                let logs = self.open_partitions(&dir, from..to, settings).await?;
+                write_lock(&t.partitions).extend(logs);
+            }
+        }
+        drop(store);
+        self.describe_topic(&t.tenant, &t.name)
+    }
+
+    pub async fn update_topic(&self, tenant: &str, name: &str, overrides: TopicOverrides) -> Result<TopicView, BrokerError> {
+        self.check_running()?;
+        let t = self.topic(tenant, name)?;
+        let current = *read_lock(&t.settings);
+        let settings = self.resolve_settings(current, &overrides)?;
+        let mut store = self.catalog.lock().await;
+        store.commit(&CatalogCommand::UpdateTopic { tenant: t.tenant.clone(), name: t.name.clone(), settings })?;
+        *write_lock(&t.settings) = settings;
+        let interval = self.config.storage.index_interval_bytes.0;
+        for log in read_lock(&t.partitions).iter() {
+            log.set_config(settings.log_config(interval));
+        }
+        drop(store);
+        self.describe_topic(&t.tenant, &t.name)
+    }
+
+    pub async fn delete_topic(&self, tenant: &str, name: &str) -> Result<(), BrokerError> {
+        self.check_running()?;
+        let t = self.topic(tenant, name)?;
+        let mut store = self.catalog.lock().await;
+        store.commit(&CatalogCommand::DeleteTopic { tenant: t.tenant.clone(), name: t.name.clone() })?;
+        write_lock(&self.topics).remove(&(t.tenant.clone(), t.name.clone()));
+        drop(store);
+        for log in read_lock(&t.partitions).iter() {
+            log.close();
+        }
+        let dir = topic_dir(&self.config.storage.data_dir, &t.tenant, &t.name, t.id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the partition's high watermark to pass
+    /// `offset`, for shutdown, or for the log to close. Returns the watermark.
+    pub(crate) async fn wait_for_data(&self, log: &PartitionLog, offset: u64, timeout: Duration) -> u64 {
+        let mut hw = log.subscribe();
+        let _ = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                _ = async { let _ = hw.wait_for(|h| *h > offset).await; } => {}
+                _ = self.until_shutdown() => {}
+            }
+        })
+        .await;
+        log.high_watermark()
+    }
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+type Opened = (std::fs::File, CatalogStore, HashMap<TopicKey, Arc<TopicState>>);
+
+fn open_blocking(config: &Config) -> Result<Opened, OpenError> {
+    let data = &config.storage.data_dir;
+    let io = |source| OpenError::DataDir { path: data.clone(), source };
+    std::fs::create_dir_all(data).map_err(io)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data.join(".lock"))
+        .map_err(io)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(data.clone())),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let store = CatalogStore::open(data)?;
+    let interval = config.storage.index_interval_bytes.0;
+    let mut topics = HashMap::new();
+    let mut expected_dirs = std::collections::HashSet::new();
+    for (tenant, t) in &store.catalog().tenants {
+        for (name, record) in &t.topics {
+            let dir = topic_dir(data, tenant, name, record.id);
+            expected_dirs.insert(dir.clone());
+            let mut logs = Vec::with_capacity(record.partitions as usize);
+            for p in 0..record.partitions {
+                let pdir = dir.join(p.to_string());
+                let (log, report) = PartitionLog::open(&pdir, record.settings.log_config(interval), now_ms())
+                    .map_err(|source| OpenError::Recovery { path: pdir.clone(), source })?;
+                for why in &report.truncated {
+                    tracing::warn!(partition = %pdir.display(), "recovery truncated {why}");
+                }
+                logs.push(log);
+            }
+            topics.insert(
+                (tenant.clone(), name.clone()),
+                Arc::new(TopicState {
+                    tenant: tenant.clone(),
+                    name: name.clone(),
+                    id: record.id,
+                    created_at_ms: record.created_at_ms,
+                    settings: RwLock::new(record.settings),
+                    partitions: RwLock::new(logs),
+                }),
+            );
+        }
+    }
+    remove_orphans(&data.join("topics"), &expected_dirs);
+    Ok((lock, store, topics))
+}
+
+/// Removes topic directories the catalog no longer names (a delete that
+/// crashed after committing the catalog).
+fn remove_orphans(root: &Path, expected: &std::collections::HashSet<PathBuf>) {
+    let Ok(tenants) = std::fs::read_dir(root) else { return };
+    for tenant in tenants.flatten() {
+        let Ok(dirs) = std::fs::read_dir(tenant.path()) else { continue };
+        for dir in dirs.flatten() {
+            let path = dir.path();
+            if !expected.contains(&path) {
+                tracing::info!(dir = %path.display(), "removing orphaned topic directory");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Broker configuration: embedded defaults, then a TOML file, then
+//! `STRATA_<SECTION>_<FIELD>` environment overrides, then flags (applied by
+//! the binary), then validation into an immutable [`Config`].
+//!
+//! Unknown keys are errors everywhere. `strata-broker --print-config` prints
+//! the effective configuration in the same format the file uses; the
+//! operator renders the same format into a ConfigMap.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::log::Durability;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A byte size: `1048576`, `"1MiB"`, `"64 MiB"`, `"10GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const fn kib(n: u64) -> ByteSize {
+        ByteSize(n * 1024)
+    }
+    pub const fn mib(n: u64) -> ByteSize {
+        ByteSize(n * 1024 * 1024)
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{s:?} is not a size (examples: 1048576, 512KiB, 64MiB, 10GiB)"))
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written like `"500ms"`, `"30s"`, `"7d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 30s, 10m, 7d)"))
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A retention limit: a value, or none (`"infinite"` / `"unlimited"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit<T> {
+    Unlimited,
+    Max(T),
+}
+
+impl Serialize for Limit<HumanDuration> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Limit::Unlimited => s.serialize_str("infinite"),
+            Limit::Max(d) => d.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit<HumanDuration> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if matches!(s.trim(), "infinite" | "unlimited") {
+            return Ok(Limit::Unlimited);
+        }
+        parse_duration(&s).map(|d| Limit::Max(HumanDuration(d))).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Limit<ByteSize> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Limit::Unlimited => s.serialize_str("unlimited"),
+            Limit::Max(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit<ByteSize> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Limit::Max(ByteSize(n))),
+            Raw::Str(s) if matches!(s.trim(), "infinite" | "unlimited") => Ok(Limit::Unlimited),
+            Raw::Str(s) => parse_size(&s).map(|b| Limit::Max(ByteSize(b))).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub topic_defaults: TopicDefaults,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listener.
+    pub listen: SocketAddr,
+    /// HTTP listener for `/healthz`, `/readyz` (and metrics).
+    pub http_listen: SocketAddr,
+    /// How long SIGTERM waits for in-flight requests before closing.
+    pub shutdown_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    /// Bytes of log between two sparse index entries.
+    pub index_interval_bytes: ByteSize,
+    /// How often segments are rolled by age and retention is applied.
+    pub maintenance_interval: HumanDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest record (key + value + headers) accepted.
+    pub max_record_bytes: ByteSize,
+    /// Largest record batch accepted in one produce request.
+    pub max_batch_bytes: ByteSize,
+    /// Upper bound on one fetch response (clients may ask for less).
+    pub max_fetch_bytes: ByteSize,
+    /// Longest long-poll a fetch may ask for.
+    pub max_fetch_wait: HumanDuration,
+    /// Produce bytes held in memory awaiting durability, across all clients;
+    /// beyond it, produce streams stop reading (back-pressure).
+    pub max_inflight_produce_bytes: ByteSize,
+    pub max_partitions_per_topic: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    pub retention: Limit<HumanDuration>,
+    pub retention_bytes: Limit<ByteSize>,
+    pub segment_bytes: ByteSize,
+    pub segment_age: HumanDuration,
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `strata_broker=debug,info`.
+    pub level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            shutdown_timeout: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("./strata-data"),
+            index_interval_bytes: ByteSize::kib(4),
+            maintenance_interval: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_record_bytes: ByteSize::mib(1),
+            max_batch_bytes: ByteSize::mib(16),
+            max_fetch_bytes: ByteSize::mib(8),
+            max_fetch_wait: HumanDuration(Duration::from_secs(30)),
+            max_inflight_produce_bytes: ByteSize::mib(256),
+            max_partitions_per_topic: 10_000,
+        }
+    }
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            retention: Limit::Max(HumanDuration(Duration::from_secs(7 * 24 * 3600))),
+            retention_bytes: Limit::Unlimited,
+            segment_bytes: ByteSize::mib(64),
+            segment_age: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            topic_defaults: TopicDefaults::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &["topic_defaults", "server", "storage", "limits", "log"];
+
+/// Smallest segment we accept: a segment must hold at least one batch of the
+/// maximum size, and tiny segments only make sense in tests.
+pub const MIN_SEGMENT_BYTES: u64 = 1024;
+
+impl Config {
+    /// Defaults, overlaid by `file` (if any), overlaid by `STRATA_*` entries of
+    /// `env`, validated.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let origin = file.map_or_else(|| PathBuf::from("<environment>"), Path::to_path_buf);
+        apply_env(&mut table, env)?;
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.message().to_owned() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks cross-field rules. Called by `load`; call again after flags.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let l = &self.limits;
+        if l.max_record_bytes.0 == 0 {
+            return bad("limits.max_record_bytes must be positive".into());
+        }
+        if l.max_batch_bytes < l.max_record_bytes {
+            return bad(format!(
+                "limits.max_batch_bytes ({}) must be at least limits.max_record_bytes ({})",
+                l.max_batch_bytes, l.max_record_bytes
+            ));
+        }
+        if l.max_batch_bytes.0 > 128 * 1024 * 1024 {
+            return bad("limits.max_batch_bytes may be at most 128MiB".into());
+        }
+        if l.max_inflight_produce_bytes < l.max_batch_bytes {
+            return bad("limits.max_inflight_produce_bytes must be at least limits.max_batch_bytes".into());
+        }
+        if l.max_fetch_bytes.0 < 1024 {
+            return bad("limits.max_fetch_bytes must be at least 1KiB".into());
+        }
+        if l.max_partitions_per_topic == 0 {
+            return bad("limits.max_partitions_per_topic must be positive".into());
+        }
+        let t = &self.topic_defaults;
+        if t.segment_bytes.0 < MIN_SEGMENT_BYTES || t.segment_bytes.0 > u64::from(u32::MAX) {
+            return bad(format!("topic_defaults.segment_bytes must be between 1KiB and 4GiB, got {}", t.segment_bytes));
+        }
+        if t.segment_age.0.is_zero() {
+            return bad("topic_defaults.segment_age must be positive".into());
+        }
+        if self.storage.index_interval_bytes.0 == 0 {
+            return bad("storage.index_interval_bytes must be positive".into());
+        }
+        if self.storage.maintenance_interval.0.is_zero() {
+            return bad("storage.maintenance_interval must be positive".into());
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return bad("storage.data_dir must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, in the format `load` reads.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Applies `STRATA_<SECTION>_<FIELD>=value` entries. Values are read as TOML
+/// values when they parse as one (numbers, booleans) and as strings otherwise.
+/// Variables that name no known section (such as the CLI's `STRATA_SERVER`)
+/// are ignored; an unknown field of a known section is an error.
+fn apply_env(table: &mut toml::Table, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let mut keys: Vec<&String> = env.keys().collect();
+    keys.sort();
+    for key in keys {
+        let Some(rest) = key.strip_prefix("STRATA_") else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, field)) = SECTIONS.iter().find_map(|s| {
+            rest.strip_prefix(s).and_then(|f| f.strip_prefix('_')).filter(|f| !f.is_empty()).map(|f| (*s, f))
+        }) else {
+            continue;
+        };
+        let raw = &env[key];
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = entry.as_table_mut() else {
+            return Err(ConfigError::Invalid(format!("[{section}] must be a table")));
+        };
+        section_table.insert(field.to_owned(), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_standalone_setup() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.server.http_listen.to_string(), "127.0.0.1:7071");
+        assert_eq!(c.storage.data_dir, PathBuf::from("./strata-data"));
+        assert_eq!(c.limits.max_record_bytes, ByteSize::mib(1));
+        assert_eq!(c.topic_defaults.durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(
+            &path,
+            "[storage]\ndata_dir = \"/var/lib/strata\"\n[limits]\nmax_record_bytes = \"2MiB\"\n[topic_defaults]\nretention = \"infinite\"\ndurability = \"none\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            &env(&[
+                ("STRATA_LIMITS_MAX_RECORD_BYTES", "4096"),
+                ("STRATA_SERVER_LISTEN", "0.0.0.0:9000"),
+                ("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "1MiB"),
+                ("STRATA_SERVER", "http://ignored:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.data_dir, PathBuf::from("/var/lib/strata"));
+        assert_eq!(c.limits.max_record_bytes, ByteSize(4096));
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.topic_defaults.segment_bytes, ByteSize::mib(1));
+        assert_eq!(c.topic_defaults.retention, Limit::Unlimited);
+        assert_eq!(c.topic_defaults.durability, Durability::None);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, "[storage]\ndata_dri = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), &HashMap::new()).unwrap_err().to_string();
+        assert!(err.contains("data_dri"), "{err}");
+        std::fs::write(&path, "[stroage]\n").unwrap();
+        assert!(Config::load(Some(&path), &HashMap::new()).is_err());
+        let err = Config::load(None, &env(&[("STRATA_STORAGE_NOPE", "1")])).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = Config::load(None, &env(&[("STRATA_LIMITS_MAX_RECORD_BYTES", "lots")])).unwrap_err().to_string();
+        assert!(err.contains("not a size"), "{err}");
+        let err = Config::load(None, &env(&[("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "10")])).unwrap_err().to_string();
+        assert!(err.contains("segment_bytes"), "{err}");
+        let err = Config::load(None, &env(&[("STRATA_LIMITS_MAX_BATCH_BYTES", "1KiB")])).unwrap_err().to_string();
+        assert!(err.contains("max_batch_bytes"), "{err}");
+    }
+
+    #[test]
+    fn printed_config_loads_back_identically() {
+        let mut c = Config::default();
+        c.topic_defaults.retention_bytes = Limit::Max(ByteSize::mib(10));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, c.to_toml()).unwrap();
+        assert_eq!(Config::load(Some(&path), &HashMap::new()).unwrap(), c);
+    }
+}

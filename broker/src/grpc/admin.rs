@@ -1,0 +1,163 @@
+//! The `strata.v1.Admin` service: tenants and topics. Transport only.
+
+use std::sync::Arc;
+
+use strata_proto::v1::{
+    self as pb, AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTenantResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, ListTenantsRequest, ListTenantsResponse,
+    ListTopicsRequest, ListTopicsResponse, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
+    UpdateTopicConfigRequest, admin_server::Admin,
+};
+use tonic::{Request, Response, Status};
+
+use super::status::{invalid, to_status};
+use crate::broker::{Broker, TenantView, TopicOverrides, TopicView};
+use crate::catalog::TopicSettings;
+use crate::log::Durability;
+
+pub(crate) struct AdminService {
+    broker: Arc<Broker>,
+}
+
+impl AdminService {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        AdminService { broker }
+    }
+}
+
+fn durability_to_pb(d: Durability) -> i32 {
+    match d {
+        Durability::Fsync => pb::Durability::Fsync as i32,
+        Durability::None => pb::Durability::None as i32,
+    }
+}
+
+fn overrides(config: Option<TopicConfig>) -> Result<TopicOverrides, Status> {
+    let Some(c) = config else { return Ok(TopicOverrides::default()) };
+    let durability = match pb::Durability::try_from(c.durability) {
+        Ok(pb::Durability::Unspecified) => None,
+        Ok(pb::Durability::Fsync) => Some(Durability::Fsync),
+        Ok(pb::Durability::None) => Some(Durability::None),
+        Err(_) => return Err(invalid(format!("unknown durability {}", c.durability))),
+    };
+    Ok(TopicOverrides {
+        retention_ms: c.retention_ms,
+        retention_bytes: c.retention_bytes,
+        segment_bytes: c.segment_bytes,
+        segment_ms: c.segment_ms,
+        durability,
+        local_retention_ms: c.local_retention_ms,
+        local_retention_bytes: c.local_retention_bytes,
+    })
+}
+
+fn config_to_pb(s: &TopicSettings) -> TopicConfig {
+    TopicConfig {
+        retention_ms: Some(s.retention_ms),
+        retention_bytes: Some(s.retention_bytes),
+        segment_bytes: Some(s.segment_bytes),
+        segment_ms: Some(s.segment_ms),
+        durability: durability_to_pb(s.durability),
+        local_retention_ms: Some(s.local_retention_ms),
+        local_retention_bytes: Some(s.local_retention_bytes),
+    }
+}
+
+fn describe_to_pb(t: TopicView) -> TopicDescription {
+    TopicDescription {
+        tenant: t.tenant,
+        name: t.name,
+        topic_id: t.id.to_string(),
+        partitions: t.partitions,
+        config: Some(config_to_pb(&t.settings)),
+        created_at_ms: t.created_at_ms,
+        partition_details: t
+            .partition_stats
+            .iter()
+            .enumerate()
+            .map(|(p, s)| PartitionDescription {
+                partition: p as u32,
+                start_offset: s.start_offset,
+                end_offset: s.high_watermark,
+                size_bytes: s.size_bytes,
+                segment_count: s.segments,
+            })
+            .collect(),
+    }
+}
+
+fn tenant_to_pb(t: TenantView) -> pb::Tenant {
+    pb::Tenant { name: t.name, created_at_ms: t.created_at_ms, topic_count: t.topic_count }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_tenant(&self, request: Request<CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let r = request.into_inner();
+        let t = self.broker.create_tenant(&r.name, r.if_not_exists).await.map_err(to_status)?;
+        Ok(Response::new(tenant_to_pb(t)))
+    }
+
+    async fn list_tenants(&self, _request: Request<ListTenantsRequest>) -> Result<Response<ListTenantsResponse>, Status> {
+        let tenants = self.broker.list_tenants().await.into_iter().map(tenant_to_pb).collect();
+        Ok(Response::new(ListTenantsResponse { tenants }))
+    }
+
+    async fn delete_tenant(&self, request: Request<DeleteTenantRequest>) -> Result<Response<DeleteTenantResponse>, Status> {
+        let r = request.into_inner();
+        self.broker.delete_tenant(&r.name).await.map_err(to_status)?;
+        Ok(Response::new(DeleteTenantResponse {}))
+    }
+
+    async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicDescription>, Status> {
+        let r = request.into_inner();
+        let o = overrides(r.config)?;
+        let t = self
+            .broker
+            .create_topic(&r.tenant, &r.name, r.partitions, o, r.if_not_exists)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(describe_to_pb(t)))
+    }
+
+    async fn list_topics(&self, request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+        let r = request.into_inner();
+        let topics = self.broker.list_topics(&r.tenant).await.map_err(to_status)?;
+        Ok(Response::new(ListTopicsResponse {
+            topics: topics
+                .into_iter()
+                .map(|t| TopicSummary {
+                    tenant: t.tenant,
+                    name: t.name,
+                    partitions: t.partitions,
+                    durability: durability_to_pb(t.settings.durability),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn describe_topic(&self, request: Request<DescribeTopicRequest>) -> Result<Response<TopicDescription>, Status> {
+        let r = request.into_inner();
+        let t = self.broker.describe_topic(&r.tenant, &r.name).map_err(to_status)?;
+        Ok(Response::new(describe_to_pb(t)))
+    }
+
+    async fn add_partitions(&self, request: Request<AddPartitionsRequest>) -> Result<Response<TopicDescription>, Status> {
+        let r = request.into_inner();
+        let t = self.broker.add_partitions(&r.tenant, &r.name, r.partitions).await.map_err(to_status)?;
+        Ok(Response::new(describe_to_pb(t)))
+    }
+
+    async fn update_topic_config(&self, request: Request<UpdateTopicConfigRequest>) -> Result<Response<TopicDescription>, Status> {
+        let r = request.into_inner();
+        let o = overrides(r.config)?;
+        let t = self.broker.update_topic(&r.tenant, &r.name, o).await.map_err(to_status)?;
+        Ok(Response::new(describe_to_pb(t)))
+    }
+
+    async fn delete_topic(&self, request: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
+        let r = request.into_inner();
+        self.broker.delete_topic(&r.tenant, &r.name).await.map_err(to_status)?;
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+}

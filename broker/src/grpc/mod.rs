@@ -1,0 +1,55 @@
+//! The gRPC front end: the Strata services plus standard health and
+//! reflection, on one tonic server.
+
+mod admin;
+mod log;
+pub(crate) mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use strata_proto::v1::{admin_server::AdminServer, log_server::LogServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::broker::Broker;
+
+/// Serves until `shutdown` resolves, then waits for in-flight calls.
+pub(crate) async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<LogServer<log::LogService>>().await;
+    reporter.set_serving::<AdminServer<admin::AdminService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(strata_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::error!(error = %e, "reflection descriptors are invalid");
+            e
+        });
+    let limits = &broker.config().limits;
+    let max_in = (limits.max_batch_bytes.0 + 1024 * 1024) as usize;
+    let max_out = (limits.max_fetch_bytes.0 + 1024 * 1024) as usize;
+    let log_service = LogServer::new(log::LogService::new(broker.clone()))
+        .max_decoding_message_size(max_in)
+        .max_encoding_message_size(max_out);
+    let admin_service = AdminServer::new(admin::AdminService::new(broker.clone()));
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024));
+    let mut router = builder.add_service(health).add_service(log_service).add_service(admin_service);
+    if let Ok(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    let stop_reporting = async move {
+        shutdown.await;
+        reporter.set_not_serving::<LogServer<log::LogService>>().await;
+        reporter.set_not_serving::<AdminServer<admin::AdminService>>().await;
+    };
+    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_reporting).await
+}

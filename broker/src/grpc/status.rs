@@ -1,0 +1,87 @@
+//! The one place where domain errors become gRPC statuses: a standard code,
+//! the error's own message, and an `ErrorInfo` detail with a stable code.
+
+use strata_proto::batch::BatchError;
+use strata_proto::v1::{ErrorCode, ErrorInfo, ItemError};
+use tonic::{Code, Status};
+
+use crate::catalog::CatalogError;
+use crate::error::BrokerError;
+use crate::log::LogError;
+
+fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
+    use ErrorCode as E;
+    match e {
+        BrokerError::InvalidName(n) => (Code::InvalidArgument, E::InvalidName, n.name.clone()),
+        BrokerError::Catalog(c) => match c {
+            CatalogError::UnknownTenant(t) => (Code::NotFound, E::UnknownTenant, t.clone()),
+            CatalogError::TenantExists(t) => (Code::AlreadyExists, E::TenantExists, t.clone()),
+            CatalogError::TenantNotEmpty { name, .. } => (Code::FailedPrecondition, E::TenantNotEmpty, name.clone()),
+            CatalogError::DefaultTenant => (Code::FailedPrecondition, E::InvalidRequest, "default".into()),
+            CatalogError::UnknownTopic { tenant, name } => (Code::NotFound, E::UnknownTopic, format!("{tenant}/{name}")),
+            CatalogError::TopicExists { tenant, name } => (Code::AlreadyExists, E::TopicExists, format!("{tenant}/{name}")),
+            CatalogError::PartitionsCannotShrink { tenant, name, .. } => {
+                (Code::FailedPrecondition, E::PartitionsCannotShrink, format!("{tenant}/{name}"))
+            }
+        },
+        BrokerError::UnknownPartition { tenant, topic, partition, .. } => {
+            (Code::NotFound, E::UnknownPartition, format!("{tenant}/{topic}/{partition}"))
+        }
+        BrokerError::InvalidConfig(_) => (Code::InvalidArgument, E::InvalidConfig, String::new()),
+        BrokerError::InvalidRequest(_) => (Code::InvalidArgument, E::InvalidRequest, String::new()),
+        BrokerError::Batch { resource, source } => match source {
+            BatchError::RecordTooLarge { .. } => (Code::InvalidArgument, E::RecordTooLarge, resource.clone()),
+            _ => (Code::InvalidArgument, E::CorruptBatch, resource.clone()),
+        },
+        BrokerError::BatchTooLarge { resource, .. } => (Code::InvalidArgument, E::BatchTooLarge, resource.clone()),
+        BrokerError::Log { resource, source } => match source {
+            LogError::OffsetOutOfRange { .. } => (Code::OutOfRange, E::OffsetOutOfRange, resource.clone()),
+            LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                (Code::ResourceExhausted, E::ResourceExhausted, resource.clone())
+            }
+            LogError::Closed => (Code::Unavailable, E::ShuttingDown, resource.clone()),
+            LogError::Corrupt { .. } => (Code::DataLoss, E::Storage, resource.clone()),
+            LogError::Io { .. } | LogError::Poisoned(_) => (Code::Unavailable, E::Storage, resource.clone()),
+        },
+        BrokerError::CatalogStorage(_) => (Code::Unavailable, E::Storage, String::new()),
+        BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
+    }
+}
+
+/// The gRPC status for a domain error.
+pub(crate) fn to_status(e: BrokerError) -> Status {
+    let (code, error_code, resource) = classify(&e);
+    if matches!(code, Code::Unavailable | Code::DataLoss) {
+        tracing::warn!(error = %e, "request failed");
+    }
+    let mut info = ErrorInfo { code: error_code as i32, resource, ..Default::default() };
+    match &e {
+        BrokerError::Batch { source: BatchError::RecordTooLarge { limit, .. }, .. } => {
+            info.metadata.insert("limit".into(), limit.to_string());
+        }
+        BrokerError::BatchTooLarge { limit, .. } => {
+            info.metadata.insert("limit".into(), limit.to_string());
+        }
+        BrokerError::Log { source: LogError::OffsetOutOfRange { start, end, .. }, .. } => {
+            info.metadata.insert("log_start_offset".into(), start.to_string());
+            info.metadata.insert("high_watermark".into(), end.to_string());
+        }
+        _ => {}
+    }
+    strata_proto::status_with_info(code, e.to_string(), info)
+}
+
+/// The same error as a per-item error inside a streaming response.
+pub(crate) fn to_item_error(e: BrokerError) -> ItemError {
+    let status = to_status(e);
+    ItemError {
+        status_code: status.code() as i32,
+        message: status.message().to_owned(),
+        info: strata_proto::error_info(&status),
+    }
+}
+
+/// Shorthand for request validation failures in the transport layer.
+pub(crate) fn invalid(message: impl Into<String>) -> Status {
+    to_status(BrokerError::InvalidRequest(message.into()))
+}
