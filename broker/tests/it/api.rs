@@ -1,0 +1,467 @@
+//! The gRPC API against an in-process broker: produce/fetch semantics,
+//! long polls, timestamps, administration, and precise errors for bad input.
+
+use std::time::Duration;
+
+use strata_proto::batch::{BatchBuilder, Compression};
+use strata_proto::v1::{
+    AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTopicRequest,
+    DescribeTopicRequest, ErrorCode, FetchRequest, ListOffsetsRequest, ListTopicsRequest, ProduceRequest, StartPosition,
+    TopicConfig, UpdateTopicConfigRequest, fetch_request, list_offsets_request,
+};
+use tonic::Code;
+
+use crate::harness::*;
+
+async fn create_topic(b: &TestBroker, name: &str, partitions: u32) {
+    b.admin()
+        .await
+        .create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() })
+        .await
+        .unwrap();
+}
+
+fn assert_status(err: tonic::Status, code: Code, error_code: ErrorCode, text: &str) {
+    assert_eq!(err.code(), code, "{err:?}");
+    assert_eq!(strata_proto::error_code(&err), error_code, "{err:?}");
+    assert!(err.message().contains(text), "message {:?} should mention {text:?}", err.message());
+}
+
+fn values(n: usize, prefix: &str) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_then_fetch_returns_records_in_order() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "orders", 3).await;
+    let mut log = b.log().await;
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let vals = values(5, &format!("b{i}"));
+        let resp = log.produce(produce_req("orders", 1, batch_of(&vals))).await.unwrap().into_inner();
+        assert_eq!(resp.base_offset, i * 5);
+        assert_eq!(resp.last_offset, i * 5 + 4);
+        expected.extend(vals);
+    }
+    let got: Vec<String> = read_partition(&mut log, "orders", 1, 0).await.iter().map(value).collect();
+    assert_eq!(got, expected);
+    // From the middle of a batch: the batch comes whole, the reader skips.
+    let got = read_partition(&mut log, "orders", 1, 7).await;
+    assert_eq!(got[0].offset, 7);
+    assert_eq!(got.len(), 93);
+    // Other partitions are empty.
+    assert!(read_partition(&mut log, "orders", 0, 0).await.is_empty());
+    let d = b.admin().await.describe_topic(DescribeTopicRequest { name: "orders".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(d.partition_details[1].end_offset, 100);
+    assert_eq!(d.partition_details[0].end_offset, 0);
+    assert!(d.partition_details[1].size_bytes > 100 * 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_graceful_restart() {
+    let mut b = TestBroker::start().await;
+    create_topic(&b, "keep", 2).await;
+    let mut log = b.log().await;
+    log.produce(produce_req("keep", 0, batch_of(&values(3, "x")))).await.unwrap();
+    b.restart().await;
+    let mut log = b.log().await;
+    let got: Vec<String> = read_partition(&mut log, "keep", 0, 0).await.iter().map(value).collect();
+    assert_eq!(got, values(3, "x"));
+    let resp = log.produce(produce_req("keep", 0, batch_of(&values(1, "y")))).await.unwrap().into_inner();
+    assert_eq!(resp.base_offset, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_fetch_long_polls_until_data_arrives() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "live", 1).await;
+    let mut log = b.log().await;
+    let mut req = fetch_req("live", 0, 0);
+    req.max_wait_ms = 60_000;
+    let mut stream = log.fetch(req).await.unwrap().into_inner();
+    let mut producer = b.log().await;
+    producer.produce(produce_req("live", 0, batch_of(&values(2, "late")))).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.next_offset, 2);
+    assert_eq!(resp.high_watermark, 2);
+    assert!(!resp.records.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_at_the_end_without_follow_returns_an_empty_response_after_max_wait() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "quiet", 1).await;
+    let mut log = b.log().await;
+    let mut req = fetch_req("quiet", 0, 0);
+    req.follow = false;
+    req.max_wait_ms = 10;
+    let mut stream = log.fetch(req).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    assert!(resp.records.is_empty());
+    assert_eq!(resp.high_watermark, 0);
+    assert!(stream.message().await.unwrap().is_none(), "stream ends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produce_stream_keeps_order_and_echoes_request_ids() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "pipe", 2).await;
+    let mut log = b.log().await;
+    let reqs: Vec<ProduceRequest> = (0..200u64)
+        .map(|i| ProduceRequest {
+            topic: "pipe".into(),
+            partition: (i % 2) as u32,
+            batch: batch_of(&[format!("m{i}")]),
+            request_id: i,
+            ..Default::default()
+        })
+        .collect();
+    let mut responses = log.produce_stream(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let mut seen = std::collections::HashMap::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        assert!(r.error.is_none(), "{:?}", r.error);
+        seen.insert(r.request_id, (r.partition, r.base_offset));
+        if seen.len() == 200 {
+            break;
+        }
+    }
+    for i in 0..200u64 {
+        assert_eq!(seen[&i], ((i % 2) as u32, i / 2), "request {i}");
+    }
+    let got: Vec<String> = read_partition(&mut log, "pipe", 0, 0).await.iter().map(value).collect();
+    assert_eq!(got, (0..200).step_by(2).map(|i| format!("m{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_stream_reports_a_bad_batch_and_keeps_going() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "mixed", 1).await;
+    let mut log = b.log().await;
+    let reqs = vec![
+        ProduceRequest { topic: "mixed".into(), batch: batch_of(&["a".into()]), request_id: 1, ..Default::default() },
+        ProduceRequest { topic: "nope".into(), batch: batch_of(&["b".into()]), request_id: 2, ..Default::default() },
+        ProduceRequest { topic: "mixed".into(), batch: batch_of(&["c".into()]), request_id: 3, ..Default::default() },
+    ];
+    let mut responses = log.produce_stream(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let mut by_id = std::collections::HashMap::new();
+    while by_id.len() < 3 {
+        let r = responses.message().await.unwrap().unwrap();
+        by_id.insert(r.request_id, r);
+    }
+    assert!(by_id[&1].error.is_none());
+    let err = by_id[&2].error.as_ref().unwrap();
+    assert_eq!(err.status_code, Code::NotFound as i32);
+    assert_eq!(err.info.as_ref().unwrap().code, ErrorCode::UnknownTopic as i32);
+    assert_eq!(by_id[&3].base_offset, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_and_list_offsets_by_timestamp() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "timed", 1).await;
+    let mut log = b.log().await;
+    for i in 0..10i64 {
+        let mut bb = BatchBuilder::new(Compression::Lz4);
+        bb.push(1_000 * i, None, Some(format!("t{i}").as_bytes()), &[]);
+        log.produce(produce_req("timed", 0, bb.finish().unwrap())).await.unwrap();
+    }
+    let offsets = log
+        .list_offsets(ListOffsetsRequest {
+            topic: "timed".into(),
+            queries: vec![list_offsets_request::Query {
+                partition: 0,
+                spec: Some(list_offsets_request::query::Spec::TimestampMs(4_500)),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(offsets.results[0].offset, 5);
+    assert_eq!(offsets.results[0].timestamp_ms, 5_000);
+    let mut req = fetch_req("timed", 0, 0);
+    req.start = Some(fetch_request::Start::TimestampMs(7_000));
+    let mut stream = log.fetch(req).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let first = strata_proto::batch::BatchIter::new(resp.records).next().unwrap().unwrap().records().unwrap();
+    assert_eq!(value(&first[0]), "t7");
+    // Latest and earliest positions.
+    let mut req = fetch_req("timed", 0, 0);
+    req.start = Some(fetch_request::Start::Position(StartPosition::Latest as i32));
+    req.follow = false;
+    req.max_wait_ms = 1;
+    let resp = log.fetch(req).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    assert_eq!((resp.next_offset, resp.high_watermark), (10, 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_administration() {
+    let b = TestBroker::start().await;
+    let mut admin = b.admin().await;
+    let created = admin
+        .create_topic(CreateTopicRequest {
+            name: "cfg".into(),
+            partitions: 2,
+            config: Some(TopicConfig {
+                retention_ms: Some(3_600_000),
+                segment_bytes: Some(1 << 20),
+                durability: strata_proto::v1::Durability::None as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cfg = created.config.unwrap();
+    assert_eq!(cfg.retention_ms, Some(3_600_000));
+    assert_eq!(cfg.segment_bytes, Some(1 << 20));
+    assert_eq!(cfg.retention_bytes, Some(-1));
+    assert_eq!(cfg.durability, strata_proto::v1::Durability::None as i32);
+    // Idempotent create.
+    admin
+        .create_topic(CreateTopicRequest { name: "cfg".into(), partitions: 2, if_not_exists: true, ..Default::default() })
+        .await
+        .unwrap();
+    let grown = admin
+        .add_partitions(AddPartitionsRequest { name: "cfg".into(), partitions: 5, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.partitions, 5);
+    assert_eq!(grown.partition_details.len(), 5);
+    let updated = admin
+        .update_topic_config(UpdateTopicConfigRequest {
+            name: "cfg".into(),
+            config: Some(TopicConfig { retention_bytes: Some(1 << 30), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cfg = updated.config.unwrap();
+    assert_eq!(cfg.retention_bytes, Some(1 << 30));
+    assert_eq!(cfg.retention_ms, Some(3_600_000), "unset fields stay unchanged");
+    let list = admin.list_topics(ListTopicsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list.topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["cfg"]);
+    // Delete, then the name is free again and starts empty.
+    let mut log = b.log().await;
+    log.produce(produce_req("cfg", 0, batch_of(&values(3, "old")))).await.unwrap();
+    admin.delete_topic(DeleteTopicRequest { name: "cfg".into(), ..Default::default() }).await.unwrap();
+    let err = log.produce(produce_req("cfg", 0, batch_of(&values(1, "x")))).await.unwrap_err();
+    assert_status(err, Code::NotFound, ErrorCode::UnknownTopic, "default/cfg");
+    create_topic(&b, "cfg", 1).await;
+    assert!(read_partition(&mut log, "cfg", 0, 0).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_isolate_topics() {
+    let b = TestBroker::start().await;
+    let mut admin = b.admin().await;
+    admin.create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false }).await.unwrap();
+    admin
+        .create_topic(CreateTopicRequest { tenant: "team-a".into(), name: "orders".into(), partitions: 1, ..Default::default() })
+        .await
+        .unwrap();
+    let default_topics = admin.list_topics(ListTopicsRequest::default()).await.unwrap().into_inner();
+    assert!(default_topics.topics.is_empty());
+    let err = admin.delete_tenant(DeleteTenantRequest { name: "team-a".into() }).await.unwrap_err();
+    assert_status(err, Code::FailedPrecondition, ErrorCode::TenantNotEmpty, "team-a");
+    let err = admin.delete_tenant(DeleteTenantRequest { name: "default".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = admin.create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false }).await.unwrap_err();
+    assert_status(err, Code::AlreadyExists, ErrorCode::TenantExists, "team-a");
+    let err = admin
+        .create_topic(CreateTopicRequest { tenant: "ghost".into(), name: "x".into(), partitions: 1, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::NotFound, ErrorCode::UnknownTenant, "ghost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_admin_input_gets_precise_errors() {
+    let b = TestBroker::start().await;
+    let mut admin = b.admin().await;
+    for name in ["", "a/b", "..", "has space", &"x".repeat(250)] {
+        let err = admin
+            .create_topic(CreateTopicRequest { name: name.into(), partitions: 1, ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_status(err, Code::InvalidArgument, ErrorCode::InvalidName, "invalid topic name");
+    }
+    let err = admin
+        .create_topic(CreateTopicRequest { name: "zero".into(), partitions: 0, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::InvalidConfig, "partitions must be between 1");
+    let err = admin
+        .create_topic(CreateTopicRequest {
+            name: "bad-seg".into(),
+            partitions: 1,
+            config: Some(TopicConfig { segment_bytes: Some(10), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::InvalidConfig, "segment_bytes");
+    let err = admin
+        .create_topic(CreateTopicRequest {
+            name: "bad-ret".into(),
+            partitions: 1,
+            config: Some(TopicConfig { retention_ms: Some(-5), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::InvalidConfig, "retention_ms");
+    create_topic(&b, "dup", 2).await;
+    let err = admin
+        .create_topic(CreateTopicRequest { name: "dup".into(), partitions: 2, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::AlreadyExists, ErrorCode::TopicExists, "default/dup");
+    let err = admin
+        .add_partitions(AddPartitionsRequest { name: "dup".into(), partitions: 1, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::FailedPrecondition, ErrorCode::PartitionsCannotShrink, "only grow");
+    let err = admin
+        .describe_topic(DescribeTopicRequest { name: "missing".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::NotFound, ErrorCode::UnknownTopic, "default/missing");
+    let err = admin.create_tenant(CreateTenantRequest { name: "Bad_Tenant".into(), if_not_exists: false }).await.unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::InvalidName, "invalid tenant name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_produce_input_gets_precise_errors_and_writes_nothing() {
+    let b = TestBroker::start_with(|c| c.limits.max_record_bytes = strata_broker::config::ByteSize(1000)).await;
+    create_topic(&b, "strict", 2).await;
+    let mut log = b.log().await;
+    // Over the record size limit.
+    let err = log.produce(produce_req("strict", 0, batch_of(&["x".repeat(2000)]))).await.unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::RecordTooLarge, "over the limit of 1000 bytes");
+    // A corrupted batch (one payload bit flipped).
+    let mut bad = batch_of(&values(3, "c")).to_vec();
+    let n = bad.len();
+    bad[n - 2] ^= 1;
+    let err = log.produce(produce_req("strict", 0, bad.into())).await.unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::CorruptBatch, "CRC32C mismatch");
+    // Garbage and empty batches.
+    let err = log.produce(produce_req("strict", 0, vec![1u8, 2, 3].into())).await.unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::CorruptBatch, "truncated");
+    let err = log.produce(produce_req("strict", 0, bytes::Bytes::new())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Unknown topic and partition.
+    let err = log.produce(produce_req("ghost", 0, batch_of(&values(1, "g")))).await.unwrap_err();
+    assert_status(err, Code::NotFound, ErrorCode::UnknownTopic, "default/ghost");
+    let err = log.produce(produce_req("strict", 7, batch_of(&values(1, "g")))).await.unwrap_err();
+    assert_status(err, Code::NotFound, ErrorCode::UnknownPartition, "has no partition 7 (it has 2)");
+    let err = log.produce(produce_req("bad name", 0, batch_of(&values(1, "g")))).await.unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::InvalidName, "invalid topic name");
+    // Nothing of the above was written.
+    let d = b.admin().await.describe_topic(DescribeTopicRequest { name: "strict".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert!(d.partition_details.iter().all(|p| p.end_offset == 0));
+    // A good batch still lands at offset 0.
+    let ok = log.produce(produce_req("strict", 0, batch_of(&values(1, "ok")))).await.unwrap().into_inner();
+    assert_eq!(ok.base_offset, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_fetch_input_gets_precise_errors() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "f", 1).await;
+    let mut log = b.log().await;
+    log.produce(produce_req("f", 0, batch_of(&values(4, "v")))).await.unwrap();
+    let err = log.fetch(fetch_req("f", 0, 5)).await.unwrap_err();
+    assert_status(err, Code::OutOfRange, ErrorCode::OffsetOutOfRange, "offset 5 is out of range: the partition holds offsets 0 to 4");
+    let info = strata_proto::error_info(&log.fetch(fetch_req("f", 0, 99)).await.unwrap_err()).unwrap();
+    assert_eq!(info.metadata["high_watermark"], "4");
+    let err = log
+        .fetch(FetchRequest { topic: "f".into(), start: None, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::InvalidRequest, "needs a start");
+    let err = log
+        .fetch(FetchRequest { topic: "f".into(), start: Some(fetch_request::Start::Position(42)), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = log.fetch(fetch_req("f", 3, 0)).await.unwrap_err();
+    assert_status(err, Code::NotFound, ErrorCode::UnknownPartition, "no partition 3");
+    let err = log.fetch(fetch_req("nope", 0, 0)).await.unwrap_err();
+    assert_status(err, Code::NotFound, ErrorCode::UnknownTopic, "default/nope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_at_the_transport_limit() {
+    let b = TestBroker::start_with(|c| {
+        c.limits.max_batch_bytes = strata_broker::config::ByteSize::mib(1);
+        c.limits.max_inflight_produce_bytes = strata_broker::config::ByteSize::mib(1);
+    })
+    .await;
+    create_topic(&b, "big", 1).await;
+    let mut log = b.log().await;
+    let err = log.produce(produce_req("big", 0, batch_of(&vec!["y".repeat(1000); 1100]))).await.unwrap_err();
+    assert_status(err, Code::InvalidArgument, ErrorCode::BatchTooLarge, "over the 1048576-byte limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_probes_answer() {
+    let b = TestBroker::start().await;
+    let ch = channel(b.addr()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "strata.v1.Log".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let text = format!("{resp:?}");
+    for svc in ["strata.v1.Log", "strata.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(text.contains(svc), "reflection lists {svc}: {text}");
+    }
+    let body = http_get(b.http_addr(), "/readyz").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let body = http_get(b.http_addr(), "/healthz").await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (no extra client dependency).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_none_topics_acknowledge_and_read_back() {
+    let b = TestBroker::start().await;
+    b.admin()
+        .await
+        .create_topic(CreateTopicRequest {
+            name: "fast".into(),
+            partitions: 1,
+            config: Some(TopicConfig { durability: strata_proto::v1::Durability::None as i32, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut log = b.log().await;
+    for i in 0..10 {
+        log.produce(produce_req("fast", 0, batch_of(&[format!("n{i}")]))).await.unwrap();
+    }
+    assert_eq!(read_partition(&mut log, "fast", 0, 0).await.len(), 10);
+}

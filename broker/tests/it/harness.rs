@@ -1,0 +1,191 @@
+//! Test harness: an in-process broker on ephemeral ports, a child-process
+//! broker, raw gRPC clients and batch helpers.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_proto::batch::{BatchBuilder, BatchIter, Compression, Record};
+use strata_proto::v1::{
+    FetchRequest, ProduceRequest, admin_client::AdminClient, fetch_request, log_client::LogClient,
+};
+use tonic::transport::Channel;
+
+pub struct TestBroker {
+    pub running: Option<strata_broker::RunningBroker>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn test_config(data_dir: &Path) -> strata_broker::Config {
+    let mut c = strata_broker::Config::default();
+    c.storage.data_dir = data_dir.to_path_buf();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.http_listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut strata_broker::Config)) -> TestBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let running = strata_broker::start(config).await.unwrap();
+        TestBroker { running: Some(running), dir }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().grpc_addr()
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().http_addr()
+    }
+
+    pub async fn log(&self) -> LogClient<Channel> {
+        log_client(self.addr()).await
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(channel(self.addr()).await)
+    }
+
+    /// Stops gracefully and starts again on the same data directory.
+    pub async fn restart(&mut self) {
+        self.running.take().unwrap().shutdown().await;
+        let config = test_config(self.dir.path());
+        self.running = Some(strata_broker::start(config).await.unwrap());
+    }
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+}
+
+pub async fn log_client(addr: SocketAddr) -> LogClient<Channel> {
+    LogClient::new(channel(addr).await).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+}
+
+pub fn batch_of(values: &[String]) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None);
+    for v in values {
+        b.push(now_ms(), None, Some(v.as_bytes()), &[]);
+    }
+    b.finish().unwrap()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+pub fn produce_req(topic: &str, partition: u32, batch: Bytes) -> ProduceRequest {
+    ProduceRequest { tenant: String::new(), topic: topic.into(), partition, batch, request_id: 0 }
+}
+
+pub fn fetch_req(topic: &str, partition: u32, offset: u64) -> FetchRequest {
+    FetchRequest {
+        tenant: String::new(),
+        topic: topic.into(),
+        partition,
+        start: Some(fetch_request::Start::Offset(offset)),
+        max_bytes: 64 * 1024,
+        max_wait_ms: 50,
+        follow: true,
+    }
+}
+
+/// Reads a partition from `from` up to its high watermark, decoding (and so
+/// CRC-checking) every batch. Panics on any corrupt batch.
+pub async fn read_partition(client: &mut LogClient<Channel>, topic: &str, partition: u32, from: u64) -> Vec<Record> {
+    let mut stream = client.fetch(fetch_req(topic, partition, from)).await.unwrap().into_inner();
+    let mut out: Vec<Record> = Vec::new();
+    let mut next = from;
+    while let Some(resp) = stream.message().await.unwrap() {
+        for batch in BatchIter::new(resp.records.clone()) {
+            for r in batch.unwrap().records().unwrap() {
+                if r.offset >= next {
+                    assert_eq!(r.offset, next, "offsets are contiguous");
+                    next = r.offset + 1;
+                    out.push(r);
+                }
+            }
+        }
+        if resp.records.is_empty() && resp.next_offset >= resp.high_watermark {
+            break;
+        }
+    }
+    out
+}
+
+pub fn value(r: &Record) -> String {
+    String::from_utf8(r.value.as_ref().unwrap().to_vec()).unwrap()
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `strata-broker` child process.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn broker_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strata-broker")
+}
+
+impl BrokerProcess {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(broker_bin())
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("STRATA_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .unwrap_or_else(|| panic!("unexpected first line from broker: {line:?}"))
+            .parse()
+            .unwrap();
+        BrokerProcess { child, addr }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

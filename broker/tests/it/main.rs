@@ -1,0 +1,7 @@
+//! Integration tests of the broker: the real server on 127.0.0.1:0 spoken to
+//! over real gRPC with the generated client, in-process and as a child
+//! process killed with SIGKILL.
+
+mod api;
+mod harness;
+mod process;
