@@ -2,11 +2,7 @@
 //! `OUT_DIR`, together with the encoded descriptor set used by gRPC reflection.
 use prost::Message;
 
-const PROTOS: &[&str] = &[
-    "strata/v1/common.proto",
-    "strata/v1/log.proto",
-    "strata/v1/admin.proto",
-];
+const PROTOS: &[&str] = &["strata/v1/common.proto", "strata/v1/log.proto", "strata/v1/admin.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

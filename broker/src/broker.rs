@@ -132,9 +132,9 @@ impl Broker {
     pub async fn open(config: Config) -> Result<Arc<Broker>, OpenError> {
         let config = Arc::new(config);
         let cfg = config.clone();
-        let (lock, store, topics) = tokio::task::spawn_blocking(move || open_blocking(&cfg))
-            .await
-            .map_err(|e| OpenError::DataDir { path: config.storage.data_dir.clone(), source: std::io::Error::other(e) })??;
+        let (lock, store, topics) = tokio::task::spawn_blocking(move || open_blocking(&cfg)).await.map_err(|e| {
+            OpenError::DataDir { path: config.storage.data_dir.clone(), source: std::io::Error::other(e) }
+        })??;
         for topic in topics.values() {
             for log in read_lock(&topic.partitions).iter() {
                 tokio::spawn(log.clone().run_syncer());
@@ -200,10 +200,7 @@ impl Broker {
     }
 
     fn all_logs(&self) -> Vec<Arc<PartitionLog>> {
-        read_lock(&self.topics)
-            .values()
-            .flat_map(|t| read_lock(&t.partitions).clone())
-            .collect()
+        read_lock(&self.topics).values().flat_map(|t| read_lock(&t.partitions).clone()).collect()
     }
 
     /// Runs retention and age-based rolling on every partition. `now_ms` is
@@ -257,7 +254,12 @@ impl Broker {
     }
 
     /// The log of one partition, with a `tenant/topic/partition` label.
-    pub(crate) fn partition(&self, tenant: &str, topic: &str, partition: u32) -> Result<(Arc<PartitionLog>, String), BrokerError> {
+    pub(crate) fn partition(
+        &self,
+        tenant: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(Arc<PartitionLog>, String), BrokerError> {
         let t = self.topic(tenant, topic)?;
         let parts = read_lock(&t.partitions);
         let log = parts.get(partition as usize).cloned().ok_or_else(|| BrokerError::UnknownPartition {
@@ -273,7 +275,13 @@ impl Broker {
 
     /// Validates and appends one batch; the returned handle resolves once it
     /// is durable. Appends to one partition happen in call order.
-    pub async fn append(&self, tenant: &str, topic: &str, partition: u32, batch: Bytes) -> Result<PendingAppend, BrokerError> {
+    pub async fn append(
+        &self,
+        tenant: &str,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+    ) -> Result<PendingAppend, BrokerError> {
         self.check_running()?;
         let (log, resource) = self.partition(tenant, topic, partition)?;
         let limit = self.config.limits.max_batch_bytes.0;
@@ -290,7 +298,8 @@ impl Broker {
         let log2 = log.clone();
         let res = resource.clone();
         let appended = tokio::task::spawn_blocking(move || {
-            let header = batch::validate(&batch, limits).map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
+            let header = batch::validate(&batch, limits)
+                .map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
             let mut owned = batch.to_vec();
             log2.append(&mut owned, &header, now_ms()).map_err(|source| BrokerError::Log { resource: res, source })
         })
@@ -309,12 +318,23 @@ impl Broker {
     }
 
     /// Appends and waits for durability.
-    pub async fn produce(&self, tenant: &str, topic: &str, partition: u32, batch: Bytes) -> Result<Produced, BrokerError> {
+    pub async fn produce(
+        &self,
+        tenant: &str,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+    ) -> Result<Produced, BrokerError> {
         self.append(tenant, topic, partition, batch).await?.wait().await
     }
 
     /// Reads whole batches from `from`.
-    pub(crate) async fn read(log: &Arc<PartitionLog>, resource: &str, from: u64, max_bytes: usize) -> Result<ReadResult, BrokerError> {
+    pub(crate) async fn read(
+        log: &Arc<PartitionLog>,
+        resource: &str,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, BrokerError> {
         let log = log.clone();
         tokio::task::spawn_blocking(move || log.read(from, max_bytes))
             .await
@@ -323,7 +343,11 @@ impl Broker {
     }
 
     /// First offset with a timestamp >= `ts` (the high watermark if none).
-    pub(crate) async fn offset_for_timestamp(log: &Arc<PartitionLog>, resource: &str, ts: i64) -> Result<(u64, i64), BrokerError> {
+    pub(crate) async fn offset_for_timestamp(
+        log: &Arc<PartitionLog>,
+        resource: &str,
+        ts: i64,
+    ) -> Result<(u64, i64), BrokerError> {
         let log = log.clone();
         tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts))
             .await
@@ -340,7 +364,8 @@ impl Broker {
         let res = store.commit(&CatalogCommand::CreateTenant { name: name.to_string(), at_ms: now_ms() });
         match res {
             Ok(_) => {}
-            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TenantExists(_))) if if_not_exists => {}
+            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TenantExists(_)))
+                if if_not_exists => {}
             Err(e) => return Err(e.into()),
         }
         let t = &store.catalog().tenants[name.as_str()];
@@ -353,7 +378,11 @@ impl Broker {
             .catalog()
             .tenants
             .iter()
-            .map(|(name, t)| TenantView { name: name.clone(), created_at_ms: t.created_at_ms, topic_count: t.topics.len() as u32 })
+            .map(|(name, t)| TenantView {
+                name: name.clone(),
+                created_at_ms: t.created_at_ms,
+                topic_count: t.topics.len() as u32,
+            })
             .collect()
     }
 
@@ -390,7 +419,11 @@ impl Broker {
             }
         }
         if !(MIN_SEGMENT_BYTES..=(1 << 31)).contains(&s.segment_bytes) {
-            return bad(format!("segment_bytes must be between {MIN_SEGMENT_BYTES} and {} bytes, got {}", 1u64 << 31, s.segment_bytes));
+            return bad(format!(
+                "segment_bytes must be between {MIN_SEGMENT_BYTES} and {} bytes, got {}",
+                1u64 << 31,
+                s.segment_bytes
+            ));
         }
         if !(1..=MAX_MS).contains(&s.segment_ms) {
             return bad(format!("segment_ms must be between 1 and {MAX_MS} ms, got {}", s.segment_ms));
@@ -441,7 +474,9 @@ impl Broker {
         let id = match store.commit(&cmd) {
             Ok(Applied::Topic { id }) => id,
             Ok(other) => return Err(BrokerError::InvalidRequest(format!("unexpected catalog result {other:?}"))),
-            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TopicExists { .. })) if if_not_exists => {
+            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TopicExists { .. }))
+                if if_not_exists =>
+            {
                 drop(store);
                 return self.describe_topic(tenant.as_str(), name.as_str());
             }
@@ -466,7 +501,9 @@ impl Broker {
     fn check_partitions(&self, partitions: u32) -> Result<(), BrokerError> {
         let max = self.config.limits.max_partitions_per_topic;
         if partitions == 0 || partitions > max {
-            return Err(BrokerError::InvalidConfig(format!("partitions must be between 1 and {max}, got {partitions}")));
+            return Err(BrokerError::InvalidConfig(format!(
+                "partitions must be between 1 and {max}, got {partitions}"
+            )));
         }
         Ok(())
     }
@@ -555,7 +592,12 @@ impl Broker {
         self.describe_topic(&t.tenant, &t.name)
     }
 
-    pub async fn update_topic(&self, tenant: &str, name: &str, overrides: TopicOverrides) -> Result<TopicView, BrokerError> {
+    pub async fn update_topic(
+        &self,
+        tenant: &str,
+        name: &str,
+        overrides: TopicOverrides,
+    ) -> Result<TopicView, BrokerError> {
         self.check_running()?;
         let t = self.topic(tenant, name)?;
         let current = *read_lock(&t.settings);
@@ -615,12 +657,8 @@ fn open_blocking(config: &Config) -> Result<Opened, OpenError> {
     let data = &config.storage.data_dir;
     let io = |source| OpenError::DataDir { path: data.clone(), source };
     std::fs::create_dir_all(data).map_err(io)?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(data.join(".lock"))
-        .map_err(io)?;
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data.join(".lock")).map_err(io)?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(data.clone())),

@@ -259,10 +259,8 @@ impl CatalogStore {
     fn persist(&self, catalog: &Catalog) -> Result<(), StoreError> {
         let io = |source| StoreError::Io { path: self.path.clone(), source };
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(catalog).map_err(|e| StoreError::Invalid {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec_pretty(catalog)
+            .map_err(|e| StoreError::Invalid { path: self.path.clone(), message: e.to_string() })?;
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -309,7 +307,10 @@ mod tests {
         assert!(matches!(c.apply(&create("orders", 1)), Err(CatalogError::TopicExists { .. })));
         let shrink = CatalogCommand::AddPartitions { tenant: "default".into(), name: "orders".into(), partitions: 2 };
         assert!(matches!(c.apply(&shrink), Err(CatalogError::PartitionsCannotShrink { current: 3, .. })));
-        assert!(matches!(c.apply(&CatalogCommand::DeleteTenant { name: "default".into() }), Err(CatalogError::DefaultTenant)));
+        assert!(matches!(
+            c.apply(&CatalogCommand::DeleteTenant { name: "default".into() }),
+            Err(CatalogError::DefaultTenant)
+        ));
         assert_eq!(c, before);
         let grow = CatalogCommand::AddPartitions { tenant: "default".into(), name: "orders".into(), partitions: 5 };
         assert_eq!(c.apply(&grow).unwrap(), Applied::PartitionsAdded { id: 1, from: 3, to: 5 });

@@ -295,10 +295,8 @@ impl Config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    message: e.message().to_owned(),
-                })?
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.message().to_owned() })?
             }
             None => toml::Table::new(),
         };
@@ -382,9 +380,7 @@ fn apply_env(table: &mut toml::Table, env: &HashMap<String, String>) -> Result<(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let entry = table
-            .entry(section.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = entry.as_table_mut() else {
             return Err(ConfigError::Invalid(format!("[{section}] must be a table")));
         };

@@ -17,11 +17,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(broker): State<Arc<Broker>>) -> (StatusCode, &'static str) {
-    if broker.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+    if broker.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
 }
 
 pub(crate) async fn serve(
@@ -29,9 +25,6 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(broker);
+    let app = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(broker);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

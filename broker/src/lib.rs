@@ -56,8 +56,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let grpc_listener = bind(config.server.listen).await?;
     let http_listener = bind(config.server.http_listen).await?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
-    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.http_listen, source })?;
+    let grpc_addr =
+        grpc_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+    let http_addr =
+        http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.http_listen, source })?;
     let broker = Broker::open(config).await?;
     let (stop, _) = watch::channel(false);
     let stopped = |rx: watch::Receiver<bool>| async move {

@@ -96,11 +96,7 @@ pub enum BatchError {
     #[error("record {index} is malformed: {reason}")]
     MalformedRecord { index: u32, reason: &'static str },
     #[error("record {index} is {size} bytes, over the limit of {limit} bytes")]
-    RecordTooLarge {
-        index: u32,
-        size: usize,
-        limit: usize,
-    },
+    RecordTooLarge { index: u32, size: usize, limit: usize },
     #[error("batch max timestamp {declared} disagrees with its records (max {actual})")]
     TimestampMismatch { declared: i64, actual: i64 },
     #[error("lz4 decompression failed: {0}")]
@@ -131,10 +127,7 @@ impl BatchHeader {
     /// Parses the fixed header at the start of `buf` without checking the CRC.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         if buf.len() < HEADER_LEN {
-            return Err(BatchError::Truncated {
-                needed: HEADER_LEN,
-                available: buf.len(),
-            });
+            return Err(BatchError::Truncated { needed: HEADER_LEN, available: buf.len() });
         }
         let mut b = buf;
         let base_offset = b.get_u64_le();
@@ -160,10 +153,7 @@ impl BatchHeader {
             record_count: b.get_u32_le(),
         };
         if (batch_len as usize) < HEADER_LEN - LENGTH_PREFIX {
-            return Err(BatchError::LengthMismatch {
-                declared: batch_len as usize + LENGTH_PREFIX,
-                actual: buf.len(),
-            });
+            return Err(BatchError::LengthMismatch { declared: batch_len as usize + LENGTH_PREFIX, actual: buf.len() });
         }
         Ok(header)
     }
@@ -207,10 +197,7 @@ pub struct Limits {
 pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(buf)?;
     if header.total_len() != buf.len() {
-        return Err(BatchError::LengthMismatch {
-            declared: header.total_len(),
-            actual: buf.len(),
-        });
+        return Err(BatchError::LengthMismatch { declared: header.total_len(), actual: buf.len() });
     }
     check_crc(buf, &header)?;
     let compression = header.compression()?;
@@ -232,20 +219,13 @@ pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
     let mut index = 0u32;
     while let Some(span) = reader.next_span()? {
         if span.len > limits.max_record_bytes {
-            return Err(BatchError::RecordTooLarge {
-                index,
-                size: span.len,
-                limit: limits.max_record_bytes,
-            });
+            return Err(BatchError::RecordTooLarge { index, size: span.len, limit: limits.max_record_bytes });
         }
         max_ts = max_ts.max(span.timestamp);
         index += 1;
     }
     if max_ts != header.max_timestamp {
-        return Err(BatchError::TimestampMismatch {
-            declared: header.max_timestamp,
-            actual: max_ts,
-        });
+        return Err(BatchError::TimestampMismatch { declared: header.max_timestamp, actual: max_ts });
     }
     Ok(header)
 }
@@ -253,10 +233,7 @@ pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
 fn check_crc(buf: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
     let computed = crc32c::crc32c(&buf[CRC_START..]);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch {
-            stored: header.crc,
-            computed,
-        });
+        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
     }
     Ok(())
 }
@@ -271,10 +248,7 @@ pub fn set_leader_epoch(buf: &mut [u8], epoch: u32) {
     buf[12..16].copy_from_slice(&epoch.to_le_bytes());
 }
 
-fn decompress(
-    compression: Compression,
-    data: &[u8],
-) -> Result<std::borrow::Cow<'_, [u8]>, BatchError> {
+fn decompress(compression: Compression, data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, BatchError> {
     match compression {
         Compression::None => Ok(std::borrow::Cow::Borrowed(data)),
         Compression::Lz4 => {
@@ -312,10 +286,7 @@ pub struct Record {
 impl Record {
     /// The first header with this key.
     pub fn header(&self, key: &str) -> Option<&Bytes> {
-        self.headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value.as_ref())
+        self.headers.iter().find(|h| h.key == key).and_then(|h| h.value.as_ref())
     }
 }
 
@@ -340,37 +311,22 @@ struct RecordReader<'a> {
 
 impl<'a> RecordReader<'a> {
     fn new(header: &BatchHeader, data: &'a [u8]) -> Self {
-        RecordReader {
-            data,
-            pos: 0,
-            index: 0,
-            count: header.record_count,
-            base_timestamp: header.base_timestamp,
-        }
+        RecordReader { data, pos: 0, index: 0, count: header.record_count, base_timestamp: header.base_timestamp }
     }
 
     fn malformed(&self, reason: &'static str) -> BatchError {
-        BatchError::MalformedRecord {
-            index: self.index,
-            reason,
-        }
+        BatchError::MalformedRecord { index: self.index, reason }
     }
 
     fn next_span(&mut self) -> Result<Option<RecordSpan>, BatchError> {
         if self.index == self.count {
             if self.pos != self.data.len() {
-                return Err(BatchError::CountMismatch {
-                    declared: self.count,
-                    found: self.count + 1,
-                });
+                return Err(BatchError::CountMismatch { declared: self.count, found: self.count + 1 });
             }
             return Ok(None);
         }
         if self.pos == self.data.len() {
-            return Err(BatchError::CountMismatch {
-                declared: self.count,
-                found: self.index,
-            });
+            return Err(BatchError::CountMismatch { declared: self.count, found: self.index });
         }
         let mut cur = &self.data[self.pos..];
         let before = cur.len();
@@ -390,31 +346,23 @@ impl<'a> RecordReader<'a> {
         if attributes != 0 {
             return Err(self.malformed("reserved record attributes set"));
         }
-        let ts_delta = zigzag_decode(
-            decode_varint(&mut body).map_err(|_| self.malformed("bad timestamp delta"))?,
-        );
-        let timestamp = self
-            .base_timestamp
-            .checked_add(ts_delta)
-            .ok_or_else(|| self.malformed("timestamp overflows"))?;
-        let offset_delta =
-            decode_varint(&mut body).map_err(|_| self.malformed("bad offset delta"))?;
+        let ts_delta = zigzag_decode(decode_varint(&mut body).map_err(|_| self.malformed("bad timestamp delta"))?);
+        let timestamp =
+            self.base_timestamp.checked_add(ts_delta).ok_or_else(|| self.malformed("timestamp overflows"))?;
+        let offset_delta = decode_varint(&mut body).map_err(|_| self.malformed("bad offset delta"))?;
         if offset_delta != u64::from(self.index) {
             return Err(self.malformed("offset delta out of sequence"));
         }
         let key = self.read_nullable(&mut body, body_start, body_len)?;
         let value = self.read_nullable(&mut body, body_start, body_len)?;
-        let header_count =
-            decode_varint(&mut body).map_err(|_| self.malformed("bad header count"))?;
+        let header_count = decode_varint(&mut body).map_err(|_| self.malformed("bad header count"))?;
         if header_count > body.len() as u64 {
             return Err(self.malformed("header count exceeds record size"));
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
-            let key_len =
-                decode_varint(&mut body).map_err(|_| self.malformed("bad header key length"))?;
-            let key_len =
-                usize::try_from(key_len).map_err(|_| self.malformed("header key overflows"))?;
+            let key_len = decode_varint(&mut body).map_err(|_| self.malformed("bad header key length"))?;
+            let key_len = usize::try_from(key_len).map_err(|_| self.malformed("header key overflows"))?;
             if key_len > body.len() {
                 return Err(self.malformed("header key runs past the record"));
             }
@@ -430,13 +378,7 @@ impl<'a> RecordReader<'a> {
         }
         self.pos = body_end;
         self.index += 1;
-        Ok(Some(RecordSpan {
-            len,
-            timestamp,
-            key,
-            value,
-            headers,
-        }))
+        Ok(Some(RecordSpan { len, timestamp, key, value, headers }))
     }
 
     /// Reads a zigzag length (-1 = null) and returns the absolute byte range.
@@ -446,8 +388,7 @@ impl<'a> RecordReader<'a> {
         body_start: usize,
         body_len: usize,
     ) -> Result<Option<(usize, usize)>, BatchError> {
-        let len =
-            zigzag_decode(decode_varint(body).map_err(|_| self.malformed("bad field length"))?);
+        let len = zigzag_decode(decode_varint(body).map_err(|_| self.malformed("bad field length"))?);
         if len == -1 {
             return Ok(None);
         }
@@ -485,9 +426,7 @@ impl RawBatch {
         let compression = self.header.compression()?;
         let payload = match compression {
             Compression::None => self.bytes.slice(HEADER_LEN..),
-            Compression::Lz4 => {
-                Bytes::from(decompress(compression, &self.bytes[HEADER_LEN..])?.into_owned())
-            }
+            Compression::Lz4 => Bytes::from(decompress(compression, &self.bytes[HEADER_LEN..])?.into_owned()),
         };
         let mut reader = RecordReader::new(&self.header, &payload);
         let mut out = Vec::with_capacity(self.header.record_count as usize);
@@ -499,14 +438,7 @@ impl RawBatch {
                 timestamp_ms: span.timestamp,
                 key: slice(span.key),
                 value: slice(span.value),
-                headers: span
-                    .headers
-                    .into_iter()
-                    .map(|(key, v)| RecordHeader {
-                        key,
-                        value: slice(v),
-                    })
-                    .collect(),
+                headers: span.headers.into_iter().map(|(key, v)| RecordHeader { key, value: slice(v) }).collect(),
             });
         }
         Ok(out)
@@ -544,10 +476,7 @@ impl Iterator for BatchIter {
         let total = header.total_len();
         if total > self.buf.len() {
             self.failed = true;
-            return Some(Err(BatchError::Truncated {
-                needed: total,
-                available: self.buf.len(),
-            }));
+            return Some(Err(BatchError::Truncated { needed: total, available: self.buf.len() }));
         }
         let bytes = self.buf.split_to(total);
         Some(Ok(RawBatch { header, bytes }))
@@ -604,11 +533,7 @@ impl BatchBuilder {
     }
 
     /// Size one record would add to the batch.
-    pub fn record_size(
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[(&str, Option<&[u8]>)],
-    ) -> usize {
+    pub fn record_size(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> usize {
         let body = Self::body_len(0, 0, key, value, headers);
         encoded_len_varint(body as u64) + body
     }
@@ -629,10 +554,7 @@ impl BatchBuilder {
             + nullable(key)
             + nullable(value)
             + encoded_len_varint(headers.len() as u64)
-            + headers
-                .iter()
-                .map(|(k, v)| encoded_len_varint(k.len() as u64) + k.len() + nullable(*v))
-                .sum::<usize>()
+            + headers.iter().map(|(k, v)| encoded_len_varint(k.len() as u64) + k.len() + nullable(*v)).sum::<usize>()
     }
 
     /// Appends one record.
@@ -674,9 +596,7 @@ impl BatchBuilder {
         let payload: Bytes = match self.compression {
             Compression::None => self.records.freeze(),
             Compression::Lz4 => {
-                let mut out = Vec::with_capacity(
-                    4 + lz4_flex::block::get_maximum_output_size(self.records.len()),
-                );
+                let mut out = Vec::with_capacity(4 + lz4_flex::block::get_maximum_output_size(self.records.len()));
                 out.extend_from_slice(&(self.records.len() as u32).to_le_bytes());
                 out.extend_from_slice(&lz4_flex::block::compress(&self.records));
                 Bytes::from(out)
@@ -719,18 +639,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: Limits = Limits {
-        max_record_bytes: 1 << 20,
-    };
+    const LIMITS: Limits = Limits { max_record_bytes: 1 << 20 };
 
     fn sample(compression: Compression) -> Bytes {
         let mut b = BatchBuilder::new(compression);
-        b.push(
-            1000,
-            Some(b"k1"),
-            Some(b"hello"),
-            &[("traceparent", Some(b"00-abc"))],
-        );
+        b.push(1000, Some(b"k1"), Some(b"hello"), &[("traceparent", Some(b"00-abc"))]);
         b.push(999, None, Some(b""), &[]);
         b.push(1005, Some(b"k3"), None, &[("h", None)]);
         b.finish().unwrap()
@@ -750,10 +663,7 @@ mod tests {
             assert_eq!(recs.len(), 3);
             assert_eq!(recs[0].offset, 42);
             assert_eq!(recs[0].value.as_deref(), Some(&b"hello"[..]));
-            assert_eq!(
-                recs[0].header("traceparent").map(|b| &b[..]),
-                Some(&b"00-abc"[..])
-            );
+            assert_eq!(recs[0].header("traceparent").map(|b| &b[..]), Some(&b"00-abc"[..]));
             assert_eq!(recs[1].key, None);
             assert_eq!(recs[1].timestamp_ms, 999);
             assert_eq!(recs[2].value, None);
@@ -769,10 +679,7 @@ mod tests {
         validate(&bytes, LIMITS).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x40;
-        assert!(matches!(
-            validate(&bytes, LIMITS),
-            Err(BatchError::CrcMismatch { .. })
-        ));
+        assert!(matches!(validate(&bytes, LIMITS), Err(BatchError::CrcMismatch { .. })));
     }
 
     #[test]
@@ -780,17 +687,8 @@ mod tests {
         let mut b = BatchBuilder::new(Compression::None);
         b.push(1, None, Some(&[0u8; 2000]), &[]);
         let bytes = b.finish().unwrap();
-        let err = validate(
-            &bytes,
-            Limits {
-                max_record_bytes: 1000,
-            },
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, BatchError::RecordTooLarge { index: 0, .. }),
-            "{err}"
-        );
+        let err = validate(&bytes, Limits { max_record_bytes: 1000 }).unwrap_err();
+        assert!(matches!(err, BatchError::RecordTooLarge { index: 0, .. }), "{err}");
     }
 
     #[test]
@@ -801,10 +699,7 @@ mod tests {
         }
         let mut padded = bytes.to_vec();
         padded.push(0);
-        assert!(matches!(
-            validate(&padded, LIMITS),
-            Err(BatchError::LengthMismatch { .. })
-        ));
+        assert!(matches!(validate(&padded, LIMITS), Err(BatchError::LengthMismatch { .. })));
     }
 
     #[test]
@@ -812,10 +707,7 @@ mod tests {
         let mut b = BatchBuilder::new(Compression::None);
         let before = b.size();
         b.push(0, Some(b"key"), Some(b"value"), &[("a", Some(b"b"))]);
-        assert_eq!(
-            b.size() - before,
-            BatchBuilder::record_size(Some(b"key"), Some(b"value"), &[("a", Some(b"b"))])
-        );
+        assert_eq!(b.size() - before, BatchBuilder::record_size(Some(b"key"), Some(b"value"), &[("a", Some(b"b"))]));
     }
 
     proptest! {

@@ -12,18 +12,13 @@ pub mod v1 {
     tonic::include_proto!("strata.v1");
 
     /// Encoded `FileDescriptorSet` of every Strata proto, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/strata_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/strata_descriptor.bin"));
 }
 
 use prost::Message;
 
 /// Builds a `tonic::Status` whose details carry an encoded [`v1::ErrorInfo`].
-pub fn status_with_info(
-    code: tonic::Code,
-    message: impl Into<String>,
-    info: v1::ErrorInfo,
-) -> tonic::Status {
+pub fn status_with_info(code: tonic::Code, message: impl Into<String>, info: v1::ErrorInfo) -> tonic::Status {
     tonic::Status::with_details(code, message, info.encode_to_vec().into())
 }
 
@@ -37,7 +32,5 @@ pub fn error_info(status: &tonic::Status) -> Option<v1::ErrorInfo> {
 
 /// The stable error code of a status, `Unspecified` when none is attached.
 pub fn error_code(status: &tonic::Status) -> v1::ErrorCode {
-    error_info(status)
-        .and_then(|i| v1::ErrorCode::try_from(i.code).ok())
-        .unwrap_or(v1::ErrorCode::Unspecified)
+    error_info(status).and_then(|i| v1::ErrorCode::try_from(i.code).ok()).unwrap_or(v1::ErrorCode::Unspecified)
 }

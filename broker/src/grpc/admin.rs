@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use strata_proto::v1::{
-    self as pb, AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTenantResponse,
-    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, ListTenantsRequest, ListTenantsResponse,
-    ListTopicsRequest, ListTopicsResponse, PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
-    UpdateTopicConfigRequest, admin_server::Admin,
+    self as pb, AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest,
+    DeleteTenantResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, ListTenantsRequest,
+    ListTenantsResponse, ListTopicsRequest, ListTopicsResponse, PartitionDescription, TopicConfig, TopicDescription,
+    TopicSummary, UpdateTopicConfigRequest, admin_server::Admin,
 };
 use tonic::{Request, Response, Status};
 
@@ -98,12 +98,18 @@ impl Admin for AdminService {
         Ok(Response::new(tenant_to_pb(t)))
     }
 
-    async fn list_tenants(&self, _request: Request<ListTenantsRequest>) -> Result<Response<ListTenantsResponse>, Status> {
+    async fn list_tenants(
+        &self,
+        _request: Request<ListTenantsRequest>,
+    ) -> Result<Response<ListTenantsResponse>, Status> {
         let tenants = self.broker.list_tenants().await.into_iter().map(tenant_to_pb).collect();
         Ok(Response::new(ListTenantsResponse { tenants }))
     }
 
-    async fn delete_tenant(&self, request: Request<DeleteTenantRequest>) -> Result<Response<DeleteTenantResponse>, Status> {
+    async fn delete_tenant(
+        &self,
+        request: Request<DeleteTenantRequest>,
+    ) -> Result<Response<DeleteTenantResponse>, Status> {
         let r = request.into_inner();
         self.broker.delete_tenant(&r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTenantResponse {}))
@@ -112,11 +118,8 @@ impl Admin for AdminService {
     async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicDescription>, Status> {
         let r = request.into_inner();
         let o = overrides(r.config)?;
-        let t = self
-            .broker
-            .create_topic(&r.tenant, &r.name, r.partitions, o, r.if_not_exists)
-            .await
-            .map_err(to_status)?;
+        let t =
+            self.broker.create_topic(&r.tenant, &r.name, r.partitions, o, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
 
@@ -136,26 +139,38 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn describe_topic(&self, request: Request<DescribeTopicRequest>) -> Result<Response<TopicDescription>, Status> {
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
         let r = request.into_inner();
         let t = self.broker.describe_topic(&r.tenant, &r.name).map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
 
-    async fn add_partitions(&self, request: Request<AddPartitionsRequest>) -> Result<Response<TopicDescription>, Status> {
+    async fn add_partitions(
+        &self,
+        request: Request<AddPartitionsRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
         let r = request.into_inner();
         let t = self.broker.add_partitions(&r.tenant, &r.name, r.partitions).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
 
-    async fn update_topic_config(&self, request: Request<UpdateTopicConfigRequest>) -> Result<Response<TopicDescription>, Status> {
+    async fn update_topic_config(
+        &self,
+        request: Request<UpdateTopicConfigRequest>,
+    ) -> Result<Response<TopicDescription>, Status> {
         let r = request.into_inner();
         let o = overrides(r.config)?;
         let t = self.broker.update_topic(&r.tenant, &r.name, o).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
 
-    async fn delete_topic(&self, request: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
         let r = request.into_inner();
         self.broker.delete_topic(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTopicResponse {}))

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::Stream;
 use strata_proto::v1::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, StartPosition,
-    fetch_request, list_offsets_request, list_offsets_response, log_server::Log,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse,
+    StartPosition, fetch_request, list_offsets_request, list_offsets_response, log_server::Log,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -50,11 +50,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl Log for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let r = request.into_inner();
-        let produced = self
-            .broker
-            .produce(&r.tenant, &r.topic, r.partition, r.batch)
-            .await
-            .map_err(to_status)?;
+        let produced = self.broker.produce(&r.tenant, &r.topic, r.partition, r.batch).await.map_err(to_status)?;
         Ok(Response::new(produce_response(r.request_id, r.partition, produced)))
     }
 
@@ -147,7 +143,10 @@ impl Log for LogService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_offsets(&self, request: Request<ListOffsetsRequest>) -> Result<Response<ListOffsetsResponse>, Status> {
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
         let r = request.into_inner();
         let mut queries = r.queries;
         if queries.is_empty() {

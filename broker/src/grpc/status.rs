@@ -18,8 +18,12 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             CatalogError::TenantExists(t) => (Code::AlreadyExists, E::TenantExists, t.clone()),
             CatalogError::TenantNotEmpty { name, .. } => (Code::FailedPrecondition, E::TenantNotEmpty, name.clone()),
             CatalogError::DefaultTenant => (Code::FailedPrecondition, E::InvalidRequest, "default".into()),
-            CatalogError::UnknownTopic { tenant, name } => (Code::NotFound, E::UnknownTopic, format!("{tenant}/{name}")),
-            CatalogError::TopicExists { tenant, name } => (Code::AlreadyExists, E::TopicExists, format!("{tenant}/{name}")),
+            CatalogError::UnknownTopic { tenant, name } => {
+                (Code::NotFound, E::UnknownTopic, format!("{tenant}/{name}"))
+            }
+            CatalogError::TopicExists { tenant, name } => {
+                (Code::AlreadyExists, E::TopicExists, format!("{tenant}/{name}"))
+            }
             CatalogError::PartitionsCannotShrink { tenant, name, .. } => {
                 (Code::FailedPrecondition, E::PartitionsCannotShrink, format!("{tenant}/{name}"))
             }

@@ -175,8 +175,7 @@ impl IndexFile {
 
     fn offset_entry(&self, i: u32) -> io::Result<OffsetEntry> {
         let mut b = [0u8; OFFSET_ENTRY_LEN as usize];
-        self.file
-            .read_exact_at(&mut b, INDEX_HEADER_LEN + u64::from(i) * OFFSET_ENTRY_LEN)?;
+        self.file.read_exact_at(&mut b, INDEX_HEADER_LEN + u64::from(i) * OFFSET_ENTRY_LEN)?;
         Ok(OffsetEntry {
             rel_offset: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             position: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use strata_proto::batch::{BatchHeader, BatchIter, set_base_offset};
 use tokio::sync::{Notify, watch};
 
-use segment::{ActiveSegment, ReadError, SealedSegment, SEGMENT_HEADER_LEN};
+use segment::{ActiveSegment, ReadError, SEGMENT_HEADER_LEN, SealedSegment};
 
 /// Whether an append waits for fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -160,8 +160,7 @@ impl PartitionLog {
             None => ActiveSegment::create(dir, 0).map_err(|e| LogError::io(dir, e))?,
             Some((&last, rest)) => {
                 for &base in rest {
-                    let (seg, stopped) =
-                        SealedSegment::open(dir, base, interval).map_err(|e| LogError::io(dir, e))?;
+                    let (seg, stopped) = SealedSegment::open(dir, base, interval).map_err(|e| LogError::io(dir, e))?;
                     if let Some(why) = stopped {
                         report.truncated.push(format!("sealed segment {base}: {why}"));
                     }
@@ -188,15 +187,7 @@ impl PartitionLog {
         let (hw, _) = watch::channel(visible_end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            state: Mutex::new(LogState {
-                sealed,
-                active,
-                config,
-                log_start,
-                visible_end,
-                visible_pos,
-                poisoned: None,
-            }),
+            state: Mutex::new(LogState { sealed, active, config, log_start, visible_end, visible_pos, poisoned: None }),
             hw,
             sync_needed: Notify::new(),
             closed: AtomicBool::new(false),
@@ -259,11 +250,7 @@ impl PartitionLog {
             }
             Durability::Fsync => self.sync_needed.notify_one(),
         }
-        Ok(Appended {
-            base_offset: base,
-            last_offset: stamped.last_offset(),
-            append_time_ms: now_ms,
-        })
+        Ok(Appended { base_offset: base, last_offset: stamped.last_offset(), append_time_ms: now_ms })
     }
 
     /// Seals the active segment and starts a new one. Called with the lock held.
@@ -384,7 +371,12 @@ impl PartitionLog {
                     return Err(LogError::OffsetOutOfRange { requested: from, start, end: hw });
                 }
                 if from == hw {
-                    return Ok(ReadResult { records: Bytes::new(), next_offset: from, high_watermark: hw, log_start: start });
+                    return Ok(ReadResult {
+                        records: Bytes::new(),
+                        next_offset: from,
+                        high_watermark: hw,
+                        log_start: start,
+                    });
                 }
                 let target = if from >= st.active.base_offset {
                     ReadTarget::Active {
@@ -428,7 +420,12 @@ impl PartitionLog {
                     continue;
                 }
             }
-            return Ok(ReadResult { records: read.bytes, next_offset: read.next_offset, high_watermark: hw, log_start: start });
+            return Ok(ReadResult {
+                records: read.bytes,
+                next_offset: read.next_offset,
+                high_watermark: hw,
+                log_start: start,
+            });
         }
     }
 

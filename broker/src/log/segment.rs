@@ -15,9 +15,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use strata_proto::batch::{BatchHeader, HEADER_LEN, LENGTH_PREFIX};
 
-use super::index::{
-    IndexFile, IndexHeader, OffsetEntry, SegmentIndex, TimeEntry, write_index_file,
-};
+use super::index::{IndexFile, IndexHeader, OffsetEntry, SegmentIndex, TimeEntry, write_index_file};
 
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"STRATASG";
 pub(crate) const SEGMENT_VERSION: u32 = 1;
@@ -63,12 +61,7 @@ pub(crate) struct ScanOutcome {
 /// batch that fails a check: everything from there is a torn or corrupt tail.
 pub(crate) fn scan_segment(file: &File, base_offset: u64, index_interval: u64) -> io::Result<ScanOutcome> {
     let file_len = file.metadata()?.len();
-    let mut out = ScanOutcome {
-        valid_len: 0,
-        next_offset: base_offset,
-        max_timestamp: i64::MIN,
-        ..Default::default()
-    };
+    let mut out = ScanOutcome { valid_len: 0, next_offset: base_offset, max_timestamp: i64::MIN, ..Default::default() };
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     if file_len < SEGMENT_HEADER_LEN || file.read_exact_at(&mut header, 0).is_err() || header != segment_header() {
         out.stopped = Some("missing or invalid segment header".into());
@@ -111,10 +104,8 @@ pub(crate) fn scan_segment(file: &File, base_offset: u64, index_interval: u64) -
             break;
         }
         if header.base_offset != out.next_offset || header.record_count != header.last_offset_delta + 1 {
-            out.stopped = Some(format!(
-                "batch at {pos}: offset {} where {} was expected",
-                header.base_offset, out.next_offset
-            ));
+            out.stopped =
+                Some(format!("batch at {pos}: offset {} where {} was expected", header.base_offset, out.next_offset));
             break;
         }
         let rel = (header.base_offset - base_offset) as u32;
@@ -158,7 +149,13 @@ pub(crate) enum ReadError {
 /// batches that end before offset `from`, returning at most about `max_bytes`
 /// (but always at least one whole batch when one is available). Every batch
 /// returned has had its CRC checked.
-pub(crate) fn read_batches(file: &File, mut start: u64, end: u64, from: u64, max_bytes: usize) -> Result<SegmentRead, ReadError> {
+pub(crate) fn read_batches(
+    file: &File,
+    mut start: u64,
+    end: u64,
+    from: u64,
+    max_bytes: usize,
+) -> Result<SegmentRead, ReadError> {
     // Skip batches before `from` using their headers only.
     let mut hdr = [0u8; HEADER_LEN];
     let first_total = loop {
@@ -186,10 +183,8 @@ pub(crate) fn read_batches(file: &File, mut start: u64, end: u64, from: u64, max
     let mut pos = 0usize;
     let mut next_offset = from;
     while pos + HEADER_LEN <= buf.len() {
-        let h = BatchHeader::parse(&buf[pos..]).map_err(|e| ReadError::Corrupt {
-            position: start + pos as u64,
-            reason: e.to_string(),
-        })?;
+        let h = BatchHeader::parse(&buf[pos..])
+            .map_err(|e| ReadError::Corrupt { position: start + pos as u64, reason: e.to_string() })?;
         let total = h.total_len();
         if pos + total > buf.len() {
             break;
@@ -271,7 +266,12 @@ impl ActiveSegment {
     /// Opens the last segment after a restart: scans it, truncates any torn
     /// or corrupt tail, rebuilds its in-memory index and drops a stale index
     /// file. Returns the segment and why the scan stopped early, if it did.
-    pub fn recover(dir: &Path, base_offset: u64, index_interval: u64, now_ms: i64) -> io::Result<(ActiveSegment, Option<String>)> {
+    pub fn recover(
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u64,
+        now_ms: i64,
+    ) -> io::Result<(ActiveSegment, Option<String>)> {
         let path = log_path(dir, base_offset);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let scan = scan_segment(&file, base_offset, index_interval)?;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use strata_proto::batch::{BatchBuilder, Compression};
 use strata_proto::v1::{
     AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTopicRequest,
-    DescribeTopicRequest, ErrorCode, FetchRequest, ListOffsetsRequest, ListTopicsRequest, ProduceRequest, StartPosition,
-    TopicConfig, UpdateTopicConfigRequest, fetch_request, list_offsets_request,
+    DescribeTopicRequest, ErrorCode, FetchRequest, ListOffsetsRequest, ListTopicsRequest, ProduceRequest,
+    StartPosition, TopicConfig, UpdateTopicConfigRequest, fetch_request, list_offsets_request,
 };
 use tonic::Code;
 
@@ -52,7 +52,13 @@ async fn produce_then_fetch_returns_records_in_order() {
     assert_eq!(got.len(), 93);
     // Other partitions are empty.
     assert!(read_partition(&mut log, "orders", 0, 0).await.is_empty());
-    let d = b.admin().await.describe_topic(DescribeTopicRequest { name: "orders".into(), ..Default::default() }).await.unwrap().into_inner();
+    let d = b
+        .admin()
+        .await
+        .describe_topic(DescribeTopicRequest { name: "orders".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(d.partition_details[1].end_offset, 100);
     assert_eq!(d.partition_details[0].end_offset, 0);
     assert!(d.partition_details[1].size_bytes > 100 * 6);
@@ -221,7 +227,12 @@ async fn topic_administration() {
     assert_eq!(cfg.durability, strata_proto::v1::Durability::None as i32);
     // Idempotent create.
     admin
-        .create_topic(CreateTopicRequest { name: "cfg".into(), partitions: 2, if_not_exists: true, ..Default::default() })
+        .create_topic(CreateTopicRequest {
+            name: "cfg".into(),
+            partitions: 2,
+            if_not_exists: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let grown = admin
@@ -261,7 +272,12 @@ async fn tenants_isolate_topics() {
     let mut admin = b.admin().await;
     admin.create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false }).await.unwrap();
     admin
-        .create_topic(CreateTopicRequest { tenant: "team-a".into(), name: "orders".into(), partitions: 1, ..Default::default() })
+        .create_topic(CreateTopicRequest {
+            tenant: "team-a".into(),
+            name: "orders".into(),
+            partitions: 1,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let default_topics = admin.list_topics(ListTopicsRequest::default()).await.unwrap().into_inner();
@@ -270,10 +286,16 @@ async fn tenants_isolate_topics() {
     assert_status(err, Code::FailedPrecondition, ErrorCode::TenantNotEmpty, "team-a");
     let err = admin.delete_tenant(DeleteTenantRequest { name: "default".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = admin.create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false }).await.unwrap_err();
+    let err =
+        admin.create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false }).await.unwrap_err();
     assert_status(err, Code::AlreadyExists, ErrorCode::TenantExists, "team-a");
     let err = admin
-        .create_topic(CreateTopicRequest { tenant: "ghost".into(), name: "x".into(), partitions: 1, ..Default::default() })
+        .create_topic(CreateTopicRequest {
+            tenant: "ghost".into(),
+            name: "x".into(),
+            partitions: 1,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_status(err, Code::NotFound, ErrorCode::UnknownTenant, "ghost");
@@ -326,12 +348,11 @@ async fn bad_admin_input_gets_precise_errors() {
         .await
         .unwrap_err();
     assert_status(err, Code::FailedPrecondition, ErrorCode::PartitionsCannotShrink, "only grow");
-    let err = admin
-        .describe_topic(DescribeTopicRequest { name: "missing".into(), ..Default::default() })
-        .await
-        .unwrap_err();
+    let err =
+        admin.describe_topic(DescribeTopicRequest { name: "missing".into(), ..Default::default() }).await.unwrap_err();
     assert_status(err, Code::NotFound, ErrorCode::UnknownTopic, "default/missing");
-    let err = admin.create_tenant(CreateTenantRequest { name: "Bad_Tenant".into(), if_not_exists: false }).await.unwrap_err();
+    let err =
+        admin.create_tenant(CreateTenantRequest { name: "Bad_Tenant".into(), if_not_exists: false }).await.unwrap_err();
     assert_status(err, Code::InvalidArgument, ErrorCode::InvalidName, "invalid tenant name");
 }
 
@@ -362,7 +383,13 @@ async fn bad_produce_input_gets_precise_errors_and_writes_nothing() {
     let err = log.produce(produce_req("bad name", 0, batch_of(&values(1, "g")))).await.unwrap_err();
     assert_status(err, Code::InvalidArgument, ErrorCode::InvalidName, "invalid topic name");
     // Nothing of the above was written.
-    let d = b.admin().await.describe_topic(DescribeTopicRequest { name: "strict".into(), ..Default::default() }).await.unwrap().into_inner();
+    let d = b
+        .admin()
+        .await
+        .describe_topic(DescribeTopicRequest { name: "strict".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(d.partition_details.iter().all(|p| p.end_offset == 0));
     // A good batch still lands at offset 0.
     let ok = log.produce(produce_req("strict", 0, batch_of(&values(1, "ok")))).await.unwrap().into_inner();
@@ -376,16 +403,22 @@ async fn bad_fetch_input_gets_precise_errors() {
     let mut log = b.log().await;
     log.produce(produce_req("f", 0, batch_of(&values(4, "v")))).await.unwrap();
     let err = log.fetch(fetch_req("f", 0, 5)).await.unwrap_err();
-    assert_status(err, Code::OutOfRange, ErrorCode::OffsetOutOfRange, "offset 5 is out of range: the partition holds offsets 0 to 4");
+    assert_status(
+        err,
+        Code::OutOfRange,
+        ErrorCode::OffsetOutOfRange,
+        "offset 5 is out of range: the partition holds offsets 0 to 4",
+    );
     let info = strata_proto::error_info(&log.fetch(fetch_req("f", 0, 99)).await.unwrap_err()).unwrap();
     assert_eq!(info.metadata["high_watermark"], "4");
-    let err = log
-        .fetch(FetchRequest { topic: "f".into(), start: None, ..Default::default() })
-        .await
-        .unwrap_err();
+    let err = log.fetch(FetchRequest { topic: "f".into(), start: None, ..Default::default() }).await.unwrap_err();
     assert_status(err, Code::InvalidArgument, ErrorCode::InvalidRequest, "needs a start");
     let err = log
-        .fetch(FetchRequest { topic: "f".into(), start: Some(fetch_request::Start::Position(42)), ..Default::default() })
+        .fetch(FetchRequest {
+            topic: "f".into(),
+            start: Some(fetch_request::Start::Position(42)),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -422,7 +455,9 @@ async fn health_reflection_and_probes_answer() {
     let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
     let req = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     };
     let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().unwrap();

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchBuilder, BatchIter, Compression, Record};
-use strata_proto::v1::{
-    FetchRequest, ProduceRequest, admin_client::AdminClient, fetch_request, log_client::LogClient,
-};
+use strata_proto::v1::{FetchRequest, ProduceRequest, admin_client::AdminClient, fetch_request, log_client::LogClient};
 use tonic::transport::Channel;
 
 pub struct TestBroker {

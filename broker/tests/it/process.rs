@@ -46,7 +46,8 @@ async fn sigkill_while_producing_loses_no_acknowledged_record() {
             let mut log = log_client(addr).await;
             let mut seq = 0u64;
             loop {
-                let vals: Vec<String> = (seq..seq + PER_BATCH).map(|s| format!("p{p}-{s:08}-{}", "z".repeat(100))).collect();
+                let vals: Vec<String> =
+                    (seq..seq + PER_BATCH).map(|s| format!("p{p}-{s:08}-{}", "z".repeat(100))).collect();
                 match log.produce(produce_req("crash", p, batch_of(&vals))).await {
                     Ok(resp) => {
                         let resp = resp.into_inner();
@@ -151,12 +152,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 }
 
 fn run_broker(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(broker_bin())
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = Command::new(broker_bin()).args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
