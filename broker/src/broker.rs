@@ -245,12 +245,17 @@ impl Broker {
         drop(topics);
         // Distinguish an unknown tenant from an unknown topic.
         let catalog = self.catalog.try_lock();
-        if let Ok(c) = catalog {
-            if !c.catalog().tenants.contains_key(tenant.as_str()) {
-                return Err(crate::catalog::CatalogError::UnknownTenant(tenant.to_string()).into());
-            }
+        if let Ok(c) = catalog
+            && !c.catalog().tenants.contains_key(tenant.as_str())
+        {
+            return Err(crate::catalog::CatalogError::UnknownTenant(tenant.to_string()).into());
         }
         Err(crate::catalog::CatalogError::UnknownTopic { tenant: tenant.to_string(), name: name.to_string() }.into())
+    }
+
+    /// How many partitions a topic has.
+    pub fn partition_count(&self, tenant: &str, topic: &str) -> Result<u32, BrokerError> {
+        Ok(read_lock(&self.topic(tenant, topic)?.partitions).len() as u32)
     }
 
     /// The log of one partition, with a `tenant/topic/partition` label.
@@ -580,13 +585,13 @@ impl Broker {
             name: t.name.clone(),
             partitions,
         })?;
-        if let Applied::PartitionsAdded { from, to, .. } = applied {
-            if to > from {
-                let dir = topic_dir(&self.config.storage.data_dir, &t.tenant, &t.name, t.id);
-                let settings = *read_lock(&t.settings);
-                let logs = self.open_partitions(&dir, from..to, settings).await?;
-                write_lock(&t.partitions).extend(logs);
-            }
+        if let Applied::PartitionsAdded { from, to, .. } = applied
+            && to > from
+        {
+            let dir = topic_dir(&self.config.storage.data_dir, &t.tenant, &t.name, t.id);
+            let settings = *read_lock(&t.settings);
+            let logs = self.open_partitions(&dir, from..to, settings).await?;
+            write_lock(&t.partitions).extend(logs);
         }
         drop(store);
         self.describe_topic(&t.tenant, &t.name)

@@ -147,6 +147,7 @@ impl<'de> Deserialize<'de> for Limit<ByteSize> {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
@@ -266,18 +267,6 @@ impl Default for TopicDefaults {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { format: LogFormat::Text, level: "info".into() }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            limits: LimitsConfig::default(),
-            topic_defaults: TopicDefaults::default(),
-            log: LogConfig::default(),
-        }
     }
 }
 

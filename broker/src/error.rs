@@ -30,6 +30,18 @@ pub enum BrokerError {
     CatalogStorage(String),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("consumer group {tenant}/{group} does not exist")]
+    UnknownGroup { tenant: String, group: String },
+    #[error("member {member} is not in group {group} (it left or was removed; it must rejoin)")]
+    UnknownMember { group: String, member: String },
+    #[error("member {member} of group {group} is fenced: {reason}")]
+    FencedMember { group: String, member: String, reason: String },
+    #[error("group {group} has {members} active member(s); stop them first (or force)")]
+    GroupNotEmpty { group: String, members: usize },
+    #[error("offset {offset} for {resource} is beyond the log end ({end})")]
+    OffsetBeyondEnd { resource: String, offset: u64, end: u64 },
+    #[error("offset {offset} for {resource} is out of range: the partition holds offsets {start} to {end}")]
+    OffsetOutOfRange { resource: String, offset: u64, start: u64, end: u64 },
 }
 
 impl From<StoreError> for BrokerError {

@@ -8,6 +8,7 @@ mod broker;
 mod catalog;
 pub mod config;
 mod error;
+mod group;
 mod grpc;
 mod http;
 pub mod log;
@@ -67,7 +68,8 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         let _ = rx.wait_for(|s| *s).await;
     };
     tokio::spawn(broker.clone().maintenance_loop());
-    let grpc = tokio::spawn(grpc::serve(broker.clone(), grpc_listener, stopped(stop.subscribe())));
+    let coordinator = group::GroupCoordinator::new(broker.clone());
+    let grpc = tokio::spawn(grpc::serve(broker.clone(), coordinator, grpc_listener, stopped(stop.subscribe())));
     let http = tokio::spawn(http::serve(broker.clone(), http_listener, stopped(stop.subscribe())));
     tracing::info!(%grpc_addr, %http_addr, data_dir = %broker.config().storage.data_dir.display(), "strata-broker serving");
     Ok(RunningBroker { grpc_addr, http_addr, broker, stop, grpc, http })

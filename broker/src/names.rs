@@ -75,6 +75,11 @@ impl TopicName {
     }
 }
 
+/// A consumer group name: the same rule as topic names.
+pub fn parse_group_name(name: &str) -> Result<String, InvalidName> {
+    TopicName::parse(name).map(|t| t.0).map_err(|e| InvalidName { kind: "group", ..e })
+}
+
 impl fmt::Display for TopicName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

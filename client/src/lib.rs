@@ -1,1 +1,45 @@
+//! Async Rust client for Strata: a [`Client`] connection with admin calls,
+//! a batching, pipelined [`Producer`] and a following [`Consumer`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), strata_client::Error> {
+//! use strata_client::{Client, ConsumerConfig, Message, StartFrom, TopicOptions};
+//!
+//! let client = Client::connect("http://127.0.0.1:7070").await?;
+//! client.create_topic("orders", 3, TopicOptions::default()).await?;
+//!
+//! let producer = client.producer("orders").await?;
+//! let meta = producer.send(Message::new("hello").with_key("customer-7")).await?;
+//! println!("stored at partition {} offset {}", meta.partition, meta.offset);
+//! producer.close().await?;
+//!
+//! let config = ConsumerConfig { start: StartFrom::Earliest, ..Default::default() };
+//! let mut consumer = client.consumer("orders", config).await?;
+//! if let Some(record) = consumer.next().await {
+//!     println!("{:?}", record?.value);
+//! }
+//! # Ok(()) }
+//! ```
 
+mod admin;
+mod client;
+mod consumer;
+mod error;
+mod partitioner;
+mod producer;
+mod retry;
+
+#[cfg(test)]
+mod mock_broker;
+
+pub use admin::{PartitionOffsets, Retention, TopicOptions};
+pub use client::{Client, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES};
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, PartitionProgress, StartFrom};
+pub use error::{Error, ServerError};
+pub use partitioner::partition_for_key;
+pub use producer::{Compression, DeliveryFuture, Message, Producer, ProducerConfig, RecordMetadata};
+pub use retry::RetryConfig;
+/// The generated `strata.v1` types returned by admin calls.
+pub use strata_proto::v1::{
+    Durability, ErrorCode, PartitionDescription, Tenant, TopicConfig, TopicDescription, TopicSummary,
+};

@@ -2,27 +2,31 @@
 //! reflection, on one tonic server.
 
 mod admin;
+mod groups;
 mod log;
 pub(crate) mod status;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use strata_proto::v1::{admin_server::AdminServer, log_server::LogServer};
+use strata_proto::v1::{admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::broker::Broker;
+use crate::group::GroupCoordinator;
 
 /// Serves until `shutdown` resolves, then waits for in-flight calls.
 pub(crate) async fn serve(
     broker: Arc<Broker>,
+    coordinator: Arc<GroupCoordinator>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<LogServer<log::LogService>>().await;
     reporter.set_serving::<AdminServer<admin::AdminService>>().await;
+    reporter.set_serving::<GroupsServer<groups::GroupsService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(strata_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -38,11 +42,13 @@ pub(crate) async fn serve(
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(max_out);
     let admin_service = AdminServer::new(admin::AdminService::new(broker.clone()));
+    let groups_service = GroupsServer::new(groups::GroupsService::new(coordinator));
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024));
-    let mut router = builder.add_service(health).add_service(log_service).add_service(admin_service);
+    let mut router =
+        builder.add_service(health).add_service(log_service).add_service(admin_service).add_service(groups_service);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
@@ -50,6 +56,7 @@ pub(crate) async fn serve(
         shutdown.await;
         reporter.set_not_serving::<LogServer<log::LogService>>().await;
         reporter.set_not_serving::<AdminServer<admin::AdminService>>().await;
+        reporter.set_not_serving::<GroupsServer<groups::GroupsService>>().await;
     };
     router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_reporting).await
 }

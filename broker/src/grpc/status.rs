@@ -49,6 +49,13 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         },
         BrokerError::CatalogStorage(_) => (Code::Unavailable, E::Storage, String::new()),
         BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
+        BrokerError::UnknownGroup { tenant, group } => (Code::NotFound, E::UnknownGroup, format!("{tenant}/{group}")),
+        BrokerError::UnknownMember { member, .. } => (Code::FailedPrecondition, E::UnknownMember, member.clone()),
+        BrokerError::FencedMember { member, .. } => (Code::FailedPrecondition, E::FencedMember, member.clone()),
+        BrokerError::GroupNotEmpty { group, .. } => (Code::FailedPrecondition, E::GroupNotEmpty, group.clone()),
+        BrokerError::OffsetBeyondEnd { resource, .. } | BrokerError::OffsetOutOfRange { resource, .. } => {
+            (Code::OutOfRange, E::OffsetOutOfRange, resource.clone())
+        }
     }
 }
 

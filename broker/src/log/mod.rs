@@ -413,12 +413,12 @@ impl PartitionLog {
                 },
             };
             let read = result.map_err(|e| self.read_error(&target, e))?;
-            if read.bytes.is_empty() {
-                if let ReadTarget::Sealed(seg) = &target {
-                    // Nothing left in this segment at or after `from`.
-                    from = seg.next_offset;
-                    continue;
-                }
+            if read.bytes.is_empty()
+                && let ReadTarget::Sealed(seg) = &target
+            {
+                // Nothing left in this segment at or after `from`.
+                from = seg.next_offset;
+                continue;
             }
             return Ok(ReadResult {
                 records: read.bytes,
@@ -471,16 +471,16 @@ impl PartitionLog {
                 ReadTarget::Skip(_) => Ok(None),
             }
             .map_err(|e| self.read_error(&target, e))?;
-            if let Some(bytes) = batch {
-                if let Some(Ok(raw)) = BatchIter::new(bytes).next() {
-                    let records = raw.records().map_err(|e| LogError::Corrupt {
-                        path: self.dir.clone(),
-                        position: 0,
-                        reason: e.to_string(),
-                    })?;
-                    if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts && r.offset < hw) {
-                        return Ok((r.offset, r.timestamp_ms));
-                    }
+            if let Some(bytes) = batch
+                && let Some(Ok(raw)) = BatchIter::new(bytes).next()
+            {
+                let records = raw.records().map_err(|e| LogError::Corrupt {
+                    path: self.dir.clone(),
+                    position: 0,
+                    reason: e.to_string(),
+                })?;
+                if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts && r.offset < hw) {
+                    return Ok((r.offset, r.timestamp_ms));
                 }
             }
         }

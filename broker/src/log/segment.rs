@@ -472,10 +472,10 @@ impl SealedSegment {
     pub fn find_by_time(&self, ts: i64) -> Result<Option<Bytes>, ReadError> {
         let file = File::open(self.log_path())?;
         let mut start = SEGMENT_HEADER_LEN;
-        if let Some(idx) = self.index()? {
-            if let Some(rel) = idx.rel_offset_before_time(ts)? {
-                start = idx.position_for(rel)?.map_or(SEGMENT_HEADER_LEN, u64::from);
-            }
+        if let Some(idx) = self.index()?
+            && let Some(rel) = idx.rel_offset_before_time(ts)?
+        {
+            start = idx.position_for(rel)?.map_or(SEGMENT_HEADER_LEN, u64::from);
         }
         match find_batch_by_time(&file, start, self.size, ts) {
             Err(ReadError::Corrupt { .. }) if start != SEGMENT_HEADER_LEN => {

@@ -162,7 +162,8 @@ fn bad_configuration_is_one_line_on_stderr_and_a_failure_exit() {
     let cfg = dir.path().join("strata.toml");
     std::fs::write(&cfg, "[storage]\ndata_dri = \"/tmp/x\"\n").unwrap();
     let cfg = cfg.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--config", cfg], vec![], "unknown field `data_dri`"),
         (vec!["--config", "/nonexistent/strata.toml"], vec![], "cannot read config file"),
         (vec![], vec![("STRATA_LIMITS_MAX_RECORD_BYTES", "huge")], "not a size"),

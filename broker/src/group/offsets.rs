@@ -1,0 +1,120 @@
+//! Committed offsets of one consumer group, durable on disk.
+//!
+//! One small JSON file per group (`groups/<tenant>/<group>.json`), replaced
+//! atomically on every commit (temp file, fsync, rename, fsync directory), so
+//! a commit that was acknowledged survives kill -9 and power loss.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Committed {
+    pub offset: u64,
+    #[serde(default)]
+    pub metadata: String,
+    pub committed_at_ms: i64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OffsetsFile {
+    version: u32,
+    /// topic -> partition -> committed
+    offsets: BTreeMap<String, BTreeMap<u32, Committed>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct OffsetStore {
+    path: PathBuf,
+    data: OffsetsFile,
+}
+
+pub(crate) fn group_file(data_dir: &Path, tenant: &str, group: &str) -> PathBuf {
+    data_dir.join("groups").join(tenant).join(format!("{group}.json"))
+}
+
+impl OffsetStore {
+    /// Loads the group's offsets; a missing file is an empty group.
+    pub fn load(path: PathBuf) -> std::io::Result<OffsetStore> {
+        let data = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => OffsetsFile { version: 1, ..Default::default() },
+            Err(e) => return Err(e),
+        };
+        Ok(OffsetStore { path, data })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    pub fn get(&self, topic: &str, partition: u32) -> Option<&Committed> {
+        self.data.offsets.get(topic).and_then(|p| p.get(&partition))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = (&String, u32, &Committed)> {
+        self.data.offsets.iter().flat_map(|(t, ps)| ps.iter().map(move |(p, c)| (t, *p, c)))
+    }
+
+    /// Stores `entries` durably; on error nothing changes in memory.
+    pub async fn commit(&mut self, entries: Vec<(String, u32, Committed)>) -> std::io::Result<()> {
+        let mut next = self.data.clone();
+        for (topic, partition, c) in entries {
+            next.offsets.entry(topic).or_default().insert(partition, c);
+        }
+        let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await.map_err(std::io::Error::other)??;
+        self.data = next;
+        Ok(())
+    }
+
+    pub fn delete(&mut self) -> std::io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.data.offsets.clear();
+        Ok(())
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    crate::log::segment::sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commits_survive_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = group_file(dir.path(), "default", "g");
+        let mut s = OffsetStore::load(path.clone()).unwrap();
+        assert!(!s.exists());
+        s.commit(vec![("t".into(), 0, Committed { offset: 5, metadata: String::new(), committed_at_ms: 1 })])
+            .await
+            .unwrap();
+        s.commit(vec![("t".into(), 1, Committed { offset: 7, metadata: "m".into(), committed_at_ms: 2 })])
+            .await
+            .unwrap();
+        let s = OffsetStore::load(path).unwrap();
+        assert_eq!(s.get("t", 0).unwrap().offset, 5);
+        assert_eq!(s.get("t", 1).unwrap().metadata, "m");
+        assert_eq!(s.all().count(), 2);
+    }
+}

@@ -1,0 +1,221 @@
+//! Administration calls on [`Client`]: tenants, topics and their settings.
+
+use std::time::Duration;
+
+use strata_proto::v1::{
+    AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTopicRequest,
+    DescribeTopicRequest, Durability, ListOffsetsRequest, ListTenantsRequest, ListTopicsRequest, Tenant, TopicConfig,
+    TopicDescription, TopicSummary, UpdateTopicConfigRequest, list_offsets_request, list_offsets_response,
+};
+
+use crate::client::Client;
+use crate::error::Error;
+
+/// How long a topic keeps data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep data forever.
+    Infinite,
+    /// Delete data older than this (whole segments, oldest first).
+    Time(Duration),
+}
+
+impl From<Duration> for Retention {
+    fn from(d: Duration) -> Self {
+        Retention::Time(d)
+    }
+}
+
+/// Settings for [`Client::create_topic`] and [`Client::update_topic`]. Every
+/// `None` means "the broker default" on create and "unchanged" on update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicOptions {
+    /// Total retention by age.
+    pub retention: Option<Retention>,
+    /// Total retention by size per partition, in bytes; `-1` means no limit.
+    pub retention_bytes: Option<i64>,
+    /// Roll the active segment at this size.
+    pub segment_bytes: Option<u64>,
+    /// When a produce is acknowledged; see [`Durability`].
+    pub durability: Option<Durability>,
+}
+
+impl TopicOptions {
+    pub(crate) fn to_config(&self) -> TopicConfig {
+        TopicConfig {
+            retention_ms: self.retention.map(|r| match r {
+                Retention::Infinite => -1,
+                Retention::Time(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            }),
+            retention_bytes: self.retention_bytes,
+            segment_bytes: self.segment_bytes,
+            durability: self.durability.unwrap_or(Durability::Unspecified) as i32,
+            ..TopicConfig::default()
+        }
+    }
+}
+
+/// Offsets of one partition as reported by `ListOffsets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub partition: u32,
+    /// The resolved offset for the query.
+    pub offset: u64,
+    /// Timestamp of the record at `offset`, -1 when unknown.
+    pub timestamp_ms: i64,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+}
+
+impl From<list_offsets_response::Result> for PartitionOffsets {
+    fn from(r: list_offsets_response::Result) -> Self {
+        PartitionOffsets {
+            partition: r.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            log_start_offset: r.log_start_offset,
+            high_watermark: r.high_watermark,
+        }
+    }
+}
+
+impl Client {
+    /// Creates a topic; fails with `ALREADY_EXISTS` when it exists.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        options: TopicOptions,
+    ) -> Result<TopicDescription, Error> {
+        self.create_topic_inner(name, partitions, &options, false).await
+    }
+
+    /// Creates a topic unless one with this name exists; either way returns
+    /// the topic's description (the existing topic keeps its settings).
+    pub async fn ensure_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        options: TopicOptions,
+    ) -> Result<TopicDescription, Error> {
+        self.create_topic_inner(name, partitions, &options, true).await
+    }
+
+    async fn create_topic_inner(
+        &self,
+        name: &str,
+        partitions: u32,
+        options: &TopicOptions,
+        if_not_exists: bool,
+    ) -> Result<TopicDescription, Error> {
+        let req = CreateTopicRequest {
+            tenant: self.tenant().to_owned(),
+            name: name.to_owned(),
+            partitions,
+            config: Some(options.to_config()),
+            if_not_exists,
+        };
+        Ok(self.admin_rpc().create_topic(self.request(req)).await?.into_inner())
+    }
+
+    /// Lists the tenant's topics.
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, Error> {
+        let req = ListTopicsRequest { tenant: self.tenant().to_owned() };
+        Ok(self.admin_rpc().list_topics(self.request(req)).await?.into_inner().topics)
+    }
+
+    /// Describes a topic: settings and per-partition offsets and sizes.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, Error> {
+        let req = DescribeTopicRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
+        Ok(self.admin_rpc().describe_topic(self.request(req)).await?.into_inner())
+    }
+
+    /// Grows a topic to `partitions` partitions in total.
+    pub async fn add_partitions(&self, name: &str, partitions: u32) -> Result<TopicDescription, Error> {
+        let req = AddPartitionsRequest { tenant: self.tenant().to_owned(), name: name.to_owned(), partitions };
+        Ok(self.admin_rpc().add_partitions(self.request(req)).await?.into_inner())
+    }
+
+    /// Changes the settings given in `options`, leaving the others unchanged.
+    pub async fn update_topic(&self, name: &str, options: TopicOptions) -> Result<TopicDescription, Error> {
+        let req = UpdateTopicConfigRequest {
+            tenant: self.tenant().to_owned(),
+            name: name.to_owned(),
+            config: Some(options.to_config()),
+        };
+        Ok(self.admin_rpc().update_topic_config(self.request(req)).await?.into_inner())
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        let req = DeleteTopicRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
+        self.admin_rpc().delete_topic(self.request(req)).await?;
+        Ok(())
+    }
+
+    /// Creates a tenant; fails with `ALREADY_EXISTS` when it exists.
+    pub async fn create_tenant(&self, name: &str) -> Result<Tenant, Error> {
+        let req = CreateTenantRequest { name: name.to_owned(), if_not_exists: false };
+        Ok(self.admin_rpc().create_tenant(self.request(req)).await?.into_inner())
+    }
+
+    /// Lists tenants.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        Ok(self.admin_rpc().list_tenants(self.request(ListTenantsRequest {})).await?.into_inner().tenants)
+    }
+
+    /// Deletes a tenant; the broker refuses while it still owns resources.
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+        let req = DeleteTenantRequest { name: name.to_owned() };
+        self.admin_rpc().delete_tenant(self.request(req)).await?;
+        Ok(())
+    }
+
+    /// Resolves offsets of a topic's partitions: each query is a partition and
+    /// what to resolve; an empty list asks for earliest and latest of every
+    /// partition.
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        queries: Vec<list_offsets_request::Query>,
+    ) -> Result<Vec<PartitionOffsets>, Error> {
+        let req = ListOffsetsRequest { tenant: self.tenant().to_owned(), topic: topic.to_owned(), queries };
+        Ok(self
+            .log_rpc()
+            .list_offsets(self.request(req))
+            .await?
+            .into_inner()
+            .results
+            .into_iter()
+            .map(PartitionOffsets::from)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_map_to_config() {
+        let cfg = TopicOptions::default().to_config();
+        assert_eq!(cfg.retention_ms, None);
+        assert_eq!(cfg.durability, Durability::Unspecified as i32);
+
+        let cfg = TopicOptions {
+            retention: Some(Retention::Infinite),
+            retention_bytes: Some(-1),
+            segment_bytes: Some(64 << 20),
+            durability: Some(Durability::None),
+        }
+        .to_config();
+        assert_eq!(cfg.retention_ms, Some(-1));
+        assert_eq!(cfg.retention_bytes, Some(-1));
+        assert_eq!(cfg.segment_bytes, Some(64 << 20));
+        assert_eq!(cfg.durability, Durability::None as i32);
+
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let cfg = TopicOptions { retention: Some(week.into()), ..Default::default() }.to_config();
+        assert_eq!(cfg.retention_ms, Some(604_800_000));
+    }
+}

@@ -1,0 +1,389 @@
+//! The `strata` command line: argument definitions (clap derive), dispatch
+//! to one module per command group, and one-line error reporting.
+
+mod consume;
+pub(crate) mod parse;
+mod produce;
+mod tenant;
+mod topic;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use strata_client::{Client, Durability, StartFrom};
+
+use crate::bench::BenchCommand;
+
+/// Command-line tool for the Strata message broker.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// Broker URL.
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        help_heading = "Global options"
+    )]
+    pub(crate) server: String,
+
+    /// Tenant to act in (default: the caller's own tenant; `default` with
+    /// anonymous access).
+    #[arg(long, global = true, env = "STRATA_TENANT", help_heading = "Global options")]
+    pub(crate) tenant: Option<String>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+// Later issues add `queue`, `send`, `receive` and `group` here.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one message per line of standard input.
+    Produce(ProduceArgs),
+    /// Print the values of a topic's messages, one per line.
+    Consume(ConsumeArgs),
+    /// Create, list and delete tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopicCommand {
+    /// Create a topic.
+    Create(CreateTopicArgs),
+    /// List topics: name, partitions, durability.
+    List,
+    /// Show a topic's settings and partitions.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Grow a topic to a larger number of partitions.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// The new total number of partitions.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: u32,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// Durability of a topic's writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DurabilityArg {
+    /// Acknowledge a write once it is on stable storage.
+    Fsync,
+    /// Acknowledge a write once it is in the page cache (a crash may lose it).
+    None,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Self {
+        match d {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::None => Durability::None,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateTopicArgs {
+    /// Topic name.
+    pub(crate) name: String,
+    /// Number of partitions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) partitions: u32,
+    /// Delete data older than this (e.g. 7d, 12h), or `infinite`
+    /// [default: the broker's].
+    #[arg(long, value_parser = parse::retention)]
+    pub(crate) retention: Option<strata_client::Retention>,
+    /// Keep at most this much data per partition (e.g. 10GiB), or `infinite`
+    /// [default: the broker's].
+    #[arg(long, value_parser = parse::retention_bytes)]
+    pub(crate) retention_bytes: Option<i64>,
+    /// Roll log segments at this size (e.g. 64MiB) [default: the broker's].
+    #[arg(long, value_parser = parse::positive_size)]
+    pub(crate) segment_bytes: Option<u64>,
+    /// When a write is acknowledged [default: fsync].
+    #[arg(long, value_enum)]
+    pub(crate) durability: Option<DurabilityArg>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProduceArgs {
+    /// Topic to produce to.
+    pub(crate) topic: String,
+    /// Key of every message (messages with a key go to the partition of the
+    /// key's hash).
+    #[arg(long)]
+    pub(crate) key: Option<String>,
+    /// A header `key=value` added to every message; repeatable.
+    #[arg(long = "header", value_parser = parse::header)]
+    pub(crate) headers: Vec<(String, bytes::Bytes)>,
+    /// Send every message to this partition.
+    #[arg(long)]
+    pub(crate) partition: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConsumeArgs {
+    /// Topic to read.
+    pub(crate) topic: String,
+    /// Where to start: `earliest`, `latest`, an offset (e.g. 1200), an RFC 3339
+    /// time (e.g. 2026-11-21T10:00:00Z) or Unix milliseconds (@1700000000000).
+    /// Like Kafka's console consumer, the default is `latest`: only messages
+    /// produced from now on.
+    #[arg(long, default_value = "latest", value_parser = parse::start_from)]
+    pub(crate) from: StartFrom,
+    /// Exit after this many messages (default: run until Ctrl-C).
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// Read only this partition; repeatable (default: all partitions).
+    #[arg(long = "partition")]
+    pub(crate) partitions: Vec<u32>,
+    /// How long the broker holds a fetch at the end of the log.
+    #[arg(long, default_value = "500ms", value_parser = parse::duration, hide = true)]
+    pub(crate) max_wait: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Tenant name.
+        name: String,
+    },
+    /// List tenants: name, topic count, creation time.
+    List,
+    /// Delete an empty tenant.
+    Delete {
+        /// Tenant name.
+        name: String,
+    },
+}
+
+/// Runs a parsed command line.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(&cli.server).await?;
+    let client = match cli.tenant {
+        Some(t) => client.with_tenant(t),
+        None => client,
+    };
+    match cli.command {
+        Command::Topic(cmd) => topic::run(&client, cmd).await,
+        Command::Produce(args) => produce::run(&client, args).await,
+        Command::Consume(args) => consume::run(&client, args).await,
+        Command::Tenant(cmd) => tenant::run(&client, cmd).await,
+        Command::Bench(cmd) => crate::bench::run(&client, cmd).await.context("benchmark failed"),
+    }
+}
+
+/// Prints a clap error: help and version as clap renders them (exit 0),
+/// usage errors as one `error: ...` line (exit 2).
+pub(crate) fn report_parse_error(err: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            eprintln!("error: {}", one_line_parse_error(&err));
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's message without its usage and tip paragraphs, on one line.
+pub(crate) fn one_line_parse_error(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first_paragraph = rendered.split("\n\n").next().unwrap_or_default();
+    let text = first_paragraph.trim().strip_prefix("error:").unwrap_or(first_paragraph).trim();
+    one_line(text)
+}
+
+/// Collapses whitespace (newlines included) into single spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("strata").chain(args.iter().copied()))
+    }
+
+    fn parse_err(args: &[&str]) -> String {
+        one_line_parse_error(&parse(args).unwrap_err())
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn topic_create_parses_sizes_and_durations() {
+        let cli = parse(&[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--retention",
+            "7d",
+            "--retention-bytes",
+            "10GiB",
+            "--segment-bytes",
+            "64MiB",
+            "--durability",
+            "none",
+        ])
+        .unwrap();
+        let Command::Topic(TopicCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.name, "orders");
+        assert_eq!(args.partitions, 3);
+        assert_eq!(args.retention, Some(strata_client::Retention::Time(Duration::from_secs(7 * 86400))));
+        assert_eq!(args.retention_bytes, Some(10 << 30));
+        assert_eq!(args.segment_bytes, Some(64 << 20));
+        assert_eq!(args.durability, Some(DurabilityArg::None));
+
+        let cli = parse(&["topic", "create", "o", "--retention", "infinite"]).unwrap();
+        let Command::Topic(TopicCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.retention, Some(strata_client::Retention::Infinite));
+        assert_eq!(args.partitions, 1);
+    }
+
+    #[test]
+    fn invalid_values_are_one_line_errors() {
+        for (args, needle) in [
+            (&["topic", "create", "o", "--retention", "7x"][..], "--retention"),
+            (&["topic", "create", "o", "--retention-bytes", "lots"], "--retention-bytes"),
+            (&["topic", "create", "o", "--segment-bytes", "0"], "--segment-bytes"),
+            (&["topic", "create", "o", "--partitions", "0"], "--partitions"),
+            (&["topic", "create", "o", "--durability", "maybe"], "--durability"),
+            (&["consume", "t", "--from", "yesterday"], "--from"),
+            (&["produce", "t", "--header", "novalue"], "--header"),
+            (&["bench", "produce", "--size", "big"], "--size"),
+            (&["topic", "explode"], "explode"),
+        ] {
+            let msg = parse_err(args);
+            assert!(msg.contains(needle), "{args:?}: {msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+            assert!(!msg.starts_with("error"), "{msg}");
+        }
+        let msg = parse_err(&["produce"]);
+        assert!(msg.contains("<TOPIC>"), "{msg}");
+    }
+
+    #[test]
+    fn consume_defaults_to_latest_and_parses_from() {
+        let cli = parse(&["consume", "t"]).unwrap();
+        let Command::Consume(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.from, StartFrom::Latest);
+        assert_eq!(args.count, None);
+        assert!(args.partitions.is_empty());
+
+        let cli = parse(&[
+            "consume",
+            "t",
+            "--from",
+            "2023-11-14T22:13:20Z",
+            "--count",
+            "5",
+            "--partition",
+            "1",
+            "--partition",
+            "3",
+        ])
+        .unwrap();
+        let Command::Consume(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.from, StartFrom::Timestamp(1_700_000_000_000));
+        assert_eq!(args.count, Some(5));
+        assert_eq!(args.partitions, vec![1, 3]);
+
+        for (from, expected) in
+            [("earliest", StartFrom::Earliest), ("17", StartFrom::Offset(17)), ("@5", StartFrom::Timestamp(5))]
+        {
+            let cli = parse(&["consume", "t", "--from", from]).unwrap();
+            let Command::Consume(args) = cli.command else {
+                panic!("wrong command");
+            };
+            assert_eq!(args.from, expected);
+        }
+    }
+
+    #[test]
+    fn produce_collects_headers_and_global_flags_go_anywhere() {
+        let cli = parse(&[
+            "produce",
+            "orders",
+            "--key",
+            "k",
+            "--header",
+            "a=1",
+            "--header",
+            "b=2",
+            "--server",
+            "http://example:1",
+            "--tenant",
+            "acme",
+        ])
+        .unwrap();
+        assert_eq!(cli.server, "http://example:1");
+        assert_eq!(cli.tenant.as_deref(), Some("acme"));
+        let Command::Produce(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.key.as_deref(), Some("k"));
+        assert_eq!(args.headers.len(), 2);
+        assert_eq!(args.headers[1].0, "b");
+    }
+
+    #[test]
+    fn bench_flags() {
+        let cli = parse(&["bench", "produce", "--size", "4KiB", "--duration", "10s", "--json"]).unwrap();
+        let Command::Bench(BenchCommand::Produce(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.size, 4096);
+        assert_eq!(args.duration, Some(Duration::from_secs(10)));
+        assert!(args.json);
+        assert!(parse(&["bench", "produce", "--count", "5", "--duration", "1s"]).is_err());
+        assert!(parse(&["bench", "produce", "--producers", "0"]).is_err());
+        let cli = parse(&["bench", "consume", "--count", "1000"]).unwrap();
+        let Command::Bench(BenchCommand::Consume(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.count, 1000);
+    }
+}

@@ -1,0 +1,234 @@
+//! The client's error type: what went wrong talking to a broker, with the gRPC
+//! code and the stable [`ErrorCode`] preserved so callers can branch on them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use strata_proto::batch::BatchError;
+use strata_proto::v1::{ErrorCode, ErrorInfo, ItemError};
+
+/// Everything the client library can fail with.
+///
+/// `Clone` because one failed batch fails every message in it, and each
+/// message's delivery future gets its own copy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server URL could not be parsed.
+    #[error("invalid server URL {url:?}: {}", root_cause(&**cause))]
+    InvalidUrl {
+        url: String,
+        /// Kept out of `source()` because the message already names the
+        /// root cause (error reporters would print it twice).
+        cause: Arc<tonic::transport::Error>,
+    },
+    /// No connection could be established.
+    #[error("cannot connect to {url}: {}", root_cause(&**cause))]
+    Connect { url: String, cause: Arc<tonic::transport::Error> },
+    /// The broker (or the transport underneath) answered with an error status.
+    #[error("{0}")]
+    Server(Box<ServerError>),
+    /// The broker sent a record batch that does not decode.
+    #[error("invalid record batch from the broker: {0}")]
+    Batch(#[from] BatchError),
+    /// A record is too large to ever be sent.
+    #[error("record of {size} bytes is larger than the {limit}-byte limit of one request")]
+    RecordTooLarge { size: usize, limit: usize },
+    /// A call did not complete in time.
+    #[error("{operation} timed out after {timeout:?}")]
+    Timeout { operation: &'static str, timeout: std::time::Duration },
+    /// An argument was rejected before anything was sent.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The producer was closed (or its background task stopped) before the
+    /// operation could complete.
+    #[error("the producer is closed")]
+    ProducerClosed,
+}
+
+/// An error status from the broker, with its structured details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// The gRPC status code.
+    pub code: tonic::Code,
+    /// The human-readable message.
+    pub message: String,
+    /// The stable error code from the status details
+    /// ([`ErrorCode::Unspecified`] when the broker attached none).
+    pub error_code: ErrorCode,
+    /// The resource the error is about, e.g. `default/orders/2` (may be empty).
+    pub resource: String,
+    /// Extra machine-readable facts from the broker.
+    pub metadata: HashMap<String, String>,
+    /// Whether the broker attached an `ErrorInfo` at all; statuses without one
+    /// come from the transport (connection reset, refused stream, ...).
+    pub has_details: bool,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.code.description())
+        } else {
+            // Messages from the transport can span several lines; keep the
+            // error on one line so the CLI can print it as such.
+            let mut first = true;
+            for part in self.message.split_whitespace() {
+                if !first {
+                    f.write_str(" ")?;
+                }
+                f.write_str(part)?;
+                first = false;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl ServerError {
+    fn new(code: tonic::Code, message: String, info: Option<ErrorInfo>) -> Self {
+        let has_details = info.is_some();
+        let info = info.unwrap_or_default();
+        ServerError {
+            code,
+            message,
+            error_code: ErrorCode::try_from(info.code).unwrap_or(ErrorCode::Unspecified),
+            resource: info.resource,
+            metadata: info.metadata,
+            has_details,
+        }
+    }
+}
+
+/// The innermost error of a chain: tonic's transport errors say only
+/// "transport error" at the top, and the useful part (e.g. "Connection
+/// refused") is at the bottom.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        let info = strata_proto::error_info(&status);
+        Error::Server(Box::new(ServerError::new(status.code(), status.message().to_owned(), info)))
+    }
+}
+
+impl From<ItemError> for Error {
+    fn from(item: ItemError) -> Self {
+        Error::Server(Box::new(ServerError::new(tonic::Code::from_i32(item.status_code), item.message, item.info)))
+    }
+}
+
+impl Error {
+    /// The gRPC status code, when the error came from the broker.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Server(s) => Some(s.code),
+            Error::Connect { .. } => Some(tonic::Code::Unavailable),
+            Error::Timeout { .. } => Some(tonic::Code::DeadlineExceeded),
+            _ => None,
+        }
+    }
+
+    /// The stable Strata error code ([`ErrorCode::Unspecified`] when none).
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Error::Server(s) => s.error_code,
+            Error::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+            _ => ErrorCode::Unspecified,
+        }
+    }
+
+    /// The broker's structured error, if this is one.
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            Error::Server(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the resource named in the call does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(tonic::Code::NotFound)
+    }
+
+    /// Whether trying again later may succeed: the broker is unavailable,
+    /// shutting down, overloaded, or the connection broke.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Timeout { .. } => true,
+            Error::Server(s) => {
+                if s.error_code == ErrorCode::ShuttingDown {
+                    return true;
+                }
+                match s.code {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Aborted
+                    | tonic::Code::ResourceExhausted => true,
+                    // A broken HTTP/2 connection surfaces as Unknown or
+                    // Cancelled without details; an error the broker itself
+                    // chose always carries an ErrorInfo.
+                    tonic::Code::Unknown | tonic::Code::Cancelled => !s.has_details,
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_keeps_code_message_and_error_code() {
+        let status = strata_proto::status_with_info(
+            tonic::Code::NotFound,
+            "topic default/orders does not exist",
+            ErrorInfo {
+                code: ErrorCode::UnknownTopic as i32,
+                resource: "default/orders".into(),
+                metadata: HashMap::new(),
+            },
+        );
+        let err = Error::from(status);
+        assert_eq!(err.code(), Some(tonic::Code::NotFound));
+        assert_eq!(err.error_code(), ErrorCode::UnknownTopic);
+        assert!(err.is_not_found());
+        assert!(!err.is_retryable());
+        assert_eq!(err.to_string(), "topic default/orders does not exist");
+        assert_eq!(err.server_error().map(|s| s.resource.as_str()), Some("default/orders"));
+    }
+
+    #[test]
+    fn retryable_classification() {
+        assert!(Error::from(tonic::Status::unavailable("down")).is_retryable());
+        assert!(Error::from(tonic::Status::unknown("h2 reset")).is_retryable());
+        assert!(!Error::from(tonic::Status::invalid_argument("bad")).is_retryable());
+        let typed_unknown = strata_proto::status_with_info(
+            tonic::Code::Unknown,
+            "odd",
+            ErrorInfo { code: ErrorCode::Storage as i32, ..Default::default() },
+        );
+        assert!(!Error::from(typed_unknown).is_retryable());
+        let shutting_down = Error::from(ItemError {
+            status_code: tonic::Code::FailedPrecondition as i32,
+            message: "broker is shutting down".into(),
+            info: Some(ErrorInfo { code: ErrorCode::ShuttingDown as i32, ..Default::default() }),
+        });
+        assert!(shutting_down.is_retryable());
+    }
+
+    #[test]
+    fn multi_line_messages_print_on_one_line() {
+        let err = Error::from(tonic::Status::unavailable("line one\n  line two"));
+        assert_eq!(err.to_string(), "line one line two");
+    }
+}

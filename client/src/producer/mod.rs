@@ -1,0 +1,503 @@
+//! The [`Producer`]: batches messages per partition and sends them over one
+//! pipelined `ProduceStream`, resolving each message's [`DeliveryFuture`]
+//! when the broker acknowledges it.
+//!
+//! Parts: [`accumulator`] fills and seals batches; [`sender`] is the
+//! background task that owns the stream, retries and ordering. Callers only
+//! talk to the task through a channel, so a `Producer` is cheap to clone and
+//! safe to use from many tasks.
+
+mod accumulator;
+mod sender;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_proto::batch::{BatchBuilder, HEADER_LEN};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+pub use strata_proto::batch::Compression;
+
+use crate::client::{Client, MAX_MESSAGE_BYTES};
+use crate::error::Error;
+use crate::retry::RetryConfig;
+use accumulator::PendingMessage;
+
+/// Room left in a request for the protobuf framing around the batch.
+const REQUEST_OVERHEAD: usize = 4096;
+
+/// Tuning of a [`Producer`].
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// A partition's batch is sent once it holds this many bytes
+    /// (uncompressed). A single larger message gets a batch of its own.
+    pub batch_bytes: usize,
+    /// ... or once its first message has waited this long.
+    pub linger: Duration,
+    /// Memory for messages not yet acknowledged (buffered and in flight).
+    /// When it is used up, [`Producer::send`] / [`Producer::enqueue`] wait.
+    pub max_in_flight_bytes: usize,
+    /// Batches sent on the stream and not yet acknowledged.
+    pub max_in_flight_batches: usize,
+    /// Retries of transient failures (stream broken, broker unavailable or
+    /// overloaded). Non-retryable errors fail the affected messages at once.
+    pub retry: RetryConfig,
+    /// Compression of each batch.
+    pub compression: Compression,
+    /// How long a sent batch may wait for its acknowledgement (and a stream
+    /// for its opening) before the stream is considered broken.
+    pub request_timeout: Duration,
+    /// How often the topic's partition count is re-read, so partitions added
+    /// while producing get traffic. It is also re-read when the broker
+    /// answers `UNKNOWN_PARTITION`.
+    pub metadata_refresh: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_bytes: 256 * 1024,
+            linger: Duration::from_millis(5),
+            max_in_flight_bytes: 32 * 1024 * 1024,
+            max_in_flight_batches: 32,
+            retry: RetryConfig::default(),
+            compression: Compression::None,
+            request_timeout: Duration::from_secs(30),
+            metadata_refresh: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A message to produce.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// Messages with a key go to partition `xxh3_64(key) % partitions`
+    /// (see [`crate::partition_for_key`]), so equal keys keep their order.
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    /// Headers, e.g. W3C `traceparent`.
+    pub headers: Vec<(String, Bytes)>,
+    /// Milliseconds since the Unix epoch; `None` means "now".
+    pub timestamp: Option<i64>,
+    /// Send to this partition, overriding the key hash.
+    pub partition: Option<u32>,
+}
+
+impl Message {
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        Message { value: value.into(), ..Message::default() }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp = Some(timestamp_ms);
+        self
+    }
+
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Bytes the message takes in a batch.
+    fn encoded_size(&self) -> usize {
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            self.headers.iter().map(|(k, v)| (k.as_str(), Some(&v[..]))).collect();
+        BatchBuilder::record_size(self.key.as_deref(), Some(&self.value), &headers)
+    }
+}
+
+/// Where an acknowledged message was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Resolves when the broker has acknowledged (or definitively rejected) one
+/// message. Dropping it does not cancel the message.
+#[derive(Debug)]
+#[must_use = "a DeliveryFuture tells whether the message was stored"]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata, Error>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::ProducerClosed)))
+    }
+}
+
+pub(crate) enum Command {
+    Send(PendingMessage),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Produces messages to one topic. Clone it to share it between tasks; all
+/// clones feed the same batches and stream.
+///
+/// Guarantees: messages of one partition are appended in the order they were
+/// enqueued (across clones, in the order the enqueue calls completed).
+/// Delivery is at-least-once: a batch whose acknowledgement was lost with a
+/// broken stream is sent again and may be stored twice (the idempotent
+/// producer will remove that). Strict order under a *per-batch* transient
+/// error holds only with `max_in_flight_batches = 1` until then: a later
+/// batch of the same partition that was already in flight can land first.
+#[derive(Clone, Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    topic: String,
+    commands: mpsc::UnboundedSender<Command>,
+    memory: Arc<Semaphore>,
+    memory_limit: usize,
+}
+
+impl Client {
+    /// A producer for `topic` with the default [`ProducerConfig`]. Fails when
+    /// the topic does not exist.
+    pub async fn producer(&self, topic: &str) -> Result<Producer, Error> {
+        self.producer_with_config(topic, ProducerConfig::default()).await
+    }
+
+    /// A producer for `topic` with the given configuration.
+    pub async fn producer_with_config(&self, topic: &str, config: ProducerConfig) -> Result<Producer, Error> {
+        Producer::start(self, topic, config).await
+    }
+}
+
+impl Producer {
+    async fn start(client: &Client, topic: &str, config: ProducerConfig) -> Result<Producer, Error> {
+        if config.batch_bytes == 0 {
+            return Err(Error::InvalidArgument("batch_bytes must be positive".into()));
+        }
+        if config.max_in_flight_batches == 0 {
+            return Err(Error::InvalidArgument("max_in_flight_batches must be positive".into()));
+        }
+        if config.max_in_flight_bytes == 0 {
+            return Err(Error::InvalidArgument("max_in_flight_bytes must be positive".into()));
+        }
+        let description = client.describe_topic(topic).await?;
+        // Permits are acquired per message with a u32 count.
+        let memory_limit = config.max_in_flight_bytes.min(u32::MAX as usize).min(Semaphore::MAX_PERMITS);
+        let memory = Arc::new(Semaphore::new(memory_limit));
+        let (commands, rx) = mpsc::unbounded_channel();
+        let task = sender::SenderTask::new(
+            client.clone(),
+            topic.to_owned(),
+            description.partitions,
+            config,
+            rx,
+            memory.clone(),
+        );
+        tokio::spawn(task.run());
+        Ok(Producer { shared: Arc::new(Shared { topic: topic.to_owned(), commands, memory, memory_limit }) })
+    }
+
+    /// The topic this producer writes to.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// Sends one message and waits until the broker has acknowledged it.
+    ///
+    /// Waits first for memory when `max_in_flight_bytes` are in use. To keep
+    /// many messages in flight from one task, use [`Producer::enqueue`].
+    pub async fn send(&self, message: Message) -> Result<RecordMetadata, Error> {
+        self.enqueue(message).await?.await
+    }
+
+    /// Queues one message and returns once it has its place in the
+    /// producer's order, handing back a future for its acknowledgement.
+    ///
+    /// This waits only for memory (backpressure), never for the broker, so
+    /// calling it in a loop pipelines messages into batches.
+    pub async fn enqueue(&self, message: Message) -> Result<DeliveryFuture, Error> {
+        let size = message.encoded_size();
+        let limit = MAX_MESSAGE_BYTES - HEADER_LEN - REQUEST_OVERHEAD;
+        if size > limit {
+            return Err(Error::RecordTooLarge { size, limit });
+        }
+        // A message larger than the whole budget waits for all of it.
+        let permits = size.clamp(1, self.shared.memory_limit) as u32;
+        let permit = self.shared.memory.clone().acquire_many_owned(permits).await.map_err(|_| Error::ProducerClosed)?;
+        let timestamp_ms = message.timestamp.unwrap_or_else(now_ms);
+        let (ack, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Send(PendingMessage { message, timestamp_ms, ack, permit: Some(permit) }))
+            .map_err(|_| Error::ProducerClosed)?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Sends every message enqueued so far without waiting for `linger`, and
+    /// waits until each is acknowledged or failed (outcomes are reported
+    /// through their own futures).
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.commands.send(Command::Flush(tx)).map_err(|_| Error::ProducerClosed)?;
+        rx.await.map_err(|_| Error::ProducerClosed)
+    }
+
+    /// Flushes, then stops the producer (and every clone of it). Messages
+    /// enqueued after this fail with [`Error::ProducerClosed`]. Closing twice
+    /// is harmless.
+    pub async fn close(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.commands.send(Command::Close(tx)).is_err() {
+            return Ok(());
+        }
+        // The task dropping the sender also means it is done.
+        let _ = rx.await;
+        Ok(())
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::TopicOptions;
+    use crate::mock_broker::MockBroker;
+    use strata_proto::v1::ErrorCode;
+
+    async fn setup(partitions: u32) -> (MockBroker, Client) {
+        let broker = MockBroker::start().await;
+        let client = Client::connect(&broker.url).await.unwrap();
+        client.create_topic("t", partitions, TopicOptions::default()).await.unwrap();
+        (broker, client)
+    }
+
+    fn small_batches() -> ProducerConfig {
+        ProducerConfig {
+            batch_bytes: 200,
+            retry: RetryConfig {
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+                max_retries: 5,
+            },
+            ..ProducerConfig::default()
+        }
+    }
+
+    async fn produce_all(producer: &Producer, messages: Vec<Message>) -> Vec<Result<RecordMetadata, Error>> {
+        let mut acks = Vec::new();
+        for m in messages {
+            acks.push(producer.enqueue(m).await.unwrap());
+        }
+        producer.flush().await.unwrap();
+        futures::future::join_all(acks).await
+    }
+
+    fn numbered(n: usize) -> Vec<Message> {
+        (0..n).map(|i| Message::new(format!("m{i}"))).collect()
+    }
+
+    #[tokio::test]
+    async fn keyless_messages_are_acknowledged_with_contiguous_offsets() {
+        let (broker, client) = setup(3).await;
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        let results = produce_all(&producer, numbered(500)).await;
+        let mut by_partition: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut values: HashMap<u32, Vec<String>> = HashMap::new();
+        for (i, r) in results.into_iter().enumerate() {
+            let meta = r.unwrap();
+            by_partition.entry(meta.partition).or_default().push(meta.offset);
+            values.entry(meta.partition).or_default().push(format!("m{i}"));
+        }
+        assert!(by_partition.len() > 1, "keyless messages spread over partitions");
+        for (partition, offsets) in by_partition {
+            let expected: Vec<u64> = (0..offsets.len() as u64).collect();
+            assert_eq!(offsets, expected, "partition {partition}");
+            let stored: Vec<String> =
+                broker.values("t", partition).iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+            assert_eq!(stored, values[&partition], "order kept in partition {partition}");
+        }
+        producer.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn keyed_messages_follow_the_key_hash_and_explicit_partitions_win() {
+        let (_broker, client) = setup(4).await;
+        let producer = client.producer("t").await.unwrap();
+        for key in ["a", "b", "c", "order-42"] {
+            let meta = producer.send(Message::new("v").with_key(key)).await.unwrap();
+            assert_eq!(meta.partition, crate::partition_for_key(key.as_bytes(), 4));
+        }
+        let meta = producer.send(Message::new("v").with_key("a").with_partition(2)).await.unwrap();
+        assert_eq!(meta.partition, 2);
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_is_reopened_and_unacked_batches_resent_in_order() {
+        let (broker, client) = setup(1).await;
+        broker.faults(|f| f.break_produce_after = Some(3));
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        let results = produce_all(&producer, numbered(300)).await;
+        let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+        assert_eq!(offsets, (0..300).collect::<Vec<u64>>());
+        let stored: Vec<String> =
+            broker.values("t", 0).iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        let expected: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+        assert_eq!(stored, expected);
+        assert!(broker.produce_streams_opened() >= 2);
+    }
+
+    #[tokio::test]
+    async fn transient_batch_errors_are_retried_in_order() {
+        let (broker, client) = setup(1).await;
+        broker.faults(|f| {
+            f.item_errors.push_back((tonic::Code::Unavailable, ErrorCode::ShuttingDown));
+            f.item_errors.push_back((tonic::Code::ResourceExhausted, ErrorCode::ResourceExhausted));
+        });
+        let config = ProducerConfig { max_in_flight_batches: 1, ..small_batches() };
+        let producer = client.producer_with_config("t", config).await.unwrap();
+        let results = produce_all(&producer, numbered(100)).await;
+        assert!(results.iter().all(Result::is_ok));
+        let stored: Vec<String> =
+            broker.values("t", 0).iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        assert_eq!(stored, (0..100).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn permanent_batch_errors_fail_only_that_batch() {
+        let (broker, client) = setup(1).await;
+        broker.faults(|f| f.item_errors.push_back((tonic::Code::InvalidArgument, ErrorCode::CorruptBatch)));
+        let producer = client.producer("t").await.unwrap();
+        let first = producer.send(Message::new("x")).await.unwrap_err();
+        assert_eq!(first.code(), Some(tonic::Code::InvalidArgument));
+        assert_eq!(first.error_code(), ErrorCode::CorruptBatch);
+        let second = producer.send(Message::new("y")).await.unwrap();
+        assert_eq!(second.offset, 0);
+        assert_eq!(broker.batches_received(), 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_partitions_fail_without_retries() {
+        let (_broker, client) = setup(2).await;
+        let producer = client.producer("t").await.unwrap();
+        let err = producer.send(Message::new("x").with_partition(9)).await.unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::UnknownPartition);
+        assert!(producer.send(Message::new("ok")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn missing_topics_and_bad_configs_fail_at_creation() {
+        let (_broker, client) = setup(1).await;
+        let err = client.producer("nope").await.unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        let err = client
+            .producer_with_config("t", ProducerConfig { batch_bytes: 0, ..ProducerConfig::default() })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)));
+    }
+
+    #[tokio::test]
+    async fn enqueue_waits_for_memory_and_resumes_after_acks() {
+        let (_broker, client) = setup(1).await;
+        let config = ProducerConfig {
+            max_in_flight_bytes: 1000,
+            // Nothing is sent until flushed, so nothing frees memory.
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        };
+        let producer = client.producer_with_config("t", config).await.unwrap();
+        let mut acks = Vec::new();
+        let blocked = loop {
+            let mut fut = Box::pin(producer.enqueue(Message::new(vec![0u8; 100])));
+            match (&mut fut).now_or_never() {
+                Some(ack) => acks.push(ack.unwrap()),
+                None => break fut,
+            }
+            assert!(acks.len() < 20, "memory limit not enforced");
+        };
+        assert!(acks.len() >= 8);
+        // Flushing acknowledges the queued messages, which frees memory.
+        let flusher = producer.clone();
+        let (ack, flushed) = tokio::join!(blocked, flusher.flush());
+        flushed.unwrap();
+        acks.push(ack.unwrap());
+        producer.flush().await.unwrap();
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        assert_eq!(producer.shared.memory.available_permits(), 1000);
+    }
+
+    #[tokio::test]
+    async fn close_delivers_pending_messages_then_refuses_new_ones() {
+        let (broker, client) = setup(1).await;
+        let config = ProducerConfig { linger: Duration::from_secs(3600), ..ProducerConfig::default() };
+        let producer = client.producer_with_config("t", config).await.unwrap();
+        let ack = producer.enqueue(Message::new("last words")).await.unwrap();
+        producer.close().await.unwrap();
+        assert_eq!(ack.await.unwrap().offset, 0);
+        assert_eq!(broker.values("t", 0).len(), 1);
+        let err = producer.send(Message::new("late")).await.unwrap_err();
+        assert!(matches!(err, Error::ProducerClosed));
+        producer.close().await.unwrap();
+        assert!(matches!(producer.flush().await, Err(Error::ProducerClosed)));
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_still_delivers_queued_messages() {
+        let (broker, client) = setup(1).await;
+        let producer = client.producer("t").await.unwrap();
+        let ack = producer.enqueue(Message::new("orphan")).await.unwrap();
+        drop(producer);
+        assert_eq!(ack.await.unwrap().offset, 0);
+        assert_eq!(broker.values("t", 0).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_broker_fails_messages_once_retries_are_used_up() {
+        let (broker, client) = setup(1).await;
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        producer.send(Message::new("before")).await.unwrap();
+        broker.take_down();
+        let err = producer.send(Message::new("after")).await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        // The producer stays usable: a later message tries again.
+        let err = producer.send(Message::new("again")).await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_records_are_refused_locally() {
+        let (_broker, client) = setup(1).await;
+        let producer = client.producer("t").await.unwrap();
+        let err = producer.enqueue(Message::new(vec![0u8; MAX_MESSAGE_BYTES])).await.unwrap_err();
+        assert!(matches!(err, Error::RecordTooLarge { .. }));
+        assert_eq!(err.error_code(), ErrorCode::RecordTooLarge);
+    }
+}
