@@ -65,6 +65,8 @@ pub struct Produced {
     pub base_offset: u64,
     pub last_offset: u64,
     pub append_time_ms: i64,
+    /// A retried idempotent batch that was already stored.
+    pub duplicate: bool,
 }
 
 pub(crate) struct TopicState {
@@ -316,6 +318,7 @@ impl Broker {
                 base_offset: appended.base_offset,
                 last_offset: appended.last_offset,
                 append_time_ms: appended.append_time_ms,
+                duplicate: appended.duplicate,
             },
             resource,
             _permit: permit,
@@ -358,6 +361,18 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::InvalidRequest(format!("lookup task failed: {e}")))?
             .map_err(|source| BrokerError::Log { resource: resource.to_owned(), source })
+    }
+
+    /// Registers an idempotent producer (see `InitProducer` in log.proto).
+    pub async fn init_producer(&self, tenant: &str, name: &str) -> Result<(i64, i16), BrokerError> {
+        self.check_running()?;
+        let tenant = TenantName::resolve(tenant)?;
+        let name = if name.is_empty() { None } else { Some(crate::names::parse_group_name(name)?) };
+        let mut store = self.catalog.lock().await;
+        match store.commit(&CatalogCommand::InitProducer { tenant: tenant.to_string(), name })? {
+            Applied::Producer { id, epoch } => Ok((id, epoch)),
+            other => Err(BrokerError::InvalidRequest(format!("unexpected catalog result {other:?}"))),
+        }
     }
 
     // ---- administration -----------------------------------------------

@@ -70,6 +70,12 @@ pub struct Catalog {
     pub version: u32,
     pub next_topic_id: u64,
     pub tenants: BTreeMap<String, TenantRecord>,
+    /// Next idempotent producer id to hand out.
+    #[serde(default)]
+    pub next_producer_id: i64,
+    /// Named producers: "tenant/name" -> (producer id, current epoch).
+    #[serde(default)]
+    pub named_producers: BTreeMap<String, (i64, i16)>,
 }
 
 /// A change to the catalog. Names are already validated.
@@ -81,6 +87,8 @@ pub enum CatalogCommand {
     AddPartitions { tenant: String, name: String, partitions: u32 },
     UpdateTopic { tenant: String, name: String, settings: TopicSettings },
     DeleteTopic { tenant: String, name: String },
+    /// Allocates a producer id; a named producer keeps its id and gets the next epoch.
+    InitProducer { tenant: String, name: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,13 +116,20 @@ pub enum Applied {
     Topic { id: u64 },
     PartitionsAdded { id: u64, from: u32, to: u32 },
     TopicDeleted { id: u64 },
+    Producer { id: i64, epoch: i16 },
 }
 
 impl Default for Catalog {
     fn default() -> Self {
         let mut tenants = BTreeMap::new();
         tenants.insert(DEFAULT_TENANT.to_owned(), TenantRecord { created_at_ms: 0, topics: BTreeMap::new() });
-        Catalog { version: CATALOG_VERSION, next_topic_id: 1, tenants }
+        Catalog {
+            version: CATALOG_VERSION,
+            next_topic_id: 1,
+            tenants,
+            next_producer_id: 0,
+            named_producers: BTreeMap::new(),
+        }
     }
 }
 
@@ -179,6 +194,26 @@ impl Catalog {
                     .remove(name)
                     .ok_or_else(|| CatalogError::UnknownTopic { tenant: tenant.clone(), name: name.clone() })?;
                 Ok(Applied::TopicDeleted { id: topic.id })
+            }
+            CatalogCommand::InitProducer { tenant, name } => {
+                self.tenant_mut(tenant)?;
+                if let Some(name) = name {
+                    let key = format!("{tenant}/{name}");
+                    if let Some((id, epoch)) = self.named_producers.get_mut(&key) {
+                        // Epochs wrap like Kafka's: a new id once exhausted.
+                        if *epoch < i16::MAX {
+                            *epoch += 1;
+                            return Ok(Applied::Producer { id: *id, epoch: *epoch });
+                        }
+                    }
+                    let id = self.next_producer_id;
+                    self.next_producer_id += 1;
+                    self.named_producers.insert(key, (id, 0));
+                    return Ok(Applied::Producer { id, epoch: 0 });
+                }
+                let id = self.next_producer_id;
+                self.next_producer_id += 1;
+                Ok(Applied::Producer { id, epoch: 0 })
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use strata_proto::v1::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse,
+    FetchRequest, FetchResponse, InitProducerRequest, InitProducerResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse,
     StartPosition, fetch_request, list_offsets_request, list_offsets_response, log_server::Log,
 };
 use tokio::sync::mpsc;
@@ -39,7 +39,7 @@ fn produce_response(request_id: u64, partition: u32, p: Produced) -> ProduceResp
         base_offset: p.base_offset,
         last_offset: p.last_offset,
         log_append_time_ms: p.append_time_ms,
-        duplicate: false,
+        duplicate: p.duplicate,
         error: None,
     }
 }
@@ -141,6 +141,12 @@ impl Log for LogService {
         let broker = self.broker.clone();
         tokio::spawn(fetch_loop(broker, log, resource, r.partition, start, max_bytes, max_wait, r.follow, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn init_producer(&self, request: Request<InitProducerRequest>) -> Result<Response<InitProducerResponse>, Status> {
+        let r = request.into_inner();
+        let (producer_id, epoch) = self.broker.init_producer(&r.tenant, &r.producer_name).await.map_err(to_status)?;
+        Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: i32::from(epoch) }))
     }
 
     async fn list_offsets(

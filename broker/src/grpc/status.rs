@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 
 use crate::catalog::CatalogError;
 use crate::error::BrokerError;
-use crate::log::LogError;
+use crate::log::{LogError, SequenceError};
 
 fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
     use ErrorCode as E;
@@ -46,6 +46,12 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             LogError::Closed => (Code::Unavailable, E::ShuttingDown, resource.clone()),
             LogError::Corrupt { .. } => (Code::DataLoss, E::Storage, resource.clone()),
             LogError::Io { .. } | LogError::Poisoned(_) => (Code::Unavailable, E::Storage, resource.clone()),
+            LogError::Sequence(SequenceError::Fenced { .. }) => {
+                (Code::FailedPrecondition, E::ProducerFenced, resource.clone())
+            }
+            LogError::Sequence(SequenceError::OutOfOrder { .. }) => {
+                (Code::FailedPrecondition, E::OutOfOrderSequence, resource.clone())
+            }
         },
         BrokerError::CatalogStorage(_) => (Code::Unavailable, E::Storage, String::new()),
         BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
@@ -72,6 +78,12 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
         }
         BrokerError::BatchTooLarge { limit, .. } => {
             info.metadata.insert("limit".into(), limit.to_string());
+        }
+        BrokerError::Log { source: LogError::Sequence(SequenceError::OutOfOrder { expected, .. }), .. } => {
+            info.metadata.insert("expected_sequence".into(), expected.to_string());
+        }
+        BrokerError::Log { source: LogError::Sequence(SequenceError::Fenced { current, .. }), .. } => {
+            info.metadata.insert("current_epoch".into(), current.to_string());
         }
         BrokerError::Log { source: LogError::OffsetOutOfRange { start, end, .. }, .. } => {
             info.metadata.insert("log_start_offset".into(), start.to_string());

@@ -14,6 +14,7 @@
 //!   (which recovers from what is really on disk).
 
 mod index;
+mod producers;
 pub(crate) mod segment;
 
 use std::collections::VecDeque;
@@ -26,7 +27,13 @@ use bytes::Bytes;
 use strata_proto::batch::{BatchHeader, BatchIter, set_base_offset};
 use tokio::sync::{Notify, watch};
 
+pub use producers::SequenceError;
+use producers::{Check, ProducerTable};
 use segment::{ActiveSegment, ReadError, SEGMENT_HEADER_LEN, SealedSegment};
+
+/// Idempotent-producer state is forgotten after this long without a write
+/// from that producer (Kafka's default for producer id expiry).
+const PRODUCER_EXPIRY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Whether an append waits for fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -62,6 +69,8 @@ pub enum LogError {
     Poisoned(String),
     #[error("partition is closed")]
     Closed,
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
 }
 
 impl LogError {
@@ -76,6 +85,9 @@ pub struct Appended {
     pub base_offset: u64,
     pub last_offset: u64,
     pub append_time_ms: i64,
+    /// An idempotent producer's retry of a batch already stored: nothing was
+    /// written; the offsets are those of the stored copy.
+    pub duplicate: bool,
 }
 
 /// A chunk read from the log.
@@ -114,6 +126,7 @@ struct LogState {
     /// Byte position in the active segment matching `visible_end`.
     visible_pos: u64,
     poisoned: Option<String>,
+    producers: ProducerTable,
 }
 
 pub struct PartitionLog {
@@ -156,6 +169,7 @@ impl PartitionLog {
         let mut report = RecoveryReport::default();
         let interval = config.index_interval_bytes;
         let mut sealed = VecDeque::new();
+        let mut producers = ProducerTable::default();
         let active = match bases.split_last() {
             None => ActiveSegment::create(dir, 0).map_err(|e| LogError::io(dir, e))?,
             Some((&last, rest)) => {
@@ -166,8 +180,12 @@ impl PartitionLog {
                     }
                     sealed.push_back(seg);
                 }
-                let (active, stopped) =
-                    ActiveSegment::recover(dir, last, interval, now_ms).map_err(|e| LogError::io(dir, e))?;
+                // Producer state: the snapshot taken when the active segment
+                // was created, plus the active segment's own batches.
+                producers = producers::load_snapshot(dir, last);
+                let mut replay = |h: &BatchHeader| producers.record(h, now_ms);
+                let (active, stopped) = ActiveSegment::recover(dir, last, interval, now_ms, &mut replay)
+                    .map_err(|e| LogError::io(dir, e))?;
                 if let Some(why) = stopped {
                     report.truncated.push(format!("active segment {last}: {why}"));
                 }
@@ -187,7 +205,7 @@ impl PartitionLog {
         let (hw, _) = watch::channel(visible_end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            state: Mutex::new(LogState { sealed, active, config, log_start, visible_end, visible_pos, poisoned: None }),
+            state: Mutex::new(LogState { sealed, active, config, log_start, visible_end, visible_pos, poisoned: None, producers }),
             hw,
             sync_needed: Notify::new(),
             closed: AtomicBool::new(false),
@@ -229,6 +247,16 @@ impl PartitionLog {
         if let Some(why) = &st.poisoned {
             return Err(LogError::Poisoned(why.clone()));
         }
+        if header.has_producer_id() {
+            if let Check::Duplicate(m) = st.producers.check(header)? {
+                return Ok(Appended {
+                    base_offset: m.base_offset,
+                    last_offset: m.last_offset,
+                    append_time_ms: now_ms,
+                    duplicate: true,
+                });
+            }
+        }
         let cfg = st.config;
         let too_big = st.active.size + batch.len() as u64 > cfg.segment_bytes;
         let too_old = st.active.first_append_ms.is_some_and(|t| now_ms - t >= cfg.segment_ms);
@@ -242,6 +270,7 @@ impl PartitionLog {
         st.active
             .append(batch, &stamped, cfg.index_interval_bytes, now_ms)
             .map_err(|e| LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e))?;
+        st.producers.record(&stamped, now_ms);
         match cfg.durability {
             Durability::None => {
                 st.visible_end = st.active.next_offset;
@@ -250,15 +279,18 @@ impl PartitionLog {
             }
             Durability::Fsync => self.sync_needed.notify_one(),
         }
-        Ok(Appended { base_offset: base, last_offset: stamped.last_offset(), append_time_ms: now_ms })
+        Ok(Appended { base_offset: base, last_offset: stamped.last_offset(), append_time_ms: now_ms, duplicate: false })
     }
 
     /// Seals the active segment and starts a new one. Called with the lock held.
     fn roll(&self, st: &mut LogState) -> Result<(), LogError> {
         let next = st.active.next_offset;
+        let sync = st.config.durability == Durability::Fsync;
+        // The snapshot must exist before the segment it belongs to, so that
+        // recovery never finds an active segment without its snapshot.
+        producers::write_snapshot(&self.dir, next, &st.producers, sync).map_err(|e| LogError::io(&self.dir, e))?;
         let new_active = ActiveSegment::create(&self.dir, next).map_err(|e| LogError::io(&self.dir, e))?;
         let old = std::mem::replace(&mut st.active, new_active);
-        let sync = st.config.durability == Durability::Fsync;
         let sealed = match old.seal(sync) {
             Ok(s) => s,
             Err(e) => {
@@ -508,6 +540,7 @@ impl PartitionLog {
                 return Ok(report);
             }
             let cfg = st.config;
+            st.producers.expire(now_ms, PRODUCER_EXPIRY_MS);
             if !st.active.is_empty() && st.active.first_append_ms.is_some_and(|t| now_ms - t >= cfg.segment_ms) {
                 self.roll(&mut st)?;
                 report.rolled = true;

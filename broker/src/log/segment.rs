@@ -59,7 +59,12 @@ pub(crate) struct ScanOutcome {
 /// Reads a segment from the start, checking every batch (length, header,
 /// CRC32C, offset continuity) and building its index. Stops at the first
 /// batch that fails a check: everything from there is a torn or corrupt tail.
-pub(crate) fn scan_segment(file: &File, base_offset: u64, index_interval: u64) -> io::Result<ScanOutcome> {
+pub(crate) fn scan_segment(
+    file: &File,
+    base_offset: u64,
+    index_interval: u64,
+    visit: &mut dyn FnMut(&BatchHeader),
+) -> io::Result<ScanOutcome> {
     let file_len = file.metadata()?.len();
     let mut out = ScanOutcome { valid_len: 0, next_offset: base_offset, max_timestamp: i64::MIN, ..Default::default() };
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
@@ -119,6 +124,7 @@ pub(crate) fn scan_segment(file: &File, base_offset: u64, index_interval: u64) -
         }
         since_offset_entry += total;
         since_time_entry += total;
+        visit(&header);
         out.max_timestamp = out.max_timestamp.max(header.max_timestamp);
         out.next_offset = header.next_offset();
         out.batches += 1;
@@ -271,10 +277,11 @@ impl ActiveSegment {
         base_offset: u64,
         index_interval: u64,
         now_ms: i64,
+        visit: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<(ActiveSegment, Option<String>)> {
         let path = log_path(dir, base_offset);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let scan = scan_segment(&file, base_offset, index_interval)?;
+        let scan = scan_segment(&file, base_offset, index_interval, visit)?;
         let mut valid_len = scan.valid_len;
         if valid_len < SEGMENT_HEADER_LEN {
             file.set_len(0)?;
@@ -409,7 +416,7 @@ impl SealedSegment {
             ));
         }
         let file = OpenOptions::new().read(true).write(true).open(&log)?;
-        let scan = scan_segment(&file, base_offset, index_interval)?;
+        let scan = scan_segment(&file, base_offset, index_interval, &mut |_| {})?;
         if scan.valid_len < size {
             file.set_len(scan.valid_len.max(SEGMENT_HEADER_LEN))?;
             if scan.valid_len < SEGMENT_HEADER_LEN {

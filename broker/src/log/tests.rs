@@ -263,6 +263,69 @@ fn timestamp_lookup_finds_first_record_at_or_after() {
     assert_eq!(log.offset_for_timestamp(10_000).unwrap(), (100, -1));
 }
 
+fn idem_batch(pid: i64, epoch: i16, seq: i32, values: &[&str]) -> (Vec<u8>, BatchHeader) {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.set_producer(pid, epoch, seq);
+    for v in values {
+        b.push(1, None, Some(v.as_bytes()), &[]);
+    }
+    let bytes = b.finish().unwrap().to_vec();
+    let header = validate(&bytes, LIMITS).unwrap();
+    (bytes, header)
+}
+
+#[test]
+fn idempotent_retries_are_stored_once_and_stale_epochs_are_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), config(1 << 20, Durability::None), 0).unwrap();
+    let (mut b0, h0) = idem_batch(42, 0, 0, &["a", "b"]);
+    let first = log.append(&mut b0.clone(), &h0, 1).unwrap();
+    assert!(!first.duplicate);
+    let retry = log.append(&mut b0, &h0, 2).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!((retry.base_offset, retry.last_offset), (0, 1));
+    assert_eq!(log.high_watermark(), 2, "nothing written twice");
+    let (mut gap, hg) = idem_batch(42, 0, 5, &["x"]);
+    assert!(matches!(
+        log.append(&mut gap, &hg, 3),
+        Err(LogError::Sequence(SequenceError::OutOfOrder { expected: 2, got: 5, .. }))
+    ));
+    let (mut e1, he1) = idem_batch(42, 1, 0, &["new-epoch"]);
+    log.append(&mut e1, &he1, 4).unwrap();
+    let (mut stale, hs) = idem_batch(42, 0, 2, &["zombie"]);
+    assert!(matches!(log.append(&mut stale, &hs, 5), Err(LogError::Sequence(SequenceError::Fenced { current: 1, .. }))));
+    assert_eq!(read_all(&log, 0).len(), 3);
+}
+
+#[test]
+fn producer_state_survives_rolls_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(400, Durability::None);
+    let mut batches = Vec::new();
+    {
+        let (log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+        for i in 0..20 {
+            let v = format!("value-{i:04}");
+            let (mut b, h) = idem_batch(7, 0, i, &[&v]);
+            batches.push((b.clone(), h));
+            log.append(&mut b, &h, 1).unwrap();
+        }
+        assert!(log.stats().segments > 3);
+        log.flush().unwrap();
+    }
+    let (log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+    // The last batch, retried after the restart, is recognised.
+    let (mut last, h) = batches[19].clone();
+    let r = log.append(&mut last, &h, 2).unwrap();
+    assert!(r.duplicate);
+    assert_eq!(r.base_offset, 19);
+    // And the sequence continues where it was.
+    let (mut next, hn) = idem_batch(7, 0, 20, &["next"]);
+    assert_eq!(log.append(&mut next, &hn, 3).unwrap().base_offset, 20);
+    let (mut gap, hg) = idem_batch(7, 0, 30, &["gap"]);
+    assert!(log.append(&mut gap, &hg, 4).is_err());
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<String>),

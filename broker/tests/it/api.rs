@@ -482,6 +482,43 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producers_store_retries_once_and_fence_zombies() {
+    let b = TestBroker::start().await;
+    create_topic(&b, "idem", 1).await;
+    let mut log = b.log().await;
+    let init = |name: &str| strata_proto::v1::InitProducerRequest { tenant: String::new(), producer_name: name.into() };
+    let a = log.init_producer(init("")).await.unwrap().into_inner();
+    let a2 = log.init_producer(init("")).await.unwrap().into_inner();
+    assert_ne!(a.producer_id, a2.producer_id, "anonymous producers get distinct ids");
+    let mut bb = BatchBuilder::new(Compression::None);
+    bb.set_producer(a.producer_id, a.producer_epoch as i16, 0);
+    bb.push(now_ms(), None, Some(b"once"), &[]);
+    let batch = bb.finish().unwrap();
+    let first = log.produce(produce_req("idem", 0, batch.clone())).await.unwrap().into_inner();
+    let retry = log.produce(produce_req("idem", 0, batch)).await.unwrap().into_inner();
+    assert!(!first.duplicate && retry.duplicate);
+    assert_eq!(first.base_offset, retry.base_offset);
+    assert_eq!(read_partition(&mut log, "idem", 0, 0).await.len(), 1);
+    // A named producer: each init bumps the epoch and fences the older one.
+    let old = log.init_producer(init("billing")).await.unwrap().into_inner();
+    let new = log.init_producer(init("billing")).await.unwrap().into_inner();
+    assert_eq!(old.producer_id, new.producer_id);
+    assert_eq!(new.producer_epoch, old.producer_epoch + 1);
+    let send = |epoch: i32, seq: i32| {
+        let mut bb = BatchBuilder::new(Compression::None);
+        bb.set_producer(new.producer_id, epoch as i16, seq);
+        bb.push(now_ms(), None, Some(b"x"), &[]);
+        produce_req("idem", 0, bb.finish().unwrap())
+    };
+    log.produce(send(new.producer_epoch, 0)).await.unwrap();
+    let err = log.produce(send(old.producer_epoch, 1)).await.unwrap_err();
+    assert_status(err, Code::FailedPrecondition, ErrorCode::ProducerFenced, "is fenced");
+    let err = log.produce(send(new.producer_epoch, 5)).await.unwrap_err();
+    assert_status(err, Code::FailedPrecondition, ErrorCode::OutOfOrderSequence, "sequence 5 where 1 was expected");
+    assert_eq!(strata_proto::error_info(&log.produce(send(new.producer_epoch, 7)).await.unwrap_err()).unwrap().metadata["expected_sequence"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durability_none_topics_acknowledge_and_read_back() {
     let b = TestBroker::start().await;
     b.admin()
