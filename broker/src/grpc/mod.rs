@@ -58,5 +58,13 @@ pub(crate) async fn serve(
         reporter.set_not_serving::<AdminServer<admin::AdminService>>().await;
         reporter.set_not_serving::<GroupsServer<groups::GroupsService>>().await;
     };
-    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_reporting).await
+    // `tcp_nodelay` on the builder only applies to listeners tonic binds
+    // itself; set it on every accepted socket, or small responses wait for
+    // Nagle + delayed ACK (~40 ms).
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        conn.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    router.serve_with_incoming_shutdown(incoming, stop_reporting).await
 }
