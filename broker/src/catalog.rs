@@ -81,14 +81,39 @@ pub struct Catalog {
 /// A change to the catalog. Names are already validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogCommand {
-    CreateTenant { name: String, at_ms: i64 },
-    DeleteTenant { name: String },
-    CreateTopic { tenant: String, name: String, partitions: u32, settings: TopicSettings, at_ms: i64 },
-    AddPartitions { tenant: String, name: String, partitions: u32 },
-    UpdateTopic { tenant: String, name: String, settings: TopicSettings },
-    DeleteTopic { tenant: String, name: String },
+    CreateTenant {
+        name: String,
+        at_ms: i64,
+    },
+    DeleteTenant {
+        name: String,
+    },
+    CreateTopic {
+        tenant: String,
+        name: String,
+        partitions: u32,
+        settings: TopicSettings,
+        at_ms: i64,
+    },
+    AddPartitions {
+        tenant: String,
+        name: String,
+        partitions: u32,
+    },
+    UpdateTopic {
+        tenant: String,
+        name: String,
+        settings: TopicSettings,
+    },
+    DeleteTopic {
+        tenant: String,
+        name: String,
+    },
     /// Allocates a producer id; a named producer keeps its id and gets the next epoch.
-    InitProducer { tenant: String, name: Option<String> },
+    InitProducer {
+        tenant: String,
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

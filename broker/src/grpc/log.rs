@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use futures::Stream;
 use strata_proto::v1::{
-    FetchRequest, FetchResponse, InitProducerRequest, InitProducerResponse, ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse,
-    StartPosition, fetch_request, list_offsets_request, list_offsets_response, log_server::Log,
+    FetchRequest, FetchResponse, InitProducerRequest, InitProducerResponse, ListOffsetsRequest, ListOffsetsResponse,
+    ProduceRequest, ProduceResponse, StartPosition, fetch_request, list_offsets_request, list_offsets_response,
+    log_server::Log,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -143,7 +144,10 @@ impl Log for LogService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn init_producer(&self, request: Request<InitProducerRequest>) -> Result<Response<InitProducerResponse>, Status> {
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
         let r = request.into_inner();
         let (producer_id, epoch) = self.broker.init_producer(&r.tenant, &r.producer_name).await.map_err(to_status)?;
         Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: i32::from(epoch) }))

@@ -205,7 +205,16 @@ impl PartitionLog {
         let (hw, _) = watch::channel(visible_end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
-            state: Mutex::new(LogState { sealed, active, config, log_start, visible_end, visible_pos, poisoned: None, producers }),
+            state: Mutex::new(LogState {
+                sealed,
+                active,
+                config,
+                log_start,
+                visible_end,
+                visible_pos,
+                poisoned: None,
+                producers,
+            }),
             hw,
             sync_needed: Notify::new(),
             closed: AtomicBool::new(false),

@@ -146,7 +146,8 @@ pub(crate) fn write_snapshot(dir: &Path, base_offset: u64, table: &ProducerTable
     std::fs::rename(&tmp, &path)?;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
-        let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".producers")).and_then(|b| b.parse::<u64>().ok()) else {
+        let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".producers")).and_then(|b| b.parse::<u64>().ok())
+        else {
             continue;
         };
         if base < base_offset {

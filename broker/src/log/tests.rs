@@ -293,7 +293,10 @@ fn idempotent_retries_are_stored_once_and_stale_epochs_are_fenced() {
     let (mut e1, he1) = idem_batch(42, 1, 0, &["new-epoch"]);
     log.append(&mut e1, &he1, 4).unwrap();
     let (mut stale, hs) = idem_batch(42, 0, 2, &["zombie"]);
-    assert!(matches!(log.append(&mut stale, &hs, 5), Err(LogError::Sequence(SequenceError::Fenced { current: 1, .. }))));
+    assert!(matches!(
+        log.append(&mut stale, &hs, 5),
+        Err(LogError::Sequence(SequenceError::Fenced { current: 1, .. }))
+    ));
     assert_eq!(read_all(&log, 0).len(), 3);
 }
 

@@ -515,7 +515,10 @@ async fn idempotent_producers_store_retries_once_and_fence_zombies() {
     assert_status(err, Code::FailedPrecondition, ErrorCode::ProducerFenced, "is fenced");
     let err = log.produce(send(new.producer_epoch, 5)).await.unwrap_err();
     assert_status(err, Code::FailedPrecondition, ErrorCode::OutOfOrderSequence, "sequence 5 where 1 was expected");
-    assert_eq!(strata_proto::error_info(&log.produce(send(new.producer_epoch, 7)).await.unwrap_err()).unwrap().metadata["expected_sequence"], "1");
+    assert_eq!(
+        strata_proto::error_info(&log.produce(send(new.producer_epoch, 7)).await.unwrap_err()).unwrap().metadata["expected_sequence"],
+        "1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,4 +539,131 @@ async fn durability_none_topics_acknowledge_and_read_back() {
         log.produce(produce_req("fast", 0, batch_of(&[format!("n{i}")]))).await.unwrap();
     }
     assert_eq!(read_partition(&mut log, "fast", 0, 0).await.len(), 10);
+}
+
+mod groups {
+    use super::*;
+    use strata_proto::v1::{
+        CommitOffsetsRequest, DescribeGroupRequest, JoinGroup, MemberMessage, PartitionOffset, ResetOffsetsRequest,
+        coordinator_message, groups_client::GroupsClient, member_message, reset_offsets_request,
+    };
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    fn join_msg(topics: &[&str]) -> MemberMessage {
+        MemberMessage {
+            kind: Some(member_message::Kind::Join(JoinGroup {
+                group: "g".into(),
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                session_timeout_ms: 5_000,
+                client_id: "it".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_joins_gets_partitions_commits_and_leaves_when_its_stream_ends() {
+        let b = TestBroker::start().await;
+        create_topic(&b, "gt", 3).await;
+        b.log().await.produce(produce_req("gt", 1, batch_of(&values(4, "x")))).await.unwrap();
+        let mut groups = GroupsClient::new(channel(b.addr()).await);
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(join_msg(&["gt"])).await.unwrap();
+        let mut events = groups.join(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let Some(coordinator_message::Kind::Joined(joined)) = events.message().await.unwrap().unwrap().kind else {
+            panic!("expected joined")
+        };
+        assert_eq!(joined.heartbeat_interval_ms, 5_000 / 3);
+        let Some(coordinator_message::Kind::Assignment(a)) = events.message().await.unwrap().unwrap().kind else {
+            panic!("expected an assignment")
+        };
+        assert_eq!(a.partitions[0].partitions, vec![0, 1, 2]);
+        let commit = |generation: u64, offset: u64| CommitOffsetsRequest {
+            group: "g".into(),
+            member_id: joined.member_id.clone(),
+            generation,
+            offsets: vec![PartitionOffset { topic: "gt".into(), partition: 1, offset, metadata: String::new() }],
+            ..Default::default()
+        };
+        groups.commit_offsets(commit(a.generation, 4)).await.unwrap();
+        let err = groups.commit_offsets(commit(a.generation, 9)).await.unwrap_err();
+        assert_status(err, Code::OutOfRange, ErrorCode::OffsetOutOfRange, "beyond the log end (4)");
+        let err = groups.commit_offsets(commit(a.generation + 5, 1)).await.unwrap_err();
+        assert_status(err, Code::FailedPrecondition, ErrorCode::FencedMember, "newer than its current");
+        // A reset while the member is active is refused.
+        let reset = ResetOffsetsRequest {
+            group: "g".into(),
+            topic: "gt".into(),
+            to: Some(reset_offsets_request::To::Offset(0)),
+            ..Default::default()
+        };
+        let err = groups.reset_offsets(reset.clone()).await.unwrap_err();
+        assert_status(err, Code::FailedPrecondition, ErrorCode::GroupNotEmpty, "1 active member");
+        // Dropping the stream is leaving the group.
+        drop(tx);
+        drop(events);
+        let mut g2 = groups.clone();
+        eventually("the member to leave", Duration::from_secs(20), || {
+            let mut g = g2.clone();
+            async move {
+                let d = g
+                    .describe_group(DescribeGroupRequest { group: "g".into(), ..Default::default() })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (d.state == "Empty").then_some(())
+            }
+        })
+        .await;
+        let d = g2
+            .describe_group(DescribeGroupRequest { group: "g".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let p1 = d.partitions.iter().find(|p| p.partition == 1).unwrap();
+        assert_eq!((p1.committed_offset, p1.lag), (4, 0));
+        // Now the reset works; the old member's commits are refused.
+        g2.reset_offsets(reset).await.unwrap();
+        let err = g2.commit_offsets(commit(a.generation, 2)).await.unwrap_err();
+        assert_status(err, Code::FailedPrecondition, ErrorCode::UnknownMember, "must rejoin");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_group_requests_get_precise_errors() {
+        let b = TestBroker::start().await;
+        create_topic(&b, "gt", 1).await;
+        let mut groups = GroupsClient::new(channel(b.addr()).await);
+        let err = groups.join(tokio_stream::iter(vec![join_msg(&["missing"])])).await.unwrap_err();
+        assert_status(err, Code::NotFound, ErrorCode::UnknownTopic, "default/missing");
+        let hb = MemberMessage { kind: Some(member_message::Kind::Heartbeat(Default::default())) };
+        let err = groups.join(tokio_stream::iter(vec![hb])).await.unwrap_err();
+        assert_status(err, Code::InvalidArgument, ErrorCode::InvalidRequest, "first message");
+        let err = groups
+            .describe_group(DescribeGroupRequest { group: "nobody".into(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_status(err, Code::NotFound, ErrorCode::UnknownGroup, "default/nobody");
+        let err = groups
+            .describe_group(DescribeGroupRequest { group: "bad/name".into(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_status(err, Code::InvalidArgument, ErrorCode::InvalidName, "invalid group name");
+        let mut bad_timeout = join_msg(&["gt"]);
+        if let Some(member_message::Kind::Join(j)) = &mut bad_timeout.kind {
+            j.session_timeout_ms = 10;
+        }
+        let err = groups.join(tokio_stream::iter(vec![bad_timeout])).await.unwrap_err();
+        assert_status(err, Code::InvalidArgument, ErrorCode::InvalidRequest, "session timeout");
+        let err = groups
+            .reset_offsets(ResetOffsetsRequest {
+                group: "g".into(),
+                topic: "gt".into(),
+                to: None,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_status(err, Code::InvalidArgument, ErrorCode::InvalidRequest, "needs a target");
+    }
 }
