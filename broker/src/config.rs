@@ -52,6 +52,50 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// A config value as TOML or an environment variable gives it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawValue {
+    Int(u64),
+    Str(String),
+}
+
+/// A value that can also be "unlimited" inside a [`Limit`].
+pub trait LimitValue: Sized + Serialize {
+    const UNLIMITED: &'static str;
+    #[doc(hidden)]
+    fn from_raw_str(s: &str) -> Result<Self, String>;
+    #[doc(hidden)]
+    fn from_raw_int(n: u64) -> Result<Self, String>;
+}
+
+fn from_raw<T: LimitValue>(raw: RawValue) -> Result<T, String> {
+    match raw {
+        RawValue::Int(n) => T::from_raw_int(n),
+        RawValue::Str(s) => T::from_raw_str(&s),
+    }
+}
+
+impl LimitValue for ByteSize {
+    const UNLIMITED: &'static str = "unlimited";
+    fn from_raw_str(s: &str) -> Result<Self, String> {
+        parse_size(s).map(ByteSize)
+    }
+    fn from_raw_int(n: u64) -> Result<Self, String> {
+        Ok(ByteSize(n))
+    }
+}
+
+impl LimitValue for HumanDuration {
+    const UNLIMITED: &'static str = "infinite";
+    fn from_raw_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(HumanDuration)
+    }
+    fn from_raw_int(n: u64) -> Result<Self, String> {
+        Err(format!("{n} is not a duration; write a unit (examples: 500ms, 30s, 7d)"))
+    }
+}
+
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
@@ -60,16 +104,7 @@ impl Serialize for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
-        }
+        from_raw(RawValue::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -89,8 +124,7 @@ impl Serialize for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+        from_raw(RawValue::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -101,47 +135,24 @@ pub enum Limit<T> {
     Max(T),
 }
 
-impl Serialize for Limit<HumanDuration> {
+impl<T: LimitValue> Serialize for Limit<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Limit::Unlimited => s.serialize_str("infinite"),
-            Limit::Max(d) => d.serialize(s),
+            Limit::Unlimited => s.serialize_str(T::UNLIMITED),
+            Limit::Max(v) => v.serialize(s),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Limit<HumanDuration> {
+impl<'de, T: LimitValue> Deserialize<'de> for Limit<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if matches!(s.trim(), "infinite" | "unlimited") {
+        let raw = RawValue::deserialize(d)?;
+        if let RawValue::Str(s) = &raw
+            && matches!(s.trim(), "infinite" | "unlimited")
+        {
             return Ok(Limit::Unlimited);
         }
-        parse_duration(&s).map(|d| Limit::Max(HumanDuration(d))).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for Limit<ByteSize> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Limit::Unlimited => s.serialize_str("unlimited"),
-            Limit::Max(b) => b.serialize(s),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Limit<ByteSize> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Limit::Max(ByteSize(n))),
-            Raw::Str(s) if matches!(s.trim(), "infinite" | "unlimited") => Ok(Limit::Unlimited),
-            Raw::Str(s) => parse_size(&s).map(|b| Limit::Max(ByteSize(b))).map_err(serde::de::Error::custom),
-        }
+        from_raw(raw).map(Limit::Max).map_err(serde::de::Error::custom)
     }
 }
 
