@@ -256,15 +256,15 @@ impl PartitionLog {
         if let Some(why) = &st.poisoned {
             return Err(LogError::Poisoned(why.clone()));
         }
-        if header.has_producer_id() {
-            if let Check::Duplicate(m) = st.producers.check(header)? {
-                return Ok(Appended {
-                    base_offset: m.base_offset,
-                    last_offset: m.last_offset,
-                    append_time_ms: now_ms,
-                    duplicate: true,
-                });
-            }
+        if header.has_producer_id()
+            && let Check::Duplicate(m) = st.producers.check(header)?
+        {
+            return Ok(Appended {
+                base_offset: m.base_offset,
+                last_offset: m.last_offset,
+                append_time_ms: now_ms,
+                duplicate: true,
+            });
         }
         let cfg = st.config;
         let too_big = st.active.size + batch.len() as u64 > cfg.segment_bytes;
