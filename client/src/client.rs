@@ -76,6 +76,11 @@ impl Client {
         self.timeout
     }
 
+    /// The shared HTTP/2 channel.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub(crate) fn log_rpc(&self) -> LogClient<Channel> {
         LogClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -44,6 +44,17 @@ pub enum Error {
     /// operation could complete.
     #[error("the producer is closed")]
     ProducerClosed,
+    /// Another instance of this idempotent producer (same `producer_name`)
+    /// started and took over: this one can never send again. Every pending
+    /// and every later message fails with this error.
+    #[error("the producer was fenced by a newer instance with the same producer name: {0}")]
+    ProducerFenced(Box<ServerError>),
+    /// The broker does not implement something the client needs.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The group consumer was closed.
+    #[error("the group consumer is closed")]
+    ConsumerClosed,
 }
 
 /// An error status from the broker, with its structured details.
@@ -128,7 +139,7 @@ impl Error {
     /// The gRPC status code, when the error came from the broker.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
-            Error::Server(s) => Some(s.code),
+            Error::Server(s) | Error::ProducerFenced(s) => Some(s.code),
             Error::Connect { .. } => Some(tonic::Code::Unavailable),
             Error::Timeout { .. } => Some(tonic::Code::DeadlineExceeded),
             _ => None,
@@ -139,6 +150,7 @@ impl Error {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             Error::Server(s) => s.error_code,
+            Error::ProducerFenced(_) => ErrorCode::ProducerFenced,
             Error::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
             _ => ErrorCode::Unspecified,
         }
@@ -147,9 +159,16 @@ impl Error {
     /// The broker's structured error, if this is one.
     pub fn server_error(&self) -> Option<&ServerError> {
         match self {
-            Error::Server(s) => Some(s),
+            Error::Server(s) | Error::ProducerFenced(s) => Some(s),
             _ => None,
         }
+    }
+
+    /// Whether a commit or other group call was refused because the member
+    /// is no longer part of the group (`UNKNOWN_MEMBER`) or does not own the
+    /// partition any more (`FENCED_MEMBER`).
+    pub fn is_fenced_member(&self) -> bool {
+        matches!(self.error_code(), ErrorCode::UnknownMember | ErrorCode::FencedMember)
     }
 
     /// Whether the resource named in the call does not exist.

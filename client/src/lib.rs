@@ -1,5 +1,7 @@
 //! Async Rust client for Strata: a [`Client`] connection with admin calls,
-//! a batching, pipelined [`Producer`] and a following [`Consumer`].
+//! a batching, pipelined, idempotent [`Producer`], a following [`Consumer`]
+//! of chosen partitions, and a [`GroupConsumer`] that shares partitions with
+//! the other members of a consumer group.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), strata_client::Error> {
@@ -25,6 +27,7 @@ mod admin;
 mod client;
 mod consumer;
 mod error;
+mod group;
 mod partitioner;
 mod producer;
 mod retry;
@@ -36,10 +39,12 @@ pub use admin::{PartitionOffsets, Retention, TopicOptions};
 pub use client::{Client, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, PartitionProgress, StartFrom};
 pub use error::{Error, ServerError};
+pub use group::{CommittedOffset, GroupConsumer, GroupConsumerConfig, RebalanceListener};
 pub use partitioner::partition_for_key;
 pub use producer::{Compression, DeliveryFuture, Message, Producer, ProducerConfig, RecordMetadata};
 pub use retry::RetryConfig;
 /// The generated `strata.v1` types returned by admin calls.
 pub use strata_proto::v1::{
-    Durability, ErrorCode, PartitionDescription, Tenant, TopicConfig, TopicDescription, TopicSummary,
+    Durability, ErrorCode, GroupDescription, GroupMember, GroupSummary, PartitionDescription, PartitionLag, Tenant,
+    TopicConfig, TopicDescription, TopicPartitions, TopicSummary,
 };

@@ -1,7 +1,10 @@
 //! An in-memory stand-in for the broker's gRPC API, for the client's own
-//! tests: real tonic server on `127.0.0.1:0`, real batch validation, and
-//! fault injection (broken produce streams, per-batch errors, broken fetch
-//! streams). Not a broker: no durability, no retention, one tenant.
+//! tests: real tonic server on `127.0.0.1:0`, real batch validation,
+//! idempotent-producer semantics as `log.proto` defines them (`InitProducer`,
+//! duplicate detection over the last [`RECENT_BATCHES`] batches, sequence
+//! gaps, epoch fencing), and fault injection (broken produce streams, lost
+//! acknowledgements, per-batch errors, broken fetch streams). Not a broker: no
+//! durability, no retention, one tenant.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -17,11 +20,30 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
+/// How many recent batches per producer and partition are remembered for
+/// duplicate detection (the broker's window, as Kafka's).
+pub(crate) const RECENT_BATCHES: usize = 5;
+
 #[derive(Default)]
 struct Partition {
     /// (base offset, stored batch bytes)
     batches: Vec<(u64, Bytes)>,
     next_offset: u64,
+    producers: HashMap<i64, ProducerSeq>,
+}
+
+/// One idempotent producer's state in one partition.
+struct ProducerSeq {
+    epoch: i16,
+    last_seq: i32,
+    /// (base sequence, last sequence, base offset, last offset)
+    recent: VecDeque<(i32, i32, u64, u64)>,
+}
+
+/// What the sequence check decided about an idempotent batch.
+enum SeqCheck {
+    Append,
+    Duplicate { base_offset: u64 },
 }
 
 /// Faults applied to upcoming requests.
@@ -35,6 +57,13 @@ pub(crate) struct Faults {
     pub(crate) item_errors: VecDeque<(tonic::Code, ErrorCode)>,
     /// End fetch streams with UNAVAILABLE after this many more responses.
     pub(crate) break_fetch_after: Option<usize>,
+    /// Break the produce stream when this many more batches have been
+    /// received, *after* storing the batch that trips it: its
+    /// acknowledgement is lost, so the client sends it again.
+    pub(crate) lose_ack_after: Option<usize>,
+    /// Store the next batches, then answer each with this per-batch error
+    /// instead of its offsets (another way to lose an acknowledgement).
+    pub(crate) store_then_fail: VecDeque<(tonic::Code, ErrorCode)>,
 }
 
 #[derive(Default)]
@@ -43,6 +72,13 @@ struct Inner {
     faults: Faults,
     produce_streams: usize,
     batches_received: usize,
+    /// Batches answered as duplicates of stored ones.
+    duplicates: usize,
+    /// Batches refused with OUT_OF_ORDER_SEQUENCE by the sequence check.
+    out_of_order: usize,
+    /// Producer ids and epochs of named producers.
+    named_producers: HashMap<String, (i64, i16)>,
+    next_producer_id: i64,
     /// Every call and stream answers UNAVAILABLE, as a dead broker would.
     down: bool,
 }
@@ -118,6 +154,16 @@ impl MockBroker {
         self.state.lock().batches_received
     }
 
+    /// Batches answered with `duplicate = true`.
+    pub(crate) fn duplicates(&self) -> usize {
+        self.state.lock().duplicates
+    }
+
+    /// Batches the sequence check refused as out of order.
+    pub(crate) fn out_of_order(&self) -> usize {
+        self.state.lock().out_of_order
+    }
+
     /// Every stored record value of a partition, in offset order.
     pub(crate) fn values(&self, topic: &str, partition: u32) -> Vec<Bytes> {
         let inner = self.state.lock();
@@ -139,18 +185,26 @@ impl MockBroker {
 impl State {
     fn append(&self, req: &ProduceRequest) -> Result<ProduceResponse, ItemError> {
         let mut inner = self.lock();
-        if let Some((code, error_code)) = inner.faults.item_errors.pop_front() {
-            return Err(ItemError {
-                status_code: code as i32,
-                message: format!("injected {error_code:?}"),
-                info: Some(ErrorInfo { code: error_code as i32, ..Default::default() }),
-            });
-        }
         let item = |code: tonic::Code, e: ErrorCode, m: String| ItemError {
             status_code: code as i32,
             message: m,
             info: Some(ErrorInfo { code: e as i32, ..Default::default() }),
         };
+        if let Some((code, error_code)) = inner.faults.item_errors.pop_front() {
+            let mut error = item(code, error_code, format!("injected {error_code:?}"));
+            if error_code == ErrorCode::OutOfOrderSequence {
+                // Say what the partition really expects, as the broker does.
+                let expected = batch::BatchHeader::parse(&req.batch).ok().and_then(|h| {
+                    let p = inner.topics.get(&req.topic)?.get(req.partition as usize)?;
+                    p.producers.get(&h.producer_id).map(|s| s.last_seq.wrapping_add(1))
+                });
+                if let Some(info) = error.info.as_mut() {
+                    info.metadata.insert("expected_sequence".into(), expected.unwrap_or(0).to_string());
+                }
+            }
+            return Err(error);
+        }
+        let fail_after_store = inner.faults.store_then_fail.pop_front();
         let Some(topic) = inner.topics.get_mut(&req.topic) else {
             return Err(item(
                 tonic::Code::NotFound,
@@ -168,19 +222,48 @@ impl State {
         let mut bytes = req.batch.to_vec();
         let header = batch::validate(&bytes, Limits { max_record_bytes: 1 << 20 })
             .map_err(|e| item(tonic::Code::InvalidArgument, ErrorCode::CorruptBatch, e.to_string()))?;
-        let base = partition.next_offset;
-        batch::set_base_offset(&mut bytes, base);
-        partition.batches.push((base, Bytes::from(bytes)));
-        partition.next_offset += u64::from(header.record_count);
+        let count = header.record_count;
+        let checked = match partition.check_sequence(&header) {
+            Ok(checked) => checked,
+            Err((e, message, expected)) => {
+                let mut error = item(tonic::Code::FailedPrecondition, e, message);
+                if let (Some(info), Some(expected)) = (error.info.as_mut(), expected) {
+                    info.metadata.insert("expected_sequence".into(), expected.to_string());
+                }
+                if e == ErrorCode::OutOfOrderSequence {
+                    inner.out_of_order += 1;
+                }
+                return Err(error);
+            }
+        };
+        let (base, duplicate) = match checked {
+            SeqCheck::Duplicate { base_offset } => (base_offset, true),
+            SeqCheck::Append => {
+                let base = partition.next_offset;
+                batch::set_base_offset(&mut bytes, base);
+                partition.batches.push((base, Bytes::from(bytes)));
+                partition.next_offset += u64::from(count);
+                partition.record_sequence(&header, base);
+                (base, false)
+            }
+        };
+        if duplicate {
+            inner.duplicates += 1;
+        }
         drop(inner);
-        self.appended.send_modify(|v| *v += 1);
+        if !duplicate {
+            self.appended.send_modify(|v| *v += 1);
+        }
+        if let Some((code, error_code)) = fail_after_store {
+            return Err(item(code, error_code, format!("injected {error_code:?} after storing the batch")));
+        }
         Ok(ProduceResponse {
             request_id: req.request_id,
             partition: req.partition,
             base_offset: base,
-            last_offset: base + u64::from(header.record_count) - 1,
+            last_offset: base + u64::from(count) - 1,
             log_append_time_ms: 0,
-            duplicate: false,
+            duplicate,
             error: None,
         })
     }
@@ -220,6 +303,65 @@ impl State {
             }
         }
         Ok(p.next_offset)
+    }
+}
+
+impl Partition {
+    /// The broker's sequence rules: a batch from an older epoch is fenced, a
+    /// new epoch starts at sequence 0, a batch matching one of the recent
+    /// ones is a duplicate, anything else must continue the sequence.
+    fn check_sequence(&self, h: &batch::BatchHeader) -> Result<SeqCheck, (ErrorCode, String, Option<i32>)> {
+        if !h.has_producer_id() {
+            return Ok(SeqCheck::Append);
+        }
+        let Some(s) = self.producers.get(&h.producer_id) else {
+            return Ok(SeqCheck::Append);
+        };
+        let out_of_order = |expected: i32| {
+            (
+                ErrorCode::OutOfOrderSequence,
+                format!("producer {} sent sequence {} where {expected} was expected", h.producer_id, h.base_sequence),
+                Some(expected),
+            )
+        };
+        if h.producer_epoch < s.epoch {
+            return Err((
+                ErrorCode::ProducerFenced,
+                format!("producer {} is fenced: epoch {} is older than {}", h.producer_id, h.producer_epoch, s.epoch),
+                None,
+            ));
+        }
+        if h.producer_epoch > s.epoch {
+            return if h.base_sequence == 0 { Ok(SeqCheck::Append) } else { Err(out_of_order(0)) };
+        }
+        let last = h.base_sequence.wrapping_add(h.record_count as i32 - 1);
+        if let Some(&(_, _, base_offset, _)) = s.recent.iter().find(|(b, l, _, _)| *b == h.base_sequence && *l == last)
+        {
+            return Ok(SeqCheck::Duplicate { base_offset });
+        }
+        let expected = s.last_seq.wrapping_add(1);
+        if h.base_sequence == expected { Ok(SeqCheck::Append) } else { Err(out_of_order(expected)) }
+    }
+
+    fn record_sequence(&mut self, h: &batch::BatchHeader, base_offset: u64) {
+        if !h.has_producer_id() {
+            return;
+        }
+        let last = h.base_sequence.wrapping_add(h.record_count as i32 - 1);
+        let s = self.producers.entry(h.producer_id).or_insert_with(|| ProducerSeq {
+            epoch: h.producer_epoch,
+            last_seq: -1,
+            recent: VecDeque::new(),
+        });
+        if s.epoch != h.producer_epoch {
+            s.epoch = h.producer_epoch;
+            s.recent.clear();
+        }
+        s.last_seq = last;
+        s.recent.push_back((h.base_sequence, last, base_offset, base_offset + u64::from(h.record_count) - 1));
+        while s.recent.len() > RECENT_BATCHES {
+            s.recent.pop_front();
+        }
     }
 }
 
@@ -271,6 +413,25 @@ impl Log for State {
                 };
                 if broken {
                     let _ = tx.send(Err(Status::unavailable("injected stream break"))).await;
+                    return;
+                }
+                let lose_ack = {
+                    let mut inner = state.lock();
+                    match &mut inner.faults.lose_ack_after {
+                        Some(0) => {
+                            inner.faults.lose_ack_after = None;
+                            true
+                        }
+                        Some(n) => {
+                            *n -= 1;
+                            false
+                        }
+                        None => false,
+                    }
+                };
+                if lose_ack {
+                    let _ = state.append(&req);
+                    let _ = tx.send(Err(Status::unavailable("injected stream break after storing a batch"))).await;
                     return;
                 }
                 let response = match state.append(&req) {
@@ -387,6 +548,30 @@ impl Log for State {
             });
         }
         Ok(Response::new(ListOffsetsResponse { results }))
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let name = request.into_inner().producer_name;
+        let mut inner = self.lock();
+        if inner.down {
+            return Err(Status::unavailable("broker is down"));
+        }
+        let (producer_id, epoch) = if name.is_empty() {
+            inner.next_producer_id += 1;
+            (inner.next_producer_id, 0)
+        } else {
+            let fresh = inner.next_producer_id + 1;
+            let entry = inner.named_producers.entry(name).and_modify(|(_, e)| *e += 1).or_insert((fresh, 0));
+            let identity = *entry;
+            if identity.0 == fresh {
+                inner.next_producer_id = fresh;
+            }
+            identity
+        };
+        Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: i32::from(epoch) }))
     }
 }
 

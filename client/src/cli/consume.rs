@@ -1,14 +1,23 @@
 //! `strata consume TOPIC`: prints message values, one per line, through a
 //! buffered writer that is flushed whenever the consumer has nothing ready.
+//! With `--group` it consumes as a group member and commits only what it
+//! has printed and flushed.
 
 use std::io::{self, Write as _};
+use std::time::Duration;
 
-use strata_client::{Client, ConsumedRecord, ConsumerConfig};
+use strata_client::{Client, ConsumedRecord, ConsumerConfig, GroupConsumer, GroupConsumerConfig};
 use tokio::sync::watch;
 
 use super::ConsumeArgs;
 
+/// How often a group consumer commits what it printed.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 pub(crate) async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(group) = args.group.clone() {
+        return run_group(client, &group, args).await;
+    }
     let config = ConsumerConfig {
         start: args.from,
         partitions: (!args.partitions.is_empty()).then_some(args.partitions),
@@ -17,13 +26,7 @@ pub(crate) async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()
     };
     let mut consumer = client.consumer(&args.topic, config).await?;
 
-    // Ctrl-C stops the loop cleanly so buffered output is written out.
-    let (stop_tx, mut stop) = watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop_tx.send(true);
-        }
-    });
+    let mut stop = stop_on_ctrl_c();
 
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     let mut remaining = args.count;
@@ -60,6 +63,71 @@ pub(crate) async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()
     };
     let flushed = out.flush();
     result.and(flushed.map_err(anyhow::Error::from)).or_else(quiet_broken_pipe)
+}
+
+/// Ctrl-C stops a loop cleanly so buffered output is written out.
+fn stop_on_ctrl_c() -> watch::Receiver<bool> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop_tx.send(true);
+        }
+    });
+    stop
+}
+
+/// `consume --group`: the group consumer commits positions (the offset
+/// after the last record handed out) every second, before giving up
+/// partitions in a rebalance, and on close — and all of that happens only
+/// inside `next()` and `close()`. Output is flushed before every call to
+/// them, so whatever is committed has been written: at-least-once.
+async fn run_group(client: &Client, group: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    let config = GroupConsumerConfig {
+        auto_commit: true,
+        auto_commit_interval: COMMIT_INTERVAL,
+        auto_offset_reset: args.from,
+        max_wait: args.max_wait,
+        client_id: format!("strata-cli/{}", std::process::id()),
+        ..GroupConsumerConfig::default()
+    };
+    let mut consumer = client.group_consumer(group, [args.topic.as_str()], config).await?;
+    let result = print_group(&mut consumer, args.count).await;
+    // Leave (and commit what was printed) even after an output error.
+    let closed = consumer.close().await;
+    result.or_else(quiet_broken_pipe)?;
+    closed.map_err(anyhow::Error::from)
+}
+
+async fn print_group(consumer: &mut GroupConsumer, count: Option<u64>) -> anyhow::Result<()> {
+    let mut stop = stop_on_ctrl_c();
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+    let mut remaining = count;
+    loop {
+        if remaining == Some(0) || *stop.borrow() {
+            break;
+        }
+        let item = match consumer.try_next() {
+            Some(item) => item,
+            None => {
+                // Everything handed out so far is written before `next()`
+                // may commit it.
+                out.flush()?;
+                tokio::select! {
+                    item = consumer.next() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        };
+        write_value(&mut out, &item?)?;
+        if let Some(n) = remaining.as_mut() {
+            *n -= 1;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn write_value(out: &mut impl io::Write, record: &ConsumedRecord) -> io::Result<()> {

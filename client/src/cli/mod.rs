@@ -2,6 +2,7 @@
 //! to one module per command group, and one-line error reporting.
 
 mod consume;
+mod group;
 pub(crate) mod parse;
 mod produce;
 mod tenant;
@@ -38,7 +39,7 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-// Later issues add `queue`, `send`, `receive` and `group` here.
+// Later issues add `queue`, `send` and `receive` here.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create, list, describe and delete topics.
@@ -48,6 +49,9 @@ pub(crate) enum Command {
     Produce(ProduceArgs),
     /// Print the values of a topic's messages, one per line.
     Consume(ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Create, list and delete tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -153,11 +157,60 @@ pub(crate) struct ConsumeArgs {
     #[arg(long)]
     pub(crate) count: Option<u64>,
     /// Read only this partition; repeatable (default: all partitions).
-    #[arg(long = "partition")]
+    #[arg(long = "partition", conflicts_with = "group")]
     pub(crate) partitions: Vec<u32>,
+    /// Consume as a member of this consumer group: read the partitions the
+    /// group assigns, starting at its committed offsets (--from applies to
+    /// partitions without one), and commit what was printed (at least every
+    /// second, on rebalances and at exit). At-least-once: lines printed but
+    /// not yet committed when the process dies are printed again by the
+    /// member that takes the partition over.
+    #[arg(long)]
+    pub(crate) group: Option<String>,
     /// How long the broker holds a fetch at the end of the log.
     #[arg(long, default_value = "500ms", value_parser = parse::duration, hide = true)]
     pub(crate) max_wait: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// List consumer groups: name, members, state.
+    List,
+    /// Show a group's members and, per partition, committed offset, end
+    /// offset, lag and owner.
+    Describe {
+        /// Group name.
+        group: String,
+    },
+    /// Move a group's committed offsets. Refused while the group has
+    /// members, unless --force (which removes them; they rejoin and read
+    /// from the new offsets).
+    Reset(ResetGroupArgs),
+    /// Delete a group's committed offsets (refused while it has members).
+    Delete {
+        /// Group name.
+        group: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ResetGroupArgs {
+    /// Group name.
+    pub(crate) group: String,
+    /// The topic whose offsets move.
+    #[arg(long)]
+    pub(crate) topic: String,
+    /// The new position: `earliest`, `latest`, an offset (e.g. 1200), an RFC
+    /// 3339 time (e.g. 2026-11-21T10:00:00Z) or Unix milliseconds
+    /// (@1700000000000).
+    #[arg(long, value_parser = parse::start_from)]
+    pub(crate) to: StartFrom,
+    /// Reset only this partition; repeatable (default: all partitions).
+    #[arg(long = "partition")]
+    pub(crate) partitions: Vec<u32>,
+    /// Reset even while the group has members (they are removed first).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +240,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(cmd) => topic::run(&client, cmd).await,
         Command::Produce(args) => produce::run(&client, args).await,
         Command::Consume(args) => consume::run(&client, args).await,
+        Command::Group(cmd) => group::run(&client, cmd).await,
         Command::Tenant(cmd) => tenant::run(&client, cmd).await,
         Command::Bench(cmd) => crate::bench::run(&client, cmd).await.context("benchmark failed"),
     }
@@ -291,6 +345,9 @@ mod tests {
             (&["produce", "t", "--header", "novalue"], "--header"),
             (&["bench", "produce", "--size", "big"], "--size"),
             (&["topic", "explode"], "explode"),
+            (&["group", "reset", "g", "--topic", "t", "--to", "soon"], "--to"),
+            (&["group", "reset", "g", "--to", "earliest"], "--topic"),
+            (&["consume", "t", "--group", "g", "--partition", "1"], "--partition"),
         ] {
             let msg = parse_err(args);
             assert!(msg.contains(needle), "{args:?}: {msg}");
@@ -340,6 +397,49 @@ mod tests {
             };
             assert_eq!(args.from, expected);
         }
+    }
+
+    #[test]
+    fn group_commands_parse() {
+        let cli = parse(&["consume", "t", "--group", "g", "--from", "earliest", "--count", "3"]).unwrap();
+        let Command::Consume(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.group.as_deref(), Some("g"));
+        assert_eq!(args.from, StartFrom::Earliest);
+
+        let cli = parse(&[
+            "group",
+            "reset",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "@5",
+            "--partition",
+            "0",
+            "--partition",
+            "2",
+            "--force",
+        ])
+        .unwrap();
+        let Command::Group(GroupCommand::Reset(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((args.group.as_str(), args.topic.as_str()), ("g", "t"));
+        assert_eq!(args.to, StartFrom::Timestamp(5));
+        assert_eq!(args.partitions, vec![0, 2]);
+        assert!(args.force);
+
+        assert!(matches!(parse(&["group", "list"]).unwrap().command, Command::Group(GroupCommand::List)));
+        assert!(matches!(
+            parse(&["group", "describe", "g"]).unwrap().command,
+            Command::Group(GroupCommand::Describe { .. })
+        ));
+        assert!(matches!(
+            parse(&["group", "delete", "g"]).unwrap().command,
+            Command::Group(GroupCommand::Delete { .. })
+        ));
     }
 
     #[test]

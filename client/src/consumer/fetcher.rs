@@ -2,6 +2,7 @@
 //! into records and handed to the consumer in order; transient failures
 //! reopen the stream from the next offset after a backoff.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use crate::retry::RetryConfig;
 pub(crate) enum FetchEvent {
     Records {
         generation: u64,
+        topic: Arc<str>,
         partition: u32,
         records: Vec<ConsumedRecord>,
         /// Where this partition continues once `records` are consumed.
@@ -29,6 +31,7 @@ pub(crate) enum FetchEvent {
     },
     Error {
         generation: u64,
+        topic: Arc<str>,
         partition: u32,
         error: Error,
         /// The fetcher stopped; this is its last event.
@@ -40,7 +43,7 @@ pub(crate) enum FetchEvent {
 #[derive(Debug, Clone)]
 pub(crate) struct FetchSpec {
     pub(crate) client: Client,
-    pub(crate) topic: String,
+    pub(crate) topic: Arc<str>,
     pub(crate) partition: u32,
     pub(crate) generation: u64,
     /// Where to start when no offset is known yet.
@@ -74,7 +77,13 @@ pub(crate) async fn run(mut spec: FetchSpec, tx: mpsc::Sender<FetchEvent>) {
         }
         if !error.is_retryable() {
             let _ = tx
-                .send(FetchEvent::Error { generation: spec.generation, partition: spec.partition, error, fatal: true })
+                .send(FetchEvent::Error {
+                    generation: spec.generation,
+                    topic: spec.topic.clone(),
+                    partition: spec.partition,
+                    error,
+                    fatal: true,
+                })
                 .await;
             return;
         }
@@ -84,8 +93,13 @@ pub(crate) async fn run(mut spec: FetchSpec, tx: mpsc::Sender<FetchEvent>) {
             None => {
                 // Retries are used up: tell the application, then start
                 // another round in case it goes on reading.
-                let event =
-                    FetchEvent::Error { generation: spec.generation, partition: spec.partition, error, fatal: false };
+                let event = FetchEvent::Error {
+                    generation: spec.generation,
+                    topic: spec.topic.clone(),
+                    partition: spec.partition,
+                    error,
+                    fatal: false,
+                };
                 if tx.send(event).await.is_err() {
                     return;
                 }
@@ -104,7 +118,7 @@ pub(crate) async fn run(mut spec: FetchSpec, tx: mpsc::Sender<FetchEvent>) {
 async fn fetch_stream(spec: &mut FetchSpec, tx: &mpsc::Sender<FetchEvent>, progressed: &mut bool) -> StreamEnd {
     let request = FetchRequest {
         tenant: spec.client.tenant().to_owned(),
-        topic: spec.topic.clone(),
+        topic: spec.topic.to_string(),
         partition: spec.partition,
         start: Some(spec.position.map_or(spec.start, fetch_request::Start::Offset)),
         max_bytes: spec.max_bytes,
@@ -145,11 +159,12 @@ async fn fetch_stream(spec: &mut FetchSpec, tx: &mpsc::Sender<FetchEvent>, progr
             }
         };
         *progressed = true;
-        let event = match decode_response(spec.partition, response, spec.position) {
+        let event = match decode_response(&spec.topic, spec.partition, response, spec.position) {
             Ok(decoded) => {
                 spec.position = decoded.next_offset.or(spec.position);
                 FetchEvent::Records {
                     generation: spec.generation,
+                    topic: spec.topic.clone(),
                     partition: spec.partition,
                     records: decoded.records,
                     next_offset: spec.position,
@@ -178,6 +193,7 @@ pub(crate) struct Decoded {
 /// Decodes a fetch response, dropping records below `position` (the broker
 /// sends the whole batch that contains the requested offset).
 pub(crate) fn decode_response(
+    topic: &Arc<str>,
     partition: u32,
     response: FetchResponse,
     position: Option<u64>,
@@ -197,6 +213,7 @@ pub(crate) fn decode_response(
             }
             next = Some(record.offset + 1);
             records.push(ConsumedRecord {
+                topic: topic.clone(),
                 partition,
                 offset: record.offset,
                 timestamp_ms: record.timestamp_ms,

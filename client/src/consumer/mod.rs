@@ -2,26 +2,27 @@
 //! `Fetch` stream per partition, and yields their records in offset order per
 //! partition.
 //!
-//! Partitions are held as *assignments* (partition → fetcher task with a
-//! generation number). This consumer assigns a fixed set once; a group
-//! consumer will assign and revoke partitions as the group rebalances, and
-//! the generation lets it drop records of revoked assignments still queued.
+//! Partitions are held as *assignments* in a [`fetch_set::FetchSet`]
+//! (partition → fetcher task with a generation number). This consumer
+//! assigns a fixed set once; the group consumer (`crate::group`) assigns and
+//! revokes partitions as its group rebalances, and the generation lets it
+//! drop records of revoked assignments still queued.
 
+mod fetch_set;
 mod fetcher;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use strata_proto::v1::{StartPosition, fetch_request, list_offsets_request};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::client::Client;
 use crate::error::Error;
 use crate::retry::RetryConfig;
-use fetcher::{FetchEvent, FetchSpec};
+pub(crate) use fetch_set::{FetchFailure, FetchSet, FetchSettings, TopicPartition};
 
 /// Where a consumer starts reading each partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +76,9 @@ impl Default for ConsumerConfig {
 /// A record read from a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedRecord {
+    /// The topic it was read from (shared by every record of the topic, so
+    /// it costs no allocation per record).
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: u64,
     /// Milliseconds since the Unix epoch, as set by the producer.
@@ -120,40 +124,12 @@ impl PartitionProgress {
     }
 }
 
-/// Aborts a fetcher task when its assignment goes away.
-#[derive(Debug)]
-struct Assignment {
-    generation: u64,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Assignment {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Records of one fetch response being handed out.
-#[derive(Debug)]
-struct Current {
-    partition: u32,
-    records: std::vec::IntoIter<ConsumedRecord>,
-    next_offset: Option<u64>,
-}
-
 /// Reads partitions of one topic. Records of one partition come in offset
 /// order; partitions interleave as their responses arrive.
 #[derive(Debug)]
 pub struct Consumer {
-    client: Client,
-    topic: String,
-    config: ConsumerConfig,
-    events: mpsc::Receiver<FetchEvent>,
-    events_tx: mpsc::Sender<FetchEvent>,
-    assignments: HashMap<u32, Assignment>,
-    next_generation: u64,
-    current: Option<Current>,
-    progress: BTreeMap<u32, PartitionProgress>,
+    topic: Arc<str>,
+    fetch: FetchSet,
 }
 
 impl Client {
@@ -161,6 +137,17 @@ impl Client {
     /// does not exist.
     pub async fn consumer(&self, topic: &str, config: ConsumerConfig) -> Result<Consumer, Error> {
         Consumer::start(self, topic, config).await
+    }
+}
+
+impl ConsumerConfig {
+    pub(crate) fn fetch_settings(&self) -> FetchSettings {
+        FetchSettings {
+            max_bytes: self.max_bytes,
+            max_wait: self.max_wait,
+            retry: self.retry,
+            request_timeout: self.request_timeout,
+        }
     }
 }
 
@@ -183,48 +170,13 @@ impl Consumer {
             }
         };
         let starts = resolve_starts(client, topic, &partitions, config.start).await?;
-        // Bounded: a slow application slows the fetch streams (HTTP/2 flow
-        // control) instead of growing memory.
         let capacity = (2 * partitions.len()).clamp(4, 64);
-        let (events_tx, events) = mpsc::channel(capacity);
-        let mut consumer = Consumer {
-            client: client.clone(),
-            topic: topic.to_owned(),
-            config,
-            events,
-            events_tx,
-            assignments: HashMap::new(),
-            next_generation: 0,
-            current: None,
-            progress: BTreeMap::new(),
-        };
+        let topic: Arc<str> = topic.into();
+        let mut fetch = FetchSet::new(client.clone(), config.fetch_settings(), capacity);
         for (partition, (start, position)) in partitions.into_iter().zip(starts) {
-            consumer.assign(partition, start, position);
+            fetch.assign((topic.clone(), partition), start, position);
         }
-        Ok(consumer)
-    }
-
-    /// Starts (or restarts) reading `partition` from `start`.
-    fn assign(&mut self, partition: u32, start: fetch_request::Start, position: Option<u64>) {
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        let spec = FetchSpec {
-            client: self.client.clone(),
-            topic: self.topic.clone(),
-            partition,
-            generation,
-            start,
-            position,
-            max_bytes: self.config.max_bytes,
-            max_wait: self.config.max_wait,
-            retry: self.config.retry,
-            stall_timeout: self.config.max_wait + self.config.request_timeout,
-        };
-        let task = tokio::spawn(fetcher::run(spec, self.events_tx.clone()));
-        // Replacing an assignment aborts the old fetcher.
-        self.assignments.insert(partition, Assignment { generation, task });
-        self.progress
-            .insert(partition, PartitionProgress { partition, position, high_watermark: None, log_start_offset: None });
+        Ok(Consumer { topic, fetch })
     }
 
     /// The topic being read.
@@ -239,15 +191,15 @@ impl Consumer {
     /// being read any more.
     pub async fn next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
         loop {
-            if let Some(record) = self.take_buffered() {
+            if let Some(record) = self.fetch.take_buffered() {
                 return Some(Ok(record));
             }
-            if self.assignments.is_empty() {
+            if self.fetch.is_empty() {
                 return None;
             }
-            let event = self.events.recv().await?;
-            if let Some(error) = self.load(event) {
-                return Some(Err(error));
+            let event = self.fetch.recv().await?;
+            if let Some(failure) = self.fetch.load(event) {
+                return Some(Err(failure.error));
             }
         }
     }
@@ -255,12 +207,12 @@ impl Consumer {
     /// The next record if one is already here, without waiting.
     pub fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
         loop {
-            if let Some(record) = self.take_buffered() {
+            if let Some(record) = self.fetch.take_buffered() {
                 return Some(Ok(record));
             }
-            let event = self.events.try_recv().ok()?;
-            if let Some(error) = self.load(event) {
-                return Some(Err(error));
+            let event = self.fetch.try_recv()?;
+            if let Some(failure) = self.fetch.load(event) {
+                return Some(Err(failure.error));
             }
         }
     }
@@ -272,79 +224,30 @@ impl Consumer {
 
     /// Progress of every partition read, by partition.
     pub fn progress(&self) -> impl Iterator<Item = &PartitionProgress> {
-        self.progress.values()
+        self.fetch.progress().map(|(_, p)| p)
     }
 
     /// The latest known high watermark of each partition.
     pub fn high_watermarks(&self) -> BTreeMap<u32, u64> {
-        self.progress.values().filter_map(|p| Some((p.partition, p.high_watermark?))).collect()
+        self.progress().filter_map(|p| Some((p.partition, p.high_watermark?))).collect()
     }
 
     /// Whether every partition has returned everything up to the high
     /// watermark of its latest fetch response.
     pub fn is_caught_up(&self) -> bool {
-        self.progress.values().all(PartitionProgress::is_caught_up)
+        self.progress().all(PartitionProgress::is_caught_up)
     }
 
     /// Total records known to exist but not yet returned.
     pub fn lag(&self) -> u64 {
-        self.progress.values().filter_map(PartitionProgress::lag).sum()
-    }
-
-    fn take_buffered(&mut self) -> Option<ConsumedRecord> {
-        let current = self.current.as_mut()?;
-        match current.records.next() {
-            Some(record) => {
-                if let Some(p) = self.progress.get_mut(&record.partition) {
-                    p.position = Some(record.offset + 1);
-                }
-                Some(record)
-            }
-            None => {
-                if let (Some(next), Some(p)) = (current.next_offset, self.progress.get_mut(&current.partition)) {
-                    p.position = Some(p.position.map_or(next, |pos| pos.max(next)));
-                }
-                self.current = None;
-                None
-            }
-        }
-    }
-
-    /// Takes in one fetcher event; returns the error it carries, if any.
-    fn load(&mut self, event: FetchEvent) -> Option<Error> {
-        match event {
-            FetchEvent::Records { generation, partition, records, next_offset, high_watermark, log_start_offset } => {
-                if !self.is_current(partition, generation) {
-                    return None;
-                }
-                if let Some(p) = self.progress.get_mut(&partition) {
-                    p.high_watermark = Some(high_watermark);
-                    p.log_start_offset = Some(log_start_offset);
-                }
-                self.current = Some(Current { partition, records: records.into_iter(), next_offset });
-                None
-            }
-            FetchEvent::Error { generation, partition, error, fatal } => {
-                if !self.is_current(partition, generation) {
-                    return None;
-                }
-                if fatal {
-                    self.assignments.remove(&partition);
-                }
-                Some(error)
-            }
-        }
-    }
-
-    fn is_current(&self, partition: u32, generation: u64) -> bool {
-        self.assignments.get(&partition).is_some_and(|a| a.generation == generation)
+        self.progress().filter_map(PartitionProgress::lag).sum()
     }
 }
 
 /// The fetch start of each partition and the first offset to deliver. A
 /// timestamp is resolved to offsets up front so that reconnects and skipping
 /// work on offsets only.
-async fn resolve_starts(
+pub(crate) async fn resolve_starts(
     client: &Client,
     topic: &str,
     partitions: &[u32],
@@ -605,24 +508,26 @@ mod tests {
             log_start_offset: 0,
             next_offset: 5,
         };
-        let decoded = fetcher::decode_response(3, response(records.clone()), Some(3)).unwrap();
+        let topic: Arc<str> = "t".into();
+        let decoded = fetcher::decode_response(&topic, 3, response(records.clone()), Some(3)).unwrap();
         let got: Vec<(u64, &[u8])> = decoded.records.iter().map(|r| (r.offset, &r.value[..])).collect();
         assert_eq!(got, vec![(3, &b"d"[..]), (4, &b"e"[..])]);
         assert_eq!(decoded.next_offset, Some(5));
         assert_eq!(decoded.records[0].partition, 3);
+        assert_eq!(&*decoded.records[0].topic, "t");
         assert_eq!(decoded.records[0].key.as_deref(), Some(&b"k"[..]));
         assert_eq!(decoded.records[0].header("h").map(|v| &v[..]), Some(&b"x"[..]));
 
-        let all = fetcher::decode_response(3, response(records.clone()), None).unwrap();
+        let all = fetcher::decode_response(&topic, 3, response(records.clone()), None).unwrap();
         assert_eq!(all.records.len(), 5);
 
-        let empty = fetcher::decode_response(3, response(Vec::new()), None).unwrap();
+        let empty = fetcher::decode_response(&topic, 3, response(Vec::new()), None).unwrap();
         assert!(empty.records.is_empty());
         assert_eq!(empty.next_offset, Some(5));
 
         let mut corrupt = records;
         let last = corrupt.len() - 1;
         corrupt[last] ^= 1;
-        assert!(fetcher::decode_response(3, response(corrupt), None).is_err());
+        assert!(fetcher::decode_response(&topic, 3, response(corrupt), None).is_err());
     }
 }

@@ -1,6 +1,12 @@
 //! Batch accumulation: one open record batch per partition, sealed when it
 //! reaches `batch_bytes` or when it has waited `linger`. Pure bookkeeping with
 //! time passed in, so it is tested without a runtime or a broker.
+//!
+//! For an idempotent producer a sealed batch stays unencoded until it is
+//! first sent: the sender stamps the producer id, epoch and sequence then
+//! (sequences must follow the order batches reach the broker), and encodes
+//! it once. A batch that must be renumbered later gets its sequence patched
+//! in place ([`SealedBatch::stamp`]); its records are never re-encoded.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -25,13 +31,40 @@ pub(crate) struct PendingMessage {
     pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
+/// A sealed batch's records: still open (idempotent producers stamp the
+/// batch when it is first sent) or encoded.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Open(BatchBuilder),
+    Encoded(Bytes),
+}
+
+/// The idempotent-producer fields a batch was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// The partition's numbering generation when the batch was stamped; a
+    /// batch stamped in an older generation is renumbered before it is sent
+    /// again.
+    pub(crate) generation: u64,
+    pub(crate) base_sequence: i32,
+}
+
+/// Byte offsets in the batch header (see the layout table in
+/// `strata_proto::batch`): the base sequence and the CRC32C that covers it.
+const BASE_SEQUENCE_AT: usize = 53;
+const CRC_AT: usize = 17;
+const CRC_START: usize = 21;
+
 /// A batch ready to send: encoded once, resent as is on retries.
 #[derive(Debug)]
 pub(crate) struct SealedBatch {
     /// Sealing order; retries and resends go out in this order.
     pub(crate) seq: u64,
     pub(crate) partition: u32,
-    pub(crate) bytes: Bytes,
+    pub(crate) payload: Payload,
+    pub(crate) record_count: u32,
+    /// Set once an idempotent producer has sent the batch.
+    pub(crate) stamp: Option<Stamp>,
     pub(crate) acks: Vec<AckSender>,
     /// Held for its `Drop`: the batch's memory returns to the producer when
     /// the batch completes, whichever way.
@@ -39,6 +72,31 @@ pub(crate) struct SealedBatch {
 }
 
 impl SealedBatch {
+    /// The encoded batch, once there is one.
+    pub(crate) fn bytes(&self) -> Option<&Bytes> {
+        match &self.payload {
+            Payload::Encoded(bytes) => Some(bytes),
+            Payload::Open(_) => None,
+        }
+    }
+
+    /// Gives the batch its idempotent-producer fields: an open batch is
+    /// encoded with them; an encoded one (sent before under another
+    /// numbering) gets its base sequence and CRC patched in place.
+    pub(crate) fn stamp(&mut self, producer_id: i64, epoch: i16, stamp: Stamp) {
+        let payload = std::mem::replace(&mut self.payload, Payload::Encoded(Bytes::new()));
+        self.payload = match payload {
+            Payload::Open(mut builder) => {
+                builder.set_producer(producer_id, epoch, stamp.base_sequence);
+                // Batches are sealed only when they hold records, so
+                // `finish` always has something to encode.
+                Payload::Encoded(builder.finish().unwrap_or_default())
+            }
+            Payload::Encoded(bytes) => Payload::Encoded(patch_base_sequence(&bytes, stamp.base_sequence)),
+        };
+        self.stamp = Some(stamp);
+    }
+
     /// Reports success: record `i` got offset `base_offset + i`.
     pub(crate) fn succeed(self, base_offset: u64) {
         let partition = self.partition;
@@ -55,6 +113,20 @@ impl SealedBatch {
     }
 }
 
+/// A copy of an encoded batch with another base sequence (bytes 53..57)
+/// and the CRC32C (bytes 17..21, over bytes 21..) recomputed. A buffer too
+/// short to be a batch is returned unchanged; the broker refuses it.
+fn patch_base_sequence(bytes: &Bytes, base_sequence: i32) -> Bytes {
+    if bytes.len() < BASE_SEQUENCE_AT + 4 {
+        return bytes.clone();
+    }
+    let mut buf = bytes.to_vec();
+    buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    Bytes::from(buf)
+}
+
 #[derive(Debug)]
 struct OpenBatch {
     id: u64,
@@ -69,6 +141,8 @@ pub(crate) struct Accumulator {
     batch_bytes: usize,
     linger: Duration,
     compression: Compression,
+    /// Leave sealed batches open for the sender to stamp (idempotence).
+    stamp_at_send: bool,
     open: HashMap<u32, OpenBatch>,
     /// Linger deadlines in creation order; since `linger` is fixed they are
     /// also in deadline order. Entries of batches sealed early go stale and
@@ -79,11 +153,12 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
-    pub(crate) fn new(batch_bytes: usize, linger: Duration, compression: Compression) -> Self {
+    pub(crate) fn new(batch_bytes: usize, linger: Duration, compression: Compression, stamp_at_send: bool) -> Self {
         Accumulator {
             batch_bytes: batch_bytes.max(1),
             linger,
             compression,
+            stamp_at_send,
             open: HashMap::new(),
             deadlines: VecDeque::new(),
             next_id: 0,
@@ -183,12 +258,29 @@ impl Accumulator {
         let Some(batch) = self.open.remove(&partition) else {
             return;
         };
-        let Some(bytes) = batch.builder.finish() else {
+        if batch.builder.is_empty() {
             return;
+        }
+        let record_count = batch.builder.len();
+        let payload = if self.stamp_at_send {
+            Payload::Open(batch.builder)
+        } else {
+            match batch.builder.finish() {
+                Some(bytes) => Payload::Encoded(bytes),
+                None => return,
+            }
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        out.push(SealedBatch { seq, partition, bytes, acks: batch.acks, _memory: batch.permit });
+        out.push(SealedBatch {
+            seq,
+            partition,
+            payload,
+            record_count,
+            stamp: None,
+            acks: batch.acks,
+            _memory: batch.permit,
+        });
     }
 }
 
@@ -211,7 +303,7 @@ mod tests {
     }
 
     fn values(batch: &SealedBatch) -> Vec<Vec<u8>> {
-        let raw = BatchIter::new(batch.bytes.clone()).next().unwrap().unwrap();
+        let raw = BatchIter::new(batch.bytes().unwrap().clone()).next().unwrap().unwrap();
         raw.records().unwrap().into_iter().map(|r| r.value.unwrap().to_vec()).collect()
     }
 
@@ -219,7 +311,7 @@ mod tests {
     fn batches_fill_up_to_batch_bytes_then_seal() {
         let t0 = Instant::now();
         // Each 100-byte value costs a bit over 100 bytes; 61 is the header.
-        let mut acc = Accumulator::new(61 + 250, Duration::from_secs(60), Compression::None);
+        let mut acc = Accumulator::new(61 + 250, Duration::from_secs(60), Compression::None, false);
         let mut out = Vec::new();
         for i in 0..5u8 {
             acc.append(0, msg(&[i; 100]).0, t0, &mut out);
@@ -238,7 +330,7 @@ mod tests {
     #[test]
     fn an_oversized_record_gets_a_batch_of_its_own() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(200, Duration::from_secs(60), Compression::None);
+        let mut acc = Accumulator::new(200, Duration::from_secs(60), Compression::None, false);
         let mut out = Vec::new();
         acc.append(0, msg(b"small").0, t0, &mut out);
         acc.append(0, msg(&[7; 1000]).0, t0, &mut out);
@@ -251,7 +343,7 @@ mod tests {
     fn linger_seals_batches_in_creation_order() {
         let t0 = Instant::now();
         let linger = Duration::from_millis(5);
-        let mut acc = Accumulator::new(1 << 20, linger, Compression::None);
+        let mut acc = Accumulator::new(1 << 20, linger, Compression::None, false);
         let mut out = Vec::new();
         acc.append(1, msg(b"a").0, t0, &mut out);
         acc.append(2, msg(b"b").0, t0 + Duration::from_millis(2), &mut out);
@@ -273,7 +365,7 @@ mod tests {
     #[test]
     fn stale_deadlines_of_batches_sealed_by_size_are_skipped() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(61 + 120, Duration::from_millis(5), Compression::None);
+        let mut acc = Accumulator::new(61 + 120, Duration::from_millis(5), Compression::None, false);
         let mut out = Vec::new();
         acc.append(0, msg(&[1; 100]).0, t0, &mut out);
         // Sealed by size at t0+1; the new open batch lingers until t0+6.
@@ -289,7 +381,7 @@ mod tests {
     #[test]
     fn outcomes_reach_every_message() {
         let t0 = Instant::now();
-        let mut acc = Accumulator::new(1 << 20, Duration::ZERO, Compression::Lz4);
+        let mut acc = Accumulator::new(1 << 20, Duration::ZERO, Compression::Lz4, false);
         let mut out = Vec::new();
         let (m1, r1) = msg(b"x");
         let (m2, r2) = msg(b"y");
@@ -307,5 +399,31 @@ mod tests {
         acc.seal_all(&mut out);
         out.pop().unwrap().fail(&Error::InvalidArgument("nope".into()));
         assert!(r3.blocking_recv().unwrap().is_err());
+    }
+
+    #[test]
+    fn idempotent_batches_are_stamped_when_sent_and_renumbered_in_place() {
+        let t0 = Instant::now();
+        let mut acc = Accumulator::new(1 << 20, Duration::ZERO, Compression::Lz4, true);
+        let mut out = Vec::new();
+        acc.append(2, msg(b"a").0, t0, &mut out);
+        acc.append(2, msg(b"b").0, t0, &mut out);
+        acc.seal_all(&mut out);
+        let mut batch = out.pop().unwrap();
+        assert!(batch.bytes().is_none(), "left open for the sender");
+        assert_eq!(batch.record_count, 2);
+
+        batch.stamp(7, 3, Stamp { generation: 0, base_sequence: 40 });
+        let limits = strata_proto::batch::Limits { max_record_bytes: 1 << 20 };
+        let header = strata_proto::batch::validate(batch.bytes().unwrap(), limits).unwrap();
+        assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (7, 3, 40));
+        assert_eq!(values(&batch), vec![b"a".to_vec(), b"b".to_vec()]);
+
+        batch.stamp(7, 3, Stamp { generation: 1, base_sequence: 12 });
+        let header = strata_proto::batch::validate(batch.bytes().unwrap(), limits).unwrap();
+        assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (7, 3, 12));
+        assert_eq!(batch.stamp, Some(Stamp { generation: 1, base_sequence: 12 }));
+        assert_eq!(values(&batch), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(patch_base_sequence(&Bytes::from_static(b"short"), 1), Bytes::from_static(b"short"));
     }
 }

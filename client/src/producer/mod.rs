@@ -12,12 +12,13 @@ mod sender;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchBuilder, HEADER_LEN};
+use strata_proto::v1::InitProducerRequest;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use strata_proto::batch::Compression;
@@ -41,7 +42,9 @@ pub struct ProducerConfig {
     /// Memory for messages not yet acknowledged (buffered and in flight).
     /// When it is used up, [`Producer::send`] / [`Producer::enqueue`] wait.
     pub max_in_flight_bytes: usize,
-    /// Batches sent on the stream and not yet acknowledged.
+    /// Batches sent on the stream and not yet acknowledged. An idempotent
+    /// producer also keeps at most 5 per partition in flight (the broker's
+    /// duplicate-detection window), and a partition's first batch alone.
     pub max_in_flight_batches: usize,
     /// Retries of transient failures (stream broken, broker unavailable or
     /// overloaded). Non-retryable errors fail the affected messages at once.
@@ -55,6 +58,16 @@ pub struct ProducerConfig {
     /// while producing get traffic. It is also re-read when the broker
     /// answers `UNKNOWN_PARTITION`.
     pub metadata_refresh: Duration,
+    /// Idempotent producing (the default): the producer registers with
+    /// `InitProducer` and numbers its batches, so the broker stores a
+    /// retried batch only once. Turn it off only for brokers that do not
+    /// support it; retries may then store a batch twice.
+    pub idempotent: bool,
+    /// A stable name for this producer (like Kafka's `transactional.id`):
+    /// starting a producer with the same name fences every older instance,
+    /// whose sends then fail with [`Error::ProducerFenced`]. `None` gives the
+    /// producer a fresh identity. Needs `idempotent`.
+    pub producer_name: Option<String>,
 }
 
 impl Default for ProducerConfig {
@@ -68,6 +81,8 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             request_timeout: Duration::from_secs(30),
             metadata_refresh: Duration::from_secs(60),
+            idempotent: true,
+            producer_name: None,
         }
     }
 }
@@ -149,16 +164,46 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
+/// The id and epoch an idempotent producer got from `InitProducer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) producer_id: i64,
+    pub(crate) epoch: i16,
+}
+
 /// Produces messages to one topic. Clone it to share it between tasks; all
 /// clones feed the same batches and stream.
 ///
-/// Guarantees: messages of one partition are appended in the order they were
-/// enqueued (across clones, in the order the enqueue calls completed).
-/// Delivery is at-least-once: a batch whose acknowledgement was lost with a
-/// broken stream is sent again and may be stored twice (the idempotent
-/// producer will remove that). Strict order under a *per-batch* transient
-/// error holds only with `max_in_flight_batches = 1` until then: a later
-/// batch of the same partition that was already in flight can land first.
+/// Guarantees:
+/// - Messages of one partition are appended in the order they were enqueued
+///   (across clones, in the order the enqueue calls completed).
+/// - **Idempotent by default** ([`ProducerConfig::idempotent`]): at start the
+///   producer gets a producer id and epoch from the broker (`InitProducer`)
+///   and every batch carries them plus a per-partition sequence number
+///   (starting at 0, growing by the batch's record count, wrapping around
+///   from `i32::MAX` to `i32::MIN` as the broker's arithmetic does). A
+///   retried batch is resent with the same bytes, and the broker answers a
+///   batch it already stored with that copy's offsets, so retries after a
+///   lost acknowledgement never store a message twice, and order holds even
+///   when a batch fails transiently while later batches of its partition
+///   are in flight (they are refused and resent after it, in order). Each
+///   acknowledged message is stored exactly once.
+/// - With a [`ProducerConfig::producer_name`], starting another producer
+///   with the same name fences this one: everything pending and every later
+///   send fails with [`Error::ProducerFenced`].
+/// - If the broker reports a gap in a partition's sequence that no earlier
+///   failure explains (it lost acknowledged data, e.g. after a crash of a
+///   `durability = none` topic), every pending message of that partition
+///   fails with `OUT_OF_ORDER_SEQUENCE`; later messages continue from where
+///   the broker stands.
+/// - Without idempotence delivery is at-least-once: a batch whose
+///   acknowledgement was lost is sent again and may be stored twice, and a
+///   later batch of the same partition that was already in flight can land
+///   before a batch that failed transiently (use
+///   `max_in_flight_batches = 1` for strict order).
+///
+/// A message that fails (its future resolves to an error) may still be
+/// stored when the failure was a lost connection whose retries ran out.
 #[derive(Clone, Debug)]
 pub struct Producer {
     shared: Arc<Shared>,
@@ -170,6 +215,9 @@ struct Shared {
     commands: mpsc::UnboundedSender<Command>,
     memory: Arc<Semaphore>,
     memory_limit: usize,
+    identity: Option<Identity>,
+    /// Set once the producer is fenced.
+    fatal: Arc<OnceLock<Error>>,
 }
 
 impl Client {
@@ -196,21 +244,34 @@ impl Producer {
         if config.max_in_flight_bytes == 0 {
             return Err(Error::InvalidArgument("max_in_flight_bytes must be positive".into()));
         }
+        if config.producer_name.is_some() && !config.idempotent {
+            return Err(Error::InvalidArgument("producer_name needs an idempotent producer".into()));
+        }
         let description = client.describe_topic(topic).await?;
+        let identity =
+            if config.idempotent { Some(init_producer(client, config.producer_name.as_deref()).await?) } else { None };
         // Permits are acquired per message with a u32 count.
         let memory_limit = config.max_in_flight_bytes.min(u32::MAX as usize).min(Semaphore::MAX_PERMITS);
         let memory = Arc::new(Semaphore::new(memory_limit));
+        let fatal = Arc::new(OnceLock::new());
         let (commands, rx) = mpsc::unbounded_channel();
         let task = sender::SenderTask::new(
             client.clone(),
             topic.to_owned(),
             description.partitions,
             config,
-            rx,
-            memory.clone(),
+            identity,
+            (rx, memory.clone(), fatal.clone()),
         );
         tokio::spawn(task.run());
-        Ok(Producer { shared: Arc::new(Shared { topic: topic.to_owned(), commands, memory, memory_limit }) })
+        Ok(Producer {
+            shared: Arc::new(Shared { topic: topic.to_owned(), commands, memory, memory_limit, identity, fatal }),
+        })
+    }
+
+    /// The producer id and epoch of an idempotent producer.
+    pub fn producer_id(&self) -> Option<(i64, i16)> {
+        self.shared.identity.map(|i| (i.producer_id, i.epoch))
     }
 
     /// The topic this producer writes to.
@@ -232,6 +293,9 @@ impl Producer {
     /// This waits only for memory (backpressure), never for the broker, so
     /// calling it in a loop pipelines messages into batches.
     pub async fn enqueue(&self, message: Message) -> Result<DeliveryFuture, Error> {
+        if let Some(error) = self.shared.fatal.get() {
+            return Err(error.clone());
+        }
         let size = message.encoded_size();
         let limit = MAX_MESSAGE_BYTES - HEADER_LEN - REQUEST_OVERHEAD;
         if size > limit {
@@ -239,7 +303,13 @@ impl Producer {
         }
         // A message larger than the whole budget waits for all of it.
         let permits = size.clamp(1, self.shared.memory_limit) as u32;
-        let permit = self.shared.memory.clone().acquire_many_owned(permits).await.map_err(|_| Error::ProducerClosed)?;
+        let permit = self
+            .shared
+            .memory
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| self.shared.fatal.get().cloned().unwrap_or(Error::ProducerClosed))?;
         let timestamp_ms = message.timestamp.unwrap_or_else(now_ms);
         let (ack, rx) = oneshot::channel();
         self.shared
@@ -269,6 +339,29 @@ impl Producer {
         // The task dropping the sender also means it is done.
         let _ = rx.await;
         Ok(())
+    }
+}
+
+/// Registers an idempotent producer with the broker.
+async fn init_producer(client: &Client, name: Option<&str>) -> Result<Identity, Error> {
+    let request =
+        InitProducerRequest { tenant: client.tenant().to_owned(), producer_name: name.unwrap_or_default().to_owned() };
+    let response = match client.log_rpc().init_producer(client.request(request)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unimplemented => {
+            return Err(Error::Unsupported(
+                "the broker does not support idempotent producers (InitProducer); set ProducerConfig::idempotent = false to produce without them".into(),
+            ));
+        }
+        Err(status) => return Err(status.into()),
+    };
+    let epoch = i16::try_from(response.producer_epoch).ok().filter(|e| *e >= 0);
+    match epoch {
+        Some(epoch) if response.producer_id >= 0 => Ok(Identity { producer_id: response.producer_id, epoch }),
+        _ => Err(Error::from(tonic::Status::internal(format!(
+            "InitProducer returned an invalid identity (producer id {}, epoch {})",
+            response.producer_id, response.producer_epoch
+        )))),
     }
 }
 
@@ -490,6 +583,11 @@ mod tests {
         // The producer stays usable: a later message tries again.
         let err = producer.send(Message::new("again")).await.unwrap_err();
         assert!(err.is_retryable(), "{err:?}");
+        // Once the broker is back, the sequence is resynchronised with it.
+        broker.bring_up();
+        let meta = producer.send(Message::new("back")).await.unwrap();
+        assert_eq!(meta.offset, 1);
+        assert_eq!(stored(&broker), vec!["before", "back"]);
     }
 
     #[tokio::test]
@@ -499,5 +597,145 @@ mod tests {
         let err = producer.enqueue(Message::new(vec![0u8; MAX_MESSAGE_BYTES])).await.unwrap_err();
         assert!(matches!(err, Error::RecordTooLarge { .. }));
         assert_eq!(err.error_code(), ErrorCode::RecordTooLarge);
+    }
+
+    fn stored(broker: &MockBroker) -> Vec<String> {
+        broker.values("t", 0).iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+    }
+
+    /// Produces `messages`, returning every outcome in order.
+    async fn outcomes(producer: &Producer, messages: Vec<Message>) -> Vec<Result<RecordMetadata, Error>> {
+        produce_all(producer, messages).await
+    }
+
+    #[tokio::test]
+    async fn lost_acknowledgements_are_resent_and_stored_exactly_once() {
+        let (broker, client) = setup(1).await;
+        // The 4th batch is stored, then the stream breaks before its answer.
+        broker.faults(|f| f.lose_ack_after = Some(3));
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        assert!(producer.producer_id().is_some(), "idempotent by default");
+        let results = outcomes(&producer, numbered(300)).await;
+        let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+        assert_eq!(offsets, (0..300).collect::<Vec<u64>>(), "contiguous offsets, nothing twice");
+        assert_eq!(stored(&broker), (0..300).map(|i| format!("m{i}")).collect::<Vec<_>>());
+        assert!(broker.duplicates() >= 1, "the resent batch was recognised");
+        assert!(broker.produce_streams_opened() >= 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_stored_but_answered_with_an_error_is_not_stored_again() {
+        let (broker, client) = setup(1).await;
+        producer_sends_first(&client).await;
+        broker.faults(|f| f.store_then_fail.push_back((tonic::Code::Unavailable, ErrorCode::ShuttingDown)));
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        let results = outcomes(&producer, numbered(100)).await;
+        let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+        assert_eq!(offsets, (1..101).collect::<Vec<u64>>());
+        let mut expected = vec!["first".to_owned()];
+        expected.extend((0..100).map(|i| format!("m{i}")));
+        assert_eq!(stored(&broker), expected);
+        assert_eq!(broker.duplicates(), 1);
+    }
+
+    async fn producer_sends_first(client: &Client) {
+        let producer = client.producer("t").await.unwrap();
+        producer.send(Message::new("first")).await.unwrap();
+        producer.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_ahead_of_batches_in_flight_keeps_their_order() {
+        let (broker, client) = setup(1).await;
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        producer.send(Message::new("first")).await.unwrap();
+        // The next batch fails transiently while later ones are in flight:
+        // the broker refuses those (sequence gap) and they follow it again.
+        broker.faults(|f| f.item_errors.push_back((tonic::Code::Unavailable, ErrorCode::ShuttingDown)));
+        let results = outcomes(&producer, numbered(200)).await;
+        let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
+        assert_eq!(offsets, (1..201).collect::<Vec<u64>>());
+        let mut expected = vec!["first".to_owned()];
+        expected.extend((0..200).map(|i| format!("m{i}")));
+        assert_eq!(stored(&broker), expected, "order kept, each message once");
+        assert!(broker.out_of_order() >= 1, "later batches were in flight, refused, and resent");
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_for_good_does_not_leave_a_hole_in_the_sequence() {
+        let (broker, client) = setup(1).await;
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        producer.send(Message::new("first")).await.unwrap();
+        broker.faults(|f| f.item_errors.push_back((tonic::Code::InvalidArgument, ErrorCode::CorruptBatch)));
+        let results = outcomes(&producer, numbered(200)).await;
+        let failed: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_err()).map(|(i, _)| i).collect();
+        assert!(!failed.is_empty() && failed.len() < 200, "only the refused batch fails: {failed:?}");
+        assert_eq!(failed, (0..failed.len()).collect::<Vec<_>>(), "it was the first batch");
+        for r in &results {
+            if let Err(e) = r {
+                assert_eq!(e.error_code(), ErrorCode::CorruptBatch, "{e}");
+            }
+        }
+        let mut expected = vec!["first".to_owned()];
+        expected.extend((failed.len()..200).map(|i| format!("m{i}")));
+        assert_eq!(stored(&broker), expected);
+        assert!(broker.out_of_order() >= 1, "batches numbered after the hole were renumbered");
+        // Later messages carry on.
+        producer.send(Message::new("later")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unexplained_sequence_gap_fails_the_partitions_pending_batches_then_recovers() {
+        let (broker, client) = setup(1).await;
+        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
+        producer.send(Message::new("first")).await.unwrap();
+        broker.faults(|f| f.item_errors.push_back((tonic::Code::FailedPrecondition, ErrorCode::OutOfOrderSequence)));
+        let results = outcomes(&producer, numbered(100)).await;
+        let first_error = results.iter().find_map(|r| r.as_ref().err()).expect("the gap fails messages");
+        assert_eq!(first_error.error_code(), ErrorCode::OutOfOrderSequence);
+        assert!(results[0].is_err(), "the refused batch fails");
+        let acked: Vec<String> =
+            results.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(i, _)| format!("m{i}")).collect();
+        let mut expected = vec!["first".to_owned()];
+        expected.extend(acked);
+        let later = producer.send(Message::new("later")).await.unwrap();
+        expected.push("later".to_owned());
+        assert_eq!(stored(&broker), expected, "exactly the acknowledged messages are stored");
+        assert_eq!(later.offset, expected.len() as u64 - 1);
+    }
+
+    #[tokio::test]
+    async fn a_newer_producer_with_the_same_name_fences_the_older_one() {
+        let (broker, client) = setup(1).await;
+        let named = ProducerConfig { producer_name: Some("orders-writer".into()), ..small_batches() };
+        let old = client.producer_with_config("t", named.clone()).await.unwrap();
+        old.send(Message::new("old-1")).await.unwrap();
+        let new = client.producer_with_config("t", named).await.unwrap();
+        assert_eq!(new.producer_id().map(|p| p.0), old.producer_id().map(|p| p.0), "same id");
+        assert!(new.producer_id().map(|p| p.1) > old.producer_id().map(|p| p.1), "newer epoch");
+        new.send(Message::new("new-1")).await.unwrap();
+        let err = old.send(Message::new("old-2")).await.unwrap_err();
+        assert!(matches!(err, Error::ProducerFenced(_)), "{err:?}");
+        assert_eq!(err.error_code(), ErrorCode::ProducerFenced);
+        // Fatal: later sends fail at once, without reaching the broker.
+        let received = broker.batches_received();
+        let err = old.send(Message::new("old-3")).await.unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::ProducerFenced);
+        assert_eq!(broker.batches_received(), received);
+        new.send(Message::new("new-2")).await.unwrap();
+        assert_eq!(stored(&broker), vec!["old-1", "new-1", "new-2"]);
+    }
+
+    #[tokio::test]
+    async fn without_idempotence_no_identity_is_requested_and_names_are_refused() {
+        let (broker, client) = setup(1).await;
+        let config = ProducerConfig { idempotent: false, ..ProducerConfig::default() };
+        let producer = client.producer_with_config("t", config).await.unwrap();
+        assert_eq!(producer.producer_id(), None);
+        producer.send(Message::new("x")).await.unwrap();
+        assert_eq!(stored(&broker), vec!["x"]);
+        let config = ProducerConfig { idempotent: false, producer_name: Some("n".into()), ..ProducerConfig::default() };
+        let err = client.producer_with_config("t", config).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     }
 }

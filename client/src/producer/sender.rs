@@ -12,9 +12,35 @@
 //!   the original order.
 //! - After a per-batch transient error a partition is "probing": at most one
 //!   of its batches is in flight until one succeeds.
+//!
+//! Idempotence (when the producer has an identity from `InitProducer`):
+//! - A partition starts with one batch in flight until one succeeds: the
+//!   broker accepts any sequence from a producer it does not know yet, so a
+//!   second batch must not overtake a first one that fails.
+//! - A batch gets its sequence when it is first sent (`stamp`), from the
+//!   partition's counter, so sequences follow the order batches reach the
+//!   broker. A resend (broken stream, transient error) sends the same bytes,
+//!   and the broker answers a batch it already has with `duplicate = true`.
+//! - At most [`MAX_IN_FLIGHT_PER_PARTITION`] batches of a partition are in
+//!   flight: the broker remembers that many recent batches per producer, so
+//!   any resent batch that it stored is recognised as a duplicate.
+//! - A later batch refused with OUT_OF_ORDER_SEQUENCE because an earlier one
+//!   failed transiently goes back to `ready` unchanged and follows the
+//!   earlier one again, in order (no retry is spent on it).
+//! - When a batch is given up and its numbers may be missing on the broker
+//!   (refused for good, or lost with a stream whose retries ran out), the
+//!   partition is renumbered: if nothing was stamped after it, its numbers
+//!   go to the next batch; otherwise the partition "resyncs": the first
+//!   refused batch takes the broker's `expected_sequence`, and every pending
+//!   batch of the older numbering (`Stamp::generation`) gets new numbers, in
+//!   order, before it is sent again.
+//! - OUT_OF_ORDER_SEQUENCE that no earlier failure explains means the
+//!   broker lost acknowledged data: every pending batch of the partition
+//!   fails, and the partition continues at the broker's expected sequence.
+//! - PRODUCER_FENCED is fatal for the whole producer (`fatal`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use backon::ExponentialBackoff;
@@ -25,8 +51,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::Streaming;
 
-use super::accumulator::{Accumulator, PendingMessage, SealedBatch};
-use super::{Command, ProducerConfig};
+use super::accumulator::{Accumulator, PendingMessage, SealedBatch, Stamp};
+use super::{Command, Identity, ProducerConfig};
 use crate::client::Client;
 use crate::error::Error;
 use crate::partitioner::Partitioner;
@@ -34,6 +60,10 @@ use crate::partitioner::Partitioner;
 /// How many queued commands are handled before timers and the stream get a
 /// look again.
 const COMMAND_BURST: usize = 1024;
+
+/// In-flight batches per partition for an idempotent producer: the broker
+/// remembers this many recent batches per producer for duplicate detection.
+pub(crate) const MAX_IN_FLIGHT_PER_PARTITION: usize = 5;
 
 struct InFlight {
     batch: SealedBatch,
@@ -46,6 +76,19 @@ struct PartitionState {
     /// Set after a per-batch transient error until one batch succeeds.
     probing: bool,
     backoff: Option<ExponentialBackoff>,
+    /// Idempotence: the sequence the next stamped batch gets.
+    next_sequence: i32,
+    /// Idempotence: bumped when the partition is renumbered; batches stamped
+    /// before get new numbers when they are sent again.
+    numbering: u64,
+    /// Idempotence: our numbering may disagree with the broker's (a batch
+    /// was given up); adopt the broker's expected sequence on the next
+    /// refusal of the partition's first pending batch.
+    resync: bool,
+    /// Idempotence: batches (by `seq`) up to this one fail when their
+    /// outcome is an error: they were pending when a sequence gap nothing
+    /// explained made the partition's pending batches fail.
+    fail_through: Option<u64>,
 }
 
 type StreamResult = Result<Streaming<ProduceResponse>, Error>;
@@ -102,6 +145,10 @@ pub(crate) struct SenderTask {
     client: Client,
     topic: String,
     config: ProducerConfig,
+    /// Idempotent producer id and epoch; `None` when idempotence is off.
+    identity: Option<Identity>,
+    /// Set when the producer is fenced; every send fails with it from then on.
+    fatal: Arc<OnceLock<Error>>,
     commands: mpsc::UnboundedReceiver<Command>,
     commands_open: bool,
     memory: Arc<Semaphore>,
@@ -133,12 +180,15 @@ impl SenderTask {
         topic: String,
         partitions: u32,
         config: ProducerConfig,
-        commands: mpsc::UnboundedReceiver<Command>,
-        memory: Arc<Semaphore>,
+        identity: Option<Identity>,
+        channels: (mpsc::UnboundedReceiver<Command>, Arc<Semaphore>, Arc<OnceLock<Error>>),
     ) -> Self {
+        let (commands, memory, fatal) = channels;
         let (metadata_tx, metadata_rx) = mpsc::channel(1);
         SenderTask {
-            accumulator: Accumulator::new(config.batch_bytes, config.linger, config.compression),
+            accumulator: Accumulator::new(config.batch_bytes, config.linger, config.compression, identity.is_some()),
+            identity,
+            fatal,
             partitioner: Partitioner::new(partitions),
             next_refresh: Instant::now() + config.metadata_refresh,
             client,
@@ -257,6 +307,10 @@ impl SenderTask {
     }
 
     fn on_send(&mut self, msg: PendingMessage, now: Instant) {
+        if let Some(error) = self.fatal.get() {
+            let _ = msg.ack.send(Err(error.clone()));
+            return;
+        }
         if self.closing {
             let _ = msg.ack.send(Err(Error::ProducerClosed));
             return;
@@ -277,7 +331,12 @@ impl SenderTask {
     fn take_sealed(&mut self) {
         for batch in self.sealed.drain(..) {
             self.partitioner.batch_sealed(batch.partition);
-            self.ready.insert(batch.seq, batch);
+            match self.fatal.get() {
+                Some(error) => batch.fail(error),
+                None => {
+                    self.ready.insert(batch.seq, batch);
+                }
+            }
         }
     }
 
@@ -337,22 +396,35 @@ impl SenderTask {
         let Some(tx) = self.conn.sender().cloned() else {
             return;
         };
+        let per_partition = if self.identity.is_some() { MAX_IN_FLIGHT_PER_PARTITION } else { usize::MAX };
         while self.in_flight.len() < self.config.max_in_flight_batches {
             let (partitions, backoff_until) = (&self.partitions, &self.backoff_until);
             let next = self.ready.iter().find_map(|(seq, b)| {
                 let backing_off = backoff_until.get(&b.partition).is_some_and(|t| *t > now);
-                let probing = partitions.get(&b.partition).is_some_and(|s| s.probing && s.in_flight > 0);
-                (!backing_off && !probing).then_some(*seq)
+                let blocked = partitions
+                    .get(&b.partition)
+                    .is_some_and(|s| (s.probing && s.in_flight > 0) || s.in_flight >= per_partition);
+                (!backing_off && !blocked).then_some(*seq)
             });
-            let Some(batch) = next.and_then(|seq| self.ready.remove(&seq)) else {
+            let Some(mut batch) = next.and_then(|seq| self.ready.remove(&seq)) else {
                 break;
+            };
+            if let Some(identity) = self.identity {
+                let state = partition_state(&mut self.partitions, batch.partition, self.identity.is_some());
+                stamp(&mut batch, identity, state);
+            }
+            let Some(bytes) = batch.bytes().cloned() else {
+                // Only idempotent batches are left open, and they were just
+                // stamped; this cannot happen, but must not be sent.
+                batch.fail(&Error::InvalidArgument("internal error: a batch was sent unencoded".into()));
+                continue;
             };
             let request_id = self.next_request_id;
             let request = ProduceRequest {
                 tenant: self.client.tenant().to_owned(),
                 topic: self.topic.clone(),
                 partition: batch.partition,
-                batch: batch.bytes.clone(),
+                batch: bytes,
                 request_id,
             };
             if tx.try_send(request).is_err() {
@@ -362,7 +434,7 @@ impl SenderTask {
                 break;
             }
             self.next_request_id += 1;
-            self.partitions.entry(batch.partition).or_default().in_flight += 1;
+            partition_state(&mut self.partitions, batch.partition, self.identity.is_some()).in_flight += 1;
             self.in_flight.insert(request_id, InFlight { batch, sent_at: now });
         }
     }
@@ -422,37 +494,151 @@ impl SenderTask {
         {
             self.refresh_metadata();
         }
-        let state = self.partitions.entry(batch.partition).or_default();
+        let state = partition_state(&mut self.partitions, batch.partition, self.identity.is_some());
         state.in_flight = state.in_flight.saturating_sub(1);
-        match response.error {
-            None => {
-                self.conn_backoff = None;
-                state.probing = false;
-                state.backoff = None;
-                batch.succeed(response.base_offset);
+        let Some(item) = response.error else {
+            self.conn_backoff = None;
+            state.probing = false;
+            state.backoff = None;
+            state.resync = false;
+            if response.duplicate {
+                tracing::debug!(partition = batch.partition, offset = response.base_offset, "batch was already stored");
             }
-            Some(item) => {
-                let error = Error::from(item);
-                if error.is_retryable() {
-                    let retry = self.config.retry;
-                    let backoff = state.backoff.get_or_insert_with(|| retry.backoff());
-                    if let Some(delay) = backoff.next() {
-                        tracing::debug!(
-                            partition = batch.partition,
-                            ?delay,
-                            %error,
-                            "retrying batch"
-                        );
-                        state.probing = true;
-                        self.backoff_until.insert(batch.partition, now + delay);
-                        self.ready.insert(batch.seq, batch);
-                        return;
-                    }
-                }
-                state.probing = false;
-                state.backoff = None;
-                batch.fail(&error);
+            batch.succeed(response.base_offset);
+            return;
+        };
+        let error = Error::from(item);
+        if let Some(fatal) = self.fatal.get() {
+            batch.fail(fatal);
+            return;
+        }
+        if state.fail_through.is_some_and(|through| batch.seq <= through) {
+            batch.fail(&error);
+            return;
+        }
+        if self.identity.is_some() {
+            match error.error_code() {
+                ErrorCode::ProducerFenced => return self.on_fenced(batch, error),
+                ErrorCode::OutOfOrderSequence => return self.on_out_of_order(batch, error, now),
+                _ => {}
             }
+        }
+        if error.is_retryable() {
+            let retry = self.config.retry;
+            let backoff = state.backoff.get_or_insert_with(|| retry.backoff());
+            if let Some(delay) = backoff.next() {
+                tracing::debug!(
+                    partition = batch.partition,
+                    ?delay,
+                    %error,
+                    "retrying batch"
+                );
+                state.probing = true;
+                self.backoff_until.insert(batch.partition, now + delay);
+                self.ready.insert(batch.seq, batch);
+                return;
+            }
+        }
+        state.probing = false;
+        state.backoff = None;
+        self.given_up(&batch);
+        batch.fail(&error);
+    }
+
+    /// A batch the broker refused for good (it is not stored) is about to
+    /// fail: keep the partition's numbering without a hole.
+    fn given_up(&mut self, batch: &SealedBatch) {
+        let Some(stamp) = batch.stamp else {
+            return;
+        };
+        let state = partition_state(&mut self.partitions, batch.partition, self.identity.is_some());
+        let end = stamp.base_sequence.wrapping_add(batch.record_count as i32);
+        if stamp.generation == state.numbering && state.next_sequence == end {
+            // Nothing was numbered after it: its numbers go to the next batch.
+            state.next_sequence = stamp.base_sequence;
+        } else {
+            // Later batches carry numbers after the hole and will be refused;
+            // the first of them learns where the broker stands.
+            state.resync = true;
+            state.probing = true;
+        }
+    }
+
+    /// OUT_OF_ORDER_SEQUENCE: the broker expected another sequence.
+    fn on_out_of_order(&mut self, batch: SealedBatch, error: Error, now: Instant) {
+        let partition = batch.partition;
+        let earlier_pending = self.ready.range(..batch.seq).any(|(_, b)| b.partition == partition)
+            || self.in_flight.values().any(|f| f.batch.partition == partition && f.batch.seq < batch.seq);
+        let state = partition_state(&mut self.partitions, partition, self.identity.is_some());
+        let stale = batch.stamp.is_some_and(|s| s.generation != state.numbering);
+        if earlier_pending || stale {
+            // An earlier batch failed and goes first again, or this batch is
+            // renumbered before it is resent: either way, back in line.
+            tracing::debug!(partition, "batch refused behind an earlier failure; resending in order");
+            state.probing = true;
+            self.ready.insert(batch.seq, batch);
+            return;
+        }
+        let expected =
+            error.server_error().and_then(|s| s.metadata.get("expected_sequence")).and_then(|v| v.parse::<i32>().ok());
+        if state.resync
+            && let Some(expected) = expected
+        {
+            let retry = self.config.retry;
+            if let Some(delay) = state.backoff.get_or_insert_with(|| retry.backoff()).next() {
+                tracing::debug!(partition, expected, "renumbering the partition's pending batches");
+                state.numbering += 1;
+                state.next_sequence = expected;
+                state.probing = true;
+                self.backoff_until.insert(partition, now + delay);
+                self.ready.insert(batch.seq, batch);
+                return;
+            }
+        }
+        // Nothing we did explains the gap: the broker lost batches it had
+        // acknowledged. Fail what is pending for the partition and continue
+        // from where the broker stands.
+        tracing::warn!(partition, %error, "sequence gap on the broker; failing the partition's pending batches");
+        let through = self.in_flight.values().filter(|f| f.batch.partition == partition).map(|f| f.batch.seq).max();
+        let state = partition_state(&mut self.partitions, partition, self.identity.is_some());
+        state.backoff = None;
+        state.probing = true;
+        match expected {
+            Some(expected) => {
+                state.numbering += 1;
+                state.next_sequence = expected;
+                state.resync = false;
+            }
+            None => state.resync = true,
+        }
+        if through.is_some() {
+            state.fail_through = through;
+        }
+        batch.fail(&error);
+        let pending: Vec<u64> = self.ready.iter().filter(|(_, b)| b.partition == partition).map(|(s, _)| *s).collect();
+        for seq in pending {
+            if let Some(b) = self.ready.remove(&seq) {
+                b.fail(&error);
+            }
+        }
+    }
+
+    /// PRODUCER_FENCED: a newer instance took over. Everything pending and
+    /// everything sent later fails; in-flight batches fail as they return.
+    fn on_fenced(&mut self, batch: SealedBatch, error: Error) {
+        let fenced = match error {
+            Error::Server(server) => Error::ProducerFenced(server),
+            other => other,
+        };
+        tracing::warn!(topic = %self.topic, error = %fenced, "producer fenced");
+        let fenced = self.fatal.get_or_init(|| fenced).clone();
+        batch.fail(&fenced);
+        self.accumulator.seal_all(&mut self.sealed);
+        for b in self.sealed.drain(..) {
+            b.fail(&fenced);
+        }
+        for (_, b) in std::mem::take(&mut self.ready) {
+            b.fail(&fenced);
         }
     }
 
@@ -467,6 +653,12 @@ impl SenderTask {
         for state in self.partitions.values_mut() {
             state.in_flight = 0;
         }
+        if let Some(fatal) = self.fatal.get() {
+            for (_, batch) in std::mem::take(&mut self.ready) {
+                batch.fail(fatal);
+            }
+            return;
+        }
         if error.is_retryable() {
             let retry = self.config.retry;
             let backoff = self.conn_backoff.get_or_insert_with(|| retry.backoff());
@@ -478,7 +670,15 @@ impl SenderTask {
         }
         tracing::debug!(%error, "produce stream failed; failing pending batches");
         self.conn_backoff = None;
+        let error = self.fatal.get().cloned().unwrap_or(error);
         for (_, batch) in std::mem::take(&mut self.ready) {
+            if batch.stamp.is_some() {
+                // It may or may not be stored: learn from the broker which
+                // sequence it expects next.
+                let state = partition_state(&mut self.partitions, batch.partition, self.identity.is_some());
+                state.resync = true;
+                state.probing = true;
+            }
             batch.fail(&error);
         }
     }
@@ -530,6 +730,30 @@ impl SenderTask {
             }
         }
     }
+}
+
+/// A partition's state, created on first use. An idempotent producer's
+/// partition starts probing (one batch in flight until one succeeds): the
+/// broker accepts any sequence from a producer it does not know yet, so a
+/// second batch must not overtake a first one that fails.
+fn partition_state(
+    partitions: &mut HashMap<u32, PartitionState>,
+    partition: u32,
+    idempotent: bool,
+) -> &mut PartitionState {
+    partitions.entry(partition).or_insert_with(|| PartitionState { probing: idempotent, ..PartitionState::default() })
+}
+
+/// Gives a batch its idempotent sequence unless it already has one in the
+/// partition's current numbering.
+fn stamp(batch: &mut SealedBatch, identity: Identity, state: &mut PartitionState) {
+    if batch.stamp.is_some_and(|s| s.generation == state.numbering) {
+        return;
+    }
+    let stamp = Stamp { generation: state.numbering, base_sequence: state.next_sequence };
+    // Sequences wrap around like the broker's (two's complement).
+    state.next_sequence = state.next_sequence.wrapping_add(batch.record_count as i32);
+    batch.stamp(identity.producer_id, identity.epoch, stamp);
 }
 
 async fn sleep_until(t: Instant) {

@@ -2,6 +2,11 @@
 //! temporary data directory, the real client over real gRPC, and the real
 //! `strata` binary as a child process.
 
+mod acceptance;
+mod group_cli;
+mod groups;
+mod idempotence;
+
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
