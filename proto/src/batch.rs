@@ -243,6 +243,23 @@ pub fn set_base_offset(buf: &mut [u8], base_offset: u64) {
     buf[0..8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
+/// Returns a copy of an encoded batch with another base sequence and its
+/// CRC32C recomputed (the sequence is covered by the CRC). Idempotent
+/// producers use it to renumber a batch that was encoded before its
+/// sequence was known. A buffer too short to be a batch is returned
+/// unchanged (the broker refuses it).
+pub fn with_base_sequence(batch: &[u8], base_sequence: i32) -> Bytes {
+    const BASE_SEQUENCE_AT: usize = 53;
+    if batch.len() < HEADER_LEN {
+        return Bytes::copy_from_slice(batch);
+    }
+    let mut buf = batch.to_vec();
+    buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[17..21].copy_from_slice(&crc.to_le_bytes());
+    Bytes::from(buf)
+}
+
 /// Writes the leader epoch into a batch's header (outside the CRC).
 pub fn set_leader_epoch(buf: &mut [u8], epoch: u32) {
     buf[12..16].copy_from_slice(&epoch.to_le_bytes());
@@ -680,6 +697,16 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x40;
         assert!(matches!(validate(&bytes, LIMITS), Err(BatchError::CrcMismatch { .. })));
+    }
+
+    #[test]
+    fn renumbering_keeps_the_batch_valid() {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.set_producer(9, 1, 0);
+        b.push(1, None, Some(b"v"), &[]);
+        let renumbered = with_base_sequence(&b.finish().unwrap(), 41);
+        let header = validate(&renumbered, LIMITS).unwrap();
+        assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (9, 1, 41));
     }
 
     #[test]

@@ -49,12 +49,6 @@ pub(crate) struct Stamp {
     pub(crate) base_sequence: i32,
 }
 
-/// Byte offsets in the batch header (see the layout table in
-/// `strata_proto::batch`): the base sequence and the CRC32C that covers it.
-const BASE_SEQUENCE_AT: usize = 53;
-const CRC_AT: usize = 17;
-const CRC_START: usize = 21;
-
 /// A batch ready to send: encoded once, resent as is on retries.
 #[derive(Debug)]
 pub(crate) struct SealedBatch {
@@ -113,18 +107,8 @@ impl SealedBatch {
     }
 }
 
-/// A copy of an encoded batch with another base sequence (bytes 53..57)
-/// and the CRC32C (bytes 17..21, over bytes 21..) recomputed. A buffer too
-/// short to be a batch is returned unchanged; the broker refuses it.
 fn patch_base_sequence(bytes: &Bytes, base_sequence: i32) -> Bytes {
-    if bytes.len() < BASE_SEQUENCE_AT + 4 {
-        return bytes.clone();
-    }
-    let mut buf = bytes.to_vec();
-    buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&base_sequence.to_le_bytes());
-    let crc = crc32c::crc32c(&buf[CRC_START..]);
-    buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
-    Bytes::from(buf)
+    strata_proto::batch::with_base_sequence(bytes, base_sequence)
 }
 
 #[derive(Debug)]

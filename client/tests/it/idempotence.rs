@@ -62,3 +62,102 @@ async fn unnamed_producers_get_distinct_identities() {
     c.send(Message::new("plain")).await.unwrap();
     broker.stop().await;
 }
+
+/// A TCP proxy between the client and the real broker. While `swallow` is
+/// on it drops the broker's bytes (the client hears nothing back);
+/// `close_all` closes every connection made so far, and later ones pass.
+struct CuttingProxy {
+    addr: std::net::SocketAddr,
+    /// (connection generation, swallow broker bytes)
+    mode: tokio::sync::watch::Sender<(u64, bool)>,
+}
+
+impl CuttingProxy {
+    async fn start(target: std::net::SocketAddr) -> CuttingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, _) = tokio::sync::watch::channel((0u64, false));
+        let mode_rx = mode.subscribe();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut mode = mode_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let generation = mode.borrow_and_update().0;
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        tokio::select! {
+                            n = sr.read(&mut buf) => match n {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    let swallow = mode.borrow().1;
+                                    if !swallow && cw.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            },
+                            changed = mode.changed() => {
+                                if changed.is_err() || mode.borrow().0 != generation {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        CuttingProxy { addr, mode }
+    }
+
+    fn swallow(&self) {
+        self.mode.send_modify(|m| m.1 = true);
+    }
+
+    fn close_all(&self) {
+        self.mode.send_modify(|m| *m = (m.0 + 1, false));
+    }
+}
+
+/// The broker stores a batch but its acknowledgement is lost with the
+/// connection; the producer resends the same batch on a new connection and
+/// the broker answers with the stored copy: the message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acknowledgement_from_the_real_broker_does_not_store_twice() {
+    let broker = TestBroker::start().await;
+    let direct = broker.client().await;
+    direct.create_topic("lost-ack", 1, TopicOptions::default()).await.unwrap();
+    let broker_addr: std::net::SocketAddr = broker.url.trim_start_matches("http://").parse().unwrap();
+    let proxy = CuttingProxy::start(broker_addr).await;
+    let via_proxy = strata_client::Client::connect(&format!("http://{}", proxy.addr)).await.unwrap();
+    let producer = via_proxy.producer_with_config("lost-ack", ProducerConfig::default()).await.unwrap();
+    assert_eq!(producer.send(Message::new("first")).await.unwrap().offset, 0);
+
+    let end_offset = || async { direct.describe_topic("lost-ack").await.unwrap().partition_details[0].end_offset };
+    // From now on the client hears nothing from the broker.
+    proxy.swallow();
+    let delivery = {
+        let producer = producer.clone();
+        tokio::spawn(async move { producer.send(Message::new("second")).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while end_offset().await < 2 {
+        assert!(std::time::Instant::now() < deadline, "the broker never stored the second batch");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Stored, but the acknowledgement is lost with the connection.
+    proxy.close_all();
+    let meta = tokio::time::timeout(Duration::from_secs(30), delivery).await.expect("resent in time").unwrap().unwrap();
+    assert_eq!(meta.offset, 1, "the retry is answered with the stored copy's offset");
+    assert_eq!(end_offset().await, 2, "stored once");
+    producer.send(Message::new("third")).await.unwrap();
+    assert_eq!(end_offset().await, 3);
+}
