@@ -667,9 +667,14 @@ impl GroupActor {
                 revoking: m.revoking.keys().cloned().collect(),
             });
         }
+        // Every partition of every topic the group reads or has committed
+        // for, so lag shows for partitions it never committed too.
+        let mut topics: BTreeSet<String> = self.offsets.all().map(|(t, _, _)| t.clone()).collect();
+        topics.extend(self.members.values().flat_map(|m| m.topics.iter().cloned()));
         let mut tps: BTreeSet<Tp> = self.offsets.all().map(|(t, p, _)| (t.clone(), p)).collect();
-        for (t, n) in &self.partition_counts() {
-            tps.extend((0..*n).map(|p| (t.clone(), p)));
+        for t in &topics {
+            let n = self.broker.partition_count(&self.tenant, t).unwrap_or(0);
+            tps.extend((0..n).map(|p| (t.clone(), p)));
         }
         let mut partitions = Vec::new();
         for (topic, partition) in tps {

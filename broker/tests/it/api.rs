@@ -623,6 +623,9 @@ mod groups {
             .into_inner();
         let p1 = d.partitions.iter().find(|p| p.partition == 1).unwrap();
         assert_eq!((p1.committed_offset, p1.lag), (4, 0));
+        // Partitions it never committed show too (committed -1).
+        assert_eq!(d.partitions.len(), 3);
+        assert!(d.partitions.iter().filter(|p| p.partition != 1).all(|p| p.committed_offset == -1 && p.lag == 0));
         // Now the reset works; the old member's commits are refused.
         g2.reset_offsets(reset).await.unwrap();
         let err = g2.commit_offsets(commit(a.generation, 2)).await.unwrap_err();
