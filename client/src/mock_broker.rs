@@ -114,6 +114,14 @@ pub(crate) struct MockBroker {
 }
 
 impl MockBroker {
+    /// A mock broker with topic `t` of `partitions` partitions, and a client.
+    pub(crate) async fn with_topic(partitions: u32) -> (MockBroker, crate::Client) {
+        let broker = MockBroker::start().await;
+        let client = crate::Client::connect(&broker.url).await.unwrap();
+        client.create_topic("t", partitions, crate::TopicOptions::default()).await.unwrap();
+        (broker, client)
+    }
+
     pub(crate) async fn start() -> MockBroker {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");

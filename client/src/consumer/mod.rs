@@ -290,15 +290,12 @@ pub(crate) async fn resolve_starts(
 mod tests {
     use super::*;
     use crate::mock_broker::MockBroker;
-    use crate::{Message, ProducerConfig, TopicOptions};
+    use crate::{Message, ProducerConfig};
     use strata_proto::batch::{BatchBuilder, Compression};
     use strata_proto::v1::FetchResponse;
 
     async fn setup(partitions: u32) -> (MockBroker, Client) {
-        let broker = MockBroker::start().await;
-        let client = Client::connect(&broker.url).await.unwrap();
-        client.create_topic("t", partitions, TopicOptions::default()).await.unwrap();
-        (broker, client)
+        MockBroker::with_topic(partitions).await
     }
 
     /// Produces `values` to `partition` as one batch per `per_batch` values.

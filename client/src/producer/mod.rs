@@ -379,15 +379,11 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::TopicOptions;
     use crate::mock_broker::MockBroker;
     use strata_proto::v1::ErrorCode;
 
     async fn setup(partitions: u32) -> (MockBroker, Client) {
-        let broker = MockBroker::start().await;
-        let client = Client::connect(&broker.url).await.unwrap();
-        client.create_topic("t", partitions, TopicOptions::default()).await.unwrap();
-        (broker, client)
+        MockBroker::with_topic(partitions).await
     }
 
     fn small_batches() -> ProducerConfig {
