@@ -42,6 +42,9 @@ pub const LENGTH_PREFIX: usize = 12;
 /// The only batch format version.
 pub const MAGIC: u8 = 1;
 const CRC_START: usize = 21;
+/// The smallest encoded record: length, attributes, timestamp delta, offset
+/// delta, null key, null value, header count (one byte each).
+const MIN_RECORD_BYTES: usize = 7;
 const COMPRESSION_MASK: u16 = 0b111;
 /// Upper bound on a batch's decompressed record bytes, a guard against
 /// decompression bombs independent of configured limits.
@@ -446,7 +449,10 @@ impl RawBatch {
             Compression::Lz4 => Bytes::from(decompress(compression, &self.bytes[HEADER_LEN..])?.into_owned()),
         };
         let mut reader = RecordReader::new(&self.header, &payload);
-        let mut out = Vec::with_capacity(self.header.record_count as usize);
+        // The count comes from the input: never let it size an allocation
+        // beyond what the payload can hold (a record takes at least 7 bytes).
+        let plausible = (payload.len() / MIN_RECORD_BYTES).saturating_add(1);
+        let mut out = Vec::with_capacity((self.header.record_count as usize).min(plausible));
         let slice = |r: Option<(usize, usize)>| r.map(|(s, e)| payload.slice(s..e));
         while let Some(span) = reader.next_span()? {
             let offset = self.header.base_offset + out.len() as u64;
@@ -707,6 +713,21 @@ mod tests {
         let renumbered = with_base_sequence(&b.finish().unwrap(), 41);
         let header = validate(&renumbered, LIMITS).unwrap();
         assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (9, 1, 41));
+    }
+
+    /// Found by `cargo fuzz`: a header claiming billions of records (with a
+    /// CRC that matches) must not make the decoder allocate for them.
+    #[test]
+    fn a_huge_record_count_is_an_error_not_an_allocation() {
+        let mut bytes = sample(Compression::None).to_vec();
+        let count: u32 = 0xFFFF_FFF0;
+        bytes[23..27].copy_from_slice(&(count - 1).to_le_bytes());
+        bytes[57..61].copy_from_slice(&count.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        bytes[17..21].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(validate(&bytes, LIMITS), Err(BatchError::CountMismatch { .. })));
+        let batch = BatchIter::new(Bytes::from(bytes)).next().unwrap().unwrap();
+        assert!(matches!(batch.records(), Err(BatchError::CountMismatch { .. })));
     }
 
     #[test]
