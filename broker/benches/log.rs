@@ -8,7 +8,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use strata_broker::log::{Durability, LogConfig, PartitionLog};
 use strata_proto::batch::{BatchBuilder, Compression, Limits, validate};
 
-const LIMITS: Limits = Limits { max_record_bytes: 1 << 20 };
+const LIMITS: Limits = Limits::new(1 << 20);
 
 fn batch(records: usize, size: usize) -> Vec<u8> {
     let value = vec![b'x'; size];

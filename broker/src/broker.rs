@@ -301,7 +301,10 @@ impl Broker {
             .acquire_many_owned(batch.len().max(1) as u32)
             .await
             .map_err(|_| BrokerError::ShuttingDown)?;
-        let limits = Limits { max_record_bytes: self.config.limits.max_record_bytes.0 as usize };
+        let limits = Limits {
+            max_record_bytes: self.config.limits.max_record_bytes.0 as usize,
+            max_uncompressed_bytes: self.config.limits.max_uncompressed_batch_bytes.0 as usize,
+        };
         let log2 = log.clone();
         let res = resource.clone();
         let appended = tokio::task::spawn_blocking(move || {

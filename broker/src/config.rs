@@ -195,6 +195,9 @@ pub struct LimitsConfig {
     pub max_record_bytes: ByteSize,
     /// Largest record batch accepted in one produce request.
     pub max_batch_bytes: ByteSize,
+    /// Largest decompressed size of a compressed batch (bounds the memory a
+    /// small compressed request can make the broker allocate).
+    pub max_uncompressed_batch_bytes: ByteSize,
     /// Upper bound on one fetch response (clients may ask for less).
     pub max_fetch_bytes: ByteSize,
     /// Longest long-poll a fetch may ask for.
@@ -255,6 +258,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_record_bytes: ByteSize::mib(1),
             max_batch_bytes: ByteSize::mib(16),
+            max_uncompressed_batch_bytes: ByteSize::mib(64),
             max_fetch_bytes: ByteSize::mib(8),
             max_fetch_wait: HumanDuration(Duration::from_secs(30)),
             max_inflight_produce_bytes: ByteSize::mib(256),
@@ -321,6 +325,9 @@ impl Config {
                 "limits.max_batch_bytes ({}) must be at least limits.max_record_bytes ({})",
                 l.max_batch_bytes, l.max_record_bytes
             ));
+        }
+        if l.max_uncompressed_batch_bytes.0 > 256 * 1024 * 1024 {
+            return bad("limits.max_uncompressed_batch_bytes may be at most 256MiB".into());
         }
         if l.max_batch_bytes.0 > 128 * 1024 * 1024 {
             return bad("limits.max_batch_bytes may be at most 128MiB".into());

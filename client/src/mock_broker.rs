@@ -228,7 +228,7 @@ impl State {
             ));
         };
         let mut bytes = req.batch.to_vec();
-        let header = batch::validate(&bytes, Limits { max_record_bytes: 1 << 20 })
+        let header = batch::validate(&bytes, Limits::new(1 << 20))
             .map_err(|e| item(tonic::Code::InvalidArgument, ErrorCode::CorruptBatch, e.to_string()))?;
         let count = header.record_count;
         let checked = match partition.check_sequence(&header) {

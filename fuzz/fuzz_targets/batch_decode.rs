@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use strata_proto::batch::{BatchIter, Limits, validate};
 
 fuzz_target!(|data: &[u8]| {
-    let validated = validate(data, Limits { max_record_bytes: 1 << 20 });
+    let validated = validate(data, Limits::new(1 << 20));
     let mut batches = BatchIter::new(Bytes::copy_from_slice(data));
     let first = batches.next();
     if let Ok(header) = validated {

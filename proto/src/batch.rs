@@ -104,8 +104,8 @@ pub enum BatchError {
     TimestampMismatch { declared: i64, actual: i64 },
     #[error("lz4 decompression failed: {0}")]
     Decompression(String),
-    #[error("decompressed size {0} exceeds the {MAX_UNCOMPRESSED_BYTES}-byte limit")]
-    DecompressedTooLarge(usize),
+    #[error("decompressed size {size} exceeds the {limit}-byte limit")]
+    DecompressedTooLarge { size: usize, limit: usize },
 }
 
 /// The decoded fixed header of a batch.
@@ -191,6 +191,18 @@ impl BatchHeader {
 pub struct Limits {
     /// Largest encoded record (key, value, headers and framing) accepted.
     pub max_record_bytes: usize,
+    /// Largest decompressed record area of a compressed batch: bounds the
+    /// memory one small compressed request can make the broker allocate.
+    pub max_uncompressed_bytes: usize,
+}
+
+impl Limits {
+    /// Default decompressed-size bound.
+    pub const DEFAULT_MAX_UNCOMPRESSED: usize = 64 * 1024 * 1024;
+
+    pub const fn new(max_record_bytes: usize) -> Limits {
+        Limits { max_record_bytes, max_uncompressed_bytes: Self::DEFAULT_MAX_UNCOMPRESSED }
+    }
 }
 
 /// Fully validates that `buf` is exactly one well-formed batch: length, magic,
@@ -216,7 +228,7 @@ pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
             last_delta: header.last_offset_delta,
         });
     }
-    let payload = decompress(compression, &buf[HEADER_LEN..])?;
+    let payload = decompress(compression, &buf[HEADER_LEN..], limits.max_uncompressed_bytes)?;
     let mut reader = RecordReader::new(&header, payload.as_ref());
     let mut max_ts = i64::MIN;
     let mut index = 0u32;
@@ -268,7 +280,7 @@ pub fn set_leader_epoch(buf: &mut [u8], epoch: u32) {
     buf[12..16].copy_from_slice(&epoch.to_le_bytes());
 }
 
-fn decompress(compression: Compression, data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, BatchError> {
+fn decompress(compression: Compression, data: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>, BatchError> {
     match compression {
         Compression::None => Ok(std::borrow::Cow::Borrowed(data)),
         Compression::Lz4 => {
@@ -276,8 +288,8 @@ fn decompress(compression: Compression, data: &[u8]) -> Result<std::borrow::Cow<
                 return Err(BatchError::Decompression("missing size prefix".into()));
             }
             let size = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-            if size > MAX_UNCOMPRESSED_BYTES {
-                return Err(BatchError::DecompressedTooLarge(size));
+            if size > limit.min(MAX_UNCOMPRESSED_BYTES) {
+                return Err(BatchError::DecompressedTooLarge { size, limit: limit.min(MAX_UNCOMPRESSED_BYTES) });
             }
             lz4_flex::block::decompress(&data[4..], size)
                 .map(std::borrow::Cow::Owned)
@@ -446,7 +458,9 @@ impl RawBatch {
         let compression = self.header.compression()?;
         let payload = match compression {
             Compression::None => self.bytes.slice(HEADER_LEN..),
-            Compression::Lz4 => Bytes::from(decompress(compression, &self.bytes[HEADER_LEN..])?.into_owned()),
+            Compression::Lz4 => {
+                Bytes::from(decompress(compression, &self.bytes[HEADER_LEN..], MAX_UNCOMPRESSED_BYTES)?.into_owned())
+            }
         };
         let mut reader = RecordReader::new(&self.header, &payload);
         // The count comes from the input: never let it size an allocation
@@ -662,7 +676,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: Limits = Limits { max_record_bytes: 1 << 20 };
+    const LIMITS: Limits = Limits::new(1 << 20);
 
     fn sample(compression: Compression) -> Bytes {
         let mut b = BatchBuilder::new(compression);
@@ -731,11 +745,22 @@ mod tests {
     }
 
     #[test]
+    fn decompressed_size_is_bounded() {
+        let mut b = BatchBuilder::new(Compression::Lz4);
+        b.push(1, None, Some(&[0u8; 100_000]), &[]);
+        let bytes = b.finish().unwrap();
+        assert!(bytes.len() < 10_000, "zeros compress well");
+        let tight = Limits { max_uncompressed_bytes: 50_000, ..LIMITS };
+        assert!(matches!(validate(&bytes, tight), Err(BatchError::DecompressedTooLarge { limit: 50_000, .. })));
+        validate(&bytes, LIMITS).unwrap();
+    }
+
+    #[test]
     fn record_limit_is_enforced() {
         let mut b = BatchBuilder::new(Compression::None);
         b.push(1, None, Some(&[0u8; 2000]), &[]);
         let bytes = b.finish().unwrap();
-        let err = validate(&bytes, Limits { max_record_bytes: 1000 }).unwrap_err();
+        let err = validate(&bytes, Limits::new(1000)).unwrap_err();
         assert!(matches!(err, BatchError::RecordTooLarge { index: 0, .. }), "{err}");
     }
 

@@ -6,7 +6,7 @@ use super::*;
 use proptest::prelude::*;
 use strata_proto::batch::{BatchBuilder, Compression, Limits, validate};
 
-const LIMITS: Limits = Limits { max_record_bytes: 1 << 20 };
+const LIMITS: Limits = Limits::new(1 << 20);
 
 fn config(segment_bytes: u64, durability: Durability) -> LogConfig {
     LogConfig {

@@ -398,7 +398,7 @@ mod tests {
         assert_eq!(batch.record_count, 2);
 
         batch.stamp(7, 3, Stamp { generation: 0, base_sequence: 40 });
-        let limits = strata_proto::batch::Limits { max_record_bytes: 1 << 20 };
+        let limits = strata_proto::batch::Limits::new(1 << 20);
         let header = strata_proto::batch::validate(batch.bytes().unwrap(), limits).unwrap();
         assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (7, 3, 40));
         assert_eq!(values(&batch), vec![b"a".to_vec(), b"b".to_vec()]);
