@@ -76,6 +76,12 @@ impl TestMember {
         }
     }
 
+    /// Commits `offset` for partition `partition` of topic `t` as this member.
+    async fn commit(&self, f: &Fixture, partition: u32, offset: u64) -> Result<(), BrokerError> {
+        let o = OffsetCommit { topic: "t".into(), partition, offset, metadata: String::new() };
+        f.coord.commit("", "g", &self.id, self.generation, vec![o]).await
+    }
+
     async fn next(&mut self, f: &Fixture) -> MemberEvent {
         let ev = self.rx.recv().await.expect("stream open");
         self.apply(f, ev.clone()).await;
@@ -276,16 +282,7 @@ async fn offsets_survive_a_restart_and_resets_are_refused_while_members_are_acti
     f.broker.produce("", "t", 0, b.finish().unwrap()).await.unwrap();
     let mut a = TestMember::join(&f, &["t"], SESSION).await;
     settle(&f, &mut [&mut a]).await;
-    f.coord
-        .commit(
-            "",
-            "g",
-            &a.id,
-            a.generation,
-            vec![OffsetCommit { topic: "t".into(), partition: 0, offset: 7, metadata: String::new() }],
-        )
-        .await
-        .unwrap();
+    a.commit(&f, 0, 7).await.unwrap();
     let err = f.coord.reset("", "g", "t", vec![], ResetTo::Earliest, false).await.unwrap_err();
     assert!(matches!(err, BrokerError::GroupNotEmpty { .. }), "{err}");
     let v = f.coord.describe("", "g").await.unwrap();
@@ -314,22 +311,8 @@ async fn a_forced_reset_removes_members_and_fences_their_commits() {
     let f = fixture(&[("t", 1)]).await;
     let mut a = TestMember::join(&f, &["t"], SESSION).await;
     settle(&f, &mut [&mut a]).await;
-    coord_reset_force(&f).await;
-    assert!(matches!(a.rx.recv().await, Some(MemberEvent::Removed { .. })));
-    let err = f
-        .coord
-        .commit(
-            "",
-            "g",
-            &a.id,
-            a.generation,
-            vec![OffsetCommit { topic: "t".into(), partition: 0, offset: 0, metadata: String::new() }],
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, BrokerError::UnknownMember { .. }), "{err}");
-}
-
-async fn coord_reset_force(f: &Fixture) {
     f.coord.reset("", "g", "t", vec![], ResetTo::Earliest, true).await.unwrap();
+    assert!(matches!(a.rx.recv().await, Some(MemberEvent::Removed { .. })));
+    let err = a.commit(&f, 0, 0).await.unwrap_err();
+    assert!(matches!(err, BrokerError::UnknownMember { .. }), "{err}");
 }
