@@ -2,8 +2,13 @@
 //! `OUT_DIR`, together with the encoded descriptor set used by gRPC reflection.
 use prost::Message;
 
-const PROTOS: &[&str] =
-    &["strata/v1/common.proto", "strata/v1/log.proto", "strata/v1/admin.proto", "strata/v1/groups.proto"];
+const PROTOS: &[&str] = &[
+    "strata/v1/common.proto",
+    "strata/v1/log.proto",
+    "strata/v1/admin.proto",
+    "strata/v1/groups.proto",
+    "strata/v1/queue.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
