@@ -380,6 +380,18 @@ impl Broker {
 
     // ---- administration -----------------------------------------------
 
+    /// Commits a catalog command for another domain module (queues).
+    pub(crate) async fn commit_catalog(&self, cmd: &CatalogCommand) -> Result<Applied, BrokerError> {
+        self.check_running()?;
+        let mut store = self.catalog.lock().await;
+        Ok(store.commit(cmd)?)
+    }
+
+    /// A copy of the catalog (it is small).
+    pub(crate) async fn catalog_snapshot(&self) -> crate::catalog::Catalog {
+        self.catalog.lock().await.catalog().clone()
+    }
+
     pub async fn create_tenant(&self, name: &str, if_not_exists: bool) -> Result<TenantView, BrokerError> {
         self.check_running()?;
         let name = TenantName::parse(name)?;
