@@ -633,7 +633,8 @@ impl QueueState {
         s.visible = self.ready.iter().map(|r| r.len() as u64).sum();
         s.in_flight = self.inflight.len() as u64;
         s.delayed = self.delayed.len() as u64;
-        s.oldest_age_ms = self.entries.values().map(|e| e.enqueued_at).min().map_or(0, |t| (now - t).max(0));
+        // Ids follow append order, so the first entry is the oldest.
+        s.oldest_age_ms = self.entries.values().next().map_or(0, |e| (now - e.enqueued_at).max(0));
         s
     }
 

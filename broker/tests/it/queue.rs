@@ -476,3 +476,48 @@ async fn sigkill_with_messages_in_flight_acked_and_dead_lettered() {
         assert_eq!(m.receipt.unwrap().delivery_count, want, "delivery count of {n} survives the crash");
     }
 }
+
+#[tokio::test]
+async fn snapshots_trim_finished_segments_and_restarts_keep_the_state() {
+    let mut b =
+        TestBroker::start_with(|c| c.topic_defaults.segment_bytes = strata_broker::config::ByteSize(4096)).await;
+    let mut c = queues(b.addr()).await;
+    create(&mut c, "big", QueueConfig::default()).await;
+    for chunk in 0..10 {
+        send(&mut c, "big", (0..100).map(|i| text(&format!("{:04}", chunk * 100 + i))).collect()).await;
+    }
+    let segments = |dir: &std::path::Path| {
+        walk_files(dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")).count()
+    };
+    let messages_dir = b.dir.path().join("queues");
+    let before = segments(&messages_dir);
+    let got = receive(&mut c, "big", 1000, 1000, Some(600_000)).await;
+    assert_eq!(got.len(), 1000);
+    ack(&mut c, "big", &got[..900]).await;
+    // A graceful restart snapshots the state and trims both logs.
+    b.restart().await;
+    let after = segments(&messages_dir);
+    assert!(after < before, "finished segments are deleted: {before} -> {after}");
+    let mut c = queues(b.addr()).await;
+    let s = describe(&mut c, "big").await.stats.unwrap();
+    assert_eq!((s.visible, s.acked_total, s.sent_total), (100, 900, 1000), "{s:?}");
+    let rest = receive(&mut c, "big", 1000, 1000, None).await;
+    assert_eq!(rest.iter().map(body).collect::<Vec<_>>(), (900..1000).map(|i| format!("{i:04}")).collect::<Vec<_>>());
+    ack(&mut c, "big", &rest[..50]).await;
+    b.restart().await;
+    let mut c = queues(b.addr()).await;
+    let rest = receive(&mut c, "big", 1000, 1000, None).await;
+    assert_eq!(rest.iter().map(body).collect::<Vec<_>>(), (950..1000).map(|i| format!("{i:04}")).collect::<Vec<_>>());
+    assert!(rest.iter().all(|m| m.receipt.unwrap().delivery_count == 3));
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk_files(&p)) } else { out.push(p) }
+        }
+    }
+    out
+}
