@@ -87,6 +87,7 @@ pub struct Broker {
     produce_budget: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     ready: AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
     _dir_lock: std::fs::File,
 }
 
@@ -151,12 +152,25 @@ impl Broker {
             topics: RwLock::new(topics),
             shutdown,
             ready: AtomicBool::new(true),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             _dir_lock: lock,
         }))
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Every topic's partitions with their stats (for metrics).
+    pub(crate) fn partition_stats(&self) -> Vec<(String, String, Vec<LogStats>)> {
+        read_lock(&self.topics)
+            .values()
+            .map(|t| (t.tenant.clone(), t.name.clone(), read_lock(&t.partitions).iter().map(|l| l.stats()).collect()))
+            .collect()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -301,12 +315,14 @@ impl Broker {
             .acquire_many_owned(batch.len().max(1) as u32)
             .await
             .map_err(|_| BrokerError::ShuttingDown)?;
+        let labels = crate::metrics::TopicLabels::from_resource(&resource);
         let limits = Limits {
             max_record_bytes: self.config.limits.max_record_bytes.0 as usize,
             max_uncompressed_bytes: self.config.limits.max_uncompressed_batch_bytes.0 as usize,
         };
         let log2 = log.clone();
         let res = resource.clone();
+        let bytes_len = batch.len() as u64;
         let appended = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
@@ -315,6 +331,11 @@ impl Broker {
         })
         .await
         .map_err(|e| BrokerError::InvalidRequest(format!("append task failed: {e}")))??;
+        if !appended.duplicate {
+            let n = appended.last_offset - appended.base_offset + 1;
+            self.metrics.messages_in.get_or_create(&labels).inc_by(n);
+            self.metrics.bytes_in.get_or_create(&labels).inc_by(bytes_len);
+        }
         Ok(PendingAppend {
             log,
             produced: Produced {

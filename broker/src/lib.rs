@@ -12,6 +12,7 @@ mod group;
 mod grpc;
 mod http;
 pub mod log;
+mod metrics;
 mod names;
 mod queue;
 
@@ -77,12 +78,18 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let coordinator = group::GroupCoordinator::new(broker.clone());
     let grpc = tokio::spawn(grpc::serve(
         broker.clone(),
-        coordinator,
+        coordinator.clone(),
         queues.clone(),
         grpc_listener,
         stopped(stop.subscribe()),
     ));
-    let http = tokio::spawn(http::serve(broker.clone(), http_listener, stopped(stop.subscribe())));
+    let http = tokio::spawn(http::serve(
+        broker.clone(),
+        queues.clone(),
+        coordinator,
+        http_listener,
+        stopped(stop.subscribe()),
+    ));
     tracing::info!(%grpc_addr, %http_addr, data_dir = %broker.config().storage.data_dir.display(), "strata-broker serving");
     Ok(RunningBroker { grpc_addr, http_addr, broker, queues, stop, grpc, http })
 }

@@ -216,6 +216,7 @@ async fn fetch_loop(
     tx: mpsc::Sender<Result<FetchResponse, Status>>,
 ) {
     let stop = broker.shutdown_signal();
+    let labels = crate::metrics::TopicLabels::from_resource(&resource);
     loop {
         if *stop.borrow() || tx.is_closed() {
             return;
@@ -249,6 +250,13 @@ async fn fetch_loop(
             continue;
         }
         next = read.next_offset;
+        let records: u64 = strata_proto::batch::BatchIter::new(read.records.clone())
+            .filter_map(Result::ok)
+            .map(|b| u64::from(b.header.record_count))
+            .sum();
+        let metrics = broker.metrics();
+        metrics.messages_out.get_or_create(&labels).inc_by(records);
+        metrics.bytes_out.get_or_create(&labels).inc_by(read.records.len() as u64);
         let resp = FetchResponse {
             partition,
             records: read.records,

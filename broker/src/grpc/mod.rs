@@ -53,6 +53,7 @@ pub(crate) async fn serve(
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(max_out);
     let mut builder = tonic::transport::Server::builder()
+        .layer(crate::metrics::RpcMetricsLayer(broker.metrics().clone()))
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024));

@@ -121,6 +121,7 @@ pub(crate) struct Queue {
     /// The timer waits here for earlier deadlines.
     changed: Notify,
     closed: AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Queue {
@@ -272,6 +273,7 @@ impl QueueManager {
             visible: Notify::new(),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
+            metrics: self.broker.metrics().clone(),
         }))
     }
 
@@ -658,6 +660,7 @@ impl QueueManager {
             let mut inner = q.lock();
             let depth = inner.q.len() as u64;
             if depth + batch.len() as u64 > limit {
+                q.metrics.rejections.get_or_create(&crate::metrics::RejectLabels { reason: "queue_full" }).inc();
                 return Err(BrokerError::QueueFull { queue: q.label(), messages: depth, limit });
             }
             let mut results = vec![Sent { id: 0, duplicate: false }; batch.len()];
@@ -711,6 +714,10 @@ impl QueueManager {
                 ids.push(id);
             }
             inner.q.counters.sent += ids.len() as u64;
+            let labels = crate::metrics::Metrics::queue(&q.tenant, &q.name);
+            q.metrics.queue_sent.get_or_create(&labels).inc_by(ids.len() as u64);
+            let bytes: usize = fresh.iter().map(|&i| batch[i].body.len()).sum();
+            q.metrics.queue_sent_bytes.get_or_create(&labels).inc_by(bytes as u64);
             // Duplicates inside this request point at their first copy.
             for (i, m) in batch.iter().enumerate() {
                 if results[i].duplicate
@@ -798,6 +805,15 @@ impl QueueManager {
             }
             if !leases.is_empty() {
                 q.changed.notify_one();
+                let labels = crate::metrics::Metrics::queue(&q.tenant, &q.name);
+                q.metrics.queue_delivered.get_or_create(&labels).inc_by(leases.len() as u64);
+                let again = leases.iter().filter(|l| l.deliveries > 1).count() as u64;
+                if again > 0 {
+                    q.metrics.queue_redelivered.get_or_create(&labels).inc_by(again);
+                }
+                if auto_ack {
+                    q.metrics.queue_acked.get_or_create(&labels).inc_by(leases.len() as u64);
+                }
                 let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
                 let records = read_records(&q, &ids).await?;
                 let mut out = Vec::with_capacity(leases.len());
@@ -874,6 +890,8 @@ impl QueueManager {
             if woke {
                 q.wake(true);
             }
+            let labels = crate::metrics::Metrics::queue(&q.tenant, &q.name);
+            q.metrics.queue_acked.get_or_create(&labels).inc_by(entry.acked.len() as u64);
             (failed, end)
         };
         self.wait_journal(&q, end).await?;
@@ -1001,6 +1019,8 @@ impl QueueManager {
             q.journal(&mut inner, &entry)?;
             drop(inner);
             q.wake(woke);
+            let labels = crate::metrics::Metrics::queue(&q.tenant, &q.name);
+            q.metrics.queue_dead_lettered.get_or_create(&labels).inc_by(items.len() as u64);
             Ok(())
         }
         .await;
@@ -1136,6 +1156,23 @@ impl QueueManager {
                 Ok(Err(e)) => tracing::warn!(queue = %q.label(), error = %e, "queue snapshot failed"),
                 Err(e) => tracing::warn!(queue = %q.label(), error = %e, "queue snapshot task failed"),
             }
+        }
+    }
+
+    /// Sets the queue gauges from the live state (at scrape time).
+    pub(crate) fn refresh_metrics(&self) {
+        let m = self.broker.metrics();
+        for g in [&m.queue_visible, &m.queue_in_flight, &m.queue_delayed, &m.queue_oldest_age] {
+            g.clear();
+        }
+        let now = now_ms();
+        for q in read_lock(&self.queues).values() {
+            let s = q.lock().q.stats(now);
+            let labels = crate::metrics::Metrics::queue(&q.tenant, &q.name);
+            m.queue_visible.get_or_create(&labels).set(s.visible as i64);
+            m.queue_in_flight.get_or_create(&labels).set(s.in_flight as i64);
+            m.queue_delayed.get_or_create(&labels).set(s.delayed as i64);
+            m.queue_oldest_age.get_or_create(&labels).set(s.oldest_age_ms / 1000);
         }
     }
 
