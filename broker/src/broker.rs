@@ -116,15 +116,18 @@ pub struct PendingAppend {
     produced: Produced,
     resource: String,
     _permit: OwnedSemaphorePermit,
+    /// Spans of the batch's sampled messages (tracing on).
+    traced: Option<crate::telemetry::Published>,
 }
 
 impl PendingAppend {
     /// Resolves once the batch is durable per the topic's durability mode.
     pub async fn wait(self) -> Result<Produced, BrokerError> {
-        self.log
-            .wait_durable(self.produced.last_offset + 1)
-            .await
-            .map_err(|source| BrokerError::Log { resource: self.resource.clone(), source })?;
+        let result = self.log.wait_durable(self.produced.last_offset + 1).await;
+        if let Some(t) = self.traced {
+            t.finish(result.as_ref().err().map(|e| e.to_string()).as_deref());
+        }
+        result.map_err(|source| BrokerError::Log { resource: self.resource.clone(), source })?;
         Ok(self.produced)
     }
 }
@@ -323,6 +326,8 @@ impl Broker {
         let log2 = log.clone();
         let res = resource.clone();
         let bytes_len = batch.len() as u64;
+        let traced = strata_proto::telemetry::enabled()
+            .then(|| crate::telemetry::batch_spans(&batch, "publish", &labels.topic, partition));
         let appended = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
@@ -331,6 +336,13 @@ impl Broker {
         })
         .await
         .map_err(|e| BrokerError::InvalidRequest(format!("append task failed: {e}")))??;
+        let traced = traced.filter(|s| !s.is_empty()).map(|mut spans| {
+            use strata_proto::telemetry::{Attribute, Span, attr};
+            for (delta, span) in &mut spans {
+                span.set_attribute(Attribute::new(attr::MESSAGE_ID, (appended.base_offset + *delta).to_string()));
+            }
+            crate::telemetry::Published::new(spans.into_iter().map(|(_, s)| s).collect(), &labels.topic)
+        });
         if !appended.duplicate {
             let n = appended.last_offset - appended.base_offset + 1;
             self.metrics.messages_in.get_or_create(&labels).inc_by(n);
@@ -346,6 +358,7 @@ impl Broker {
             },
             resource,
             _permit: permit,
+            traced,
         })
     }
 

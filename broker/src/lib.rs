@@ -15,6 +15,7 @@ pub mod log;
 mod metrics;
 mod names;
 mod queue;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -257,6 +257,8 @@ async fn fetch_loop(
         let metrics = broker.metrics();
         metrics.messages_out.get_or_create(&labels).inc_by(records);
         metrics.bytes_out.get_or_create(&labels).inc_by(read.records.len() as u64);
+        let delivered = strata_proto::telemetry::enabled()
+            .then(|| crate::telemetry::batch_spans(&read.records, "deliver", &labels.topic, partition));
         let resp = FetchResponse {
             partition,
             records: read.records,
@@ -264,7 +266,10 @@ async fn fetch_loop(
             log_start_offset: read.log_start,
             next_offset: next,
         };
-        if tx.send(Ok(resp)).await.is_err() || !follow {
+        let sent = tx.send(Ok(resp)).await;
+        // Deliver spans end once the batch is handed to the transport.
+        drop(delivered);
+        if sent.is_err() || !follow {
             return;
         }
     }

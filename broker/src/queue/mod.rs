@@ -727,13 +727,42 @@ impl QueueManager {
                     results[i].id = results[first].id;
                 }
             }
-            Ok((results, Some((ids, appended.last_offset + 1, synced))))
+            let traced = strata_proto::telemetry::enabled().then(|| {
+                let spans: Vec<_> = fresh
+                    .iter()
+                    .zip(&ids)
+                    .filter_map(|(&i, id)| {
+                        let m = &batch[i];
+                        crate::telemetry::message_span(
+                            m.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())),
+                            format!("publish {}", q.name),
+                            &q.name,
+                            vec![
+                                strata_proto::telemetry::Attribute::new(
+                                    strata_proto::telemetry::attr::MESSAGE_ID,
+                                    id.to_string(),
+                                ),
+                                strata_proto::telemetry::Attribute::new(
+                                    strata_proto::telemetry::attr::OPERATION_NAME,
+                                    "publish",
+                                ),
+                            ],
+                        )
+                    })
+                    .collect();
+                crate::telemetry::Published::new(spans, &q.name)
+            });
+            Ok((results, Some((ids, appended.last_offset + 1, synced, traced))))
         })
         .await
         .map_err(|e| BrokerError::InvalidRequest(format!("send task failed: {e}")))??;
-        if let Some((ids, end, synced)) = written {
+        if let Some((ids, end, synced, traced)) = written {
             if !synced {
-                q.messages.wait_durable(end).await.map_err(|e| q.log_error(e))?;
+                let durable = q.messages.wait_durable(end).await;
+                if let Some(t) = traced {
+                    t.finish(durable.as_ref().err().map(|e| e.to_string()).as_deref());
+                }
+                durable.map_err(|e| q.log_error(e))?;
                 let now = now_ms();
                 let mut inner = q.lock();
                 let mut woke = false;
@@ -743,6 +772,9 @@ impl QueueManager {
                 drop(inner);
                 q.wake(woke);
             } else {
+                if let Some(t) = traced {
+                    t.finish(None);
+                }
                 q.wake(true);
             }
         }
@@ -819,6 +851,21 @@ impl QueueManager {
                 let mut out = Vec::with_capacity(leases.len());
                 for l in leases {
                     let Some(r) = records.get(&l.id) else { continue };
+                    if strata_proto::telemetry::enabled() {
+                        use strata_proto::telemetry::{Attribute, attr};
+                        let verb = if l.deliveries > 1 { "redeliver" } else { "deliver" };
+                        // Ends at once: the span marks the hand-over.
+                        drop(crate::telemetry::message_span(
+                            r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())),
+                            format!("{verb} {}", q.name),
+                            &q.name,
+                            vec![
+                                Attribute::new(attr::MESSAGE_ID, l.id.to_string()),
+                                Attribute::new(attr::DELIVERY_COUNT, i64::from(l.deliveries)),
+                                Attribute::new(attr::OPERATION_NAME, verb),
+                            ],
+                        ));
+                    }
                     let mut m = to_received(r);
                     m.receipt = Some(Receipt { message_id: l.id, delivery_count: l.deliveries });
                     m.visible_until_ms = if auto_ack { 0 } else { l.deadline };
@@ -997,6 +1044,20 @@ impl QueueManager {
                 meta.not_before = 0;
                 meta.expires_at = 0;
                 meta.dedup_id.clear();
+                if strata_proto::telemetry::enabled() {
+                    use strata_proto::telemetry::{Attribute, attr};
+                    drop(crate::telemetry::message_span(
+                        r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())),
+                        format!("dead_letter {}", q.name),
+                        &q.name,
+                        vec![
+                            Attribute::new(attr::MESSAGE_ID, d.id.to_string()),
+                            Attribute::new(attr::DELIVERY_COUNT, i64::from(d.deliveries)),
+                            Attribute::new(attr::DEAD_LETTER_REASON, d.reason.clone()),
+                            Attribute::new(attr::OPERATION_NAME, "dead_letter"),
+                        ],
+                    ));
+                }
                 let mut headers = user_headers(r);
                 headers.retain(|(k, _)| {
                     !k.starts_with("x-strata-dead-letter-") && !k.starts_with("x-strata-original-") && k != H_DELIVERIES
