@@ -18,6 +18,8 @@ pub enum BrokerError {
     UnknownPartition { tenant: String, topic: String, partition: u32, partitions: u32 },
     #[error("invalid topic configuration: {0}")]
     InvalidConfig(String),
+    #[error("invalid queue configuration: {0}")]
+    InvalidQueueConfig(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("record batch for {resource} rejected: {source}")]

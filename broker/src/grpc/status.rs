@@ -55,7 +55,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         BrokerError::UnknownPartition { tenant, topic, partition, .. } => {
             (Code::NotFound, E::UnknownPartition, format!("{tenant}/{topic}/{partition}"))
         }
-        BrokerError::InvalidConfig(_) => (Code::InvalidArgument, E::InvalidConfig, String::new()),
+        BrokerError::InvalidConfig(_) | BrokerError::InvalidQueueConfig(_) => {
+            (Code::InvalidArgument, E::InvalidConfig, String::new())
+        }
         BrokerError::InvalidRequest(_) => (Code::InvalidArgument, E::InvalidRequest, String::new()),
         BrokerError::Batch { resource, source } => match source {
             BatchError::RecordTooLarge { .. } => (Code::InvalidArgument, E::RecordTooLarge, resource.clone()),

@@ -331,7 +331,7 @@ impl QueueManager {
             priorities: o.priorities.unwrap_or(base.priorities),
             durability: o.durability.unwrap_or(base.durability),
         };
-        let bad = |m: String| Err(BrokerError::InvalidConfig(m));
+        let bad = |m: String| Err(BrokerError::InvalidQueueConfig(m));
         if !(1..=MAX_VISIBILITY_MS).contains(&s.visibility_timeout_ms) {
             return bad(format!(
                 "visibility_timeout_ms must be between 1 and {MAX_VISIBILITY_MS} (12 h), got {}",
@@ -1033,7 +1033,7 @@ impl QueueManager {
         let dlq_name = q.lock().q.settings().dead_letter_queue.clone();
         let now = now_ms();
         let result: Result<(), BrokerError> = async {
-            let dlq_name = dlq_name.ok_or_else(|| BrokerError::InvalidConfig("no dead-letter queue".into()))?;
+            let dlq_name = dlq_name.ok_or_else(|| BrokerError::InvalidQueueConfig("no dead-letter queue".into()))?;
             let dlq = self.queue(&q.tenant, &dlq_name)?;
             let ids: Vec<u64> = items.iter().map(|d| d.id).collect();
             let records = read_records(q, &ids).await?;
@@ -1496,7 +1496,7 @@ fn info_of(meta: &MessageMeta, enqueued_at: i64) -> MessageInfo {
 
 fn check_duration(field: &str, v: i64) -> Result<(), BrokerError> {
     if !(0..=MAX_DURATION_MS).contains(&v) {
-        return Err(BrokerError::InvalidConfig(format!(
+        return Err(BrokerError::InvalidQueueConfig(format!(
             "{field} must be between 0 and {MAX_DURATION_MS} ms (365 days), got {v}"
         )));
     }

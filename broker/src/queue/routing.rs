@@ -24,7 +24,7 @@ use crate::log::LogError;
 
 /// Checks a filter before it is stored.
 pub(crate) fn validate_filter(f: &BindingFilter) -> Result<(), BrokerError> {
-    let bad = |m: String| Err(BrokerError::InvalidConfig(m));
+    let bad = |m: String| Err(BrokerError::InvalidQueueConfig(m));
     if f.key.is_some() && f.pattern.is_some() {
         return bad("a binding filters by key or by pattern, not both".into());
     }
