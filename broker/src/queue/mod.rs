@@ -31,7 +31,7 @@ use strata_proto::batch::{BatchBuilder, BatchIter, Compression, Record};
 use strata_proto::v1::{MessageHeader, OutgoingMessage, Receipt, ReceivedMessage};
 use tokio::sync::Notify;
 
-use crate::broker::{Broker, now_ms};
+use crate::broker::{Broker, now_ms, read_lock, write_lock};
 use crate::catalog::{Applied, BindingFilter, CatalogCommand, QueueRecord, QueueSettings, TtlAction, queue_dir};
 use crate::error::BrokerError;
 use crate::log::{Durability, LogConfig, LogError, PartitionLog};
@@ -192,14 +192,6 @@ impl std::fmt::Debug for QueueManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueManager").finish()
     }
-}
-
-fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -11,6 +11,21 @@ use strata_proto::v1::{
 use crate::api::http_get;
 use crate::harness::*;
 
+fn recv(queue: &str, max_messages: u32) -> ReceiveRequest {
+    ReceiveRequest {
+        tenant: String::new(),
+        queue: queue.into(),
+        max_messages,
+        wait_ms: 1000,
+        visibility_timeout_ms: None,
+        auto_ack: false,
+    }
+}
+
+fn create_req(name: impl Into<String>, config: QueueConfig) -> CreateQueueRequest {
+    CreateQueueRequest { tenant: String::new(), name: name.into(), config: Some(config), if_not_exists: false }
+}
+
 /// Parses the Prometheus text format into `name{labels}` -> value.
 fn parse(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
@@ -57,29 +72,10 @@ async fn metrics_match_a_known_workload() {
     assert_eq!(read.len(), 30);
 
     let mut q = QueuesClient::new(channel(b.addr()).await);
-    q.create_queue(CreateQueueRequest {
-        tenant: String::new(),
-        name: "jobs".into(),
-        config: Some(QueueConfig::default()),
-        if_not_exists: false,
-    })
-    .await
-    .unwrap();
+    q.create_queue(create_req("jobs", QueueConfig::default())).await.unwrap();
     let msgs = (0..7).map(|i| OutgoingMessage { body: Bytes::from(format!("j{i}")), ..Default::default() }).collect();
     q.send(SendRequest { tenant: String::new(), queue: "jobs".into(), messages: msgs }).await.unwrap();
-    let got = q
-        .receive(ReceiveRequest {
-            tenant: String::new(),
-            queue: "jobs".into(),
-            max_messages: 10,
-            wait_ms: 1000,
-            visibility_timeout_ms: None,
-            auto_ack: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
+    let got = q.receive(recv("jobs", 10)).await.unwrap().into_inner().messages;
     assert_eq!(got.len(), 7);
     let receipts = got[..4].iter().map(|m| m.receipt.unwrap()).collect();
     q.ack(AckRequest { tenant: String::new(), queue: "jobs".into(), receipts }).await.unwrap();
@@ -92,19 +88,7 @@ async fn metrics_match_a_known_workload() {
     })
     .await
     .unwrap();
-    let again = q
-        .receive(ReceiveRequest {
-            tenant: String::new(),
-            queue: "jobs".into(),
-            max_messages: 10,
-            wait_ms: 1000,
-            visibility_timeout_ms: None,
-            auto_ack: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
+    let again = q.receive(recv("jobs", 10)).await.unwrap().into_inner().messages;
     assert_eq!(again.len(), 1);
     // Over the limit of 10 messages per queue: refused and counted.
     let more = (0..8).map(|i| OutgoingMessage { body: Bytes::from(format!("x{i}")), ..Default::default() }).collect();
@@ -118,14 +102,7 @@ async fn metrics_match_a_known_workload() {
             QueueConfig { max_deliveries: Some(1), dead_letter_queue: Some("parked".into()), ..Default::default() },
         ),
     ] {
-        q.create_queue(CreateQueueRequest {
-            tenant: String::new(),
-            name: name.into(),
-            config: Some(config),
-            if_not_exists: false,
-        })
-        .await
-        .unwrap();
+        q.create_queue(create_req(name, config)).await.unwrap();
     }
     q.send(SendRequest {
         tenant: String::new(),
@@ -134,19 +111,7 @@ async fn metrics_match_a_known_workload() {
     })
     .await
     .unwrap();
-    let f = q
-        .receive(ReceiveRequest {
-            tenant: String::new(),
-            queue: "fragile".into(),
-            max_messages: 1,
-            wait_ms: 1000,
-            visibility_timeout_ms: None,
-            auto_ack: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
+    let f = q.receive(recv("fragile", 1)).await.unwrap().into_inner().messages;
     q.nack(NackRequest {
         tenant: String::new(),
         queue: "fragile".into(),

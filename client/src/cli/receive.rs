@@ -7,8 +7,8 @@ use std::io::{self, Write as _};
 use std::time::Duration;
 
 use strata_client::{Client, Delivery, MAX_RECEIVE_MESSAGES};
-use tokio::sync::watch;
 
+use super::consume::stop_on_ctrl_c;
 use super::parse;
 
 #[derive(Debug, clap::Args)]
@@ -96,17 +96,6 @@ fn print(out: &mut impl io::Write, deliveries: &[Delivery]) -> io::Result<()> {
         out.write_all(b"\n")?;
     }
     out.flush()
-}
-
-/// Ctrl-C stops the loop cleanly, between batches.
-fn stop_on_ctrl_c() -> watch::Receiver<bool> {
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop_tx.send(true);
-        }
-    });
-    stop
 }
 
 #[cfg(test)]

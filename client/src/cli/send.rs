@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use super::parse;
+use super::produce::strip_line_ending;
 
 /// Lines per `Send` request.
 const BATCH_LINES: usize = 500;
@@ -167,12 +168,6 @@ fn not_acknowledged(first: u64, last: u64, error: &str) -> anyhow::Error {
     } else {
         anyhow::anyhow!("lines {first} to {last} were not acknowledged: {error}")
     }
-}
-
-/// The line without its `\n` (or `\r\n`).
-fn strip_line_ending(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 #[cfg(test)]

@@ -174,18 +174,25 @@ pub fn traced_cli(url: &str, collector: SocketAddr, service: &str, args: &[&str]
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A collector and a traced broker; `None` (after saying why) when the
+/// broker binary is not built.
+pub async fn traced_setup() -> Option<(Collector, SocketAddr, TracedBroker)> {
+    let Some(bin) = broker_binary() else {
+        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
+        return None;
+    };
+    let (collector, caddr) = Collector::start().await;
+    let broker = tokio::task::block_in_place(|| start_traced_broker(&bin, caddr, &[]));
+    Some((collector, caddr, broker))
+}
+
 pub fn is_kind(s: &Got, kind: SpanKind) -> bool {
     s.kind == kind as i32
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_message_is_traced_from_producer_through_broker_to_consumer() {
-    let Some(bin) = broker_binary() else {
-        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
-        return;
-    };
-    let (collector, caddr) = Collector::start().await;
-    let broker = tokio::task::block_in_place(|| start_traced_broker(&bin, caddr, &[]));
+    let Some((collector, caddr, broker)) = traced_setup().await else { return };
     let url = broker.url.clone();
     tokio::task::block_in_place(|| {
         traced_cli(&url, caddr, "ops", &["topic", "create", "orders", "--partitions", "1"], "");
@@ -225,12 +232,7 @@ async fn a_topic_message_is_traced_from_producer_through_broker_to_consumer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_message_is_traced_through_redelivery_and_dead_lettering() {
-    let Some(bin) = broker_binary() else {
-        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
-        return;
-    };
-    let (collector, caddr) = Collector::start().await;
-    let broker = tokio::task::block_in_place(|| start_traced_broker(&bin, caddr, &[]));
+    let Some((collector, caddr, broker)) = traced_setup().await else { return };
     let url = broker.url.clone();
     tokio::task::block_in_place(|| {
         traced_cli(&url, caddr, "ops", &["queue", "create", "parked"], "");
