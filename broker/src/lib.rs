@@ -13,6 +13,7 @@ mod grpc;
 mod http;
 pub mod log;
 mod names;
+mod tier;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         let _ = rx.wait_for(|s| *s).await;
     };
     tokio::spawn(broker.clone().maintenance_loop());
+    tokio::spawn(broker.clone().upload_loop());
     let coordinator = group::GroupCoordinator::new(broker.clone());
     let grpc = tokio::spawn(grpc::serve(broker.clone(), coordinator, grpc_listener, stopped(stop.subscribe())));
     let http = tokio::spawn(http::serve(broker.clone(), http_listener, stopped(stop.subscribe())));

@@ -24,6 +24,10 @@ struct Args {
     /// Directory for the log segments and the catalog.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Object store for tiered storage: s3://bucket/prefix, gs://..., az://...,
+    /// file:///path, memory:// or none (default: file://<data-dir>/cold).
+    #[arg(long, value_name = "URL")]
+    cold_store: Option<String>,
     /// gRPC listen address.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -46,6 +50,9 @@ fn load(args: &Args) -> Result<Config, String> {
     let mut config = Config::load(args.config.as_deref(), &env).map_err(|e| e.to_string())?;
     if let Some(d) = &args.data_dir {
         config.storage.data_dir = d.clone();
+    }
+    if let Some(u) = &args.cold_store {
+        config.tier.cold_store = u.clone();
     }
     if let Some(a) = args.listen {
         config.server.listen = a;

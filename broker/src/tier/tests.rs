@@ -1,0 +1,1 @@
+//! Tier conformance suite.
