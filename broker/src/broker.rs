@@ -612,6 +612,18 @@ impl Broker {
                 return bad(format!("{field} must be -1 (unlimited) or positive, got {v}"));
             }
         }
+        if s.local_retention_ms >= 0 && s.retention_ms >= 0 && s.local_retention_ms > s.retention_ms {
+            return bad(format!(
+                "local_retention_ms ({}) must not exceed retention_ms ({})",
+                s.local_retention_ms, s.retention_ms
+            ));
+        }
+        if s.local_retention_bytes >= 0 && s.retention_bytes >= 0 && s.local_retention_bytes > s.retention_bytes {
+            return bad(format!(
+                "local_retention_bytes ({}) must not exceed retention_bytes ({})",
+                s.local_retention_bytes, s.retention_bytes
+            ));
+        }
         if !(MIN_SEGMENT_BYTES..=(1 << 31)).contains(&s.segment_bytes) {
             return bad(format!(
                 "segment_bytes must be between {MIN_SEGMENT_BYTES} and {} bytes, got {}",
