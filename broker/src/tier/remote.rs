@@ -60,7 +60,7 @@ impl BlockCache {
         self.block
     }
 
-    fn get(&self, key: &BlockKey) -> Option<Bytes> {
+    pub(super) fn get(&self, key: &BlockKey) -> Option<Bytes> {
         let mut c = lock(&self.inner);
         c.tick += 1;
         let tick = c.tick;
@@ -74,7 +74,7 @@ impl BlockCache {
         Some(bytes)
     }
 
-    fn insert(&self, key: BlockKey, bytes: Bytes) {
+    pub(super) fn insert(&self, key: BlockKey, bytes: Bytes) {
         let len = bytes.len() as u64;
         if len > self.capacity {
             return;
@@ -98,7 +98,7 @@ impl BlockCache {
     }
 
     /// Drops every cached block of an object (after it was deleted).
-    fn evict_object(&self, object: &str) {
+    pub(super) fn evict_object(&self, object: &str) {
         let mut c = lock(&self.inner);
         let keys: Vec<BlockKey> = c.map.keys().filter(|(o, _)| o == object).cloned().collect();
         for k in keys {
