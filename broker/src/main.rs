@@ -71,8 +71,16 @@ fn load(args: &Args) -> Result<Config, String> {
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .map_err(|e| format!("invalid log level {:?}: {e}", config.log.level))?;
+    // object_store reports each retry at INFO; the broker logs the outcome
+    // itself (and a refused start must stay one line), so keep it quieter
+    // unless the filter names it.
+    if !config.log.level.contains("object_store")
+        && let Ok(d) = "object_store=warn".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

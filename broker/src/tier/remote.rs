@@ -152,9 +152,9 @@ impl RemotePartition {
         prefix: Path,
     ) -> Result<RemotePartition, TierError> {
         let key = manifest_key(&prefix);
-        let manifest = match store.store.get(&key).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(|e| store_error(&key, e))?;
+        let manifest = match store.store.head(&key).await {
+            Ok(meta) => {
+                let bytes = store.store.get_range(&key, 0..meta.size).await.map_err(|e| store_error(&key, e))?;
                 Manifest::decode(&bytes).map_err(|reason| TierError::Manifest { key: key.to_string(), reason })?
             }
             Err(object_store::Error::NotFound { .. }) => Manifest::empty(),
@@ -188,7 +188,7 @@ impl RemotePartition {
     /// only then makes it the one readers see. Call with `writer` held.
     pub(crate) async fn publish(&self, next: Manifest) -> Result<(), TierError> {
         let key = manifest_key(&self.prefix);
-        self.store.store.put(&key, PutPayload::from(next.encode())).await.map_err(|e| store_error(&key, e))?;
+        self.store.upload_store.put(&key, PutPayload::from(next.encode())).await.map_err(|e| store_error(&key, e))?;
         self.store.make_durable(&key).await?;
         *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(())

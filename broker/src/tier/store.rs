@@ -29,6 +29,9 @@ const MAX_STORE_REQUESTS: usize = 64;
 #[derive(Debug)]
 pub(crate) struct ColdStore {
     pub store: Arc<dyn ObjectStore>,
+    /// The same store, for segment and manifest uploads (with injected
+    /// latency when `tier.inject_put_latency` is set).
+    pub upload_store: Arc<dyn ObjectStore>,
     /// The URL as configured, for messages (never holds credentials: those
     /// come from the environment or the config file).
     pub url: String,
@@ -125,14 +128,16 @@ impl ColdStore {
         };
         let store: Arc<dyn ObjectStore> =
             if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix.as_str())) };
-        let store: Arc<dyn ObjectStore> = if cfg.inject_put_latency.0.is_zero() {
-            store
+        let store: Arc<dyn ObjectStore> = Arc::new(LimitStore::new(store, MAX_STORE_REQUESTS));
+        // Fault injection wraps only the upload path: ThrottledStore cannot
+        // serve reads of a `file://` store (it does not stream file payloads).
+        let upload_store: Arc<dyn ObjectStore> = if cfg.inject_put_latency.0.is_zero() {
+            store.clone()
         } else {
             let throttle = ThrottleConfig { wait_put_per_call: cfg.inject_put_latency.0, ..Default::default() };
-            Arc::new(ThrottledStore::new(store, throttle))
+            Arc::new(ThrottledStore::new(store.clone(), throttle))
         };
-        let store = Arc::new(LimitStore::new(store, MAX_STORE_REQUESTS));
-        Ok(ColdStore { store, url: url.to_owned(), local_root })
+        Ok(ColdStore { store, upload_store, url: url.to_owned(), local_root })
     }
 
     /// Proves the store usable before the broker serves: writes, reads back
@@ -143,7 +148,9 @@ impl ColdStore {
         let payload = Bytes::from_static(b"strata cold-tier probe");
         let fail = |e: object_store::Error| TierError::Unusable { url: self.url.clone(), reason: one_line(&e) };
         self.store.put(&key, PutPayload::from(payload.clone())).await.map_err(fail)?;
-        let back = self.store.get(&key).await.map_err(fail)?.bytes().await.map_err(fail)?;
+        // Range reads only: they are what the read path uses (and the
+        // fault-injecting ThrottledStore cannot stream a whole `file://` get).
+        let back = self.store.get_range(&key, 0..payload.len() as u64).await.map_err(fail)?;
         if back != payload {
             return Err(TierError::Unusable {
                 url: self.url.clone(),

@@ -56,7 +56,7 @@ pub(crate) async fn upload_segment(
     }
     let store = &remote.store;
     let ikey = index_key(&remote.prefix, seg.base_offset);
-    store.store.put(&ikey, PutPayload::from(index_bytes.clone())).await.map_err(|e| store_error(&ikey, e))?;
+    store.upload_store.put(&ikey, PutPayload::from(index_bytes.clone())).await.map_err(|e| store_error(&ikey, e))?;
     store.make_durable(&ikey).await?;
 
     let lkey = log_key(&remote.prefix, seg.base_offset);
@@ -70,10 +70,10 @@ pub(crate) async fn upload_segment(
     if seg.size <= limits.multipart_threshold {
         let mut buf = vec![0u8; seg.size as usize];
         file.read_exact(&mut buf).await.map_err(local)?;
-        store.store.put(&lkey, PutPayload::from(buf)).await.map_err(|e| store_error(&lkey, e))?;
+        store.upload_store.put(&lkey, PutPayload::from(buf)).await.map_err(|e| store_error(&lkey, e))?;
     } else {
         // Memory stays at about part_bytes × part_concurrency per upload.
-        let upload = store.store.put_multipart(&lkey).await.map_err(|e| store_error(&lkey, e))?;
+        let upload = store.upload_store.put_multipart(&lkey).await.map_err(|e| store_error(&lkey, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, limits.part_bytes as usize);
         let mut remaining = seg.size;
         let mut chunk = vec![0u8; limits.part_bytes as usize];
