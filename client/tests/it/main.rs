@@ -6,6 +6,7 @@ mod acceptance;
 mod group_cli;
 mod groups;
 mod idempotence;
+mod tier;
 
 use std::collections::HashMap;
 use std::io::Write as _;
