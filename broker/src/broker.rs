@@ -226,7 +226,10 @@ impl Broker {
                 continue;
             }
             let cfg = log.config();
-            match remote.apply_retention(now_ms, cfg.retention_ms, cfg.retention_bytes, log.pending_upload_bytes()).await {
+            match remote
+                .apply_retention(now_ms, cfg.retention_ms, cfg.retention_bytes, log.pending_upload_bytes())
+                .await
+            {
                 Ok(deleted) if !deleted.is_empty() => {
                     tracing::info!(dir = %log.dir().display(), segments = ?deleted, "retention deleted remote segments");
                 }
@@ -493,7 +496,9 @@ impl Broker {
                 .await
                 .map_err(|e| BrokerError::InvalidRequest(format!("read task failed: {e}")))?;
             match result {
-                Err(LogError::OffsetOutOfRange { requested, .. }) if log.remote().is_some() && requested < log.local_start() => {
+                Err(LogError::OffsetOutOfRange { requested, .. })
+                    if log.remote().is_some() && requested < log.local_start() =>
+                {
                     continue;
                 }
                 Ok(mut r) => {
@@ -739,9 +744,10 @@ impl Broker {
         if let Some(tier) = &self.tier {
             for (i, log) in logs.iter().enumerate() {
                 let prefix = remote_prefix(log, first + i as u32);
-                let remote = RemotePartition::load(tier.store.clone(), tier.cache.clone(), prefix)
-                    .await
-                    .map_err(|e| BrokerError::Log { resource: log.dir().display().to_string(), source: tier_to_log_error(e) })?;
+                let remote =
+                    RemotePartition::load(tier.store.clone(), tier.cache.clone(), prefix).await.map_err(|e| {
+                        BrokerError::Log { resource: log.dir().display().to_string(), source: tier_to_log_error(e) }
+                    })?;
                 log.set_remote(Arc::new(remote));
             }
         }
@@ -911,7 +917,7 @@ fn open_blocking(config: &Config) -> Result<Opened, OpenError> {
                 let pdir = dir.join(p.to_string());
                 let (log, report) =
                     PartitionLog::open(&pdir, record.settings.log_config(interval, config.tier.enabled()), now_ms())
-                    .map_err(|source| OpenError::Recovery { path: pdir.clone(), source })?;
+                        .map_err(|source| OpenError::Recovery { path: pdir.clone(), source })?;
                 for why in &report.truncated {
                     tracing::warn!(partition = %pdir.display(), "recovery truncated {why}");
                 }
@@ -954,7 +960,8 @@ fn remove_orphans(root: &Path, expected: &std::collections::HashSet<PathBuf>) {
 /// (`topics/<tenant>/<topic>.<id>/<partition>`): the remote layout mirrors
 /// the local one.
 fn remote_prefix(log: &PartitionLog, partition: u32) -> object_store::path::Path {
-    let name = |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name =
+        |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let topic_dir = name(log.dir().parent());
     let tenant = name(log.dir().parent().and_then(Path::parent));
     let (topic, id) = topic_dir.rsplit_once('.').unwrap_or((&topic_dir, "0"));
@@ -965,7 +972,9 @@ fn remote_prefix(log: &PartitionLog, partition: u32) -> object_store::path::Path
 /// corruption (DATA_LOSS), everything else is a storage failure.
 fn tier_to_log_error(e: TierError) -> LogError {
     match e {
-        TierError::Corrupt { key, position, reason } => LogError::Corrupt { path: PathBuf::from(key), position, reason },
+        TierError::Corrupt { key, position, reason } => {
+            LogError::Corrupt { path: PathBuf::from(key), position, reason }
+        }
         TierError::Manifest { key, reason } => LogError::Corrupt { path: PathBuf::from(key), position: 0, reason },
         TierError::Local { path, source } => LogError::Io { path, source },
         other => LogError::Io { path: PathBuf::from("cold tier"), source: std::io::Error::other(other.to_string()) },
@@ -978,7 +987,9 @@ async fn attach_tiers(tier: &Arc<Tier>, topics: &HashMap<TopicKey, Arc<TopicStat
     use futures::StreamExt;
     let logs: Vec<(Arc<PartitionLog>, u32)> = topics
         .values()
-        .flat_map(|t| read_lock(&t.partitions).iter().enumerate().map(|(p, l)| (l.clone(), p as u32)).collect::<Vec<_>>())
+        .flat_map(|t| {
+            read_lock(&t.partitions).iter().enumerate().map(|(p, l)| (l.clone(), p as u32)).collect::<Vec<_>>()
+        })
         .collect();
     let mut loads = futures::stream::iter(logs.into_iter().map(|(log, p)| {
         let tier = tier.clone();

@@ -278,7 +278,7 @@ impl TierConfig {
     pub fn cold_store_url(&self, data_dir: &Path) -> String {
         if self.cold_store.trim().is_empty() {
             let dir = std::path::absolute(data_dir.join("cold")).unwrap_or_else(|_| data_dir.join("cold"));
-            format!("file://{}", dir.display())
+            url::Url::from_file_path(&dir).map_or_else(|()| format!("file://{}", dir.display()), String::from)
         } else {
             self.cold_store.trim().to_owned()
         }

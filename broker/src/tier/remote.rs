@@ -230,7 +230,13 @@ impl RemotePartition {
         }
     }
 
-    async fn read_from(&self, seg: &RemoteSegment, mut pos: u64, from: u64, max_bytes: usize) -> Result<SegRead, TierError> {
+    async fn read_from(
+        &self,
+        seg: &RemoteSegment,
+        mut pos: u64,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<SegRead, TierError> {
         let key = log_key(&self.prefix, seg.base_offset);
         let end = seg.log_size;
         let corrupt = |position: u64, reason: String| TierError::Corrupt { key: key.to_string(), position, reason };
@@ -432,13 +438,8 @@ impl RemotePartition {
             named.insert(log_key(&self.prefix, s.base_offset));
             named.insert(index_key(&self.prefix, s.base_offset));
         }
-        let listed: Vec<object_store::ObjectMeta> = self
-            .store
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(|e| store_error(&self.prefix, e))?;
+        let listed: Vec<object_store::ObjectMeta> =
+            self.store.store.list(Some(&self.prefix)).try_collect().await.map_err(|e| store_error(&self.prefix, e))?;
         let mut removed = Vec::new();
         for meta in listed {
             if !named.contains(&meta.location) {
@@ -467,7 +468,11 @@ async fn fetch_block(store: &ColdStore, key: &Path, size: u64, i: u64, block: u6
         return Err(TierError::Corrupt {
             key: key.to_string(),
             position: start,
-            reason: format!("range read returned {} bytes, {} expected (object shorter than the manifest says)", bytes.len(), end - start),
+            reason: format!(
+                "range read returned {} bytes, {} expected (object shorter than the manifest says)",
+                bytes.len(),
+                end - start
+            ),
         });
     }
     Ok(bytes)

@@ -93,7 +93,8 @@ async fn conformance(url: &str, cfg: TierConfig) {
     let prefix = partition_prefix("default", "orders", 7, 0);
     let remote = RemotePartition::load(store.clone(), cache.clone(), prefix.clone()).await.unwrap();
     assert_eq!(remote.range().segments, 0, "a partition with no manifest has an empty tier");
-    let limits = UploadLimits { multipart_threshold: cfg.multipart_threshold.0, part_bytes: 5 << 20, part_concurrency: 2 };
+    let limits =
+        UploadLimits { multipart_threshold: cfg.multipart_threshold.0, part_bytes: 5 << 20, part_concurrency: 2 };
     let mut uploaded = 0;
     let mut after = 0;
     log.set_remote(Arc::new(RemotePartition::load(store.clone(), cache.clone(), prefix.clone()).await.unwrap()));
@@ -174,9 +175,8 @@ async fn conformance(url: &str, cfg: TierConfig) {
     let mut bytes = store.store.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
     bytes[200] ^= 0x40;
     store.store.put(&key, PutPayload::from(bytes)).await.unwrap();
-    let fresh = RemotePartition::load(store.clone(), Arc::new(BlockCache::new(1 << 20, 4096)), prefix.clone())
-        .await
-        .unwrap();
+    let fresh =
+        RemotePartition::load(store.clone(), Arc::new(BlockCache::new(1 << 20, 4096)), prefix.clone()).await.unwrap();
     match fresh.read(0, 1 << 20).await {
         Err(TierError::Corrupt { reason, .. }) => assert!(reason.contains("CRC"), "{reason}"),
         other => panic!("expected a CRC error, got {other:?}"),
@@ -269,7 +269,9 @@ fn manifest_round_trip_and_checks() {
     assert_eq!(back.segment_at_or_after(15).unwrap().base_offset, 20, "a gap continues at the next segment");
     assert!(back.segment_at_or_after(30).is_none());
     let text = String::from_utf8(m.encode().to_vec()).unwrap();
-    assert!(Manifest::decode(text.replace("\"version\": 1", "\"version\": 2").as_bytes()).unwrap_err().contains("version"));
+    assert!(
+        Manifest::decode(text.replace("\"version\": 1", "\"version\": 2").as_bytes()).unwrap_err().contains("version")
+    );
     assert!(Manifest::decode(text.replace("strata-tier-manifest", "other").as_bytes()).is_err());
     assert!(Manifest::decode(text.replace("\"base_offset\": 20", "\"base_offset\": 5").as_bytes()).is_err(), "overlap");
     assert!(Manifest::decode(b"{not json").is_err());

@@ -23,11 +23,7 @@ fn tiered_topic(name: &str) -> CreateTopicRequest {
     CreateTopicRequest {
         name: name.into(),
         partitions: 1,
-        config: Some(TopicConfig {
-            segment_bytes: Some(4096),
-            local_retention_ms: Some(1),
-            ..Default::default()
-        }),
+        config: Some(TopicConfig { segment_bytes: Some(4096), local_retention_ms: Some(1), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -86,9 +82,10 @@ fn manifest(partition_dir: &Path) -> Option<BTreeMap<u64, (u64, u64, u64)>> {
 /// The one partition directory of topic `t` in a `file://` cold store.
 fn cold_partition_dir(cold: &Path, topic: &str) -> Option<PathBuf> {
     let tenant = cold.join("default");
-    let dir = std::fs::read_dir(&tenant).ok()?.flatten().find(|e| {
-        e.file_name().to_string_lossy().starts_with(&format!("{topic}."))
-    })?;
+    let dir = std::fs::read_dir(&tenant)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{topic}.")))?;
     Some(dir.path().join("0"))
 }
 
@@ -435,7 +432,8 @@ fn an_unusable_cold_store_is_one_line_and_a_failure_exit() {
             ("STRATA_TIER_REQUEST_TIMEOUT".to_owned(), "3s".to_owned()),
         ]
     };
-    let mut cases: Vec<(&str, Vec<(String, String)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(String, String)>, &'a str);
+    let mut cases: Vec<Case> = vec![
         ("ftp://example/x", vec![], "invalid cold-store URL \"ftp://example/x\": unsupported scheme"),
         ("s3:///no-bucket", vec![], "names no bucket"),
         ("s3://bucket/prefix", s3_env(&closed_endpoint), "is not usable"),

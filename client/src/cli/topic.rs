@@ -190,7 +190,6 @@ mod tests {
                 durability: Durability::Fsync as i32,
                 local_retention_ms: Some(3_600_000),
                 local_retention_bytes: Some(-1),
-                ..Default::default()
             }),
             created_at_ms: 1_700_000_000_000,
             partition_details: vec![
@@ -219,7 +218,10 @@ mod tests {
         let header = lines.iter().position(|l| l.starts_with("PARTITION")).unwrap();
         assert!(text.contains("local retention: 1h"), "{text}");
         assert!(text.contains("local bytes:     same as retention bytes"), "{text}");
-        assert_eq!(lines[header + 1].split_whitespace().collect::<Vec<_>>(), ["0", "0", "0", "0", "0", "-", "0", "-", "0"]);
+        assert_eq!(
+            lines[header + 1].split_whitespace().collect::<Vec<_>>(),
+            ["0", "0", "0", "0", "0", "-", "0", "-", "0"]
+        );
         assert_eq!(
             lines[header + 2].split_whitespace().collect::<Vec<_>>(),
             ["1", "0", "12345", "999", "3", "10000..12345", "300", "0..11000", "800"]

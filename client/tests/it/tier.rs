@@ -36,12 +36,8 @@ async fn consume_from_earliest_reads_across_the_cold_tier_without_a_gap() {
     let running = strata_broker::start(config).await.expect("broker starts");
     let url = format!("http://{}", running.grpc_addr());
 
-    let (code, _, err) = strata(
-        &url,
-        &["topic", "create", "events", "--segment-bytes", "4KiB", "--local-retention", "1ms"],
-        b"",
-    )
-    .await;
+    let (code, _, err) =
+        strata(&url, &["topic", "create", "events", "--segment-bytes", "4KiB", "--local-retention", "1ms"], b"").await;
     assert_eq!(code, 0, "{err}");
     // 25 producer runs of 200 messages: at least one batch (and so about
     // one 4 KiB segment) each.
