@@ -502,7 +502,10 @@ impl Broker {
                     continue;
                 }
                 Ok(mut r) => {
-                    r.log_start = log.stats().start_offset;
+                    // The hot path: only the tier's start, not full stats.
+                    if let Some(start) = log.remote().and_then(|t| t.start()) {
+                        r.log_start = r.log_start.min(start);
+                    }
                     return Ok(r);
                 }
                 Err(e) => return Err(log_err(e)),

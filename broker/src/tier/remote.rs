@@ -178,6 +178,11 @@ impl RemotePartition {
         RemoteRange { start: m.start(), end: m.end(), bytes: m.bytes(), segments: m.segments.len() as u32 }
     }
 
+    /// The first offset in the tier, if it holds any (cheap: no sums).
+    pub fn start(&self) -> Option<u64> {
+        self.manifest.read().unwrap_or_else(|p| p.into_inner()).start()
+    }
+
     /// One past the last uploaded offset: local segments that end at or
     /// below it are in the tier (the manifest naming them is durable).
     pub fn uploaded_end(&self) -> u64 {
