@@ -128,8 +128,11 @@ async fn sigkill_during_an_upload_loses_no_segment_and_leaves_no_orphan() {
     })
     .await;
     let half = eventually("a half-uploaded segment", Duration::from_secs(60), || {
+        // Files first, then the manifest: an index named by a manifest
+        // written in between is not mistaken for a half upload.
+        let listed = files(&pdir);
         let named = manifest(&pdir).unwrap_or_default();
-        let found = files(&pdir).into_iter().find_map(|f| {
+        let found = listed.into_iter().find_map(|f| {
             let name = f.to_string_lossy().into_owned();
             let base: u64 = name.strip_suffix(".index")?.parse().ok()?;
             (!named.contains_key(&base)).then_some(base)
