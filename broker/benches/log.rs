@@ -27,6 +27,9 @@ fn config(durability: Durability) -> LogConfig {
         retention_bytes: -1,
         durability,
         index_interval_bytes: 4096,
+        local_retention_ms: -1,
+        local_retention_bytes: -1,
+        tiered: false,
     }
 }
 

@@ -21,6 +21,7 @@ use crate::config::{Config, Limit, MIN_SEGMENT_BYTES};
 use crate::error::BrokerError;
 use crate::log::{Durability, LogError, LogStats, PartitionLog, ReadResult};
 use crate::names::{TenantName, TopicName};
+use crate::tier::{RemotePartition, Tier, TierError};
 
 /// Wall-clock time in ms since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -88,6 +89,8 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     ready: AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The cold tier (absent with `tier.cold_store = "none"`).
+    tier: Option<Arc<Tier>>,
     _dir_lock: std::fs::File,
 }
 
@@ -108,6 +111,8 @@ pub enum OpenError {
     Catalog(#[from] crate::catalog::StoreError),
     #[error("cannot recover partition in {path}: {source}")]
     Recovery { path: PathBuf, source: LogError },
+    #[error(transparent)]
+    ColdStore(#[from] TierError),
 }
 
 /// A produced batch written to the log, waiting to become durable.
@@ -141,6 +146,10 @@ impl Broker {
         let (lock, store, topics) = tokio::task::spawn_blocking(move || open_blocking(&cfg)).await.map_err(|e| {
             OpenError::DataDir { path: config.storage.data_dir.clone(), source: std::io::Error::other(e) }
         })??;
+        let tier = Tier::open(&config.tier, &config.storage.data_dir).await?.map(Arc::new);
+        if let Some(tier) = &tier {
+            attach_tiers(tier, &topics).await?;
+        }
         for topic in topics.values() {
             for log in read_lock(&topic.partitions).iter() {
                 tokio::spawn(log.clone().run_syncer());
@@ -156,6 +165,7 @@ impl Broker {
             shutdown,
             ready: AtomicBool::new(true),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            tier,
             _dir_lock: lock,
         }))
     }
@@ -226,6 +236,24 @@ impl Broker {
     /// injected so tests control time.
     pub async fn run_maintenance(&self, now_ms: i64) {
         let logs = self.all_logs();
+        // Total retention of the cold tier first (manifest, then objects).
+        for log in &logs {
+            let Some(remote) = log.remote() else { continue };
+            if remote.range().segments == 0 {
+                continue;
+            }
+            let cfg = log.config();
+            match remote
+                .apply_retention(now_ms, cfg.retention_ms, cfg.retention_bytes, log.pending_upload_bytes())
+                .await
+            {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(dir = %log.dir().display(), segments = ?deleted, "retention deleted remote segments");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(dir = %log.dir().display(), error = %e, "remote retention failed"),
+            }
+        }
         let _ = tokio::task::spawn_blocking(move || {
             for log in logs {
                 match log.maintain(now_ms) {
@@ -248,6 +276,80 @@ impl Broker {
             tokio::select! {
                 _ = tick.tick() => self.run_maintenance(now_ms()).await,
                 _ = self.until_shutdown() => return,
+            }
+        }
+    }
+
+    /// Uploads sealed segments of tiered partitions until shutdown, at most
+    /// `tier.upload_concurrency` partitions at a time, each partition's
+    /// segments in order. A partition whose upload failed waits an
+    /// exponentially growing delay (capped by `tier.max_retry_backoff`)
+    /// before it is tried again, so an outage costs little and uploads
+    /// catch up by themselves once the store is back. Also keeps the upload
+    /// backlog that produce requests are checked against.
+    pub async fn upload_loop(self: Arc<Self>) {
+        use backon::BackoffBuilder;
+        let Some(tier) = self.tier.clone() else { return };
+        let mut tick = tokio::time::interval(tier.config.upload_interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut running: tokio::task::JoinSet<(PathBuf, Result<(), TierError>)> = tokio::task::JoinSet::new();
+        let mut busy: std::collections::HashSet<PathBuf> = Default::default();
+        let mut retry: HashMap<PathBuf, (tokio::time::Instant, backon::ExponentialBackoff)> = HashMap::new();
+        let backoff = || {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(tier.config.max_retry_backoff.0)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(done) = running.join_next(), if !running.is_empty() => match done {
+                    Ok((dir, Ok(()))) => {
+                        busy.remove(&dir);
+                        retry.remove(&dir);
+                        tier.set_last_error(None);
+                    }
+                    Ok((dir, Err(e))) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cold-tier upload failed; will retry");
+                        busy.remove(&dir);
+                        tier.set_last_error(Some(e.to_string()));
+                        let entry = retry.entry(dir).or_insert_with(|| (tokio::time::Instant::now(), backoff()));
+                        let delay = entry.1.next().unwrap_or(tier.config.max_retry_backoff.0);
+                        entry.0 = tokio::time::Instant::now() + delay;
+                    }
+                    Err(e) => {
+                        // Which partition is unknown; the per-partition writer
+                        // lock keeps a second upload of it safe.
+                        tracing::error!(error = %e, "upload task failed");
+                        busy.clear();
+                    }
+                },
+                _ = self.until_shutdown() => return,
+            }
+            let logs: Vec<Arc<PartitionLog>> =
+                self.all_logs().into_iter().filter(|l| l.config().tiered && l.remote().is_some()).collect();
+            tier.set_backlog(logs.iter().map(|l| l.pending_upload_bytes()).sum());
+            let now = tokio::time::Instant::now();
+            for log in logs {
+                if running.len() >= tier.config.upload_concurrency as usize {
+                    break;
+                }
+                let dir = log.dir().to_path_buf();
+                if busy.contains(&dir) || retry.get(&dir).is_some_and(|(at, _)| *at > now) {
+                    continue;
+                }
+                if log.next_to_upload(0).is_none() {
+                    continue;
+                }
+                busy.insert(dir.clone());
+                let limits = tier.limits();
+                running.spawn(async move {
+                    let result = upload_pending(&log, limits).await;
+                    (dir, result)
+                });
             }
         }
     }
@@ -308,6 +410,17 @@ impl Broker {
     ) -> Result<PendingAppend, BrokerError> {
         self.check_running()?;
         let (log, resource) = self.partition(tenant, topic, partition)?;
+        if let Some(tier) = &self.tier
+            && tier.backlog() > tier.budget()
+            && log.config().tiered
+        {
+            return Err(BrokerError::ColdTierBacklog {
+                resource,
+                waiting: tier.backlog(),
+                budget: tier.budget(),
+                reason: tier.last_error().unwrap_or_else(|| "uploads are behind".into()),
+            });
+        }
         let limit = self.config.limits.max_batch_bytes.0;
         if batch.len() as u64 > limit {
             return Err(BrokerError::BatchTooLarge { resource, size: batch.len(), limit });
@@ -373,18 +486,69 @@ impl Broker {
         self.append(tenant, topic, partition, batch).await?.wait().await
     }
 
-    /// Reads whole batches from `from`.
+    /// Reads whole batches from `from`: from the local disk, or from the
+    /// cold tier below the local start. Consumers cannot tell which.
     pub(crate) async fn read(
         log: &Arc<PartitionLog>,
         resource: &str,
         from: u64,
         max_bytes: usize,
     ) -> Result<ReadResult, BrokerError> {
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || log.read(from, max_bytes))
-            .await
-            .map_err(|e| BrokerError::InvalidRequest(format!("read task failed: {e}")))?
-            .map_err(|source| BrokerError::Log { resource: resource.to_owned(), source })
+        let log_err = |source| BrokerError::Log { resource: resource.to_owned(), source };
+        let mut from = from;
+        // A segment may move from local to remote-only between our look and
+        // the local read (local retention); a few rounds settle it.
+        for _ in 0..3 {
+            if let Some(remote) = log.remote() {
+                let local_start = log.local_start();
+                if from < local_start {
+                    let stats = log.stats();
+                    if from < stats.start_offset {
+                        return Err(log_err(LogError::OffsetOutOfRange {
+                            requested: from,
+                            start: stats.start_offset,
+                            end: stats.high_watermark,
+                        }));
+                    }
+                    match remote.read(from, max_bytes).await {
+                        Ok(Some(r)) => {
+                            return Ok(ReadResult {
+                                records: r.bytes,
+                                next_offset: r.next_offset,
+                                high_watermark: stats.high_watermark,
+                                log_start: stats.start_offset,
+                            });
+                        }
+                        // In a gap between the tier and the local disk.
+                        Ok(None) => from = local_start,
+                        Err(e) => return Err(log_err(tier_to_log_error(e))),
+                    }
+                }
+            }
+            let l = log.clone();
+            let result = tokio::task::spawn_blocking(move || l.read(from, max_bytes))
+                .await
+                .map_err(|e| BrokerError::InvalidRequest(format!("read task failed: {e}")))?;
+            match result {
+                Err(LogError::OffsetOutOfRange { requested, .. })
+                    if log.remote().is_some() && requested < log.local_start() =>
+                {
+                    continue;
+                }
+                Ok(mut r) => {
+                    // The hot path: only the tier's start, not full stats.
+                    if let Some(start) = log.remote().and_then(|t| t.start()) {
+                        r.log_start = r.log_start.min(start);
+                    }
+                    return Ok(r);
+                }
+                Err(e) => return Err(log_err(e)),
+            }
+        }
+        Err(log_err(LogError::Io {
+            path: log.dir().to_path_buf(),
+            source: std::io::Error::other("the partition changed under three reads in a row; retry"),
+        }))
     }
 
     /// First offset with a timestamp >= `ts` (the high watermark if none).
@@ -393,6 +557,21 @@ impl Broker {
         resource: &str,
         ts: i64,
     ) -> Result<(u64, i64), BrokerError> {
+        let log_err = |source| BrokerError::Log { resource: resource.to_owned(), source };
+        if let Some(remote) = log.remote() {
+            // Data older than the local disk is in the tier: look there first.
+            let batch = remote.find_by_time(ts, log.local_start()).await.map_err(|e| log_err(tier_to_log_error(e)))?;
+            if let Some(bytes) = batch
+                && let Some(Ok(raw)) = strata_proto::batch::BatchIter::new(bytes).next()
+            {
+                let records = raw.records().map_err(|e| {
+                    log_err(LogError::Corrupt { path: log.dir().to_path_buf(), position: 0, reason: e.to_string() })
+                })?;
+                if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts) {
+                    return Ok((r.offset, r.timestamp_ms));
+                }
+            }
+        }
         let log = log.clone();
         tokio::task::spawn_blocking(move || log.offset_for_timestamp(ts))
             .await
@@ -486,6 +665,18 @@ impl Broker {
             if v != -1 && v <= 0 {
                 return bad(format!("{field} must be -1 (unlimited) or positive, got {v}"));
             }
+        }
+        if s.local_retention_ms >= 0 && s.retention_ms >= 0 && s.local_retention_ms > s.retention_ms {
+            return bad(format!(
+                "local_retention_ms ({}) must not exceed retention_ms ({})",
+                s.local_retention_ms, s.retention_ms
+            ));
+        }
+        if s.local_retention_bytes >= 0 && s.retention_bytes >= 0 && s.local_retention_bytes > s.retention_bytes {
+            return bad(format!(
+                "local_retention_bytes ({}) must not exceed retention_bytes ({})",
+                s.local_retention_bytes, s.retention_bytes
+            ));
         }
         if !(MIN_SEGMENT_BYTES..=(1 << 31)).contains(&s.segment_bytes) {
             return bad(format!(
@@ -585,11 +776,13 @@ impl Broker {
     ) -> Result<Vec<Arc<PartitionLog>>, BrokerError> {
         let dir = dir.to_path_buf();
         let interval = self.config.storage.index_interval_bytes.0;
+        let tiered = self.tier.is_some();
+        let first = range.start;
         let logs = tokio::task::spawn_blocking(move || {
             range
                 .map(|p| {
                     let path = dir.join(p.to_string());
-                    PartitionLog::open(&path, settings.log_config(interval), now_ms())
+                    PartitionLog::open(&path, settings.log_config(interval, tiered), now_ms())
                         .map(|(log, _)| log)
                         .map_err(|source| BrokerError::Log { resource: path.display().to_string(), source })
                 })
@@ -597,6 +790,16 @@ impl Broker {
         })
         .await
         .map_err(|e| BrokerError::InvalidRequest(format!("open task failed: {e}")))??;
+        if let Some(tier) = &self.tier {
+            for (i, log) in logs.iter().enumerate() {
+                let prefix = remote_prefix(log, first + i as u32);
+                let remote =
+                    RemotePartition::load(tier.store.clone(), tier.cache.clone(), prefix).await.map_err(|e| {
+                        BrokerError::Log { resource: log.dir().display().to_string(), source: tier_to_log_error(e) }
+                    })?;
+                log.set_remote(Arc::new(remote));
+            }
+        }
         for log in &logs {
             tokio::spawn(log.clone().run_syncer());
         }
@@ -676,7 +879,7 @@ impl Broker {
         *write_lock(&t.settings) = settings;
         let interval = self.config.storage.index_interval_bytes.0;
         for log in read_lock(&t.partitions).iter() {
-            log.set_config(settings.log_config(interval));
+            log.set_config(settings.log_config(interval, self.tier.is_some()));
         }
         drop(store);
         self.describe_topic(&t.tenant, &t.name)
@@ -694,6 +897,23 @@ impl Broker {
         }
         let dir = topic_dir(&self.config.storage.data_dir, &t.tenant, &t.name, t.id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        if let Some(tier) = &self.tier {
+            // Best effort: the catalog no longer names the topic, so its
+            // objects are garbage; a failure leaves them to an operator's
+            // bucket lifecycle rule (logged).
+            let store = tier.store.store.clone();
+            let prefix = object_store::path::Path::from_iter([t.tenant.clone(), format!("{}.{}", t.name, t.id)]);
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let locations = store.list(Some(&prefix)).map(|m| m.map(|m| m.location)).boxed();
+                let mut results = store.delete_stream(locations);
+                while let Some(r) = results.next().await {
+                    if let Err(e) = r {
+                        tracing::warn!(prefix = %prefix, error = %e, "could not delete a deleted topic's remote object");
+                    }
+                }
+            });
+        }
         Ok(())
     }
 
@@ -744,8 +964,9 @@ fn open_blocking(config: &Config) -> Result<Opened, OpenError> {
             let mut logs = Vec::with_capacity(record.partitions as usize);
             for p in 0..record.partitions {
                 let pdir = dir.join(p.to_string());
-                let (log, report) = PartitionLog::open(&pdir, record.settings.log_config(interval), now_ms())
-                    .map_err(|source| OpenError::Recovery { path: pdir.clone(), source })?;
+                let (log, report) =
+                    PartitionLog::open(&pdir, record.settings.log_config(interval, config.tier.enabled()), now_ms())
+                        .map_err(|source| OpenError::Recovery { path: pdir.clone(), source })?;
                 for why in &report.truncated {
                     tracing::warn!(partition = %pdir.display(), "recovery truncated {why}");
                 }
@@ -782,4 +1003,74 @@ fn remove_orphans(root: &Path, expected: &std::collections::HashSet<PathBuf>) {
             }
         }
     }
+}
+
+/// The cold-tier key prefix of a partition, from its directory
+/// (`topics/<tenant>/<topic>.<id>/<partition>`): the remote layout mirrors
+/// the local one.
+fn remote_prefix(log: &PartitionLog, partition: u32) -> object_store::path::Path {
+    let name =
+        |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let topic_dir = name(log.dir().parent());
+    let tenant = name(log.dir().parent().and_then(Path::parent));
+    let (topic, id) = topic_dir.rsplit_once('.').unwrap_or((&topic_dir, "0"));
+    crate::tier::manifest::partition_prefix(&tenant, topic, id.parse().unwrap_or(0), partition)
+}
+
+/// A cold-tier failure as the log error a read reports: corruption stays
+/// corruption (DATA_LOSS), everything else is a storage failure.
+fn tier_to_log_error(e: TierError) -> LogError {
+    match e {
+        TierError::Corrupt { key, position, reason } => {
+            LogError::Corrupt { path: PathBuf::from(key), position, reason }
+        }
+        TierError::Manifest { key, reason } => LogError::Corrupt { path: PathBuf::from(key), position: 0, reason },
+        TierError::Local { path, source } => LogError::Io { path, source },
+        other => LogError::Io { path: PathBuf::from("cold tier"), source: std::io::Error::other(other.to_string()) },
+    }
+}
+
+/// Loads every partition's manifest, attaches it to its log and removes
+/// orphaned objects (start-up: nothing uploads yet).
+async fn attach_tiers(tier: &Arc<Tier>, topics: &HashMap<TopicKey, Arc<TopicState>>) -> Result<(), OpenError> {
+    use futures::StreamExt;
+    let logs: Vec<(Arc<PartitionLog>, u32)> = topics
+        .values()
+        .flat_map(|t| {
+            read_lock(&t.partitions).iter().enumerate().map(|(p, l)| (l.clone(), p as u32)).collect::<Vec<_>>()
+        })
+        .collect();
+    let mut loads = futures::stream::iter(logs.into_iter().map(|(log, p)| {
+        let tier = tier.clone();
+        async move {
+            let remote = RemotePartition::load(tier.store.clone(), tier.cache.clone(), remote_prefix(&log, p)).await?;
+            let removed = remote.remove_orphans().await?;
+            if !removed.is_empty() {
+                tracing::info!(dir = %log.dir().display(), objects = removed.len(), "removed orphaned cold-tier objects");
+            }
+            log.set_remote(Arc::new(remote));
+            Ok::<(), TierError>(())
+        }
+    }))
+    .buffer_unordered(16);
+    while let Some(r) = loads.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Uploads a partition's sealed segments that the tier lacks, oldest first,
+/// then applies local retention so uploaded copies past it go at once.
+async fn upload_pending(log: &Arc<PartitionLog>, limits: crate::tier::UploadLimits) -> Result<(), TierError> {
+    let Some(remote) = log.remote() else { return Ok(()) };
+    let mut after = 0;
+    while let Some(seg) = log.next_to_upload(after) {
+        after = seg.next_offset;
+        if crate::tier::upload_segment(remote, &seg, limits, now_ms()).await? {
+            tracing::debug!(dir = %log.dir().display(), base = seg.base_offset, "segment uploaded");
+        }
+    }
+    let l = log.clone();
+    let _ = tokio::task::spawn_blocking(move || l.maintain(now_ms())).await;
+    Ok(())
 }

@@ -35,7 +35,9 @@ pub struct TopicSettings {
 }
 
 impl TopicSettings {
-    pub(crate) fn log_config(&self, index_interval_bytes: u64) -> LogConfig {
+    /// The log settings; `tier_enabled` says whether the broker has a cold
+    /// tier (a topic is tiered when it has a local retention and there is one).
+    pub(crate) fn log_config(&self, index_interval_bytes: u64, tier_enabled: bool) -> LogConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
             segment_ms: self.segment_ms,
@@ -43,7 +45,15 @@ impl TopicSettings {
             retention_bytes: self.retention_bytes,
             durability: self.durability,
             index_interval_bytes,
+            local_retention_ms: self.local_retention_ms,
+            local_retention_bytes: self.local_retention_bytes,
+            tiered: tier_enabled && self.is_tiered(),
         }
+    }
+
+    /// Whether the topic keeps only recent data locally (a local retention is set).
+    pub(crate) fn is_tiered(&self) -> bool {
+        self.local_retention_ms >= 0 || self.local_retention_bytes >= 0
     }
 }
 

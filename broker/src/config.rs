@@ -165,6 +165,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub topic_defaults: TopicDefaults,
     pub log: LogConfig,
+    pub tier: TierConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +220,97 @@ pub struct TopicDefaults {
     pub segment_bytes: ByteSize,
     pub segment_age: HumanDuration,
     pub durability: Durability,
+}
+
+/// Tiered storage: where sealed segments of topics with a local retention
+/// go, and how the broker talks to that object store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TierConfig {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
+    /// `file:///path`, `memory://`, or `none` (no cold tier). Empty means the
+    /// standalone default `file://<data_dir>/cold`.
+    pub cold_store: String,
+    /// Bytes of tiered topics' data waiting for upload beyond which produce
+    /// requests to those topics are refused (RESOURCE_EXHAUSTED).
+    pub max_pending_bytes: ByteSize,
+    /// Segments uploaded at the same time, across all partitions.
+    pub upload_concurrency: u32,
+    /// Segments larger than this are uploaded in parts (multipart upload).
+    pub multipart_threshold: ByteSize,
+    /// Size of one part of a multipart upload (S3 needs at least 5 MiB).
+    pub multipart_part_bytes: ByteSize,
+    /// Local cache of remote segment bytes (read path), in bytes.
+    pub cache_bytes: ByteSize,
+    /// Remote reads fetch and cache aligned blocks of this size; the next
+    /// block is fetched ahead for sequential consumers.
+    pub read_block_bytes: ByteSize,
+    /// How often the uploader looks for sealed segments to upload.
+    pub upload_interval: HumanDuration,
+    /// Longest wait between two upload attempts while the store fails.
+    pub max_retry_backoff: HumanDuration,
+    /// Timeout of one request to the object store.
+    pub request_timeout: HumanDuration,
+    /// Timeout of connecting to the object store.
+    pub connect_timeout: HumanDuration,
+    /// Fault injection for tests: extra latency added to every put (`0s`: none).
+    pub inject_put_latency: HumanDuration,
+    pub s3: S3Config,
+}
+
+/// S3 options (AWS, MinIO, Ceph RGW, R2, moto). Unset values come from the
+/// standard `AWS_*` environment variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL for S3-compatible servers, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    pub region: String,
+    /// Virtual-hosted-style addressing (`bucket.endpoint/key`); the default
+    /// is path style (`endpoint/bucket/key`), which local servers need.
+    pub virtual_hosted_style: bool,
+    /// Allow plain-HTTP endpoints (local servers).
+    pub allow_http: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+}
+
+impl TierConfig {
+    /// The cold-store URL with the standalone default filled in.
+    pub fn cold_store_url(&self, data_dir: &Path) -> String {
+        if self.cold_store.trim().is_empty() {
+            let dir = std::path::absolute(data_dir.join("cold")).unwrap_or_else(|_| data_dir.join("cold"));
+            url::Url::from_file_path(&dir).map_or_else(|()| format!("file://{}", dir.display()), String::from)
+        } else {
+            self.cold_store.trim().to_owned()
+        }
+    }
+
+    /// False when the cold tier is switched off (`none`).
+    pub fn enabled(&self) -> bool {
+        self.cold_store.trim() != "none"
+    }
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        TierConfig {
+            cold_store: String::new(),
+            max_pending_bytes: ByteSize::mib(10 * 1024),
+            upload_concurrency: 4,
+            multipart_threshold: ByteSize::mib(32),
+            multipart_part_bytes: ByteSize::mib(8),
+            cache_bytes: ByteSize::mib(256),
+            read_block_bytes: ByteSize::mib(1),
+            upload_interval: HumanDuration(Duration::from_millis(500)),
+            max_retry_backoff: HumanDuration(Duration::from_secs(30)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            inject_put_latency: HumanDuration(Duration::ZERO),
+            s3: S3Config::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,7 +381,8 @@ impl Default for LogConfig {
     }
 }
 
-const SECTIONS: &[&str] = &["topic_defaults", "server", "storage", "limits", "log"];
+// Longer names first: `tier_s3_endpoint` must match `tier_s3`, not `tier`.
+const SECTIONS: &[&str] = &["topic_defaults", "tier_s3", "server", "storage", "limits", "log", "tier"];
 
 /// Smallest segment we accept: a segment must hold at least one batch of the
 /// maximum size, and tiny segments only make sense in tests.
@@ -361,6 +454,22 @@ impl Config {
         if self.storage.data_dir.as_os_str().is_empty() {
             return bad("storage.data_dir must not be empty".into());
         }
+        let t = &self.tier;
+        if t.upload_concurrency == 0 || t.upload_concurrency > 256 {
+            return bad(format!("tier.upload_concurrency must be between 1 and 256, got {}", t.upload_concurrency));
+        }
+        if t.multipart_part_bytes.0 < 5 * 1024 * 1024 || t.multipart_part_bytes.0 > 1024 * 1024 * 1024 {
+            return bad("tier.multipart_part_bytes must be between 5MiB (the S3 minimum) and 1GiB".into());
+        }
+        if t.read_block_bytes.0 < 4096 || t.read_block_bytes.0 > 64 * 1024 * 1024 {
+            return bad("tier.read_block_bytes must be between 4KiB and 64MiB".into());
+        }
+        if t.cache_bytes < t.read_block_bytes {
+            return bad("tier.cache_bytes must be at least tier.read_block_bytes".into());
+        }
+        if t.upload_interval.0.is_zero() || t.request_timeout.0.is_zero() || t.connect_timeout.0.is_zero() {
+            return bad("tier.upload_interval, tier.request_timeout and tier.connect_timeout must be positive".into());
+        }
         Ok(())
     }
 
@@ -391,11 +500,17 @@ fn apply_env(table: &mut toml::Table, env: &HashMap<String, String>) -> Result<(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.clone()));
-        let entry = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(section_table) = entry.as_table_mut() else {
-            return Err(ConfigError::Invalid(format!("[{section}] must be a table")));
-        };
-        section_table.insert(field.to_owned(), value);
+        // `tier_s3` is the nested table `[tier.s3]`.
+        let path: &[&str] = if section == "tier_s3" { &["tier", "s3"] } else { std::slice::from_ref(&section) };
+        let mut current = &mut *table;
+        for name in path {
+            let entry = current.entry((*name).to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = entry.as_table_mut() else {
+                return Err(ConfigError::Invalid(format!("[{}] must be a table", path.join("."))));
+            };
+            current = t;
+        }
+        current.insert(field.to_owned(), value);
     }
     Ok(())
 }
@@ -443,6 +558,30 @@ mod tests {
         assert_eq!(c.topic_defaults.segment_bytes, ByteSize::mib(1));
         assert_eq!(c.topic_defaults.retention, Limit::Unlimited);
         assert_eq!(c.topic_defaults.durability, Durability::None);
+    }
+
+    #[test]
+    fn tier_settings_from_env_including_nested_s3() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("STRATA_TIER_COLD_STORE", "s3://bucket/prefix"),
+                ("STRATA_TIER_MAX_PENDING_BYTES", "1GiB"),
+                ("STRATA_TIER_S3_ENDPOINT", "http://127.0.0.1:9000"),
+                ("STRATA_TIER_S3_ALLOW_HTTP", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.tier.cold_store, "s3://bucket/prefix");
+        assert_eq!(c.tier.max_pending_bytes, ByteSize::mib(1024));
+        assert_eq!(c.tier.s3.endpoint, "http://127.0.0.1:9000");
+        assert!(c.tier.s3.allow_http);
+        let d = Config::default();
+        assert!(d.tier.cold_store_url(Path::new("/var/lib/strata")).starts_with("file:///var/lib/strata/cold"));
+        let err = Config::load(None, &env(&[("STRATA_TIER_S3_NOPE", "1")])).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = Config::load(None, &env(&[("STRATA_TIER_UPLOAD_CONCURRENCY", "0")])).unwrap_err().to_string();
+        assert!(err.contains("upload_concurrency"), "{err}");
     }
 
     #[test]

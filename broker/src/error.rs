@@ -42,6 +42,10 @@ pub enum BrokerError {
     GroupNotEmpty { group: String, members: usize },
     #[error("offset {offset} for {resource} is beyond the log end ({end})")]
     OffsetBeyondEnd { resource: String, offset: u64, end: u64 },
+    #[error(
+        "{resource}: cold tier unreachable or behind ({reason}): {waiting} bytes waiting for upload, over the budget of {budget}"
+    )]
+    ColdTierBacklog { resource: String, waiting: u64, budget: u64, reason: String },
     #[error("offset {offset} for {resource} is out of range: the partition holds offsets {start} to {end}")]
     OffsetOutOfRange { resource: String, offset: u64, start: u64, end: u64 },
     #[error("queue {queue} holds {messages} messages, its limit (limits.max_queue_messages) is {limit}")]

@@ -16,6 +16,7 @@ mod metrics;
 mod names;
 mod queue;
 mod telemetry;
+mod tier;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let queues = queue::QueueManager::open(broker.clone()).await?;
     tokio::spawn(broker.clone().maintenance_loop());
     tokio::spawn(queues.clone().maintenance_loop());
+    tokio::spawn(broker.clone().upload_loop());
     let coordinator = group::GroupCoordinator::new(broker.clone());
     let grpc = tokio::spawn(grpc::serve(
         broker.clone(),

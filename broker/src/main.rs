@@ -24,6 +24,10 @@ struct Args {
     /// Directory for the log segments and the catalog.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Object store for tiered storage: s3://bucket/prefix, gs://..., az://...,
+    /// file:///path, memory:// or none (default: file://<data-dir>/cold).
+    #[arg(long, value_name = "URL")]
+    cold_store: Option<String>,
     /// gRPC listen address.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -47,6 +51,9 @@ fn load(args: &Args) -> Result<Config, String> {
     if let Some(d) = &args.data_dir {
         config.storage.data_dir = d.clone();
     }
+    if let Some(u) = &args.cold_store {
+        config.tier.cold_store = u.clone();
+    }
     if let Some(a) = args.listen {
         config.server.listen = a;
     }
@@ -64,8 +71,16 @@ fn load(args: &Args) -> Result<Config, String> {
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .map_err(|e| format!("invalid log level {:?}: {e}", config.log.level))?;
+    // object_store reports each retry at INFO; the broker logs the outcome
+    // itself (and a refused start must stay one line), so keep it quieter
+    // unless the filter names it.
+    if !config.log.level.contains("object_store")
+        && let Ok(d) = "object_store=warn".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

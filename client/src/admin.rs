@@ -38,20 +38,32 @@ pub struct TopicOptions {
     pub segment_bytes: Option<u64>,
     /// When a produce is acknowledged; see [`Durability`].
     pub durability: Option<Durability>,
+    /// Tiered storage: how long data stays on the broker's local disk
+    /// (older data is read from the cold tier). Setting a local retention
+    /// makes the topic tiered.
+    pub local_retention: Option<Retention>,
+    /// Tiered storage: local bytes kept per partition; `-1` means no limit.
+    pub local_retention_bytes: Option<i64>,
 }
 
 impl TopicOptions {
     pub(crate) fn to_config(&self) -> TopicConfig {
         TopicConfig {
-            retention_ms: self.retention.map(|r| match r {
-                Retention::Infinite => -1,
-                Retention::Time(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-            }),
+            retention_ms: self.retention.map(retention_ms),
             retention_bytes: self.retention_bytes,
             segment_bytes: self.segment_bytes,
             durability: self.durability.unwrap_or(Durability::Unspecified) as i32,
+            local_retention_ms: self.local_retention.map(retention_ms),
+            local_retention_bytes: self.local_retention_bytes,
             ..TopicConfig::default()
         }
+    }
+}
+
+fn retention_ms(r: Retention) -> i64 {
+    match r {
+        Retention::Infinite => -1,
+        Retention::Time(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
     }
 }
 
@@ -207,8 +219,12 @@ mod tests {
             retention_bytes: Some(-1),
             segment_bytes: Some(64 << 20),
             durability: Some(Durability::None),
+            local_retention: Some(Retention::Time(Duration::from_secs(3600))),
+            local_retention_bytes: Some(1 << 30),
         }
         .to_config();
+        assert_eq!(cfg.local_retention_ms, Some(3_600_000));
+        assert_eq!(cfg.local_retention_bytes, Some(1 << 30));
         assert_eq!(cfg.retention_ms, Some(-1));
         assert_eq!(cfg.retention_bytes, Some(-1));
         assert_eq!(cfg.segment_bytes, Some(64 << 20));

@@ -686,6 +686,8 @@ impl State {
                     end_offset: p.next_offset,
                     size_bytes: p.batches.iter().map(|(_, b)| b.len() as u64).sum(),
                     segment_count: 1,
+                    local_size_bytes: p.batches.iter().map(|(_, b)| b.len() as u64).sum(),
+                    ..Default::default()
                 })
                 .collect(),
         })

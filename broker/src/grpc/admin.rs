@@ -81,6 +81,12 @@ fn describe_to_pb(t: TopicView) -> TopicDescription {
                 end_offset: s.high_watermark,
                 size_bytes: s.size_bytes,
                 segment_count: s.segments,
+                local_start_offset: s.local_start_offset,
+                local_size_bytes: s.local_bytes,
+                remote_start_offset: s.remote_start_offset,
+                remote_end_offset: s.remote_end_offset,
+                remote_size_bytes: s.remote_bytes,
+                remote_segment_count: s.remote_segments,
             })
             .collect(),
     }

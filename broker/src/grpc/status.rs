@@ -85,6 +85,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         BrokerError::UnknownMember { member, .. } => (Code::FailedPrecondition, E::UnknownMember, member.clone()),
         BrokerError::FencedMember { member, .. } => (Code::FailedPrecondition, E::FencedMember, member.clone()),
         BrokerError::GroupNotEmpty { group, .. } => (Code::FailedPrecondition, E::GroupNotEmpty, group.clone()),
+        BrokerError::ColdTierBacklog { resource, .. } => {
+            (Code::ResourceExhausted, E::ResourceExhausted, resource.clone())
+        }
         BrokerError::OffsetBeyondEnd { resource, .. } | BrokerError::OffsetOutOfRange { resource, .. } => {
             (Code::OutOfRange, E::OffsetOutOfRange, resource.clone())
         }
@@ -107,6 +110,10 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
         }
         BrokerError::BatchTooLarge { limit, .. } => {
             info.metadata.insert("limit".into(), limit.to_string());
+        }
+        BrokerError::ColdTierBacklog { waiting, budget, .. } => {
+            info.metadata.insert("waiting_bytes".into(), waiting.to_string());
+            info.metadata.insert("limit".into(), budget.to_string());
         }
         BrokerError::Log { source: LogError::Sequence(SequenceError::OutOfOrder { expected, .. }), .. } => {
             info.metadata.insert("expected_sequence".into(), expected.to_string());

@@ -144,6 +144,34 @@ pub(crate) fn write_index_file(path: &Path, header: &IndexHeader, index: &Segmen
     std::fs::rename(&tmp, path)
 }
 
+/// Decodes a whole `.index` file held in memory (an object fetched from the
+/// cold tier); `None` when it is malformed or truncated.
+pub(crate) fn decode_index(buf: &[u8]) -> Option<(IndexHeader, SegmentIndex)> {
+    let header = IndexHeader::decode(buf)?;
+    if buf.len() as u64 != header.file_len() {
+        return None;
+    }
+    let mut index = SegmentIndex::default();
+    let mut pos = INDEX_HEADER_LEN as usize;
+    for _ in 0..header.offset_entries {
+        let b = &buf[pos..pos + OFFSET_ENTRY_LEN as usize];
+        index.offsets.push(OffsetEntry {
+            rel_offset: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            position: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        });
+        pos += OFFSET_ENTRY_LEN as usize;
+    }
+    for _ in 0..header.time_entries {
+        let b = &buf[pos..pos + TIME_ENTRY_LEN as usize];
+        index.times.push(TimeEntry {
+            timestamp: i64::from_le_bytes(b[0..8].try_into().unwrap_or_default()),
+            rel_offset: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        });
+        pos += TIME_ENTRY_LEN as usize;
+    }
+    Some((header, index))
+}
+
 /// An index file opened for in-place lookups.
 pub(crate) struct IndexFile {
     file: File,
@@ -260,6 +288,12 @@ mod tests {
         // A mismatching log size or base offset means the index is stale.
         assert!(IndexFile::open(&path, 100, 50_017).unwrap().is_none());
         assert!(IndexFile::open(&path, 101, 50_016).unwrap().is_none());
+        // The same bytes decoded in memory (the cold tier's path).
+        let (h, decoded) = decode_index(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(h, header);
+        assert_eq!(decoded.offsets, index.offsets);
+        assert_eq!(decoded.times, index.times);
+        assert!(decode_index(&std::fs::read(&path).unwrap()[..100]).is_none(), "truncated");
         // A flipped header byte is detected by the header CRC.
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[30] ^= 1;

@@ -13,7 +13,7 @@
 //!   trusted to match the disk, so it stops accepting writes until restart
 //!   (which recovers from what is really on disk).
 
-mod index;
+pub(crate) mod index;
 mod producers;
 pub(crate) mod segment;
 
@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchHeader, BatchIter, set_base_offset};
@@ -30,6 +30,8 @@ use tokio::sync::{Notify, watch};
 pub use producers::SequenceError;
 use producers::{Check, ProducerTable};
 use segment::{ActiveSegment, ReadError, SEGMENT_HEADER_LEN, SealedSegment};
+
+use crate::tier::RemotePartition;
 
 /// Idempotent-producer state is forgotten after this long without a write
 /// from that producer (Kafka's default for producer id expiry).
@@ -55,6 +57,14 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     pub durability: Durability,
     pub index_interval_bytes: u64,
+    /// Tiered storage: local copies of uploaded segments are kept this long
+    /// (-1: as long as the total retention).
+    pub local_retention_ms: i64,
+    /// ... and up to about this many local bytes (-1: the total retention bytes).
+    pub local_retention_bytes: i64,
+    /// Sealed segments are uploaded to the cold tier, and a local segment is
+    /// deleted by local retention only once uploaded.
+    pub tiered: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +110,23 @@ pub struct ReadResult {
 }
 
 /// Per-partition numbers for describe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogStats {
+    /// First offset stored anywhere (the cold tier's start when it holds
+    /// older data than the local disk).
     pub start_offset: u64,
     pub high_watermark: u64,
+    /// Bytes stored, local plus remote.
     pub size_bytes: u64,
+    /// Segments stored, local plus remote.
     pub segments: u32,
+    pub local_start_offset: u64,
+    pub local_bytes: u64,
+    /// Cold tier: offsets `[remote_start_offset, remote_end_offset)` (equal when empty).
+    pub remote_start_offset: u64,
+    pub remote_end_offset: u64,
+    pub remote_bytes: u64,
+    pub remote_segments: u32,
 }
 
 /// What a maintenance pass did.
@@ -135,6 +156,8 @@ pub struct PartitionLog {
     hw: watch::Sender<u64>,
     sync_needed: Notify,
     closed: AtomicBool,
+    /// The partition's cold tier, when the broker has one.
+    remote: OnceLock<Arc<RemotePartition>>,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -218,6 +241,7 @@ impl PartitionLog {
             hw,
             sync_needed: Notify::new(),
             closed: AtomicBool::new(false),
+            remote: OnceLock::new(),
         };
         Ok((Arc::new(log), report))
     }
@@ -234,6 +258,43 @@ impl PartitionLog {
 
     pub fn set_config(&self, config: LogConfig) {
         self.lock().config = config;
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.lock().config
+    }
+
+    /// Attaches the partition's cold tier (once, when the broker opens it).
+    pub(crate) fn set_remote(&self, remote: Arc<RemotePartition>) {
+        let _ = self.remote.set(remote);
+    }
+
+    pub(crate) fn remote(&self) -> Option<&Arc<RemotePartition>> {
+        self.remote.get()
+    }
+
+    /// First offset on the local disk.
+    pub fn local_start(&self) -> u64 {
+        self.lock().log_start
+    }
+
+    /// The oldest sealed segment at or after offset `after` that the cold
+    /// tier does not hold yet (segments with no record are skipped).
+    pub(crate) fn next_to_upload(&self, after: u64) -> Option<SealedSegment> {
+        let end = self.remote.get().map_or(0, |r| r.uploaded_end()).max(after);
+        let st = self.lock();
+        st.sealed.iter().find(|s| s.base_offset >= end && s.next_offset > s.base_offset).cloned()
+    }
+
+    /// Local bytes of a tiered partition that the cold tier does not hold
+    /// yet (sealed segments waiting for upload plus the active segment).
+    pub fn pending_upload_bytes(&self) -> u64 {
+        let end = self.remote.get().map_or(0, |r| r.uploaded_end());
+        let st = self.lock();
+        if !st.config.tiered {
+            return 0;
+        }
+        st.sealed.iter().filter(|s| s.next_offset > end).map(|s| s.size).sum::<u64>() + st.active.size
     }
 
     /// Subscribes to high-watermark changes (for long polls and durability waits).
@@ -529,12 +590,25 @@ impl PartitionLog {
     }
 
     pub fn stats(&self) -> LogStats {
+        let remote = self.remote.get().map(|r| r.range()).unwrap_or_default();
         let st = self.lock();
+        let local_bytes = st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.size;
+        let local_segments = st.sealed.len() as u32 + 1;
+        // Segments both local and uploaded count once.
+        let both = st.sealed.iter().filter(|s| s.next_offset <= remote.end).count() as u32;
+        let both_bytes: u64 = st.sealed.iter().filter(|s| s.next_offset <= remote.end).map(|s| s.size).sum();
+        let start = remote.start.map_or(st.log_start, |r| r.min(st.log_start));
         LogStats {
-            start_offset: st.log_start,
+            start_offset: start,
             high_watermark: st.visible_end,
-            size_bytes: st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.size,
-            segments: st.sealed.len() as u32 + 1,
+            size_bytes: local_bytes + remote.bytes - both_bytes.min(remote.bytes),
+            segments: local_segments + remote.segments - both.min(remote.segments),
+            local_start_offset: st.log_start,
+            local_bytes,
+            remote_start_offset: remote.start.unwrap_or(remote.end),
+            remote_end_offset: remote.end,
+            remote_bytes: remote.bytes,
+            remote_segments: remote.segments,
         }
     }
 
@@ -556,10 +630,26 @@ impl PartitionLog {
             }
             let mut doomed = Vec::new();
             let mut total: u64 = st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.size;
+            // Tiered: local copies follow the local retention (defaulting to
+            // the total one), and only once the cold tier holds them.
+            let uploaded_end = self.remote.get().map_or(0, |r| r.uploaded_end());
+            let (keep_ms, keep_bytes) = if cfg.tiered {
+                (
+                    if cfg.local_retention_ms >= 0 { cfg.local_retention_ms } else { cfg.retention_ms },
+                    if cfg.local_retention_bytes >= 0 { cfg.local_retention_bytes } else { cfg.retention_bytes },
+                )
+            } else {
+                (cfg.retention_ms, cfg.retention_bytes)
+            };
             while let Some(front) = st.sealed.front() {
-                let expired = cfg.retention_ms >= 0 && front.max_timestamp < now_ms.saturating_sub(cfg.retention_ms);
-                let oversize = cfg.retention_bytes >= 0 && total - front.size >= cfg.retention_bytes as u64;
-                if !(expired || oversize) {
+                let total_expired =
+                    cfg.retention_ms >= 0 && front.max_timestamp < now_ms.saturating_sub(cfg.retention_ms);
+                let expired = keep_ms >= 0 && front.max_timestamp < now_ms.saturating_sub(keep_ms);
+                let oversize = keep_bytes >= 0 && total - front.size >= keep_bytes as u64;
+                let may_go = !cfg.tiered || front.next_offset <= uploaded_end;
+                // An expired segment goes even if never uploaded: its data is
+                // past the total retention anyway.
+                if !(total_expired || (may_go && (expired || oversize))) {
                     break;
                 }
                 let Some(seg) = st.sealed.pop_front() else { break };

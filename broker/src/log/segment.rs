@@ -185,7 +185,17 @@ pub(crate) fn read_batches(
     let len = (end - start).min((max_bytes as u64).max(first_total));
     let mut buf = BytesMut::zeroed(len as usize);
     file.read_exact_at(&mut buf, start)?;
-    // Keep only whole batches, each CRC-checked.
+    let (keep, next_offset) = whole_checked_batches(&buf, start, from)?;
+    buf.truncate(keep);
+    Ok(SegmentRead { bytes: buf.freeze(), next_offset })
+}
+
+/// The length of the prefix of `buf` (read from segment position `start`)
+/// that holds whole batches, each CRC-checked, and the offset after them.
+/// A bad first batch is an error; a bad later one ends the prefix (served
+/// what is good; the next read reports the bad batch). Shared by local and
+/// cold-tier reads, so no byte leaves the broker unchecked.
+pub(crate) fn whole_checked_batches(buf: &[u8], start: u64, from: u64) -> Result<(usize, u64), ReadError> {
     let mut pos = 0usize;
     let mut next_offset = from;
     while pos + HEADER_LEN <= buf.len() {
@@ -195,18 +205,16 @@ pub(crate) fn read_batches(
         if pos + total > buf.len() {
             break;
         }
-        if crc32c::crc32c(&buf[pos + 21..pos + total]) != h.crc {
+        if total <= 21 || crc32c::crc32c(&buf[pos + 21..pos + total]) != h.crc {
             if pos == 0 {
                 return Err(ReadError::Corrupt { position: start, reason: "CRC mismatch".into() });
             }
-            // Serve what is good; the next read reports the bad batch.
             break;
         }
         next_offset = h.next_offset();
         pos += total;
     }
-    buf.truncate(pos);
-    Ok(SegmentRead { bytes: buf.freeze(), next_offset })
+    Ok((pos, next_offset))
 }
 
 /// Reads batch headers from `start` until one has `max_timestamp >= ts`;

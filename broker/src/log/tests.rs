@@ -16,6 +16,9 @@ fn config(segment_bytes: u64, durability: Durability) -> LogConfig {
         retention_bytes: -1,
         durability,
         index_interval_bytes: 256,
+        local_retention_ms: -1,
+        local_retention_bytes: -1,
+        tiered: false,
     }
 }
 

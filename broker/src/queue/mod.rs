@@ -176,6 +176,10 @@ fn log_config(durability: Durability, segment_bytes: u64, interval: u64) -> LogC
         retention_bytes: -1,
         durability,
         index_interval_bytes: interval,
+        // Queue logs stay local: finished segments are trimmed instead.
+        local_retention_ms: -1,
+        local_retention_bytes: -1,
+        tiered: false,
     }
 }
 

@@ -7,3 +7,4 @@ mod harness;
 mod metrics;
 mod process;
 mod queue;
+mod tier;

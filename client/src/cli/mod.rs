@@ -139,6 +139,14 @@ pub(crate) struct CreateTopicArgs {
     /// When a write is acknowledged [default: fsync].
     #[arg(long, value_enum)]
     pub(crate) durability: Option<DurabilityArg>,
+    /// Tiered storage: keep data on the broker's disk this long (e.g. 1h);
+    /// older data is served from the cold store. Makes the topic tiered.
+    #[arg(long, value_parser = parse::retention)]
+    pub(crate) local_retention: Option<strata_client::Retention>,
+    /// Tiered storage: keep at most this much data per partition on the
+    /// broker's disk (e.g. 1GiB). Makes the topic tiered.
+    #[arg(long, value_parser = parse::retention_bytes)]
+    pub(crate) local_retention_bytes: Option<i64>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -44,6 +44,8 @@ async fn create(client: &Client, args: CreateTopicArgs) -> anyhow::Result<()> {
         retention_bytes: args.retention_bytes,
         segment_bytes: args.segment_bytes,
         durability: args.durability.map(Durability::from),
+        local_retention: args.local_retention,
+        local_retention_bytes: args.local_retention_bytes,
     };
     let d = client.create_topic(&args.name, args.partitions, options).await?;
     println!("created topic {} with {} partitions", d.name, d.partitions);
@@ -75,6 +77,15 @@ fn bytes_setting(bytes: Option<i64>) -> String {
     }
 }
 
+/// Local retention -1 means "as long as the total retention".
+fn local_ms_setting(ms: Option<i64>) -> String {
+    if ms == Some(-1) { "same as retention".into() } else { ms_setting(ms) }
+}
+
+fn local_bytes_setting(bytes: Option<i64>) -> String {
+    if bytes == Some(-1) { "same as retention bytes".into() } else { bytes_setting(bytes) }
+}
+
 fn human_bytes(b: u64) -> String {
     if b < 1024 { format!("{b} B") } else { format!("{} ({b} B)", bytesize::ByteSize(b).display().iec()) }
 }
@@ -91,6 +102,8 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
         ("durability", durability_name(config.durability).to_owned()),
         ("retention", ms_setting(config.retention_ms)),
         ("retention bytes", bytes_setting(config.retention_bytes)),
+        ("local retention", local_ms_setting(config.local_retention_ms)),
+        ("local bytes", local_bytes_setting(config.local_retention_bytes)),
         ("segment bytes", config.segment_bytes.map_or("-".into(), human_bytes)),
         ("segment age", ms_setting(config.segment_ms)),
         ("created", humantime::format_rfc3339_seconds(created).to_string()),
@@ -106,6 +119,10 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
         "END".to_owned(),
         "BYTES".to_owned(),
         "SEGMENTS".to_owned(),
+        "LOCAL".to_owned(),
+        "LOCAL_BYTES".to_owned(),
+        "REMOTE".to_owned(),
+        "REMOTE_BYTES".to_owned(),
     ]];
     let mut parts = d.partition_details.clone();
     parts.sort_by_key(|p| p.partition);
@@ -116,10 +133,19 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
             p.end_offset.to_string(),
             p.size_bytes.to_string(),
             p.segment_count.to_string(),
+            range(p.local_start_offset, p.end_offset),
+            p.local_size_bytes.to_string(),
+            range(p.remote_start_offset, p.remote_end_offset),
+            p.remote_size_bytes.to_string(),
         ]);
     }
     out.push_str(&table(&rows));
     out
+}
+
+/// An offset range `start..end`, or `-` when empty.
+fn range(start: u64, end: u64) -> String {
+    if start >= end { "-".into() } else { format!("{start}..{end}") }
 }
 
 /// Left-aligned columns separated by two spaces.
@@ -162,7 +188,8 @@ mod tests {
                 segment_bytes: Some(64 << 20),
                 segment_ms: Some(7 * 86_400_000),
                 durability: Durability::Fsync as i32,
-                ..Default::default()
+                local_retention_ms: Some(3_600_000),
+                local_retention_bytes: Some(-1),
             }),
             created_at_ms: 1_700_000_000_000,
             partition_details: vec![
@@ -172,6 +199,12 @@ mod tests {
                     end_offset: 12345,
                     size_bytes: 999,
                     segment_count: 3,
+                    local_start_offset: 10000,
+                    local_size_bytes: 300,
+                    remote_start_offset: 0,
+                    remote_end_offset: 11000,
+                    remote_size_bytes: 800,
+                    remote_segment_count: 2,
                 },
                 PartitionDescription { partition: 0, ..Default::default() },
             ],
@@ -183,8 +216,16 @@ mod tests {
         assert!(text.contains("created:         2023-11-14T22:13:20Z"), "{text}");
         let lines: Vec<&str> = text.lines().collect();
         let header = lines.iter().position(|l| l.starts_with("PARTITION")).unwrap();
-        assert_eq!(lines[header + 1].split_whitespace().collect::<Vec<_>>(), ["0", "0", "0", "0", "0"]);
-        assert_eq!(lines[header + 2].split_whitespace().collect::<Vec<_>>(), ["1", "0", "12345", "999", "3"]);
+        assert!(text.contains("local retention: 1h"), "{text}");
+        assert!(text.contains("local bytes:     same as retention bytes"), "{text}");
+        assert_eq!(
+            lines[header + 1].split_whitespace().collect::<Vec<_>>(),
+            ["0", "0", "0", "0", "0", "-", "0", "-", "0"]
+        );
+        assert_eq!(
+            lines[header + 2].split_whitespace().collect::<Vec<_>>(),
+            ["1", "0", "12345", "999", "3", "10000..12345", "300", "0..11000", "800"]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod group_cli;
 mod groups;
 mod idempotence;
 mod queues;
+mod tier;
 mod tracing;
 
 use std::collections::HashMap;
@@ -70,6 +71,7 @@ async fn admin_calls_round_trip_and_errors_keep_their_codes() {
         retention_bytes: Some(-1),
         segment_bytes: Some(8 << 20),
         durability: Some(Durability::None),
+        ..TopicOptions::default()
     };
     let created = client.create_topic("orders", 3, options).await.unwrap();
     assert_eq!(created.partitions, 3);
