@@ -60,6 +60,9 @@ pub struct TenantView {
     pub topic_count: u32,
 }
 
+/// Tenant, topic and, per partition, its stats and bytes waiting for upload.
+pub(crate) type TopicStats = (String, String, Vec<(LogStats, u64)>);
+
 /// The outcome of an acknowledged produce.
 #[derive(Debug, Clone, Copy)]
 pub struct Produced {
@@ -178,11 +181,18 @@ impl Broker {
         &self.metrics
     }
 
-    /// Every topic's partitions with their stats (for metrics).
-    pub(crate) fn partition_stats(&self) -> Vec<(String, String, Vec<LogStats>)> {
+    /// Every topic's partitions with their stats and bytes waiting for
+    /// upload (for metrics).
+    pub(crate) fn partition_stats(&self) -> Vec<TopicStats> {
         read_lock(&self.topics)
             .values()
-            .map(|t| (t.tenant.clone(), t.name.clone(), read_lock(&t.partitions).iter().map(|l| l.stats()).collect()))
+            .map(|t| {
+                let parts = read_lock(&t.partitions)
+                    .iter()
+                    .map(|l| (l.stats(), if l.config().tiered { l.pending_upload_bytes() } else { 0 }))
+                    .collect();
+                (t.tenant.clone(), t.name.clone(), parts)
+            })
             .collect()
     }
 
@@ -346,8 +356,9 @@ impl Broker {
                 }
                 busy.insert(dir.clone());
                 let limits = tier.limits();
+                let metrics = self.metrics.clone();
                 running.spawn(async move {
-                    let result = upload_pending(&log, limits).await;
+                    let result = upload_pending(&log, limits, &metrics).await;
                     (dir, result)
                 });
             }
@@ -414,6 +425,7 @@ impl Broker {
             && tier.backlog() > tier.budget()
             && log.config().tiered
         {
+            self.metrics.rejections.get_or_create(&crate::metrics::RejectLabels { reason: "cold_tier_backlog" }).inc();
             return Err(BrokerError::ColdTierBacklog {
                 resource,
                 waiting: tier.backlog(),
@@ -1005,16 +1017,23 @@ fn remove_orphans(root: &Path, expected: &std::collections::HashSet<PathBuf>) {
     }
 }
 
-/// The cold-tier key prefix of a partition, from its directory
-/// (`topics/<tenant>/<topic>.<id>/<partition>`): the remote layout mirrors
-/// the local one.
-fn remote_prefix(log: &PartitionLog, partition: u32) -> object_store::path::Path {
+/// Tenant, topic, topic id and partition of a partition log, from its
+/// directory (`topics/<tenant>/<topic>.<id>/<partition>`).
+fn partition_names(log: &PartitionLog) -> (String, String, u64, u32) {
     let name =
         |p: Option<&Path>| p.and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let topic_dir = name(log.dir().parent());
     let tenant = name(log.dir().parent().and_then(Path::parent));
+    let partition = name(Some(log.dir())).parse().unwrap_or(0);
     let (topic, id) = topic_dir.rsplit_once('.').unwrap_or((&topic_dir, "0"));
-    crate::tier::manifest::partition_prefix(&tenant, topic, id.parse().unwrap_or(0), partition)
+    (tenant, topic.to_owned(), id.parse().unwrap_or(0), partition)
+}
+
+/// The cold-tier key prefix of a partition: the remote layout mirrors the
+/// local one.
+fn remote_prefix(log: &PartitionLog, partition: u32) -> object_store::path::Path {
+    let (tenant, topic, id, _) = partition_names(log);
+    crate::tier::manifest::partition_prefix(&tenant, &topic, id, partition)
 }
 
 /// A cold-tier failure as the log error a read reports: corruption stays
@@ -1061,13 +1080,40 @@ async fn attach_tiers(tier: &Arc<Tier>, topics: &HashMap<TopicKey, Arc<TopicStat
 
 /// Uploads a partition's sealed segments that the tier lacks, oldest first,
 /// then applies local retention so uploaded copies past it go at once.
-async fn upload_pending(log: &Arc<PartitionLog>, limits: crate::tier::UploadLimits) -> Result<(), TierError> {
+async fn upload_pending(
+    log: &Arc<PartitionLog>,
+    limits: crate::tier::UploadLimits,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), TierError> {
     let Some(remote) = log.remote() else { return Ok(()) };
+    let (tenant, topic, _, partition) = partition_names(log);
+    let labels = crate::metrics::TopicLabels { tenant, topic };
     let mut after = 0;
     while let Some(seg) = log.next_to_upload(after) {
         after = seg.next_offset;
-        if crate::tier::upload_segment(remote, &seg, limits, now_ms()).await? {
-            tracing::debug!(dir = %log.dir().display(), base = seg.base_offset, "segment uploaded");
+        let mut span = strata_proto::telemetry::enabled().then(|| {
+            use strata_proto::telemetry::{self as t, Attribute, attr};
+            let mut a = t::base_attributes(&labels.topic);
+            a.push(Attribute::new(attr::PARTITION, partition.to_string()));
+            a.push(Attribute::new("strata.segment.base_offset", seg.base_offset as i64));
+            a.push(Attribute::new("strata.segment.bytes", seg.size as i64));
+            t::start(format!("tier upload {}", labels.topic), t::Kind::Internal, &t::TraceContext::new(), a)
+        });
+        match crate::tier::upload_segment(remote, &seg, limits, now_ms()).await {
+            Ok(true) => {
+                tracing::debug!(dir = %log.dir().display(), base = seg.base_offset, "segment uploaded");
+                metrics.tier_uploaded_segments.get_or_create(&labels).inc();
+                metrics.tier_uploaded_bytes.get_or_create(&labels).inc_by(seg.size);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                metrics.tier_upload_failures.get_or_create(&labels).inc();
+                if let Some(s) = &mut span {
+                    use strata_proto::telemetry::Span as _;
+                    s.set_status(strata_proto::telemetry::SpanStatus::error(e.to_string()));
+                }
+                return Err(e);
+            }
         }
     }
     let l = log.clone();

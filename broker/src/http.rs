@@ -36,15 +36,27 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 /// requests happen.
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     let m = s.broker.metrics();
-    for g in [&m.log_end_offset, &m.log_start_offset, &m.log_size] {
+    for g in [
+        &m.log_end_offset,
+        &m.log_start_offset,
+        &m.log_size,
+        &m.tier_upload_lag,
+        &m.tier_remote_bytes,
+        &m.tier_remote_end_offset,
+    ] {
         g.clear();
     }
     for (tenant, topic, parts) in s.broker.partition_stats() {
-        for (p, st) in parts.iter().enumerate() {
+        for (p, (st, pending)) in parts.iter().enumerate() {
             let l = PartitionLabels { tenant: tenant.clone(), topic: topic.clone(), partition: p as u32 };
             m.log_end_offset.get_or_create(&l).set(st.high_watermark as i64);
             m.log_start_offset.get_or_create(&l).set(st.start_offset as i64);
             m.log_size.get_or_create(&l).set(st.size_bytes as i64);
+            if st.remote_segments > 0 || *pending > 0 {
+                m.tier_upload_lag.get_or_create(&l).set(*pending as i64);
+                m.tier_remote_bytes.get_or_create(&l).set(st.remote_bytes as i64);
+                m.tier_remote_end_offset.get_or_create(&l).set(st.remote_end_offset as i64);
+            }
         }
     }
     s.queues.refresh_metrics();

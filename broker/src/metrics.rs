@@ -93,6 +93,12 @@ pub(crate) struct Metrics {
     pub group_lag: Family<GroupLabels, Gauge>,
     pub rpc_duration: HistogramFamily,
     pub rejections: Family<RejectLabels, Counter>,
+    pub tier_uploaded_segments: Family<TopicLabels, Counter>,
+    pub tier_uploaded_bytes: Family<TopicLabels, Counter>,
+    pub tier_upload_failures: Family<TopicLabels, Counter>,
+    pub tier_upload_lag: Family<PartitionLabels, Gauge>,
+    pub tier_remote_bytes: Family<PartitionLabels, Gauge>,
+    pub tier_remote_end_offset: Family<PartitionLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +131,12 @@ impl Metrics {
             group_lag: Family::default(),
             rpc_duration: Family::new_with_constructor(rpc_histogram),
             rejections: Family::default(),
+            tier_uploaded_segments: Family::default(),
+            tier_uploaded_bytes: Family::default(),
+            tier_upload_failures: Family::default(),
+            tier_upload_lag: Family::default(),
+            tier_remote_bytes: Family::default(),
+            tier_remote_end_offset: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -166,6 +178,30 @@ impl Metrics {
             m.rpc_duration.clone(),
         );
         r.register("quota_rejections", "Requests refused for a resource limit", m.rejections.clone());
+        r.register(
+            "tier_uploaded_segments",
+            "Sealed segments uploaded to the cold tier",
+            m.tier_uploaded_segments.clone(),
+        );
+        r.register_with_unit(
+            "tier_uploaded",
+            "Bytes uploaded to the cold tier",
+            Unit::Bytes,
+            m.tier_uploaded_bytes.clone(),
+        );
+        r.register("tier_upload_failures", "Failed cold-tier upload attempts", m.tier_upload_failures.clone());
+        r.register_with_unit(
+            "tier_upload_lag",
+            "Bytes of sealed segments waiting for upload",
+            Unit::Bytes,
+            m.tier_upload_lag.clone(),
+        );
+        r.register_with_unit("tier_remote", "Bytes stored in the cold tier", Unit::Bytes, m.tier_remote_bytes.clone());
+        r.register(
+            "tier_remote_end_offset",
+            "End of the offsets held in the cold tier",
+            m.tier_remote_end_offset.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -249,6 +249,7 @@ async fn fetch_loop(
             }
             continue;
         }
+        let read_from = next;
         next = read.next_offset;
         let records: u64 = strata_proto::batch::BatchIter::new(read.records.clone())
             .filter_map(Result::ok)
@@ -257,8 +258,16 @@ async fn fetch_loop(
         let metrics = broker.metrics();
         metrics.messages_out.get_or_create(&labels).inc_by(records);
         metrics.bytes_out.get_or_create(&labels).inc_by(read.records.len() as u64);
-        let delivered = strata_proto::telemetry::enabled()
-            .then(|| crate::telemetry::batch_spans(&read.records, "deliver", &labels.topic, partition));
+        let delivered = strata_proto::telemetry::enabled().then(|| {
+            let mut spans = crate::telemetry::batch_spans(&read.records, "deliver", &labels.topic, partition);
+            // Where the bytes came from: the local disk or the cold tier.
+            let tier = if log.remote().is_some() && read_from < log.local_start() { "cold" } else { "hot" };
+            for (_, s) in &mut spans {
+                use strata_proto::telemetry::{Attribute, Span as _};
+                s.set_attribute(Attribute::new("messaging.strata.tier", tier));
+            }
+            spans
+        });
         let resp = FetchResponse {
             partition,
             records: read.records,

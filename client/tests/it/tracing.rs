@@ -138,13 +138,13 @@ impl Drop for TracedBroker {
     }
 }
 
-pub fn start_traced_broker(bin: &PathBuf, collector: SocketAddr, extra: &[&str]) -> TracedBroker {
+pub fn start_traced_broker(bin: &PathBuf, collector: SocketAddr, env: &[(&str, &str)]) -> TracedBroker {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .args(extra)
         .envs(otel_env(collector, "strata-broker"))
+        .envs(env.iter().copied())
         .env("STRATA_LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -177,12 +177,16 @@ pub fn traced_cli(url: &str, collector: SocketAddr, service: &str, args: &[&str]
 /// A collector and a traced broker; `None` (after saying why) when the
 /// broker binary is not built.
 pub async fn traced_setup() -> Option<(Collector, SocketAddr, TracedBroker)> {
+    traced_setup_with(&[]).await
+}
+
+pub async fn traced_setup_with(env: &[(&str, &str)]) -> Option<(Collector, SocketAddr, TracedBroker)> {
     let Some(bin) = broker_binary() else {
         println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
         return None;
     };
     let (collector, caddr) = Collector::start().await;
-    let broker = tokio::task::block_in_place(|| start_traced_broker(&bin, caddr, &[]));
+    let broker = tokio::task::block_in_place(|| start_traced_broker(&bin, caddr, env));
     Some((collector, caddr, broker))
 }
 
@@ -291,4 +295,60 @@ async fn a_queue_message_is_traced_through_redelivery_and_dead_lettering() {
     assert!(is_kind(&process, SpanKind::Consumer));
     assert_eq!(process.trace_id, send.trace_id, "the dead-lettered copy keeps the trace");
     assert!(process.links.contains(&send.span_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_read_back_from_the_cold_tier_keeps_its_trace() {
+    // Fast uploads and maintenance; the default cold store (file:// in the data dir).
+    let env = [("STRATA_STORAGE_MAINTENANCE_INTERVAL", "50ms"), ("STRATA_TIER_UPLOAD_INTERVAL", "20ms")];
+    let Some((collector, caddr, broker)) = traced_setup_with(&env).await else { return };
+    let url = broker.url.clone();
+    tokio::task::block_in_place(|| {
+        traced_cli(
+            &url,
+            caddr,
+            "ops",
+            &["topic", "create", "events", "--segment-bytes", "4KiB", "--local-retention", "1ms"],
+            "",
+        );
+        for round in 0..5 {
+            let lines: String = (0..200).map(|i| format!("msg-{:05}\n", round * 200 + i)).collect();
+            traced_cli(&url, caddr, "producer-app", &["produce", "events"], &lines);
+        }
+    });
+    // Wait until the first records are only in the cold tier.
+    let client = strata_client::Client::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = client.describe_topic("events").await.unwrap().partition_details[0];
+        if p.local_start_offset > 200 && p.remote_start_offset == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "data never moved to the cold tier: {p:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| {
+        let out =
+            traced_cli(&url, caddr, "cold-reader", &["consume", "events", "--from", "earliest", "--count", "1"], "");
+        assert_eq!(out.trim(), "msg-00000");
+    });
+
+    let send = collector
+        .wait_for("send events of message 0", |s| {
+            s.name == "send events" && s.attrs.get("messaging.message.id").map(String::as_str) == Some("0")
+        })
+        .await;
+    let upload = collector.wait_for("tier upload events", |s| s.name == "tier upload events").await;
+    assert_eq!(upload.service, "strata-broker");
+    let deliver = collector
+        .wait_for("cold deliver of message 0", |s| {
+            s.name == "deliver events" && s.attrs.get("messaging.message.id").map(String::as_str) == Some("0")
+        })
+        .await;
+    assert_eq!(deliver.attrs["messaging.strata.tier"], "cold", "message 0 was served from the cold tier");
+    assert_eq!((deliver.trace_id.clone(), deliver.parent.clone()), (send.trace_id.clone(), send.span_id.clone()));
+    let process =
+        collector.wait_for("process events", |s| s.name == "process events" && s.service == "cold-reader").await;
+    assert_eq!(process.trace_id, send.trace_id);
+    assert!(process.links.contains(&send.span_id), "the consumer links to the producer's span");
 }
