@@ -321,8 +321,9 @@ impl Config {
         let table = text
             .parse::<toml::Table>()
             .map_err(|e| ConfigError::Parse { path: origin.clone(), message: e.message().to_owned() })?;
-        let config: Config =
-            table.try_into().map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.message().to_owned() })?;
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.message().to_owned() })?;
         config.validate()?;
         Ok(config)
     }

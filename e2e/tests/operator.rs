@@ -89,7 +89,12 @@ async fn operator_on_a_real_cluster() -> anyhow::Result<()> {
             let name = name.clone();
             async move {
                 let c = crds.get(&name).await?;
-                let ok = c.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Established" && c.status == "True");
+                let ok = c
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
                 Ok(ok.then_some(()))
             }
         })
@@ -97,7 +102,13 @@ async fn operator_on_a_real_cluster() -> anyhow::Result<()> {
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in ["strata", "team-a"] {
-        namespaces.patch(ns, &apply, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))).await?;
+        namespaces
+            .patch(
+                ns,
+                &apply,
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+            )
+            .await?;
     }
 
     // 2. The operator, in this process.
@@ -148,11 +159,16 @@ async fn operator_on_a_real_cluster() -> anyhow::Result<()> {
         let name = obj.metadata.name.clone().unwrap_or_default();
         if obj.types.as_ref().is_some_and(|t| t.kind == "Queue") {
             // Queues are Retain in the example; their broker API is not wired yet.
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}}))).await?;
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})))
+                .await?;
         }
         if obj.types.as_ref().is_some_and(|t| t.kind == "Topic") {
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"strata.dev/force-delete": "true"}}})))
-                .await?;
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"strata.dev/force-delete": "true"}}})),
+            )
+            .await?;
         }
         api.delete(&name, &DeleteParams::default()).await?;
     }

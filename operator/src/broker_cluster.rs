@@ -216,7 +216,8 @@ pub fn render_config(spec: &BrokerClusterSpec) -> Result<String, InvalidSpec> {
     }
     let mut limits = toml::Table::new();
     if let Some(b) = c.max_record_bytes {
-        let b = i64::try_from(b).map_err(|_| InvalidSpec { field: "spec.config.maxRecordBytes", message: "too large".into() })?;
+        let b = i64::try_from(b)
+            .map_err(|_| InvalidSpec { field: "spec.config.maxRecordBytes", message: "too large".into() })?;
         limits.insert("max_record_bytes".into(), b.into());
     }
     if let Some(p) = c.max_partitions_per_topic {
@@ -280,10 +281,14 @@ fn config_hash(text: &str) -> String {
 pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
     let name = cluster.name_any();
     let ns = cluster.namespace().unwrap_or_else(|| "default".into());
-    let owner = cluster.controller_owner_ref(&()).ok_or(InvalidSpec { field: "metadata.uid", message: "missing".into() })?;
+    let owner =
+        cluster.controller_owner_ref(&()).ok_or(InvalidSpec { field: "metadata.uid", message: "missing".into() })?;
     let spec = &cluster.spec;
     if spec.replicas < 1 {
-        return Err(InvalidSpec { field: "spec.replicas", message: format!("must be at least 1, got {}", spec.replicas) });
+        return Err(InvalidSpec {
+            field: "spec.replicas",
+            message: format!("must be at least 1, got {}", spec.replicas),
+        });
     }
     let config = render_config(spec)?;
     let sel = selector_labels(&name);
@@ -326,15 +331,28 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         image_pull_policy: spec.image_pull_policy.clone(),
         args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
         ports: Some(vec![
-            ContainerPort { name: Some("grpc".into()), container_port: i32::from(GRPC_PORT), ..ContainerPort::default() },
-            ContainerPort { name: Some("http".into()), container_port: i32::from(HTTP_PORT), ..ContainerPort::default() },
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: i32::from(GRPC_PORT),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: i32::from(HTTP_PORT),
+                ..ContainerPort::default()
+            },
         ]),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: spec.resources.clone(),
         volume_mounts: Some(vec![
             VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
-            VolumeMount { name: "config".into(), mount_path: CONFIG_DIR.into(), read_only: Some(true), ..VolumeMount::default() },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
         ]),
         ..Container::default()
     };
@@ -390,7 +408,10 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
                 spec: Some(PersistentVolumeClaimSpec {
                     access_modes: Some(vec!["ReadWriteOnce".into()]),
                     storage_class_name: spec.storage.storage_class_name.clone(),
-                    resources: Some(VolumeResourceRequirements { requests: Some(claim_resources), ..Default::default() }),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(claim_resources),
+                        ..Default::default()
+                    }),
                     ..PersistentVolumeClaimSpec::default()
                 }),
                 ..PersistentVolumeClaim::default()
@@ -444,7 +465,8 @@ pub fn error_policy(cluster: Arc<BrokerCluster>, error: &Error, ctx: Arc<Context
 
 async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Action, Error> {
     let name = cluster.name_any();
-    let ns = cluster.namespace().ok_or_else(|| Error::MissingNamespace { kind: "BrokerCluster", name: name.clone() })?;
+    let ns =
+        cluster.namespace().ok_or_else(|| Error::MissingNamespace { kind: "BrokerCluster", name: name.clone() })?;
     let api: Api<BrokerCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let generation = cluster.meta().generation;
     let previous = cluster.status.clone().unwrap_or_default();
@@ -454,7 +476,14 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     }
     if is_paused(cluster) {
-        status::set(&mut st.conditions, status::PAUSED, true, Reason::Paused, "strata.dev/paused is \"true\"", generation);
+        status::set(
+            &mut st.conditions,
+            status::PAUSED,
+            true,
+            Reason::Paused,
+            "strata.dev/paused is \"true\"",
+            generation,
+        );
         status::set(&mut st.conditions, status::READY, false, Reason::Paused, "reconciliation is paused", generation);
         if !status::is_true(&previous.conditions, status::PAUSED) {
             ctx.event(cluster, false, "Paused", "Reconcile", "reconciliation paused by annotation".into()).await;
@@ -495,9 +524,23 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
     st.observed_generation = generation;
     let all_ready = ready >= cluster.spec.replicas;
     if all_ready {
-        status::set(&mut st.conditions, status::READY, true, Reason::Reconciled, format!("{ready}/{} brokers ready", cluster.spec.replicas), generation);
+        status::set(
+            &mut st.conditions,
+            status::READY,
+            true,
+            Reason::Reconciled,
+            format!("{ready}/{} brokers ready", cluster.spec.replicas),
+            generation,
+        );
     } else {
-        status::set(&mut st.conditions, status::READY, false, Reason::Progressing, format!("{ready}/{} brokers ready", cluster.spec.replicas), generation);
+        status::set(
+            &mut st.conditions,
+            status::READY,
+            false,
+            Reason::Progressing,
+            format!("{ready}/{} brokers ready", cluster.spec.replicas),
+            generation,
+        );
     }
     if all_ready && !status::is_true(&previous.conditions, status::READY) {
         ctx.event(cluster, false, "Ready", "Reconcile", format!("{ready} brokers ready")).await;

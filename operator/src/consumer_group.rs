@@ -148,19 +148,25 @@ pub fn reset_hash(reset: &OffsetReset) -> String {
 
 /// The start position and topics of a reset. Pure.
 pub fn reset_plan(spec: &ConsumerGroupSpec, reset: &OffsetReset) -> Result<(StartFrom, Vec<String>), Blocked> {
-    let to = match reset.to {
-        ResetTarget::Earliest => StartFrom::Earliest,
-        ResetTarget::Latest => StartFrom::Latest,
-        ResetTarget::Timestamp => StartFrom::Timestamp(
-            reset.timestamp_ms.ok_or_else(|| Blocked::new(Reason::InvalidSpec, "spec.offsetReset: to Timestamp needs timestampMs"))?,
-        ),
-        ResetTarget::Offset => StartFrom::Offset(
-            reset.offset.ok_or_else(|| Blocked::new(Reason::InvalidSpec, "spec.offsetReset: to Offset needs offset"))?,
-        ),
-    };
+    let to =
+        match reset.to {
+            ResetTarget::Earliest => StartFrom::Earliest,
+            ResetTarget::Latest => StartFrom::Latest,
+            ResetTarget::Timestamp => StartFrom::Timestamp(reset.timestamp_ms.ok_or_else(|| {
+                Blocked::new(Reason::InvalidSpec, "spec.offsetReset: to Timestamp needs timestampMs")
+            })?),
+            ResetTarget::Offset => StartFrom::Offset(
+                reset
+                    .offset
+                    .ok_or_else(|| Blocked::new(Reason::InvalidSpec, "spec.offsetReset: to Offset needs offset"))?,
+            ),
+        };
     let topics = if reset.topics.is_empty() { spec.topics.clone() } else { reset.topics.clone() };
     if topics.is_empty() {
-        return Err(Blocked::new(Reason::InvalidSpec, "spec.offsetReset: no topics (set offsetReset.topics or spec.topics)"));
+        return Err(Blocked::new(
+            Reason::InvalidSpec,
+            "spec.offsetReset: no topics (set offsetReset.topics or spec.topics)",
+        ));
     }
     Ok((to, topics))
 }
@@ -170,14 +176,23 @@ impl BrokerResource for ConsumerGroup {
     type Status = ConsumerGroupStatus;
 
     fn placement(&self) -> Placement<'_> {
-        Placement { cluster: &self.spec.cluster_ref, tenant: Some(&self.spec.tenant), deletion_policy: self.spec.deletion_policy }
+        Placement {
+            cluster: &self.spec.cluster_ref,
+            tenant: Some(&self.spec.tenant),
+            deletion_policy: self.spec.deletion_policy,
+        }
     }
 
     fn status(&self) -> Option<&ConsumerGroupStatus> {
         self.status.as_ref()
     }
 
-    async fn sync(&self, broker: &strata_client::Client, status: &mut ConsumerGroupStatus, _ctx: &Context) -> Result<Report, Blocked> {
+    async fn sync(
+        &self,
+        broker: &strata_client::Client,
+        status: &mut ConsumerGroupStatus,
+        _ctx: &Context,
+    ) -> Result<Report, Blocked> {
         let group = self.broker_name();
         let mut report = Report::default();
         if let Some(reset) = &self.spec.offset_reset {
@@ -197,7 +212,11 @@ impl BrokerResource for ConsumerGroup {
                 }
                 status.applied_reset_hash = Some(hash);
                 status.applied_reset_generation = self.metadata.generation;
-                report.changes.push(format!("reset offsets of group {group} on {} to {:?}", topics.join(","), reset.to));
+                report.changes.push(format!(
+                    "reset offsets of group {group} on {} to {:?}",
+                    topics.join(","),
+                    reset.to
+                ));
             }
         }
         match broker.describe_group(&group).await {

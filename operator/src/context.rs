@@ -82,7 +82,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { resync: Duration::from_secs(300), backoff_base: Duration::from_secs(1), backoff_max: Duration::from_secs(300) }
+        Settings {
+            resync: Duration::from_secs(300),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -98,7 +102,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, brokers: Arc<dyn BrokerDirectory>, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(
+        client: kube::Client,
+        brokers: Arc<dyn BrokerDirectory>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
         let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
         let backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
         Context { client, recorder, brokers, metrics, settings, backoff, connections: Default::default() }
@@ -120,7 +129,14 @@ impl Context {
 
     /// Publishes an event about `obj`. A failure to publish is logged, never
     /// fatal: events are a report, not state.
-    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, warning: bool, reason: &str, action: &str, note: String) {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_owned(),

@@ -62,19 +62,20 @@ where
 /// Runs every controller until `stop` turns true.
 pub async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let client = ctx.client.clone();
-    let clusters = Controller::new(Api::<BrokerCluster>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(shutdown_signal(&stop))
-        .run(broker_cluster::reconcile, broker_cluster::error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+    let clusters =
+        Controller::new(Api::<BrokerCluster>::all(client.clone()), watcher::Config::default().any_semantic())
+            .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+            .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
+            .owns(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
+            .owns(Api::<ServiceAccount>::all(client.clone()), watcher::Config::default())
+            .owns(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default())
+            .graceful_shutdown_on(shutdown_signal(&stop))
+            .run(broker_cluster::reconcile, broker_cluster::error_policy, ctx.clone())
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "controller event");
+                }
+            });
     tokio::join!(
         clusters,
         run_kind::<Tenant>(ctx.clone(), stop.clone()),
@@ -92,7 +93,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let addr: SocketAddr = listener.local_addr().map_err(|source| Error::Listen { addr: ([0, 0, 0, 0], 0).into(), source })?;
+    let addr: SocketAddr =
+        listener.local_addr().map_err(|source| Error::Listen { addr: ([0, 0, 0, 0], 0).into(), source })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -111,8 +113,10 @@ pub async fn run(
         Some(lease) => {
             let lock = LeaseLock::new(client, lease);
             let m = metrics.clone();
-            lock.run_elected(run_controllers(ctx, stop_rx.clone()), shutdown_signal(&stop_rx), move |leader| m.set_leader(leader))
-                .await
+            lock.run_elected(run_controllers(ctx, stop_rx.clone()), shutdown_signal(&stop_rx), move |leader| {
+                m.set_leader(leader)
+            })
+            .await
         }
         None => {
             metrics.set_leader(true);

@@ -19,7 +19,10 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         get(move || {
             let metrics = metrics.clone();
             async move {
-                ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+                (
+                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    metrics.encode(),
+                )
                     .into_response()
             }
         }),
@@ -27,6 +30,10 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 /// Serves the endpoints on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router(metrics)).with_graceful_shutdown(shutdown).await
 }

@@ -103,7 +103,8 @@ impl LeaseLock {
             Decision::Renew => false,
             Decision::TakeOver => true,
         };
-        let updated = Lease { metadata: lease.metadata.clone(), spec: Some(self.spec(now, lease.spec.as_ref(), take_over)) };
+        let updated =
+            Lease { metadata: lease.metadata.clone(), spec: Some(self.spec(now, lease.spec.as_ref(), take_over)) };
         match self.api.replace(name, &PostParams::default(), &updated).await {
             Ok(_) => Ok(true),
             Err(e) if conflict(&e) => Ok(false),
@@ -190,7 +191,10 @@ mod tests {
         let now = Timestamp::from_second(1_000_000).unwrap();
         assert_eq!(decide(None, "a", now), Decision::TakeOver);
         assert_eq!(decide(Some(&spec("a", now)), "a", now), Decision::Renew);
-        assert_eq!(decide(Some(&spec("b", now - SignedDuration::from_secs(5))), "a", now), Decision::Wait { holder: "b".into() });
+        assert_eq!(
+            decide(Some(&spec("b", now - SignedDuration::from_secs(5))), "a", now),
+            Decision::Wait { holder: "b".into() }
+        );
         assert_eq!(decide(Some(&spec("b", now - SignedDuration::from_secs(16))), "a", now), Decision::TakeOver);
         assert_eq!(decide(Some(&spec("", now)), "a", now), Decision::TakeOver);
     }

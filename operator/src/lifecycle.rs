@@ -115,7 +115,14 @@ pub trait CommonStatus: Serialize + Default + Clone + Debug + Send + Sync {
 
 /// A kind whose spec is realised on the brokers through `strata-client`.
 pub trait BrokerResource:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
 {
     /// Kind name for logs and metrics.
     const KIND: &'static str;
@@ -224,7 +231,14 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
 
     // Paused: no broker calls at all, deletion included.
     if is_paused(obj) {
-        status::set(st.conditions_mut(), status::PAUSED, true, Reason::Paused, "strata.dev/paused is \"true\"", generation);
+        status::set(
+            st.conditions_mut(),
+            status::PAUSED,
+            true,
+            Reason::Paused,
+            "strata.dev/paused is \"true\"",
+            generation,
+        );
         status::set(st.conditions_mut(), status::READY, false, Reason::Paused, "reconciliation is paused", generation);
         if !status::is_true(previous.conditions(), status::PAUSED) {
             ctx.event(obj, false, "Paused", "Reconcile", "reconciliation paused by annotation".into()).await;
@@ -251,16 +265,32 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
         let message = format!("BrokerCluster {cluster_ns}/{cluster_name} not found");
         if deleting {
             set_finalizer(&api, obj, false).await?;
-            ctx.event(obj, true, "FinalizerReleased", "Delete", format!("{message}; nothing to clean up on the broker")).await;
+            ctx.event(
+                obj,
+                true,
+                "FinalizerReleased",
+                "Delete",
+                format!("{message}; nothing to clean up on the broker"),
+            )
+            .await;
             return Ok(Action::await_change());
         }
-        return blocked(obj, ctx, &api, previous, st, Blocked::new(Reason::ClusterNotFound, format!("{message}; waiting for it"))).await;
+        return blocked(
+            obj,
+            ctx,
+            &api,
+            previous,
+            st,
+            Blocked::new(Reason::ClusterNotFound, format!("{message}; waiting for it")),
+        )
+        .await;
     }
 
     if deleting {
         if placement.deletion_policy == DeletionPolicy::Retain {
             set_finalizer(&api, obj, false).await?;
-            ctx.event(obj, false, "Retained", "Delete", "deletionPolicy Retain: the broker-side object is kept".into()).await;
+            ctx.event(obj, false, "Retained", "Delete", "deletionPolicy Retain: the broker-side object is kept".into())
+                .await;
             return Ok(Action::await_change());
         }
         let broker = match connect(ctx, &cluster_ns, &cluster_name, placement.tenant).await {
@@ -309,12 +339,26 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
     };
     match obj.sync(&broker, &mut st, ctx).await {
         Ok(report) => {
-            status::set(st.conditions_mut(), status::READY, true, Reason::Reconciled, "the broker matches the spec", generation);
+            status::set(
+                st.conditions_mut(),
+                status::READY,
+                true,
+                Reason::Reconciled,
+                "the broker matches the spec",
+                generation,
+            );
             if report.drift.is_empty() {
                 status::set(st.conditions_mut(), status::DRIFTED, false, Reason::InSync, "", generation);
             } else {
                 let what = report.drift.join("; ");
-                status::set(st.conditions_mut(), status::DRIFTED, true, Reason::Drifted, format!("reverted: {what}"), generation);
+                status::set(
+                    st.conditions_mut(),
+                    status::DRIFTED,
+                    true,
+                    Reason::Drifted,
+                    format!("reverted: {what}"),
+                    generation,
+                );
                 ctx.event(obj, true, "Drifted", "Reconcile", format!("out-of-band change reverted: {what}")).await;
             }
             for change in &report.changes {
@@ -332,8 +376,16 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
     }
 }
 
-async fn connect(ctx: &Context, ns: &str, cluster: &str, tenant: Option<&str>) -> Result<strata_client::Client, Blocked> {
-    let client = ctx.broker(ns, cluster).await.map_err(|e| Blocked::from_client(&format!("BrokerCluster {ns}/{cluster}"), &e))?;
+async fn connect(
+    ctx: &Context,
+    ns: &str,
+    cluster: &str,
+    tenant: Option<&str>,
+) -> Result<strata_client::Client, Blocked> {
+    let client = ctx
+        .broker(ns, cluster)
+        .await
+        .map_err(|e| Blocked::from_client(&format!("BrokerCluster {ns}/{cluster}"), &e))?;
     Ok(match tenant {
         Some(t) => client.with_tenant(t),
         None => client,

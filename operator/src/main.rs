@@ -75,9 +75,14 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let filter = tracing_subscriber::EnvFilter::try_new(&log_level).context("--log-level")?;
             let builder = tracing_subscriber::fmt().with_env_filter(filter);
-            if log_json { builder.json().init() } else { builder.init() }
+            if log_json {
+                builder.json().init()
+            } else {
+                builder.init()
+            }
             let client = kube::Client::try_default().await.context("cannot configure the Kubernetes client")?;
-            let listener = tokio::net::TcpListener::bind(http_listen).await.with_context(|| format!("binding {http_listen}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(http_listen).await.with_context(|| format!("binding {http_listen}"))?;
             let config = strata_operator::Config {
                 settings: Settings { resync, ..Settings::default() },
                 leader_election: leader_election.then(|| LeaseConfig {

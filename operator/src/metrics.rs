@@ -49,10 +49,16 @@ impl Metrics {
         let mut registry = Registry::with_prefix("strata_operator");
         let reconciles = Family::<KindLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
-        let duration = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let duration = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run, per kind", reconciles.clone());
-        registry.register("reconcile_failures", "Reconciles that failed with an error, per kind and error", failures.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed with an error, per kind and error",
+            failures.clone(),
+        );
         registry.register("reconcile_duration_seconds", "Duration of reconciles, per kind", duration.clone());
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
         Metrics { registry, reconciles, failures, duration, leader }

@@ -200,7 +200,10 @@ pub fn desired_settings(spec: &QueueSpec) -> Result<QueueSettings, Blocked> {
     }
     for (i, b) in spec.bindings.iter().enumerate() {
         if b.key.is_some() && b.pattern.is_some() {
-            return Err(Blocked::new(Reason::InvalidSpec, format!("spec.bindings[{i}]: key and pattern are exclusive")));
+            return Err(Blocked::new(
+                Reason::InvalidSpec,
+                format!("spec.bindings[{i}]: key and pattern are exclusive"),
+            ));
         }
         if let Some(p) = &b.pattern
             && p.split('.').any(|w| w.is_empty() || (w.len() > 1 && (w.contains('*') || w.contains('#'))))
@@ -248,14 +251,23 @@ impl BrokerResource for Queue {
     type Status = QueueStatus;
 
     fn placement(&self) -> Placement<'_> {
-        Placement { cluster: &self.spec.cluster_ref, tenant: Some(&self.spec.tenant), deletion_policy: self.spec.deletion_policy }
+        Placement {
+            cluster: &self.spec.cluster_ref,
+            tenant: Some(&self.spec.tenant),
+            deletion_policy: self.spec.deletion_policy,
+        }
     }
 
     fn status(&self) -> Option<&QueueStatus> {
         self.status.as_ref()
     }
 
-    async fn sync(&self, _broker: &strata_client::Client, _status: &mut QueueStatus, ctx: &Context) -> Result<Report, Blocked> {
+    async fn sync(
+        &self,
+        _broker: &strata_client::Client,
+        _status: &mut QueueStatus,
+        ctx: &Context,
+    ) -> Result<Report, Blocked> {
         let _settings = desired_settings(&self.spec)?;
         // Dead-letter loops across Queue resources of the same tenant.
         let ns = self.namespace().unwrap_or_default();
@@ -271,7 +283,10 @@ impl BrokerResource for Queue {
             .filter_map(|q| q.spec.dead_letter_queue.clone().map(|d| (q.broker_name(), d)))
             .collect();
         if let Some(cycle) = dead_letter_loop(&self.broker_name(), &links) {
-            return Err(Blocked::new(Reason::DeadLetterLoop, format!("dead-letter queues form a loop: {}", cycle.join(" -> "))));
+            return Err(Blocked::new(
+                Reason::DeadLetterLoop,
+                format!("dead-letter queues form a loop: {}", cycle.join(" -> ")),
+            ));
         }
         Err(Blocked::new(
             Reason::Unsupported,
@@ -306,7 +321,12 @@ mod tests {
             fifo: true,
             dedup_window: Some("5m".into()),
             priorities: Some(10),
-            bindings: vec![QueueBinding { topic: "orders".into(), key: None, pattern: Some("eu.*.#".into()), headers: BTreeMap::new() }],
+            bindings: vec![QueueBinding {
+                topic: "orders".into(),
+                key: None,
+                pattern: Some("eu.*.#".into()),
+                headers: BTreeMap::new(),
+            }],
             deletion_policy: DeletionPolicy::Delete,
         }
     }
@@ -343,8 +363,10 @@ mod tests {
 
     #[test]
     fn dead_letter_loops_are_found() {
-        let links: HashMap<String, String> =
-            [("a", "b"), ("b", "c"), ("c", "a"), ("x", "y")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let links: HashMap<String, String> = [("a", "b"), ("b", "c"), ("c", "a"), ("x", "y")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         assert_eq!(dead_letter_loop("a", &links), Some(vec!["a".into(), "b".into(), "c".into(), "a".into()]));
         assert_eq!(dead_letter_loop("x", &links), None);
         let selfie: HashMap<String, String> = [("q".to_owned(), "q".to_owned())].into();

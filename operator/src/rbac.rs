@@ -49,16 +49,31 @@ pub const PERMISSIONS: &[Permission] = &[
     // Owned objects: `.owns()` lists and watches them, server-side apply
     // patches them (a create through apply is authorised as patch); the
     // StatefulSet is read for its ready replicas.
-    Permission { scope: Scope::Cluster, api_group: "apps", resources: &["statefulsets"], verbs: &["get", "list", "watch", "patch"] },
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "apps",
+        resources: &["statefulsets"],
+        verbs: &["get", "list", "watch", "patch"],
+    },
     Permission {
         scope: Scope::Cluster,
         api_group: "",
         resources: &["configmaps", "serviceaccounts", "services"],
         verbs: &["list", "watch", "patch"],
     },
-    Permission { scope: Scope::Cluster, api_group: "policy", resources: &["poddisruptionbudgets"], verbs: &["list", "watch", "patch"] },
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "policy",
+        resources: &["poddisruptionbudgets"],
+        verbs: &["list", "watch", "patch"],
+    },
     // kube's event Recorder creates events and patches repeated ones.
-    Permission { scope: Scope::Cluster, api_group: "events.k8s.io", resources: &["events"], verbs: &["create", "patch"] },
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
     // Leader election.
     Permission {
         scope: Scope::OperatorNamespace,

@@ -91,7 +91,14 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 }
 
 /// Sets a condition, keeping `lastTransitionTime` unless the status changes.
-pub fn set(conditions: &mut Vec<Condition>, type_: &str, status: bool, reason: Reason, message: impl Into<String>, generation: Option<i64>) {
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: Reason,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
     let status = if status { "True" } else { "False" }.to_owned();
     let message = message.into();
     let now = Timestamp::now().to_string();

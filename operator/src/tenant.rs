@@ -78,14 +78,22 @@ impl BrokerResource for Tenant {
         self.status.as_ref()
     }
 
-    async fn sync(&self, broker: &strata_client::Client, status: &mut TenantStatus, _ctx: &Context) -> Result<Report, Blocked> {
+    async fn sync(
+        &self,
+        broker: &strata_client::Client,
+        status: &mut TenantStatus,
+        _ctx: &Context,
+    ) -> Result<Report, Blocked> {
         let name = self.name_any();
         let tenants = broker.list_tenants().await.map_err(|e| Blocked::from_client("list tenants", &e))?;
         let mut report = Report::default();
         match tenants.iter().find(|t| t.name == name) {
             Some(t) => status.topic_count = t.topic_count,
             None => {
-                broker.create_tenant(&name).await.map_err(|e| Blocked::from_client(&format!("create tenant {name}"), &e))?;
+                broker
+                    .create_tenant(&name)
+                    .await
+                    .map_err(|e| Blocked::from_client(&format!("create tenant {name}"), &e))?;
                 if status.created {
                     report.drift.push(format!("tenant {name} was missing on the broker and was created again"));
                 } else {

@@ -9,7 +9,9 @@ use strata_client::{ErrorCode, Retention, TopicConfig, TopicOptions};
 
 use crate::broker_cluster::Durability;
 use crate::context::Context;
-use crate::lifecycle::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report, force_delete};
+use crate::lifecycle::{
+    Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report, force_delete,
+};
 use crate::status::{self, Condition, Reason};
 
 /// A topic of a tenant on a `BrokerCluster`.
@@ -123,7 +125,9 @@ pub fn parse_retention(s: &str) -> Result<Retention, String> {
 /// broker default, and not checked for drift).
 pub fn desired_options(spec: &TopicSpec) -> Result<TopicOptions, Blocked> {
     let retention = match &spec.retention {
-        Some(r) => Some(parse_retention(r).map_err(|m| Blocked::new(Reason::InvalidSpec, format!("spec.retention: {m}")))?),
+        Some(r) => {
+            Some(parse_retention(r).map_err(|m| Blocked::new(Reason::InvalidSpec, format!("spec.retention: {m}")))?)
+        }
         None => None,
     };
     if spec.retention_bytes.is_some_and(|b| b < -1) {
@@ -195,14 +199,23 @@ impl BrokerResource for Topic {
     type Status = TopicStatus;
 
     fn placement(&self) -> Placement<'_> {
-        Placement { cluster: &self.spec.cluster_ref, tenant: Some(&self.spec.tenant), deletion_policy: self.spec.deletion_policy }
+        Placement {
+            cluster: &self.spec.cluster_ref,
+            tenant: Some(&self.spec.tenant),
+            deletion_policy: self.spec.deletion_policy,
+        }
     }
 
     fn status(&self) -> Option<&TopicStatus> {
         self.status.as_ref()
     }
 
-    async fn sync(&self, broker: &strata_client::Client, status: &mut TopicStatus, _ctx: &Context) -> Result<Report, Blocked> {
+    async fn sync(
+        &self,
+        broker: &strata_client::Client,
+        status: &mut TopicStatus,
+        _ctx: &Context,
+    ) -> Result<Report, Blocked> {
         let name = self.broker_name();
         let want = desired_options(&self.spec)?;
         let was_in_sync = in_sync_before(status, self.metadata.generation);
@@ -244,7 +257,10 @@ impl BrokerResource for Topic {
         let actual = desc.config.clone().unwrap_or_default();
         let (diffs, fix) = differences(&want, &actual);
         if !diffs.is_empty() {
-            desc = broker.update_topic(&name, fix).await.map_err(|e| Blocked::from_client(&format!("update topic {name}"), &e))?;
+            desc = broker
+                .update_topic(&name, fix)
+                .await
+                .map_err(|e| Blocked::from_client(&format!("update topic {name}"), &e))?;
             let what = format!("topic {name}: {}", diffs.join(", "));
             if was_in_sync { report.drift.push(what) } else { report.changes.push(what) }
         }

@@ -36,11 +36,16 @@ async fn children_are_applied_owned_and_drift_is_taken_back() {
         ("apps/v1", "StatefulSet", "main"),
         ("policy/v1", "PodDisruptionBudget", "main"),
     ] {
-        let obj = env.fake.get(&path_of(api_version, kind, CLUSTER_NS, name)).unwrap_or_else(|| panic!("{kind} {name}"));
+        let obj =
+            env.fake.get(&path_of(api_version, kind, CLUSTER_NS, name)).unwrap_or_else(|| panic!("{kind} {name}"));
         let owner = &obj["metadata"]["ownerReferences"][0];
-        assert_eq!((owner["kind"].as_str(), owner["name"].as_str(), owner["controller"].as_bool()), (Some("BrokerCluster"), Some("main"), Some(true)));
+        assert_eq!(
+            (owner["kind"].as_str(), owner["name"].as_str(), owner["controller"].as_bool()),
+            (Some("BrokerCluster"), Some("main"), Some(true))
+        );
     }
-    let applies: Vec<_> = env.fake.requests().into_iter().filter(|r| r.content_type.starts_with("application/apply-patch")).collect();
+    let applies: Vec<_> =
+        env.fake.requests().into_iter().filter(|r| r.content_type.starts_with("application/apply-patch")).collect();
     assert!(applies.iter().all(|r| r.query.contains("fieldManager=strata-operator") && r.query.contains("force=true")));
 
     let (status, reason, message) = env.ready(&cluster_path("main"));
@@ -55,7 +60,12 @@ async fn children_are_applied_owned_and_drift_is_taken_back() {
     assert_eq!(config.server.http_listen.to_string(), "0.0.0.0:7071");
     assert_eq!(config.storage.data_dir, std::path::PathBuf::from("/var/lib/strata"));
     assert_eq!(config.log.level, "debug");
-    assert_eq!(config.topic_defaults.retention, strata_broker::config::Limit::Max(strata_broker::config::HumanDuration(std::time::Duration::from_secs(3 * 24 * 3600))));
+    assert_eq!(
+        config.topic_defaults.retention,
+        strata_broker::config::Limit::Max(strata_broker::config::HumanDuration(std::time::Duration::from_secs(
+            3 * 24 * 3600
+        )))
+    );
 
     // Someone scales the StatefulSet by hand: the next resync takes it back.
     env.fake.update_spec(&sts_path(), json!({"replicas": 1}));

@@ -8,7 +8,8 @@ use strata_operator::consumer_group::ConsumerGroup;
 use crate::{CLUSTER_NS, NS, TestEnv, path_of};
 
 fn group_json(extra: Value) -> Value {
-    let mut spec = json!({"clusterRef": {"name": "main", "namespace": CLUSTER_NS}, "tenant": "default", "topics": ["orders"]});
+    let mut spec =
+        json!({"clusterRef": {"name": "main", "namespace": CLUSTER_NS}, "tenant": "default", "topics": ["orders"]});
     crate::fake_api::merge(&mut spec, &extra);
     json!({"apiVersion": "strata.dev/v1alpha1", "kind": "ConsumerGroup", "metadata": {"name": "billing", "namespace": NS}, "spec": spec})
 }
@@ -59,7 +60,7 @@ async fn lag_is_reported_and_a_reset_is_applied_once_per_change() {
     env.fake.update_spec(&path, json!({"offsetReset": {"to": "Offset", "offset": 7}}));
     env.reconcile::<ConsumerGroup>(&path).await;
     assert_eq!(committed(&client).await, 7);
-    assert!(env.fake.event_reasons().iter().filter(|r| *r == "Updated").count() >= 2);
+    assert_eq!(env.fake.event_count("Updated"), 2, "one event per applied reset");
 
     // deletionPolicy Delete removes the committed offsets.
     env.fake.delete(&path);

@@ -22,10 +22,21 @@ fn crds_dirs_match_the_generator() {
         on_disk.sort();
         let mut names: Vec<String> = generated.iter().map(|(n, _)| n.clone()).collect();
         names.sort();
-        assert_eq!(on_disk, names, "{} holds other files; run `cargo run -p strata-operator -- crds --out {}`", dir.display(), dir.display());
+        assert_eq!(
+            on_disk,
+            names,
+            "{} holds other files; run `cargo run -p strata-operator -- crds --out {}`",
+            dir.display(),
+            dir.display()
+        );
         for (name, text) in generated {
             let disk = std::fs::read_to_string(dir.join(&name)).unwrap();
-            assert!(disk == text, "{}/{name} is stale; run `cargo run -p strata-operator -- crds --out {}`", dir.display(), dir.display());
+            assert!(
+                disk == text,
+                "{}/{name} is stale; run `cargo run -p strata-operator -- crds --out {}`",
+                dir.display(),
+                dir.display()
+            );
         }
     }
 }
@@ -94,12 +105,19 @@ fn every_crd_has_a_status_subresource_and_the_right_group() {
 fn rbac_matches_the_charts_expected_rules() {
     let path = root().join("charts/strata-operator/tests/expected-rbac.json");
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(file, strata_operator::rbac::expected_json(), "update {} together with operator/src/rbac.rs", path.display());
+    assert_eq!(
+        file,
+        strata_operator::rbac::expected_json(),
+        "update {} together with operator/src/rbac.rs",
+        path.display()
+    );
 }
 
 #[test]
 fn every_example_parses_into_its_crd_type() {
-    use strata_operator::{broker_cluster::BrokerCluster, consumer_group::ConsumerGroup, queue::Queue, tenant::Tenant, topic::Topic};
+    use strata_operator::{
+        broker_cluster::BrokerCluster, consumer_group::ConsumerGroup, queue::Queue, tenant::Tenant, topic::Topic,
+    };
     let dir = root().join("examples");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let c: BrokerCluster = serde_yaml::from_str(&read("broker-cluster.yaml")).unwrap();

@@ -79,7 +79,8 @@ impl FakeApi {
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
-                let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+                let body: Value =
+                    if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
                 let content_type = parts
                     .headers
                     .get(http::header::CONTENT_TYPE)
@@ -174,13 +175,30 @@ impl FakeApi {
             .collect()
     }
 
+    /// How many times an event with this reason was recorded: kube's
+    /// Recorder creates an event once and patches its `series` for repeats.
+    pub fn event_count(&self, reason: &str) -> u64 {
+        let st = self.state.lock().unwrap();
+        st.objects
+            .iter()
+            .filter(|(k, v)| k.contains("/events/") && v["reason"] == reason)
+            .map(|(_, v)| v["series"]["count"].as_u64().unwrap_or(1))
+            .sum()
+    }
+
     pub fn clear_requests(&self) {
         self.state.lock().unwrap().requests.clear();
     }
 
     fn handle(&self, method: &Method, path: &str, query: &str, content_type: &str, body: Value) -> (StatusCode, Value) {
         let mut st = self.state.lock().unwrap();
-        st.requests.push(Recorded { method: method.clone(), path: path.to_owned(), query: query.to_owned(), content_type: content_type.to_owned(), body: body.clone() });
+        st.requests.push(Recorded {
+            method: method.clone(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            content_type: content_type.to_owned(),
+            body: body.clone(),
+        });
         let (key, status_sub) = match path.strip_suffix("/status") {
             Some(k) => (k.to_owned(), true),
             None => (path.to_owned(), false),
@@ -201,9 +219,13 @@ impl FakeApi {
                         .map(|(_, v)| v.clone())
                         .collect();
                     let segments: Vec<&str> = key.split('/').collect();
-                    let is_collection = segments.iter().position(|s| *s == "namespaces").is_some_and(|i| segments.len() == i + 3);
+                    let is_collection =
+                        segments.iter().position(|s| *s == "namespaces").is_some_and(|i| segments.len() == i + 3);
                     if is_collection {
-                        (StatusCode::OK, json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}))
+                        (
+                            StatusCode::OK,
+                            json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}),
+                        )
                     } else {
                         not_found()
                     }
@@ -249,7 +271,10 @@ impl FakeApi {
                         Err(e) => return (StatusCode::BAD_REQUEST, status_body(400, "BadRequest", &e.to_string())),
                     };
                     if json_patch::patch(&mut obj, &patch).is_err() {
-                        return (StatusCode::UNPROCESSABLE_ENTITY, status_body(422, "Invalid", "json patch test failed"));
+                        return (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            status_body(422, "Invalid", "json patch test failed"),
+                        );
                     }
                 } else {
                     if let Some(want) = body["metadata"]["resourceVersion"].as_str()

@@ -79,7 +79,14 @@ async fn run_elected_runs_the_work_only_while_leading() {
     let leading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let l = leading.clone();
     let task = tokio::spawn(async move {
-        lock.run_elected(work, async { let _ = stop_rx.await; }, move |v| l.store(v, std::sync::atomic::Ordering::SeqCst)).await
+        lock.run_elected(
+            work,
+            async {
+                let _ = stop_rx.await;
+            },
+            move |v| l.store(v, std::sync::atomic::Ordering::SeqCst),
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(!leading.load(std::sync::atomic::Ordering::SeqCst), "never leads while another holds a valid lease");

@@ -35,7 +35,11 @@ pub struct TestEnv {
 }
 
 pub fn settings() -> Settings {
-    Settings { resync: Duration::from_secs(300), backoff_base: Duration::from_secs(1), backoff_max: Duration::from_secs(60) }
+    Settings {
+        resync: Duration::from_secs(300),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+    }
 }
 
 impl TestEnv {
