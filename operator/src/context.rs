@@ -31,6 +31,13 @@ impl BrokerDirectory for ServiceDns {
     }
 }
 
+impl ServiceDns {
+    /// The URL, without going through the trait object.
+    pub fn url_for(&self, namespace: &str, name: &str) -> String {
+        self.url(namespace, name)
+    }
+}
+
 /// Every cluster at one address (tests, or an operator run outside the cluster).
 #[derive(Debug, Clone)]
 pub struct FixedAddress(pub String);
@@ -169,12 +176,5 @@ mod tests {
     #[test]
     fn service_dns_names_the_client_service() {
         assert_eq!(ServiceDns.url("data", "main"), "http://main.data.svc:7070");
-    }
-}
-
-impl ServiceDns {
-    /// The URL, without going through the trait object.
-    pub fn url_for(&self, namespace: &str, name: &str) -> String {
-        self.url(namespace, name)
     }
 }

@@ -254,7 +254,7 @@ impl BrokerResource for Topic {
                 .map_err(|e| Blocked::from_client(&format!("add partitions to {name}"), &e))?;
             report.changes.push(format!("partitions {from} -> {}", self.spec.partitions));
         }
-        let actual = desc.config.clone().unwrap_or_default();
+        let actual = desc.config.unwrap_or_default();
         let (diffs, fix) = differences(&want, &actual);
         if !diffs.is_empty() {
             desc = broker
