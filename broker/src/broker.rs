@@ -87,6 +87,7 @@ pub struct Broker {
     produce_budget: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     ready: AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
     _dir_lock: std::fs::File,
 }
 
@@ -115,15 +116,18 @@ pub struct PendingAppend {
     produced: Produced,
     resource: String,
     _permit: OwnedSemaphorePermit,
+    /// Spans of the batch's sampled messages (tracing on).
+    traced: Option<crate::telemetry::Published>,
 }
 
 impl PendingAppend {
     /// Resolves once the batch is durable per the topic's durability mode.
     pub async fn wait(self) -> Result<Produced, BrokerError> {
-        self.log
-            .wait_durable(self.produced.last_offset + 1)
-            .await
-            .map_err(|source| BrokerError::Log { resource: self.resource.clone(), source })?;
+        let result = self.log.wait_durable(self.produced.last_offset + 1).await;
+        if let Some(t) = self.traced {
+            t.finish(result.as_ref().err().map(|e| e.to_string()).as_deref());
+        }
+        result.map_err(|source| BrokerError::Log { resource: self.resource.clone(), source })?;
         Ok(self.produced)
     }
 }
@@ -151,12 +155,25 @@ impl Broker {
             topics: RwLock::new(topics),
             shutdown,
             ready: AtomicBool::new(true),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             _dir_lock: lock,
         }))
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Every topic's partitions with their stats (for metrics).
+    pub(crate) fn partition_stats(&self) -> Vec<(String, String, Vec<LogStats>)> {
+        read_lock(&self.topics)
+            .values()
+            .map(|t| (t.tenant.clone(), t.name.clone(), read_lock(&t.partitions).iter().map(|l| l.stats()).collect()))
+            .collect()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -301,12 +318,16 @@ impl Broker {
             .acquire_many_owned(batch.len().max(1) as u32)
             .await
             .map_err(|_| BrokerError::ShuttingDown)?;
+        let labels = crate::metrics::TopicLabels::from_resource(&resource);
         let limits = Limits {
             max_record_bytes: self.config.limits.max_record_bytes.0 as usize,
             max_uncompressed_bytes: self.config.limits.max_uncompressed_batch_bytes.0 as usize,
         };
         let log2 = log.clone();
         let res = resource.clone();
+        let bytes_len = batch.len() as u64;
+        let traced = strata_proto::telemetry::enabled()
+            .then(|| crate::telemetry::batch_spans(&batch, "publish", &labels.topic, partition));
         let appended = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
@@ -315,6 +336,18 @@ impl Broker {
         })
         .await
         .map_err(|e| BrokerError::InvalidRequest(format!("append task failed: {e}")))??;
+        let traced = traced.filter(|s| !s.is_empty()).map(|mut spans| {
+            use strata_proto::telemetry::{Attribute, Span, attr};
+            for (delta, span) in &mut spans {
+                span.set_attribute(Attribute::new(attr::MESSAGE_ID, (appended.base_offset + *delta).to_string()));
+            }
+            crate::telemetry::Published::new(spans.into_iter().map(|(_, s)| s).collect(), &labels.topic)
+        });
+        if !appended.duplicate {
+            let n = appended.last_offset - appended.base_offset + 1;
+            self.metrics.messages_in.get_or_create(&labels).inc_by(n);
+            self.metrics.bytes_in.get_or_create(&labels).inc_by(bytes_len);
+        }
         Ok(PendingAppend {
             log,
             produced: Produced {
@@ -325,6 +358,7 @@ impl Broker {
             },
             resource,
             _permit: permit,
+            traced,
         })
     }
 
@@ -379,6 +413,18 @@ impl Broker {
     }
 
     // ---- administration -----------------------------------------------
+
+    /// Commits a catalog command for another domain module (queues).
+    pub(crate) async fn commit_catalog(&self, cmd: &CatalogCommand) -> Result<Applied, BrokerError> {
+        self.check_running()?;
+        let mut store = self.catalog.lock().await;
+        Ok(store.commit(cmd)?)
+    }
+
+    /// A copy of the catalog (it is small).
+    pub(crate) async fn catalog_snapshot(&self) -> crate::catalog::Catalog {
+        self.catalog.lock().await.catalog().clone()
+    }
 
     pub async fn create_tenant(&self, name: &str, if_not_exists: bool) -> Result<TenantView, BrokerError> {
         self.check_running()?;
@@ -666,11 +712,11 @@ impl Broker {
     }
 }
 
-fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
 
-fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 

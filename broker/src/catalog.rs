@@ -1,4 +1,5 @@
-//! The catalog: which tenants and topics exist, with their settings.
+//! The catalog: which tenants, topics and queues exist, with their settings
+//! and the queues' bindings to topics.
 //!
 //! Changes are expressed as [`CatalogCommand`]s applied by a pure function
 //! ([`Catalog::apply`]), so that a replicated state machine (Raft, DESIGN
@@ -62,6 +63,73 @@ pub struct TopicRecord {
 pub struct TenantRecord {
     pub created_at_ms: i64,
     pub topics: BTreeMap<String, TopicRecord>,
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueRecord>,
+}
+
+/// What happens to a message whose time to live ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TtlAction {
+    Drop,
+    DeadLetter,
+}
+
+/// Effective settings of a queue (all fields resolved and validated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub visibility_timeout_ms: i64,
+    /// 0 = unlimited.
+    pub max_deliveries: u32,
+    pub dead_letter_queue: Option<String>,
+    pub retry_backoff_min_ms: i64,
+    pub retry_backoff_max_ms: i64,
+    pub delay_ms: i64,
+    /// 0 = forever.
+    pub ttl_ms: i64,
+    pub ttl_action: TtlAction,
+    pub fifo: bool,
+    /// 0 = no deduplication.
+    pub dedup_window_ms: i64,
+    /// Number of priority levels (1..=255).
+    pub priorities: u32,
+    pub durability: Durability,
+}
+
+/// Which topic messages a binding routes into its queue. No field set:
+/// every message (fan-out).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingFilter {
+    pub key: Option<String>,
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingRecord {
+    /// Unique over the catalog's lifetime; names the binding's cursor file.
+    pub id: u64,
+    pub topic: String,
+    pub filter: BindingFilter,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueRecord {
+    /// Unique over the catalog's lifetime (shared counter with topics).
+    pub id: u64,
+    pub settings: QueueSettings,
+    pub created_at_ms: i64,
+    #[serde(default)]
+    pub bindings: Vec<BindingRecord>,
+    /// A reply queue owned by one client stream; removed at start-up.
+    #[serde(default)]
+    pub temporary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +182,35 @@ pub enum CatalogCommand {
         tenant: String,
         name: Option<String>,
     },
+    CreateQueue {
+        tenant: String,
+        name: String,
+        settings: QueueSettings,
+        temporary: bool,
+        at_ms: i64,
+    },
+    UpdateQueue {
+        tenant: String,
+        name: String,
+        settings: QueueSettings,
+    },
+    DeleteQueue {
+        tenant: String,
+        name: String,
+    },
+    Bind {
+        tenant: String,
+        queue: String,
+        topic: String,
+        filter: BindingFilter,
+        at_ms: i64,
+    },
+    Unbind {
+        tenant: String,
+        queue: String,
+        topic: String,
+        filter: BindingFilter,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,8 +219,8 @@ pub enum CatalogError {
     UnknownTenant(String),
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
-    #[error("tenant {name:?} still has {topics} topic(s); delete them first")]
-    TenantNotEmpty { name: String, topics: usize },
+    #[error("tenant {name:?} still has {topics} topic(s) and {queues} queue(s); delete them first")]
+    TenantNotEmpty { name: String, topics: usize, queues: usize },
     #[error("the {DEFAULT_TENANT:?} tenant cannot be deleted")]
     DefaultTenant,
     #[error("topic {tenant}/{name} does not exist")]
@@ -132,6 +229,22 @@ pub enum CatalogError {
     TopicExists { tenant: String, name: String },
     #[error("topic {tenant}/{name} has {current} partitions; partitions can only grow (asked for {requested})")]
     PartitionsCannotShrink { tenant: String, name: String, current: u32, requested: u32 },
+    #[error("queue {tenant}/{name} does not exist")]
+    UnknownQueue { tenant: String, name: String },
+    #[error("queue {tenant}/{name} already exists")]
+    QueueExists { tenant: String, name: String },
+    #[error("dead-letter queue {tenant}/{name} does not exist; create it first")]
+    UnknownDeadLetterQueue { tenant: String, name: String },
+    #[error("dead-letter queues of {tenant}/{name} form a loop: {path}")]
+    DeadLetterLoop { tenant: String, name: String, path: String },
+    #[error("queue {tenant}/{name} is the dead-letter queue of {users}; change their dead_letter_queue first")]
+    QueueInUse { tenant: String, name: String, users: String },
+    #[error("queue {tenant}/{queue} is already bound to topic {topic} with this filter")]
+    BindingExists { tenant: String, queue: String, topic: String },
+    #[error("queue {tenant}/{queue} has no binding to topic {topic} with this filter")]
+    UnknownBinding { tenant: String, queue: String, topic: String },
+    #[error("fifo cannot change on existing queue {tenant}/{name}; create a new queue")]
+    FifoImmutable { tenant: String, name: String },
 }
 
 /// What applying a command changed, for the broker to act on.
@@ -142,12 +255,19 @@ pub enum Applied {
     PartitionsAdded { id: u64, from: u32, to: u32 },
     TopicDeleted { id: u64 },
     Producer { id: i64, epoch: i16 },
+    Queue { id: u64 },
+    QueueDeleted { id: u64 },
+    Binding { id: u64 },
+    Unbound { id: u64 },
 }
 
 impl Default for Catalog {
     fn default() -> Self {
         let mut tenants = BTreeMap::new();
-        tenants.insert(DEFAULT_TENANT.to_owned(), TenantRecord { created_at_ms: 0, topics: BTreeMap::new() });
+        tenants.insert(
+            DEFAULT_TENANT.to_owned(),
+            TenantRecord { created_at_ms: 0, topics: BTreeMap::new(), queues: BTreeMap::new() },
+        );
         Catalog {
             version: CATALOG_VERSION,
             next_topic_id: 1,
@@ -166,7 +286,10 @@ impl Catalog {
                 if self.tenants.contains_key(name) {
                     return Err(CatalogError::TenantExists(name.clone()));
                 }
-                self.tenants.insert(name.clone(), TenantRecord { created_at_ms: *at_ms, topics: BTreeMap::new() });
+                self.tenants.insert(
+                    name.clone(),
+                    TenantRecord { created_at_ms: *at_ms, topics: BTreeMap::new(), queues: BTreeMap::new() },
+                );
                 Ok(Applied::Tenant)
             }
             CatalogCommand::DeleteTenant { name } => {
@@ -174,8 +297,12 @@ impl Catalog {
                     return Err(CatalogError::DefaultTenant);
                 }
                 let tenant = self.tenants.get(name).ok_or_else(|| CatalogError::UnknownTenant(name.clone()))?;
-                if !tenant.topics.is_empty() {
-                    return Err(CatalogError::TenantNotEmpty { name: name.clone(), topics: tenant.topics.len() });
+                if !tenant.topics.is_empty() || !tenant.queues.is_empty() {
+                    return Err(CatalogError::TenantNotEmpty {
+                        name: name.clone(),
+                        topics: tenant.topics.len(),
+                        queues: tenant.queues.len(),
+                    });
                 }
                 self.tenants.remove(name);
                 Ok(Applied::Tenant)
@@ -218,6 +345,10 @@ impl Catalog {
                     .topics
                     .remove(name)
                     .ok_or_else(|| CatalogError::UnknownTopic { tenant: tenant.clone(), name: name.clone() })?;
+                // Bindings go with their topic (like RabbitMQ's exchange delete).
+                for q in t.queues.values_mut() {
+                    q.bindings.retain(|b| &b.topic != name);
+                }
                 Ok(Applied::TopicDeleted { id: topic.id })
             }
             CatalogCommand::InitProducer { tenant, name } => {
@@ -240,6 +371,99 @@ impl Catalog {
                 self.next_producer_id += 1;
                 Ok(Applied::Producer { id, epoch: 0 })
             }
+            CatalogCommand::CreateQueue { tenant, name, settings, temporary, at_ms } => {
+                let id = self.next_topic_id;
+                let t = self.tenant_mut(tenant)?;
+                if t.queues.contains_key(name) {
+                    return Err(CatalogError::QueueExists { tenant: tenant.clone(), name: name.clone() });
+                }
+                check_dead_letter(t, tenant, name, settings)?;
+                t.queues.insert(
+                    name.clone(),
+                    QueueRecord {
+                        id,
+                        settings: settings.clone(),
+                        created_at_ms: *at_ms,
+                        bindings: Vec::new(),
+                        temporary: *temporary,
+                    },
+                );
+                self.next_topic_id += 1;
+                Ok(Applied::Queue { id })
+            }
+            CatalogCommand::UpdateQueue { tenant, name, settings } => {
+                let t = self.tenant_mut(tenant)?;
+                let q = t
+                    .queues
+                    .get(name)
+                    .ok_or_else(|| CatalogError::UnknownQueue { tenant: tenant.clone(), name: name.clone() })?;
+                if q.settings.fifo != settings.fifo {
+                    return Err(CatalogError::FifoImmutable { tenant: tenant.clone(), name: name.clone() });
+                }
+                check_dead_letter(t, tenant, name, settings)?;
+                let q = t.queues.get_mut(name).expect("checked above");
+                q.settings = settings.clone();
+                Ok(Applied::Queue { id: q.id })
+            }
+            CatalogCommand::DeleteQueue { tenant, name } => {
+                let t = self.tenant_mut(tenant)?;
+                if !t.queues.contains_key(name) {
+                    return Err(CatalogError::UnknownQueue { tenant: tenant.clone(), name: name.clone() });
+                }
+                let users: Vec<&str> = t
+                    .queues
+                    .iter()
+                    .filter(|(n, q)| *n != name && q.settings.dead_letter_queue.as_deref() == Some(name))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(CatalogError::QueueInUse {
+                        tenant: tenant.clone(),
+                        name: name.clone(),
+                        users: users.join(", "),
+                    });
+                }
+                let q = t.queues.remove(name).expect("checked above");
+                Ok(Applied::QueueDeleted { id: q.id })
+            }
+            CatalogCommand::Bind { tenant, queue, topic, filter, at_ms } => {
+                let id = self.next_topic_id;
+                let t = self.tenant_mut(tenant)?;
+                if !t.topics.contains_key(topic) {
+                    return Err(CatalogError::UnknownTopic { tenant: tenant.clone(), name: topic.clone() });
+                }
+                let q = t
+                    .queues
+                    .get_mut(queue)
+                    .ok_or_else(|| CatalogError::UnknownQueue { tenant: tenant.clone(), name: queue.clone() })?;
+                if q.bindings.iter().any(|b| &b.topic == topic && &b.filter == filter) {
+                    return Err(CatalogError::BindingExists {
+                        tenant: tenant.clone(),
+                        queue: queue.clone(),
+                        topic: topic.clone(),
+                    });
+                }
+                q.bindings.push(BindingRecord {
+                    id,
+                    topic: topic.clone(),
+                    filter: filter.clone(),
+                    created_at_ms: *at_ms,
+                });
+                self.next_topic_id += 1;
+                Ok(Applied::Binding { id })
+            }
+            CatalogCommand::Unbind { tenant, queue, topic, filter } => {
+                let t = self.tenant_mut(tenant)?;
+                let q = t
+                    .queues
+                    .get_mut(queue)
+                    .ok_or_else(|| CatalogError::UnknownQueue { tenant: tenant.clone(), name: queue.clone() })?;
+                let i = q.bindings.iter().position(|b| &b.topic == topic && &b.filter == filter).ok_or_else(|| {
+                    CatalogError::UnknownBinding { tenant: tenant.clone(), queue: queue.clone(), topic: topic.clone() }
+                })?;
+                let b = q.bindings.remove(i);
+                Ok(Applied::Unbound { id: b.id })
+            }
         }
     }
 
@@ -253,6 +477,38 @@ impl Catalog {
             .get_mut(name)
             .ok_or_else(|| CatalogError::UnknownTopic { tenant: tenant.to_owned(), name: name.to_owned() })
     }
+}
+
+/// A queue's dead-letter queue must exist in the same tenant and the chain
+/// of dead-letter queues starting at it must not come back to `name`.
+fn check_dead_letter(t: &TenantRecord, tenant: &str, name: &str, settings: &QueueSettings) -> Result<(), CatalogError> {
+    let Some(first) = &settings.dead_letter_queue else { return Ok(()) };
+    let mut path = vec![name.to_owned()];
+    let mut next = Some(first.clone());
+    while let Some(q) = next {
+        path.push(q.clone());
+        if q == name {
+            return Err(CatalogError::DeadLetterLoop {
+                tenant: tenant.to_owned(),
+                name: name.to_owned(),
+                path: path.join(" -> "),
+            });
+        }
+        let record = t
+            .queues
+            .get(&q)
+            .ok_or_else(|| CatalogError::UnknownDeadLetterQueue { tenant: tenant.to_owned(), name: q.clone() })?;
+        if path.len() > t.queues.len() + 1 {
+            break;
+        }
+        next = record.settings.dead_letter_queue.clone();
+    }
+    Ok(())
+}
+
+/// Directory of a queue: `<data>/queues/<tenant>/<name>.<id>`.
+pub(crate) fn queue_dir(data_dir: &Path, tenant: &str, name: &str, id: u64) -> PathBuf {
+    data_dir.join("queues").join(tenant).join(format!("{name}.{id}"))
 }
 
 /// Directory of a topic's partitions: `<data>/topics/<tenant>/<name>.<id>`.

@@ -206,6 +206,9 @@ pub struct LimitsConfig {
     /// beyond it, produce streams stop reading (back-pressure).
     pub max_inflight_produce_bytes: ByteSize,
     pub max_partitions_per_topic: u32,
+    /// Unfinished messages one queue may hold (each costs ~100 bytes of
+    /// memory for its state); beyond it, sends get RESOURCE_EXHAUSTED.
+    pub max_queue_messages: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +266,7 @@ impl Default for LimitsConfig {
             max_fetch_wait: HumanDuration(Duration::from_secs(30)),
             max_inflight_produce_bytes: ByteSize::mib(256),
             max_partitions_per_topic: 10_000,
+            max_queue_messages: 2_000_000,
         }
     }
 }

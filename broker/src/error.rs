@@ -18,6 +18,8 @@ pub enum BrokerError {
     UnknownPartition { tenant: String, topic: String, partition: u32, partitions: u32 },
     #[error("invalid topic configuration: {0}")]
     InvalidConfig(String),
+    #[error("invalid queue configuration: {0}")]
+    InvalidQueueConfig(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("record batch for {resource} rejected: {source}")]
@@ -42,6 +44,12 @@ pub enum BrokerError {
     OffsetBeyondEnd { resource: String, offset: u64, end: u64 },
     #[error("offset {offset} for {resource} is out of range: the partition holds offsets {start} to {end}")]
     OffsetOutOfRange { resource: String, offset: u64, start: u64, end: u64 },
+    #[error("queue {queue} holds {messages} messages, its limit (limits.max_queue_messages) is {limit}")]
+    QueueFull { queue: String, messages: u64, limit: u64 },
+    #[error("queue {queue} still holds {messages} message(s)")]
+    QueueNotEmpty { queue: String, messages: u64 },
+    #[error("receipt for message {id} of queue {queue} is not valid: {reason}")]
+    StaleReceipt { queue: String, id: u64, reason: String },
 }
 
 impl From<StoreError> for BrokerError {

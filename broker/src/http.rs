@@ -1,30 +1,78 @@
-//! The HTTP endpoint for probes: `/healthz` (the process is alive) and
-//! `/readyz` (the broker has recovered its data and accepts requests).
+//! The HTTP endpoint: `/healthz` (the process is alive), `/readyz` (the
+//! broker has recovered its data and accepts requests) and `/metrics`
+//! (Prometheus text format).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::group::GroupCoordinator;
+use crate::metrics::{GroupLabels, PartitionLabels};
+use crate::queue::QueueManager;
+
+#[derive(Clone)]
+struct AppState {
+    broker: Arc<Broker>,
+    queues: Arc<QueueManager>,
+    groups: Arc<GroupCoordinator>,
+}
 
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(broker): State<Arc<Broker>>) -> (StatusCode, &'static str) {
-    if broker.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.broker.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+}
+
+/// Gauges come from the live state at scrape time; counters are kept as
+/// requests happen.
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let m = s.broker.metrics();
+    for g in [&m.log_end_offset, &m.log_start_offset, &m.log_size] {
+        g.clear();
+    }
+    for (tenant, topic, parts) in s.broker.partition_stats() {
+        for (p, st) in parts.iter().enumerate() {
+            let l = PartitionLabels { tenant: tenant.clone(), topic: topic.clone(), partition: p as u32 };
+            m.log_end_offset.get_or_create(&l).set(st.high_watermark as i64);
+            m.log_start_offset.get_or_create(&l).set(st.start_offset as i64);
+            m.log_size.get_or_create(&l).set(st.size_bytes as i64);
+        }
+    }
+    s.queues.refresh_metrics();
+    m.group_lag.clear();
+    for tenant in s.broker.list_tenants().await {
+        let Ok(groups) = s.groups.list(&tenant.name).await else { continue };
+        for (group, _, _) in groups {
+            let Ok(view) = s.groups.describe(&tenant.name, &group).await else { continue };
+            for p in view.partitions {
+                let l = GroupLabels { tenant: tenant.name.clone(), group: group.clone(), topic: p.topic.clone() };
+                m.group_lag.get_or_create(&l).inc_by(p.lag as i64);
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
 }
 
 pub(crate) async fn serve(
     broker: Arc<Broker>,
+    queues: Arc<QueueManager>,
+    groups: Arc<GroupCoordinator>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(broker);
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { broker, queues, groups });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

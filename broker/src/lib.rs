@@ -12,7 +12,10 @@ mod group;
 mod grpc;
 mod http;
 pub mod log;
+mod metrics;
 mod names;
+mod queue;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +34,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Open(#[from] OpenError),
+    #[error("cannot recover queues: {0}")]
+    Queues(#[from] error::BrokerError),
 }
 
 /// A broker serving on its listeners.
@@ -38,6 +43,7 @@ pub struct RunningBroker {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     broker: Arc<Broker>,
+    queues: Arc<queue::QueueManager>,
     stop: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
@@ -67,12 +73,26 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         let mut rx = rx;
         let _ = rx.wait_for(|s| *s).await;
     };
+    let queues = queue::QueueManager::open(broker.clone()).await?;
     tokio::spawn(broker.clone().maintenance_loop());
+    tokio::spawn(queues.clone().maintenance_loop());
     let coordinator = group::GroupCoordinator::new(broker.clone());
-    let grpc = tokio::spawn(grpc::serve(broker.clone(), coordinator, grpc_listener, stopped(stop.subscribe())));
-    let http = tokio::spawn(http::serve(broker.clone(), http_listener, stopped(stop.subscribe())));
+    let grpc = tokio::spawn(grpc::serve(
+        broker.clone(),
+        coordinator.clone(),
+        queues.clone(),
+        grpc_listener,
+        stopped(stop.subscribe()),
+    ));
+    let http = tokio::spawn(http::serve(
+        broker.clone(),
+        queues.clone(),
+        coordinator,
+        http_listener,
+        stopped(stop.subscribe()),
+    ));
     tracing::info!(%grpc_addr, %http_addr, data_dir = %broker.config().storage.data_dir.display(), "strata-broker serving");
-    Ok(RunningBroker { grpc_addr, http_addr, broker, stop, grpc, http })
+    Ok(RunningBroker { grpc_addr, http_addr, broker, queues, stop, grpc, http })
 }
 
 impl RunningBroker {
@@ -105,6 +125,7 @@ impl RunningBroker {
             }
         }
         let _ = tokio::time::timeout(timeout, self.http).await;
+        self.queues.close().await;
         self.broker.close().await;
         tracing::info!("strata-broker stopped; all partitions flushed");
     }

@@ -122,6 +122,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // OTLP tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set; off otherwise.
+        let telemetry = strata_proto::telemetry::TelemetryConfig::from_env(std::env::vars());
+        let _telemetry = match strata_proto::telemetry::init(&telemetry, "strata-broker") {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let running = match strata_broker::start(config).await {
             Ok(r) => r,
             Err(e) => {

@@ -80,6 +80,11 @@ pub fn parse_group_name(name: &str) -> Result<String, InvalidName> {
     TopicName::parse(name).map(|t| t.0).map_err(|e| InvalidName { kind: "group", ..e })
 }
 
+/// A queue name: the same rule as topic names.
+pub fn parse_queue_name(name: &str) -> Result<String, InvalidName> {
+    TopicName::parse(name).map(|t| t.0).map_err(|e| InvalidName { kind: "queue", ..e })
+}
+
 impl fmt::Display for TopicName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::log_client::LogClient;
+use strata_proto::v1::queues_client::QueuesClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::Error;
+use crate::queue::ReplySlot;
 
 /// Largest gRPC message the client sends or accepts (64 MiB), so one request
 /// can hold a large batch and one fetch response several.
@@ -28,6 +30,10 @@ pub struct Client {
     url: Arc<str>,
     tenant: Arc<str>,
     timeout: Duration,
+    /// The request-reply queue of [`Client::call`], opened on first use and
+    /// shared by every clone for the same tenant; closed when the last one
+    /// is dropped.
+    replies: Arc<ReplySlot>,
 }
 
 impl Client {
@@ -48,12 +54,19 @@ impl Client {
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024));
         let channel = endpoint.connect().await.map_err(|e| Error::Connect { url: url.clone(), cause: Arc::new(e) })?;
-        Ok(Client { channel, url: url.into(), tenant: "".into(), timeout: DEFAULT_TIMEOUT })
+        Ok(Client {
+            channel,
+            url: url.into(),
+            tenant: "".into(),
+            timeout: DEFAULT_TIMEOUT,
+            replies: Arc::new(ReplySlot::default()),
+        })
     }
 
-    /// A client for another tenant sharing this client's connection.
+    /// A client for another tenant sharing this client's connection (but
+    /// not its request-reply queue, which belongs to one tenant).
     pub fn with_tenant(&self, tenant: impl Into<String>) -> Client {
-        Client { tenant: tenant.into().into(), ..self.clone() }
+        Client { tenant: tenant.into().into(), replies: Arc::new(ReplySlot::default()), ..self.clone() }
     }
 
     /// A client whose unary calls use another deadline.
@@ -91,6 +104,17 @@ impl Client {
         AdminClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub(crate) fn queues_rpc(&self) -> QueuesClient<Channel> {
+        QueuesClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The slot holding this client's request-reply queue.
+    pub(crate) fn reply_slot(&self) -> &Arc<ReplySlot> {
+        &self.replies
     }
 
     /// Wraps a unary request body with this client's deadline.

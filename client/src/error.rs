@@ -55,6 +55,34 @@ pub enum Error {
     /// The group consumer was closed.
     #[error("the group consumer is closed")]
     ConsumerClosed,
+    /// Some receipts of an ack, nack or extend of several messages were not
+    /// applied (the others were). A receipt is refused with
+    /// [`ErrorCode::StaleReceipt`] when its lease expired and the message
+    /// was (or may be) delivered again: see [`Error::is_stale_receipt`].
+    #[error("{} of the receipts were not applied; first: {}", .0.len(), first_rejection(.0))]
+    ReceiptsRejected(Vec<RejectedReceipt>),
+    /// The request-reply queue of [`Client::call`](crate::Client::call)
+    /// closed (the broker went away or ended the stream) while a call was
+    /// waiting; the next call opens a new one.
+    #[error("the reply queue closed: {0}")]
+    ReplyQueueClosed(String),
+}
+
+/// One receipt an ack, nack or extend did not apply, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedReceipt {
+    /// The message id of the receipt.
+    pub message_id: u64,
+    /// The delivery the receipt was for.
+    pub delivery_count: u32,
+    pub error: Box<ServerError>,
+}
+
+fn first_rejection(list: &[RejectedReceipt]) -> String {
+    match list.first() {
+        Some(r) => format!("message {} (delivery {}): {}", r.message_id, r.delivery_count, r.error),
+        None => "-".to_owned(),
+    }
 }
 
 /// An error status from the broker, with its structured details.
@@ -131,7 +159,13 @@ impl From<tonic::Status> for Error {
 
 impl From<ItemError> for Error {
     fn from(item: ItemError) -> Self {
-        Error::Server(Box::new(ServerError::new(tonic::Code::from_i32(item.status_code), item.message, item.info)))
+        Error::Server(Box::new(ServerError::from(item)))
+    }
+}
+
+impl From<ItemError> for ServerError {
+    fn from(item: ItemError) -> Self {
+        ServerError::new(tonic::Code::from_i32(item.status_code), item.message, item.info)
     }
 }
 
@@ -169,6 +203,19 @@ impl Error {
     /// partition any more (`FENCED_MEMBER`).
     pub fn is_fenced_member(&self) -> bool {
         matches!(self.error_code(), ErrorCode::UnknownMember | ErrorCode::FencedMember)
+    }
+
+    /// Whether an ack, nack or extend was refused because the receipt is not
+    /// the one of the message's current delivery (its lease expired, so it
+    /// was, or will be, delivered again). For several receipts: whether
+    /// every rejected one was stale.
+    pub fn is_stale_receipt(&self) -> bool {
+        match self {
+            Error::ReceiptsRejected(list) => {
+                !list.is_empty() && list.iter().all(|r| r.error.error_code == ErrorCode::StaleReceipt)
+            }
+            other => other.error_code() == ErrorCode::StaleReceipt,
+        }
     }
 
     /// Whether the resource named in the call does not exist.

@@ -1,7 +1,9 @@
 //! Async Rust client for Strata: a [`Client`] connection with admin calls,
 //! a batching, pipelined, idempotent [`Producer`], a following [`Consumer`]
 //! of chosen partitions, and a [`GroupConsumer`] that shares partitions with
-//! the other members of a consumer group.
+//! the other members of a consumer group; and work queues: [`QueueOptions`]
+//! and the queue admin calls, [`Client::send`], a [`Receiver`] with ack,
+//! nack and extend, and request-reply with [`Client::call`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), strata_client::Error> {
@@ -30,7 +32,9 @@ mod error;
 mod group;
 mod partitioner;
 mod producer;
+mod queue;
 mod retry;
+mod telemetry;
 
 #[cfg(test)]
 mod mock_broker;
@@ -38,13 +42,17 @@ mod mock_broker;
 pub use admin::{PartitionOffsets, Retention, TopicOptions};
 pub use client::{Client, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, PartitionProgress, StartFrom};
-pub use error::{Error, ServerError};
+pub use error::{Error, RejectedReceipt, ServerError};
 pub use group::{CommittedOffset, GroupConsumer, GroupConsumerConfig, RebalanceListener};
 pub use partitioner::partition_for_key;
 pub use producer::{Compression, DeliveryFuture, Message, Producer, ProducerConfig, RecordMetadata};
+pub use queue::{
+    BindingFilter, Delivery, MAX_RECEIVE_MESSAGES, QueueMessage, QueueOptions, Receipt, Receiver, SendResult,
+};
 pub use retry::RetryConfig;
 /// The generated `strata.v1` types returned by admin calls.
 pub use strata_proto::v1::{
-    Durability, ErrorCode, GroupDescription, GroupMember, GroupSummary, PartitionDescription, PartitionLag, Tenant,
-    TopicConfig, TopicDescription, TopicPartitions, TopicSummary,
+    Binding, Durability, ErrorCode, GroupDescription, GroupMember, GroupSummary, PartitionDescription, PartitionLag,
+    QueueConfig, QueueDescription, QueueStats, Tenant, TopicConfig, TopicDescription, TopicPartitions, TopicSummary,
+    TtlAction,
 };

@@ -20,7 +20,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let result = runtime.block_on(async {
+        // OTLP tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set; the guard
+        // flushes spans before the process exits.
+        let config = strata_proto::telemetry::TelemetryConfig::from_env(std::env::vars());
+        let _telemetry = strata_proto::telemetry::init(&config, "strata-cli").map_err(anyhow::Error::msg)?;
+        cli::run(args).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", cli::one_line(&format!("{e:#}")));

@@ -43,7 +43,9 @@ where
 fn examples() -> anyhow::Result<Vec<DynamicObject>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut out = Vec::new();
-    for file in ["broker-cluster.yaml", "tenant.yaml", "topic.yaml", "queue.yaml", "consumer-group.yaml"] {
+    for file in
+        ["broker-cluster.yaml", "tenant.yaml", "topic.yaml", "queue-dlq.yaml", "queue.yaml", "consumer-group.yaml"]
+    {
         let text = std::fs::read_to_string(dir.join(file))?;
         let mut obj: DynamicObject = serde_yaml::from_str(&text).with_context(|| file.to_owned())?;
         if let (Ok(image), Some(t)) = (std::env::var("STRATA_E2E_BROKER_IMAGE"), obj.types.as_ref())
@@ -140,7 +142,7 @@ async fn operator_on_a_real_cluster() -> anyhow::Result<()> {
         let kind = obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
         let name = obj.metadata.name.clone().unwrap_or_default();
         let api = api_for(&client, obj);
-        let want_ready = brokers_expected && kind != "Queue";
+        let want_ready = brokers_expected;
         let (status, reason) = poll(&format!("{kind} {name} to report Ready"), Duration::from_secs(300), || {
             let api = api.clone();
             let name = name.clone();

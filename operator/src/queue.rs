@@ -1,10 +1,8 @@
 //! `Queue`: a work queue with its delivery settings and its bindings to
-//! topics. The pure builder turns the spec into the broker's queue settings
-//! (`strata.v1.QueueConfig` fields) and bindings; dead-letter loops between
-//! Queue resources are refused before anything reaches the broker.
-//!
-//! The broker-side calls wait for `strata-client`'s queue API (issue 4):
-//! until it exists a valid Queue reports `Ready=False`, reason `Unsupported`.
+//! topics. The pure builders turn the spec into the broker's queue settings
+//! and bindings; dead-letter loops between Queue resources are refused before
+//! anything reaches the broker. The reconcile creates the queue, reverts
+//! out-of-band setting and binding changes, and reports depth in status.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -13,9 +11,12 @@ use kube::api::{Api, ListParams};
 use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use strata_client::{BindingFilter, ErrorCode, QueueConfig, QueueOptions};
 
 use crate::context::Context;
-use crate::lifecycle::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report};
+use crate::lifecycle::{
+    Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report, force_delete,
+};
 use crate::status::{Condition, Reason};
 
 /// A work queue of a tenant on a `BrokerCluster`.
@@ -33,6 +34,7 @@ use crate::status::{Condition, Reason};
     validation = Rule::new("!has(self.spec.deadLetterQueue) || self.spec.deadLetterQueue != (has(self.spec.queueName) ? self.spec.queueName : self.metadata.name)").message("a queue cannot be its own dead-letter queue")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.fifo && has(self.priorities) && self.priorities > 1)").message("a FIFO queue cannot also have priorities"))]
 pub struct QueueSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("clusterRef is immutable"))]
     pub cluster_ref: ClusterRef,
@@ -190,6 +192,12 @@ pub fn desired_settings(spec: &QueueSpec) -> Result<QueueSettings, Blocked> {
     {
         return Err(Blocked::new(Reason::InvalidSpec, "spec.retryBackoff: min is larger than max"));
     }
+    if spec.fifo && spec.priorities.is_some_and(|p| p > 1) {
+        return Err(Blocked::new(
+            Reason::InvalidSpec,
+            "spec.priorities: a FIFO queue keeps order per group and cannot also have priorities",
+        ));
+    }
     if spec.ttl_action == Some(TtlAction::DeadLetter) && spec.dead_letter_queue.is_none() {
         return Err(Blocked::new(Reason::InvalidSpec, "spec.ttlAction DeadLetter needs spec.deadLetterQueue"));
     }
@@ -229,6 +237,104 @@ pub fn desired_settings(spec: &QueueSpec) -> Result<QueueSettings, Blocked> {
     })
 }
 
+fn unknown_queue(e: &strata_client::Error) -> bool {
+    matches!(e, strata_client::Error::Server(s) if s.error_code == ErrorCode::UnknownQueue)
+}
+
+fn duration(ms: Option<i64>) -> Option<Duration> {
+    ms.map(|m| Duration::from_millis(u64::try_from(m).unwrap_or(0)))
+}
+
+/// The client's queue options for the spec. Pure.
+pub fn desired_options(spec: &QueueSpec) -> Result<QueueOptions, Blocked> {
+    let s = desired_settings(spec)?;
+    Ok(QueueOptions {
+        visibility_timeout: duration(s.visibility_timeout_ms),
+        max_deliveries: s.max_deliveries,
+        dead_letter_queue: s.dead_letter_queue,
+        retry_backoff: match (s.retry_backoff_min_ms, s.retry_backoff_max_ms) {
+            (Some(a), Some(b)) => Some((duration(Some(a)).unwrap_or_default(), duration(Some(b)).unwrap_or_default())),
+            _ => None,
+        },
+        delay: duration(s.delay_ms),
+        ttl: duration(s.ttl_ms),
+        ttl_action: s.ttl_action.map(|a| match a {
+            TtlAction::Drop => strata_client::TtlAction::Drop,
+            TtlAction::DeadLetter => strata_client::TtlAction::DeadLetter,
+        }),
+        fifo: Some(s.fifo),
+        dedup_window: duration(s.dedup_window_ms),
+        priorities: s.priorities,
+        durability: None,
+    })
+}
+
+/// The bindings the spec asks for, as `(topic, filter)`. Pure.
+pub fn desired_bindings(spec: &QueueSpec) -> Vec<(String, BindingFilter)> {
+    spec.bindings
+        .iter()
+        .map(|b| {
+            (
+                b.topic.clone(),
+                BindingFilter { key: b.key.clone(), pattern: b.pattern.clone(), headers: b.headers.clone() },
+            )
+        })
+        .collect()
+}
+
+/// The settings in `want` that `actual` does not match, and the update that
+/// corrects them. `fifo` is not here: it cannot change. Pure.
+pub fn differences(want: &QueueOptions, actual: &QueueConfig) -> (Vec<String>, QueueOptions) {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let mut diffs = Vec::new();
+    let mut fix = QueueOptions::default();
+    let mut check = |name: &str, want: Option<i64>, have: Option<i64>| -> bool {
+        match want {
+            Some(w) if have != Some(w) => {
+                diffs.push(format!("{name} {} -> {w}", have.map_or_else(|| "unset".into(), |h| h.to_string())));
+                true
+            }
+            _ => false,
+        }
+    };
+    if check("visibility_timeout_ms", want.visibility_timeout.map(ms), actual.visibility_timeout_ms) {
+        fix.visibility_timeout = want.visibility_timeout;
+    }
+    if check("max_deliveries", want.max_deliveries.map(i64::from), actual.max_deliveries.map(i64::from)) {
+        fix.max_deliveries = want.max_deliveries;
+    }
+    let min_differs =
+        check("retry_backoff_min_ms", want.retry_backoff.map(|(a, _)| ms(a)), actual.retry_backoff_min_ms);
+    let max_differs =
+        check("retry_backoff_max_ms", want.retry_backoff.map(|(_, b)| ms(b)), actual.retry_backoff_max_ms);
+    if min_differs || max_differs {
+        fix.retry_backoff = want.retry_backoff;
+    }
+    if check("delay_ms", want.delay.map(ms), actual.delay_ms) {
+        fix.delay = want.delay;
+    }
+    if check("ttl_ms", want.ttl.map(ms), actual.ttl_ms) {
+        fix.ttl = want.ttl;
+    }
+    if check("ttl_action", want.ttl_action.map(|a| i64::from(a as i32)), Some(i64::from(actual.ttl_action))) {
+        fix.ttl_action = want.ttl_action;
+    }
+    if check("dedup_window_ms", want.dedup_window.map(ms), actual.dedup_window_ms) {
+        fix.dedup_window = want.dedup_window;
+    }
+    if check("priorities", want.priorities.map(i64::from), actual.priorities.map(i64::from)) {
+        fix.priorities = want.priorities;
+    }
+    let have_dlq = actual.dead_letter_queue.clone().unwrap_or_default();
+    if let Some(dlq) = &want.dead_letter_queue
+        && *dlq != have_dlq
+    {
+        diffs.push(format!("dead_letter_queue {have_dlq:?} -> {dlq:?}"));
+        fix.dead_letter_queue = Some(dlq.clone());
+    }
+    (diffs, fix)
+}
+
 /// Follows dead-letter links from `start` through `links` (queue → its
 /// dead-letter queue); returns the loop when one is reached. Pure.
 pub fn dead_letter_loop(start: &str, links: &HashMap<String, String>) -> Option<Vec<String>> {
@@ -264,11 +370,11 @@ impl BrokerResource for Queue {
 
     async fn sync(
         &self,
-        _broker: &strata_client::Client,
-        _status: &mut QueueStatus,
+        broker: &strata_client::Client,
+        status: &mut QueueStatus,
         ctx: &Context,
     ) -> Result<Report, Blocked> {
-        let _settings = desired_settings(&self.spec)?;
+        let want = desired_options(&self.spec)?;
         // Dead-letter loops across Queue resources of the same tenant.
         let ns = self.namespace().unwrap_or_default();
         let api: Api<Queue> = Api::namespaced(ctx.client.clone(), &ns);
@@ -288,17 +394,89 @@ impl BrokerResource for Queue {
                 format!("dead-letter queues form a loop: {}", cycle.join(" -> ")),
             ));
         }
-        Err(Blocked::new(
-            Reason::Unsupported,
-            "this operator's strata-client has no queue API yet (issue 4); the spec is valid and will be applied once it has",
-        ))
+
+        let name = self.broker_name();
+        let was_in_sync = status.observed_generation == self.metadata.generation
+            && crate::status::is_true(&status.conditions, crate::status::READY);
+        let mut report = Report::default();
+        let desc = match broker.describe_queue(&name).await {
+            Ok(d) => d,
+            Err(e) if unknown_queue(&e) => {
+                let d = broker.create_queue(&name, want.clone()).await.map_err(|e| {
+                    let mut b = Blocked::from_client(&format!("create queue {name}"), &e);
+                    if let Some(dlq) = &self.spec.dead_letter_queue
+                        && unknown_queue(&e)
+                    {
+                        b.message = format!("dead-letter queue {dlq} does not exist yet; waiting for it ({e})");
+                    }
+                    b
+                })?;
+                report.changes.push(format!("created queue {name}"));
+                d
+            }
+            Err(e) => return Err(Blocked::from_client(&format!("describe queue {name}"), &e)),
+        };
+        let actual = desc.config.clone().unwrap_or_default();
+        if actual.fifo.is_some_and(|f| f != self.spec.fifo) {
+            return Err(Blocked::new(
+                Reason::InvalidSpec,
+                format!("queue {name} has fifo={} on the broker; fifo is fixed at creation", !self.spec.fifo),
+            ));
+        }
+        let bindings = desc.bindings.clone();
+        let (diffs, fix) = differences(&want, &actual);
+        if !diffs.is_empty() {
+            broker
+                .update_queue(&name, fix)
+                .await
+                .map_err(|e| Blocked::from_client(&format!("update queue {name}"), &e))?;
+            let what = format!("queue {name}: {}", diffs.join(", "));
+            if was_in_sync { report.drift.push(what) } else { report.changes.push(what) }
+        }
+        // Bindings: the spec's list is the whole truth.
+        let wanted = desired_bindings(&self.spec);
+        let present: Vec<(String, BindingFilter)> = bindings
+            .iter()
+            .map(|b| (b.topic.clone(), b.filter.clone().map(BindingFilter::from).unwrap_or_default()))
+            .collect();
+        for (topic, filter) in wanted.iter().filter(|w| !present.contains(w)) {
+            broker
+                .bind(&name, topic, filter.clone())
+                .await
+                .map_err(|e| Blocked::from_client(&format!("bind queue {name} to topic {topic}"), &e))?;
+            let what = format!("queue {name}: binding to {topic} ({filter}) added");
+            if was_in_sync { report.drift.push(what) } else { report.changes.push(what) }
+        }
+        for (topic, filter) in present.iter().filter(|p| !wanted.contains(p)) {
+            broker
+                .unbind(&name, topic, filter.clone())
+                .await
+                .map_err(|e| Blocked::from_client(&format!("unbind queue {name} from topic {topic}"), &e))?;
+            let what = format!("queue {name}: binding to {topic} ({filter}) removed");
+            if was_in_sync { report.drift.push(what) } else { report.changes.push(what) }
+        }
+        let stats = desc.stats.unwrap_or_default();
+        status.visible = stats.visible;
+        status.in_flight = stats.in_flight;
+        status.delayed = stats.delayed;
+        status.dead_lettered = stats.dead_lettered;
+        Ok(report)
     }
 
-    async fn delete(&self, _broker: &strata_client::Client) -> Result<(), Blocked> {
-        Err(Blocked::new(
-            Reason::Unsupported,
-            "cannot delete the broker queue: strata-client has no queue API yet; set deletionPolicy: Retain to release it",
-        ))
+    async fn delete(&self, broker: &strata_client::Client) -> Result<(), Blocked> {
+        let name = self.broker_name();
+        match broker.delete_queue(&name, !force_delete(self)).await {
+            Ok(()) => Ok(()),
+            Err(e) if unknown_queue(&e) => Ok(()),
+            Err(strata_client::Error::Server(s)) if s.error_code == ErrorCode::QueueNotEmpty => Err(Blocked::new(
+                Reason::DeletionBlocked,
+                format!(
+                    "queue {name} still holds messages ({}); annotate strata.dev/force-delete=\"true\" to delete it anyway, or set deletionPolicy: Retain",
+                    s.message
+                ),
+            )),
+            Err(e) => Err(Blocked::from_client(&format!("delete queue {name}"), &e)),
+        }
     }
 }
 
@@ -320,7 +498,7 @@ mod tests {
             ttl_action: Some(TtlAction::DeadLetter),
             fifo: true,
             dedup_window: Some("5m".into()),
-            priorities: Some(10),
+            priorities: None,
             bindings: vec![QueueBinding {
                 topic: "orders".into(),
                 key: None,
@@ -339,7 +517,7 @@ mod tests {
         assert_eq!(s.ttl_ms, Some(86_400_000));
         assert_eq!(s.dedup_window_ms, Some(300_000));
         assert!(s.fifo);
-        assert_eq!(s.priorities, Some(10));
+        assert_eq!(s.priorities, None);
     }
 
     #[test]
@@ -359,6 +537,33 @@ mod tests {
         let mut s = spec();
         s.ttl = Some("100years".into());
         assert!(desired_settings(&s).unwrap_err().message.contains("longer than a year"));
+        let mut s = spec();
+        s.priorities = Some(10);
+        assert!(desired_settings(&s).unwrap_err().message.contains("cannot also have priorities"));
+    }
+
+    #[test]
+    fn queue_differences_name_the_changed_settings() {
+        let want = desired_options(&spec()).unwrap();
+        let actual = QueueConfig {
+            visibility_timeout_ms: Some(5000),
+            max_deliveries: Some(5),
+            dead_letter_queue: Some("jobs-dlq".into()),
+            retry_backoff_min_ms: Some(1000),
+            retry_backoff_max_ms: Some(60_000),
+            delay_ms: Some(0),
+            ttl_ms: Some(86_400_000),
+            ttl_action: strata_client::TtlAction::DeadLetter as i32,
+            fifo: Some(true),
+            dedup_window_ms: Some(300_000),
+            priorities: Some(1),
+            durability: 0,
+        };
+        let (diffs, fix) = differences(&want, &actual);
+        assert_eq!(diffs, vec!["visibility_timeout_ms 5000 -> 30000".to_owned()]);
+        assert_eq!(fix, QueueOptions { visibility_timeout: Some(Duration::from_secs(30)), ..QueueOptions::default() });
+        let (none, _) = differences(&want, &QueueConfig { visibility_timeout_ms: Some(30_000), ..actual });
+        assert!(none.is_empty(), "{none:?}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! wire compatible.
 
 pub mod batch;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 /// Generated code for package `strata.v1`.
 #[allow(clippy::all, missing_docs)]

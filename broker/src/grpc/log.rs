@@ -216,6 +216,7 @@ async fn fetch_loop(
     tx: mpsc::Sender<Result<FetchResponse, Status>>,
 ) {
     let stop = broker.shutdown_signal();
+    let labels = crate::metrics::TopicLabels::from_resource(&resource);
     loop {
         if *stop.borrow() || tx.is_closed() {
             return;
@@ -249,6 +250,15 @@ async fn fetch_loop(
             continue;
         }
         next = read.next_offset;
+        let records: u64 = strata_proto::batch::BatchIter::new(read.records.clone())
+            .filter_map(Result::ok)
+            .map(|b| u64::from(b.header.record_count))
+            .sum();
+        let metrics = broker.metrics();
+        metrics.messages_out.get_or_create(&labels).inc_by(records);
+        metrics.bytes_out.get_or_create(&labels).inc_by(read.records.len() as u64);
+        let delivered = strata_proto::telemetry::enabled()
+            .then(|| crate::telemetry::batch_spans(&read.records, "deliver", &labels.topic, partition));
         let resp = FetchResponse {
             partition,
             records: read.records,
@@ -256,7 +266,10 @@ async fn fetch_loop(
             log_start_offset: read.log_start,
             next_offset: next,
         };
-        if tx.send(Ok(resp)).await.is_err() || !follow {
+        let sent = tx.send(Ok(resp)).await;
+        // Deliver spans end once the batch is handed to the transport.
+        drop(delivered);
+        if sent.is_err() || !follow {
             return;
         }
     }

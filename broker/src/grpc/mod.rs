@@ -4,22 +4,27 @@
 mod admin;
 mod groups;
 mod log;
+mod queue;
 pub(crate) mod status;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use strata_proto::v1::{admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer};
+use strata_proto::v1::{
+    admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer, queues_server::QueuesServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::broker::Broker;
 use crate::group::GroupCoordinator;
+use crate::queue::QueueManager;
 
 /// Serves until `shutdown` resolves, then waits for in-flight calls.
 pub(crate) async fn serve(
     broker: Arc<Broker>,
     coordinator: Arc<GroupCoordinator>,
+    queues: Arc<QueueManager>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -27,6 +32,7 @@ pub(crate) async fn serve(
     reporter.set_serving::<LogServer<log::LogService>>().await;
     reporter.set_serving::<AdminServer<admin::AdminService>>().await;
     reporter.set_serving::<GroupsServer<groups::GroupsService>>().await;
+    reporter.set_serving::<QueuesServer<queue::QueuesService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(strata_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -43,12 +49,20 @@ pub(crate) async fn serve(
         .max_encoding_message_size(max_out);
     let admin_service = AdminServer::new(admin::AdminService::new(broker.clone()));
     let groups_service = GroupsServer::new(groups::GroupsService::new(coordinator));
+    let queues_service = QueuesServer::new(queue::QueuesService::new(queues))
+        .max_decoding_message_size(max_in)
+        .max_encoding_message_size(max_out);
     let mut builder = tonic::transport::Server::builder()
+        .layer(crate::metrics::RpcMetricsLayer(broker.metrics().clone()))
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024));
-    let mut router =
-        builder.add_service(health).add_service(log_service).add_service(admin_service).add_service(groups_service);
+    let mut router = builder
+        .add_service(health)
+        .add_service(log_service)
+        .add_service(admin_service)
+        .add_service(groups_service)
+        .add_service(queues_service);
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
@@ -57,6 +71,7 @@ pub(crate) async fn serve(
         reporter.set_not_serving::<LogServer<log::LogService>>().await;
         reporter.set_not_serving::<AdminServer<admin::AdminService>>().await;
         reporter.set_not_serving::<GroupsServer<groups::GroupsService>>().await;
+        reporter.set_not_serving::<QueuesServer<queue::QueuesService>>().await;
     };
     // `tcp_nodelay` on the builder only applies to listeners tonic binds
     // itself; set it on every accepted socket, or small responses wait for

@@ -27,11 +27,37 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             CatalogError::PartitionsCannotShrink { tenant, name, .. } => {
                 (Code::FailedPrecondition, E::PartitionsCannotShrink, format!("{tenant}/{name}"))
             }
+            CatalogError::UnknownQueue { tenant, name } => {
+                (Code::NotFound, E::UnknownQueue, format!("{tenant}/{name}"))
+            }
+            CatalogError::QueueExists { tenant, name } => {
+                (Code::AlreadyExists, E::QueueExists, format!("{tenant}/{name}"))
+            }
+            CatalogError::UnknownDeadLetterQueue { tenant, name } => {
+                (Code::InvalidArgument, E::InvalidConfig, format!("{tenant}/{name}"))
+            }
+            CatalogError::DeadLetterLoop { tenant, name, .. } => {
+                (Code::InvalidArgument, E::InvalidConfig, format!("{tenant}/{name}"))
+            }
+            CatalogError::FifoImmutable { tenant, name } => {
+                (Code::InvalidArgument, E::InvalidConfig, format!("{tenant}/{name}"))
+            }
+            CatalogError::QueueInUse { tenant, name, .. } => {
+                (Code::FailedPrecondition, E::QueueInUse, format!("{tenant}/{name}"))
+            }
+            CatalogError::BindingExists { tenant, queue, .. } => {
+                (Code::AlreadyExists, E::InvalidRequest, format!("{tenant}/{queue}"))
+            }
+            CatalogError::UnknownBinding { tenant, queue, .. } => {
+                (Code::NotFound, E::UnknownBinding, format!("{tenant}/{queue}"))
+            }
         },
         BrokerError::UnknownPartition { tenant, topic, partition, .. } => {
             (Code::NotFound, E::UnknownPartition, format!("{tenant}/{topic}/{partition}"))
         }
-        BrokerError::InvalidConfig(_) => (Code::InvalidArgument, E::InvalidConfig, String::new()),
+        BrokerError::InvalidConfig(_) | BrokerError::InvalidQueueConfig(_) => {
+            (Code::InvalidArgument, E::InvalidConfig, String::new())
+        }
         BrokerError::InvalidRequest(_) => (Code::InvalidArgument, E::InvalidRequest, String::new()),
         BrokerError::Batch { resource, source } => match source {
             BatchError::RecordTooLarge { .. } => (Code::InvalidArgument, E::RecordTooLarge, resource.clone()),
@@ -62,6 +88,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         BrokerError::OffsetBeyondEnd { resource, .. } | BrokerError::OffsetOutOfRange { resource, .. } => {
             (Code::OutOfRange, E::OffsetOutOfRange, resource.clone())
         }
+        BrokerError::QueueFull { queue, .. } => (Code::ResourceExhausted, E::ResourceExhausted, queue.clone()),
+        BrokerError::QueueNotEmpty { queue, .. } => (Code::FailedPrecondition, E::QueueNotEmpty, queue.clone()),
+        BrokerError::StaleReceipt { queue, .. } => (Code::FailedPrecondition, E::StaleReceipt, queue.clone()),
     }
 }
 

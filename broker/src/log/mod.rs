@@ -577,6 +577,39 @@ impl PartitionLog {
     }
 }
 
+impl PartitionLog {
+    /// The offset the next append will get (written, not necessarily durable).
+    pub fn end_offset(&self) -> u64 {
+        self.lock().active.next_offset
+    }
+
+    /// The first offset still stored.
+    pub fn start_offset(&self) -> u64 {
+        self.lock().log_start
+    }
+
+    /// Deletes sealed segments whose every offset is below `offset` (for
+    /// logs whose consumers track completion themselves, like queues).
+    /// Never the active segment. Returns the deleted segments' base offsets.
+    pub fn delete_before(&self, offset: u64) -> Result<Vec<u64>, LogError> {
+        let doomed: Vec<SealedSegment> = {
+            let mut st = self.lock();
+            let mut doomed = Vec::new();
+            while st.sealed.front().is_some_and(|s| s.next_offset <= offset) {
+                doomed.extend(st.sealed.pop_front());
+            }
+            st.log_start = st.sealed.front().map_or(st.active.base_offset, |s| s.base_offset);
+            doomed
+        };
+        let mut deleted = Vec::with_capacity(doomed.len());
+        for seg in doomed {
+            seg.delete().map_err(|e| LogError::io(&seg.log_path(), e))?;
+            deleted.push(seg.base_offset);
+        }
+        Ok(deleted)
+    }
+}
+
 enum ReadTarget {
     Active { file: Arc<std::fs::File>, start: u64, end: u64 },
     Sealed(SealedSegment),

@@ -4,4 +4,6 @@
 
 mod api;
 mod harness;
+mod metrics;
 mod process;
+mod queue;

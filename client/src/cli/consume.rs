@@ -66,7 +66,7 @@ pub(crate) async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()
 }
 
 /// Ctrl-C stops a loop cleanly so buffered output is written out.
-fn stop_on_ctrl_c() -> watch::Receiver<bool> {
+pub(crate) fn stop_on_ctrl_c() -> watch::Receiver<bool> {
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {

@@ -5,6 +5,9 @@ mod consume;
 mod group;
 pub(crate) mod parse;
 mod produce;
+mod queue;
+mod receive;
+mod send;
 mod tenant;
 mod topic;
 
@@ -15,6 +18,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use strata_client::{Client, Durability, StartFrom};
 
 use crate::bench::BenchCommand;
+pub(crate) use queue::QueueCommand;
+pub(crate) use receive::ReceiveArgs;
+pub(crate) use send::SendArgs;
 
 /// Command-line tool for the Strata message broker.
 #[derive(Debug, Parser)]
@@ -39,7 +45,6 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-// Later issues add `queue`, `send` and `receive` here.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Create, list, describe and delete topics.
@@ -52,6 +57,15 @@ pub(crate) enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Create, list, describe, delete, purge and redrive queues; bind them
+    /// to topics.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Send one message per line of standard input to a queue.
+    Send(SendArgs),
+    /// Receive messages from a queue and print their bodies, one per line
+    /// (acknowledged once printed, unless --no-ack).
+    Receive(ReceiveArgs),
     /// Create, list and delete tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -241,6 +255,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(&client, args).await,
         Command::Consume(args) => consume::run(&client, args).await,
         Command::Group(cmd) => group::run(&client, cmd).await,
+        Command::Queue(cmd) => queue::run(&client, cmd).await,
+        Command::Send(args) => send::run(&client, args).await,
+        Command::Receive(args) => receive::run(&client, args).await,
         Command::Tenant(cmd) => tenant::run(&client, cmd).await,
         Command::Bench(cmd) => crate::bench::run(&client, cmd).await.context("benchmark failed"),
     }
@@ -470,6 +487,164 @@ mod tests {
     }
 
     #[test]
+    fn queue_create_parses_every_setting() {
+        let cli = parse(&[
+            "queue",
+            "create",
+            "jobs",
+            "--visibility-timeout",
+            "45s",
+            "--max-deliveries",
+            "5",
+            "--dead-letter",
+            "jobs-dlq",
+            "--retry-backoff",
+            "1s..60s",
+            "--delay",
+            "0s",
+            "--ttl",
+            "1d",
+            "--ttl-action",
+            "dead-letter",
+            "--fifo",
+            "--dedup-window",
+            "5m",
+            "--priorities",
+            "10",
+            "--durability",
+            "none",
+        ])
+        .unwrap();
+        let Command::Queue(QueueCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.name, "jobs");
+        assert!(args.fifo);
+        let s = &args.settings;
+        assert_eq!(s.visibility_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(s.max_deliveries, Some(5));
+        assert_eq!(s.dead_letter.as_deref(), Some("jobs-dlq"));
+        assert_eq!(s.retry_backoff, Some((Duration::from_secs(1), Duration::from_secs(60))));
+        assert_eq!(s.delay, Some(Duration::ZERO));
+        assert_eq!(s.ttl, Some(Duration::from_secs(86_400)));
+        assert_eq!(s.ttl_action, Some(queue::TtlActionArg::DeadLetter));
+        assert_eq!(s.dedup_window, Some(Duration::from_secs(300)));
+        assert_eq!(s.priorities, Some(10));
+        assert_eq!(s.durability, Some(DurabilityArg::None));
+
+        let cli = parse(&["queue", "create", "plain"]).unwrap();
+        let Command::Queue(QueueCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(!args.fifo);
+        assert_eq!(args.settings.visibility_timeout, None);
+        assert_eq!(args.settings.retry_backoff, None);
+    }
+
+    #[test]
+    fn queue_subcommands_parse() {
+        for args in [
+            &["queue", "list"][..],
+            &["queue", "describe", "q"],
+            &["queue", "delete", "q", "--if-empty"],
+            &["queue", "purge", "q"],
+            &["queue", "redrive", "dlq", "--max", "10"],
+            &["queue", "update", "q", "--visibility-timeout", "1m"],
+        ] {
+            assert!(matches!(parse(args).unwrap().command, Command::Queue(_)), "{args:?}");
+        }
+        let cli = parse(&["queue", "bind", "q", "--topic", "t", "--pattern", "a.*.#", "--header", "k=v"]).unwrap();
+        let Command::Queue(QueueCommand::Bind(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        let filter = args.filter();
+        assert_eq!(filter.pattern.as_deref(), Some("a.*.#"));
+        assert_eq!(filter.headers.get("k").map(String::as_str), Some("v"));
+        let cli = parse(&["queue", "unbind", "q", "--topic", "t"]).unwrap();
+        let Command::Queue(QueueCommand::Unbind(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.filter().is_fan_out());
+        let cli = parse(&["queue", "bind", "q", "--topic", "t", "--key", "eu"]).unwrap();
+        let Command::Queue(QueueCommand::Bind(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.filter(), strata_client::BindingFilter::key("eu"));
+    }
+
+    #[test]
+    fn send_and_receive_flags() {
+        let cli = parse(&[
+            "send",
+            "q",
+            "--priority",
+            "9",
+            "--delay",
+            "2s",
+            "--group",
+            "g",
+            "--dedup-id",
+            "id-{n}",
+            "--header",
+            "a=1",
+            "--header",
+            "b=x=y",
+        ])
+        .unwrap();
+        let Command::Send(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.priority, 9);
+        assert_eq!(args.delay, Some(Duration::from_secs(2)));
+        assert_eq!(args.group.as_deref(), Some("g"));
+        assert_eq!(args.dedup_id.as_deref(), Some("id-{n}"));
+        assert_eq!(args.headers[1], ("b".to_owned(), bytes::Bytes::from_static(b"x=y")));
+
+        let cli = parse(&["receive", "q"]).unwrap();
+        let Command::Receive(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((args.count, args.wait, args.no_ack), (None, Duration::from_secs(10), false));
+        assert_eq!(args.visibility_timeout, None);
+        let cli =
+            parse(&["receive", "q", "--count", "5", "--wait", "0s", "--visibility-timeout", "1s", "--no-ack"]).unwrap();
+        let Command::Receive(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((args.count, args.wait, args.no_ack), (Some(5), Duration::ZERO, true));
+        assert_eq!(args.visibility_timeout, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn bad_queue_flags_are_one_line_errors() {
+        for (args, needle) in [
+            (&["queue", "create", "q", "--retry-backoff", "60s..1s"][..], "--retry-backoff"),
+            (&["queue", "create", "q", "--retry-backoff", "1s"], "MIN..MAX"),
+            (&["queue", "create", "q", "--visibility-timeout", "0s"], "--visibility-timeout"),
+            (&["queue", "create", "q", "--visibility-timeout", "soon"], "--visibility-timeout"),
+            (&["queue", "create", "q", "--priorities", "0"], "--priorities"),
+            (&["queue", "create", "q", "--priorities", "256"], "--priorities"),
+            (&["queue", "create", "q", "--ttl-action", "keep"], "--ttl-action"),
+            (&["queue", "create", "q", "--max-deliveries", "-1"], "-1"),
+            (&["queue", "bind", "q", "--topic", "t", "--key", "a", "--pattern", "b"], "--pattern"),
+            (&["queue", "bind", "q", "--topic", "t", "--header", "novalue"], "--header"),
+            (&["queue", "bind", "q"], "--topic"),
+            (&["send", "q", "--priority", "high"], "--priority"),
+            (&["send", "q", "--header", "=v"], "--header"),
+            (&["send", "q", "--delay", "1x"], "--delay"),
+            (&["receive", "q", "--count", "0"], "--count"),
+            (&["receive", "q", "--wait", "forever"], "--wait"),
+            (&["receive", "q", "--batch", "1001"], "--batch"),
+            (&["bench", "queue", "--consumers", "0"], "--consumers"),
+            (&["bench", "queue", "--count", "5", "--duration", "1s"], "--duration"),
+        ] {
+            let msg = parse_err(args);
+            assert!(msg.contains(needle), "{args:?}: {msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
     fn bench_flags() {
         let cli = parse(&["bench", "produce", "--size", "4KiB", "--duration", "10s", "--json"]).unwrap();
         let Command::Bench(BenchCommand::Produce(args)) = cli.command else {
@@ -485,5 +660,28 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!(args.count, 1000);
+
+        let cli = parse(&[
+            "bench",
+            "queue",
+            "--size",
+            "1KiB",
+            "--duration",
+            "5s",
+            "--producers",
+            "3",
+            "--consumers",
+            "4",
+            "--batch",
+            "50",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Bench(BenchCommand::Queue(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((args.size, args.producers, args.consumers, args.batch), (1024, 3, 4, 50));
+        assert_eq!(args.duration, Some(Duration::from_secs(5)));
+        assert!(args.json);
     }
 }

@@ -26,6 +26,28 @@ pub(crate) fn duration_or_zero(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?} ({e}); examples: 0ms, 5ms, 1s"))
 }
 
+/// A time to live: a positive duration, or `forever` / `infinite` (zero
+/// on the wire).
+pub(crate) fn ttl(s: &str) -> Result<Duration, String> {
+    if is_unlimited(s.trim()) || s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    duration(s).map_err(|e| format!("{e}, or forever"))
+}
+
+/// A retry backoff `MIN..MAX` such as `1s..60s` (`0s..0s`: at once).
+pub(crate) fn retry_backoff(s: &str) -> Result<(Duration, Duration), String> {
+    let Some((min, max)) = s.split_once("..") else {
+        return Err(format!("invalid retry backoff {s:?}; expected MIN..MAX, e.g. 1s..60s"));
+    };
+    let min = duration_or_zero(min)?;
+    let max = duration_or_zero(max)?;
+    if min > max {
+        return Err(format!("retry backoff {s:?}: the minimum is larger than the maximum"));
+    }
+    Ok((min, max))
+}
+
 /// A retention time: a duration, or `infinite`.
 pub(crate) fn retention(s: &str) -> Result<Retention, String> {
     if is_unlimited(s.trim()) {
@@ -103,6 +125,14 @@ pub(crate) fn header(s: &str) -> Result<(String, Bytes), String> {
     }
 }
 
+/// A header `key=value` whose value is text (binding filters).
+pub(crate) fn text_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("invalid header {s:?}; expected key=value")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +147,23 @@ mod tests {
         assert_eq!(retention("infinite"), Ok(Retention::Infinite));
         assert_eq!(retention("1h"), Ok(Retention::Time(Duration::from_secs(3600))));
         assert!(retention("soon").is_err());
+    }
+
+    #[test]
+    fn queue_durations() {
+        assert_eq!(ttl("forever"), Ok(Duration::ZERO));
+        assert_eq!(ttl("0"), Ok(Duration::ZERO));
+        assert_eq!(ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert!(ttl("-1s").is_err());
+        assert!(ttl("later").is_err());
+        assert_eq!(retry_backoff("1s..60s"), Ok((Duration::from_secs(1), Duration::from_secs(60))));
+        assert_eq!(retry_backoff("0s..0s"), Ok((Duration::ZERO, Duration::ZERO)));
+        assert_eq!(retry_backoff("500ms..2m"), Ok((Duration::from_millis(500), Duration::from_secs(120))));
+        assert!(retry_backoff("60s..1s").unwrap_err().contains("minimum"));
+        assert!(retry_backoff("1s").unwrap_err().contains("MIN..MAX"));
+        assert!(retry_backoff("1s..").is_err());
+        assert!(retry_backoff("a..b").is_err());
+        assert!(duration_or_zero("-5s").is_err());
     }
 
     #[test]
@@ -155,5 +202,8 @@ mod tests {
         assert_eq!(header("a="), Ok(("a".into(), Bytes::new())));
         assert!(header("=b").is_err());
         assert!(header("ab").is_err());
+        assert_eq!(text_header("region=eu"), Ok(("region".into(), "eu".into())));
+        assert!(text_header("=eu").is_err());
+        assert!(text_header("region").is_err());
     }
 }

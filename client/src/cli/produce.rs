@@ -59,7 +59,7 @@ pub(crate) async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()
 }
 
 /// The line without its `\n` (or `\r\n`).
-fn strip_line_ending(line: &[u8]) -> &[u8] {
+pub(crate) fn strip_line_ending(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
 }

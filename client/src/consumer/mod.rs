@@ -90,6 +90,24 @@ pub struct ConsumedRecord {
 }
 
 impl ConsumedRecord {
+    /// A `process` span linked to the record's creation context.
+    pub(crate) fn process_span(&self, group: Option<&str>) -> Option<strata_proto::telemetry::BoxedSpan> {
+        use strata_proto::telemetry::{Attribute, attr};
+        if !strata_proto::telemetry::enabled() {
+            return None;
+        }
+        let mut a = vec![
+            Attribute::new(attr::PARTITION, self.partition.to_string()),
+            Attribute::new(attr::MESSAGE_ID, self.offset.to_string()),
+        ];
+        if let Some(g) = group {
+            a.push(Attribute::new(attr::GROUP, g.to_owned()));
+        }
+        crate::telemetry::process_span(&self.topic, self.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())), a)
+    }
+}
+
+impl ConsumedRecord {
     /// The first header with this name.
     pub fn header(&self, name: &str) -> Option<&Bytes> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
@@ -130,6 +148,9 @@ impl PartitionProgress {
 pub struct Consumer {
     topic: Arc<str>,
     fetch: FetchSet,
+    /// The `process` span of the record last returned (tracing on): it
+    /// lasts until the application asks for the next record.
+    processing: Option<strata_proto::telemetry::BoxedSpan>,
 }
 
 impl Client {
@@ -176,7 +197,7 @@ impl Consumer {
         for (partition, (start, position)) in partitions.into_iter().zip(starts) {
             fetch.assign((topic.clone(), partition), start, position);
         }
-        Ok(Consumer { topic, fetch })
+        Ok(Consumer { topic, fetch, processing: None })
     }
 
     /// The topic being read.
@@ -190,6 +211,15 @@ impl Consumer {
     /// retries is reported and retried again. `None` once no partition is
     /// being read any more.
     pub async fn next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        self.processing = None;
+        let next = self.next_record().await;
+        if let Some(Ok(r)) = &next {
+            self.processing = r.process_span(None);
+        }
+        next
+    }
+
+    async fn next_record(&mut self) -> Option<Result<ConsumedRecord, Error>> {
         loop {
             if let Some(record) = self.fetch.take_buffered() {
                 return Some(Ok(record));

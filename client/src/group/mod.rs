@@ -199,6 +199,8 @@ pub struct GroupConsumer {
     next_auto_commit: Instant,
     topics: HashMap<String, Arc<str>>,
     closed: bool,
+    /// The `process` span of the record last returned (tracing on).
+    processing: Option<strata_proto::telemetry::BoxedSpan>,
 }
 
 impl Client {
@@ -269,6 +271,7 @@ impl GroupConsumer {
             committed: HashMap::new(),
             topics: HashMap::new(),
             closed: false,
+            processing: None,
         })
     }
 
@@ -308,6 +311,15 @@ impl GroupConsumer {
     /// Cancel-safe: work interrupted by dropping the future is finished on
     /// the next call.
     pub async fn next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        self.processing = None;
+        let next = self.next_record().await;
+        if let Some(Ok(r)) = &next {
+            self.processing = r.process_span(Some(&self.group));
+        }
+        next
+    }
+
+    async fn next_record(&mut self) -> Option<Result<ConsumedRecord, Error>> {
         loop {
             if self.closed {
                 return None;

@@ -148,13 +148,29 @@ pub struct RecordMetadata {
 #[must_use = "a DeliveryFuture tells whether the message was stored"]
 pub struct DeliveryFuture {
     rx: oneshot::Receiver<Result<RecordMetadata, Error>>,
+    /// The message's `send` span (tracing on); ends with the acknowledgement.
+    span: Option<strata_proto::telemetry::BoxedSpan>,
 }
 
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::ProducerClosed)))
+        let out = Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::ProducerClosed)));
+        if let Poll::Ready(r) = &out
+            && let Some(mut span) = self.span.take()
+        {
+            use strata_proto::telemetry::{Attribute, Span, SpanStatus, attr};
+            match r {
+                Ok(m) => {
+                    span.set_attribute(Attribute::new(attr::PARTITION, m.partition.to_string()));
+                    span.set_attribute(Attribute::new(attr::MESSAGE_ID, m.offset.to_string()));
+                }
+                Err(e) => span.set_status(SpanStatus::error(e.to_string())),
+            }
+            span.end();
+        }
+        out
     }
 }
 
@@ -296,6 +312,9 @@ impl Producer {
         if let Some(error) = self.shared.fatal.get() {
             return Err(error.clone());
         }
+        let mut message = message;
+        // Tracing on: a `send` span whose context travels in the headers.
+        let span = crate::telemetry::send_span(&self.shared.topic, &mut message.headers, message.value.len());
         let size = message.encoded_size();
         let limit = MAX_MESSAGE_BYTES - HEADER_LEN - REQUEST_OVERHEAD;
         if size > limit {
@@ -316,7 +335,7 @@ impl Producer {
             .commands
             .send(Command::Send(PendingMessage { message, timestamp_ms, ack, permit: Some(permit) }))
             .map_err(|_| Error::ProducerClosed)?;
-        Ok(DeliveryFuture { rx })
+        Ok(DeliveryFuture { rx, span })
     }
 
     /// Sends every message enqueued so far without waiting for `linger`, and

@@ -6,6 +6,8 @@ mod acceptance;
 mod group_cli;
 mod groups;
 mod idempotence;
+mod queues;
+mod tracing;
 
 use std::collections::HashMap;
 use std::io::Write as _;

@@ -81,6 +81,7 @@ fn the_crd_yaml_carries_the_cel_rules() {
     assert!(has(&queue, "fifo", "self == oldSelf"), "{queue:?}");
     assert!(has(&queue, "tenant", "self == oldSelf"), "{queue:?}");
     assert!(queue.iter().any(|(_, r)| r.contains("deadLetterQueue")), "{queue:?}");
+    assert!(queue.iter().any(|(_, r)| r.contains("self.fifo && has(self.priorities)")), "{queue:?}");
 
     let group = rules("consumergroups.strata.dev.yaml");
     assert!(group.iter().any(|(_, r)| r.contains("has(self.timestampMs)")), "{group:?}");
@@ -130,4 +131,11 @@ fn every_example_parses_into_its_crd_type() {
     let g: ConsumerGroup = serde_yaml::from_str(&read("consumer-group.yaml")).unwrap();
     let reset = g.spec.offset_reset.clone().unwrap();
     assert!(strata_operator::consumer_group::reset_plan(&g.spec, &reset).is_ok());
+}
+
+#[test]
+fn the_dead_letter_example_parses() {
+    let text = std::fs::read_to_string(root().join("examples/queue-dlq.yaml")).unwrap();
+    let q: strata_operator::queue::Queue = serde_yaml::from_str(&text).unwrap();
+    assert!(strata_operator::queue::desired_options(&q.spec).is_ok());
 }

@@ -10,6 +10,12 @@
 //!   record; latency = how long the application waited for each fetch
 //!   response when nothing was buffered (records already buffered are not
 //!   counted), i.e. the fetch latency the reader experiences.
+//! - `bench queue` (in `queue`): durable send + receive + ack through one
+//!   queue; msgs/s and MB/s of acknowledged receipts from the first send to
+//!   the last ack; send latency (send call to its answer) and end-to-end
+//!   latency (send call to receipt, from a timestamp in the body).
+
+mod queue;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +34,6 @@ use tokio::sync::mpsc;
 use crate::cli::DurabilityArg;
 use crate::cli::parse;
 
-// Later issues add `queue` here.
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Produce as fast as possible; report msgs/s, MB/s and acknowledgement
@@ -39,6 +44,11 @@ pub(crate) enum BenchCommand {
     /// fetch wait latency. The topic is created and filled first when it holds
     /// fewer messages (the fill is reported separately on stderr).
     Consume(BenchConsumeArgs),
+    /// Send, receive and acknowledge through a queue as fast as possible;
+    /// report msgs/s, MB/s, send latency and end-to-end latency. Without
+    /// --queue a temporary queue `bench-<random>` is created and deleted
+    /// afterwards.
+    Queue(queue::BenchQueueArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,6 +138,10 @@ pub(crate) async fn run(client: &Client, cmd: BenchCommand) -> anyhow::Result<()
             let json = args.json;
             (bench_consume(client, args).await?, json)
         }
+        BenchCommand::Queue(args) => {
+            let json = args.json;
+            (queue::bench_queue(client, args).await?, json)
+        }
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -141,7 +155,10 @@ pub(crate) async fn run(client: &Client, cmd: BenchCommand) -> anyhow::Result<()
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) benchmark: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub(crate) topic: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) queue: Option<String>,
     pub(crate) messages: u64,
     /// Bytes of message values.
     pub(crate) bytes: u64,
@@ -160,6 +177,15 @@ pub(crate) struct Report {
     pub(crate) producers: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) filled_messages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) consumers: Option<u32>,
+    /// End-to-end latency percentiles (`bench queue`: send call to receipt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) e2e_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) e2e_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) e2e_p999_ms: Option<f64>,
 }
 
 impl Report {
@@ -174,6 +200,7 @@ impl Report {
         Report {
             benchmark,
             topic: topic.to_owned(),
+            queue: None,
             messages: stats.messages,
             bytes: stats.bytes,
             size,
@@ -186,16 +213,20 @@ impl Report {
             latency,
             producers: None,
             filled_messages: None,
+            consumers: None,
+            e2e_p50_ms: None,
+            e2e_p99_ms: None,
+            e2e_p999_ms: None,
         }
     }
 
     fn human(&self) -> String {
-        format!(
+        let mut text = format!(
             "{} {}: {} messages ({} B values) in {:.2} s\n  \
              throughput: {:.0} msgs/s, {:.2} MB/s\n  \
              {} latency: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms\n",
             self.benchmark,
-            self.topic,
+            self.queue.as_deref().unwrap_or(&self.topic),
             self.messages,
             self.size,
             self.seconds,
@@ -205,7 +236,11 @@ impl Report {
             self.p50_ms,
             self.p99_ms,
             self.p999_ms,
-        )
+        );
+        if let (Some(p50), Some(p99), Some(p999)) = (self.e2e_p50_ms, self.e2e_p99_ms, self.e2e_p999_ms) {
+            text.push_str(&format!("  end-to-end latency: p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms\n"));
+        }
+        text
     }
 }
 

@@ -1,0 +1,233 @@
+//! Prometheus metrics: counters updated on the hot paths (a label lookup per
+//! batch or per call, never per record), gauges computed at scrape time from
+//! the live state (log end offsets, queue depths, group lag), and an RPC
+//! latency histogram per method recorded by a tower layer on the gRPC server.
+//! `/metrics` on the HTTP port serves the text exposition format.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TopicLabels {
+    pub tenant: String,
+    pub topic: String,
+}
+
+impl TopicLabels {
+    /// From a "tenant/topic/partition" resource label (names already resolved).
+    pub fn from_resource(resource: &str) -> TopicLabels {
+        let mut parts = resource.splitn(3, '/');
+        TopicLabels {
+            tenant: parts.next().unwrap_or_default().to_owned(),
+            topic: parts.next().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PartitionLabels {
+    pub tenant: String,
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QueueLabels {
+    pub tenant: String,
+    pub queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GroupLabels {
+    pub tenant: String,
+    pub group: String,
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RpcLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RejectLabels {
+    pub reason: &'static str,
+}
+
+type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
+
+fn rpc_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub messages_in: Family<TopicLabels, Counter>,
+    pub bytes_in: Family<TopicLabels, Counter>,
+    pub messages_out: Family<TopicLabels, Counter>,
+    pub bytes_out: Family<TopicLabels, Counter>,
+    pub log_end_offset: Family<PartitionLabels, Gauge>,
+    pub log_start_offset: Family<PartitionLabels, Gauge>,
+    pub log_size: Family<PartitionLabels, Gauge>,
+    pub queue_sent: Family<QueueLabels, Counter>,
+    pub queue_sent_bytes: Family<QueueLabels, Counter>,
+    pub queue_delivered: Family<QueueLabels, Counter>,
+    pub queue_redelivered: Family<QueueLabels, Counter>,
+    pub queue_acked: Family<QueueLabels, Counter>,
+    pub queue_dead_lettered: Family<QueueLabels, Counter>,
+    pub queue_visible: Family<QueueLabels, Gauge>,
+    pub queue_in_flight: Family<QueueLabels, Gauge>,
+    pub queue_delayed: Family<QueueLabels, Gauge>,
+    pub queue_oldest_age: Family<QueueLabels, Gauge>,
+    pub group_lag: Family<GroupLabels, Gauge>,
+    pub rpc_duration: HistogramFamily,
+    pub rejections: Family<RejectLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("strata");
+        let m = Metrics {
+            messages_in: Family::default(),
+            bytes_in: Family::default(),
+            messages_out: Family::default(),
+            bytes_out: Family::default(),
+            log_end_offset: Family::default(),
+            log_start_offset: Family::default(),
+            log_size: Family::default(),
+            queue_sent: Family::default(),
+            queue_sent_bytes: Family::default(),
+            queue_delivered: Family::default(),
+            queue_redelivered: Family::default(),
+            queue_acked: Family::default(),
+            queue_dead_lettered: Family::default(),
+            queue_visible: Family::default(),
+            queue_in_flight: Family::default(),
+            queue_delayed: Family::default(),
+            queue_oldest_age: Family::default(),
+            group_lag: Family::default(),
+            rpc_duration: Family::new_with_constructor(rpc_histogram),
+            rejections: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("topic_messages_in", "Records appended to topic partitions", m.messages_in.clone());
+        r.register_with_unit("topic_in", "Record batch bytes appended", Unit::Bytes, m.bytes_in.clone());
+        r.register("topic_messages_out", "Records sent to consumers by fetches", m.messages_out.clone());
+        r.register_with_unit("topic_out", "Record batch bytes sent by fetches", Unit::Bytes, m.bytes_out.clone());
+        r.register("log_end_offset", "High watermark of a partition", m.log_end_offset.clone());
+        r.register("log_start_offset", "First offset still stored in a partition", m.log_start_offset.clone());
+        r.register_with_unit("log_size", "Bytes stored for a partition", Unit::Bytes, m.log_size.clone());
+        r.register("queue_messages_sent", "Messages enqueued", m.queue_sent.clone());
+        r.register_with_unit("queue_sent", "Message body bytes enqueued", Unit::Bytes, m.queue_sent_bytes.clone());
+        r.register("queue_deliveries", "Messages handed to consumers", m.queue_delivered.clone());
+        r.register("queue_redeliveries", "Deliveries of messages delivered before", m.queue_redelivered.clone());
+        r.register("queue_messages_acked", "Messages acknowledged", m.queue_acked.clone());
+        r.register(
+            "queue_messages_dead_lettered",
+            "Messages moved to a dead-letter queue",
+            m.queue_dead_lettered.clone(),
+        );
+        r.register("queue_visible_messages", "Messages that can be received now", m.queue_visible.clone());
+        r.register("queue_in_flight_messages", "Messages leased and not yet acknowledged", m.queue_in_flight.clone());
+        r.register("queue_delayed_messages", "Messages waiting for a delay or retry backoff", m.queue_delayed.clone());
+        r.register_with_unit(
+            "queue_oldest_message_age",
+            "Age of the oldest unacknowledged message",
+            Unit::Seconds,
+            m.queue_oldest_age.clone(),
+        );
+        r.register(
+            "consumer_group_lag",
+            "Records between a group's committed offsets and the log end",
+            m.group_lag.clone(),
+        );
+        r.register_with_unit(
+            "rpc_duration",
+            "gRPC call latency (streams: until the response starts)",
+            Unit::Seconds,
+            m.rpc_duration.clone(),
+        );
+        r.register("quota_rejections", "Requests refused for a resource limit", m.rejections.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn queue(tenant: &str, queue: &str) -> QueueLabels {
+        QueueLabels { tenant: tenant.to_owned(), queue: queue.to_owned() }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Records the latency of every gRPC call by method path.
+#[derive(Clone)]
+pub(crate) struct RpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics { inner, metrics: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct RpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        // Only known services get their own label: paths come from clients.
+        let method = if path.len() < 100 && (path.starts_with("/strata.v1.") || path.starts_with("/grpc.")) {
+            path.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let res = fut.await;
+            metrics.rpc_duration.get_or_create(&RpcLabels { method }).observe(start.elapsed().as_secs_f64());
+            res
+        })
+    }
+}

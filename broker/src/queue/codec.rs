@@ -1,0 +1,164 @@
+//! How queue messages, journal entries and state snapshots are encoded.
+//!
+//! - A queue message is one record of the queue's message log (the same
+//!   batch format as topics): key = routing key, value = body, the user's
+//!   headers, plus one reserved header `:meta` holding [`MessageMeta`]
+//!   (priority, group, dedup id, delay, expiry, reply-to, correlation id).
+//!   User header keys may not start with `:`.
+//! - A journal entry is one record of the queue's journal log holding a
+//!   [`JournalEntry`]: finished ids, delivery counts, retry times.
+//! - A snapshot (`state.snap`) is `STRATAQS` + version + CRC32C + length +
+//!   [`Snapshot`], replaced atomically.
+
+use std::io::Write;
+use std::path::Path;
+
+use bytes::Bytes;
+use prost::Message;
+use strata_proto::batch::Record;
+
+pub(crate) const META_HEADER: &str = ":meta";
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MessageMeta {
+    #[prost(uint32, tag = "1")]
+    pub priority: u32,
+    #[prost(string, tag = "2")]
+    pub group: String,
+    #[prost(string, tag = "3")]
+    pub dedup_id: String,
+    #[prost(int64, tag = "4")]
+    pub not_before: i64,
+    /// 0 = never.
+    #[prost(int64, tag = "5")]
+    pub expires_at: i64,
+    #[prost(string, tag = "6")]
+    pub reply_to: String,
+    #[prost(string, tag = "7")]
+    pub correlation_id: String,
+}
+
+impl MessageMeta {
+    pub fn of(record: &Record) -> MessageMeta {
+        record.header(META_HEADER).and_then(|b| MessageMeta::decode(b.as_ref()).ok()).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct JournalEntry {
+    #[prost(uint64, repeated, tag = "1")]
+    pub acked: Vec<u64>,
+    #[prost(uint64, repeated, tag = "2")]
+    pub dead_lettered: Vec<u64>,
+    #[prost(uint64, repeated, tag = "3")]
+    pub expired: Vec<u64>,
+    /// Dropped after max deliveries without a dead-letter queue.
+    #[prost(uint64, repeated, tag = "4")]
+    pub dropped: Vec<u64>,
+    #[prost(uint64, repeated, tag = "5")]
+    pub delivered_ids: Vec<u64>,
+    #[prost(uint32, repeated, tag = "6")]
+    pub delivered_counts: Vec<u32>,
+    #[prost(uint64, repeated, tag = "7")]
+    pub retry_ids: Vec<u64>,
+    #[prost(int64, repeated, tag = "8")]
+    pub retry_at: Vec<i64>,
+    /// Every id below this is finished (purge).
+    #[prost(uint64, tag = "9")]
+    pub purged_below: u64,
+}
+
+impl JournalEntry {
+    pub fn is_empty(&self) -> bool {
+        self.acked.is_empty()
+            && self.dead_lettered.is_empty()
+            && self.expired.is_empty()
+            && self.dropped.is_empty()
+            && self.delivered_ids.is_empty()
+            && self.retry_ids.is_empty()
+            && self.purged_below == 0
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Snapshot {
+    /// Journal entries below this offset are reflected here.
+    #[prost(uint64, tag = "1")]
+    pub journal_end: u64,
+    /// Message ids below this were all known when the snapshot was taken.
+    #[prost(uint64, tag = "2")]
+    pub next_id: u64,
+    /// Every id below this is finished.
+    #[prost(uint64, tag = "3")]
+    pub low_watermark: u64,
+    /// Finished ranges [start, end) between the low watermark and `next_id`.
+    #[prost(uint64, repeated, tag = "4")]
+    pub finished_starts: Vec<u64>,
+    #[prost(uint64, repeated, tag = "5")]
+    pub finished_ends: Vec<u64>,
+    #[prost(uint64, repeated, tag = "6")]
+    pub state_ids: Vec<u64>,
+    #[prost(uint32, repeated, tag = "7")]
+    pub state_deliveries: Vec<u32>,
+    #[prost(int64, repeated, tag = "8")]
+    pub state_retry_at: Vec<i64>,
+    #[prost(uint64, tag = "9")]
+    pub acked: u64,
+    #[prost(uint64, tag = "10")]
+    pub dead_lettered: u64,
+    #[prost(uint64, tag = "11")]
+    pub expired: u64,
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"STRATAQS";
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// Writes `snap` to `path` atomically (temp file, fsync, rename, fsync dir).
+pub(crate) fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let payload = snap.encode_to_vec();
+    let mut buf = Vec::with_capacity(payload.len() + 20);
+    buf.extend_from_slice(SNAPSHOT_MAGIC);
+    buf.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&payload);
+    let tmp = path.with_extension("snap.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&buf)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        crate::log::segment::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Reads a snapshot; `Ok(None)` when there is none.
+pub(crate) fn read_snapshot(path: &Path) -> std::io::Result<Option<Snapshot>> {
+    let buf = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+    if buf.len() < 20 || &buf[..8] != SNAPSHOT_MAGIC {
+        return Err(bad("not a queue snapshot"));
+    }
+    let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    if version != SNAPSHOT_VERSION {
+        return Err(bad(&format!("unsupported snapshot version {version}")));
+    }
+    let crc = u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes")) as usize;
+    let payload = buf.get(20..20 + len).ok_or_else(|| bad("truncated"))?;
+    if crc32c::crc32c(payload) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    Snapshot::decode(payload).map(Some).map_err(|e| bad(&e.to_string()))
+}
+
+/// Encodes `meta` for the `:meta` header.
+pub(crate) fn encode_meta(meta: &MessageMeta) -> Bytes {
+    Bytes::from(meta.encode_to_vec())
+}

@@ -1,0 +1,98 @@
+//! Broker-side message spans: `publish` and `persist` when a message is
+//! stored, `deliver` / `redeliver` when it is handed to a consumer,
+//! `dead_letter` when a queue gives up on it. Each is a child of the
+//! message's own trace context (W3C `traceparent` in its headers), so a
+//! trace runs producer → broker → consumer.
+//!
+//! Only messages whose context is *sampled* get spans, and callers check
+//! [`telemetry::enabled`] first: with tracing off nothing here runs; with it
+//! on, headers are decoded only for the batches that are traced at all.
+
+use bytes::Bytes;
+use strata_proto::batch::{BatchIter, Record};
+use strata_proto::telemetry::{self, Attribute, BoxedSpan, Kind, Span, attr};
+
+/// At most this many spans per batch, so a huge traced batch costs little.
+const MAX_SPANS_PER_BATCH: usize = 64;
+
+fn record_context(r: &Record) -> strata_proto::telemetry::TraceContext {
+    telemetry::extract(r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())))
+}
+
+/// Spans for the sampled records of a batch: `(offset delta, span)`.
+pub(crate) fn batch_spans(batch: &Bytes, verb: &str, destination: &str, partition: u32) -> Vec<(u64, BoxedSpan)> {
+    let mut out = Vec::new();
+    for raw in BatchIter::new(batch.clone()) {
+        let Ok(raw) = raw else { break };
+        let Ok(records) = raw.records() else { break };
+        for r in records {
+            let cx = record_context(&r);
+            if !telemetry::is_sampled(&cx) {
+                continue;
+            }
+            let mut a = telemetry::base_attributes(destination);
+            a.push(Attribute::new(attr::PARTITION, partition.to_string()));
+            a.push(Attribute::new(attr::MESSAGE_ID, r.offset.to_string()));
+            a.push(Attribute::new(attr::OPERATION_NAME, verb.to_owned()));
+            out.push((
+                r.offset - raw.header.base_offset,
+                telemetry::start(format!("{verb} {destination}"), Kind::Server, &cx, a),
+            ));
+            if out.len() >= MAX_SPANS_PER_BATCH {
+                return out;
+            }
+        }
+    }
+    out
+}
+
+/// A span for one message given its headers, if its context is sampled.
+pub(crate) fn message_span<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    name: String,
+    destination: &str,
+    mut attributes: Vec<Attribute>,
+) -> Option<BoxedSpan> {
+    let cx = telemetry::extract(headers);
+    if !telemetry::is_sampled(&cx) {
+        return None;
+    }
+    let mut a = telemetry::base_attributes(destination);
+    a.append(&mut attributes);
+    Some(telemetry::start(name, Kind::Server, &cx, a))
+}
+
+/// Ends `publish` spans after durability, with a `persist` child covering
+/// the wait for fsync.
+pub(crate) struct Published {
+    spans: Vec<BoxedSpan>,
+    persist: Vec<BoxedSpan>,
+}
+
+impl Published {
+    /// Starts `persist` children now (the wait for durability begins).
+    pub(crate) fn new(spans: Vec<BoxedSpan>, destination: &str) -> Published {
+        let persist = spans
+            .iter()
+            .map(|s| {
+                let cx = telemetry::child_of(s);
+                telemetry::start(
+                    format!("persist {destination}"),
+                    Kind::Internal,
+                    &cx,
+                    telemetry::base_attributes(destination),
+                )
+            })
+            .collect();
+        Published { spans, persist }
+    }
+
+    pub(crate) fn finish(self, error: Option<&str>) {
+        for mut s in self.persist.into_iter().chain(self.spans) {
+            if let Some(e) = error {
+                s.set_status(strata_proto::telemetry::SpanStatus::error(e.to_owned()));
+            }
+            s.end();
+        }
+    }
+}

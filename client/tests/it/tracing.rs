@@ -1,0 +1,294 @@
+//! OpenTelemetry end to end: an in-process OTLP receiver (the
+//! `opentelemetry-proto` types over tonic) collects the spans of a real
+//! broker process and of `strata` CLI processes, all configured only by the
+//! standard `OTEL_*` variables. A message's trace must run from the
+//! producer's `send` span through the broker's spans to the consumer's
+//! `process` span, which links back to the producer's span.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use tonic::{Request, Response, Status};
+
+/// A span as received, with the service that sent it.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub service: String,
+    pub name: String,
+    pub kind: i32,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent: Vec<u8>,
+    pub links: Vec<Vec<u8>>,
+    pub attrs: HashMap<String, String>,
+}
+
+#[derive(Default, Clone)]
+pub struct Collector(Arc<Mutex<Vec<Got>>>);
+
+fn value_string(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.clone()) {
+        Some(Value::StringValue(s)) => s,
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut out = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .map(|kv| value_string(&kv.value))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    out.push(Got {
+                        service: service.clone(),
+                        name: s.name,
+                        kind: s.kind,
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                        parent: s.parent_span_id,
+                        links: s.links.into_iter().map(|l| l.span_id).collect(),
+                        attrs: s.attributes.into_iter().map(|kv| (kv.key, value_string(&kv.value))).collect(),
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    pub async fn start() -> (Collector, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let c = Collector::default();
+        let svc = TraceServiceServer::new(c.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (c, addr)
+    }
+
+    pub fn spans(&self) -> Vec<Got> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until a span matching `f` arrived.
+    pub async fn wait_for(&self, what: &str, f: impl Fn(&Got) -> bool) -> Got {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.spans().into_iter().find(&f) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no span {what}; got {:#?}", self.spans());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn otel_env(collector: SocketAddr, service: &str) -> Vec<(String, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{collector}")),
+        ("OTEL_TRACES_SAMPLER".into(), "always_on".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "50".into()),
+        ("OTEL_SERVICE_NAME".into(), service.into()),
+    ]
+}
+
+/// The broker binary built next to the CLI (by `cargo test --workspace`).
+pub fn broker_binary() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_strata")).with_file_name("strata-broker");
+    p.exists().then_some(p)
+}
+
+pub struct TracedBroker {
+    pub child: Child,
+    pub url: String,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Drop for TracedBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_traced_broker(bin: &PathBuf, collector: SocketAddr, extra: &[&str]) -> TracedBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .envs(otel_env(collector, "strata-broker"))
+        .env("STRATA_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("listening line");
+    TracedBroker { child, url: format!("http://{addr}"), _dir: dir }
+}
+
+/// Runs the CLI with tracing to `collector` as `service`.
+pub fn traced_cli(url: &str, collector: SocketAddr, service: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .env("STRATA_SERVER", url)
+        .envs(otel_env(collector, service))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "strata {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A collector and a traced broker; `None` (after saying why) when the
+/// broker binary is not built.
+pub async fn traced_setup() -> Option<(Collector, SocketAddr, TracedBroker)> {
+    let Some(bin) = broker_binary() else {
+        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
+        return None;
+    };
+    let (collector, caddr) = Collector::start().await;
+    let broker = tokio::task::block_in_place(|| start_traced_broker(&bin, caddr, &[]));
+    Some((collector, caddr, broker))
+}
+
+pub fn is_kind(s: &Got, kind: SpanKind) -> bool {
+    s.kind == kind as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_message_is_traced_from_producer_through_broker_to_consumer() {
+    let Some((collector, caddr, broker)) = traced_setup().await else { return };
+    let url = broker.url.clone();
+    tokio::task::block_in_place(|| {
+        traced_cli(&url, caddr, "ops", &["topic", "create", "orders", "--partitions", "1"], "");
+        traced_cli(&url, caddr, "producer-app", &["produce", "orders"], "hello\n");
+        let out =
+            traced_cli(&url, caddr, "consumer-app", &["consume", "orders", "--from", "earliest", "--count", "1"], "");
+        assert_eq!(out.trim(), "hello");
+    });
+
+    let send = collector.wait_for("send orders", |s| s.name == "send orders").await;
+    assert_eq!(send.service, "producer-app");
+    assert!(is_kind(&send, SpanKind::Producer));
+    assert_eq!(send.attrs["messaging.system"], "strata");
+    assert_eq!(send.attrs["messaging.destination.name"], "orders");
+    assert_eq!(send.attrs["messaging.operation.type"], "send");
+    assert_eq!(send.attrs["messaging.message.id"], "0");
+    assert_eq!(send.attrs["messaging.destination.partition.id"], "0");
+
+    let publish = collector.wait_for("publish orders", |s| s.name == "publish orders").await;
+    assert_eq!(publish.service, "strata-broker");
+    assert_eq!((publish.trace_id.clone(), publish.parent.clone()), (send.trace_id.clone(), send.span_id.clone()));
+    assert_eq!(publish.attrs["messaging.message.id"], "0");
+    assert_eq!(publish.attrs["messaging.destination.partition.id"], "0");
+    let persist = collector.wait_for("persist orders", |s| s.name == "persist orders").await;
+    assert_eq!(persist.parent, publish.span_id, "persist is a child of publish");
+    let deliver = collector.wait_for("deliver orders", |s| s.name == "deliver orders").await;
+    assert_eq!((deliver.trace_id.clone(), deliver.parent.clone()), (send.trace_id.clone(), send.span_id.clone()));
+
+    let process = collector.wait_for("process orders", |s| s.name == "process orders").await;
+    assert_eq!(process.service, "consumer-app");
+    assert!(is_kind(&process, SpanKind::Consumer));
+    assert_eq!(process.trace_id, send.trace_id);
+    assert!(process.links.contains(&send.span_id), "process links to the producer's span");
+    assert_eq!(process.attrs["messaging.operation.type"], "process");
+    assert_eq!(process.attrs["messaging.message.id"], "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_message_is_traced_through_redelivery_and_dead_lettering() {
+    let Some((collector, caddr, broker)) = traced_setup().await else { return };
+    let url = broker.url.clone();
+    tokio::task::block_in_place(|| {
+        traced_cli(&url, caddr, "ops", &["queue", "create", "parked"], "");
+        traced_cli(
+            &url,
+            caddr,
+            "ops",
+            &[
+                "queue",
+                "create",
+                "jobs",
+                "--max-deliveries",
+                "2",
+                "--dead-letter",
+                "parked",
+                "--visibility-timeout",
+                "300ms",
+            ],
+            "",
+        );
+        traced_cli(&url, caddr, "producer-app", &["send", "jobs"], "job-1\n");
+        // Two deliveries that are never acknowledged: the second lease
+        // running out exhausts max-deliveries and parks the message.
+        for _ in 0..2 {
+            let out = traced_cli(
+                &url,
+                caddr,
+                "worker",
+                &["receive", "jobs", "--no-ack", "--count", "1", "--wait", "20s"],
+                "",
+            );
+            assert_eq!(out.trim(), "job-1");
+        }
+        let out = traced_cli(&url, caddr, "janitor", &["receive", "parked", "--count", "1", "--wait", "20s"], "");
+        assert_eq!(out.trim(), "job-1");
+    });
+
+    let send = collector.wait_for("send jobs", |s| s.name == "send jobs").await;
+    assert_eq!(send.service, "producer-app");
+    assert!(is_kind(&send, SpanKind::Producer));
+    assert_eq!(send.attrs["messaging.destination.name"], "jobs");
+    let child_of_send = |s: &Got| s.trace_id == send.trace_id && s.parent == send.span_id;
+    let publish = collector.wait_for("publish jobs", |s| s.name == "publish jobs").await;
+    assert!(child_of_send(&publish), "{publish:?}");
+    let deliver = collector.wait_for("deliver jobs", |s| s.name == "deliver jobs").await;
+    assert!(child_of_send(&deliver));
+    assert_eq!(deliver.attrs["messaging.strata.delivery_count"], "1");
+    let redeliver = collector.wait_for("redeliver jobs", |s| s.name == "redeliver jobs").await;
+    assert!(child_of_send(&redeliver));
+    assert_eq!(redeliver.attrs["messaging.strata.delivery_count"], "2");
+    let dead = collector.wait_for("dead_letter jobs", |s| s.name == "dead_letter jobs").await;
+    assert!(child_of_send(&dead));
+    assert!(dead.attrs["messaging.strata.dead_letter_reason"].contains("max_deliveries 2"), "{dead:?}");
+    let process = collector.wait_for("process parked", |s| s.name == "process parked").await;
+    assert_eq!(process.service, "janitor");
+    assert!(is_kind(&process, SpanKind::Consumer));
+    assert_eq!(process.trace_id, send.trace_id, "the dead-lettered copy keeps the trace");
+    assert!(process.links.contains(&send.span_id));
+}
