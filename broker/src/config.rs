@@ -410,6 +410,21 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses a config file's text (as `load` would read it, without
+    /// environment overrides) and validates it. The operator's tests use it
+    /// to check the ConfigMap they render.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let origin = PathBuf::from("<string>");
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Parse { path: origin.clone(), message: e.message().to_owned() })?;
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.message().to_owned() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks cross-field rules. Called by `load`; call again after flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -605,6 +620,13 @@ mod tests {
         assert!(err.contains("segment_bytes"), "{err}");
         let err = Config::load(None, &env(&[("STRATA_LIMITS_MAX_BATCH_BYTES", "1KiB")])).unwrap_err().to_string();
         assert!(err.contains("max_batch_bytes"), "{err}");
+    }
+
+    #[test]
+    fn config_text_parses_like_a_file() {
+        let c = Config::from_toml_str("[log]\nlevel = \"debug\"\n").unwrap();
+        assert_eq!(c.log.level, "debug");
+        assert!(Config::from_toml_str("[log]\nlevle = 1\n").unwrap_err().to_string().contains("levle"));
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! The Kubernetes permissions the operator's code uses, verb by verb. The
+//! chart's ClusterRole and Role must grant exactly these (least privilege):
+//! a test compares this list with `charts/strata-operator/tests/expected-rbac.json`,
+//! and the chart check compares the rendered RBAC with the same file.
+
+use serde_json::{Value, json};
+
+/// Where a rule is granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// ClusterRole: resources the controllers watch in every namespace.
+    Cluster,
+    /// Role in the operator's namespace: the leader-election Lease.
+    OperatorNamespace,
+}
+
+/// One RBAC rule.
+#[derive(Debug, Clone, Copy)]
+pub struct Permission {
+    pub scope: Scope,
+    pub api_group: &'static str,
+    pub resources: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+}
+
+/// Every permission, with the call that needs it.
+pub const PERMISSIONS: &[Permission] = &[
+    // Controllers list+watch every kind; get_opt reads clusters and tenants;
+    // finalizers are merge patches; the Queue reconcile lists Queues.
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "strata.dev",
+        resources: &["brokerclusters", "tenants", "topics", "queues", "consumergroups"],
+        verbs: &["get", "list", "watch", "patch"],
+    },
+    // Status is written with server-side apply (a patch).
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "strata.dev",
+        resources: &[
+            "brokerclusters/status",
+            "tenants/status",
+            "topics/status",
+            "queues/status",
+            "consumergroups/status",
+        ],
+        verbs: &["patch"],
+    },
+    // Owned objects: `.owns()` lists and watches them, server-side apply
+    // patches them (a create through apply is authorised as patch); the
+    // StatefulSet is read for its ready replicas.
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "apps",
+        resources: &["statefulsets"],
+        verbs: &["get", "list", "watch", "patch"],
+    },
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "",
+        resources: &["configmaps", "serviceaccounts", "services"],
+        verbs: &["list", "watch", "patch"],
+    },
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "policy",
+        resources: &["poddisruptionbudgets"],
+        verbs: &["list", "watch", "patch"],
+    },
+    // kube's event Recorder creates events and patches repeated ones.
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+    // Leader election.
+    Permission {
+        scope: Scope::OperatorNamespace,
+        api_group: "coordination.k8s.io",
+        resources: &["leases"],
+        verbs: &["get", "create", "update"],
+    },
+];
+
+/// The permissions as `{"clusterRole": [rules], "role": [rules]}`, each rule
+/// `{apiGroups, resources, verbs}` with sorted lists (the format of
+/// `expected-rbac.json`).
+pub fn expected_json() -> Value {
+    let rules = |scope: Scope| -> Vec<Value> {
+        PERMISSIONS
+            .iter()
+            .filter(|p| p.scope == scope)
+            .map(|p| {
+                let mut resources: Vec<&str> = p.resources.to_vec();
+                resources.sort_unstable();
+                let mut verbs: Vec<&str> = p.verbs.to_vec();
+                verbs.sort_unstable();
+                json!({ "apiGroups": [p.api_group], "resources": resources, "verbs": verbs })
+            })
+            .collect()
+    };
+    json!({ "clusterRole": rules(Scope::Cluster), "role": rules(Scope::OperatorNamespace) })
+}
