@@ -451,13 +451,18 @@ impl Broker {
         let log2 = log.clone();
         let res = resource.clone();
         let bytes_len = batch.len() as u64;
-        let traced = strata_proto::telemetry::enabled()
-            .then(|| crate::telemetry::batch_spans(&batch, "publish", &labels.topic, partition));
-        let appended = tokio::task::spawn_blocking(move || {
+        let topic_label = labels.topic.clone();
+        let (appended, traced) = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
+            // `publish` spans for the records that carry a sampled context,
+            // once the batch is known to be well-formed.
+            let traced = (strata_proto::telemetry::enabled() && header.is_traced())
+                .then(|| crate::telemetry::batch_spans(&batch, "publish", &topic_label, partition));
             let mut owned = batch.to_vec();
-            log2.append(&mut owned, &header, now_ms()).map_err(|source| BrokerError::Log { resource: res, source })
+            log2.append(&mut owned, &header, now_ms())
+                .map(|appended| (appended, traced))
+                .map_err(|source| BrokerError::Log { resource: res, source })
         })
         .await
         .map_err(|e| BrokerError::InvalidRequest(format!("append task failed: {e}")))??;

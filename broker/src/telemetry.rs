@@ -5,26 +5,29 @@
 //! trace runs producer → broker → consumer.
 //!
 //! Only messages whose context is *sampled* get spans, and callers check
-//! [`telemetry::enabled`] first: with tracing off nothing here runs; with it
-//! on, headers are decoded only for the batches that are traced at all.
+//! [`telemetry::enabled`] first: with tracing off nothing here runs. With it
+//! on, a topic batch's headers are decoded only for the records its producer
+//! marked `RECORD_TRACED` (batches without the `TRACED` flag are skipped
+//! whole), and a queue message's `traceparent` is parsed without allocating.
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchIter, Record};
 use strata_proto::telemetry::{self, Attribute, BoxedSpan, Kind, Span, attr};
 
-/// At most this many spans per batch, so a huge traced batch costs little.
-const MAX_SPANS_PER_BATCH: usize = 64;
-
 fn record_context(r: &Record) -> strata_proto::telemetry::TraceContext {
     telemetry::extract(r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())))
 }
 
-/// Spans for the sampled records of a batch: `(offset delta, span)`.
+/// Spans for the sampled records of a batch: `(offset delta, span)`. Every
+/// sampled record gets one: the producer's sampler decided, and a trace
+/// with holes would mislead (the cost follows the sampling ratio chosen).
 pub(crate) fn batch_spans(batch: &Bytes, verb: &str, destination: &str, partition: u32) -> Vec<(u64, BoxedSpan)> {
     let mut out = Vec::new();
     for raw in BatchIter::new(batch.clone()) {
         let Ok(raw) = raw else { break };
-        let Ok(records) = raw.records() else { break };
+        // Only the records the producer marked as carrying a sampled context
+        // are decoded (none at all for a batch without the TRACED flag).
+        let Ok(records) = raw.traced_records() else { break };
         for r in records {
             let cx = record_context(&r);
             if !telemetry::is_sampled(&cx) {
@@ -38,9 +41,6 @@ pub(crate) fn batch_spans(batch: &Bytes, verb: &str, destination: &str, partitio
                 r.offset - raw.header.base_offset,
                 telemetry::start(format!("{verb} {destination}"), Kind::Server, &cx, a),
             ));
-            if out.len() >= MAX_SPANS_PER_BATCH {
-                return out;
-            }
         }
     }
     out

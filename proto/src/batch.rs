@@ -16,7 +16,7 @@
 //! | 12 | 4 | leader epoch (set by the broker) | no |
 //! | 16 | 1 | magic = 1 | no |
 //! | 17 | 4 | CRC32C of bytes 21.. | no |
-//! | 21 | 2 | attributes: bits 0-2 compression (0 none, 1 lz4); others zero | yes |
+//! | 21 | 2 | attributes: bits 0-2 compression (0 none, 1 lz4); bit 3 [`TRACED`]; others zero | yes |
 //! | 23 | 4 | last offset delta (record count - 1) | yes |
 //! | 27 | 8 | base timestamp, ms | yes |
 //! | 35 | 8 | max timestamp, ms | yes |
@@ -26,11 +26,18 @@
 //! | 57 | 4 | record count | yes |
 //! | 61 | … | records, compressed as a whole when the codec is not none | yes |
 //!
-//! A record: varint length of the rest, attributes (u8, zero), zigzag varint
+//! A record: varint length of the rest, attributes (u8: bit 0
+//! [`RECORD_TRACED`], others zero), zigzag varint
 //! timestamp delta, varint offset delta, zigzag varint key length (-1: null)
 //! and key, zigzag varint value length (-1: null) and value, varint header
 //! count, then per header a varint key length and UTF-8 key and a zigzag
 //! varint value length (-1: null) and value.
+//!
+//! Trace flags: a producer sets [`RECORD_TRACED`] on a record whose headers
+//! carry a *sampled* W3C trace context, and [`TRACED`] on a batch holding
+//! such a record, so the broker reads headers (to record its spans) only
+//! where there is something to trace and never decodes the other records.
+//! The flags are hints for tracing only; nothing else depends on them.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
@@ -46,6 +53,10 @@ const CRC_START: usize = 21;
 /// delta, null key, null value, header count (one byte each).
 const MIN_RECORD_BYTES: usize = 7;
 const COMPRESSION_MASK: u16 = 0b111;
+/// Batch attribute: at least one record has [`RECORD_TRACED`] set.
+pub const TRACED: u16 = 0b1000;
+/// Record attribute: the record's headers carry a sampled trace context.
+pub const RECORD_TRACED: u8 = 0b1;
 /// Upper bound on a batch's decompressed record bytes, a guard against
 /// decompression bombs independent of configured limits.
 pub const MAX_UNCOMPRESSED_BYTES: usize = 256 * 1024 * 1024;
@@ -180,6 +191,11 @@ impl BatchHeader {
         Compression::from_attributes(self.attributes)
     }
 
+    /// Whether a record of the batch carries a sampled trace context.
+    pub fn is_traced(&self) -> bool {
+        self.attributes & TRACED != 0
+    }
+
     /// Whether the batch carries idempotent-producer fields.
     pub fn has_producer_id(&self) -> bool {
         self.producer_id >= 0
@@ -216,7 +232,7 @@ pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
     }
     check_crc(buf, &header)?;
     let compression = header.compression()?;
-    if header.attributes & !COMPRESSION_MASK != 0 {
+    if header.attributes & !(COMPRESSION_MASK | TRACED) != 0 {
         return Err(BatchError::ReservedAttributes(header.attributes));
     }
     if header.record_count == 0 {
@@ -230,6 +246,7 @@ pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
     }
     let payload = decompress(compression, &buf[HEADER_LEN..], limits.max_uncompressed_bytes)?;
     let mut reader = RecordReader::new(&header, payload.as_ref());
+    reader.headers = Headers::None;
     let mut max_ts = i64::MIN;
     let mut index = 0u32;
     while let Some(span) = reader.next_span()? {
@@ -339,15 +356,55 @@ struct RecordReader<'a> {
     index: u32,
     count: u32,
     base_timestamp: i64,
+    /// Which records' headers are collected (the others' are only checked).
+    headers: Headers,
+}
+
+/// Which records' headers [`RecordReader`] collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Headers {
+    All,
+    Traced,
+    None,
 }
 
 impl<'a> RecordReader<'a> {
     fn new(header: &BatchHeader, data: &'a [u8]) -> Self {
-        RecordReader { data, pos: 0, index: 0, count: header.record_count, base_timestamp: header.base_timestamp }
+        RecordReader {
+            data,
+            pos: 0,
+            index: 0,
+            count: header.record_count,
+            base_timestamp: header.base_timestamp,
+            headers: Headers::All,
+        }
     }
 
     fn malformed(&self, reason: &'static str) -> BatchError {
         BatchError::MalformedRecord { index: self.index, reason }
+    }
+
+    /// Skips the next record if its attributes don't have `wanted` set,
+    /// reading only its length and attributes. `Ok(true)`: skipped.
+    fn skip_unless(&mut self, wanted: u8) -> Result<bool, BatchError> {
+        if self.index == self.count || self.pos >= self.data.len() {
+            return Ok(false);
+        }
+        let mut cur = &self.data[self.pos..];
+        let before = cur.len();
+        let len = decode_varint(&mut cur).map_err(|_| self.malformed("bad length varint"))?;
+        let body_start = self.pos + (before - cur.len());
+        let body_end = usize::try_from(len)
+            .ok()
+            .and_then(|len| body_start.checked_add(len))
+            .filter(|end| *end <= self.data.len() && *end > body_start)
+            .ok_or_else(|| self.malformed("length runs past the end of the batch"))?;
+        if self.data[body_start] & wanted != 0 {
+            return Ok(false);
+        }
+        self.pos = body_end;
+        self.index += 1;
+        Ok(true)
     }
 
     fn next_span(&mut self) -> Result<Option<RecordSpan>, BatchError> {
@@ -375,9 +432,14 @@ impl<'a> RecordReader<'a> {
             return Err(self.malformed("empty record"));
         }
         let attributes = body.get_u8();
-        if attributes != 0 {
+        if attributes & !RECORD_TRACED != 0 {
             return Err(self.malformed("reserved record attributes set"));
         }
+        let collect = match self.headers {
+            Headers::All => true,
+            Headers::Traced => attributes & RECORD_TRACED != 0,
+            Headers::None => false,
+        };
         let ts_delta = zigzag_decode(decode_varint(&mut body).map_err(|_| self.malformed("bad timestamp delta"))?);
         let timestamp =
             self.base_timestamp.checked_add(ts_delta).ok_or_else(|| self.malformed("timestamp overflows"))?;
@@ -391,19 +453,24 @@ impl<'a> RecordReader<'a> {
         if header_count > body.len() as u64 {
             return Err(self.malformed("header count exceeds record size"));
         }
-        let mut headers = Vec::with_capacity(header_count as usize);
+        let mut headers = Vec::with_capacity(if collect { header_count as usize } else { 0 });
         for _ in 0..header_count {
             let key_len = decode_varint(&mut body).map_err(|_| self.malformed("bad header key length"))?;
             let key_len = usize::try_from(key_len).map_err(|_| self.malformed("header key overflows"))?;
             if key_len > body.len() {
                 return Err(self.malformed("header key runs past the record"));
             }
-            let key = std::str::from_utf8(&body[..key_len])
-                .map_err(|_| self.malformed("header key is not UTF-8"))?
-                .to_owned();
+            let key = &body[..key_len];
+            // Header keys are almost always ASCII: check that first, cheaply.
+            if !key.is_ascii() && std::str::from_utf8(key).is_err() {
+                return Err(self.malformed("header key is not UTF-8"));
+            }
+            let key = collect.then(|| String::from_utf8_lossy(key).into_owned());
             body.advance(key_len);
             let value = self.read_nullable(&mut body, body_start, body_len)?;
-            headers.push((key, value));
+            if let Some(key) = key {
+                headers.push((key, value));
+            }
         }
         if !body.is_empty() {
             return Err(self.malformed("trailing bytes inside record"));
@@ -455,6 +522,22 @@ impl RawBatch {
     /// batch when it is not compressed.
     pub fn records(&self) -> Result<Vec<Record>, BatchError> {
         check_crc(&self.bytes, &self.header)?;
+        self.decode(false)
+    }
+
+    /// The records whose headers carry a sampled trace context
+    /// ([`RECORD_TRACED`]); none, without decoding anything, unless the batch
+    /// is [`TRACED`]. For tracing only: the CRC is not checked (the broker
+    /// calls this on batches it has validated, or is about to hand to a
+    /// consumer that checks them).
+    pub fn traced_records(&self) -> Result<Vec<Record>, BatchError> {
+        if !self.header.is_traced() {
+            return Ok(Vec::new());
+        }
+        self.decode(true)
+    }
+
+    fn decode(&self, traced_only: bool) -> Result<Vec<Record>, BatchError> {
         let compression = self.header.compression()?;
         let payload = match compression {
             Compression::None => self.bytes.slice(HEADER_LEN..),
@@ -463,13 +546,19 @@ impl RawBatch {
             }
         };
         let mut reader = RecordReader::new(&self.header, &payload);
+        reader.headers = if traced_only { Headers::Traced } else { Headers::All };
         // The count comes from the input: never let it size an allocation
         // beyond what the payload can hold (a record takes at least 7 bytes).
         let plausible = (payload.len() / MIN_RECORD_BYTES).saturating_add(1);
-        let mut out = Vec::with_capacity((self.header.record_count as usize).min(plausible));
+        let capacity = if traced_only { 0 } else { (self.header.record_count as usize).min(plausible) };
+        let mut out = Vec::with_capacity(capacity);
         let slice = |r: Option<(usize, usize)>| r.map(|(s, e)| payload.slice(s..e));
-        while let Some(span) = reader.next_span()? {
-            let offset = self.header.base_offset + out.len() as u64;
+        loop {
+            // Records without a sampled trace context are stepped over
+            // without being decoded.
+            while traced_only && reader.skip_unless(RECORD_TRACED)? {}
+            let offset = self.header.base_offset + u64::from(reader.index);
+            let Some(span) = reader.next_span()? else { break };
             out.push(Record {
                 offset,
                 timestamp_ms: span.timestamp,
@@ -520,6 +609,9 @@ impl Iterator for BatchIter {
     }
 }
 
+/// A record header as [`BatchBuilder`] takes it: key and (nullable) value.
+pub type HeaderRef<'a> = (&'a str, Option<&'a [u8]>);
+
 /// Encodes records into one batch. Producers fill one per partition and send
 /// it when it is big or old enough.
 #[derive(Debug)]
@@ -532,13 +624,24 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    traced: bool,
 }
 
 impl BatchBuilder {
     pub fn new(compression: Compression) -> Self {
+        Self::with_capacity(compression, 0)
+    }
+
+    /// A builder whose buffer holds `capacity` bytes of batch before it
+    /// grows (records are encoded after room for the header, so an
+    /// uncompressed batch is finished without copying).
+    pub fn with_capacity(compression: Compression, capacity: usize) -> Self {
+        let mut records = BytesMut::with_capacity(capacity.max(HEADER_LEN));
+        records.put_bytes(0, HEADER_LEN);
         BatchBuilder {
+            traced: false,
             compression,
-            records: BytesMut::new(),
+            records,
             count: 0,
             base_timestamp: 0,
             max_timestamp: i64::MIN,
@@ -566,60 +669,82 @@ impl BatchBuilder {
 
     /// Size of the batch if it were finished now without compression.
     pub fn size(&self) -> usize {
-        HEADER_LEN + self.records.len()
+        self.records.len()
     }
 
     /// Size one record would add to the batch.
-    pub fn record_size(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, Option<&[u8]>)]) -> usize {
-        let body = Self::body_len(0, 0, key, value, headers);
+    pub fn record_size(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[HeaderRef<'_>]) -> usize {
+        Self::record_size_of(key, value, headers.iter().copied())
+    }
+
+    /// [`BatchBuilder::record_size`] with the headers from an iterator.
+    pub fn record_size_of<'h>(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl Iterator<Item = HeaderRef<'h>>,
+    ) -> usize {
+        let (body, _) = Self::body_len(0, 0, key, value, headers);
         encoded_len_varint(body as u64) + body
     }
 
-    fn body_len(
+    fn body_len<'h>(
         ts_delta: i64,
         offset_delta: u32,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: &[(&str, Option<&[u8]>)],
-    ) -> usize {
+        headers: impl Iterator<Item = HeaderRef<'h>>,
+    ) -> (usize, u64) {
         let nullable = |f: Option<&[u8]>| match f {
             None => 1,
             Some(b) => encoded_len_varint(zigzag_encode(b.len() as i64)) + b.len(),
         };
-        1 + encoded_len_varint(zigzag_encode(ts_delta))
+        let (count, header_bytes) = headers.fold((0u64, 0usize), |(n, bytes), (k, v)| {
+            (n + 1, bytes + encoded_len_varint(k.len() as u64) + k.len() + nullable(v))
+        });
+        let len = 1
+            + encoded_len_varint(zigzag_encode(ts_delta))
             + encoded_len_varint(u64::from(offset_delta))
             + nullable(key)
             + nullable(value)
-            + encoded_len_varint(headers.len() as u64)
-            + headers.iter().map(|(k, v)| encoded_len_varint(k.len() as u64) + k.len() + nullable(*v)).sum::<usize>()
+            + encoded_len_varint(count)
+            + header_bytes;
+        (len, count)
     }
 
     /// Appends one record.
-    pub fn push(
+    pub fn push(&mut self, timestamp_ms: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[HeaderRef<'_>]) {
+        self.push_record(timestamp_ms, key, value, headers.iter().copied(), false);
+    }
+
+    /// Appends one record; `traced` says its headers carry a sampled trace
+    /// context (sets [`RECORD_TRACED`] on it and [`TRACED`] on the batch).
+    pub fn push_record<'h>(
         &mut self,
         timestamp_ms: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: &[(&str, Option<&[u8]>)],
+        headers: impl Iterator<Item = HeaderRef<'h>> + Clone,
+        traced: bool,
     ) {
+        self.traced |= traced;
         if self.count == 0 {
             self.base_timestamp = timestamp_ms;
         }
         let ts_delta = timestamp_ms.wrapping_sub(self.base_timestamp);
-        let body = Self::body_len(ts_delta, self.count, key, value, headers);
+        let (body, header_count) = Self::body_len(ts_delta, self.count, key, value, headers.clone());
         let buf = &mut self.records;
         buf.reserve(body + 10);
         encode_varint(body as u64, buf);
-        buf.put_u8(0);
+        buf.put_u8(if traced { RECORD_TRACED } else { 0 });
         encode_varint(zigzag_encode(ts_delta), buf);
         encode_varint(u64::from(self.count), buf);
         put_nullable(buf, key);
         put_nullable(buf, value);
-        encode_varint(headers.len() as u64, buf);
+        encode_varint(header_count, buf);
         for (k, v) in headers {
             encode_varint(k.len() as u64, buf);
             buf.put_slice(k.as_bytes());
-            put_nullable(buf, *v);
+            put_nullable(buf, v);
         }
         self.max_timestamp = self.max_timestamp.max(timestamp_ms);
         self.count += 1;
@@ -630,31 +755,33 @@ impl BatchBuilder {
         if self.count == 0 {
             return None;
         }
-        let payload: Bytes = match self.compression {
-            Compression::None => self.records.freeze(),
+        let mut buf = match self.compression {
+            Compression::None => self.records,
             Compression::Lz4 => {
-                let mut out = Vec::with_capacity(4 + lz4_flex::block::get_maximum_output_size(self.records.len()));
-                out.extend_from_slice(&(self.records.len() as u32).to_le_bytes());
-                out.extend_from_slice(&lz4_flex::block::compress(&self.records));
-                Bytes::from(out)
+                let records = &self.records[HEADER_LEN..];
+                let compressed = lz4_flex::block::compress(records);
+                let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + compressed.len());
+                out.put_bytes(0, HEADER_LEN);
+                out.put_u32_le(records.len() as u32);
+                out.put_slice(&compressed);
+                out
             }
         };
-        let total = HEADER_LEN + payload.len();
-        let mut buf = BytesMut::with_capacity(total);
-        buf.put_u64_le(0);
-        buf.put_u32_le((total - LENGTH_PREFIX) as u32);
-        buf.put_u32_le(0);
-        buf.put_u8(MAGIC);
-        buf.put_u32_le(0); // CRC, filled below
-        buf.put_u16_le(self.compression.bits());
-        buf.put_u32_le(self.count - 1);
-        buf.put_i64_le(self.base_timestamp);
-        buf.put_i64_le(self.max_timestamp);
-        buf.put_i64_le(self.producer_id);
-        buf.put_i16_le(self.producer_epoch);
-        buf.put_i32_le(self.base_sequence);
-        buf.put_u32_le(self.count);
-        buf.put_slice(&payload);
+        let total = buf.len();
+        let mut h = &mut buf[..HEADER_LEN];
+        h.put_u64_le(0);
+        h.put_u32_le((total - LENGTH_PREFIX) as u32);
+        h.put_u32_le(0);
+        h.put_u8(MAGIC);
+        h.put_u32_le(0); // CRC, filled below
+        h.put_u16_le(self.compression.bits() | if self.traced { TRACED } else { 0 });
+        h.put_u32_le(self.count - 1);
+        h.put_i64_le(self.base_timestamp);
+        h.put_i64_le(self.max_timestamp);
+        h.put_i64_le(self.producer_id);
+        h.put_i16_le(self.producer_epoch);
+        h.put_i32_le(self.base_sequence);
+        h.put_u32_le(self.count);
         let crc = crc32c::crc32c(&buf[CRC_START..]);
         buf[17..21].copy_from_slice(&crc.to_le_bytes());
         Some(buf.freeze())
@@ -706,6 +833,57 @@ mod tests {
             assert_eq!(recs[2].value, None);
             assert_eq!(recs[2].offset, 44);
         }
+    }
+
+    #[test]
+    fn only_records_marked_traced_are_decoded_for_tracing() {
+        for c in [Compression::None, Compression::Lz4] {
+            let mut b = BatchBuilder::new(c);
+            b.push(1, None, Some(b"a"), &[("traceparent", Some(b"unsampled"))]);
+            b.push_record(2, None, Some(b"b"), [("traceparent", Some(&b"sampled"[..]))].into_iter(), true);
+            b.push(3, None, Some(b"c"), &[]);
+            let mut bytes = b.finish().unwrap().to_vec();
+            set_base_offset(&mut bytes, 10);
+            let header = validate(&bytes, LIMITS).unwrap();
+            assert!(header.is_traced());
+            let batch = BatchIter::new(Bytes::from(bytes)).next().unwrap().unwrap();
+            let traced = batch.traced_records().unwrap();
+            assert_eq!(traced.len(), 1);
+            assert_eq!((traced[0].offset, traced[0].value.as_deref()), (11, Some(&b"b"[..])));
+            assert_eq!(traced[0].header("traceparent").map(|v| &v[..]), Some(&b"sampled"[..]));
+            // Ordinary decoding is unaffected by the flags.
+            assert_eq!(batch.records().unwrap().len(), 3);
+        }
+        let plain = sample(Compression::None);
+        assert!(!validate(&plain, LIMITS).unwrap().is_traced());
+        let batch = BatchIter::new(plain).next().unwrap().unwrap();
+        assert!(batch.traced_records().unwrap().is_empty(), "an unflagged batch is not decoded");
+    }
+
+    #[test]
+    fn reserved_record_attribute_bits_are_refused() {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push_record(1, None, Some(b"v"), std::iter::empty(), true);
+        let mut bytes = b.finish().unwrap().to_vec();
+        // The record's attribute byte follows its one-byte length.
+        assert_eq!(bytes[HEADER_LEN + 1], RECORD_TRACED);
+        bytes[HEADER_LEN + 1] = 0b10;
+        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        bytes[17..21].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(
+                validate(&bytes, LIMITS),
+                Err(BatchError::MalformedRecord { reason: "reserved record attributes set", .. })
+            ),
+            "{:?}",
+            validate(&bytes, LIMITS)
+        );
+        // And batch attribute bits above TRACED.
+        let mut bytes = sample(Compression::None).to_vec();
+        bytes[21] |= 0b1_0000;
+        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        bytes[17..21].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(validate(&bytes, LIMITS), Err(BatchError::ReservedAttributes(_))));
     }
 
     #[test]

@@ -96,14 +96,16 @@ impl ConsumedRecord {
         if !strata_proto::telemetry::enabled() {
             return None;
         }
-        let mut a = vec![
-            Attribute::new(attr::PARTITION, self.partition.to_string()),
-            Attribute::new(attr::MESSAGE_ID, self.offset.to_string()),
-        ];
-        if let Some(g) = group {
-            a.push(Attribute::new(attr::GROUP, g.to_owned()));
-        }
-        crate::telemetry::process_span(&self.topic, self.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())), a)
+        crate::telemetry::process_span(&self.topic, self.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())), || {
+            let mut a = vec![
+                Attribute::new(attr::PARTITION, self.partition.to_string()),
+                Attribute::new(attr::MESSAGE_ID, self.offset.to_string()),
+            ];
+            if let Some(g) = group {
+                a.push(Attribute::new(attr::GROUP, g.to_owned()));
+            }
+            a
+        })
     }
 }
 
@@ -236,6 +238,16 @@ impl Consumer {
 
     /// The next record if one is already here, without waiting.
     pub fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        let next = self.try_next_record()?;
+        // Like `next`: the previous record's `process` span ends, this one's starts.
+        self.processing = None;
+        if let Ok(r) = &next {
+            self.processing = r.process_span(None);
+        }
+        Some(next)
+    }
+
+    fn try_next_record(&mut self) -> Option<Result<ConsumedRecord, Error>> {
         loop {
             if let Some(record) = self.fetch.take_buffered() {
                 return Some(Ok(record));

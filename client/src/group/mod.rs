@@ -373,6 +373,16 @@ impl GroupConsumer {
     /// handling rebalances (only `next()` does that). Lets an application
     /// finish what it has (e.g. flush its output) before `next()` commits.
     pub fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        let next = self.try_next_record()?;
+        // Like `next`: the previous record's `process` span ends, this one's starts.
+        self.processing = None;
+        if let Ok(r) = &next {
+            self.processing = r.process_span(Some(&self.group));
+        }
+        Some(next)
+    }
+
+    fn try_next_record(&mut self) -> Option<Result<ConsumedRecord, Error>> {
         if self.closed {
             return None;
         }

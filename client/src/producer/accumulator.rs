@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchBuilder, Compression};
+use strata_proto::telemetry::MessageTrace;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{Message, RecordMetadata};
@@ -29,7 +30,15 @@ pub(crate) struct PendingMessage {
     pub(crate) ack: AckSender,
     /// Released (returning memory to the producer) when the batch completes.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// The trace context to store with the message (tracing on); a sampled
+    /// one marks the record `RECORD_TRACED`, so the broker traces it.
+    pub(crate) trace: Option<MessageTrace>,
+    /// Its encoded size in a batch (`BatchBuilder::record_size`).
+    pub(crate) size: usize,
 }
+
+/// The most buffer an open batch reserves up front.
+const MAX_PREALLOCATED: usize = 1 << 20;
 
 /// A sealed batch's records: still open (idempotent producers stamp the
 /// batch when it is first sent) or encoded.
@@ -164,12 +173,11 @@ impl Accumulator {
     /// would overflow is sealed first, and a batch the message fills is
     /// sealed right after; sealed batches are pushed to `out`.
     pub(crate) fn append(&mut self, partition: u32, msg: PendingMessage, now: Instant, out: &mut Vec<SealedBatch>) {
-        let PendingMessage { message, timestamp_ms, ack, permit } = msg;
-        let headers: Vec<(&str, Option<&[u8]>)> =
-            message.headers.iter().map(|(k, v)| (k.as_str(), Some(&v[..]))).collect();
+        let PendingMessage { message, timestamp_ms, ack, permit, trace, size } = msg;
+        let headers = super::record_headers(&message.headers, trace.as_ref());
+        let traced = trace.as_ref().is_some_and(MessageTrace::is_sampled);
         let key = message.key.as_deref();
         let value = Some(&message.value[..]);
-        let size = BatchBuilder::record_size(key, value, &headers);
 
         let overflows = self
             .open
@@ -184,10 +192,13 @@ impl Accumulator {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.deadlines.push_back((now + self.linger, partition, id));
-                e.insert(OpenBatch { id, builder: BatchBuilder::new(self.compression), acks: Vec::new(), permit: None })
+                // Room for a full batch up front (as Kafka's producer does):
+                // a batch is then encoded without regrowing its buffer.
+                let builder = BatchBuilder::with_capacity(self.compression, self.batch_bytes.min(MAX_PREALLOCATED));
+                e.insert(OpenBatch { id, builder, acks: Vec::new(), permit: None })
             }
         };
-        batch.builder.push(timestamp_ms, key, value, &headers);
+        batch.builder.push_record(timestamp_ms, key, value, headers, traced);
         batch.acks.push(ack);
         match (&mut batch.permit, permit) {
             (Some(held), Some(p)) => held.merge(p),
@@ -275,12 +286,15 @@ mod tests {
 
     fn msg(value: &[u8]) -> (PendingMessage, oneshot::Receiver<Result<RecordMetadata, Error>>) {
         let (tx, rx) = oneshot::channel();
+        let message = Message::new(Bytes::copy_from_slice(value));
         (
             PendingMessage {
-                message: Message::new(Bytes::copy_from_slice(value)),
+                size: message.encoded_size(None),
+                message,
                 timestamp_ms: 1_000,
                 ack: tx,
                 permit: None,
+                trace: None,
             },
             rx,
         )

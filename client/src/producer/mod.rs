@@ -17,7 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_proto::batch::{BatchBuilder, HEADER_LEN};
+use strata_proto::batch::{BatchBuilder, HEADER_LEN, HeaderRef};
+use strata_proto::telemetry::MessageTrace;
 use strata_proto::v1::InitProducerRequest;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -127,12 +128,24 @@ impl Message {
         self
     }
 
-    /// Bytes the message takes in a batch.
-    fn encoded_size(&self) -> usize {
-        let headers: Vec<(&str, Option<&[u8]>)> =
-            self.headers.iter().map(|(k, v)| (k.as_str(), Some(&v[..]))).collect();
-        BatchBuilder::record_size(self.key.as_deref(), Some(&self.value), &headers)
+    /// Bytes the message takes in a batch, with its trace context.
+    pub(crate) fn encoded_size(&self, trace: Option<&MessageTrace>) -> usize {
+        BatchBuilder::record_size_of(self.key.as_deref(), Some(&self.value), record_headers(&self.headers, trace))
     }
+}
+
+/// The headers a message is stored with: its own and, when tracing is on,
+/// its trace context (which replaces any `traceparent`/`tracestate` the
+/// application set).
+pub(crate) fn record_headers<'a>(
+    headers: &'a [(String, Bytes)],
+    trace: Option<&'a MessageTrace>,
+) -> impl Iterator<Item = HeaderRef<'a>> + Clone {
+    headers
+        .iter()
+        .filter(move |(k, _)| trace.is_none() || !MessageTrace::replaces(k))
+        .map(|(k, v)| (k.as_str(), Some(&v[..])))
+        .chain(trace.into_iter().flat_map(|t| t.headers().map(|(k, v)| (k, Some(v)))))
 }
 
 /// Where an acknowledged message was stored.
@@ -174,6 +187,8 @@ impl Future for DeliveryFuture {
     }
 }
 
+// `Send` is the hot variant: boxing it would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     Send(PendingMessage),
     Flush(oneshot::Sender<()>),
@@ -312,10 +327,13 @@ impl Producer {
         if let Some(error) = self.shared.fatal.get() {
             return Err(error.clone());
         }
-        let mut message = message;
-        // Tracing on: a `send` span whose context travels in the headers.
-        let span = crate::telemetry::send_span(&self.shared.topic, &mut message.headers, message.value.len());
-        let size = message.encoded_size();
+        // Tracing on: the message carries its trace context, and a sampled
+        // one has a `send` span, ended by the acknowledgement.
+        let (trace, span) = match crate::telemetry::send_span(&self.shared.topic, message.value.len()) {
+            Some((trace, span)) => (Some(trace), span),
+            None => (None, None),
+        };
+        let size = message.encoded_size(trace.as_ref());
         let limit = MAX_MESSAGE_BYTES - HEADER_LEN - REQUEST_OVERHEAD;
         if size > limit {
             return Err(Error::RecordTooLarge { size, limit });
@@ -333,7 +351,7 @@ impl Producer {
         let (ack, rx) = oneshot::channel();
         self.shared
             .commands
-            .send(Command::Send(PendingMessage { message, timestamp_ms, ack, permit: Some(permit) }))
+            .send(Command::Send(PendingMessage { message, timestamp_ms, ack, permit: Some(permit), trace, size }))
             .map_err(|_| Error::ProducerClosed)?;
         Ok(DeliveryFuture { rx, span })
     }

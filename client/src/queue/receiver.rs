@@ -101,14 +101,12 @@ impl Receiver {
         }
         use strata_proto::telemetry::{Attribute, attr};
         let spans = deliveries.iter().filter_map(|d| {
-            crate::telemetry::process_span(
-                &self.queue,
-                d.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())),
+            crate::telemetry::process_span(&self.queue, d.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())), || {
                 vec![
                     Attribute::new(attr::MESSAGE_ID, d.receipt.message_id.to_string()),
                     Attribute::new(attr::DELIVERY_COUNT, i64::from(d.receipt.delivery_count)),
-                ],
-            )
+                ]
+            })
         });
         let mut current = self.processing.lock().unwrap_or_else(|p| p.into_inner());
         *current = spans.collect();

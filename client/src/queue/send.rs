@@ -36,13 +36,16 @@ impl Client {
         queue: &str,
         messages: impl IntoIterator<Item = QueueMessage>,
     ) -> Result<Vec<SendResult>, Error> {
-        // Tracing on: one `send` span per message, its context in the headers.
+        // Tracing on: every message's context goes in its headers, and a
+        // sampled one gets a `send` span (kept with the message's index).
         let mut spans = Vec::new();
         let messages: Vec<pb::OutgoingMessage> = messages
             .into_iter()
-            .map(|mut m| {
-                if let Some(s) = crate::telemetry::send_span(queue, &mut m.headers, m.body.len()) {
-                    spans.push(s);
+            .enumerate()
+            .map(|(i, mut m)| {
+                if let Some((trace, span)) = crate::telemetry::send_span(queue, m.body.len()) {
+                    trace.write_into(&mut m.headers);
+                    spans.extend(span.map(|s| (i, s)));
                 }
                 m.into_proto()
             })
@@ -67,9 +70,8 @@ impl Client {
                     }
                     if !spans.is_empty() {
                         use strata_proto::telemetry::{Attribute, Span, attr};
-                        // Spans exist for every message when tracing is on.
-                        for (mut span, r) in spans.drain(..).zip(&results) {
-                            span.set_attribute(Attribute::new(attr::MESSAGE_ID, r.message_id.to_string()));
+                        for (i, mut span) in spans.drain(..) {
+                            span.set_attribute(Attribute::new(attr::MESSAGE_ID, results[i].message_id.to_string()));
                             span.end();
                         }
                     }

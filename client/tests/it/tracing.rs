@@ -158,11 +158,24 @@ pub fn start_traced_broker(bin: &PathBuf, collector: SocketAddr, env: &[(&str, &
 
 /// Runs the CLI with tracing to `collector` as `service`.
 pub fn traced_cli(url: &str, collector: SocketAddr, service: &str, args: &[&str], stdin: &str) -> String {
+    traced_cli_with(url, collector, service, &[], args, stdin)
+}
+
+/// [`traced_cli`] with more environment (e.g. another sampler).
+pub fn traced_cli_with(
+    url: &str,
+    collector: SocketAddr,
+    service: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: &str,
+) -> String {
     use std::io::Write as _;
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
         .env("STRATA_SERVER", url)
         .envs(otel_env(collector, service))
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -351,4 +364,56 @@ async fn a_message_read_back_from_the_cold_tier_keeps_its_trace() {
         collector.wait_for("process events", |s| s.name == "process events" && s.service == "cold-reader").await;
     assert_eq!(process.trace_id, send.trace_id);
     assert!(process.links.contains(&send.span_id), "the consumer links to the producer's span");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_is_decided_once_by_the_producer_and_kept_downstream() {
+    let Some((collector, caddr, broker)) = traced_setup().await else { return };
+    let url = broker.url.clone();
+    let ratio = [("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")];
+    let parent_based = [("OTEL_TRACES_SAMPLER", "parentbased_always_on")];
+    let lines: String = (0..400).map(|i| format!("m{i}\n")).collect();
+    tokio::task::block_in_place(|| {
+        traced_cli(&url, caddr, "ops", &["topic", "create", "sampled", "--partitions", "2"], "");
+        traced_cli_with(&url, caddr, "producer-app", &ratio, &["produce", "sampled"], &lines);
+        let out = traced_cli_with(
+            &url,
+            caddr,
+            "consumer-app",
+            &parent_based,
+            &["consume", "sampled", "--from", "earliest", "--count", "400"],
+            "",
+        );
+        assert_eq!(out.lines().count(), 400);
+    });
+    // Both CLIs have exited, so their spans are flushed.
+    let named = |name: &str| -> Vec<Got> { collector.spans().into_iter().filter(|s| s.name == name).collect() };
+    let sends = named("send sampled");
+    let n = sends.len();
+    assert!(n > 0 && n < 400, "about a quarter of 400 messages are sampled, got {n}");
+    let send_ids: std::collections::HashSet<Vec<u8>> = sends.iter().map(|s| s.span_id.clone()).collect();
+    let message =
+        |s: &Got| (s.attrs["messaging.destination.partition.id"].clone(), s.attrs["messaging.message.id"].clone());
+    let sampled_messages: std::collections::HashSet<_> = sends.iter().map(message).collect();
+    assert_eq!(named("process sampled").len(), n, "the parent-based consumer processes exactly the sampled ones");
+    for s in named("process sampled") {
+        assert!(s.links.iter().any(|l| send_ids.contains(l)), "process links to a send span: {s:?}");
+    }
+    // The broker spans arrive on the broker's export schedule.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while named("publish sampled").len() < n || named("deliver sampled").len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "broker spans missing: {} publish, {} deliver of {n}",
+            named("publish sampled").len(),
+            named("deliver sampled").len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for verb in ["publish sampled", "deliver sampled"] {
+        let spans = named(verb);
+        assert_eq!(spans.len(), n, "{verb}: a span for each sampled message and none for the others");
+        assert!(spans.iter().all(|s| send_ids.contains(&s.parent)), "{verb} spans are children of send spans");
+        assert_eq!(spans.iter().map(message).collect::<std::collections::HashSet<_>>(), sampled_messages);
+    }
 }
