@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Cost of tracing on the produce path, in one run: `strata bench produce`
 # against a broker with tracing off and against one exporting to a local
-# OTLP sink, in alternating order, ROUNDS times each. Every run gets a fresh
-# broker and data directory, so the two sides differ only in tracing.
-# Prints each pair, the medians and ratios, and the disk's O_DSYNC write rate
-# measured in the same run.
+# OTLP sink, ROUNDS times. Every round gets fresh brokers and data
+# directories, so the two sides differ only in tracing. Prints each pair, the
+# medians and ratios, and the disk's O_DSYNC write rate measured in the same
+# run.
 #
 #   cargo build --release --bins --example otlp_sink
 #   scripts/bench-tracing.sh [ROUNDS] [DURATION] [SAMPLER_ARG]
@@ -23,7 +23,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-tracing.XXXXXX")
 SINK_PID=""
 BROKER_PID=""
 cleanup() {
-  for p in $BROKER_PID $SINK_PID; do kill "$p" 2>/dev/null || true; done
+  for p in $BROKER_PID $SINK_PID; do kill "$p" 2>/dev/null || true; done  # unquoted: a list
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -46,29 +46,52 @@ BROKER_OTEL=("${OTEL[@]}")
 dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
 rm -f "$WORK/dd"
 
-run() { # traced(0/1) -> msgs/s; a fresh broker each time
-  local g h dir out
-  g=$(free_port); h=$(free_port); dir="$WORK/data-$RANDOM$RANDOM"
+start_broker() { # traced(0/1) dir -> "pid grpc-port"
+  local g h
+  g=$(free_port); h=$(free_port)
   if [ "$1" = 1 ]; then
-    env "${BROKER_OTEL[@]}" "$BIN/strata-broker" --data-dir "$dir" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn >>"$WORK/broker.log" 2>&1 &
+    env "${BROKER_OTEL[@]}" "$BIN/strata-broker" --data-dir "$2" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn >>"$WORK/broker.log" 2>&1 &
   else
-    "$BIN/strata-broker" --data-dir "$dir" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn >>"$WORK/broker.log" 2>&1 &
+    "$BIN/strata-broker" --data-dir "$2" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn >>"$WORK/broker.log" 2>&1 &
   fi
-  BROKER_PID=$!
+  local pid=$!
   wait_ready "127.0.0.1:$h"
-  if [ "$1" = 1 ]; then
-    out=$(env "${OTEL[@]}" "$BIN/strata" --server "http://127.0.0.1:$g" bench produce --size 1024 --duration "$DURATION" --json)
-  else
-    out=$("$BIN/strata" --server "http://127.0.0.1:$g" bench produce --size 1024 --duration "$DURATION" --json)
-  fi
-  kill "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true; BROKER_PID=""
-  rm -rf "$dir"
-  python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["msgs_per_sec"]))' "$out"
+  echo "$pid $g"
 }
 
+bench() { # traced(0/1) port out-file
+  if [ "$1" = 1 ]; then
+    env "${OTEL[@]}" "$BIN/strata" --server "http://127.0.0.1:$2" bench produce --size 1024 --duration "$DURATION" --json >"$3"
+  else
+    "$BIN/strata" --server "http://127.0.0.1:$2" bench produce --size 1024 --duration "$DURATION" --json >"$3"
+  fi
+}
+
+rate() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_sec"]))' "$1"; }
+
+# MODE=concurrent (default): each round runs an untraced and a traced pair
+# (broker + bench) at the same time, so both see the same machine: the
+# ratio is the traced pair's share of the throughput. MODE=alternate runs
+# them one after the other instead (absolute figures; noisier ratio on a
+# shared machine).
+MODE=${MODE:-concurrent}
 offs=(); ons=()
 for r in $(seq 1 "$ROUNDS"); do
-  if [ $((r % 2)) = 1 ]; then a=$(run 0); b=$(run 1); else b=$(run 1); a=$(run 0); fi
+  read -r pa ga < <(start_broker 0 "$WORK/off-$r")
+  read -r pb gb < <(start_broker 1 "$WORK/on-$r")
+  BROKER_PID="$pa $pb"
+  if [ "$MODE" = concurrent ]; then
+    bench 0 "$ga" "$WORK/off.json" & b1=$!
+    bench 1 "$gb" "$WORK/on.json" & b2=$!
+    wait $b1 $b2
+  elif [ $((r % 2)) = 1 ]; then
+    bench 0 "$ga" "$WORK/off.json"; bench 1 "$gb" "$WORK/on.json"
+  else
+    bench 1 "$gb" "$WORK/on.json"; bench 0 "$ga" "$WORK/off.json"
+  fi
+  kill $pa $pb; wait $pa $pb 2>/dev/null || true; BROKER_PID=""
+  rm -rf "$WORK/off-$r" "$WORK/on-$r"
+  a=$(rate "$WORK/off.json"); b=$(rate "$WORK/on.json")
   offs+=("$a"); ons+=("$b")
   echo "round $r: off $a msgs/s, on $b msgs/s, ratio $(python3 -c "print(f'{$b/$a:.3f}')")"
 done

@@ -123,8 +123,13 @@ def check_rbac(docs: list[dict], leader_election: bool) -> None:
 
 def main() -> int:
     print(f"helm engine {helm.helm_sdk_version()} (helm-python-sdk), kubernetes-validate schemas {KUBE_VERSION}")
-    full = {"metrics": {"serviceMonitor": {"enabled": True}}, "leaderElection": {"enabled": True}, "replicas": 2}
-    for name, values in [("default values", {}), ("ServiceMonitor + leader election", full)]:
+    full = {
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "leaderElection": {"enabled": True},
+        "replicas": 2,
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Strata"}},
+    }
+    for name, values in [("default values", {}), ("ServiceMonitor + leader election + dashboard", full)]:
         print(f"{name}:")
         lint(values)
         docs = render(values)
@@ -134,6 +139,12 @@ def main() -> int:
             validate(d)
         check_rbac(docs, leader_election=values.get("leaderElection", {}).get("enabled", False))
         check(("ServiceMonitor" in kinds) == bool(values.get("metrics")), f"{name}: ServiceMonitor rendered only when enabled")
+        dashboards = [d for d in docs if d["kind"] == "ConfigMap"]
+        check(len(dashboards) == int(bool(values.get("grafanaDashboard"))), f"{name}: dashboard ConfigMap only when enabled")
+        for cm in dashboards:
+            check(cm["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard ConfigMap has the sidecar label")
+            shipped = json.loads((CHART / "dashboards" / "strata-brokers.json").read_text())
+            check(json.loads(cm["data"]["strata-brokers.json"]) == shipped, "the ConfigMap holds the shipped dashboard")
         deployment = next(d for d in docs if d["kind"] == "Deployment")
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         check(("--leader-election" in args) == bool(values.get("leaderElection")), f"{name}: --leader-election flag")
