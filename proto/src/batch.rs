@@ -246,7 +246,7 @@ pub fn validate(buf: &[u8], limits: Limits) -> Result<BatchHeader, BatchError> {
     }
     let payload = decompress(compression, &buf[HEADER_LEN..], limits.max_uncompressed_bytes)?;
     let mut reader = RecordReader::new(&header, payload.as_ref());
-    reader.headers = Headers::None;
+    reader.collect_headers = false;
     let mut max_ts = i64::MIN;
     let mut index = 0u32;
     while let Some(span) = reader.next_span()? {
@@ -356,16 +356,8 @@ struct RecordReader<'a> {
     index: u32,
     count: u32,
     base_timestamp: i64,
-    /// Which records' headers are collected (the others' are only checked).
-    headers: Headers,
-}
-
-/// Which records' headers [`RecordReader`] collects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Headers {
-    All,
-    Traced,
-    None,
+    /// Collect headers (`false`: only check them, as `validate` does).
+    collect_headers: bool,
 }
 
 impl<'a> RecordReader<'a> {
@@ -376,7 +368,7 @@ impl<'a> RecordReader<'a> {
             index: 0,
             count: header.record_count,
             base_timestamp: header.base_timestamp,
-            headers: Headers::All,
+            collect_headers: true,
         }
     }
 
@@ -435,11 +427,7 @@ impl<'a> RecordReader<'a> {
         if attributes & !RECORD_TRACED != 0 {
             return Err(self.malformed("reserved record attributes set"));
         }
-        let collect = match self.headers {
-            Headers::All => true,
-            Headers::Traced => attributes & RECORD_TRACED != 0,
-            Headers::None => false,
-        };
+        let collect = self.collect_headers;
         let ts_delta = zigzag_decode(decode_varint(&mut body).map_err(|_| self.malformed("bad timestamp delta"))?);
         let timestamp =
             self.base_timestamp.checked_add(ts_delta).ok_or_else(|| self.malformed("timestamp overflows"))?;
@@ -546,7 +534,6 @@ impl RawBatch {
             }
         };
         let mut reader = RecordReader::new(&self.header, &payload);
-        reader.headers = if traced_only { Headers::Traced } else { Headers::All };
         // The count comes from the input: never let it size an allocation
         // beyond what the payload can hold (a record takes at least 7 bytes).
         let plausible = (payload.len() / MIN_RECORD_BYTES).saturating_add(1);
