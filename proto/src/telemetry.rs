@@ -682,8 +682,12 @@ mod tests {
     #[tokio::test]
     async fn a_send_is_sampled_by_the_ratio_of_its_trace_id_and_unsampled_ones_still_propagate() {
         let config = TelemetryConfig {
-            // Nothing listens there: spans are dropped on export, which is fine.
-            endpoint: Some("http://127.0.0.1:9".into()),
+            // A port that was free a moment ago: nothing listens, spans are
+            // dropped on export, which is fine.
+            endpoint: Some(format!(
+                "http://{}",
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+            )),
             sampler: Some("parentbased_traceidratio".into()),
             sampler_arg: Some("0.25".into()),
             ..TelemetryConfig::default()
