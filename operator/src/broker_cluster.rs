@@ -555,7 +555,7 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn cluster() -> BrokerCluster {

@@ -46,26 +46,28 @@ pub const PERMISSIONS: &[Permission] = &[
         ],
         verbs: &["patch"],
     },
-    // Owned objects: `.owns()` lists and watches them, server-side apply
-    // patches them (a create through apply is authorised as patch); the
-    // StatefulSet is read for its ready replicas.
+    // Owned objects: `.owns()` lists and watches them; server-side apply
+    // writes them. The API server authorises an apply as `patch` when the
+    // object exists and as `create` when it does not (the first reconcile of
+    // every BrokerCluster), so both verbs are needed. The StatefulSet is read
+    // for its ready replicas.
     Permission {
         scope: Scope::Cluster,
         api_group: "apps",
         resources: &["statefulsets"],
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
     },
     Permission {
         scope: Scope::Cluster,
         api_group: "",
         resources: &["configmaps", "serviceaccounts", "services"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
     },
     Permission {
         scope: Scope::Cluster,
         api_group: "policy",
         resources: &["poddisruptionbudgets"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
     },
     // kube's event Recorder creates events and patches repeated ones.
     Permission {
@@ -82,6 +84,13 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["get", "create", "update"],
     },
 ];
+
+/// Whether `PERMISSIONS` grants `verb` on `group`/`resource` in `scope`.
+pub fn allows(scope: Scope, group: &str, resource: &str, verb: &str) -> bool {
+    PERMISSIONS
+        .iter()
+        .any(|p| p.scope == scope && p.api_group == group && p.resources.contains(&resource) && p.verbs.contains(&verb))
+}
 
 /// The permissions as `{"clusterRole": [rules], "role": [rules]}`, each rule
 /// `{apiGroups, resources, verbs}` with sorted lists (the format of
@@ -101,4 +110,38 @@ pub fn expected_json() -> Value {
             .collect()
     };
     json!({ "clusterRole": rules(Scope::Cluster), "role": rules(Scope::OperatorNamespace) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::Resource;
+
+    fn group_and_plural<K: Resource<DynamicType = ()>>(_: &K) -> (String, String) {
+        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+    }
+
+    /// Server-side apply of an object that does not exist yet is authorised
+    /// as `create`: every child the BrokerCluster reconcile applies must be
+    /// creatable, or the first reconcile of every cluster is forbidden.
+    #[test]
+    fn every_child_the_broker_cluster_applies_may_be_created_and_patched() {
+        let c = crate::broker_cluster::build(&crate::broker_cluster::tests::cluster()).unwrap();
+        let kinds = [
+            group_and_plural(&c.service_account),
+            group_and_plural(&c.config_map),
+            group_and_plural(&c.headless_service),
+            group_and_plural(&c.client_service),
+            group_and_plural(&c.stateful_set),
+            group_and_plural(&c.pod_disruption_budget),
+        ];
+        for (group, plural) in kinds {
+            for verb in ["create", "patch", "list", "watch"] {
+                assert!(
+                    allows(Scope::Cluster, &group, &plural, verb),
+                    "the ClusterRole lacks {verb} on {group}/{plural}"
+                );
+            }
+        }
+    }
 }
