@@ -11,6 +11,9 @@
 //! - `lint`  format check and clippy
 //! - `bench` the criterion benchmarks
 //! - `fuzz [SECONDS]` run the batch decoder fuzz target (needs cargo-fuzz)
+//! - `cycles` fail on any module-level import cycle in a crate (see `cycles.rs`)
+
+mod cycles;
 
 use std::process::{Command, ExitCode};
 
@@ -49,6 +52,12 @@ fn chart() -> Result<(), String> {
     }
 }
 
+fn cycles() -> Result<(), String> {
+    eprintln!("xtask: module import cycles");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("xtask has no parent folder")?;
+    cycles::check(root)
+}
+
 fn crds() -> Result<(), String> {
     cargo(&["run", "-q", "-p", "strata-operator", "--", "crds", "--out", "crds"])?;
     cargo(&["run", "-q", "-p", "strata-operator", "--", "crds", "--out", "charts/strata-operator/crds"])
@@ -74,14 +83,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         // The CRD files are compared with the generator by a test of
         // strata-operator (`crds_dirs_match_the_generator`).
-        Some("ci") => lint().and_then(|()| test()).and_then(|()| chart()),
+        Some("ci") => lint().and_then(|()| cycles()).and_then(|()| test()).and_then(|()| chart()),
+        Some("cycles") => cycles(),
         Some("chart") => chart(),
         Some("crds") => crds(),
         Some("test") => test(),
         Some("lint") => lint(),
         Some("bench") => cargo(&["bench", "--workspace"]),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
-        _ => Err("usage: cargo xtask ci|test|lint|chart|crds|bench|fuzz [SECONDS]".into()),
+        _ => Err("usage: cargo xtask ci|test|lint|cycles|chart|crds|bench|fuzz [SECONDS]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
