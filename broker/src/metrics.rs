@@ -23,17 +23,6 @@ pub(crate) struct TopicLabels {
     pub topic: String,
 }
 
-impl TopicLabels {
-    /// From a "tenant/topic/partition" resource label (names already resolved).
-    pub fn from_resource(resource: &str) -> TopicLabels {
-        let mut parts = resource.splitn(3, '/');
-        TopicLabels {
-            tenant: parts.next().unwrap_or_default().to_owned(),
-            topic: parts.next().unwrap_or_default().to_owned(),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PartitionLabels {
     pub tenant: String,

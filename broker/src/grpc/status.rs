@@ -80,6 +80,10 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             }
         },
         BrokerError::CatalogStorage(_) => (Code::Unavailable, E::Storage, String::new()),
+        BrokerError::OffsetStorage { group, .. } => (Code::Unavailable, E::Storage, group.clone()),
+        BrokerError::ColdTier { resource, .. } => (Code::Unavailable, E::Storage, resource.clone()),
+        // A task that panicked or was cancelled: the server's fault, not the request's.
+        BrokerError::TaskFailed { .. } | BrokerError::Internal(_) => (Code::Internal, E::Unspecified, String::new()),
         BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
         BrokerError::UnknownGroup { tenant, group } => (Code::NotFound, E::UnknownGroup, format!("{tenant}/{group}")),
         BrokerError::UnknownMember { member, .. } => (Code::FailedPrecondition, E::UnknownMember, member.clone()),

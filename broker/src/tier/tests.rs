@@ -17,6 +17,8 @@ use super::manifest::{Manifest, index_key, log_key, manifest_key, partition_pref
 use super::*;
 use crate::config::{ByteSize, TierConfig};
 use crate::log::{Durability, LogConfig, PartitionLog};
+use crate::names::{TenantName, TopicName};
+use crate::partition::{Partition, PartitionId, TopicRef};
 
 const LIMITS: Limits = Limits::new(1 << 20);
 
@@ -80,6 +82,11 @@ fn tier_config() -> TierConfig {
     }
 }
 
+fn orders_partition(index: u32) -> PartitionId {
+    let topic = TopicRef::new(TenantName::parse("default").unwrap(), TopicName::parse("orders").unwrap());
+    PartitionId::new(topic, 7, index)
+}
+
 /// The conformance suite: upload, manifest round trip, range reads through
 /// the index at every batch boundary, idempotent re-upload, multipart,
 /// timestamp lookup, orphan clean-up, total retention, corruption.
@@ -97,8 +104,9 @@ async fn conformance(url: &str, cfg: TierConfig) {
         UploadLimits { multipart_threshold: cfg.multipart_threshold.0, part_bytes: 5 << 20, part_concurrency: 2 };
     let mut uploaded = 0;
     let mut after = 0;
-    log.set_remote(Arc::new(RemotePartition::load(store.clone(), cache.clone(), prefix.clone()).await.unwrap()));
-    let attached = log.remote().unwrap().clone();
+    let part = Partition::new(orders_partition(0), log.clone());
+    part.attach_remote(Arc::new(RemotePartition::load(store.clone(), cache.clone(), prefix.clone()).await.unwrap()));
+    let attached = part.remote().unwrap().clone();
     while let Some(seg) = log.next_to_upload(after) {
         after = seg.next_offset;
         assert!(upload_segment(&attached, &seg, limits, 5).await.unwrap());
@@ -116,10 +124,12 @@ async fn conformance(url: &str, cfg: TierConfig) {
     assert_eq!(reloaded.range().start, Some(0));
     assert_eq!(reloaded.range().segments, uploaded);
 
-    // Local retention may now delete the uploaded copies (local retention 0).
-    log.maintain(i64::MAX / 4).unwrap();
+    // Local retention may now delete the uploaded copies (local retention 0),
+    // once the log knows how far the tier reaches (as `upload_pending` tells it).
+    log.set_uploaded_end(end);
+    part.maintain(i64::MAX / 4).unwrap();
     assert_eq!(log.local_start(), end, "uploaded segments left the disk, the rest stayed");
-    let stats = log.stats();
+    let stats = part.stats();
     assert_eq!(stats.start_offset, 0, "log start accounts for the tier");
     assert_eq!((stats.remote_start_offset, stats.remote_end_offset), (0, end));
 
@@ -144,15 +154,18 @@ async fn conformance(url: &str, cfg: TierConfig) {
     let big_dir = tempfile::tempdir().unwrap();
     let (big, _) = PartitionLog::open(big_dir.path(), log_config(12 << 20), 0).unwrap();
     let big_prefix = partition_prefix("default", "orders", 7, 1);
-    big.set_remote(Arc::new(RemotePartition::load(store.clone(), cache.clone(), big_prefix.clone()).await.unwrap()));
+    let bigp = Partition::new(orders_partition(1), big.clone());
+    bigp.attach_remote(Arc::new(
+        RemotePartition::load(store.clone(), cache.clone(), big_prefix.clone()).await.unwrap(),
+    ));
     // About 11 MiB, then more than fits: the first segment is sealed.
     fill(&big, 2700, 1000);
     let seg = big.next_to_upload(0).expect("a sealed segment");
     assert!(seg.size > 10 << 20, "segment is {} bytes", seg.size);
-    assert!(upload_segment(big.remote().unwrap(), &seg, limits, 1).await.unwrap());
+    assert!(upload_segment(bigp.remote().unwrap(), &seg, limits, 1).await.unwrap());
     let meta = store.store.head(&log_key(&big_prefix, 0)).await.unwrap();
     assert_eq!(meta.size, seg.size);
-    let tail = read_remote(big.remote().unwrap(), seg.next_offset - 3, seg.next_offset, 4096).await;
+    let tail = read_remote(bigp.remote().unwrap(), seg.next_offset - 3, seg.next_offset, 4096).await;
     assert_eq!(tail.len(), 3);
     assert!(tail[2].1.starts_with(&format!("v{}-", seg.next_offset - 1)));
 
