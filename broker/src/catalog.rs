@@ -107,6 +107,27 @@ pub struct QueueSettings {
     pub durability: Durability,
 }
 
+impl QueueSettings {
+    /// The defaults of a new queue (SQS's 30 s visibility timeout; no DLQ,
+    /// retries, delay, TTL, FIFO or dedup; one priority level).
+    pub(crate) fn defaults(durability: Durability) -> QueueSettings {
+        QueueSettings {
+            visibility_timeout_ms: 30_000,
+            max_deliveries: 0,
+            dead_letter_queue: None,
+            retry_backoff_min_ms: 0,
+            retry_backoff_max_ms: 0,
+            delay_ms: 0,
+            ttl_ms: 0,
+            ttl_action: TtlAction::Drop,
+            fifo: false,
+            dedup_window_ms: 0,
+            priorities: 1,
+            durability,
+        }
+    }
+}
+
 /// Which topic messages a binding routes into its queue. No field set:
 /// every message (fan-out).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

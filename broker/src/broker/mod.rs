@@ -85,6 +85,10 @@ impl Broker {
         &self.config
     }
 
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Wall-clock ms from the broker's clock.
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()

@@ -5,20 +5,7 @@ use super::*;
 
 impl QueueManager {
     pub(super) fn defaults(&self) -> QueueSettings {
-        QueueSettings {
-            visibility_timeout_ms: 30_000,
-            max_deliveries: 0,
-            dead_letter_queue: None,
-            retry_backoff_min_ms: 0,
-            retry_backoff_max_ms: 0,
-            delay_ms: 0,
-            ttl_ms: 0,
-            ttl_action: TtlAction::Drop,
-            fifo: false,
-            dedup_window_ms: 0,
-            priorities: 1,
-            durability: self.broker.config().topic_defaults.durability,
-        }
+        QueueSettings::defaults(self.broker.config().topic_defaults.durability)
     }
 
     pub(super) fn resolve(base: &QueueSettings, o: &QueueOverrides) -> Result<QueueSettings, BrokerError> {
@@ -108,7 +95,7 @@ impl QueueManager {
             name: name.to_owned(),
             settings,
             temporary,
-            at_ms: now_ms(),
+            at_ms: self.broker.now_ms(),
         };
         match self.broker.commit_catalog(&cmd).await {
             Ok(Applied::Queue { .. }) => {}
@@ -168,7 +155,7 @@ impl QueueManager {
             id: q.id,
             settings: inner.q.settings().clone(),
             created_at_ms: q.created_at_ms,
-            stats: inner.q.stats(now_ms()),
+            stats: inner.q.stats(self.broker.now_ms()),
             bindings,
             temporary: q.temporary,
         }
@@ -277,12 +264,12 @@ impl QueueManager {
             queue: q.name.clone(),
             topic: topic.clone(),
             filter: filter.clone(),
-            at_ms: now_ms(),
+            at_ms: self.broker.now_ms(),
         };
         let Applied::Binding { id } = self.broker.commit_catalog(&cmd).await? else {
             return Err(BrokerError::InvalidRequest("unexpected catalog result".into()));
         };
-        let record = crate::catalog::BindingRecord { id, topic, filter, created_at_ms: now_ms() };
+        let record = crate::catalog::BindingRecord { id, topic, filter, created_at_ms: self.broker.now_ms() };
         routing::write_cursor(&q.dir, id, &start)
             .map_err(|e| q.log_error(LogError::Io { path: q.dir.clone(), source: e }))?;
         self.start_router(&q.tenant, &q.name, record.clone());

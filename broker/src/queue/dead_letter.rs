@@ -10,7 +10,7 @@ impl QueueManager {
     /// Copies messages to the dead-letter queue (durably), then finishes them here.
     pub(super) async fn dead_letter(&self, q: &Arc<Queue>, items: Vec<state::DeadLetter>) {
         let dlq_name = q.lock().q.settings().dead_letter_queue.clone();
-        let now = now_ms();
+        let now = self.broker.now_ms();
         let result: Result<(), BrokerError> = async {
             let dlq_name = dlq_name.ok_or_else(|| BrokerError::InvalidQueueConfig("no dead-letter queue".into()))?;
             let dlq = self.queue(&q.tenant, &dlq_name)?;

@@ -16,7 +16,7 @@ impl QueueManager {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_ms();
+        let now = self.broker.now_ms();
         let settings = q.lock().q.settings().clone();
         let max_record = self.broker.config().limits.max_record_bytes.0 as usize;
         let mut batch = Vec::with_capacity(messages.len());
@@ -41,9 +41,10 @@ impl QueueManager {
         let limit = self.broker.config().limits.max_queue_messages;
         let max_batch = self.broker.config().limits.max_batch_bytes.0 as usize;
         let q2 = q.clone();
+        let clock = self.broker.clock().clone();
         let (results, written) = tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
             let q = q2;
-            let now = now_ms();
+            let now = clock.now_ms();
             let mut inner = q.lock();
             let depth = inner.q.len() as u64;
             if depth + batch.len() as u64 > limit {
@@ -150,7 +151,7 @@ impl QueueManager {
                     t.finish(durable.as_ref().err().map(|e| e.to_string()).as_deref());
                 }
                 durable.map_err(|e| q.log_error(e))?;
-                let now = now_ms();
+                let now = self.broker.now_ms();
                 let mut inner = q.lock();
                 let mut woke = false;
                 for id in ids {
@@ -197,7 +198,7 @@ impl QueueManager {
             notified.as_mut().enable();
             let (leases, outcome) = {
                 let mut inner = q.lock();
-                let now = now_ms();
+                let now = self.broker.now_ms();
                 let vis = visibility_ms.unwrap_or(inner.q.settings().visibility_timeout_ms);
                 let (leases, outcome) = inner.q.receive(max, vis, now);
                 if !leases.is_empty() {
@@ -306,7 +307,7 @@ impl QueueManager {
         let q = self.queue(tenant, queue)?;
         let (failed, end) = {
             let mut inner = q.lock();
-            let now = now_ms();
+            let now = self.broker.now_ms();
             let mut entry = JournalEntry::default();
             let mut failed = Vec::new();
             let mut woke = false;
@@ -348,7 +349,7 @@ impl QueueManager {
         let mut failed = Vec::new();
         {
             let mut inner = q.lock();
-            let now = now_ms();
+            let now = self.broker.now_ms();
             for r in receipts {
                 match inner.q.nack(r.message_id, r.delivery_count, delay_ms, now) {
                     Ok(o) => outcome.merge(o),
@@ -375,7 +376,7 @@ impl QueueManager {
             )));
         }
         let mut inner = q.lock();
-        let now = now_ms();
+        let now = self.broker.now_ms();
         let mut failed = Vec::new();
         for r in receipts {
             if let Err(e) = inner.q.extend(r.message_id, r.delivery_count, visibility_ms, now) {
@@ -434,7 +435,7 @@ impl QueueManager {
             let notified = q.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let now = now_ms();
+            let now = self.broker.now_ms();
             let due = q.lock().q.next_due();
             if let Some(t) = due
                 && t <= now

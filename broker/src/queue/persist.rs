@@ -85,7 +85,7 @@ impl QueueManager {
     /// broker's maintenance loop; `force` snapshots every queue (shutdown).
     pub async fn maintain(&self, force: bool) {
         let queues: Vec<Arc<Queue>> = read_lock(&self.queues).values().cloned().collect();
-        let now = now_ms();
+        let now = self.broker.now_ms();
         for q in queues {
             let q2 = q.clone();
             let res = tokio::task::spawn_blocking(move || snapshot_and_trim(&q2, force, now)).await;
@@ -103,7 +103,7 @@ impl QueueManager {
         for g in [&m.queue_visible, &m.queue_in_flight, &m.queue_delayed, &m.queue_oldest_age] {
             g.clear();
         }
-        let now = now_ms();
+        let now = self.broker.now_ms();
         for q in read_lock(&self.queues).values() {
             let s = q.lock().q.stats(now);
             let labels = crate::metrics::Metrics::queue(&q.tenant, &q.name);

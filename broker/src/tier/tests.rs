@@ -3,11 +3,8 @@
 //! (`moto_server`, started here on a free loopback port) — plus unit tests
 //! of the manifest and the block cache.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -230,7 +227,7 @@ async fn conformance_s3_moto() {
     };
     moto.create_bucket("strata-conformance");
     let mut cfg = tier_config();
-    moto.configure(&mut cfg);
+    configure_for_moto(&moto, &mut cfg);
     conformance("s3://strata-conformance/cluster-a", cfg).await;
 }
 
@@ -310,69 +307,13 @@ fn block_cache_evicts_least_recently_used_within_its_budget() {
 
 // ---- moto_server ------------------------------------------------------------
 
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub(crate) use strata_testkit::{Moto, free_port};
 
-/// A `moto_server` child process on a free loopback port, killed on drop.
-pub(crate) struct Moto {
-    child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Moto {
-    /// Starts moto and waits (with a deadline) until it answers HTTP;
-    /// `None` when `moto_server` is not installed.
-    pub fn start() -> Option<Moto> {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut moto = Moto { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if http(moto.addr, "GET / HTTP/1.1").is_some() {
-                return Some(moto);
-            }
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "moto_server did not answer within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn create_bucket(&self, bucket: &str) {
-        let status = http(self.addr, &format!("PUT /{bucket} HTTP/1.1")).expect("moto answers");
-        assert!(status.contains(" 200"), "create bucket: {status}");
-    }
-
-    pub fn configure(&self, cfg: &mut TierConfig) {
-        cfg.s3.endpoint = format!("http://{}", self.addr);
-        cfg.s3.allow_http = true;
-        cfg.s3.region = "us-east-1".into();
-        cfg.s3.access_key_id = "testing".into();
-        cfg.s3.secret_access_key = "testing".into();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends one bodiless HTTP request; returns the status line.
-fn http(addr: SocketAddr, request_line: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "{request_line}\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.lines().next().filter(|l| l.starts_with("HTTP/")).map(str::to_owned)
+/// Points a tier configuration at `moto`.
+pub(crate) fn configure_for_moto(moto: &Moto, cfg: &mut TierConfig) {
+    cfg.s3.endpoint = moto.endpoint();
+    cfg.s3.allow_http = true;
+    cfg.s3.region = "us-east-1".into();
+    cfg.s3.access_key_id = "testing".into();
+    cfg.s3.secret_access_key = "testing".into();
 }
