@@ -3,14 +3,14 @@
 //! directories, and the cold tier's manifests.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Semaphore, watch};
 
 use super::{Broker, Topic};
-use crate::catalog::{CatalogStore, topic_dir};
+use crate::catalog::{CatalogStore, remove_orphan_dirs, topic_dir};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::locks::read_lock;
@@ -103,24 +103,8 @@ fn open_blocking(config: &Config, now_ms: i64) -> Result<Opened, OpenError> {
             );
         }
     }
-    remove_orphans(&data.join("topics"), &expected_dirs);
+    remove_orphan_dirs(&data.join("topics"), &expected_dirs, "topic");
     Ok((lock, store, topics))
-}
-
-/// Removes topic directories the catalog no longer names (a delete that
-/// crashed after committing the catalog).
-fn remove_orphans(root: &Path, expected: &std::collections::HashSet<PathBuf>) {
-    let Ok(tenants) = std::fs::read_dir(root) else { return };
-    for tenant in tenants.flatten() {
-        let Ok(dirs) = std::fs::read_dir(tenant.path()) else { continue };
-        for dir in dirs.flatten() {
-            let path = dir.path();
-            if !expected.contains(&path) {
-                tracing::info!(dir = %path.display(), "removing orphaned topic directory");
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-    }
 }
 
 /// Why the broker could not open its data directory.

@@ -33,7 +33,7 @@ impl QueueManager {
                 write_lock(&mgr.queues).insert((tenant.clone(), name.clone()), q);
             }
         }
-        remove_orphans(&data.join("queues"), &expected);
+        crate::catalog::remove_orphan_dirs(&data.join("queues"), &expected, "queue");
         for ((tenant, name), q) in read_lock(&mgr.queues).clone() {
             tokio::spawn(mgr.clone().run_timer(q));
             if let Some(record) = catalog.tenants.get(&tenant).and_then(|t| t.queues.get(&name)) {
@@ -291,19 +291,4 @@ pub(super) fn for_each_record(log: &PartitionLog, from: u64, mut f: impl FnMut(&
         pos = read.next_offset;
     }
     Ok(())
-}
-
-/// Removes queue directories the catalog no longer names.
-pub(super) fn remove_orphans(root: &Path, expected: &HashSet<PathBuf>) {
-    let Ok(tenants) = std::fs::read_dir(root) else { return };
-    for tenant in tenants.flatten() {
-        let Ok(dirs) = std::fs::read_dir(tenant.path()) else { continue };
-        for dir in dirs.flatten() {
-            let path = dir.path();
-            if !expected.contains(&path) {
-                tracing::info!(dir = %path.display(), "removing orphaned queue directory");
-                let _ = std::fs::remove_dir_all(&path);
-            }
-        }
-    }
 }
