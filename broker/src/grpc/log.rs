@@ -15,16 +15,18 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::{invalid, to_item_error, to_status};
+use super::auth::{self, Auth, Operation};
+use super::status::{invalid, status_to_item_error, to_item_error, to_status};
 use crate::broker::{Broker, FetchOptions, OffsetQuery, Produced, StartAt};
 
 pub(crate) struct LogService {
     broker: Arc<Broker>,
+    auth: Auth,
 }
 
 impl LogService {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        LogService { broker }
+    pub fn new(broker: Arc<Broker>, auth: Auth) -> Self {
+        LogService { broker, auth }
     }
 }
 
@@ -45,6 +47,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl Log for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Produce, &request.get_ref().tenant, &request.get_ref().topic)?;
         let r = request.into_inner();
         let produced = self.broker.produce(&r.tenant, &r.topic, r.partition, r.batch).await.map_err(to_status)?;
         Ok(Response::new(produce_response(r.request_id, r.partition, produced)))
@@ -56,9 +59,12 @@ impl Log for LogService {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        // Each request names its own topic: authorised one by one.
+        let caller = auth::Caller::of(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ProduceResponse, Status>>(1024);
         let broker = self.broker.clone();
+        let authz = self.auth.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -73,6 +79,13 @@ impl Log for LogService {
                         break;
                     }
                 };
+                if let Err(status) = authz.authorize(&caller, Operation::Produce, &r.tenant, &r.topic) {
+                    let refused = status_response(r.request_id, r.partition, &status);
+                    if tx.send(Ok(refused)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 // Appends happen here, in stream order; only the durability
                 // wait runs concurrently, so pipelined batches share fsyncs.
                 match broker.append(&r.tenant, &r.topic, r.partition, r.batch).await {
@@ -100,6 +113,7 @@ impl Log for LogService {
     type FetchStream = BoxStream<FetchResponse>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        auth::check(&self.auth, &request, Operation::Consume, &request.get_ref().tenant, &request.get_ref().topic)?;
         let r = request.into_inner();
         let start = match r.start {
             None => return Err(invalid("fetch needs a start: an offset, a timestamp or a position")),
@@ -130,6 +144,13 @@ impl Log for LogService {
         &self,
         request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
+        auth::check(
+            &self.auth,
+            &request,
+            Operation::Produce,
+            &request.get_ref().tenant,
+            &request.get_ref().producer_name,
+        )?;
         let r = request.into_inner();
         let (producer_id, epoch) = self.broker.init_producer(&r.tenant, &r.producer_name).await.map_err(to_status)?;
         Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: i32::from(epoch) }))
@@ -139,6 +160,7 @@ impl Log for LogService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().topic)?;
         let r = request.into_inner();
         let mut queries = Vec::with_capacity(r.queries.len());
         for q in r.queries {
@@ -174,6 +196,11 @@ impl Log for LogService {
         }
         Ok(Response::new(ListOffsetsResponse { results }))
     }
+}
+
+/// A refusal by the authoriser as a per-request error.
+fn status_response(request_id: u64, partition: u32, status: &Status) -> ProduceResponse {
+    ProduceResponse { request_id, partition, error: Some(status_to_item_error(status)), ..Default::default() }
 }
 
 fn error_response(request_id: u64, partition: u32, e: crate::error::BrokerError) -> ProduceResponse {

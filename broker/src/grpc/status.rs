@@ -136,11 +136,15 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
 
 /// The same error as a per-item error inside a streaming response.
 pub(crate) fn to_item_error(e: BrokerError) -> ItemError {
-    let status = to_status(e);
+    status_to_item_error(&to_status(e))
+}
+
+/// A status (a domain error's, or a refusal) as a per-item error.
+pub(crate) fn status_to_item_error(status: &Status) -> ItemError {
     ItemError {
         status_code: status.code() as i32,
         message: status.message().to_owned(),
-        info: strata_proto::error_info(&status),
+        info: strata_proto::error_info(status),
     }
 }
 
