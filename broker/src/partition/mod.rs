@@ -128,9 +128,10 @@ impl Partition {
         self.log.pending_upload_bytes()
     }
 
-    /// Whether the partition has a sealed segment waiting for upload.
+    /// Whether a sealed segment waits for upload (the caller knows the
+    /// partition is tiered and has a cold tier).
     pub fn has_upload_pending(&self) -> bool {
-        self.config().tiered && self.remote().is_some() && self.log.next_to_upload(0).is_some()
+        self.log.next_to_upload(0).is_some()
     }
 
     fn log_error(&self, source: LogError) -> BrokerError {

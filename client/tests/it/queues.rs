@@ -14,21 +14,7 @@ use strata_client::{BindingFilter, Client, Delivery, Error, ErrorCode, QueueMess
 
 use crate::{TestBroker, strata};
 
-/// Polls `check` until it returns `Some`, failing after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use strata_testkit::eventually;
 
 /// Runs `strata` and expects success; returns stdout.
 async fn ok(url: &str, args: &[&str], stdin: &[u8]) -> String {
