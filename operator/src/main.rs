@@ -32,9 +32,10 @@ enum Command {
         /// Namespace of the Lease (the operator's own namespace).
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
-        /// This replica's identity in the Lease.
-        #[arg(long, env = "POD_NAME", default_value = "strata-operator")]
-        identity: String,
+        /// This replica's identity in the Lease; default: the hostname (the
+        /// pod name), `_`, and a random id (client-go's convention).
+        #[arg(long, env = "STRATA_OPERATOR_LEASE_IDENTITY")]
+        identity: Option<String>,
         /// How often healthy resources are reconciled again to catch drift.
         #[arg(long, env = "STRATA_OPERATOR_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
         resync: Duration,
@@ -53,6 +54,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+}
+
+/// The pod name in Kubernetes (`POD_NAME` from the downward API, else the
+/// kernel's hostname, which Kubernetes sets to the pod name).
+fn hostname() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "strata-operator".to_owned())
 }
 
 #[tokio::main]
@@ -92,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 leader_election: leader_election.then(|| LeaseConfig {
                     name: lease_name,
                     namespace: lease_namespace,
-                    identity,
+                    identity: identity.unwrap_or_else(|| strata_operator::leader::identity(&hostname())),
                     duration: Duration::from_secs(15),
                     renew_every: Duration::from_secs(5),
                 }),

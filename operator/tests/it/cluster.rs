@@ -106,3 +106,62 @@ async fn a_paused_cluster_is_left_alone_and_a_bad_spec_is_reported() {
     assert!(env.fake.event_reasons().contains(&"InvalidSpec".to_owned()));
     assert!(env.fake.get(&sts_path()).is_none());
 }
+
+/// The notes of the stored events with this reason, with their counts.
+fn events_with_reason(env: &TestEnv, reason: &str) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = env
+        .fake
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .filter_map(|e| {
+            let path = path_of("events.k8s.io/v1", "Event", CLUSTER_NS, e["metadata"]["name"].as_str()?);
+            let stored = env.fake.get(&path)?;
+            Some((
+                stored["note"].as_str().unwrap_or_default().to_owned(),
+                stored["series"]["count"].as_u64().unwrap_or(1),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn events_are_grouped_only_when_their_text_is_equal() {
+    let env = TestEnv::without_broker().await;
+    env.fake.insert(json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "main", "namespace": CLUSTER_NS},
+        "spec": {"replicas": 1}
+    }));
+    let set_ready = |n: u32| {
+        let mut sts = env.fake.get(&sts_path()).unwrap();
+        sts["status"] = json!({"replicas": n, "readyReplicas": n});
+        env.fake.insert(sts);
+    };
+    reconcile(&env).await;
+    set_ready(1);
+    reconcile(&env).await;
+    assert_eq!(events_with_reason(&env, "Ready"), vec![("1 brokers ready".to_owned(), 1)]);
+
+    // Scaled to 3: progressing, then ready again with the new count.
+    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 3}));
+    reconcile(&env).await;
+    assert_eq!(env.ready(&cluster_path("main")).2, "1/3 brokers ready");
+    set_ready(3);
+    reconcile(&env).await;
+    assert_eq!(env.ready(&cluster_path("main")).2, "3/3 brokers ready");
+    assert_eq!(
+        events_with_reason(&env, "Ready"),
+        vec![("1 brokers ready".to_owned(), 1), ("3 brokers ready".to_owned(), 1)],
+        "a Ready event with new text is a new event, not a repeat of the old one"
+    );
+
+    // The same text again is a repeat: one event, counted twice.
+    let obj: BrokerCluster = serde_json::from_value(env.fake.get(&cluster_path("main")).unwrap()).unwrap();
+    for _ in 0..2 {
+        env.ctx.event(&obj, true, "Checked", "Reconcile", "same words".into()).await;
+    }
+    assert_eq!(events_with_reason(&env, "Checked"), vec![("same words".to_owned(), 2)]);
+}
