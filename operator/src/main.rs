@@ -39,6 +39,9 @@ enum Command {
         /// How often healthy resources are reconciled again to catch drift.
         #[arg(long, env = "STRATA_OPERATOR_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// How often ready resources' counters (messages, lag, depth) are refreshed.
+        #[arg(long, env = "STRATA_OPERATOR_STATUS_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
+        status_refresh: Duration,
         /// Reach every BrokerCluster at this URL instead of its Service (running outside the cluster).
         #[arg(long, env = "STRATA_OPERATOR_BROKER_URL")]
         broker_url: Option<String>,
@@ -81,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace,
             identity,
             resync,
+            status_refresh,
             broker_url,
             log_level,
             log_json,
@@ -100,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(http_listen).await.with_context(|| format!("binding {http_listen}"))?;
             let config = strata_operator::Config {
-                settings: Settings { resync, ..Settings::default() },
+                settings: Settings { resync, status_refresh, ..Settings::default() },
                 leader_election: leader_election.then(|| LeaseConfig {
                     name: lease_name,
                     namespace: lease_namespace,
