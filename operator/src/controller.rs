@@ -221,6 +221,8 @@ mod tests {
                 retention_bytes: None,
                 segment_bytes: None,
                 durability: None,
+                local_retention: None,
+                local_retention_bytes: None,
                 deletion_policy: DeletionPolicy::Delete,
             },
         );

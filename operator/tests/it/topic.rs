@@ -317,3 +317,27 @@ async fn the_finalizer_is_released_when_the_cluster_is_gone() {
     assert!(env.fake.get(&path).is_none(), "the namespace is not stuck");
     assert!(env.fake.event_reasons().contains(&"FinalizerReleased".to_owned()));
 }
+
+#[tokio::test]
+async fn local_retention_reaches_the_broker_and_status_shows_local_and_remote_ranges() {
+    let env = TestEnv::with_broker().await;
+    env.insert_cluster_and_tenant();
+    let path = topic_path("orders");
+    env.fake.insert(topic_json("orders", 2, json!({"localRetention": "1h", "localRetentionBytes": 1048576})));
+    env.reconcile::<Topic>(&path).await;
+    assert_eq!(env.ready(&path).0, "True", "{:?}", env.ready(&path));
+    let config = env.client().await.describe_topic("orders").await.unwrap().config.unwrap();
+    assert_eq!(config.local_retention_ms, Some(3_600_000));
+    assert_eq!(config.local_retention_bytes, Some(1_048_576));
+    let p = &env.fake.get(&path).unwrap()["status"]["partitionOffsets"][1];
+    for field in ["localStartOffset", "localSizeBytes", "remoteStartOffset", "remoteEndOffset", "remoteSizeBytes"] {
+        assert!(p[field].is_u64(), "{field} in {p}");
+    }
+
+    // Longer than the total retention: refused precisely, nothing changed.
+    env.fake.update_spec(&path, json!({"localRetention": "30d"}));
+    env.reconcile::<Topic>(&path).await;
+    let (status, reason, message) = env.ready(&path);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("spec.localRetention (30d) is longer than spec.retention (7d)"), "{message}");
+}
