@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    Secret, SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, TopologySpreadConstraint, Volume,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, TopologySpreadConstraint, Volume,
     VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -162,8 +162,10 @@ fn default_secret_key_key() -> String {
 impl CredentialsSecret {
     /// `(environment variable, key of the Secret)` pairs.
     pub fn env_keys(&self) -> Vec<(&'static str, &str)> {
-        let mut out =
-            vec![("AWS_ACCESS_KEY_ID", self.access_key_id_key.as_str()), ("AWS_SECRET_ACCESS_KEY", self.secret_access_key_key.as_str())];
+        let mut out = vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key_id_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key_key.as_str()),
+        ];
         if let Some(k) = &self.session_token_key {
             out.push(("AWS_SESSION_TOKEN", k.as_str()));
         }
@@ -493,7 +495,10 @@ fn render_tier(t: &TierSpec) -> Result<toml::Table, InvalidSpec> {
     }
     if let Some(c) = t.upload_concurrency {
         if !(1..=256).contains(&c) {
-            return Err(InvalidSpec { field: "spec.tier.uploadConcurrency", message: format!("{c} is not in 1..=256") });
+            return Err(InvalidSpec {
+                field: "spec.tier.uploadConcurrency",
+                message: format!("{c} is not in 1..=256"),
+            });
         }
         tier.insert("upload_concurrency".into(), i64::from(c).into());
     }

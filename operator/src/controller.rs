@@ -22,9 +22,9 @@ use crate::context::{BrokerDirectory, Context, FixedAddress, ServiceDns, Setting
 use crate::error::Error;
 use crate::leader::{LeaseConfig, LeaseLock};
 use crate::lifecycle::{self, BrokerResource};
-use crate::status;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::status;
 use crate::tenant::Tenant;
 use crate::topic::Topic;
 
@@ -277,9 +277,7 @@ mod tests {
         assert_eq!(reconcile_trigger(&*t), reconcile_trigger(&own_write));
         for change in [
             |o: &mut Topic| o.metadata.generation = Some(2),
-            |o: &mut Topic| {
-                o.metadata.annotations = Some([("strata.dev/paused".to_owned(), "true".to_owned())].into())
-            },
+            |o: &mut Topic| o.metadata.annotations = Some([("strata.dev/paused".to_owned(), "true".to_owned())].into()),
             |o: &mut Topic| {
                 o.metadata.deletion_timestamp =
                     Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH))

@@ -192,7 +192,8 @@ fn tiered_cluster(extra: serde_json::Value) -> serde_json::Value {
 }
 
 fn secret(keys: &[&str]) -> serde_json::Value {
-    let data: serde_json::Map<String, serde_json::Value> = keys.iter().map(|k| ((*k).to_owned(), json!("eA=="))).collect();
+    let data: serde_json::Map<String, serde_json::Value> =
+        keys.iter().map(|k| ((*k).to_owned(), json!("eA=="))).collect();
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cold-store", "namespace": CLUSTER_NS}, "data": data})
 }
 
@@ -291,7 +292,10 @@ async fn a_monitor_without_the_prometheus_operator_is_reported_not_fatal() {
     assert!(env.fake.get(&sts_path()).is_some());
     let obj = env.fake.get(&cluster_path("main")).unwrap();
     let problem = obj["status"]["monitorProblem"].as_str().unwrap();
-    assert!(problem.contains("ServiceMonitor not applied") && problem.contains("monitoring.coreos.com/v1"), "{problem}");
+    assert!(
+        problem.contains("ServiceMonitor not applied") && problem.contains("monitoring.coreos.com/v1"),
+        "{problem}"
+    );
     assert_eq!(env.ready(&cluster_path("main")).1, "Progressing", "the brokers themselves are fine");
     reconcile(&env).await;
     assert_eq!(env.fake.event_reasons().iter().filter(|r| *r == "MonitorUnavailable").count(), 1);

@@ -208,7 +208,10 @@ impl FakeApi {
             body: body.clone(),
         });
         if st.unserved.iter().any(|p| path.starts_with(p.as_str())) {
-            return (StatusCode::NOT_FOUND, status_body(404, "NotFound", "the server could not find the requested resource"));
+            return (
+                StatusCode::NOT_FOUND,
+                status_body(404, "NotFound", "the server could not find the requested resource"),
+            );
         }
         let (key, status_sub) = match path.strip_suffix("/status") {
             Some(k) => (k.to_owned(), true),
