@@ -36,8 +36,7 @@ pub struct Prerequisites {
 }
 
 fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
 impl Prerequisites {
@@ -45,8 +44,7 @@ impl Prerequisites {
     pub fn find() -> Result<Prerequisites, String> {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let repo = repo.canonicalize().unwrap_or(repo);
-        let k8s_dir = std::env::var_os("STRATA_K8S_DIR")
-            .map_or_else(|| repo.join("../shared/k8s"), PathBuf::from);
+        let k8s_dir = std::env::var_os("STRATA_K8S_DIR").map_or_else(|| repo.join("../shared/k8s"), PathBuf::from);
         for f in ["start-control-plane.sh", "stop-control-plane.sh", "kubesim/kubesim.py"] {
             if !k8s_dir.join(f).is_file() {
                 return Err(format!(
@@ -75,10 +73,12 @@ impl Prerequisites {
         }
         let modules = Command::new("python3").args(["-c", "import kubernetes, helm_python"]).output();
         if !modules.is_ok_and(|o| o.status.success()) {
-            return Err("python3 cannot import kubernetes and helm_python (pip install 'kubernetes==35.0.0' helm-python-sdk)".into());
+            return Err(
+                "python3 cannot import kubernetes and helm_python (pip install 'kubernetes==35.0.0' helm-python-sdk)"
+                    .into(),
+            );
         }
-        let bin_dir = std::env::var_os("STRATA_E2E_BIN_DIR")
-            .map_or_else(|| repo.join("target/release"), PathBuf::from);
+        let bin_dir = std::env::var_os("STRATA_E2E_BIN_DIR").map_or_else(|| repo.join("target/release"), PathBuf::from);
         for b in ["strata-broker", "strata", "strata-operator"] {
             if !bin_dir.join(b).is_file() {
                 return Err(format!(
@@ -383,7 +383,8 @@ impl Cluster {
             &["get", "brokerclusters,tenants,topics,queues,consumergroups", "-A", "-o", "wide"][..],
             &["get", "events", "-A", "--sort-by=.lastTimestamp"][..],
         ] {
-            s += &format!("---- kubectl {}\n{}\n", args.join(" "), self.kubectl(args).unwrap_or_else(|e| e.to_string()));
+            s +=
+                &format!("---- kubectl {}\n{}\n", args.join(" "), self.kubectl(args).unwrap_or_else(|e| e.to_string()));
         }
         for ns in ["strata-system", "strata"] {
             for (file, text) in self.container_logs(ns).unwrap_or_default() {

@@ -70,7 +70,14 @@ fn scenario(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     cluster.kubectl(&["create", "namespace", OPERATOR_NS])?;
     let operator_list = json!({"apiVersion": "v1", "kind": "List", "items": operator}).to_string();
     cluster.kubectl_in(&["apply", "-f", "-"], Some(&operator_list))?;
-    cluster.kubectl(&["-n", OPERATOR_NS, "rollout", "status", &format!("deployment/{deployment}"), "--timeout=120s"])?;
+    cluster.kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "rollout",
+        "status",
+        &format!("deployment/{deployment}"),
+        "--timeout=120s",
+    ])?;
     let leader = lease_holder(cluster, None)?;
     steps.pass(&format!(
         "operator running in the cluster from the rendered chart: 2 replicas Ready under its ServiceAccount, leader {leader}"
@@ -93,7 +100,10 @@ fn scenario(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         if kind == "brokercluster" {
             continue;
         }
-        let (ns, name) = (obj["metadata"]["namespace"].as_str().unwrap_or("default"), obj["metadata"]["name"].as_str().unwrap_or_default());
+        let (ns, name) = (
+            obj["metadata"]["namespace"].as_str().unwrap_or("default"),
+            obj["metadata"]["name"].as_str().unwrap_or_default(),
+        );
         cluster.kubectl(&["-n", ns, "wait", "--for=condition=Ready", &format!("{kind}/{name}"), "--timeout=180s"])?;
     }
     steps.pass("Tenant team-a, Topic orders, Queues order-emails(-dlq), ConsumerGroup billing: kubectl wait --for=condition=Ready");
@@ -102,9 +112,18 @@ fn scenario(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     let server = format!("http://{}:7070", pod_ip(cluster, "strata", "main-0")?);
     let sent: BTreeSet<String> = (0..MESSAGES).map(|i| format!("e2e-{i}")).collect();
     let input = sent.iter().map(|m| format!("{m}\n")).collect::<String>();
-    cluster.strata(&["--server", &server, "--tenant", "team-a", "produce", "orders"], Some(&input), Duration::from_secs(60))?;
+    cluster.strata(
+        &["--server", &server, "--tenant", "team-a", "produce", "orders"],
+        Some(&input),
+        Duration::from_secs(60),
+    )?;
     let got = consume_all(cluster, &server)?;
-    ensure!(got == sent, "consumed {} distinct messages, {} differ from those produced", got.len(), got.symmetric_difference(&sent).count());
+    ensure!(
+        got == sent,
+        "consumed {} distinct messages, {} differ from those produced",
+        got.len(),
+        got.symmetric_difference(&sent).count()
+    );
     steps.pass(&format!("{MESSAGES} messages produced and consumed through {server} (strata CLI, tenant team-a)"));
 
     // A crash: SIGKILL the broker; kubesim restarts it on the same volume.
@@ -132,7 +151,9 @@ fn scenario(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     });
     cluster.kubectl_in(&["apply", "-f", "-"], Some(&topic.to_string()))?;
     cluster.kubectl(&["-n", "team-a", "wait", "--for=condition=Ready", "topic/audit", "--timeout=120s"])?;
-    steps.pass(&format!("leader pod {leader} deleted: lease handed over to {new_leader}, which reconciles (Topic audit Ready)"));
+    steps.pass(&format!(
+        "leader pod {leader} deleted: lease handed over to {new_leader}, which reconciles (Topic audit Ready)"
+    ));
 
     // RBAC exercised for real: nothing the operator did was forbidden.
     let logs = cluster.container_logs(OPERATOR_NS)?;
@@ -192,7 +213,16 @@ fn examples(dir: &Path) -> anyhow::Result<Vec<Value>> {
 /// The operator Lease's holder once it is held (by someone other than `not`).
 fn lease_holder(cluster: &Cluster, not: Option<&str>) -> anyhow::Result<String> {
     let holder = wait_for("the operator's Lease to be held by a replica", Duration::from_secs(90), || {
-        let lease = cluster.kubectl(&["-n", OPERATOR_NS, "get", "lease", "strata-operator", "--ignore-not-found", "-o", "json"])?;
+        let lease = cluster.kubectl(&[
+            "-n",
+            OPERATOR_NS,
+            "get",
+            "lease",
+            "strata-operator",
+            "--ignore-not-found",
+            "-o",
+            "json",
+        ])?;
         if lease.trim().is_empty() {
             return Ok(None);
         }
@@ -225,7 +255,18 @@ fn restart_count(cluster: &Cluster, ns: &str, pod: &str) -> anyhow::Result<i64> 
 
 fn consume_all(cluster: &Cluster, server: &str) -> anyhow::Result<BTreeSet<String>> {
     let out = cluster.strata(
-        &["--server", server, "--tenant", "team-a", "consume", "orders", "--from", "earliest", "--count", &MESSAGES.to_string()],
+        &[
+            "--server",
+            server,
+            "--tenant",
+            "team-a",
+            "consume",
+            "orders",
+            "--from",
+            "earliest",
+            "--count",
+            &MESSAGES.to_string(),
+        ],
         None,
         Duration::from_secs(60),
     )?;
@@ -243,7 +284,10 @@ fn delete_everything(cluster: &Cluster, examples: &[Value], operator: &str) -> a
     let order = ["ConsumerGroup", "Queue", "Topic", "Tenant", "BrokerCluster"];
     for kind in order {
         for obj in examples.iter().filter(|o| o["kind"] == kind) {
-            let (ns, name) = (obj["metadata"]["namespace"].as_str().unwrap_or("default"), obj["metadata"]["name"].as_str().unwrap_or_default());
+            let (ns, name) = (
+                obj["metadata"]["namespace"].as_str().unwrap_or("default"),
+                obj["metadata"]["name"].as_str().unwrap_or_default(),
+            );
             cluster.kubectl(&["-n", ns, "delete", &kind.to_ascii_lowercase(), name, "--timeout=90s"])?;
         }
     }

@@ -145,8 +145,20 @@ fn local_base(bins: &Path) -> Result<String, String> {
     }
     std::fs::write(dir.join("Containerfile"), "FROM scratch\nCOPY rootfs/ /\n").map_err(|e| e.to_string())?;
     let tag = format!("localhost/strata-base:{VERSION}");
-    buildah(&["bud", "--quiet", "-f", &dir.join("Containerfile").display().to_string(), "-t", &tag, &dir.display().to_string()])?;
-    println!("image: local base {tag}: {} libraries from ldd ({}), passwd/group with user {USER}", libs.len(), libs.join(", "));
+    buildah(&[
+        "bud",
+        "--quiet",
+        "-f",
+        &dir.join("Containerfile").display().to_string(),
+        "-t",
+        &tag,
+        &dir.display().to_string(),
+    ])?;
+    println!(
+        "image: local base {tag}: {} libraries from ldd ({}), passwd/group with user {USER}",
+        libs.len(),
+        libs.join(", ")
+    );
     Ok(tag)
 }
 
@@ -177,7 +189,11 @@ pub fn run(opts: &Options) -> Result<(), String> {
         }
         args.push(ctx.display().to_string());
         let id = buildah(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-        println!("image: built {name} from {file} ({}, {:.1} s)", &id[..id.len().min(12)], started.elapsed().as_secs_f64());
+        println!(
+            "image: built {name} from {file} ({}, {:.1} s)",
+            &id[..id.len().min(12)],
+            started.elapsed().as_secs_f64()
+        );
     }
     if opts.check {
         check()?;
@@ -204,7 +220,9 @@ fn config(image: &str) -> Result<(String, Vec<String>), String> {
 fn in_unpacked(image: &str, script: &str) -> Result<String, String> {
     let ctr = buildah(&["from", "--quiet", "--pull-never", image])?;
     let result = buildah(&["mount", &ctr]).and_then(|root| {
-        sh(Command::new("unshare").args(["--mount", "--net", "--fork", "--", "bash", "-euo", "pipefail", "-c", script]).env("ROOT", root))
+        sh(Command::new("unshare")
+            .args(["--mount", "--net", "--fork", "--", "bash", "-euo", "pipefail", "-c", script])
+            .env("ROOT", root))
     });
     let _ = buildah(&["umount", &ctr]);
     let _ = buildah(&["rm", &ctr]);
