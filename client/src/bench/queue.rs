@@ -262,7 +262,7 @@ async fn produce(
             let queue = queue.clone();
             in_flight.push(async move {
                 let t = Instant::now();
-                let result = client.send(&queue, messages).await;
+                let result = client.send_batch(&queue, messages).await;
                 (result.map(|r| r.len()), t.elapsed())
             });
             if let Some(r) = remaining.as_mut() {

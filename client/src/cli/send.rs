@@ -155,7 +155,7 @@ async fn dispatch(
     let client = client.clone();
     let queue = queue.clone();
     let handle = tokio::spawn(async move {
-        let result = client.send(&queue, messages).await;
+        let result = client.send_batch(&queue, messages).await;
         drop(permit);
         result
     });
