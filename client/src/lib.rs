@@ -42,7 +42,7 @@ mod mock_broker;
 pub use admin::{PartitionOffsets, Retention, TopicOptions};
 pub use client::{Client, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, PartitionProgress, StartFrom};
-pub use error::{Error, RejectedReceipt, ServerError};
+pub use error::{Error, ErrorKind, RejectedReceipt, ServerError};
 pub use group::{CommittedOffset, GroupConsumer, GroupConsumerConfig, RebalanceListener};
 pub use partitioner::partition_for_key;
 pub use producer::{Compression, DeliveryFuture, Message, Producer, ProducerConfig, RecordMetadata};

@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acker;
 mod admin;
 mod message;
 mod producer;
