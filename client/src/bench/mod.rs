@@ -328,9 +328,10 @@ async fn bench_consume(client: &Client, args: BenchConsumeArgs) -> anyhow::Resul
     let mut filled = None;
     if stored < args.count {
         let missing = args.count - stored;
-        let stats = produce_load(client, &args.topic, &ProducerConfig::default(), args.size, 1, Plan::Count(missing), None)
-            .await
-            .context("filling the topic")?;
+        let stats =
+            produce_load(client, &args.topic, &ProducerConfig::default(), args.size, 1, Plan::Count(missing), None)
+                .await
+                .context("filling the topic")?;
         let fill = Report::new("fill", &args.topic, args.size, &stats, "ack");
         eprint!("{}", fill.human());
         filled = Some(stats.messages);

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
-use futures::{FutureExt as _, StreamExt as _};
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use strata_client::{Client, Durability, QueueMessage, QueueOptions, QueueProducerConfig};
 use tokio::sync::Semaphore;
