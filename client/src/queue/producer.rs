@@ -363,7 +363,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn succeed(self, results: Vec<SendResult>) {
+    fn succeed(mut self, results: Vec<SendResult>) {
         if results.len() != self.acks.len() {
             let n = self.acks.len();
             return self.fail(&Error::Unsupported(format!(
@@ -371,13 +371,13 @@ impl Batch {
                 results.len()
             )));
         }
-        for (ack, result) in self.acks.into_iter().zip(results) {
+        for (ack, result) in std::mem::take(&mut self.acks).into_iter().zip(results) {
             let _ = ack.send(Ok(result));
         }
     }
 
-    fn fail(self, error: &Error) {
-        for ack in self.acks {
+    fn fail(mut self, error: &Error) {
+        for ack in std::mem::take(&mut self.acks) {
             let _ = ack.send(Err(error.clone()));
         }
     }
@@ -497,7 +497,7 @@ impl Task {
 
     fn on_commands(&mut self, first: Option<Command>) {
         let mut next = first;
-        for _ in 0..1024 {
+        for handled in 1.. {
             match next {
                 Some(Command::Send(p)) => self.on_send(p),
                 Some(Command::Flush(waiter)) => {
@@ -514,6 +514,10 @@ impl Task {
                     self.start_closing();
                     return;
                 }
+            }
+            if handled == 1024 {
+                // Let the stream and timers have a look.
+                return;
             }
             next = match self.commands.try_recv() {
                 Ok(cmd) => Some(cmd),
