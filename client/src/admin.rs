@@ -229,6 +229,16 @@ impl Client {
     }
 }
 
+/// The outcome of a delete that may find nothing: `Ok(false)` when the
+/// broker said the resource (`missing`) does not exist.
+pub(crate) fn if_exists(result: Result<(), Error>, missing: ErrorCode) -> Result<bool, Error> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.error_code() == missing => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,15 +268,5 @@ mod tests {
         let week = Duration::from_secs(7 * 24 * 3600);
         let cfg = TopicOptions { retention: Some(week.into()), ..Default::default() }.to_config();
         assert_eq!(cfg.retention_ms, Some(604_800_000));
-    }
-}
-
-/// The outcome of a delete that may find nothing: `Ok(false)` when the
-/// broker said the resource (`missing`) does not exist.
-pub(crate) fn if_exists(result: Result<(), Error>, missing: ErrorCode) -> Result<bool, Error> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.error_code() == missing => Ok(false),
-        Err(e) => Err(e),
     }
 }

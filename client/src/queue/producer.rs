@@ -150,6 +150,8 @@ struct Pending {
     size: usize,
 }
 
+// `Send` is the hot variant: boxing it would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Send(Pending),
     Flush(oneshot::Sender<()>),
