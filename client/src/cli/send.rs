@@ -59,7 +59,8 @@ impl SendArgs {
 const CHECK_QUEUE: usize = 64 * 1024;
 
 pub(crate) async fn run(client: &Client, args: SendArgs) -> anyhow::Result<()> {
-    let producer = client.queue_producer(&args.queue).await?;
+    // Nothing can be acknowledged without a producer: the error names line 1.
+    let producer = client.queue_producer(&args.queue).await.map_err(|e| not_acknowledged(1, 1, &e.to_string()))?;
     // Answers are checked in line order by a separate task, so reading never
     // waits for the broker (the producer's memory limit is the back-pressure).
     let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, SendFuture)>(CHECK_QUEUE);
