@@ -178,7 +178,8 @@ impl From<ItemError> for ServerError {
 ///     match error.kind() {
 ///         ErrorKind::Retryable => "try again later",
 ///         ErrorKind::RebalanceInProgress => "carry on: the group consumer rejoins by itself",
-///         ErrorKind::Fatal => "give up and report",
+///         // `ErrorKind` is non-exhaustive: treat unknown kinds as fatal.
+///         _ => "give up and report",
 ///     }
 /// }
 /// assert_eq!(advice(&Error::ProducerClosed), "give up and report");
