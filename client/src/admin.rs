@@ -71,12 +71,15 @@ fn retention_ms(r: Retention) -> i64 {
 /// Offsets of one partition as reported by `ListOffsets`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionOffsets {
+    /// The partition number.
     pub partition: u32,
     /// The resolved offset for the query.
     pub offset: u64,
     /// Timestamp of the record at `offset`, -1 when unknown.
     pub timestamp_ms: i64,
+    /// The first offset still stored (older records were removed by retention).
     pub log_start_offset: u64,
+    /// The offset the next produced record will get.
     pub high_watermark: u64,
 }
 

@@ -17,6 +17,7 @@ pub enum Error {
     /// The server URL could not be parsed.
     #[error("invalid server URL {url:?}: {}", root_cause(&**cause))]
     InvalidUrl {
+        /// The URL as given.
         url: String,
         /// Kept out of `source()` because the message already names the
         /// root cause (error reporters would print it twice).
@@ -24,7 +25,12 @@ pub enum Error {
     },
     /// No connection could be established.
     #[error("cannot connect to {url}: {}", root_cause(&**cause))]
-    Connect { url: String, cause: Arc<tonic::transport::Error> },
+    Connect {
+        /// The server URL.
+        url: String,
+        /// The transport error.
+        cause: Arc<tonic::transport::Error>,
+    },
     /// The broker (or the transport underneath) answered with an error status.
     #[error("{0}")]
     Server(Box<ServerError>),
@@ -33,10 +39,20 @@ pub enum Error {
     Batch(#[from] BatchError),
     /// A record is too large to ever be sent.
     #[error("record of {size} bytes is larger than the {limit}-byte limit of one request")]
-    RecordTooLarge { size: usize, limit: usize },
+    RecordTooLarge {
+        /// Its encoded size in bytes.
+        size: usize,
+        /// The largest request the client sends, in bytes.
+        limit: usize,
+    },
     /// A call did not complete in time.
     #[error("{operation} timed out after {timeout:?}")]
-    Timeout { operation: &'static str, timeout: std::time::Duration },
+    Timeout {
+        /// What timed out.
+        operation: &'static str,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
     /// An argument was rejected before anything was sent.
     #[error("{0}")]
     InvalidArgument(String),
@@ -75,6 +91,7 @@ pub struct RejectedReceipt {
     pub message_id: u64,
     /// The delivery the receipt was for.
     pub delivery_count: u32,
+    /// The broker's error for it.
     pub error: Box<ServerError>,
 }
 

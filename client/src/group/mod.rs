@@ -82,6 +82,7 @@ pub struct GroupConsumerConfig {
     /// A record returned by `next()` counts as processed once `next()` is
     /// called again (at-least-once).
     pub auto_commit: bool,
+    /// How often `auto_commit` commits.
     pub auto_commit_interval: Duration,
     /// Where to start a partition that has **no committed offset** — every
     /// partition of a new group (Kafka's `auto.offset.reset`). The default

@@ -5,6 +5,7 @@
 mod acceptance;
 mod group_cli;
 mod groups;
+mod hygiene;
 mod idempotence;
 mod queue_producer;
 mod queues;
