@@ -82,6 +82,15 @@ pub enum Error {
     /// waiting; the next call opens a new one.
     #[error("the reply queue closed: {0}")]
     ReplyQueueClosed(String),
+    /// A group consumer was asked to commit while it is not a member of its
+    /// group: it lost the membership in a rebalance and is rejoining. Its
+    /// kind is [`ErrorKind::RebalanceInProgress`]; the records are read
+    /// again by whoever gets the partitions.
+    #[error("cannot commit: not a member of group {group} right now (rejoining after a rebalance)")]
+    NotGroupMember {
+        /// The group.
+        group: String,
+    },
 }
 
 /// One receipt an ack, nack or extend did not apply, and why.
@@ -220,7 +229,7 @@ pub enum ErrorKind {
 impl Error {
     /// Whether this error is retryable, a rebalance in progress, or fatal.
     pub fn kind(&self) -> ErrorKind {
-        if self.is_fenced_member() {
+        if self.is_fenced_member() || matches!(self, Error::NotGroupMember { .. }) {
             ErrorKind::RebalanceInProgress
         } else if self.is_retryable() {
             ErrorKind::Retryable
@@ -349,6 +358,19 @@ mod tests {
             info: Some(ErrorInfo { code: ErrorCode::ShuttingDown as i32, ..Default::default() }),
         });
         assert!(shutting_down.is_retryable());
+    }
+
+    #[test]
+    fn kinds_tell_fatal_retryable_and_rebalance_apart() {
+        assert_eq!(Error::from(tonic::Status::unavailable("down")).kind(), ErrorKind::Retryable);
+        assert_eq!(Error::InvalidArgument("bad".into()).kind(), ErrorKind::Fatal);
+        assert_eq!(Error::NotGroupMember { group: "g".into() }.kind(), ErrorKind::RebalanceInProgress);
+        let fenced = strata_proto::status_with_info(
+            tonic::Code::FailedPrecondition,
+            "generation 3 is not current",
+            ErrorInfo { code: ErrorCode::FencedMember as i32, ..Default::default() },
+        );
+        assert_eq!(Error::from(fenced).kind(), ErrorKind::RebalanceInProgress);
     }
 
     #[test]

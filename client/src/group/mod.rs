@@ -18,7 +18,10 @@
 //!   `auto_offset_reset` is latest).
 //! - Commits carry the member id and generation. A commit refused because
 //!   the member was fenced is logged during rebalances, returned to callers
-//!   of [`GroupConsumer::commit`].
+//!   of [`GroupConsumer::commit`] — like a commit while the consumer is
+//!   rejoining ([`Error::NotGroupMember`]) — as an error whose
+//!   [`Error::kind`] is `RebalanceInProgress`: nothing to handle but the
+//!   records being read again by the partition's next owner.
 //! - When the stream ends (removed from the group, broker unavailable, …)
 //!   every partition is dropped (`on_revoked`) and the consumer rejoins with
 //!   backoff as a new member.
@@ -726,10 +729,7 @@ impl GroupConsumer {
             return Ok(());
         }
         let Some(member_id) = self.member_id.clone() else {
-            return Err(Error::InvalidArgument(format!(
-                "cannot commit: not a member of group {} right now (rejoining)",
-                self.group
-            )));
+            return Err(Error::NotGroupMember { group: self.group.clone() });
         };
         let request = CommitOffsetsRequest {
             tenant: self.client.tenant().to_owned(),
