@@ -94,7 +94,8 @@ async fn run(client: &Client, topic: &str, args: &BenchGroupArgs) -> anyhow::Res
     let backlog = if args.backlog { Some(produce().await.context("producing")?) } else { None };
 
     let consumed = Arc::new(AtomicU64::new(0));
-    let assigned = Arc::new(AtomicUsize::new(0));
+    // Partitions each member owns, as it last saw.
+    let assigned: Arc<Vec<AtomicUsize>> = Arc::new((0..args.members).map(|_| AtomicUsize::new(0)).collect());
     // The number of acknowledged messages once the producers are done.
     let (target_tx, target_rx) = watch::channel(None::<u64>);
     let mut members = Vec::new();
@@ -106,15 +107,22 @@ async fn run(client: &Client, topic: &str, args: &BenchGroupArgs) -> anyhow::Res
         };
         // The group is named after the (random) topic.
         let consumer = client.group_consumer(topic, [topic], config).await?;
-        members.push(tokio::spawn(member(consumer, consumed.clone(), assigned.clone(), target_rx.clone())));
+        let slot = (assigned.clone(), i as usize);
+        members.push(tokio::spawn(member(consumer, consumed.clone(), slot, target_rx.clone())));
     }
 
-    // Produce only once the group owns every partition.
+    // Start the load only once the group has settled: every partition
+    // owned, by as many members as can have one.
     let partitions = usize::try_from(args.partitions).unwrap_or(usize::MAX);
+    let holders = partitions.min(assigned.len());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while assigned.load(Ordering::Relaxed) != partitions {
+    loop {
+        let owned: Vec<usize> = assigned.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+        if owned.iter().sum::<usize>() == partitions && owned.iter().filter(|&&n| n > 0).count() == holders {
+            break;
+        }
         if Instant::now() >= deadline {
-            bail!("the group was not assigned all {partitions} partitions within 60 s");
+            bail!("the group did not spread its {partitions} partitions over its members within 60 s: {owned:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -170,11 +178,10 @@ async fn run(client: &Client, topic: &str, args: &BenchGroupArgs) -> anyhow::Res
 async fn member(
     mut consumer: GroupConsumer,
     consumed: Arc<AtomicU64>,
-    assigned: Arc<AtomicUsize>,
+    (assigned, slot): (Arc<Vec<AtomicUsize>>, usize),
     mut target: watch::Receiver<Option<u64>>,
 ) -> anyhow::Result<MemberStats> {
     let mut stats = MemberStats { messages: 0, bytes: 0, first: None, last: None, e2e: new_histogram()? };
-    let mut owned = 0;
     loop {
         let done = target.borrow_and_update().is_some_and(|t| consumed.load(Ordering::Relaxed) >= t);
         if done {
@@ -185,16 +192,7 @@ async fn member(
             // Producers finished: re-check whether the group is done.
             _ = target.changed() => continue,
         };
-        let now_owned = consumer.assignment().len();
-        if now_owned != owned {
-            // Report this member's share of the assignment.
-            if now_owned > owned {
-                assigned.fetch_add(now_owned - owned, Ordering::Relaxed);
-            } else {
-                assigned.fetch_sub(owned - now_owned, Ordering::Relaxed);
-            }
-            owned = now_owned;
-        }
+        assigned[slot].store(consumer.assignment().len(), Ordering::Relaxed);
         if records.is_empty() {
             continue;
         }
