@@ -26,6 +26,8 @@ pub enum BrokerError {
     Batch { resource: String, source: BatchError },
     #[error("record batch for {resource} is {size} bytes, over the {limit}-byte limit")]
     BatchTooLarge { resource: String, size: usize, limit: u64 },
+    #[error("produce request for {resource} is {size} bytes, over the {limit}-byte message limit (limits.max_batch_bytes + 1MiB)")]
+    RequestTooLarge { resource: String, size: u64, limit: u64 },
     #[error("{resource}: {source}")]
     Log { resource: String, source: LogError },
     #[error("catalog storage failed: {0}")]

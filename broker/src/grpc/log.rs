@@ -51,6 +51,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl Log for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let r = request.into_inner();
+        if let Some(e) = oversize_error(&self.broker, &r) {
+            return Err(to_status(e));
+        }
         let produced = self.broker.produce(&r.tenant, &r.topic, r.partition, r.batch).await.map_err(to_status)?;
         Ok(Response::new(produce_response(r.request_id, r.partition, produced)))
     }
@@ -74,10 +77,20 @@ impl Log for LogService {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "produce stream ended by client");
+                        // A malformed message (INVALID_ARGUMENT from the
+                        // codec) or a broken connection: the stream cannot
+                        // go on, but it ends with the reason, not OK.
+                        tracing::debug!(%status, "produce stream failed");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };
+                if let Some(e) = oversize_error(&broker, &r) {
+                    if tx.send(Ok(error_response(r.request_id, r.partition, e))).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 // Appends happen here, in stream order; only the durability
                 // wait runs concurrently, so pipelined batches share fsyncs.
                 match broker.append(&r.tenant, &r.topic, r.partition, r.batch).await {
@@ -195,6 +208,19 @@ impl Log for LogService {
         }
         Ok(Response::new(ListOffsetsResponse { results }))
     }
+}
+
+/// The answer to a request the transport found over the message limit (see
+/// `grpc::oversize`): its batch was never read.
+fn oversize_error(broker: &Broker, r: &ProduceRequest) -> Option<crate::error::BrokerError> {
+    (r.oversize_bytes > 0).then(|| {
+        let tenant = if r.tenant.is_empty() { crate::names::DEFAULT_TENANT } else { r.tenant.as_str() };
+        crate::error::BrokerError::RequestTooLarge {
+            resource: format!("{tenant}/{}/{}", r.topic, r.partition),
+            size: r.oversize_bytes,
+            limit: broker.config().limits.max_batch_bytes.0 + 1024 * 1024,
+        }
+    })
 }
 
 fn error_response(request_id: u64, partition: u32, e: crate::error::BrokerError) -> ProduceResponse {

@@ -4,6 +4,7 @@
 mod admin;
 mod groups;
 mod log;
+mod oversize;
 mod queue;
 pub(crate) mod status;
 
@@ -54,6 +55,12 @@ pub(crate) async fn serve(
         .max_encoding_message_size(max_out);
     let mut builder = tonic::transport::Server::builder()
         .layer(crate::metrics::RpcMetricsLayer(broker.metrics().clone()))
+        // Oversized messages never reach tonic's decoder (every request is answered).
+        .layer(oversize::OversizeLayer {
+            large: max_in,
+            large_name: "limits.max_batch_bytes + 1MiB",
+            large_reported: max_in as u64,
+        })
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024));

@@ -63,7 +63,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             BatchError::RecordTooLarge { .. } => (Code::InvalidArgument, E::RecordTooLarge, resource.clone()),
             _ => (Code::InvalidArgument, E::CorruptBatch, resource.clone()),
         },
-        BrokerError::BatchTooLarge { resource, .. } => (Code::InvalidArgument, E::BatchTooLarge, resource.clone()),
+        BrokerError::BatchTooLarge { resource, .. } | BrokerError::RequestTooLarge { resource, .. } => {
+            (Code::ResourceExhausted, E::BatchTooLarge, resource.clone())
+        }
         BrokerError::Log { resource, source } => match source {
             LogError::OffsetOutOfRange { .. } => (Code::OutOfRange, E::OffsetOutOfRange, resource.clone()),
             LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
@@ -110,6 +112,11 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
         }
         BrokerError::BatchTooLarge { limit, .. } => {
             info.metadata.insert("limit".into(), limit.to_string());
+            info.metadata.insert("limit_name".into(), "limits.max_batch_bytes".into());
+        }
+        BrokerError::RequestTooLarge { limit, .. } => {
+            info.metadata.insert("limit".into(), limit.to_string());
+            info.metadata.insert("limit_name".into(), "limits.max_batch_bytes + 1MiB".into());
         }
         BrokerError::ColdTierBacklog { waiting, budget, .. } => {
             info.metadata.insert("waiting_bytes".into(), waiting.to_string());

@@ -83,7 +83,7 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn produce_req(topic: &str, partition: u32, batch: Bytes) -> ProduceRequest {
-    ProduceRequest { tenant: String::new(), topic: topic.into(), partition, batch, request_id: 0 }
+    ProduceRequest { topic: topic.into(), partition, batch, ..Default::default() }
 }
 
 pub fn fetch_req(topic: &str, partition: u32, offset: u64) -> FetchRequest {
