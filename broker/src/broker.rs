@@ -94,6 +94,8 @@ pub struct Broker {
     metrics: Arc<crate::metrics::Metrics>,
     /// The cold tier (absent with `tier.cold_store = "none"`).
     tier: Option<Arc<Tier>>,
+    /// Issued producer ids and the latest epoch of each named producer.
+    producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
     _dir_lock: std::fs::File,
 }
 
@@ -160,7 +162,9 @@ impl Broker {
         }
         let (shutdown, _) = watch::channel(false);
         let budget = config.limits.max_inflight_produce_bytes.0.min(u64::from(u32::MAX)) as usize;
+        let producer_ids = Arc::new(crate::producer_ids::ProducerRegistry::from_catalog(store.catalog()));
         Ok(Arc::new(Broker {
+            producer_ids,
             produce_budget: Arc::new(Semaphore::new(budget)),
             config,
             catalog: tokio::sync::Mutex::new(store),
@@ -452,9 +456,15 @@ impl Broker {
         let res = resource.clone();
         let bytes_len = batch.len() as u64;
         let topic_label = labels.topic.clone();
+        let producer_ids = self.producer_ids.clone();
         let (appended, traced) = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: res.clone(), source })?;
+            if header.has_producer_id() {
+                producer_ids
+                    .check(header.producer_id, header.producer_epoch)
+                    .map_err(|source| BrokerError::Producer { resource: res.clone(), source })?;
+            }
             // `publish` spans for the records that carry a sampled context,
             // once the batch is known to be well-formed.
             let traced = (strata_proto::telemetry::enabled() && header.is_traced())
@@ -603,7 +613,10 @@ impl Broker {
         let name = if name.is_empty() { None } else { Some(crate::names::parse_group_name(name)?) };
         let mut store = self.catalog.lock().await;
         match store.commit(&CatalogCommand::InitProducer { tenant: tenant.to_string(), name })? {
-            Applied::Producer { id, epoch } => Ok((id, epoch)),
+            Applied::Producer { id, epoch } => {
+                self.producer_ids.sync(store.catalog());
+                Ok((id, epoch))
+            }
             other => Err(BrokerError::InvalidRequest(format!("unexpected catalog result {other:?}"))),
         }
     }

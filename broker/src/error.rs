@@ -29,6 +29,8 @@ pub enum BrokerError {
     #[error("produce request for {resource} is {size} bytes, over the {limit}-byte message limit (limits.max_batch_bytes + 1MiB)")]
     RequestTooLarge { resource: String, size: u64, limit: u64 },
     #[error("{resource}: {source}")]
+    Producer { resource: String, source: crate::producer_ids::ProducerIdError },
+    #[error("{resource}: {source}")]
     Log { resource: String, source: LogError },
     #[error("catalog storage failed: {0}")]
     CatalogStorage(String),

@@ -14,6 +14,7 @@ mod http;
 pub mod log;
 mod metrics;
 mod names;
+mod producer_ids;
 mod queue;
 mod telemetry;
 mod tier;

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use crate::catalog::CatalogError;
 use crate::error::BrokerError;
 use crate::log::{LogError, SequenceError};
+use crate::producer_ids::ProducerIdError;
 
 fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
     use ErrorCode as E;
@@ -81,6 +82,13 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
                 (Code::FailedPrecondition, E::OutOfOrderSequence, resource.clone())
             }
         },
+        BrokerError::Producer { resource, source } => match source {
+            ProducerIdError::Unknown { .. } => (Code::FailedPrecondition, E::UnknownProducerId, resource.clone()),
+            ProducerIdError::Fenced { .. } => (Code::FailedPrecondition, E::ProducerFenced, resource.clone()),
+            ProducerIdError::EpochNotIssued { .. } => {
+                (Code::FailedPrecondition, E::InvalidProducerEpoch, resource.clone())
+            }
+        },
         BrokerError::CatalogStorage(_) => (Code::Unavailable, E::Storage, String::new()),
         BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
         BrokerError::UnknownGroup { tenant, group } => (Code::NotFound, E::UnknownGroup, format!("{tenant}/{group}")),
@@ -126,6 +134,12 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
             info.metadata.insert("expected_sequence".into(), expected.to_string());
         }
         BrokerError::Log { source: LogError::Sequence(SequenceError::Fenced { current, .. }), .. } => {
+            info.metadata.insert("current_epoch".into(), current.to_string());
+        }
+        BrokerError::Producer {
+            source: ProducerIdError::Fenced { current, .. } | ProducerIdError::EpochNotIssued { current, .. },
+            ..
+        } => {
             info.metadata.insert("current_epoch".into(), current.to_string());
         }
         BrokerError::Log { source: LogError::OffsetOutOfRange { start, end, .. }, .. } => {

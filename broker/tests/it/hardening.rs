@@ -87,3 +87,64 @@ async fn an_oversized_unary_produce_is_resource_exhausted() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(strata_proto::error_info(&err).unwrap().metadata["limit"], (4u64 << 20).to_string());
 }
+
+fn idempotent(topic: &str, partition: u32, id: i64, epoch: i32, seq: i32, value: &str) -> ProduceRequest {
+    let mut bb = strata_proto::batch::BatchBuilder::new(strata_proto::batch::Compression::None);
+    bb.set_producer(id, epoch as i16, seq);
+    bb.push(now_ms(), None, Some(value.as_bytes()), &[]);
+    produce_req(topic, partition, bb.finish().unwrap())
+}
+
+/// Forged producer ids are refused with nothing stored; the real owner of
+/// the id, once issued, stores its first batch; an old epoch is refused on
+/// every partition (also ones the new epoch never wrote to) and after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_ids_and_epochs_are_issued_and_checked_by_the_broker() {
+    let mut b = TestBroker::start().await;
+    create_topic(&b, "ids", 3).await;
+    let mut log = b.log().await;
+    let init = |name: &str| strata_proto::v1::InitProducerRequest { tenant: String::new(), producer_name: name.into() };
+    let first = log.init_producer(init("")).await.unwrap().into_inner();
+    // Forge the next 20 ids, sequence 0, before they are issued.
+    for forged in first.producer_id + 1..=first.producer_id + 20 {
+        let err = log.produce(idempotent("ids", 0, forged, 0, 0, "forged")).await.unwrap_err();
+        assert_status(&err, Code::FailedPrecondition, ErrorCode::UnknownProducerId, "never issued");
+    }
+    assert!(read_partition(&mut log, "ids", 0, 0).await.is_empty(), "nothing forged was stored");
+    let real = log.init_producer(init("")).await.unwrap().into_inner();
+    assert_eq!(real.producer_id, first.producer_id + 1);
+    let stored = log.produce(idempotent("ids", 0, real.producer_id, 0, 0, "real")).await.unwrap().into_inner();
+    assert!(!stored.duplicate, "the real producer's first batch is stored, not taken for a forged one");
+    let values: Vec<String> = read_partition(&mut log, "ids", 0, 0).await.iter().map(value).collect();
+    assert_eq!(values, ["real"]);
+    // An epoch that was never issued is refused too.
+    let err = log.produce(idempotent("ids", 1, real.producer_id, 3, 0, "future")).await.unwrap_err();
+    assert_status(&err, Code::FailedPrecondition, ErrorCode::InvalidProducerEpoch, "issued at most epoch 0");
+
+    // Fencing: epoch 0 writes to partition 0, then epoch 1 is issued and
+    // writes only to partition 0; epoch 0 is refused on every partition.
+    let old = log.init_producer(init("billing")).await.unwrap().into_inner();
+    log.produce(idempotent("ids", 0, old.producer_id, old.producer_epoch, 0, "old")).await.unwrap();
+    let new = log.init_producer(init("billing")).await.unwrap().into_inner();
+    assert_eq!((new.producer_id, new.producer_epoch), (old.producer_id, old.producer_epoch + 1));
+    log.produce(idempotent("ids", 0, new.producer_id, new.producer_epoch, 0, "new")).await.unwrap();
+    let fenced_everywhere = |log: LogClient<tonic::transport::Channel>| async move {
+        let mut log = log;
+        for p in 0..3 {
+            let err = log.produce(idempotent("ids", p, old.producer_id, old.producer_epoch, 1, "zombie")).await.unwrap_err();
+            assert_status(&err, Code::FailedPrecondition, ErrorCode::ProducerFenced, "is fenced");
+            assert_eq!(strata_proto::error_info(&err).unwrap().metadata["current_epoch"], new.producer_epoch.to_string());
+        }
+    };
+    fenced_everywhere(log.clone()).await;
+    b.restart().await;
+    let mut log = b.log().await;
+    fenced_everywhere(log.clone()).await;
+    // After the restart issued ids stay valid and unissued ones stay refused.
+    log.produce(idempotent("ids", 2, new.producer_id, new.producer_epoch, 0, "after")).await.unwrap();
+    let err = log.produce(idempotent("ids", 2, real.producer_id + 50, 0, 0, "forged")).await.unwrap_err();
+    assert_status(&err, Code::FailedPrecondition, ErrorCode::UnknownProducerId, "never issued");
+    let values: Vec<String> = read_partition(&mut log, "ids", 2, 0).await.iter().map(value).collect();
+    assert_eq!(values, ["after"]);
+}
