@@ -26,7 +26,9 @@ pub enum BrokerError {
     Batch { resource: String, source: BatchError },
     #[error("record batch for {resource} is {size} bytes, over the {limit}-byte limit")]
     BatchTooLarge { resource: String, size: usize, limit: u64 },
-    #[error("produce request for {resource} is {size} bytes, over the {limit}-byte message limit (limits.max_batch_bytes + 1MiB)")]
+    #[error(
+        "produce request for {resource} is {size} bytes, over the {limit}-byte message limit (limits.max_batch_bytes + 1MiB)"
+    )]
     RequestTooLarge { resource: String, size: u64, limit: u64 },
     #[error("{resource}: {source}")]
     Producer { resource: String, source: crate::producer_ids::ProducerIdError },

@@ -138,7 +138,10 @@ impl<B> FrameGuard<B> {
         info.metadata.insert("limit_name".into(), self.limit_name.to_owned());
         strata_proto::status_with_info(
             tonic::Code::ResourceExhausted,
-            format!("request message is {size} bytes, over the {}-byte limit ({})", self.reported_limit, self.limit_name),
+            format!(
+                "request message is {size} bytes, over the {}-byte limit ({})",
+                self.reported_limit, self.limit_name
+            ),
             info,
         )
     }
@@ -159,8 +162,11 @@ impl<B> FrameGuard<B> {
                     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
                     if len <= self.limit {
                         self.out.push_back(Bytes::copy_from_slice(&buf[..]));
-                        self.state =
-                            if len == 0 { State::Prefix { buf: [0; 5], got: 0 } } else { State::Pass { remaining: len } };
+                        self.state = if len == 0 {
+                            State::Prefix { buf: [0; 5], got: 0 }
+                        } else {
+                            State::Pass { remaining: len }
+                        };
                     } else if self.mode == Mode::Fail {
                         self.state = State::Failed;
                         return Err(self.too_large(len));
@@ -407,11 +413,7 @@ mod tests {
             assert_eq!(out.len(), 3, "chunk {chunk}");
             assert_eq!(out[0], small(1));
             assert_eq!(out[2], small(3));
-            let expected = ProduceRequest {
-                batch: Bytes::new(),
-                oversize_bytes: big.encoded_len() as u64,
-                ..small(2)
-            };
+            let expected = ProduceRequest { batch: Bytes::new(), oversize_bytes: big.encoded_len() as u64, ..small(2) };
             assert_eq!(out[1], expected, "chunk {chunk}");
         }
     }

@@ -78,8 +78,8 @@ async fn an_oversized_unary_produce_is_resource_exhausted() {
     // The connection is still good.
     log.produce(req("big", batch_of(&["ok".into()]), 10)).await.unwrap();
     // Another service's over-limit request (4 MiB default) is refused the same way.
-    let mut admin = strata_proto::v1::admin_client::AdminClient::new(channel(b.addr()).await)
-        .max_encoding_message_size(64 << 20);
+    let mut admin =
+        strata_proto::v1::admin_client::AdminClient::new(channel(b.addr()).await).max_encoding_message_size(64 << 20);
     let err = admin
         .create_topic(CreateTopicRequest { name: "x".repeat(5 << 20), partitions: 1, ..Default::default() })
         .await
@@ -132,9 +132,13 @@ async fn producer_ids_and_epochs_are_issued_and_checked_by_the_broker() {
     let fenced_everywhere = |log: LogClient<tonic::transport::Channel>| async move {
         let mut log = log;
         for p in 0..3 {
-            let err = log.produce(idempotent("ids", p, old.producer_id, old.producer_epoch, 1, "zombie")).await.unwrap_err();
+            let err =
+                log.produce(idempotent("ids", p, old.producer_id, old.producer_epoch, 1, "zombie")).await.unwrap_err();
             assert_status(&err, Code::FailedPrecondition, ErrorCode::ProducerFenced, "is fenced");
-            assert_eq!(strata_proto::error_info(&err).unwrap().metadata["current_epoch"], new.producer_epoch.to_string());
+            assert_eq!(
+                strata_proto::error_info(&err).unwrap().metadata["current_epoch"],
+                new.producer_epoch.to_string()
+            );
         }
     };
     fenced_everywhere(log.clone()).await;
