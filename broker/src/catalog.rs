@@ -18,6 +18,23 @@ use crate::names::DEFAULT_TENANT;
 
 const CATALOG_VERSION: u32 = 1;
 
+/// Removes `<root>/<tenant>/<dir>` directories the catalog no longer names
+/// (a delete that crashed after committing the catalog): the disk follows
+/// the catalog at start-up. `what` names them in the log.
+pub(crate) fn remove_orphan_dirs(root: &Path, expected: &std::collections::HashSet<PathBuf>, what: &str) {
+    let Ok(tenants) = std::fs::read_dir(root) else { return };
+    for tenant in tenants.flatten() {
+        let Ok(dirs) = std::fs::read_dir(tenant.path()) else { continue };
+        for dir in dirs.flatten() {
+            let path = dir.path();
+            if !expected.contains(&path) {
+                tracing::info!(dir = %path.display(), "removing orphaned {what} directory");
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
 /// Effective settings of a topic (all fields resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +122,27 @@ pub struct QueueSettings {
     /// Number of priority levels (1..=255).
     pub priorities: u32,
     pub durability: Durability,
+}
+
+impl QueueSettings {
+    /// The defaults of a new queue (SQS's 30 s visibility timeout; no DLQ,
+    /// retries, delay, TTL, FIFO or dedup; one priority level).
+    pub(crate) fn defaults(durability: Durability) -> QueueSettings {
+        QueueSettings {
+            visibility_timeout_ms: 30_000,
+            max_deliveries: 0,
+            dead_letter_queue: None,
+            retry_backoff_min_ms: 0,
+            retry_backoff_max_ms: 0,
+            delay_ms: 0,
+            ttl_ms: 0,
+            ttl_action: TtlAction::Drop,
+            fifo: false,
+            dedup_window_ms: 0,
+            priorities: 1,
+            durability,
+        }
+    }
 }
 
 /// Which topic messages a binding routes into its queue. No field set:

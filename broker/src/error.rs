@@ -35,7 +35,15 @@ pub enum BrokerError {
     #[error("{resource}: {source}")]
     Log { resource: String, source: LogError },
     #[error("catalog storage failed: {0}")]
-    CatalogStorage(String),
+    CatalogStorage(#[source] StoreError),
+    #[error("{resource}: cold tier failed: {source}")]
+    ColdTier { resource: String, source: crate::tier::TierError },
+    #[error("the broker's {what} task failed: {source}")]
+    TaskFailed { what: &'static str, source: tokio::task::JoinError },
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("consumer group {group}: {action} offsets failed: {source}")]
+    OffsetStorage { group: String, action: &'static str, source: std::io::Error },
     #[error("the broker is shutting down")]
     ShuttingDown,
     #[error("consumer group {tenant}/{group} does not exist")]
@@ -66,7 +74,7 @@ impl From<StoreError> for BrokerError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Catalog(c) => BrokerError::Catalog(c),
-            other => BrokerError::CatalogStorage(other.to_string()),
+            other => BrokerError::CatalogStorage(other),
         }
     }
 }

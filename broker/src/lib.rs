@@ -6,14 +6,17 @@
 
 mod broker;
 mod catalog;
+pub mod clock;
 pub mod config;
 mod error;
 mod group;
 mod grpc;
 mod http;
+mod locks;
 pub mod log;
 mod metrics;
 mod names;
+mod partition;
 mod producer_ids;
 mod queue;
 mod telemetry;

@@ -664,6 +664,13 @@ impl Admin for State {
         self.lock().topics.remove(name).ok_or_else(|| not_found(name))?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
+
+    async fn get_server_info(
+        &self,
+        _: Request<strata_proto::v1::GetServerInfoRequest>,
+    ) -> Result<Response<strata_proto::v1::ServerInfo>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 impl State {

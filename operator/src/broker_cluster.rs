@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service, ServiceAccount,
-    ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, TopologySpreadConstraint, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -46,9 +47,10 @@ const CONFIG_FILE: &str = "strata.toml";
     namespaced,
     status = "BrokerClusterStatus",
     shortname = "sbc",
-    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.readyText","description":"ready/desired broker pods"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
     validation = Rule::new("self.metadata.name.size() <= 52").message("BrokerCluster names are at most 52 characters (StatefulSet pod names)")
 )]
 #[serde(rename_all = "camelCase")]
@@ -72,6 +74,193 @@ pub struct BrokerClusterSpec {
     /// Broker settings rendered into its TOML config file.
     #[serde(default)]
     pub config: BrokerConfigSpec,
+    /// The cold tier: where sealed segments of topics with a local retention
+    /// go. Unset: a folder on each pod's own volume (`file://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<TierSpec>,
+    /// OTLP trace export of the brokers (the standard `OTEL_*` variables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetrySpec>,
+    /// Prometheus scraping of the brokers' `/metrics`.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+    /// Where and how the broker pods run.
+    #[serde(default)]
+    pub pod: PodSpecOverrides,
+}
+
+/// The cold tier of the brokers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TierSpec {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
+    /// `file:///path` (inside each pod), or `none` (no cold tier).
+    #[x_kube(validation = Rule::new("self == 'none' || self.matches('^(s3|s3a|gs|az|file)://.+')").message("coldStore is s3://, gs://, az://, file:// or none"))]
+    pub cold_store: String,
+    /// S3 options (AWS, MinIO, Ceph RGW, R2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
+    /// Credentials from a Secret in the cluster's namespace, given to the
+    /// pods as the standard `AWS_*` environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<CredentialsSecret>,
+    /// Upload budget: bytes of tiered topics waiting for upload beyond which
+    /// producers to them are refused (`10GiB`; plain numbers are bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_bytes: Option<String>,
+    /// Segments uploaded at the same time per broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub upload_concurrency: Option<u32>,
+}
+
+/// S3 connection options.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Endpoint of an S3-compatible server, e.g. `http://minio.storage:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`, what most S3-compatible
+    /// servers need); `false`: virtual-hosted style (`bucket.endpoint/key`).
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Allow a plain-HTTP endpoint; default: when the endpoint is `http://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Keys of a Secret holding S3 credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecret {
+    /// Name of the Secret (in the BrokerCluster's namespace).
+    pub name: String,
+    #[serde(default = "default_access_key_key")]
+    pub access_key_id_key: String,
+    #[serde(default = "default_secret_key_key")]
+    pub secret_access_key_key: String,
+    /// Optional key of a session token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_key: Option<String>,
+}
+
+fn default_access_key_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+
+fn default_secret_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+impl CredentialsSecret {
+    /// `(environment variable, key of the Secret)` pairs.
+    pub fn env_keys(&self) -> Vec<(&'static str, &str)> {
+        let mut out = vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key_id_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key_key.as_str()),
+        ];
+        if let Some(k) = &self.session_token_key {
+            out.push(("AWS_SESSION_TOKEN", k.as_str()));
+        }
+        out
+    }
+}
+
+/// OTLP trace export of the brokers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// OTLP/gRPC endpoint of a collector, e.g. `http://otel-collector.observability:4317`.
+    #[x_kube(validation = Rule::new("self.matches('^https?://.+')").message("otlpEndpoint is an http:// or https:// URL"))]
+    pub otlp_endpoint: String,
+    /// `OTEL_TRACES_SAMPLER`; default `parentbased_always_on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<Sampler>,
+    /// `OTEL_TRACES_SAMPLER_ARG`: the ratio (0 to 1) of the `*traceidratio` samplers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_arg: Option<String>,
+    /// `OTEL_SERVICE_NAME`; default `strata-broker`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// The samplers of the OpenTelemetry specification the brokers support.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    Traceidratio,
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
+    ParentbasedTraceidratio,
+}
+
+impl Sampler {
+    fn as_str(self) -> &'static str {
+        match self {
+            Sampler::AlwaysOn => "always_on",
+            Sampler::AlwaysOff => "always_off",
+            Sampler::Traceidratio => "traceidratio",
+            Sampler::ParentbasedAlwaysOn => "parentbased_always_on",
+            Sampler::ParentbasedAlwaysOff => "parentbased_always_off",
+            Sampler::ParentbasedTraceidratio => "parentbased_traceidratio",
+        }
+    }
+}
+
+/// Which Prometheus Operator object scrapes the brokers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum Monitor {
+    /// No monitor object (scrape the `http` port of the headless Service yourself).
+    #[default]
+    None,
+    PodMonitor,
+    ServiceMonitor,
+}
+
+/// Prometheus scraping of the brokers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// A `PodMonitor` or `ServiceMonitor` (`monitoring.coreos.com/v1`) for
+    /// the brokers; skipped, with a Warning event, where the Prometheus
+    /// Operator's CRDs are not installed.
+    #[serde(default)]
+    pub monitor: Monitor,
+    /// Scrape interval (`30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Labels of the monitor object (what your Prometheus selects on).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Scheduling and metadata of the broker pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Replaces the default spread (topology spread constraints stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Extra pod labels (the operator's selector labels win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 fn default_replicas() -> i32 {
@@ -149,6 +338,12 @@ pub struct BrokerClusterStatus {
     /// The gRPC address clients use inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_url: Option<String>,
+    /// `ready/desired` pods, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_text: Option<String>,
+    /// Why the requested PodMonitor/ServiceMonitor is not there, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_problem: Option<String>,
 }
 
 /// The objects a `BrokerCluster` owns.
@@ -160,6 +355,8 @@ pub struct Children {
     pub client_service: Service,
     pub stateful_set: StatefulSet,
     pub pod_disruption_budget: PodDisruptionBudget,
+    /// A `PodMonitor` or `ServiceMonitor` (`spec.metrics.monitor`).
+    pub monitor: Option<serde_json::Value>,
 }
 
 /// A spec the builders cannot turn into objects.
@@ -226,12 +423,198 @@ pub fn render_config(spec: &BrokerClusterSpec) -> Result<String, InvalidSpec> {
     if !limits.is_empty() {
         root.insert("limits".into(), limits.into());
     }
+    if let Some(t) = &spec.tier {
+        root.insert("tier".into(), render_tier(t)?.into());
+    }
     let mut log = toml::Table::new();
     log.insert("format".into(), "json".into());
     log.insert("level".into(), c.log_level.clone().unwrap_or_else(|| "info".into()).into());
     root.insert("log".into(), log.into());
     Ok(toml::to_string(&root).unwrap_or_default())
 }
+
+/// Parses a byte size: a number of bytes, or a number with `KiB`, `MiB`,
+/// `GiB`, `TiB` (or `Ki`, `Mi`, `Gi`, `Ti` as in Kubernetes quantities).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "Ki" => 10,
+        "MiB" | "Mi" => 20,
+        "GiB" | "Gi" => 30,
+        "TiB" | "Ti" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+/// Checks a cold-store URL the way the broker will read it: a scheme it
+/// supports and a bucket (or an absolute path). `memory://` is refused: a
+/// pod's memory is no place for data meant to outlive it.
+pub fn check_cold_store(url: &str) -> Result<(), InvalidSpec> {
+    let url = url.trim();
+    let bad = |m: String| Err(InvalidSpec { field: "spec.tier.coldStore", message: m });
+    if url == "none" {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad(format!("{url:?} is not a URL (s3://bucket/prefix, gs://, az://, file:///path or none)"));
+    };
+    match scheme {
+        "s3" | "s3a" | "gs" | "az" => {
+            let bucket = rest.split('/').next().unwrap_or_default();
+            if bucket.is_empty() || bucket.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
+                return bad(format!("{url:?} names no valid bucket ({scheme}://bucket/prefix)"));
+            }
+            Ok(())
+        }
+        "file" if rest.starts_with('/') && rest.len() > 1 => Ok(()),
+        "file" => bad(format!("{url:?} is not an absolute path (file:///path)")),
+        "memory" => bad("memory:// keeps data in the pod's memory only; use s3://, gs://, az:// or file://".into()),
+        other => bad(format!("unsupported scheme {other:?} (s3, gs, az, file, or none)")),
+    }
+}
+
+/// The `[tier]` section of the broker's config. Credentials are not in it:
+/// they reach the pods as `AWS_*` variables from the Secret.
+fn render_tier(t: &TierSpec) -> Result<toml::Table, InvalidSpec> {
+    check_cold_store(&t.cold_store)?;
+    let mut tier = toml::Table::new();
+    tier.insert("cold_store".into(), t.cold_store.trim().into());
+    if let Some(b) = &t.max_pending_bytes {
+        let n = parse_bytes(b).filter(|n| *n > 0).ok_or_else(|| InvalidSpec {
+            field: "spec.tier.maxPendingBytes",
+            message: format!("{b:?} is not a positive byte size (e.g. 10GiB)"),
+        })?;
+        let n = i64::try_from(n)
+            .map_err(|_| InvalidSpec { field: "spec.tier.maxPendingBytes", message: "too large".into() })?;
+        tier.insert("max_pending_bytes".into(), n.into());
+    }
+    if let Some(c) = t.upload_concurrency {
+        if !(1..=256).contains(&c) {
+            return Err(InvalidSpec {
+                field: "spec.tier.uploadConcurrency",
+                message: format!("{c} is not in 1..=256"),
+            });
+        }
+        tier.insert("upload_concurrency".into(), i64::from(c).into());
+    }
+    if let Some(s3) = &t.s3 {
+        let mut table = toml::Table::new();
+        if let Some(e) = &s3.endpoint {
+            let e = e.trim();
+            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() <= "https://".len() {
+                return Err(InvalidSpec {
+                    field: "spec.tier.s3.endpoint",
+                    message: format!("{e:?} is not an http:// or https:// URL"),
+                });
+            }
+            table.insert("endpoint".into(), e.into());
+            table.insert("allow_http".into(), s3.allow_http.unwrap_or(e.starts_with("http://")).into());
+        } else if let Some(a) = s3.allow_http {
+            table.insert("allow_http".into(), a.into());
+        }
+        if let Some(r) = &s3.region {
+            table.insert("region".into(), r.trim().into());
+        }
+        table.insert("virtual_hosted_style".into(), (!s3.path_style).into());
+        tier.insert("s3".into(), table.into());
+    }
+    Ok(tier)
+}
+
+/// The standard `OTEL_*` variables of the brokers, and the credentials'
+/// `AWS_*` variables from their Secret.
+fn pod_env(spec: &BrokerClusterSpec) -> Result<Vec<EnvVar>, InvalidSpec> {
+    let mut env = Vec::new();
+    let plain = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() };
+    if let Some(t) = &spec.telemetry {
+        env.push(plain("OTEL_EXPORTER_OTLP_ENDPOINT", t.otlp_endpoint.trim().to_owned()));
+        env.push(plain("OTEL_SERVICE_NAME", t.service_name.clone().unwrap_or_else(|| "strata-broker".into())));
+        if let Some(s) = t.sampler {
+            env.push(plain("OTEL_TRACES_SAMPLER", s.as_str().into()));
+        }
+        if let Some(a) = &t.sampler_arg {
+            let ratio_sampler = matches!(t.sampler, Some(Sampler::Traceidratio | Sampler::ParentbasedTraceidratio));
+            if !ratio_sampler {
+                return Err(InvalidSpec {
+                    field: "spec.telemetry.samplerArg",
+                    message: "only the traceidratio samplers take an argument".into(),
+                });
+            }
+            if !a.trim().parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)) {
+                return Err(InvalidSpec {
+                    field: "spec.telemetry.samplerArg",
+                    message: format!("{a:?} is not a ratio between 0 and 1"),
+                });
+            }
+            env.push(plain("OTEL_TRACES_SAMPLER_ARG", a.trim().to_owned()));
+        }
+    }
+    if let Some(c) = spec.tier.as_ref().and_then(|t| t.credentials_secret.as_ref()) {
+        for (var, key) in c.env_keys() {
+            env.push(EnvVar {
+                name: var.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: c.name.clone(),
+                        key: key.to_owned(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+    }
+    Ok(env)
+}
+
+/// The Prometheus Operator object scraping the brokers, as JSON (its kind
+/// is a CRD the operator has no Rust type for).
+fn monitor_object(
+    cluster_name: &str,
+    ns: &str,
+    owner: &OwnerReference,
+    metrics: &MetricsSpec,
+) -> Result<Option<serde_json::Value>, InvalidSpec> {
+    let interval = metrics.interval.clone().unwrap_or_else(|| "30s".into());
+    if humantime::parse_duration(interval.trim()).is_err() {
+        return Err(InvalidSpec { field: "spec.metrics.interval", message: format!("{interval:?} is not a duration") });
+    }
+    let mut labels = metrics.labels.clone();
+    labels.extend(self::labels(cluster_name));
+    let endpoint = serde_json::json!({ "port": "http", "path": "/metrics", "interval": interval.trim() });
+    let (kind, spec) = match metrics.monitor {
+        Monitor::None => return Ok(None),
+        Monitor::PodMonitor => (
+            "PodMonitor",
+            serde_json::json!({
+                "selector": { "matchLabels": selector_labels(cluster_name) },
+                "podMetricsEndpoints": [endpoint],
+            }),
+        ),
+        Monitor::ServiceMonitor => {
+            let mut sel = selector_labels(cluster_name);
+            sel.insert(SERVICE_ROLE_LABEL.into(), "headless".into());
+            ("ServiceMonitor", serde_json::json!({ "selector": { "matchLabels": sel }, "endpoints": [endpoint] }))
+        }
+    };
+    Ok(Some(serde_json::json!({
+        "apiVersion": MONITORING_API_VERSION,
+        "kind": kind,
+        "metadata": { "name": cluster_name, "namespace": ns, "labels": labels, "ownerReferences": [owner] },
+        "spec": spec,
+    })))
+}
+
+/// The Prometheus Operator's API group/version.
+pub const MONITORING_API_VERSION: &str = "monitoring.coreos.com/v1";
+/// Tells the headless Service (scraped by a ServiceMonitor) from the client one.
+const SERVICE_ROLE_LABEL: &str = "strata.dev/service";
 
 fn meta(name: String, ns: &str, cluster: &str, owner: &OwnerReference) -> ObjectMeta {
     ObjectMeta {
@@ -291,6 +674,8 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         });
     }
     let config = render_config(spec)?;
+    let env = pod_env(spec)?;
+    let monitor = monitor_object(&name, &ns, &owner, &spec.metrics)?;
     let sel = selector_labels(&name);
     let headless = format!("{name}-headless");
     let config_name = format!("{name}-config");
@@ -305,8 +690,10 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         data: Some(BTreeMap::from([(CONFIG_FILE.to_owned(), config.clone())])),
         ..ConfigMap::default()
     };
+    let mut headless_meta = meta(headless.clone(), &ns, &name, &owner);
+    headless_meta.labels.get_or_insert_with(BTreeMap::new).insert(SERVICE_ROLE_LABEL.into(), "headless".into());
     let headless_service = Service {
-        metadata: meta(headless.clone(), &ns, &name, &owner),
+        metadata: headless_meta,
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
@@ -330,6 +717,7 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.clone(),
         args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
+        env: (!env.is_empty()).then_some(env),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),
@@ -356,15 +744,23 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         ]),
         ..Container::default()
     };
-    let pod_labels = labels(&name);
+    let pod = &spec.pod;
+    let mut pod_labels = pod.labels.clone();
+    pod_labels.extend(labels(&name));
+    let mut pod_annotations = pod.annotations.clone();
+    pod_annotations.insert("strata.dev/config-hash".to_owned(), config_hash(&config));
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
-            annotations: Some(BTreeMap::from([("strata.dev/config-hash".to_owned(), config_hash(&config))])),
+            annotations: Some(pod_annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
             service_account_name: Some(name.clone()),
+            node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
+            tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
+            affinity: pod.affinity.clone(),
+            priority_class_name: pod.priority_class_name.clone(),
             // SIGTERM drains and flushes; give it time.
             termination_grace_period_seconds: Some(60),
             containers: vec![container],
@@ -429,7 +825,15 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         }),
         ..PodDisruptionBudget::default()
     };
-    Ok(Children { service_account, config_map, headless_service, client_service, stateful_set, pod_disruption_budget })
+    Ok(Children {
+        service_account,
+        config_map,
+        headless_service,
+        client_service,
+        stateful_set,
+        pod_disruption_budget,
+        monitor,
+    })
 }
 
 async fn apply<K>(ctx: &Context, ns: &str, obj: &K) -> Result<(), Error>
@@ -461,6 +865,71 @@ pub async fn reconcile(cluster: Arc<BrokerCluster>, ctx: Arc<Context>) -> Result
 pub fn error_policy(cluster: Arc<BrokerCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(name = %cluster.name_any(), %error, "BrokerCluster reconcile failed");
     Action::requeue(ctx.backoff.failure(&format!("BrokerCluster/{}", cluster.name_any())))
+}
+
+/// `Ready=False` for a spec that cannot be realised yet: a Warning event when
+/// the reason or text changed, status written when it changed, backoff.
+async fn not_ready(
+    cluster: &BrokerCluster,
+    ctx: &Context,
+    api: &Api<BrokerCluster>,
+    previous: &BrokerClusterStatus,
+    mut st: BrokerClusterStatus,
+    reason: Reason,
+    message: String,
+) -> Result<Action, Error> {
+    let name = cluster.name_any();
+    let generation = cluster.meta().generation;
+    status::set(&mut st.conditions, status::READY, false, reason, message.clone(), generation);
+    if status::find(&previous.conditions, status::READY)
+        .is_none_or(|c| c.reason != reason.as_str() || c.message != message)
+    {
+        ctx.event(cluster, true, reason.as_str(), "Reconcile", message).await;
+    }
+    st.observed_generation = generation;
+    if st != *previous {
+        apply_status(api, &name, &st).await?;
+    }
+    Ok(Action::requeue(ctx.backoff.failure(&format!("BrokerCluster/{name}"))))
+}
+
+/// Whether the credentials Secret exists with every key the pods read:
+/// `None` when it does, else the reason and a message naming what is missing.
+async fn check_secret(ctx: &Context, ns: &str, c: &CredentialsSecret) -> Result<Option<(Reason, String)>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = secrets.get_opt(&c.name).await? else {
+        return Ok(Some((
+            Reason::SecretNotFound,
+            format!("spec.tier.credentialsSecret: Secret {ns}/{} not found; waiting for it", c.name),
+        )));
+    };
+    let data = secret.data.unwrap_or_default();
+    let missing: Vec<&str> = c.env_keys().into_iter().map(|(_, k)| k).filter(|k| !data.contains_key(*k)).collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((
+        Reason::SecretKeyNotFound,
+        format!("spec.tier.credentialsSecret: Secret {ns}/{} has no key {}", c.name, missing.join(", ")),
+    )))
+}
+
+/// Applies the PodMonitor/ServiceMonitor. A cluster without the Prometheus
+/// Operator's CRDs answers 404: that is reported, not an error (the
+/// brokers run fine without it).
+async fn apply_monitor(ctx: &Context, ns: &str, monitor: &serde_json::Value) -> Result<Option<String>, Error> {
+    let kind = monitor["kind"].as_str().unwrap_or_default();
+    let gvk = kube::api::GroupVersionKind::gvk("monitoring.coreos.com", "v1", kind);
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, &format!("{}s", kind.to_ascii_lowercase()));
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    let name = monitor["metadata"]["name"].as_str().unwrap_or_default();
+    match api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(monitor)).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Some(format!(
+            "spec.metrics.monitor: {kind} not applied: {MONITORING_API_VERSION} is not served here (install the Prometheus Operator's CRDs)"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Action, Error> {
@@ -497,16 +966,16 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
 
     let children = match build(cluster) {
         Ok(c) => c,
-        Err(e) => {
-            status::set(&mut st.conditions, status::READY, false, Reason::InvalidSpec, e.to_string(), generation);
-            if status::find(&previous.conditions, status::READY).is_none_or(|c| c.message != e.to_string()) {
-                ctx.event(cluster, true, "InvalidSpec", "Reconcile", e.to_string()).await;
-            }
-            st.observed_generation = generation;
-            apply_status(&api, &name, &st).await?;
-            return Ok(Action::requeue(ctx.backoff.failure(&format!("BrokerCluster/{name}"))));
-        }
+        Err(e) => return not_ready(cluster, ctx, &api, &previous, st, Reason::InvalidSpec, e.to_string()).await,
     };
+    // Credentials from a Secret that is not there would leave every pod
+    // failing to start (CreateContainerConfigError): check first, and apply
+    // nothing until it is there.
+    if let Some(c) = cluster.spec.tier.as_ref().and_then(|t| t.credentials_secret.as_ref())
+        && let Some((reason, message)) = check_secret(ctx, &ns, c).await?
+    {
+        return not_ready(cluster, ctx, &api, &previous, st, reason, message).await;
+    }
     // Applying every child on each resync is what corrects drift: server-side
     // apply with force takes back the fields this manager owns.
     apply(ctx, &ns, &children.service_account).await?;
@@ -515,12 +984,22 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
     apply(ctx, &ns, &children.client_service).await?;
     apply(ctx, &ns, &children.stateful_set).await?;
     apply(ctx, &ns, &children.pod_disruption_budget).await?;
+    st.monitor_problem = match &children.monitor {
+        Some(m) => apply_monitor(ctx, &ns, m).await?,
+        None => None,
+    };
+    if let Some(problem) = &st.monitor_problem
+        && previous.monitor_problem.as_ref() != Some(problem)
+    {
+        ctx.event(cluster, true, "MonitorUnavailable", "Reconcile", problem.clone()).await;
+    }
 
     let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let ready = sts.get_opt(&name).await?.and_then(|s| s.status).and_then(|s| s.ready_replicas).unwrap_or(0);
     st.replicas = cluster.spec.replicas;
     st.ready_replicas = ready;
     st.client_url = Some(crate::context::ServiceDns.url_for(&ns, &name));
+    st.ready_text = Some(format!("{ready}/{}", cluster.spec.replicas));
     st.observed_generation = generation;
     let all_ready = ready >= cluster.spec.replicas;
     if all_ready {
@@ -574,6 +1053,10 @@ pub(crate) mod tests {
                     max_record_bytes: Some(2 << 20),
                     max_partitions_per_topic: Some(64),
                 },
+                tier: None,
+                telemetry: None,
+                metrics: MetricsSpec::default(),
+                pod: PodSpecOverrides::default(),
             },
         );
         c.metadata.namespace = Some("strata".into());

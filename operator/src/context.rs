@@ -1,14 +1,15 @@
-//! What every reconcile shares: the Kubernetes client, the event recorder,
-//! the injectable broker address book, metrics, the resync period and the
-//! per-object error backoff.
+//! What every reconcile shares: the Kubernetes client, the event publisher,
+//! the injectable broker address book, metrics, the resync and status
+//! refresh periods, the per-object error backoff and the drift memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
+use tokio::time::Instant;
 
+use crate::events::{Note, Publisher};
 use crate::metrics::Metrics;
 
 /// Field manager of every server-side apply, and the events' reporter.
@@ -50,11 +51,21 @@ impl BrokerDirectory for FixedAddress {
 
 /// Exponential backoff per object: 1 s, 2 s, 4 s ... capped at `max`,
 /// reset by a successful reconcile.
+///
+/// A failure counts once: a reconcile that fails again before the retry it
+/// was given is due (typically the one the operator's own status write
+/// triggers) gets the rest of that wait, not a doubled one.
 #[derive(Debug)]
 pub struct Backoff {
     base: Duration,
     max: Duration,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    retry_at: Instant,
 }
 
 impl Backoff {
@@ -64,10 +75,16 @@ impl Backoff {
 
     /// Records a failure of `key` and returns how long to wait before retrying.
     pub fn failure(&self, key: &str) -> Duration {
+        let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(key.to_owned()).or_insert(0);
-        let delay = self.base.saturating_mul(2u32.saturating_pow((*n).min(20))).min(self.max);
-        *n = n.saturating_add(1);
+        if let Some(f) = failures.get(key)
+            && f.retry_at > now
+        {
+            return f.retry_at - now;
+        }
+        let count = failures.get(key).map_or(0, |f| f.count);
+        let delay = self.base.saturating_mul(2u32.saturating_pow(count.min(20))).min(self.max);
+        failures.insert(key.to_owned(), Failures { count: count.saturating_add(1), retry_at: now + delay });
         delay
     }
 
@@ -77,11 +94,44 @@ impl Backoff {
     }
 }
 
+/// When drift was last reverted, per object: `Drifted` stays `True` for a
+/// whole resync period after it, so the reconciles that follow at once (the
+/// one the status write triggers, status refreshes, a parent becoming ready)
+/// do not clear what the next resync is meant to confirm.
+#[derive(Debug, Default)]
+pub struct DriftMemory {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl DriftMemory {
+    /// Drift of `key` was reverted now.
+    pub fn record(&self, key: &str) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), Instant::now());
+    }
+
+    /// Whether `Drifted` of `key` must stay `True` (drift reverted less than
+    /// `hold` ago). Forgets the drift once the hold is over.
+    pub fn holds(&self, key: &str, hold: Duration) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(key) {
+            Some(t) if t.elapsed() < hold => true,
+            Some(_) => {
+                seen.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 /// Settings of the controllers.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How often a healthy resource is reconciled again to catch drift.
     pub resync: Duration,
+    /// How often a ready broker-side resource's observed status (message
+    /// counts, lag, depth) is refreshed; at most `resync`.
+    pub status_refresh: Duration,
     /// Backoff of failed reconciles.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -91,6 +141,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             resync: Duration::from_secs(300),
+            status_refresh: Duration::from_secs(30),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
         }
@@ -100,11 +151,12 @@ impl Default for Settings {
 /// Shared state of every controller.
 pub struct Context {
     pub client: kube::Client,
-    pub recorder: Recorder,
+    pub events: Publisher,
     pub brokers: Arc<dyn BrokerDirectory>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub backoff: Backoff,
+    pub drift: DriftMemory,
     connections: tokio::sync::Mutex<HashMap<String, strata_client::Client>>,
 }
 
@@ -115,9 +167,18 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
-        let recorder = Recorder::new(client.clone(), Reporter { controller: MANAGER.into(), instance: None });
+        let events = Publisher::new(client.clone(), MANAGER);
         let backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
-        Context { client, recorder, brokers, metrics, settings, backoff, connections: Default::default() }
+        Context {
+            client,
+            events,
+            brokers,
+            metrics,
+            settings,
+            backoff,
+            drift: DriftMemory::default(),
+            connections: Default::default(),
+        }
     }
 
     /// A client for the broker cluster `name` in `namespace`; connections
@@ -144,14 +205,8 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        let n = Note { warning, reason, action, note };
+        if let Err(e) = self.events.publish(&obj.object_ref(&()), n).await {
             tracing::warn!(object = %obj.name_any(), reason, error = %e, "cannot publish event");
         }
     }
@@ -161,16 +216,34 @@ impl Context {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_once_per_due_retry_caps_and_resets() {
         let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
         assert_eq!(b.failure("a"), Duration::from_secs(1));
-        assert_eq!(b.failure("a"), Duration::from_secs(2));
-        assert_eq!(b.failure("a"), Duration::from_secs(4));
-        assert_eq!(b.failure("a"), Duration::from_secs(5));
+        // Failing again before the retry is due (the reconcile our own status
+        // write triggers) is the same failure: the rest of the wait.
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(b.failure("a"), Duration::from_millis(600));
+        for want in [2, 4, 5, 5] {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!(b.failure("a"), Duration::from_secs(want));
+        }
         assert_eq!(b.failure("b"), Duration::from_secs(1));
         b.success("a");
         assert_eq!(b.failure("a"), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drift_is_held_for_a_resync_period() {
+        let d = DriftMemory::default();
+        let hold = Duration::from_secs(300);
+        assert!(!d.holds("t", hold));
+        d.record("t");
+        tokio::time::advance(Duration::from_secs(299)).await;
+        assert!(d.holds("t", hold));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!d.holds("t", hold));
+        assert!(!d.holds("t", hold));
     }
 
     #[test]

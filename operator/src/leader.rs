@@ -19,12 +19,28 @@ use crate::error::Error;
 pub struct LeaseConfig {
     pub name: String,
     pub namespace: String,
-    /// This replica's identity (the pod name).
+    /// This replica's identity: [`identity`] (hostname, `_`, a random id).
     pub identity: String,
     /// How long a lease is valid without renewal.
     pub duration: Duration,
     /// How often the holder renews (and candidates retry).
     pub renew_every: Duration,
+}
+
+/// A candidate's identity, as client-go makes it: the hostname (the pod
+/// name), `_`, and a random id. A restarted pod (same name) is therefore a
+/// new candidate that waits for its predecessor's lease to expire instead of
+/// "renewing" a lease it never held in this life.
+pub fn identity(hostname: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness, per instance.
+    let mut id = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        id.push_str(&format!("{:016x}", h.finish()));
+    }
+    format!("{hostname}_{id}")
 }
 
 /// What a candidate does with the lease it read.
@@ -113,15 +129,28 @@ impl LeaseLock {
     }
 
     /// Gives the lease up (on shutdown) so a successor need not wait for it
-    /// to expire. Best effort.
+    /// to expire: as client-go does, no holder and a one-second duration.
+    /// Best effort (logged).
     pub async fn release(&self) {
-        if let Ok(Some(lease)) = self.api.get_opt(&self.config.name).await
-            && lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.config.identity.as_str())
-        {
-            let mut spec = lease.spec.clone().unwrap_or_default();
-            spec.holder_identity = None;
-            let released = Lease { metadata: lease.metadata, spec: Some(spec) };
-            let _ = self.api.replace(&self.config.name, &PostParams::default(), &released).await;
+        let lease = match self.api.get_opt(&self.config.name).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election: cannot read the lease to release it");
+                return;
+            }
+        };
+        if lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) != Some(self.config.identity.as_str()) {
+            return;
+        }
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        let released = Lease { metadata: lease.metadata, spec: Some(spec) };
+        match self.api.replace(&self.config.name, &PostParams::default(), &released).await {
+            Ok(_) => tracing::info!(identity = %self.config.identity, "leader election: lease released"),
+            Err(e) => tracing::warn!(error = %e, "leader election: cannot release the lease"),
         }
     }
 
@@ -197,5 +226,17 @@ mod tests {
         );
         assert_eq!(decide(Some(&spec("b", now - SignedDuration::from_secs(16))), "a", now), Decision::TakeOver);
         assert_eq!(decide(Some(&spec("", now)), "a", now), Decision::TakeOver);
+    }
+
+    #[test]
+    fn identities_are_hostname_and_a_random_id() {
+        let a = identity("strata-operator-7d9f-x2");
+        let b = identity("strata-operator-7d9f-x2");
+        assert!(a.starts_with("strata-operator-7d9f-x2_"), "{a}");
+        assert_eq!(a.len(), "strata-operator-7d9f-x2_".len() + 32, "{a}");
+        assert_ne!(a, b, "a restarted pod is a new candidate");
+        // Its predecessor's valid lease is someone else's: it waits.
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        assert_eq!(decide(Some(&spec(&a, now)), &b, now), Decision::Wait { holder: a.clone() });
     }
 }

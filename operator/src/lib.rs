@@ -11,6 +11,7 @@ pub mod context;
 pub mod controller;
 pub mod crdgen;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod leader;
 pub mod lifecycle;

@@ -107,7 +107,7 @@ pub struct Report {
 }
 
 /// The common part of every status: conditions and `observedGeneration`.
-pub trait CommonStatus: Serialize + Default + Clone + Debug + Send + Sync {
+pub trait CommonStatus: Serialize + Default + Clone + Debug + PartialEq + Send + Sync {
     fn conditions(&self) -> &[Condition];
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn set_observed_generation(&mut self, generation: Option<i64>);
@@ -227,7 +227,8 @@ pub fn error_policy<K: BrokerResource>(obj: Arc<K>, error: &Error, ctx: Arc<Cont
     Action::requeue(ctx.backoff.failure(&key(&*obj)))
 }
 
-fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+/// The key of an object in the backoff and drift memories.
+pub(crate) fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
@@ -361,10 +362,17 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
                 "the broker matches the spec",
                 generation,
             );
+            let k = key(obj);
             if report.drift.is_empty() {
-                status::set(st.conditions_mut(), status::DRIFTED, false, Reason::InSync, "", generation);
+                // Drift reverted less than a resync ago stays reported: the
+                // reconciles that follow at once (status refreshes, a parent
+                // turning ready) are not the resync that confirms it is gone.
+                if !ctx.drift.holds(&k, ctx.settings.resync) {
+                    status::set(st.conditions_mut(), status::DRIFTED, false, Reason::InSync, "", generation);
+                }
             } else {
                 let what = report.drift.join("; ");
+                ctx.drift.record(&k);
                 status::set(
                     st.conditions_mut(),
                     status::DRIFTED,
@@ -382,9 +390,15 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
                 ctx.event(obj, false, "Ready", "Reconcile", "the broker matches the spec".into()).await;
             }
             st.set_observed_generation(generation);
-            apply_status(&api, &name, &st).await?;
-            ctx.backoff.success(&key(obj));
-            Ok(Action::requeue(ctx.settings.resync))
+            // An unchanged status is not written: every write is a watch
+            // event, and a reconcile of its own.
+            if st != previous {
+                apply_status(&api, &name, &st).await?;
+            }
+            ctx.backoff.success(&k);
+            // Counters (messages, lag, depth) move without any Kubernetes
+            // event: look again soon, well before the drift resync.
+            Ok(Action::requeue(ctx.settings.status_refresh.min(ctx.settings.resync)))
         }
         Err(b) => blocked(obj, ctx, &api, previous, st, b).await,
     }
@@ -425,7 +439,7 @@ async fn blocked<K: BrokerResource>(
         ctx.event(obj, true, b.reason.as_str(), "Reconcile", b.message.clone()).await;
     }
     st.set_observed_generation(generation);
-    if obj.meta().deletion_timestamp.is_none() || st.conditions() != previous.conditions() {
+    if st != previous {
         apply_status(api, &obj.name_any(), &st).await?;
     }
     Ok(Action::requeue(ctx.backoff.failure(&key(obj))))

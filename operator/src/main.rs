@@ -32,12 +32,16 @@ enum Command {
         /// Namespace of the Lease (the operator's own namespace).
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
-        /// This replica's identity in the Lease.
-        #[arg(long, env = "POD_NAME", default_value = "strata-operator")]
-        identity: String,
+        /// This replica's identity in the Lease; default: the hostname (the
+        /// pod name), `_`, and a random id (client-go's convention).
+        #[arg(long, env = "STRATA_OPERATOR_LEASE_IDENTITY")]
+        identity: Option<String>,
         /// How often healthy resources are reconciled again to catch drift.
         #[arg(long, env = "STRATA_OPERATOR_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// How often ready resources' counters (messages, lag, depth) are refreshed.
+        #[arg(long, env = "STRATA_OPERATOR_STATUS_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
+        status_refresh: Duration,
         /// Reach every BrokerCluster at this URL instead of its Service (running outside the cluster).
         #[arg(long, env = "STRATA_OPERATOR_BROKER_URL")]
         broker_url: Option<String>,
@@ -55,6 +59,17 @@ enum Command {
     },
 }
 
+/// The pod name in Kubernetes (`POD_NAME` from the downward API, else the
+/// kernel's hostname, which Kubernetes sets to the pod name).
+fn hostname() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "strata-operator".to_owned())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
@@ -69,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace,
             identity,
             resync,
+            status_refresh,
             broker_url,
             log_level,
             log_json,
@@ -88,11 +104,11 @@ async fn main() -> anyhow::Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(http_listen).await.with_context(|| format!("binding {http_listen}"))?;
             let config = strata_operator::Config {
-                settings: Settings { resync, ..Settings::default() },
+                settings: Settings { resync, status_refresh, ..Settings::default() },
                 leader_election: leader_election.then(|| LeaseConfig {
                     name: lease_name,
                     namespace: lease_namespace,
-                    identity,
+                    identity: identity.unwrap_or_else(|| strata_operator::leader::identity(&hostname())),
                     duration: Duration::from_secs(15),
                     renew_every: Duration::from_secs(5),
                 }),

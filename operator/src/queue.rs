@@ -399,18 +399,27 @@ impl BrokerResource for Queue {
         let was_in_sync = status.observed_generation == self.metadata.generation
             && crate::status::is_true(&status.conditions, crate::status::READY);
         let mut report = Report::default();
+        // A dead-letter queue applied later is something to wait for, not
+        // an invalid spec (the broker answers both with INVALID_CONFIG).
+        if let Some(dlq) = &self.spec.dead_letter_queue {
+            match broker.describe_queue(dlq).await {
+                Ok(_) => {}
+                Err(e) if unknown_queue(&e) => {
+                    return Err(Blocked::new(
+                        Reason::DeadLetterQueueNotReady,
+                        format!("dead-letter queue {dlq} does not exist yet; waiting for it"),
+                    ));
+                }
+                Err(e) => return Err(Blocked::from_client(&format!("describe dead-letter queue {dlq}"), &e)),
+            }
+        }
         let desc = match broker.describe_queue(&name).await {
             Ok(d) => d,
             Err(e) if unknown_queue(&e) => {
-                let d = broker.create_queue(&name, want.clone()).await.map_err(|e| {
-                    let mut b = Blocked::from_client(&format!("create queue {name}"), &e);
-                    if let Some(dlq) = &self.spec.dead_letter_queue
-                        && unknown_queue(&e)
-                    {
-                        b.message = format!("dead-letter queue {dlq} does not exist yet; waiting for it ({e})");
-                    }
-                    b
-                })?;
+                let d = broker
+                    .create_queue(&name, want.clone())
+                    .await
+                    .map_err(|e| Blocked::from_client(&format!("create queue {name}"), &e))?;
                 report.changes.push(format!("created queue {name}"));
                 d
             }

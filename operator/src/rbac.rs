@@ -69,7 +69,18 @@ pub const PERMISSIONS: &[Permission] = &[
         resources: &["poddisruptionbudgets"],
         verbs: &["list", "watch", "create", "patch"],
     },
-    // kube's event Recorder creates events and patches repeated ones.
+    // A BrokerCluster's cold-store credentials Secret is read before its pods
+    // are made, so a missing Secret or key is a condition, not pods failing
+    // to start. (RBAC cannot narrow `get` to metadata: this reads Secrets.)
+    Permission { scope: Scope::Cluster, api_group: "", resources: &["secrets"], verbs: &["get"] },
+    // `spec.metrics.monitor`: a PodMonitor or ServiceMonitor, server-side applied.
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "monitoring.coreos.com",
+        resources: &["podmonitors", "servicemonitors"],
+        verbs: &["create", "patch"],
+    },
+    // The event publisher creates events and patches repeated ones.
     Permission {
         scope: Scope::Cluster,
         api_group: "events.k8s.io",

@@ -28,6 +28,8 @@ use crate::status::{self, Condition, Reason};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.localRetentionBytes) || self.localRetentionBytes == -1 || !has(self.retentionBytes) || self.retentionBytes == -1 || self.localRetentionBytes <= self.retentionBytes").message("localRetentionBytes must be at most retentionBytes (the local copy is part of the total)"))]
+#[x_kube(validation = Rule::new("!has(self.localRetention) || !has(self.retention) || self.retention == 'infinite' || self.localRetention != 'infinite'").message("localRetention cannot be infinite when retention is not"))]
 pub struct TopicSpec {
     /// The cluster hosting the topic.
     #[x_kube(validation = Rule::new("self == oldSelf").message("clusterRef is immutable"))]
@@ -57,6 +59,16 @@ pub struct TopicSpec {
     pub segment_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<Durability>,
+    /// Tiered storage: how long data stays on the brokers' disks (`1d`);
+    /// older data is uploaded to the cluster's cold store (`spec.tier` of the
+    /// BrokerCluster) and read back from there. At most `retention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_retention: Option<String>,
+    /// Tiered storage: local bytes kept per partition; `-1`: as many as the
+    /// total retention keeps. At most `retentionBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
+    pub local_retention_bytes: Option<i64>,
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -68,6 +80,19 @@ pub struct PartitionStatus {
     pub partition: u32,
     pub start_offset: u64,
     pub end_offset: u64,
+    /// Local disk holds `[localStartOffset, endOffset)`.
+    #[serde(default)]
+    pub local_start_offset: u64,
+    #[serde(default)]
+    pub local_size_bytes: u64,
+    /// The cold tier holds `[remoteStartOffset, remoteEndOffset)` (empty
+    /// when equal); it overlaps the local range until local copies expire.
+    #[serde(default)]
+    pub remote_start_offset: u64,
+    #[serde(default)]
+    pub remote_end_offset: u64,
+    #[serde(default)]
+    pub remote_size_bytes: u64,
 }
 
 /// Observed state of a `Topic`.
@@ -133,6 +158,39 @@ pub fn desired_options(spec: &TopicSpec) -> Result<TopicOptions, Blocked> {
     if spec.retention_bytes.is_some_and(|b| b < -1) {
         return Err(Blocked::new(Reason::InvalidSpec, "spec.retentionBytes: must be -1 (no limit) or positive"));
     }
+    let local_retention = match &spec.local_retention {
+        Some(r) => Some(
+            parse_retention(r).map_err(|m| Blocked::new(Reason::InvalidSpec, format!("spec.localRetention: {m}")))?,
+        ),
+        None => None,
+    };
+    if let (Some(Retention::Time(local)), Some(Retention::Time(total))) = (local_retention, retention)
+        && local > total
+    {
+        return Err(Blocked::new(
+            Reason::InvalidSpec,
+            format!(
+                "spec.localRetention ({}) is longer than spec.retention ({}); the local copy is part of the total",
+                spec.local_retention.as_deref().unwrap_or_default().trim(),
+                spec.retention.as_deref().unwrap_or_default().trim()
+            ),
+        ));
+    }
+    if let (Some(Retention::Infinite), Some(Retention::Time(_))) = (local_retention, retention) {
+        return Err(Blocked::new(Reason::InvalidSpec, "spec.localRetention: infinite, but spec.retention is not"));
+    }
+    if spec.local_retention_bytes.is_some_and(|b| b < -1) {
+        return Err(Blocked::new(Reason::InvalidSpec, "spec.localRetentionBytes: must be -1 (no limit) or positive"));
+    }
+    if let (Some(local), Some(total)) = (spec.local_retention_bytes, spec.retention_bytes)
+        && local > total
+        && total != -1
+    {
+        return Err(Blocked::new(
+            Reason::InvalidSpec,
+            format!("spec.localRetentionBytes ({local}) is larger than spec.retentionBytes ({total})"),
+        ));
+    }
     Ok(TopicOptions {
         retention,
         retention_bytes: spec.retention_bytes,
@@ -141,8 +199,8 @@ pub fn desired_options(spec: &TopicSpec) -> Result<TopicOptions, Blocked> {
             Durability::Fsync => strata_client::Durability::Fsync,
             Durability::None => strata_client::Durability::None,
         }),
-        // Tiered storage settings are not in the Topic CRD yet: left to the broker default.
-        ..TopicOptions::default()
+        local_retention,
+        local_retention_bytes: spec.local_retention_bytes,
     })
 }
 
@@ -172,6 +230,22 @@ pub fn differences(want: &TopicOptions, actual: &TopicConfig) -> (Vec<String>, T
     {
         diffs.push(format!("segment_bytes {} -> {b}", show(actual.segment_bytes)));
         fix.segment_bytes = Some(b);
+    }
+    if let Some(r) = want.local_retention {
+        let want_ms = match r {
+            Retention::Infinite => -1,
+            Retention::Time(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        };
+        if actual.local_retention_ms != Some(want_ms) {
+            diffs.push(format!("local_retention_ms {} -> {want_ms}", show(actual.local_retention_ms)));
+            fix.local_retention = Some(r);
+        }
+    }
+    if let Some(b) = want.local_retention_bytes
+        && actual.local_retention_bytes != Some(b)
+    {
+        diffs.push(format!("local_retention_bytes {} -> {b}", show(actual.local_retention_bytes)));
+        fix.local_retention_bytes = Some(b);
     }
     if let Some(d) = want.durability
         && actual.durability != d as i32
@@ -271,7 +345,16 @@ impl BrokerResource for Topic {
         status.partition_offsets = desc
             .partition_details
             .iter()
-            .map(|p| PartitionStatus { partition: p.partition, start_offset: p.start_offset, end_offset: p.end_offset })
+            .map(|p| PartitionStatus {
+                partition: p.partition,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+                local_start_offset: p.local_start_offset,
+                local_size_bytes: p.local_size_bytes,
+                remote_start_offset: p.remote_start_offset,
+                remote_end_offset: p.remote_end_offset,
+                remote_size_bytes: p.remote_size_bytes,
+            })
             .collect();
         status.messages = desc.partition_details.iter().map(|p| p.end_offset.saturating_sub(p.start_offset)).sum();
         Ok(report)
@@ -318,8 +401,34 @@ mod tests {
             retention_bytes: None,
             segment_bytes: Some(1 << 20),
             durability: Some(Durability::Fsync),
+            local_retention: None,
+            local_retention_bytes: None,
             deletion_policy: DeletionPolicy::Delete,
         }
+    }
+
+    #[test]
+    fn local_retention_is_tiered_and_at_most_the_total() {
+        let mut s = spec();
+        s.local_retention = Some("1d".into());
+        s.retention_bytes = Some(1 << 30);
+        s.local_retention_bytes = Some(1 << 20);
+        let o = desired_options(&s).unwrap();
+        assert_eq!(o.local_retention, Some(Retention::Time(DAY)));
+        assert_eq!(o.local_retention_bytes, Some(1 << 20));
+        let (diffs, fix) = differences(&o, &TopicConfig { local_retention_ms: Some(-1), ..TopicConfig::default() });
+        assert!(diffs.contains(&"local_retention_ms -1 -> 86400000".to_owned()), "{diffs:?}");
+        assert_eq!(fix.local_retention, Some(Retention::Time(DAY)));
+
+        s.local_retention = Some("30d".into());
+        let b = desired_options(&s).unwrap_err();
+        assert_eq!(b.reason, Reason::InvalidSpec);
+        assert!(b.message.contains("spec.localRetention (30d) is longer than spec.retention (7d)"), "{}", b.message);
+        s.local_retention = Some("infinite".into());
+        assert_eq!(desired_options(&s).unwrap_err().reason, Reason::InvalidSpec);
+        s.local_retention = None;
+        s.local_retention_bytes = Some(2 << 30);
+        assert!(desired_options(&s).unwrap_err().message.contains("spec.localRetentionBytes"));
     }
 
     #[test]

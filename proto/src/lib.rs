@@ -5,7 +5,7 @@
 //! wire compatible.
 
 pub mod batch;
-#[cfg(feature = "telemetry")]
+#[cfg(feature = "trace-context")]
 pub mod telemetry;
 
 /// Generated code for package `strata.v1`.

@@ -2,12 +2,19 @@
 //! machine needs nothing but cargo. Tasks:
 //!
 //! - `ci`    format check, clippy with warnings denied, every test, then
-//!   the generated-CRD check and the Helm chart checks
+//!   the generated-CRD check and the Helm chart checks; then the images
+//!   (built from a local base and checked) and the end-to-end suite
 //! - `test`  every test of the workspace
 //! - `chart` lint, render and validate `charts/strata-operator` (Python:
 //!   helm-python-sdk and kubernetes-validate; `skipped: ...` without them
 //!   unless `CI` is set)
 //! - `crds`  regenerate `crds/` and the chart's copy from the operator's types
+//! - `image [--base IMAGE] [--local-base] [--check]` build the release
+//!   binaries and the container images with buildah (or print the Docker
+//!   commands without it); `--local-base` assembles the base image from this
+//!   machine's libraries, `--check` runs the unpacked images as their user
+//! - `e2e`   the end-to-end suite on a real control plane (`e2e/`), with the
+//!   release binaries
 //! - `lint`  format check and clippy
 //! - `bench` the criterion benchmarks
 //! - `fuzz [SECONDS]` run the batch decoder fuzz target (needs cargo-fuzz)
@@ -15,9 +22,16 @@
 
 mod cycles;
 
+mod image;
+
 use std::process::{Command, ExitCode};
 
-fn cargo(args: &[&str]) -> Result<(), String> {
+/// Whether `name` is an executable on PATH.
+pub(crate) fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+}
+
+pub(crate) fn cargo(args: &[&str]) -> Result<(), String> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
@@ -31,8 +45,33 @@ fn lint() -> Result<(), String> {
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])
 }
 
+/// Every test but the end-to-end suite, which `e2e` runs with release binaries.
 fn test() -> Result<(), String> {
-    cargo(&["test", "--workspace", "--locked"])
+    cargo(&["test", "--workspace", "--locked", "--exclude", "strata-e2e"])
+}
+
+/// The end-to-end suite (`e2e/tests/kubernetes.rs`) with the release
+/// binaries; it prints `skipped: …` when the control plane is missing,
+/// unless `CI` is set.
+fn e2e() -> Result<(), String> {
+    let bins = image::release_binaries()?;
+    let bins = bins.canonicalize().map_err(|e| format!("{}: {e}", bins.display()))?;
+    eprintln!("xtask: STRATA_E2E_BIN_DIR={}", bins.display());
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--locked", "-p", "strata-e2e", "--", "--nocapture"])
+        .env("STRATA_E2E_BIN_DIR", &bins)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("the end-to-end suite failed ({status})")) }
+}
+
+/// `ci`: the cheap checks first, then the images and the end-to-end suite.
+fn ci() -> Result<(), String> {
+    lint()?;
+    test()?;
+    chart()?;
+    image::run(&image::Options { base: None, local_base: true, check: true })?;
+    e2e()
 }
 
 /// The chart checks: `python3 charts/strata-operator/tests/check_chart.py`.
@@ -80,18 +119,28 @@ fn fuzz(seconds: &str) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Paths (target/, charts/, the Containerfiles) are relative to the workspace.
+    if let Err(e) = std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")) {
+        eprintln!("error: cannot enter the workspace: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.first().map(String::as_str) {
         // The CRD files are compared with the generator by a test of
         // strata-operator (`crds_dirs_match_the_generator`).
-        Some("ci") => lint().and_then(|()| test()).and_then(|()| chart()),
+        Some("ci") => ci(),
         Some("cycles") => cycles(),
+        Some("image") => image::Options::parse(&args[1..]).and_then(|o| image::run(&o)),
+        Some("e2e") => e2e(),
         Some("chart") => chart(),
         Some("crds") => crds(),
         Some("test") => test(),
         Some("lint") => lint(),
         Some("bench") => cargo(&["bench", "--workspace"]),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
-        _ => Err("usage: cargo xtask ci|test|lint|cycles|chart|crds|bench|fuzz [SECONDS]".into()),
+        _ => Err(
+            "usage: cargo xtask ci|test|lint|cycles|chart|crds|image [--base IMAGE] [--local-base] [--check]|e2e|bench|fuzz [SECONDS]"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

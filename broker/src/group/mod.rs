@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, now_ms};
+use crate::broker::Broker;
+use crate::clock::now_ms;
 use crate::error::BrokerError;
 use crate::names::{TenantName, parse_group_name};
 use assign::{MemberSpec, Tp};
@@ -159,8 +160,11 @@ impl GroupCoordinator {
         if !create && !path.exists() {
             return Err(BrokerError::UnknownGroup { tenant: key.0.clone(), group: key.1.clone() });
         }
-        let store = OffsetStore::load(path)
-            .map_err(|e| BrokerError::CatalogStorage(format!("group {}/{} offsets: {e}", key.0, key.1)))?;
+        let store = OffsetStore::load(path).map_err(|source| BrokerError::OffsetStorage {
+            group: format!("{}/{}", key.0, key.1),
+            action: "loading",
+            source,
+        })?;
         let (tx, rx) = mpsc::channel(256);
         let actor = GroupActor {
             broker: self.broker.clone(),
@@ -441,10 +445,11 @@ impl GroupActor {
                     }));
                     return false;
                 }
-                let r = self
-                    .offsets
-                    .delete()
-                    .map_err(|e| BrokerError::CatalogStorage(format!("deleting group {}: {e}", self.group)));
+                let r = self.offsets.delete().map_err(|source| BrokerError::OffsetStorage {
+                    group: self.group.clone(),
+                    action: "deleting",
+                    source,
+                });
                 let ok = r.is_ok();
                 let _ = reply.send(r);
                 return ok;
@@ -593,9 +598,9 @@ impl GroupActor {
     }
 
     fn partition_range(&self, topic: &str, partition: u32) -> Result<(String, u64, u64), BrokerError> {
-        let (log, resource) = self.broker.partition(&self.tenant, topic, partition)?;
-        let stats = log.stats();
-        Ok((resource, stats.start_offset, stats.high_watermark))
+        let p = self.broker.partition(&self.tenant, topic, partition)?;
+        let stats = p.stats();
+        Ok((p.id().to_string(), stats.start_offset, stats.high_watermark))
     }
 
     async fn commit(
@@ -643,10 +648,11 @@ impl GroupActor {
             ));
         }
         self.touch(member_id);
-        self.offsets
-            .commit(entries)
-            .await
-            .map_err(|e| BrokerError::CatalogStorage(format!("committing offsets of group {}: {e}", self.group)))
+        self.offsets.commit(entries).await.map_err(|source| BrokerError::OffsetStorage {
+            group: self.group.clone(),
+            action: "committing",
+            source,
+        })
     }
 
     fn describe(&self) -> Result<GroupView, BrokerError> {
@@ -719,15 +725,15 @@ impl GroupActor {
         let mut out = Vec::new();
         let mut entries = Vec::new();
         for p in targets {
-            let (log, resource) = self.broker.partition(&self.tenant, topic, p)?;
-            let stats = log.stats();
+            let part = self.broker.partition(&self.tenant, topic, p)?;
+            let stats = part.stats();
             let offset = match to {
                 ResetTo::Earliest => stats.start_offset,
                 ResetTo::Latest => stats.high_watermark,
                 ResetTo::Offset(o) => {
                     if o < stats.start_offset || o > stats.high_watermark {
                         return Err(BrokerError::OffsetOutOfRange {
-                            resource,
+                            resource: part.id().to_string(),
                             offset: o,
                             start: stats.start_offset,
                             end: stats.high_watermark,
@@ -735,7 +741,7 @@ impl GroupActor {
                     }
                     o
                 }
-                ResetTo::Timestamp(ts) => Broker::offset_for_timestamp(&log, &resource, ts).await?.0,
+                ResetTo::Timestamp(ts) => part.offset_for_timestamp(ts).await?.0,
             };
             out.push(OffsetCommit { topic: topic.to_owned(), partition: p, offset, metadata: String::new() });
             entries.push((
@@ -744,10 +750,11 @@ impl GroupActor {
                 Committed { offset, metadata: String::new(), committed_at_ms: now_ms() },
             ));
         }
-        self.offsets
-            .commit(entries)
-            .await
-            .map_err(|e| BrokerError::CatalogStorage(format!("resetting offsets of group {}: {e}", self.group)))?;
+        self.offsets.commit(entries).await.map_err(|source| BrokerError::OffsetStorage {
+            group: self.group.clone(),
+            action: "resetting",
+            source,
+        })?;
         tracing::info!(tenant = %self.tenant, group = %self.group, topic, ?to, "offsets reset");
         Ok(out)
     }

@@ -237,7 +237,7 @@ async fn a_member_that_never_confirms_a_revocation_is_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_are_fenced_and_validated() {
     let f = fixture(&[("t", 2)]).await;
-    let (log, _) = f.broker.partition("", "t", 0).unwrap();
+    let log = f.broker.partition("", "t", 0).unwrap();
     let _ = log; // partition 0 exists but is empty: end offset 0
     let mut a = TestMember::join(&f, &["t"], SESSION).await;
     settle(&f, &mut [&mut a]).await;

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+use std::time::Instant;
 use strata_proto::v1::{
     self as pb, AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest,
     DeleteTenantResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, ListTenantsRequest,
@@ -10,6 +12,7 @@ use strata_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::auth::{self, Auth, Operation};
 use super::status::{invalid, to_status};
 use crate::broker::{Broker, TenantView, TopicOverrides, TopicView};
 use crate::catalog::TopicSettings;
@@ -17,11 +20,17 @@ use crate::log::Durability;
 
 pub(crate) struct AdminService {
     broker: Arc<Broker>,
+    auth: Auth,
 }
 
+/// When the service (so, near enough, the process) started: the uptime of
+/// `GetServerInfo`.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
 impl AdminService {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        AdminService { broker }
+    pub fn new(broker: Arc<Broker>, auth: Auth) -> Self {
+        STARTED.get_or_init(Instant::now);
+        AdminService { broker, auth }
     }
 }
 
@@ -99,6 +108,7 @@ fn tenant_to_pb(t: TenantView) -> pb::Tenant {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_tenant(&self, request: Request<CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().name, "")?;
         let r = request.into_inner();
         let t = self.broker.create_tenant(&r.name, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(tenant_to_pb(t)))
@@ -108,6 +118,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<ListTenantsRequest>,
     ) -> Result<Response<ListTenantsResponse>, Status> {
+        auth::check(&self.auth, &_request, Operation::Describe, "", "")?;
         let tenants = self.broker.list_tenants().await.into_iter().map(tenant_to_pb).collect();
         Ok(Response::new(ListTenantsResponse { tenants }))
     }
@@ -116,12 +127,14 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteTenantRequest>,
     ) -> Result<Response<DeleteTenantResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().name, "")?;
         let r = request.into_inner();
         self.broker.delete_tenant(&r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTenantResponse {}))
     }
 
     async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicDescription>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
         let r = request.into_inner();
         let o = overrides(r.config)?;
         let t =
@@ -130,6 +143,7 @@ impl Admin for AdminService {
     }
 
     async fn list_topics(&self, request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, "")?;
         let r = request.into_inner();
         let topics = self.broker.list_topics(&r.tenant).await.map_err(to_status)?;
         Ok(Response::new(ListTopicsResponse {
@@ -149,6 +163,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().name)?;
         let r = request.into_inner();
         let t = self.broker.describe_topic(&r.tenant, &r.name).map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
@@ -158,6 +173,7 @@ impl Admin for AdminService {
         &self,
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
         let r = request.into_inner();
         let t = self.broker.add_partitions(&r.tenant, &r.name, r.partitions).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
@@ -167,6 +183,7 @@ impl Admin for AdminService {
         &self,
         request: Request<UpdateTopicConfigRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
         let r = request.into_inner();
         let o = overrides(r.config)?;
         let t = self.broker.update_topic(&r.tenant, &r.name, o).await.map_err(to_status)?;
@@ -177,8 +194,21 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
         let r = request.into_inner();
         self.broker.delete_topic(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn get_server_info(
+        &self,
+        _request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfo>, Status> {
+        Ok(Response::new(pb::ServerInfo {
+            version: crate::metrics::VERSION.to_owned(),
+            api_version: "v1".to_owned(),
+            uptime_seconds: STARTED.get().map(|t| t.elapsed().as_secs()).unwrap_or(0),
+            build_target: crate::metrics::build_target().to_owned(),
+        }))
     }
 }

@@ -17,16 +17,18 @@ use strata_proto::v1::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{self, Auth, Operation};
 use super::status::{invalid, to_status};
 use crate::group::{DEFAULT_SESSION_TIMEOUT, GroupCoordinator, JoinSpec, MemberEvent, OffsetCommit, ResetTo};
 
 pub(crate) struct GroupsService {
     coordinator: Arc<GroupCoordinator>,
+    auth: Auth,
 }
 
 impl GroupsService {
-    pub fn new(coordinator: Arc<GroupCoordinator>) -> Self {
-        GroupsService { coordinator }
+    pub fn new(coordinator: Arc<GroupCoordinator>, auth: Auth) -> Self {
+        GroupsService { coordinator, auth }
     }
 }
 
@@ -70,11 +72,13 @@ impl Groups for GroupsService {
     type JoinStream = BoxStream<CoordinatorMessage>;
 
     async fn join(&self, request: Request<Streaming<MemberMessage>>) -> Result<Response<Self::JoinStream>, Status> {
+        let caller = auth::Caller::of(&request);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| invalid("the stream ended before a join message"))?;
         let Some(member_message::Kind::Join(join)) = first.kind else {
             return Err(invalid("the first message of a Join stream must be `join`"));
         };
+        self.auth.authorize(&caller, Operation::Consume, &join.tenant, &join.group)?;
         let session_timeout = match join.session_timeout_ms {
             0 => DEFAULT_SESSION_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
@@ -115,6 +119,7 @@ impl Groups for GroupsService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Consume, &request.get_ref().tenant, &request.get_ref().group)?;
         let r = request.into_inner();
         let offsets = r
             .offsets
@@ -129,6 +134,7 @@ impl Groups for GroupsService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().group)?;
         let r = request.into_inner();
         let wanted: std::collections::HashSet<(String, u32)> =
             r.partitions.iter().flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.clone(), *p))).collect();
@@ -145,6 +151,7 @@ impl Groups for GroupsService {
     }
 
     async fn list_groups(&self, request: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, "")?;
         let r = request.into_inner();
         let groups = self
             .coordinator
@@ -161,6 +168,7 @@ impl Groups for GroupsService {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupDescription>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().group)?;
         let r = request.into_inner();
         let v = self.coordinator.describe(&r.tenant, &r.group).await.map_err(to_status)?;
         Ok(Response::new(GroupDescription {
@@ -197,6 +205,7 @@ impl Groups for GroupsService {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().group)?;
         let r = request.into_inner();
         let to = match r.to {
             None => return Err(invalid("reset needs a target: earliest, latest, an offset or a timestamp")),
@@ -223,6 +232,7 @@ impl Groups for GroupsService {
         &self,
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().group)?;
         let r = request.into_inner();
         self.coordinator.delete(&r.tenant, &r.group).await.map_err(to_status)?;
         Ok(Response::new(DeleteGroupResponse {}))

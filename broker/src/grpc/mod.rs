@@ -2,6 +2,7 @@
 //! reflection, on one tonic server.
 
 mod admin;
+pub(crate) mod auth;
 mod groups;
 mod log;
 mod oversize;
@@ -42,15 +43,17 @@ pub(crate) async fn serve(
             tracing::error!(error = %e, "reflection descriptors are invalid");
             e
         });
+    // Anonymous access until authentication lands (DESIGN §4.5).
+    let auth: auth::Auth = std::sync::Arc::new(auth::AllowAll);
     let limits = &broker.config().limits;
     let max_in = (limits.max_batch_bytes.0 + 1024 * 1024) as usize;
     let max_out = (limits.max_fetch_bytes.0 + 1024 * 1024) as usize;
-    let log_service = LogServer::new(log::LogService::new(broker.clone()))
+    let log_service = LogServer::new(log::LogService::new(broker.clone(), auth.clone()))
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(max_out);
-    let admin_service = AdminServer::new(admin::AdminService::new(broker.clone()));
-    let groups_service = GroupsServer::new(groups::GroupsService::new(coordinator));
-    let queues_service = QueuesServer::new(queue::QueuesService::new(queues))
+    let admin_service = AdminServer::new(admin::AdminService::new(broker.clone(), auth.clone()));
+    let groups_service = GroupsServer::new(groups::GroupsService::new(coordinator, auth.clone()));
+    let queues_service = QueuesServer::new(queue::QueuesService::new(queues, auth))
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(max_out);
     let mut builder = tonic::transport::Server::builder()

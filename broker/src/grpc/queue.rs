@@ -11,29 +11,35 @@ use strata_proto::v1::{
     DescribeQueueRequest, ExtendVisibilityRequest, ExtendVisibilityResponse, FailedReceipt, ListQueuesRequest,
     ListQueuesResponse, NackRequest, NackResponse, OpenReplyQueueRequest, PeekRequest, PeekResponse, PurgeQueueRequest,
     PurgeQueueResponse, QueueConfig, QueueDescription, QueueStats, ReceiveRequest, ReceiveResponse, RedriveRequest,
-    RedriveResponse, ReplyQueueEvent, SendRequest, SendResponse, SendResult, UnbindRequest, UnbindResponse,
-    queues_server::Queues, reply_queue_event,
+    RedriveResponse, ReplyQueueEvent, SendRequest, SendResponse, SendResult, SendStreamRequest, SendStreamResponse,
+    UnbindRequest, UnbindResponse, queues_server::Queues, reply_queue_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use super::status::{invalid, to_item_error, to_status};
+use super::auth::{self, Auth, Operation};
+use super::status::{invalid, status_to_item_error, to_item_error, to_status};
 use crate::catalog::{BindingFilter, BindingRecord, TtlAction};
 use crate::error::BrokerError;
 use crate::log::Durability;
 use crate::queue::{QueueManager, QueueOverrides, QueueView};
+
+/// Requests of one `SendStream` being handled at once; beyond it the stream
+/// is not read (back-pressure through HTTP/2 flow control).
+const SEND_STREAM_CONCURRENCY: usize = 64;
 
 /// Longest long poll a receive may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub(crate) struct QueuesService {
     queues: Arc<QueueManager>,
+    auth: Auth,
 }
 
 impl QueuesService {
-    pub fn new(queues: Arc<QueueManager>) -> Self {
-        QueuesService { queues }
+    pub fn new(queues: Arc<QueueManager>, auth: Auth) -> Self {
+        QueuesService { queues, auth }
     }
 }
 
@@ -135,10 +141,12 @@ fn non_negative(field: &str, v: i64) -> Result<(), Status> {
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<ReplyQueueEvent, Status>> + Send>>;
+type SendResponses = Pin<Box<dyn Stream<Item = Result<SendStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Queues for QueuesService {
     async fn create_queue(&self, req: Request<CreateQueueRequest>) -> Result<Response<QueueDescription>, Status> {
+        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
         let r = req.into_inner();
         let o = overrides(r.config)?;
         let v = self.queues.create_queue(&r.tenant, &r.name, o, r.if_not_exists).await.map_err(to_status)?;
@@ -146,6 +154,7 @@ impl Queues for QueuesService {
     }
 
     async fn update_queue(&self, req: Request<pb::UpdateQueueRequest>) -> Result<Response<QueueDescription>, Status> {
+        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
         let r = req.into_inner();
         let o = overrides(r.config)?;
         let v = self.queues.update_queue(&r.tenant, &r.name, o).await.map_err(to_status)?;
@@ -153,48 +162,56 @@ impl Queues for QueuesService {
     }
 
     async fn list_queues(&self, req: Request<ListQueuesRequest>) -> Result<Response<ListQueuesResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Describe, &req.get_ref().tenant, "")?;
         let r = req.into_inner();
         let list = self.queues.list_queues(&r.tenant).await.map_err(to_status)?;
         Ok(Response::new(ListQueuesResponse { queues: list.into_iter().map(view_to_pb).collect() }))
     }
 
     async fn describe_queue(&self, req: Request<DescribeQueueRequest>) -> Result<Response<QueueDescription>, Status> {
+        auth::check(&self.auth, &req, Operation::Describe, &req.get_ref().tenant, &req.get_ref().name)?;
         let r = req.into_inner();
         let v = self.queues.describe_queue_full(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(view_to_pb(v)))
     }
 
     async fn delete_queue(&self, req: Request<DeleteQueueRequest>) -> Result<Response<DeleteQueueResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
         let r = req.into_inner();
         self.queues.delete_queue(&r.tenant, &r.name, r.if_empty).await.map_err(to_status)?;
         Ok(Response::new(DeleteQueueResponse {}))
     }
 
     async fn purge_queue(&self, req: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
         let r = req.into_inner();
         let purged = self.queues.purge(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(PurgeQueueResponse { purged }))
     }
 
     async fn redrive(&self, req: Request<RedriveRequest>) -> Result<Response<RedriveResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().dead_letter_queue)?;
         let r = req.into_inner();
         let moved = self.queues.redrive(&r.tenant, &r.dead_letter_queue, r.max_messages).await.map_err(to_status)?;
         Ok(Response::new(RedriveResponse { moved }))
     }
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<pb::Binding>, Status> {
+        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         let b = self.queues.bind(&r.tenant, &r.queue, &r.topic, filter_from_pb(r.filter)).await.map_err(to_status)?;
         Ok(Response::new(binding_to_pb(&b)))
     }
 
     async fn unbind(&self, req: Request<UnbindRequest>) -> Result<Response<UnbindResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         self.queues.unbind(&r.tenant, &r.queue, &r.topic, filter_from_pb(r.filter)).await.map_err(to_status)?;
         Ok(Response::new(UnbindResponse {}))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Produce, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         let sent = self.queues.send(&r.tenant, &r.queue, r.messages).await.map_err(to_status)?;
         Ok(Response::new(SendResponse {
@@ -202,7 +219,80 @@ impl Queues for QueuesService {
         }))
     }
 
+    type SendStreamStream = SendResponses;
+
+    async fn send_stream(
+        &self,
+        req: Request<Streaming<SendStreamRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let caller = auth::Caller::of(&req);
+        let authz = self.auth.clone();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<SendStreamResponse, Status>>(SEND_STREAM_CONCURRENCY);
+        let queues = self.queues.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(SEND_STREAM_CONCURRENCY));
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = queues.broker().until_shutdown() => break,
+                };
+                let r = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "send stream ended by client");
+                        break;
+                    }
+                };
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                let request_id = r.request_id;
+                let answer = move |result: Result<Vec<crate::queue::Sent>, BrokerError>| match result {
+                    Ok(sent) => SendStreamResponse {
+                        request_id,
+                        results: sent
+                            .into_iter()
+                            .map(|s| SendResult { message_id: s.id, duplicate: s.duplicate })
+                            .collect(),
+                        error: None,
+                    },
+                    Err(e) => SendStreamResponse { request_id, results: Vec::new(), error: Some(to_item_error(e)) },
+                };
+                if let Err(status) = authz.authorize(&caller, Operation::Produce, &r.tenant, &r.queue) {
+                    let resp = SendStreamResponse {
+                        request_id,
+                        results: Vec::new(),
+                        error: Some(status_to_item_error(&status)),
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // Appended in stream order (so FIFO groups keep the order the
+                // client sent), then acknowledged concurrently: pipelined
+                // requests share the queue's fsyncs.
+                match queues.send_pending(&r.tenant, &r.queue, r.messages).await {
+                    Ok(pending) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(Ok(answer(pending.wait().await))).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(e) => {
+                        if tx.send(Ok(answer(Err(e)))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as SendResponses))
+    }
+
     async fn receive(&self, req: Request<ReceiveRequest>) -> Result<Response<ReceiveResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         non_negative("wait_ms", r.wait_ms)?;
         let wait = Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
@@ -215,12 +305,14 @@ impl Queues for QueuesService {
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         let f = self.queues.ack(&r.tenant, &r.queue, &r.receipts).await.map_err(to_status)?;
         Ok(Response::new(AckResponse { failed: failed(f) }))
     }
 
     async fn nack(&self, req: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         let f = self.queues.nack(&r.tenant, &r.queue, &r.receipts, r.delay_ms).await.map_err(to_status)?;
         Ok(Response::new(NackResponse { failed: failed(f) }))
@@ -230,12 +322,14 @@ impl Queues for QueuesService {
         &self,
         req: Request<ExtendVisibilityRequest>,
     ) -> Result<Response<ExtendVisibilityResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         let f = self.queues.extend(&r.tenant, &r.queue, &r.receipts, r.visibility_timeout_ms).map_err(to_status)?;
         Ok(Response::new(ExtendVisibilityResponse { failed: failed(f) }))
     }
 
     async fn peek(&self, req: Request<PeekRequest>) -> Result<Response<PeekResponse>, Status> {
+        auth::check(&self.auth, &req, Operation::Describe, &req.get_ref().tenant, &req.get_ref().queue)?;
         let r = req.into_inner();
         let messages = self.queues.peek(&r.tenant, &r.queue, r.max_messages as usize).await.map_err(to_status)?;
         Ok(Response::new(PeekResponse { messages }))
@@ -247,6 +341,7 @@ impl Queues for QueuesService {
         &self,
         req: Request<OpenReplyQueueRequest>,
     ) -> Result<Response<Self::OpenReplyQueueStream>, Status> {
+        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, "")?;
         let r = req.into_inner();
         let name = self.queues.create_reply_queue(&r.tenant).await.map_err(to_status)?;
         let (tx, rx) = mpsc::channel(16);

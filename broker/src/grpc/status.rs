@@ -90,6 +90,10 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             }
         },
         BrokerError::CatalogStorage(_) => (Code::Unavailable, E::Storage, String::new()),
+        BrokerError::OffsetStorage { group, .. } => (Code::Unavailable, E::Storage, group.clone()),
+        BrokerError::ColdTier { resource, .. } => (Code::Unavailable, E::Storage, resource.clone()),
+        // A task that panicked or was cancelled: the server's fault, not the request's.
+        BrokerError::TaskFailed { .. } | BrokerError::Internal(_) => (Code::Internal, E::Unspecified, String::new()),
         BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
         BrokerError::UnknownGroup { tenant, group } => (Code::NotFound, E::UnknownGroup, format!("{tenant}/{group}")),
         BrokerError::UnknownMember { member, .. } => (Code::FailedPrecondition, E::UnknownMember, member.clone()),
@@ -153,11 +157,15 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
 
 /// The same error as a per-item error inside a streaming response.
 pub(crate) fn to_item_error(e: BrokerError) -> ItemError {
-    let status = to_status(e);
+    status_to_item_error(&to_status(e))
+}
+
+/// A status (a domain error's, or a refusal) as a per-item error.
+pub(crate) fn status_to_item_error(status: &Status) -> ItemError {
     ItemError {
         status_code: status.code() as i32,
         message: status.message().to_owned(),
-        info: strata_proto::error_info(&status),
+        info: strata_proto::error_info(status),
     }
 }
 

@@ -20,8 +20,8 @@ pub(crate) mod segment;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchHeader, BatchIter, set_base_offset};
@@ -30,8 +30,6 @@ use tokio::sync::{Notify, watch};
 pub use producers::SequenceError;
 use producers::{Check, ProducerTable};
 use segment::{ActiveSegment, ReadError, SEGMENT_HEADER_LEN, SealedSegment};
-
-use crate::tier::RemotePartition;
 
 /// Idempotent-producer state is forgotten after this long without a write
 /// from that producer (Kafka's default for producer id expiry).
@@ -129,6 +127,19 @@ pub struct LogStats {
     pub remote_segments: u32,
 }
 
+/// What the cold tier holds of a partition, as the local log needs to know
+/// it for its stats (the tier itself lives in `tier`, which depends on the
+/// log's sealed segments, never the other way round).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteRange {
+    /// First offset in the tier (`None` when it holds nothing).
+    pub start: Option<u64>,
+    /// One past the last uploaded offset.
+    pub end: u64,
+    pub bytes: u64,
+    pub segments: u32,
+}
+
 /// What a maintenance pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Maintenance {
@@ -156,8 +167,10 @@ pub struct PartitionLog {
     hw: watch::Sender<u64>,
     sync_needed: Notify,
     closed: AtomicBool,
-    /// The partition's cold tier, when the broker has one.
-    remote: OnceLock<Arc<RemotePartition>>,
+    /// One past the last offset the cold tier holds durably (its manifest
+    /// names the segment): local copies below it may go by local retention.
+    /// Raised by the owning `Partition` after each upload; 0 untiered.
+    uploaded_end: AtomicU64,
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -241,7 +254,7 @@ impl PartitionLog {
             hw,
             sync_needed: Notify::new(),
             closed: AtomicBool::new(false),
-            remote: OnceLock::new(),
+            uploaded_end: AtomicU64::new(0),
         };
         Ok((Arc::new(log), report))
     }
@@ -264,13 +277,14 @@ impl PartitionLog {
         self.lock().config
     }
 
-    /// Attaches the partition's cold tier (once, when the broker opens it).
-    pub(crate) fn set_remote(&self, remote: Arc<RemotePartition>) {
-        let _ = self.remote.set(remote);
+    /// Records that the cold tier durably holds every offset below `end`
+    /// (never lowers it).
+    pub(crate) fn set_uploaded_end(&self, end: u64) {
+        self.uploaded_end.fetch_max(end, Ordering::AcqRel);
     }
 
-    pub(crate) fn remote(&self) -> Option<&Arc<RemotePartition>> {
-        self.remote.get()
+    pub(crate) fn uploaded_end(&self) -> u64 {
+        self.uploaded_end.load(Ordering::Acquire)
     }
 
     /// First offset on the local disk.
@@ -281,7 +295,7 @@ impl PartitionLog {
     /// The oldest sealed segment at or after offset `after` that the cold
     /// tier does not hold yet (segments with no record are skipped).
     pub(crate) fn next_to_upload(&self, after: u64) -> Option<SealedSegment> {
-        let end = self.remote.get().map_or(0, |r| r.uploaded_end()).max(after);
+        let end = self.uploaded_end().max(after);
         let st = self.lock();
         st.sealed.iter().find(|s| s.base_offset >= end && s.next_offset > s.base_offset).cloned()
     }
@@ -289,7 +303,7 @@ impl PartitionLog {
     /// Local bytes of a tiered partition that the cold tier does not hold
     /// yet (sealed segments waiting for upload plus the active segment).
     pub fn pending_upload_bytes(&self) -> u64 {
-        let end = self.remote.get().map_or(0, |r| r.uploaded_end());
+        let end = self.uploaded_end();
         let st = self.lock();
         if !st.config.tiered {
             return 0;
@@ -589,8 +603,13 @@ impl PartitionLog {
         Ok((hw, -1))
     }
 
+    /// Stats of the local log alone.
     pub fn stats(&self) -> LogStats {
-        let remote = self.remote.get().map(|r| r.range()).unwrap_or_default();
+        self.stats_with(RemoteRange::default())
+    }
+
+    /// Stats of the local log together with what the cold tier holds.
+    pub fn stats_with(&self, remote: RemoteRange) -> LogStats {
         let st = self.lock();
         let local_bytes = st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.size;
         let local_segments = st.sealed.len() as u32 + 1;
@@ -632,7 +651,7 @@ impl PartitionLog {
             let mut total: u64 = st.sealed.iter().map(|s| s.size).sum::<u64>() + st.active.size;
             // Tiered: local copies follow the local retention (defaulting to
             // the total one), and only once the cold tier holds them.
-            let uploaded_end = self.remote.get().map_or(0, |r| r.uploaded_end());
+            let uploaded_end = self.uploaded_end();
             let (keep_ms, keep_bytes) = if cfg.tiered {
                 (
                     if cfg.local_retention_ms >= 0 { cfg.local_retention_ms } else { cfg.retention_ms },

@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 use super::codec::MessageMeta;
 use super::{NewMessage, QueueManager};
-use crate::broker::{Broker, now_ms};
+use crate::broker::Broker;
 use crate::catalog::{BindingFilter, BindingRecord};
+use crate::clock::now_ms;
 use crate::error::BrokerError;
 use crate::log::LogError;
 
@@ -130,7 +131,7 @@ pub(crate) async fn run(
             let n = broker.partition_count(&tenant, &binding.topic).unwrap_or(0);
             (0..n)
                 .filter_map(|p| broker.partition(&tenant, &binding.topic, p).ok())
-                .map(|(l, _)| l.high_watermark())
+                .map(|p| p.high_watermark())
                 .collect()
         }
     };
@@ -152,8 +153,8 @@ pub(crate) async fn run(
         let mut waits = Vec::new();
         #[allow(clippy::needless_range_loop)] // `p` is also the partition number
         for p in 0..n {
-            let Ok((log, resource)) = broker.partition(&tenant, &binding.topic, p as u32) else { continue };
-            let read = match Broker::read(&log, &resource, cursor[p], 1 << 20).await {
+            let Ok(log) = broker.partition(&tenant, &binding.topic, p as u32) else { continue };
+            let read = match log.read(cursor[p], 1 << 20).await {
                 Ok(r) => r,
                 Err(BrokerError::Log { source: LogError::OffsetOutOfRange { start, end, .. }, .. }) => {
                     // Retention removed records before we routed them, or the
@@ -168,7 +169,7 @@ pub(crate) async fn run(
                 }
             };
             if read.records.is_empty() {
-                let mut rx = log.subscribe();
+                let mut rx = log.log().subscribe();
                 let from = cursor[p];
                 waits.push(Box::pin(async move {
                     let _ = rx.wait_for(|h| *h > from).await;

@@ -6,20 +6,7 @@ use crate::catalog::{QueueSettings, TtlAction};
 use crate::log::Durability;
 
 fn settings() -> QueueSettings {
-    QueueSettings {
-        visibility_timeout_ms: 1000,
-        max_deliveries: 0,
-        dead_letter_queue: None,
-        retry_backoff_min_ms: 0,
-        retry_backoff_max_ms: 0,
-        delay_ms: 0,
-        ttl_ms: 0,
-        ttl_action: TtlAction::Drop,
-        fifo: false,
-        dedup_window_ms: 0,
-        priorities: 1,
-        durability: Durability::Fsync,
-    }
+    QueueSettings { visibility_timeout_ms: 1000, ..QueueSettings::defaults(Durability::Fsync) }
 }
 
 fn msg(now: i64) -> MessageInfo {

@@ -6,7 +6,8 @@
 //! `manifest` (per-partition manifest and remote layout), `upload` (one
 //! segment up, then the manifest), `remote` (one partition's tier: reads,
 //! cache, read-ahead, total retention, orphan clean-up). The upload loop that
-//! drives them lives in `broker.rs`, which owns the partitions.
+//! drives them lives in `broker/maintenance.rs` and `partition/`; `tier`
+//! depends on the log's sealed segments only, never on the partition.
 //!
 //! Architecture invariants:
 //! - A local segment is deleted only after a durable manifest names it (and

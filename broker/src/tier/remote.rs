@@ -18,6 +18,7 @@ use strata_proto::batch::{BatchHeader, HEADER_LEN};
 use super::manifest::{Manifest, RemoteSegment, index_key, log_key, manifest_key};
 use super::store::ColdStore;
 use super::{TierError, store_error};
+use crate::log::RemoteRange;
 use crate::log::index::{SegmentIndex, decode_index};
 use crate::log::segment::{ReadError, SEGMENT_HEADER_LEN, whole_checked_batches};
 
@@ -113,17 +114,6 @@ impl BlockCache {
     pub fn used(&self) -> u64 {
         lock(&self.inner).used
     }
-}
-
-/// Offsets, bytes and segments held by a partition's cold tier.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RemoteRange {
-    /// First offset in the tier (`None` when it holds nothing).
-    pub start: Option<u64>,
-    /// One past the last uploaded offset.
-    pub end: u64,
-    pub bytes: u64,
-    pub segments: u32,
 }
 
 /// A chunk of whole, CRC-checked batches read from the cold tier.

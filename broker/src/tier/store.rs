@@ -144,7 +144,7 @@ impl ColdStore {
     /// and deletes a small object. Bad credentials, a missing bucket or an
     /// unreachable endpoint fail here, with the store's reason.
     pub async fn probe(&self) -> Result<(), TierError> {
-        let key = Path::from(format!(".strata-probe/{}-{}", std::process::id(), crate::broker::now_ms()));
+        let key = Path::from(format!(".strata-probe/{}-{}", std::process::id(), crate::clock::now_ms()));
         let payload = Bytes::from_static(b"strata cold-tier probe");
         let fail = |e: object_store::Error| TierError::Unusable { url: self.url.clone(), reason: one_line(&e) };
         self.store.put(&key, PutPayload::from(payload.clone())).await.map_err(fail)?;

@@ -3,11 +3,8 @@
 //! (`moto_server`, started here on a free loopback port) — plus unit tests
 //! of the manifest and the block cache.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -17,6 +14,8 @@ use super::manifest::{Manifest, index_key, log_key, manifest_key, partition_pref
 use super::*;
 use crate::config::{ByteSize, TierConfig};
 use crate::log::{Durability, LogConfig, PartitionLog};
+use crate::names::{TenantName, TopicName};
+use crate::partition::{Partition, PartitionId, TopicRef};
 
 const LIMITS: Limits = Limits::new(1 << 20);
 
@@ -80,6 +79,11 @@ fn tier_config() -> TierConfig {
     }
 }
 
+fn orders_partition(index: u32) -> PartitionId {
+    let topic = TopicRef::new(TenantName::parse("default").unwrap(), TopicName::parse("orders").unwrap());
+    PartitionId::new(topic, 7, index)
+}
+
 /// The conformance suite: upload, manifest round trip, range reads through
 /// the index at every batch boundary, idempotent re-upload, multipart,
 /// timestamp lookup, orphan clean-up, total retention, corruption.
@@ -97,8 +101,9 @@ async fn conformance(url: &str, cfg: TierConfig) {
         UploadLimits { multipart_threshold: cfg.multipart_threshold.0, part_bytes: 5 << 20, part_concurrency: 2 };
     let mut uploaded = 0;
     let mut after = 0;
-    log.set_remote(Arc::new(RemotePartition::load(store.clone(), cache.clone(), prefix.clone()).await.unwrap()));
-    let attached = log.remote().unwrap().clone();
+    let part = Partition::new(orders_partition(0), log.clone());
+    part.attach_remote(Arc::new(RemotePartition::load(store.clone(), cache.clone(), prefix.clone()).await.unwrap()));
+    let attached = part.remote().unwrap().clone();
     while let Some(seg) = log.next_to_upload(after) {
         after = seg.next_offset;
         assert!(upload_segment(&attached, &seg, limits, 5).await.unwrap());
@@ -116,10 +121,12 @@ async fn conformance(url: &str, cfg: TierConfig) {
     assert_eq!(reloaded.range().start, Some(0));
     assert_eq!(reloaded.range().segments, uploaded);
 
-    // Local retention may now delete the uploaded copies (local retention 0).
-    log.maintain(i64::MAX / 4).unwrap();
+    // Local retention may now delete the uploaded copies (local retention 0),
+    // once the log knows how far the tier reaches (as `upload_pending` tells it).
+    log.set_uploaded_end(end);
+    part.maintain(i64::MAX / 4).unwrap();
     assert_eq!(log.local_start(), end, "uploaded segments left the disk, the rest stayed");
-    let stats = log.stats();
+    let stats = part.stats();
     assert_eq!(stats.start_offset, 0, "log start accounts for the tier");
     assert_eq!((stats.remote_start_offset, stats.remote_end_offset), (0, end));
 
@@ -144,15 +151,18 @@ async fn conformance(url: &str, cfg: TierConfig) {
     let big_dir = tempfile::tempdir().unwrap();
     let (big, _) = PartitionLog::open(big_dir.path(), log_config(12 << 20), 0).unwrap();
     let big_prefix = partition_prefix("default", "orders", 7, 1);
-    big.set_remote(Arc::new(RemotePartition::load(store.clone(), cache.clone(), big_prefix.clone()).await.unwrap()));
+    let bigp = Partition::new(orders_partition(1), big.clone());
+    bigp.attach_remote(Arc::new(
+        RemotePartition::load(store.clone(), cache.clone(), big_prefix.clone()).await.unwrap(),
+    ));
     // About 11 MiB, then more than fits: the first segment is sealed.
     fill(&big, 2700, 1000);
     let seg = big.next_to_upload(0).expect("a sealed segment");
     assert!(seg.size > 10 << 20, "segment is {} bytes", seg.size);
-    assert!(upload_segment(big.remote().unwrap(), &seg, limits, 1).await.unwrap());
+    assert!(upload_segment(bigp.remote().unwrap(), &seg, limits, 1).await.unwrap());
     let meta = store.store.head(&log_key(&big_prefix, 0)).await.unwrap();
     assert_eq!(meta.size, seg.size);
-    let tail = read_remote(big.remote().unwrap(), seg.next_offset - 3, seg.next_offset, 4096).await;
+    let tail = read_remote(bigp.remote().unwrap(), seg.next_offset - 3, seg.next_offset, 4096).await;
     assert_eq!(tail.len(), 3);
     assert!(tail[2].1.starts_with(&format!("v{}-", seg.next_offset - 1)));
 
@@ -217,7 +227,7 @@ async fn conformance_s3_moto() {
     };
     moto.create_bucket("strata-conformance");
     let mut cfg = tier_config();
-    moto.configure(&mut cfg);
+    configure_for_moto(&moto, &mut cfg);
     conformance("s3://strata-conformance/cluster-a", cfg).await;
 }
 
@@ -297,69 +307,13 @@ fn block_cache_evicts_least_recently_used_within_its_budget() {
 
 // ---- moto_server ------------------------------------------------------------
 
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub(crate) use strata_testkit::{Moto, free_port};
 
-/// A `moto_server` child process on a free loopback port, killed on drop.
-pub(crate) struct Moto {
-    child: Child,
-    pub addr: SocketAddr,
-}
-
-impl Moto {
-    /// Starts moto and waits (with a deadline) until it answers HTTP;
-    /// `None` when `moto_server` is not installed.
-    pub fn start() -> Option<Moto> {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut moto = Moto { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if http(moto.addr, "GET / HTTP/1.1").is_some() {
-                return Some(moto);
-            }
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "moto_server did not answer within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn create_bucket(&self, bucket: &str) {
-        let status = http(self.addr, &format!("PUT /{bucket} HTTP/1.1")).expect("moto answers");
-        assert!(status.contains(" 200"), "create bucket: {status}");
-    }
-
-    pub fn configure(&self, cfg: &mut TierConfig) {
-        cfg.s3.endpoint = format!("http://{}", self.addr);
-        cfg.s3.allow_http = true;
-        cfg.s3.region = "us-east-1".into();
-        cfg.s3.access_key_id = "testing".into();
-        cfg.s3.secret_access_key = "testing".into();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends one bodiless HTTP request; returns the status line.
-fn http(addr: SocketAddr, request_line: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "{request_line}\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.lines().next().filter(|l| l.starts_with("HTTP/")).map(str::to_owned)
+/// Points a tier configuration at `moto`.
+pub(crate) fn configure_for_moto(moto: &Moto, cfg: &mut TierConfig) {
+    cfg.s3.endpoint = moto.endpoint();
+    cfg.s3.allow_http = true;
+    cfg.s3.region = "us-east-1".into();
+    cfg.s3.access_key_id = "testing".into();
+    cfg.s3.secret_access_key = "testing".into();
 }

@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchBuilder, BatchIter, Compression, Record};
@@ -125,22 +124,7 @@ pub fn value(r: &Record) -> String {
     String::from_utf8(r.value.as_ref().unwrap().to_vec()).unwrap()
 }
 
-/// Polls `f` until it returns `Some` or the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use strata_testkit::eventually;
 
 /// A `strata-broker` child process.
 pub struct BrokerProcess {

@@ -19,16 +19,12 @@ async fn queues(addr: std::net::SocketAddr) -> QueuesClient<Channel> {
     QueuesClient::new(channel(addr).await)
 }
 
+fn create_request(name: &str, config: QueueConfig) -> CreateQueueRequest {
+    CreateQueueRequest { tenant: String::new(), name: name.into(), config: Some(config), if_not_exists: false }
+}
+
 async fn create(c: &mut QueuesClient<Channel>, name: &str, config: QueueConfig) -> QueueDescription {
-    c.create_queue(CreateQueueRequest {
-        tenant: String::new(),
-        name: name.into(),
-        config: Some(config),
-        if_not_exists: false,
-    })
-    .await
-    .unwrap()
-    .into_inner()
+    c.create_queue(create_request(name, config)).await.unwrap().into_inner()
 }
 
 fn text(body: &str) -> OutgoingMessage {
@@ -326,18 +322,7 @@ async fn bad_queue_input_gets_precise_errors() {
     let code = |s: tonic::Status| (s.code(), strata_proto::error_code(&s), s.message().to_owned());
     let create_err = |name: &'static str, config: QueueConfig| {
         let mut c = c.clone();
-        async move {
-            code(
-                c.create_queue(CreateQueueRequest {
-                    tenant: String::new(),
-                    name: name.into(),
-                    config: Some(config),
-                    if_not_exists: false,
-                })
-                .await
-                .unwrap_err(),
-            )
-        }
+        async move { code(c.create_queue(create_request(name, config)).await.unwrap_err()) }
     };
     let (k, e, m) =
         create_err("a", QueueConfig { dead_letter_queue: Some("missing".into()), ..Default::default() }).await;

@@ -4,10 +4,9 @@
 //! local start, and start-up refusals for unusable cold stores.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_proto::v1::{
@@ -478,57 +477,4 @@ fn an_unusable_cold_store_is_one_line_and_a_failure_exit() {
 
 // ---- moto_server ------------------------------------------------------------
 
-/// A `moto_server` child process on a free loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Moto {
-    /// Starts moto and waits (with a deadline) until it answers HTTP;
-    /// `None` when `moto_server` is not installed.
-    fn start() -> Option<Moto> {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut moto = Moto { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if http(moto.addr, "GET / HTTP/1.1").is_some() {
-                return Some(moto);
-            }
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "moto_server did not answer within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn create_bucket(&self, bucket: &str) {
-        let status = http(self.addr, &format!("PUT /{bucket} HTTP/1.1")).expect("moto answers");
-        assert!(status.contains(" 200"), "create bucket: {status}");
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sends one bodiless HTTP request; returns the status line.
-fn http(addr: SocketAddr, request_line: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "{request_line}\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    text.lines().next().filter(|l| l.starts_with("HTTP/")).map(str::to_owned)
-}
+use strata_testkit::Moto;

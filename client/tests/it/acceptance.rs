@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strata_client::Message;
 use strata_proto::v1::{DescribeGroupRequest, GroupDescription, groups_client::GroupsClient};
@@ -179,17 +179,7 @@ async fn describe(url: &str, group: &str) -> Option<GroupDescription> {
         .map(|r| r.into_inner())
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use strata_testkit::wait_until as wait_for;
 
 fn owned_counts(d: &GroupDescription) -> Vec<usize> {
     let mut c: Vec<usize> = d.members.iter().map(|m| m.assigned.iter().map(|tp| tp.partitions.len()).sum()).collect();

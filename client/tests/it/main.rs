@@ -6,6 +6,7 @@ mod acceptance;
 mod group_cli;
 mod groups;
 mod idempotence;
+mod queue_producer;
 mod queues;
 mod tier;
 mod tracing;

@@ -106,3 +106,197 @@ async fn a_paused_cluster_is_left_alone_and_a_bad_spec_is_reported() {
     assert!(env.fake.event_reasons().contains(&"InvalidSpec".to_owned()));
     assert!(env.fake.get(&sts_path()).is_none());
 }
+
+/// The notes of the stored events with this reason, with their counts.
+fn events_with_reason(env: &TestEnv, reason: &str) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = env
+        .fake
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .filter_map(|e| {
+            let path = path_of("events.k8s.io/v1", "Event", CLUSTER_NS, e["metadata"]["name"].as_str()?);
+            let stored = env.fake.get(&path)?;
+            Some((
+                stored["note"].as_str().unwrap_or_default().to_owned(),
+                stored["series"]["count"].as_u64().unwrap_or(1),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn events_are_grouped_only_when_their_text_is_equal() {
+    let env = TestEnv::without_broker().await;
+    env.fake.insert(json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "main", "namespace": CLUSTER_NS},
+        "spec": {"replicas": 1}
+    }));
+    let set_ready = |n: u32| {
+        let mut sts = env.fake.get(&sts_path()).unwrap();
+        sts["status"] = json!({"replicas": n, "readyReplicas": n});
+        env.fake.insert(sts);
+    };
+    reconcile(&env).await;
+    set_ready(1);
+    reconcile(&env).await;
+    assert_eq!(events_with_reason(&env, "Ready"), vec![("1 brokers ready".to_owned(), 1)]);
+
+    // Scaled to 3: progressing, then ready again with the new count.
+    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 3}));
+    reconcile(&env).await;
+    assert_eq!(env.ready(&cluster_path("main")).2, "1/3 brokers ready");
+    set_ready(3);
+    reconcile(&env).await;
+    assert_eq!(env.ready(&cluster_path("main")).2, "3/3 brokers ready");
+    assert_eq!(
+        events_with_reason(&env, "Ready"),
+        vec![("1 brokers ready".to_owned(), 1), ("3 brokers ready".to_owned(), 1)],
+        "a Ready event with new text is a new event, not a repeat of the old one"
+    );
+
+    // The same text again is a repeat: one event, counted twice.
+    let obj: BrokerCluster = serde_json::from_value(env.fake.get(&cluster_path("main")).unwrap()).unwrap();
+    for _ in 0..2 {
+        env.ctx.event(&obj, true, "Checked", "Reconcile", "same words".into()).await;
+    }
+    assert_eq!(events_with_reason(&env, "Checked"), vec![("same words".to_owned(), 2)]);
+}
+
+fn tiered_cluster(extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "replicas": 1,
+        "tier": {
+            "coldStore": "s3://strata-cold/prod",
+            "s3": {"endpoint": "http://minio.storage:9000", "region": "eu-west-1"},
+            "credentialsSecret": {"name": "cold-store"},
+            "maxPendingBytes": "2GiB",
+            "uploadConcurrency": 8
+        },
+        "telemetry": {"otlpEndpoint": "http://otel.observability:4317", "sampler": "parentbased_traceidratio", "samplerArg": "0.05"},
+        "metrics": {"monitor": "PodMonitor", "labels": {"release": "prom"}},
+        "pod": {
+            "nodeSelector": {"disk": "nvme"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "strata", "effect": "NoSchedule"}],
+            "priorityClassName": "strata-critical",
+            "labels": {"team": "platform", "app.kubernetes.io/instance": "hijack"},
+            "annotations": {"example.com/owner": "platform"}
+        }
+    });
+    crate::fake_api::merge(&mut spec, &extra);
+    json!({"apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+           "metadata": {"name": "main", "namespace": CLUSTER_NS}, "spec": spec})
+}
+
+fn secret(keys: &[&str]) -> serde_json::Value {
+    let data: serde_json::Map<String, serde_json::Value> =
+        keys.iter().map(|k| ((*k).to_owned(), json!("eA=="))).collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cold-store", "namespace": CLUSTER_NS}, "data": data})
+}
+
+#[tokio::test]
+async fn tier_telemetry_and_placement_reach_the_pods_and_the_brokers_own_config_parser() {
+    let env = TestEnv::without_broker().await;
+    env.fake.insert(tiered_cluster(json!({})));
+    env.fake.insert(secret(&["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]));
+    reconcile(&env).await;
+
+    // The rendered file, read back by the broker's real config parser.
+    let cm = env.fake.get(&path_of("v1", "ConfigMap", CLUSTER_NS, "main-config")).unwrap();
+    let config = strata_broker::Config::from_toml_str(cm["data"]["strata.toml"].as_str().unwrap()).unwrap();
+    assert_eq!(config.tier.cold_store, "s3://strata-cold/prod");
+    assert_eq!(config.tier.s3.endpoint, "http://minio.storage:9000");
+    assert_eq!(config.tier.s3.region, "eu-west-1");
+    assert!(config.tier.s3.allow_http, "an http:// endpoint is allowed");
+    assert!(!config.tier.s3.virtual_hosted_style, "path style by default");
+    assert_eq!(config.tier.max_pending_bytes.0, 2 << 30);
+    assert_eq!(config.tier.upload_concurrency, 8);
+    assert!(config.tier.s3.access_key_id.is_empty(), "no credentials in the ConfigMap");
+
+    let sts = env.fake.get(&sts_path()).unwrap();
+    let pod = &sts["spec"]["template"];
+    let env_vars = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+    let var = |name: &str| env_vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("{name}")).clone();
+    assert_eq!(var("OTEL_EXPORTER_OTLP_ENDPOINT")["value"], "http://otel.observability:4317");
+    assert_eq!(var("OTEL_TRACES_SAMPLER")["value"], "parentbased_traceidratio");
+    assert_eq!(var("OTEL_TRACES_SAMPLER_ARG")["value"], "0.05");
+    assert_eq!(var("OTEL_SERVICE_NAME")["value"], "strata-broker");
+    assert_eq!(
+        var("AWS_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"],
+        json!({"name": "cold-store", "key": "AWS_SECRET_ACCESS_KEY", "optional": false})
+    );
+    assert_eq!(pod["spec"]["nodeSelector"], json!({"disk": "nvme"}));
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "dedicated");
+    assert_eq!(pod["spec"]["priorityClassName"], "strata-critical");
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/instance"], "main", "selector labels win");
+    assert_eq!(pod["metadata"]["annotations"]["example.com/owner"], "platform");
+
+    // The PodMonitor scrapes the pods' http port.
+    let pm = env.fake.get(&path_of("monitoring.coreos.com/v1", "PodMonitor", CLUSTER_NS, "main")).unwrap();
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "http");
+    assert_eq!(pm["metadata"]["labels"]["release"], "prom");
+    assert_eq!(pm["spec"]["selector"]["matchLabels"], json!(broker_cluster::selector_labels("main")));
+    let obj = env.fake.get(&cluster_path("main")).unwrap();
+    assert_eq!(obj["status"]["readyText"], "0/1");
+    assert!(obj["status"].get("monitorProblem").is_none());
+}
+
+#[tokio::test]
+async fn a_missing_secret_or_a_bad_url_is_a_condition_not_crash_looping_pods() {
+    let env = TestEnv::without_broker().await;
+    env.fake.insert(tiered_cluster(json!({})));
+    reconcile(&env).await;
+    let (status, reason, message) = env.ready(&cluster_path("main"));
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "SecretNotFound"));
+    assert_eq!(message, "spec.tier.credentialsSecret: Secret strata/cold-store not found; waiting for it");
+    assert!(env.fake.get(&sts_path()).is_none(), "no StatefulSet whose pods could not start");
+    assert!(env.fake.event_reasons().contains(&"SecretNotFound".to_owned()));
+
+    env.fake.insert(secret(&["AWS_ACCESS_KEY_ID"]));
+    reconcile(&env).await;
+    let (_, reason, message) = env.ready(&cluster_path("main"));
+    assert_eq!(reason, "SecretKeyNotFound");
+    assert!(message.ends_with("has no key AWS_SECRET_ACCESS_KEY"), "{message}");
+    assert!(env.fake.get(&sts_path()).is_none());
+
+    env.fake.insert(secret(&["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]));
+    reconcile(&env).await;
+    assert_eq!(env.ready(&cluster_path("main")).1, "Progressing");
+    assert!(env.fake.get(&sts_path()).is_some());
+
+    for (url, want) in [
+        ("s3:///no-bucket", "names no valid bucket"),
+        ("ftp://host/x", "unsupported scheme \"ftp\""),
+        ("memory://", "memory:// keeps data in the pod's memory only"),
+        ("cold", "is not a URL"),
+    ] {
+        env.fake.update_spec(&cluster_path("main"), json!({"tier": {"coldStore": url}}));
+        reconcile(&env).await;
+        let (status, reason, message) = env.ready(&cluster_path("main"));
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"), "{url}");
+        assert!(message.starts_with("spec.tier.coldStore: ") && message.contains(want), "{url}: {message}");
+        assert!(env.fake.events().iter().any(|e| e["note"] == message.as_str()), "an event for {url}");
+    }
+}
+
+#[tokio::test]
+async fn a_monitor_without_the_prometheus_operator_is_reported_not_fatal() {
+    let env = TestEnv::without_broker().await;
+    env.fake.unserve("monitoring.coreos.com");
+    env.fake.insert(tiered_cluster(json!({"tier": null, "metrics": {"monitor": "ServiceMonitor"}})));
+    reconcile(&env).await;
+    assert!(env.fake.get(&sts_path()).is_some());
+    let obj = env.fake.get(&cluster_path("main")).unwrap();
+    let problem = obj["status"]["monitorProblem"].as_str().unwrap();
+    assert!(
+        problem.contains("ServiceMonitor not applied") && problem.contains("monitoring.coreos.com/v1"),
+        "{problem}"
+    );
+    assert_eq!(env.ready(&cluster_path("main")).1, "Progressing", "the brokers themselves are fine");
+    reconcile(&env).await;
+    assert_eq!(env.fake.event_reasons().iter().filter(|r| *r == "MonitorUnavailable").count(), 1);
+}

@@ -28,6 +28,8 @@ struct State {
     objects: BTreeMap<String, Value>,
     requests: Vec<Recorded>,
     next_rv: u64,
+    /// API groups this server does not serve (their CRDs are not installed).
+    unserved: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -186,6 +188,12 @@ impl FakeApi {
             .sum()
     }
 
+    /// Stops serving an API group (`/apis/<group>/...` answers 404), like a
+    /// cluster without that group's CRDs.
+    pub fn unserve(&self, group: &str) {
+        self.state.lock().unwrap().unserved.push(format!("/apis/{group}/"));
+    }
+
     pub fn clear_requests(&self) {
         self.state.lock().unwrap().requests.clear();
     }
@@ -199,6 +207,12 @@ impl FakeApi {
             content_type: content_type.to_owned(),
             body: body.clone(),
         });
+        if st.unserved.iter().any(|p| path.starts_with(p.as_str())) {
+            return (
+                StatusCode::NOT_FOUND,
+                status_body(404, "NotFound", "the server could not find the requested resource"),
+            );
+        }
         let (key, status_sub) = match path.strip_suffix("/status") {
             Some(k) => (k.to_owned(), true),
             None => (path.to_owned(), false),

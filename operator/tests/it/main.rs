@@ -37,6 +37,7 @@ pub struct TestEnv {
 pub fn settings() -> Settings {
     Settings {
         resync: Duration::from_secs(300),
+        status_refresh: Duration::from_secs(30),
         backoff_base: Duration::from_secs(1),
         backoff_max: Duration::from_secs(60),
     }
@@ -135,6 +136,14 @@ pub fn cluster_path(name: &str) -> String {
 
 pub fn requeue_after(action: &Action) -> String {
     format!("{action:?}")
+}
+
+/// Moves tokio's clock (what the backoff and the drift memory read) forward
+/// by `by`, then lets it run on in real time again.
+pub async fn time_passes(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
 }
 
 #[tokio::test]

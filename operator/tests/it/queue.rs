@@ -59,9 +59,10 @@ async fn queues_converge_drift_is_reverted_and_deletion_is_guarded() {
 
     // Applied before its dead-letter queue: waits with a clear message.
     env.reconcile::<Queue>(&mail).await;
-    let (status, _, message) = env.ready(&mail);
-    assert_eq!(status, "False");
-    assert!(message.contains("mail-dlq") && message.contains("does not exist"), "{message}");
+    let (status, reason, message) = env.ready(&mail);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "DeadLetterQueueNotReady"), "waiting, not invalid");
+    assert_eq!(message, "dead-letter queue mail-dlq does not exist yet; waiting for it");
+    assert!(client.describe_queue("mail").await.is_err(), "nothing half made");
 
     env.fake.insert(queue_json("mail-dlq", json!({})));
     env.reconcile::<Queue>(&queue_path("mail-dlq")).await;
@@ -93,7 +94,7 @@ async fn queues_converge_drift_is_reverted_and_deletion_is_guarded() {
     assert!(env.fake.event_reasons().contains(&"Drifted".to_owned()));
 
     // Depth in status; deletion refused while messages remain, unless forced.
-    client.send("mail", [QueueMessage::new("hello")]).await.unwrap();
+    client.send_batch("mail", [QueueMessage::new("hello")]).await.unwrap();
     env.reconcile::<Queue>(&mail).await;
     assert_eq!(env.fake.get(&mail).unwrap()["status"]["visible"], 1);
     env.fake.delete(&mail);

@@ -1,5 +1,8 @@
 //! Topic reconciles: fake Kubernetes API, real broker on loopback.
 
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use strata_client::{Message, Retention, TopicOptions};
 use strata_operator::topic::Topic;
@@ -94,15 +97,49 @@ async fn spec_updates_are_applied_and_out_of_band_changes_are_reverted_and_repor
     assert_eq!(drifted["type"], "Warning");
     assert_eq!(env.ready(&path).0, "True");
 
+    // The reconciles that follow at once (the one our own status write
+    // triggers, a status refresh) find nothing to correct: the drift stays
+    // reported, as the README promises.
+    env.reconcile::<Topic>(&path).await;
+    let (status, reason, message) = env.condition(&path, "Drifted").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Drifted"), "{message}");
+    assert!(message.contains("retention_ms -1 -> 86400000"), "{message}");
+
     // Out of band: the topic is deleted; it comes back and that is drift too.
     client.delete_topic("orders").await.unwrap();
     env.reconcile::<Topic>(&path).await;
     assert_eq!(client.describe_topic("orders").await.unwrap().partitions, 5);
     assert!(env.condition(&path, "Drifted").unwrap().2.contains("created again"));
 
-    // The next resync finds nothing to correct.
+    // The resync a period later finds nothing to correct: in sync again.
+    crate::time_passes(Duration::from_secs(301)).await;
     env.reconcile::<Topic>(&path).await;
-    assert_eq!(env.condition(&path, "Drifted").unwrap().0, "False");
+    let (status, reason, _) = env.condition(&path, "Drifted").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InSync"));
+}
+
+#[tokio::test]
+async fn counts_refresh_well_before_the_resync_and_unchanged_status_is_not_rewritten() {
+    let env = TestEnv::with_broker().await;
+    env.insert_cluster_and_tenant();
+    let path = topic_path("orders");
+    env.fake.insert(topic_json("orders", 1, json!({})));
+    let action = env.reconcile::<Topic>(&path).await;
+    assert_eq!(format!("{action:?}"), format!("{:?}", Action::requeue(Duration::from_secs(30))));
+    assert_eq!(env.fake.get(&path).unwrap()["status"]["messages"], 0);
+
+    let producer = env.client().await.producer("orders").await.unwrap();
+    for i in 0..3 {
+        producer.send(Message::new(format!("m{i}"))).await.unwrap();
+    }
+    producer.close().await.unwrap();
+    env.reconcile::<Topic>(&path).await;
+    assert_eq!(env.fake.get(&path).unwrap()["status"]["messages"], 3);
+
+    // Nothing moved: no status write (each write is a watch event).
+    env.fake.clear_requests();
+    env.reconcile::<Topic>(&path).await;
+    assert!(env.fake.requests().iter().all(|r| !r.path.ends_with("/status")), "{:?}", env.fake.requests());
 }
 
 #[tokio::test]
@@ -161,12 +198,34 @@ async fn bad_specs_give_precise_reasons_and_events_never_errors() {
     assert_eq!(reason, "NamespaceNotAllowed");
     assert!(message.contains("does not allow namespace apps"), "{message}");
 
-    // Repeating a failing reconcile does not repeat the event, and backs off.
+    // Repeating a failing reconcile does not repeat the event, and backs
+    // off: doubling once per retry that was due, not once per reconcile (our
+    // own status write triggers one at once, which must not count again).
     let before = env.fake.events().len();
+    let sneaky = path;
+    let path = topic_path("late");
+    env.fake.insert(topic_json("late", 1, json!({"tenant": "closed"})));
     let first = env.reconcile::<Topic>(&path).await;
-    let second = env.reconcile::<Topic>(&path).await;
-    assert_eq!(env.fake.events().len(), before);
-    assert_ne!(format!("{first:?}"), format!("{second:?}"), "the backoff grows");
+    assert_eq!(format!("{first:?}"), format!("{:?}", Action::requeue(Duration::from_secs(1))));
+    let at_once = env.reconcile::<Topic>(&path).await;
+    assert!(requeue_secs(&at_once) <= 1.0, "{at_once:?}");
+    crate::time_passes(Duration::from_millis(1100)).await;
+    let due = env.reconcile::<Topic>(&path).await;
+    assert_eq!(format!("{due:?}"), format!("{:?}", Action::requeue(Duration::from_secs(2))));
+    env.reconcile::<Topic>(&sneaky).await;
+    assert_eq!(env.fake.events().len(), before + 1, "one event for the new Topic, none for repeats");
+}
+
+fn requeue_secs(action: &Action) -> f64 {
+    let text = format!("{action:?}");
+    let d = text.split("Some(").nth(1).and_then(|t| t.split(')').next()).unwrap_or_default();
+    humantime::parse_duration(d).map(|d| d.as_secs_f64()).unwrap_or_else(|_| {
+        d.strip_suffix("ms")
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v / 1000.0)
+            .or_else(|| d.strip_suffix('s').and_then(|v| v.parse().ok()))
+            .unwrap_or(f64::MAX)
+    })
 }
 
 #[tokio::test]
@@ -257,4 +316,28 @@ async fn the_finalizer_is_released_when_the_cluster_is_gone() {
     env.reconcile::<Topic>(&path).await;
     assert!(env.fake.get(&path).is_none(), "the namespace is not stuck");
     assert!(env.fake.event_reasons().contains(&"FinalizerReleased".to_owned()));
+}
+
+#[tokio::test]
+async fn local_retention_reaches_the_broker_and_status_shows_local_and_remote_ranges() {
+    let env = TestEnv::with_broker().await;
+    env.insert_cluster_and_tenant();
+    let path = topic_path("orders");
+    env.fake.insert(topic_json("orders", 2, json!({"localRetention": "1h", "localRetentionBytes": 1048576})));
+    env.reconcile::<Topic>(&path).await;
+    assert_eq!(env.ready(&path).0, "True", "{:?}", env.ready(&path));
+    let config = env.client().await.describe_topic("orders").await.unwrap().config.unwrap();
+    assert_eq!(config.local_retention_ms, Some(3_600_000));
+    assert_eq!(config.local_retention_bytes, Some(1_048_576));
+    let p = &env.fake.get(&path).unwrap()["status"]["partitionOffsets"][1];
+    for field in ["localStartOffset", "localSizeBytes", "remoteStartOffset", "remoteEndOffset", "remoteSizeBytes"] {
+        assert!(p[field].is_u64(), "{field} in {p}");
+    }
+
+    // Longer than the total retention: refused precisely, nothing changed.
+    env.fake.update_spec(&path, json!({"localRetention": "30d"}));
+    env.reconcile::<Topic>(&path).await;
+    let (status, reason, message) = env.ready(&path);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("spec.localRetention (30d) is longer than spec.retention (7d)"), "{message}");
 }

@@ -1,0 +1,214 @@
+//! The broker: a small shared context — catalog, configuration, clock,
+//! metrics, shutdown, the registry of open topics and the cold tier — and
+//! thin services over it, each in its own file:
+//!
+//! - `topics.rs`: tenant and topic administration;
+//! - `produce.rs`: appends (validation, budget, idempotent producers);
+//! - `fetch.rs`: reads, start positions, offset lookups and fetch sessions;
+//! - `maintenance.rs`: retention, rolling and the cold-tier upload loop;
+//! - `open.rs`: opening the data directory and recovering every partition.
+//!
+//! Transport-free: no `tonic::Status` in here (`grpc/status.rs` maps
+//! [`BrokerError`]).
+//!
+//! Architecture invariant: the catalog is committed before the files follow
+//! it (create: catalog then directories; delete: catalog then removal), so
+//! after a crash start-up reconciles the disk to the catalog by creating
+//! missing partition directories and removing orphaned ones.
+
+mod fetch;
+mod maintenance;
+mod open;
+mod produce;
+mod topics;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{Semaphore, watch};
+
+pub use fetch::{FetchOptions, OffsetQuery, StartAt};
+pub use open::OpenError;
+pub use produce::Produced;
+pub use topics::{TenantView, TopicOverrides, TopicView};
+
+use crate::catalog::{Applied, CatalogCommand, CatalogStore, TopicSettings};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::locks::read_lock;
+use crate::log::LogStats;
+use crate::names::{TenantName, TopicName};
+use crate::partition::{Partition, TopicRef};
+use crate::tier::Tier;
+
+/// Tenant, topic and, per partition, its stats and bytes waiting for upload.
+pub(crate) type TopicStats = (String, String, Vec<(LogStats, u64)>);
+
+/// An open topic: its catalog facts and its partitions.
+pub(crate) struct Topic {
+    pub name: TopicRef,
+    pub id: u64,
+    pub created_at_ms: i64,
+    pub settings: RwLock<TopicSettings>,
+    pub partitions: RwLock<Vec<Arc<Partition>>>,
+}
+
+pub struct Broker {
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    catalog: tokio::sync::Mutex<CatalogStore>,
+    topics: RwLock<HashMap<TopicRef, Arc<Topic>>>,
+    produce_budget: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+    ready: AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The cold tier (absent with `tier.cold_store = "none"`).
+    tier: Option<Arc<Tier>>,
+    /// Issued producer ids and the latest epoch of each named producer.
+    producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
+    _dir_lock: std::fs::File,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("data_dir", &self.config.storage.data_dir).finish()
+    }
+}
+
+impl Broker {
+    /// Opens the data directory with the system clock.
+    pub async fn open(config: Config) -> Result<Arc<Broker>, OpenError> {
+        Broker::open_with_clock(config, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Wall-clock ms from the broker's clock.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Every topic's partitions with their stats and bytes waiting for
+    /// upload (for metrics).
+    pub(crate) fn partition_stats(&self) -> Vec<TopicStats> {
+        read_lock(&self.topics)
+            .values()
+            .map(|t| {
+                let parts = read_lock(&t.partitions)
+                    .iter()
+                    .map(|p| (p.stats(), if p.config().tiered { p.pending_upload_bytes() } else { 0 }))
+                    .collect();
+                (t.name.tenant.to_string(), t.name.topic.to_string(), parts)
+            })
+            .collect()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// A receiver that turns true when the broker starts shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) async fn until_shutdown(&self) {
+        let mut rx = self.shutdown.subscribe();
+        if rx.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn check_running(&self) -> Result<(), BrokerError> {
+        if *self.shutdown.borrow() { Err(BrokerError::ShuttingDown) } else { Ok(()) }
+    }
+
+    /// Stops accepting new work: not ready, new appends refused, fetch and
+    /// produce streams end. In-flight appends still complete.
+    pub fn shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Flushes every partition to disk and closes it (after `shutdown`).
+    pub async fn close(&self) {
+        let partitions = self.all_partitions();
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in partitions {
+                if let Err(e) = p.flush() {
+                    tracing::error!(dir = %p.dir().display(), error = %e, "flush on shutdown failed");
+                }
+                p.close();
+            }
+        })
+        .await;
+    }
+
+    fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        read_lock(&self.topics).values().flat_map(|t| read_lock(&t.partitions).clone()).collect()
+    }
+
+    // ---- lookup -------------------------------------------------------
+
+    fn topic(&self, tenant: &str, topic: &str) -> Result<Arc<Topic>, BrokerError> {
+        let key = TopicRef::new(TenantName::resolve(tenant)?, TopicName::parse(topic)?);
+        let topics = read_lock(&self.topics);
+        if let Some(t) = topics.get(&key) {
+            return Ok(t.clone());
+        }
+        drop(topics);
+        // Distinguish an unknown tenant from an unknown topic.
+        let catalog = self.catalog.try_lock();
+        if let Ok(c) = catalog
+            && !c.catalog().tenants.contains_key(key.tenant.as_str())
+        {
+            return Err(crate::catalog::CatalogError::UnknownTenant(key.tenant.to_string()).into());
+        }
+        Err(crate::catalog::CatalogError::UnknownTopic { tenant: key.tenant.to_string(), name: key.topic.to_string() }
+            .into())
+    }
+
+    /// How many partitions a topic has.
+    pub fn partition_count(&self, tenant: &str, topic: &str) -> Result<u32, BrokerError> {
+        Ok(read_lock(&self.topic(tenant, topic)?.partitions).len() as u32)
+    }
+
+    /// One partition of a topic.
+    pub(crate) fn partition(&self, tenant: &str, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+        let t = self.topic(tenant, topic)?;
+        let parts = read_lock(&t.partitions);
+        parts.get(partition as usize).cloned().ok_or_else(|| BrokerError::UnknownPartition {
+            tenant: t.name.tenant.to_string(),
+            topic: t.name.topic.to_string(),
+            partition,
+            partitions: parts.len() as u32,
+        })
+    }
+
+    // ---- catalog ------------------------------------------------------
+
+    /// Commits a catalog command for another domain module (queues).
+    pub(crate) async fn commit_catalog(&self, cmd: &CatalogCommand) -> Result<Applied, BrokerError> {
+        self.check_running()?;
+        let mut store = self.catalog.lock().await;
+        Ok(store.commit(cmd)?)
+    }
+
+    /// A copy of the catalog (it is small).
+    pub(crate) async fn catalog_snapshot(&self) -> crate::catalog::Catalog {
+        self.catalog.lock().await.catalog().clone()
+    }
+}

@@ -1,0 +1,372 @@
+//! Tenant and topic administration: catalog commands first, then the
+//! partitions' files follow (see the invariant in `broker/mod.rs`).
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use super::{Broker, Topic};
+use crate::catalog::{Applied, CatalogCommand, TopicSettings, topic_dir};
+use crate::config::{Limit, MIN_SEGMENT_BYTES};
+use crate::error::BrokerError;
+use crate::locks::{read_lock, write_lock};
+use crate::log::{Durability, LogStats};
+use crate::names::{TenantName, TopicName};
+use crate::partition::{Partition, PartitionId, TopicRef};
+use crate::tier::RemotePartition;
+
+/// Settings a client asked for; `None` means the broker default (create)
+/// or unchanged (update).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicOverrides {
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<i64>,
+    pub durability: Option<Durability>,
+    pub local_retention_ms: Option<i64>,
+    pub local_retention_bytes: Option<i64>,
+}
+
+/// A topic as clients see it.
+#[derive(Debug, Clone)]
+pub struct TopicView {
+    pub tenant: String,
+    pub name: String,
+    pub id: u64,
+    pub partitions: u32,
+    pub settings: TopicSettings,
+    pub created_at_ms: i64,
+    pub partition_stats: Vec<LogStats>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantView {
+    pub name: String,
+    pub created_at_ms: i64,
+    pub topic_count: u32,
+}
+
+impl Broker {
+    pub async fn create_tenant(&self, name: &str, if_not_exists: bool) -> Result<TenantView, BrokerError> {
+        self.check_running()?;
+        let name = TenantName::parse(name)?;
+        let mut store = self.catalog.lock().await;
+        let res = store.commit(&CatalogCommand::CreateTenant { name: name.to_string(), at_ms: self.now_ms() });
+        match res {
+            Ok(_) => {}
+            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TenantExists(_)))
+                if if_not_exists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let t = &store.catalog().tenants[name.as_str()];
+        Ok(TenantView { name: name.to_string(), created_at_ms: t.created_at_ms, topic_count: t.topics.len() as u32 })
+    }
+
+    pub async fn list_tenants(&self) -> Vec<TenantView> {
+        let store = self.catalog.lock().await;
+        store
+            .catalog()
+            .tenants
+            .iter()
+            .map(|(name, t)| TenantView {
+                name: name.clone(),
+                created_at_ms: t.created_at_ms,
+                topic_count: t.topics.len() as u32,
+            })
+            .collect()
+    }
+
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), BrokerError> {
+        self.check_running()?;
+        let name = TenantName::parse(name)?;
+        let mut store = self.catalog.lock().await;
+        store.commit(&CatalogCommand::DeleteTenant { name: name.to_string() })?;
+        let dir = self.config.storage.data_dir.join("topics").join(name.as_str());
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
+    }
+
+    fn resolve_settings(&self, base: TopicSettings, o: &TopicOverrides) -> Result<TopicSettings, BrokerError> {
+        let s = TopicSettings {
+            retention_ms: o.retention_ms.unwrap_or(base.retention_ms),
+            retention_bytes: o.retention_bytes.unwrap_or(base.retention_bytes),
+            segment_bytes: o.segment_bytes.unwrap_or(base.segment_bytes),
+            segment_ms: o.segment_ms.unwrap_or(base.segment_ms),
+            durability: o.durability.unwrap_or(base.durability),
+            local_retention_ms: o.local_retention_ms.unwrap_or(base.local_retention_ms),
+            local_retention_bytes: o.local_retention_bytes.unwrap_or(base.local_retention_bytes),
+        };
+        let bad = |m: String| Err(BrokerError::InvalidConfig(m));
+        const MAX_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+        for (field, v) in [("retention_ms", s.retention_ms), ("local_retention_ms", s.local_retention_ms)] {
+            if v != -1 && !(1..=MAX_MS).contains(&v) {
+                return bad(format!("{field} must be -1 (forever) or between 1 and {MAX_MS} ms, got {v}"));
+            }
+        }
+        for (field, v) in [("retention_bytes", s.retention_bytes), ("local_retention_bytes", s.local_retention_bytes)] {
+            if v != -1 && v <= 0 {
+                return bad(format!("{field} must be -1 (unlimited) or positive, got {v}"));
+            }
+        }
+        if s.local_retention_ms >= 0 && s.retention_ms >= 0 && s.local_retention_ms > s.retention_ms {
+            return bad(format!(
+                "local_retention_ms ({}) must not exceed retention_ms ({})",
+                s.local_retention_ms, s.retention_ms
+            ));
+        }
+        if s.local_retention_bytes >= 0 && s.retention_bytes >= 0 && s.local_retention_bytes > s.retention_bytes {
+            return bad(format!(
+                "local_retention_bytes ({}) must not exceed retention_bytes ({})",
+                s.local_retention_bytes, s.retention_bytes
+            ));
+        }
+        if !(MIN_SEGMENT_BYTES..=(1 << 31)).contains(&s.segment_bytes) {
+            return bad(format!(
+                "segment_bytes must be between {MIN_SEGMENT_BYTES} and {} bytes, got {}",
+                1u64 << 31,
+                s.segment_bytes
+            ));
+        }
+        if !(1..=MAX_MS).contains(&s.segment_ms) {
+            return bad(format!("segment_ms must be between 1 and {MAX_MS} ms, got {}", s.segment_ms));
+        }
+        Ok(s)
+    }
+
+    fn default_settings(&self) -> TopicSettings {
+        let d = &self.config.topic_defaults;
+        TopicSettings {
+            retention_ms: match d.retention {
+                Limit::Unlimited => -1,
+                Limit::Max(h) => h.0.as_millis() as i64,
+            },
+            retention_bytes: match d.retention_bytes {
+                Limit::Unlimited => -1,
+                Limit::Max(b) => b.0 as i64,
+            },
+            segment_bytes: d.segment_bytes.0,
+            segment_ms: d.segment_age.0.as_millis() as i64,
+            durability: d.durability,
+            local_retention_ms: -1,
+            local_retention_bytes: -1,
+        }
+    }
+
+    pub async fn create_topic(
+        &self,
+        tenant: &str,
+        name: &str,
+        partitions: u32,
+        overrides: TopicOverrides,
+        if_not_exists: bool,
+    ) -> Result<TopicView, BrokerError> {
+        self.check_running()?;
+        let tenant = TenantName::resolve(tenant)?;
+        let name = TopicName::parse(name)?;
+        self.check_partitions(partitions)?;
+        let settings = self.resolve_settings(self.default_settings(), &overrides)?;
+        let mut store = self.catalog.lock().await;
+        let cmd = CatalogCommand::CreateTopic {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            partitions,
+            settings,
+            at_ms: self.now_ms(),
+        };
+        let id = match store.commit(&cmd) {
+            Ok(Applied::Topic { id }) => id,
+            Ok(other) => return Err(BrokerError::Internal(format!("CreateTopic committed as {other:?}"))),
+            Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TopicExists { .. }))
+                if if_not_exists =>
+            {
+                drop(store);
+                return self.describe_topic(tenant.as_str(), name.as_str());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let record = store.catalog().tenants[tenant.as_str()].topics[name.as_str()].clone();
+        let dir = topic_dir(&self.config.storage.data_dir, tenant.as_str(), name.as_str(), id);
+        let key = TopicRef::new(tenant.clone(), name.clone());
+        let logs = self.open_partitions(&key, id, &dir, 0..partitions, settings).await?;
+        let state = Arc::new(Topic {
+            name: key.clone(),
+            id,
+            created_at_ms: record.created_at_ms,
+            settings: RwLock::new(settings),
+            partitions: RwLock::new(logs),
+        });
+        write_lock(&self.topics).insert(key, state);
+        drop(store);
+        self.describe_topic(tenant.as_str(), name.as_str())
+    }
+
+    fn check_partitions(&self, partitions: u32) -> Result<(), BrokerError> {
+        let max = self.config.limits.max_partitions_per_topic;
+        if partitions == 0 || partitions > max {
+            return Err(BrokerError::InvalidConfig(format!(
+                "partitions must be between 1 and {max}, got {partitions}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn open_partitions(
+        &self,
+        topic: &TopicRef,
+        topic_id: u64,
+        dir: &Path,
+        range: Range<u32>,
+        settings: TopicSettings,
+    ) -> Result<Vec<Arc<Partition>>, BrokerError> {
+        let dir = dir.to_path_buf();
+        let interval = self.config.storage.index_interval_bytes.0;
+        let tiered = self.tier.is_some();
+        let now = self.now_ms();
+        let topic2 = topic.clone();
+        let partitions = tokio::task::spawn_blocking(move || {
+            range
+                .map(|p| {
+                    let id = PartitionId::new(topic2.clone(), topic_id, p);
+                    let resource = id.to_string();
+                    Partition::open(&dir.join(p.to_string()), id, settings.log_config(interval, tiered), now)
+                        .map(|(partition, _)| partition)
+                        .map_err(|source| BrokerError::Log { resource, source })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|source| BrokerError::TaskFailed { what: "open partitions", source })??;
+        if let Some(tier) = &self.tier {
+            for p in &partitions {
+                let remote = RemotePartition::load(tier.store.clone(), tier.cache.clone(), p.id().remote_prefix())
+                    .await
+                    .map_err(|e| BrokerError::ColdTier { resource: p.id().to_string(), source: e })?;
+                p.attach_remote(Arc::new(remote));
+            }
+        }
+        for p in &partitions {
+            tokio::spawn(p.log().clone().run_syncer());
+        }
+        Ok(partitions)
+    }
+
+    pub async fn list_topics(&self, tenant: &str) -> Result<Vec<TopicView>, BrokerError> {
+        let tenant = TenantName::resolve(tenant)?;
+        let store = self.catalog.lock().await;
+        let t = store
+            .catalog()
+            .tenants
+            .get(tenant.as_str())
+            .ok_or_else(|| crate::catalog::CatalogError::UnknownTenant(tenant.to_string()))?;
+        Ok(t.topics
+            .iter()
+            .map(|(name, r)| TopicView {
+                tenant: tenant.to_string(),
+                name: name.clone(),
+                id: r.id,
+                partitions: r.partitions,
+                settings: r.settings,
+                created_at_ms: r.created_at_ms,
+                partition_stats: Vec::new(),
+            })
+            .collect())
+    }
+
+    pub fn describe_topic(&self, tenant: &str, name: &str) -> Result<TopicView, BrokerError> {
+        let t = self.topic(tenant, name)?;
+        let stats = read_lock(&t.partitions).iter().map(|l| l.stats()).collect::<Vec<_>>();
+        Ok(TopicView {
+            tenant: t.name.tenant.to_string(),
+            name: t.name.topic.to_string(),
+            id: t.id,
+            partitions: stats.len() as u32,
+            settings: *read_lock(&t.settings),
+            created_at_ms: t.created_at_ms,
+            partition_stats: stats,
+        })
+    }
+
+    pub async fn add_partitions(&self, tenant: &str, name: &str, partitions: u32) -> Result<TopicView, BrokerError> {
+        self.check_running()?;
+        let t = self.topic(tenant, name)?;
+        self.check_partitions(partitions)?;
+        let mut store = self.catalog.lock().await;
+        let applied = store.commit(&CatalogCommand::AddPartitions {
+            tenant: t.name.tenant.to_string(),
+            name: t.name.topic.to_string(),
+            partitions,
+        })?;
+        if let Applied::PartitionsAdded { from, to, .. } = applied
+            && to > from
+        {
+            let dir = topic_dir(&self.config.storage.data_dir, t.name.tenant.as_str(), t.name.topic.as_str(), t.id);
+            let settings = *read_lock(&t.settings);
+            let logs = self.open_partitions(&t.name, t.id, &dir, from..to, settings).await?;
+            write_lock(&t.partitions).extend(logs);
+        }
+        drop(store);
+        self.describe_topic(t.name.tenant.as_str(), t.name.topic.as_str())
+    }
+
+    pub async fn update_topic(
+        &self,
+        tenant: &str,
+        name: &str,
+        overrides: TopicOverrides,
+    ) -> Result<TopicView, BrokerError> {
+        self.check_running()?;
+        let t = self.topic(tenant, name)?;
+        let current = *read_lock(&t.settings);
+        let settings = self.resolve_settings(current, &overrides)?;
+        let mut store = self.catalog.lock().await;
+        store.commit(&CatalogCommand::UpdateTopic {
+            tenant: t.name.tenant.to_string(),
+            name: t.name.topic.to_string(),
+            settings,
+        })?;
+        *write_lock(&t.settings) = settings;
+        let interval = self.config.storage.index_interval_bytes.0;
+        for log in read_lock(&t.partitions).iter() {
+            log.set_config(settings.log_config(interval, self.tier.is_some()));
+        }
+        drop(store);
+        self.describe_topic(t.name.tenant.as_str(), t.name.topic.as_str())
+    }
+
+    pub async fn delete_topic(&self, tenant: &str, name: &str) -> Result<(), BrokerError> {
+        self.check_running()?;
+        let t = self.topic(tenant, name)?;
+        let mut store = self.catalog.lock().await;
+        store.commit(&CatalogCommand::DeleteTopic {
+            tenant: t.name.tenant.to_string(),
+            name: t.name.topic.to_string(),
+        })?;
+        write_lock(&self.topics).remove(&t.name);
+        drop(store);
+        for log in read_lock(&t.partitions).iter() {
+            log.close();
+        }
+        let dir = topic_dir(&self.config.storage.data_dir, t.name.tenant.as_str(), t.name.topic.as_str(), t.id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        if let Some(tier) = &self.tier {
+            // Best effort: the catalog no longer names the topic, so its
+            // objects are garbage; a failure leaves them to an operator's
+            // bucket lifecycle rule (logged).
+            let store = tier.store.store.clone();
+            let prefix =
+                object_store::path::Path::from_iter([t.name.tenant.to_string(), format!("{}.{}", t.name.topic, t.id)]);
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                let locations = store.list(Some(&prefix)).map(|m| m.map(|m| m.location)).boxed();
+                let mut results = store.delete_stream(locations);
+                while let Some(r) = results.next().await {
+                    if let Err(e) = r {
+                        tracing::warn!(prefix = %prefix, error = %e, "could not delete a deleted topic's remote object");
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+}

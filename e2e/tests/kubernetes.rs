@@ -1,0 +1,308 @@
+//! Strata on a real Kubernetes control plane: the CRDs, the operator
+//! running in the cluster from the rendered Helm chart (two replicas with
+//! leader election, its RBAC exercised for real), `examples/` converging,
+//! messages through a broker pod, a crashed broker pod keeping its data,
+//! leader hand-over, and a deletion that no finalizer holds up.
+//!
+//! Prints `skipped: <reason>` when a piece is missing (see the harness in
+//! `src/lib.rs`), and fails instead when `CI` is set.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+use strata_e2e::{Cluster, Prerequisites, Steps, condition, skip_or_fail, wait_for};
+
+/// The operator's namespace and Helm release name.
+const OPERATOR_NS: &str = "strata-system";
+const RELEASE: &str = "strata";
+/// Messages produced through the broker pod.
+const MESSAGES: usize = 1000;
+
+#[test]
+fn strata_on_a_real_control_plane() -> anyhow::Result<()> {
+    let prereq = match Prerequisites::find() {
+        Ok(p) => p,
+        Err(reason) => {
+            skip_or_fail(&reason);
+            return Ok(());
+        }
+    };
+    let mut steps = Steps::default();
+    let cluster = Cluster::start(&prereq)?;
+    steps.pass(&format!(
+        "control plane (etcd, kube-apiserver, kube-controller-manager) and kubesim node up; moto on port {}",
+        cluster.moto_port
+    ));
+    let result = scenario(&cluster, &mut steps);
+    if let Err(e) = &result {
+        eprintln!("e2e failed: {e:#}\n{}", cluster.diagnostics());
+    }
+    let dir = cluster.tempdir().to_owned();
+    cluster.stop()?;
+    ensure!(!dir.exists(), "the temporary folder {} is left behind", dir.display());
+    result?;
+    steps.pass("cleaned up: kubesim stopped its pods and removed its bridge, control plane stopped, temp dir removed");
+    Ok(())
+}
+
+fn scenario(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
+    let repo = &cluster.prereq.repo;
+
+    // CRDs, as `helm install` would put them first.
+    cluster.kubectl(&["apply", "--server-side", "-f", &repo.join("crds").display().to_string()])?;
+    cluster.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+    steps.pass("CRDs installed and Established (CEL rules accepted by kube-apiserver)");
+
+    // The operator from the rendered chart: two replicas, leader election.
+    let operator = render_chart(
+        &repo.join("charts/strata-operator"),
+        &json!({"replicas": 2, "leaderElection": {"enabled": true}, "resync": "30s"}),
+    )?;
+    let deployment = operator
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .context("the chart renders a Deployment")?
+        .to_owned();
+    cluster.kubectl(&["create", "namespace", OPERATOR_NS])?;
+    let operator_list = json!({"apiVersion": "v1", "kind": "List", "items": operator}).to_string();
+    cluster.kubectl_in(&["apply", "-f", "-"], Some(&operator_list))?;
+    cluster.kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "rollout",
+        "status",
+        &format!("deployment/{deployment}"),
+        "--timeout=120s",
+    ])?;
+    let leader = lease_holder(cluster, None)?;
+    steps.pass(&format!(
+        "operator running in the cluster from the rendered chart: 2 replicas Ready under its ServiceAccount, leader {leader}"
+    ));
+
+    // The examples, in one apply (they converge in any order).
+    for ns in ["strata", "team-a"] {
+        cluster.kubectl(&["create", "namespace", ns])?;
+    }
+    let examples = examples(&repo.join("examples"))?;
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": examples}).to_string();
+    cluster.kubectl_in(&["apply", "-f", "-"], Some(&list))?;
+    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/main", "--timeout=180s"])?;
+    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "pod/main-0", "--timeout=60s"])?;
+    let pod = cluster.get(&["-n", "strata", "pod", "main-0"])?;
+    ensure!(pod["status"]["phase"] == "Running", "broker pod main-0 is {}", pod["status"]["phase"]);
+    steps.pass("BrokerCluster main Ready; pod main-0 Running and Ready (readiness probe /readyz)");
+    for obj in &examples {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_ascii_lowercase();
+        if kind == "brokercluster" {
+            continue;
+        }
+        let (ns, name) = (
+            obj["metadata"]["namespace"].as_str().unwrap_or("default"),
+            obj["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        cluster.kubectl(&["-n", ns, "wait", "--for=condition=Ready", &format!("{kind}/{name}"), "--timeout=180s"])?;
+    }
+    steps.pass("Tenant team-a, Topic orders, Queues order-emails(-dlq), ConsumerGroup billing: kubectl wait --for=condition=Ready");
+
+    // Messages through the broker pod's own address.
+    let server = format!("http://{}:7070", pod_ip(cluster, "strata", "main-0")?);
+    let sent: BTreeSet<String> = (0..MESSAGES).map(|i| format!("e2e-{i}")).collect();
+    let input = sent.iter().map(|m| format!("{m}\n")).collect::<String>();
+    cluster.strata(
+        &["--server", &server, "--tenant", "team-a", "produce", "orders"],
+        Some(&input),
+        Duration::from_secs(60),
+    )?;
+    let got = consume_all(cluster, &server)?;
+    ensure!(
+        got == sent,
+        "consumed {} distinct messages, {} differ from those produced",
+        got.len(),
+        got.symmetric_difference(&sent).count()
+    );
+    steps.pass(&format!("{MESSAGES} messages produced and consumed through {server} (strata CLI, tenant team-a)"));
+
+    // A crash: SIGKILL the broker; kubesim restarts it on the same volume.
+    let restarts = restart_count(cluster, "strata", "main-0")?;
+    cluster.kubesim(&["kill", "main-0", "-n", "strata"])?;
+    wait_for("main-0 to restart after SIGKILL and be Ready", Duration::from_secs(120), || {
+        let pod = cluster.get(&["-n", "strata", "pod", "main-0"])?;
+        let n = pod["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0);
+        Ok((n > restarts && condition(&pod, "Ready").as_deref() == Some("True")).then_some(()))
+    })?;
+    let server = format!("http://{}:7070", pod_ip(cluster, "strata", "main-0")?);
+    let again = consume_all(cluster, &server)?;
+    ensure!(again == sent, "after the crash {} of {MESSAGES} messages read back", again.intersection(&sent).count());
+    cluster.kubectl(&["-n", "team-a", "wait", "--for=condition=Ready", "topic/orders", "--timeout=60s"])?;
+    steps.pass(&format!("kubesim kill main-0 (SIGKILL): restarted, Ready, all {MESSAGES} messages read back"));
+
+    // Leader hand-over: delete the leader's pod; another replica takes the lease.
+    cluster.kubectl(&["-n", OPERATOR_NS, "delete", "pod", &leader, "--timeout=60s"])?;
+    let new_leader = lease_holder(cluster, Some(&leader))?;
+    // The new leader reconciles: a new Topic becomes Ready.
+    let topic = json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "Topic",
+        "metadata": {"name": "audit", "namespace": "team-a"},
+        "spec": {"clusterRef": {"name": "main", "namespace": "strata"}, "tenant": "team-a", "partitions": 2}
+    });
+    cluster.kubectl_in(&["apply", "-f", "-"], Some(&topic.to_string()))?;
+    cluster.kubectl(&["-n", "team-a", "wait", "--for=condition=Ready", "topic/audit", "--timeout=120s"])?;
+    steps.pass(&format!(
+        "leader pod {leader} deleted: lease handed over to {new_leader}, which reconciles (Topic audit Ready)"
+    ));
+
+    // RBAC exercised for real: nothing the operator did was forbidden.
+    let logs = cluster.container_logs(OPERATOR_NS)?;
+    let lines: usize = logs.iter().map(|(_, t)| t.lines().count()).sum();
+    ensure!(lines > 0, "the operator pods logged nothing");
+    for (file, text) in &logs {
+        if let Some(line) = text.lines().find(|l| l.to_ascii_lowercase().contains("forbidden")) {
+            bail!("the operator was refused by RBAC ({file}): {line}");
+        }
+    }
+    steps.pass(&format!("no `forbidden` in {} operator container logs ({lines} lines)", logs.len()));
+
+    delete_everything(cluster, &examples, &operator_list)?;
+    steps.pass("deleted the examples, their namespaces, the operator and the CRDs: no finalizer held anything up, no volume left");
+    Ok(())
+}
+
+/// Renders the chart with the real Helm engine (helm-python-sdk); the
+/// manifests as JSON objects.
+fn render_chart(chart: &Path, values: &Value) -> anyhow::Result<Vec<Value>> {
+    const SCRIPT: &str = r#"
+import json, sys, yaml, helm_python as helm
+chart, ns, release, values = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+with helm.Chart.load(chart) as c:
+    out = c.render(values, name=release, namespace=ns, is_install=True)
+docs = [d for path, text in sorted(out.items()) if path.endswith((".yaml", ".yml")) for d in yaml.safe_load_all(text) if d]
+print(json.dumps(docs))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(chart)
+        .args([OPERATOR_NS, RELEASE, &values.to_string()])
+        .output()?;
+    ensure!(out.status.success(), "rendering the chart failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `examples/*.yaml` as objects. The BrokerCluster runs one broker: with
+/// more, each broker is on its own (clustering is not there yet) and the
+/// client Service would send each request to any one of them.
+fn examples(dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    files.sort_by_key(std::fs::DirEntry::path);
+    for f in files {
+        let text = std::fs::read_to_string(f.path())?;
+        let mut obj: Value = serde_yaml::from_str(&text).with_context(|| f.path().display().to_string())?;
+        if obj["kind"] == "BrokerCluster" {
+            obj["spec"]["replicas"] = json!(1);
+        }
+        out.push(obj);
+    }
+    ensure!(out.len() >= 6, "examples/ has {} objects", out.len());
+    Ok(out)
+}
+
+/// The operator Lease's holder once it is held (by someone other than `not`).
+fn lease_holder(cluster: &Cluster, not: Option<&str>) -> anyhow::Result<String> {
+    let holder = wait_for("the operator's Lease to be held by a replica", Duration::from_secs(90), || {
+        let lease = cluster.kubectl(&[
+            "-n",
+            OPERATOR_NS,
+            "get",
+            "lease",
+            "strata-operator",
+            "--ignore-not-found",
+            "-o",
+            "json",
+        ])?;
+        if lease.trim().is_empty() {
+            return Ok(None);
+        }
+        let lease: Value = serde_json::from_str(&lease)?;
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_owned();
+        Ok((!holder.is_empty() && Some(holder.as_str()) != not).then_some(holder))
+    })?;
+    // The holder is a live operator pod (its name, or its name and a suffix).
+    let pods = cluster.get(&["-n", OPERATOR_NS, "pods"])?;
+    let pod = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .find(|name| holder == *name || holder.starts_with(&format!("{name}_")))
+        .with_context(|| format!("the Lease holder {holder} is no operator pod"))?;
+    Ok(pod.to_owned())
+}
+
+fn pod_ip(cluster: &Cluster, ns: &str, pod: &str) -> anyhow::Result<String> {
+    let ip = cluster.kubectl(&["-n", ns, "get", "pod", pod, "-o", "jsonpath={.status.podIP}"])?;
+    ensure!(!ip.is_empty(), "pod {pod} has no IP");
+    Ok(ip)
+}
+
+fn restart_count(cluster: &Cluster, ns: &str, pod: &str) -> anyhow::Result<i64> {
+    let pod = cluster.get(&["-n", ns, "pod", pod])?;
+    Ok(pod["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0))
+}
+
+fn consume_all(cluster: &Cluster, server: &str) -> anyhow::Result<BTreeSet<String>> {
+    let out = cluster.strata(
+        &[
+            "--server",
+            server,
+            "--tenant",
+            "team-a",
+            "consume",
+            "orders",
+            "--from",
+            "earliest",
+            "--count",
+            &MESSAGES.to_string(),
+        ],
+        None,
+        Duration::from_secs(60),
+    )?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// Deletes what a user would, leaves first, each with a deadline: a
+/// finalizer that never lets go fails here instead of hanging a namespace.
+fn delete_everything(cluster: &Cluster, examples: &[Value], operator: &str) -> anyhow::Result<()> {
+    // Topics holding messages are only deleted with the force annotation.
+    for topic in ["orders", "audit"] {
+        cluster.kubectl(&["-n", "team-a", "annotate", "topic", topic, "strata.dev/force-delete=true"])?;
+    }
+    cluster.kubectl(&["-n", "team-a", "delete", "topic", "audit", "--timeout=60s"])?;
+    let order = ["ConsumerGroup", "Queue", "Topic", "Tenant", "BrokerCluster"];
+    for kind in order {
+        for obj in examples.iter().filter(|o| o["kind"] == kind) {
+            let (ns, name) = (
+                obj["metadata"]["namespace"].as_str().unwrap_or("default"),
+                obj["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            cluster.kubectl(&["-n", ns, "delete", &kind.to_ascii_lowercase(), name, "--timeout=90s"])?;
+        }
+    }
+    cluster.kubectl(&["delete", "namespace", "team-a", "strata", "--timeout=120s"])?;
+    cluster.kubectl_in(&["delete", "-f", "-", "--timeout=60s"], Some(operator))?;
+    cluster.kubectl(&["delete", "namespace", OPERATOR_NS, "--timeout=120s"])?;
+    cluster.kubectl(&["delete", "-f", &cluster.prereq.repo.join("crds").display().to_string(), "--timeout=60s"])?;
+    let left = cluster.kubectl(&["get", "namespaces", "-o", "jsonpath={.items[*].metadata.name}"])?;
+    for ns in ["team-a", "strata", OPERATOR_NS] {
+        ensure!(!left.split_whitespace().any(|n| n == ns), "namespace {ns} is still there: {left}");
+    }
+    // The broker's volume is released and reclaimed (kubesim deletes it).
+    wait_for("the broker's PersistentVolume to be reclaimed", Duration::from_secs(60), || {
+        let pvs = cluster.get(&["pv"])?;
+        Ok(pvs["items"].as_array().is_none_or(Vec::is_empty).then_some(()))
+    })?;
+    Ok(())
+}

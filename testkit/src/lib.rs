@@ -1,0 +1,114 @@
+//! Test support shared by the workspace's test suites (a dev-dependency
+//! only): a real S3-compatible server (`moto_server`) on a free loopback
+//! port, and polling a condition with a deadline instead of sleeping.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether this run is CI, where a test may not skip for missing infrastructure.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Polls `f` until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `f` until it returns true, panicking with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually(what, timeout, || {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// A `moto_server` child process on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Moto {
+    /// Starts moto and waits (with a deadline) until it answers HTTP.
+    /// `None` when `moto_server` is not installed — except in CI, where that
+    /// is a failure (nothing may skip there).
+    pub fn start() -> Option<Moto> {
+        let port = free_port();
+        let spawned = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) if in_ci() => panic!("moto_server is required in CI (pip install 'moto[server]'): {e}"),
+            Err(_) => return None,
+        };
+        let mut moto = Moto { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http(moto.addr, "GET / HTTP/1.1").is_some() {
+                return Some(moto);
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "moto_server did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let status = http(self.addr, &format!("PUT /{bucket} HTTP/1.1")).expect("moto answers");
+        assert!(status.contains(" 200"), "create bucket: {status}");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one bodiless HTTP request; returns the status line.
+pub fn http(addr: SocketAddr, request_line: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "{request_line}\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    text.lines().next().filter(|l| l.starts_with("HTTP/")).map(str::to_owned)
+}
