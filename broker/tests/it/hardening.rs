@@ -152,3 +152,66 @@ async fn producer_ids_and_epochs_are_issued_and_checked_by_the_broker() {
     let values: Vec<String> = read_partition(&mut log, "ids", 2, 0).await.iter().map(value).collect();
     assert_eq!(values, ["after"]);
 }
+
+/// Sends `body` as the raw message of a unary call to `path`, bypassing the
+/// generated client's encoder; the answer decodes as `R`.
+async fn raw_unary<R: prost::Message + Default + Send + 'static>(
+    b: &TestBroker,
+    path: &'static str,
+    body: &'static [u8],
+) -> Result<R, tonic::Status> {
+    use tonic::codec::{Codec, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    struct Raw<R>(std::marker::PhantomData<R>);
+    struct RawEncoder;
+    impl Encoder for RawEncoder {
+        type Item = Bytes;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(buf, &item);
+            Ok(())
+        }
+    }
+    impl<R: prost::Message + Default + Send + 'static> Codec for Raw<R> {
+        type Encode = Bytes;
+        type Decode = R;
+        type Encoder = RawEncoder;
+        type Decoder = strata_proto::codec::StrataDecoder<R>;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> Self::Decoder {
+            strata_proto::codec::StrataCodec::<R, R>::default().decoder()
+        }
+    }
+
+    let mut grpc = tonic::client::Grpc::new(channel(b.addr()).await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(Bytes::from_static(body)), path, Raw::<R>::default()).await.map(|r| r.into_inner())
+}
+
+/// Bytes that are not the protobuf the method expects are the client's
+/// fault: INVALID_ARGUMENT naming the message type, never INTERNAL; the
+/// broker goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_protobuf_is_invalid_argument() {
+    let b = TestBroker::start().await;
+    // Field 1 (name, a string) sent as a varint; then a truncated
+    // length-delimited field; then a field number 0.
+    for body in [&[0x08u8, 0x01][..], &[0x0a, 0x05, b'a'], &[0x00, 0x01]] {
+        let body: &'static [u8] = Box::leak(body.to_vec().into_boxed_slice());
+        let err = raw_unary::<strata_proto::v1::TopicDescription>(&b, "/strata.v1.Admin/CreateTopic", body)
+            .await
+            .unwrap_err();
+        assert_status(&err, Code::InvalidArgument, ErrorCode::InvalidRequest, "CreateTopicRequest");
+        assert!(!err.message().contains("failed to decode Protobuf"), "{}", err.message());
+    }
+    let produce = raw_unary::<strata_proto::v1::ProduceResponse>(&b, "/strata.v1.Log/Produce", &[0x12, 0x7f, 0x00])
+        .await
+        .unwrap_err();
+    assert_status(&produce, Code::InvalidArgument, ErrorCode::InvalidRequest, "ProduceRequest");
+    // A valid request on the same broker still works.
+    create_topic(&b, "after", 1).await;
+}
