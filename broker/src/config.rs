@@ -210,6 +210,12 @@ pub struct LimitsConfig {
     /// Unfinished messages one queue may hold (each costs ~100 bytes of
     /// memory for its state); beyond it, sends get RESOURCE_EXHAUSTED.
     pub max_queue_messages: u64,
+    /// gRPC connections served at once; further ones are closed as soon as
+    /// they are accepted (clients see UNAVAILABLE). Keep it below the
+    /// process's open-file limit, which the broker raises to its hard limit.
+    pub max_connections: u32,
+    /// Concurrent calls (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -359,6 +365,8 @@ impl Default for LimitsConfig {
             max_inflight_produce_bytes: ByteSize::mib(256),
             max_partitions_per_topic: 10_000,
             max_queue_messages: 2_000_000,
+            max_connections: 10_000,
+            max_streams_per_connection: 1_000,
         }
     }
 }
@@ -452,6 +460,9 @@ impl Config {
         }
         if l.max_partitions_per_topic == 0 {
             return bad("limits.max_partitions_per_topic must be positive".into());
+        }
+        if l.max_connections == 0 || l.max_streams_per_connection == 0 {
+            return bad("limits.max_connections and limits.max_streams_per_connection must be positive".into());
         }
         let t = &self.topic_defaults;
         if t.segment_bytes.0 < MIN_SEGMENT_BYTES || t.segment_bytes.0 > u64::from(u32::MAX) {

@@ -64,8 +64,43 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
+/// Raises the soft open-file limit to the hard one: a broker holds files
+/// for its partitions, queues and connections, and the usual soft default
+/// (1024) is far below what the kernel allows. Logs both limits and warns
+/// when `limits.max_connections` could take most of them.
+fn raise_open_file_limit(config: &Config) {
+    use rlimit::Resource;
+    let (soft, hard) = match Resource::NOFILE.get() {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    let now = if soft < hard {
+        match Resource::NOFILE.set(hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    tracing::info!(was = soft, now, hard, "open-file limit");
+    if u64::from(config.limits.max_connections) >= now / 2 {
+        tracing::warn!(
+            max_connections = config.limits.max_connections,
+            open_files = now,
+            "limits.max_connections is over half the open-file limit: connections could starve partitions of files"
+        );
+    }
+}
+
 /// Binds the listeners, opens (recovers) the data directory and serves.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    raise_open_file_limit(&config);
     let grpc_listener = bind(config.server.listen).await?;
     let http_listener = bind(config.server.http_listen).await?;
     let grpc_addr =

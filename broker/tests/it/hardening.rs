@@ -215,3 +215,57 @@ async fn malformed_protobuf_is_invalid_argument() {
     // A valid request on the same broker still works.
     create_topic(&b, "after", 1).await;
 }
+
+/// A flood of silent connections beyond `limits.max_connections`: the
+/// extra ones are closed at once (a new client fails fast with UNAVAILABLE,
+/// it does not hang), a client connected before keeps producing, and new
+/// clients get in again once the flood closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_refused_quickly_while_existing_clients_keep_producing() {
+    const LIMIT: u32 = 16;
+    let b = TestBroker::start_with(|c| c.limits.max_connections = LIMIT).await;
+    create_topic(&b, "busy", 1).await;
+    let mut existing = log_client(b.addr()).await;
+    existing.produce(req("busy", batch_of(&["before".to_string()]), 1)).await.unwrap();
+    // Silent sockets: more than the limit leaves room for.
+    let mut flood = Vec::new();
+    for _ in 0..LIMIT * 3 {
+        flood.push(tokio::net::TcpStream::connect(b.addr()).await.unwrap());
+    }
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            // Each attempt is a new connection: once the accepted silent
+            // sockets hold every permit, it is closed at once.
+            match tonic::transport::Channel::from_shared(format!("http://{}", b.addr())).unwrap().connect().await {
+                Err(e) => break e.to_string(),
+                Ok(ch) => {
+                    let mut c = LogClient::new(ch);
+                    if let Err(status) = c.produce(req("busy", batch_of(&["new".to_string()]), 2)).await {
+                        // Closed by the server: tonic says UNAVAILABLE, or
+                        // UNKNOWN "transport error" when the close races
+                        // its write.
+                        assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}");
+                        break status.to_string();
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("a connection over the limit is refused promptly, not left hanging");
+    assert!(!refused.is_empty());
+    for i in 0..20u64 {
+        existing.produce(req("busy", batch_of(&[format!("during-{i}")]), 10 + i)).await.expect("existing client");
+    }
+    drop(flood);
+    strata_testkit::eventually(
+        "a new client connects once the flood is gone",
+        std::time::Duration::from_secs(20),
+        || async {
+            let ch =
+                tonic::transport::Channel::from_shared(format!("http://{}", b.addr())).unwrap().connect().await.ok()?;
+            LogClient::new(ch).produce(req("busy", batch_of(&["after".to_string()]), 99)).await.ok()
+        },
+    )
+    .await;
+}
