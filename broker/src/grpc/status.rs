@@ -114,9 +114,10 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
 /// The gRPC status for a domain error.
 pub(crate) fn to_status(e: BrokerError) -> Status {
     let (code, error_code, resource) = classify(&e);
-    if matches!(code, Code::Unavailable | Code::DataLoss) {
+    if matches!(code, Code::Unavailable | Code::DataLoss) || error_code == ErrorCode::Storage {
         tracing::warn!(error = %e, "request failed");
     }
+    let message = client_message(&e);
     let mut info = ErrorInfo { code: error_code as i32, resource, ..Default::default() };
     match &e {
         BrokerError::Batch { source: BatchError::RecordTooLarge { limit, .. }, .. } => {
@@ -152,7 +153,31 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
         }
         _ => {}
     }
-    strata_proto::status_with_info(code, e.to_string(), info)
+    strata_proto::status_with_info(code, message, info)
+}
+
+/// The message a client reads. Storage failures name the resource and the
+/// operating system's reason but never a server path (the broker's log has
+/// the whole error, logged by [`to_status`]).
+fn client_message(e: &BrokerError) -> String {
+    const SEE_LOG: &str = "the broker's log has the details";
+    match e {
+        BrokerError::Log { resource, source } => match source {
+            LogError::Io { source, .. } => format!("{resource}: storage error: {source} ({SEE_LOG})"),
+            LogError::Corrupt { position, .. } => {
+                format!("{resource}: corrupt data at byte {position} of a segment ({SEE_LOG})")
+            }
+            LogError::Poisoned(_) => {
+                format!("{resource}: the partition stopped accepting writes after a storage failure ({SEE_LOG})")
+            }
+            _ => e.to_string(),
+        },
+        BrokerError::CatalogStorage(_) => format!("the broker could not store its catalog ({SEE_LOG})"),
+        BrokerError::OffsetStorage { group, action, source } => {
+            format!("consumer group {group}: {action} offsets failed: {} ({SEE_LOG})", source.kind())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// The same error as a per-item error inside a streaming response.
@@ -172,4 +197,39 @@ pub(crate) fn status_to_item_error(status: &Status) -> ItemError {
 /// Shorthand for request validation failures in the transport layer.
 pub(crate) fn invalid(message: impl Into<String>) -> Status {
     to_status(BrokerError::InvalidRequest(message.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_never_show_server_paths() {
+        let path = std::path::PathBuf::from("/srv/secret-data/default/t-1/00000000000000000000.log");
+        let errors = [
+            BrokerError::Log {
+                resource: "default/t/0".into(),
+                source: LogError::Io { path: path.clone(), source: std::io::Error::from_raw_os_error(24) },
+            },
+            BrokerError::Log {
+                resource: "default/t/0".into(),
+                source: LogError::Corrupt { path: path.clone(), position: 7, reason: "bad crc".into() },
+            },
+            BrokerError::Log {
+                resource: "default/t/0".into(),
+                source: LogError::Poisoned(format!("fsync of {} failed", path.display())),
+            },
+        ];
+        for e in errors {
+            let status = to_status(e);
+            assert!(!status.message().contains("/srv"), "{}", status.message());
+            assert!(status.message().contains("default/t/0"), "{}", status.message());
+            assert_eq!(strata_proto::error_code(&status), ErrorCode::Storage);
+        }
+        let emfile = to_status(BrokerError::Log {
+            resource: "default/t/0".into(),
+            source: LogError::Io { path, source: std::io::Error::from_raw_os_error(24) },
+        });
+        assert!(emfile.message().contains("Too many open files"), "{}", emfile.message());
+    }
 }
