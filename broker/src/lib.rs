@@ -9,6 +9,7 @@ mod catalog;
 pub mod clock;
 pub mod config;
 mod error;
+mod fds;
 mod group;
 mod grpc;
 mod http;

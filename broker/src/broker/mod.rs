@@ -68,6 +68,8 @@ pub struct Broker {
     tier: Option<Arc<Tier>>,
     /// Issued producer ids and the latest epoch of each named producer.
     producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
+    /// Descriptors released to undo a create that ran out of them.
+    spare_fds: crate::fds::SpareFds,
     _dir_lock: std::fs::File,
 }
 
@@ -92,6 +94,12 @@ impl Broker {
     }
 
     /// Wall-clock ms from the broker's clock.
+    /// Closes the reserve of file descriptors until the guard drops: for
+    /// undoing work that failed because the process ran out of them.
+    pub(crate) fn release_spare_fds(&self) -> crate::fds::Released<'_> {
+        self.spare_fds.release()
+    }
+
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }

@@ -47,6 +47,7 @@ impl Broker {
         let producer_ids = Arc::new(crate::producer_ids::ProducerRegistry::from_catalog(store.catalog()));
         Ok(Arc::new(Broker {
             producer_ids,
+            spare_fds: crate::fds::SpareFds::new(),
             produce_budget: Arc::new(Semaphore::new(budget)),
             config,
             clock,

@@ -188,7 +188,35 @@ impl Broker {
         let record = store.catalog().tenants[tenant.as_str()].topics[name.as_str()].clone();
         let dir = topic_dir(&self.config.storage.data_dir, tenant.as_str(), name.as_str(), id);
         let key = TopicRef::new(tenant.clone(), name.clone());
-        let logs = self.open_partitions(&key, id, &dir, 0..partitions, settings).await?;
+        let logs = match self.open_partitions(&key, id, &dir, 0..partitions, settings).await {
+            Ok(logs) => logs,
+            Err(e) => {
+                // All or nothing: a create refused here (out of file
+                // descriptors, disk full) leaves no topic behind, in the
+                // catalog or on disk. The partitions opened so far are closed
+                // already; the reserve of descriptors frees what the undo
+                // needs when none were left.
+                let _spare = self.release_spare_fds();
+                let undo = CatalogCommand::DeleteTopic { tenant: tenant.to_string(), name: name.to_string() };
+                if let Err(undo) = store.commit(&undo) {
+                    // The catalog keeps the topic: the next start opens
+                    // (creates) its missing partitions, so it is whole then.
+                    tracing::error!(topic = %key, error = %undo, "cannot undo a failed topic creation");
+                }
+                let removed = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || std::fs::remove_dir_all(dir)
+                })
+                .await;
+                if let Ok(Err(io)) = removed
+                    && io.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(topic = %key, error = %io, "cannot remove a failed topic's files (removed at the next start)");
+                }
+                tracing::warn!(topic = %key, error = %e, "topic creation failed and was undone");
+                return Err(e);
+            }
+        };
         let state = Arc::new(Topic {
             name: key.clone(),
             id,

@@ -69,7 +69,12 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         }
         BrokerError::Log { resource, source } => match source {
             LogError::OffsetOutOfRange { .. } => (Code::OutOfRange, E::OffsetOutOfRange, resource.clone()),
-            LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            // Disk full, or out of file descriptors (EMFILE/ENFILE):
+            // a resource ran out, nothing is wrong with the data.
+            LogError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull
+                    || matches!(source.raw_os_error(), Some(23 | 24)) =>
+            {
                 (Code::ResourceExhausted, E::ResourceExhausted, resource.clone())
             }
             LogError::Closed => (Code::Unavailable, E::ShuttingDown, resource.clone()),

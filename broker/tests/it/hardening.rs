@@ -269,3 +269,63 @@ async fn a_connection_flood_is_refused_quickly_while_existing_clients_keep_produ
     )
     .await;
 }
+
+/// Out of file descriptors: every create either succeeds whole or is refused
+/// (RESOURCE_EXHAUSTED, no server path in the message) and leaves no trace —
+/// not listed, not on disk, creatable again later — and the broker starts
+/// again under the same limit with exactly the topics it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_refused_for_lack_of_files_leave_no_trace_and_the_broker_restarts_under_the_same_limit() {
+    use std::collections::BTreeSet;
+    use strata_proto::v1::{DescribeTopicRequest, ListTopicsRequest, admin_client::AdminClient};
+
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 256;
+    let mut broker = BrokerProcess::start_with_fd_limit(dir.path(), limit);
+    let mut admin = AdminClient::new(channel(broker.addr).await);
+    let mut created = BTreeSet::new();
+    let mut refused = Vec::new();
+    for i in 0..100 {
+        let name = format!("t{i:03}");
+        let request = CreateTopicRequest { name: name.clone(), partitions: 10, ..Default::default() };
+        match admin.create_topic(request).await {
+            Ok(_) => {
+                created.insert(name);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                let data_dir = dir.path().display().to_string();
+                assert!(!status.message().contains(&data_dir), "a server path reached the client: {status:?}");
+                let describe = admin.describe_topic(DescribeTopicRequest { name: name.clone(), ..Default::default() });
+                assert_eq!(describe.await.unwrap_err().code(), Code::NotFound, "{name} was refused but exists");
+                refused.push(name);
+                if refused.len() == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert!(!refused.is_empty(), "{limit} open files were enough for 1000 partitions: the test proves nothing");
+    assert!(!created.is_empty());
+    let listed = |topics: Vec<strata_proto::v1::TopicSummary>| -> BTreeSet<String> {
+        topics.into_iter().map(|t| t.name).collect()
+    };
+    let topics = admin.list_topics(ListTopicsRequest::default()).await.unwrap().into_inner().topics;
+    assert_eq!(listed(topics), created, "exactly the acknowledged topics are listed");
+    let on_disk = std::fs::read_dir(dir.path().join("topics").join("default"))
+        .map(|d| d.count())
+        .unwrap_or_else(|_| created.len());
+    assert_eq!(on_disk, created.len(), "refused topics left directories behind");
+    // Producing to an existing topic still works at the limit.
+    let mut log = log_client(broker.addr).await;
+    let first = created.iter().next().unwrap().clone();
+    log.produce(req(&first, batch_of(&["at the limit".to_string()]), 1)).await.expect("produce at the limit");
+
+    broker.kill9();
+    let broker = BrokerProcess::start_with_fd_limit(dir.path(), limit);
+    let mut admin = AdminClient::new(channel(broker.addr).await);
+    let topics = admin.list_topics(ListTopicsRequest::default()).await.unwrap().into_inner().topics;
+    assert_eq!(listed(topics), created, "after a restart under the same limit");
+    let mut log = log_client(broker.addr).await;
+    log.produce(req(&first, batch_of(&["after restart".to_string()]), 2)).await.expect("produce after restart");
+}
