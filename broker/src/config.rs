@@ -216,6 +216,14 @@ pub struct LimitsConfig {
     pub max_connections: u32,
     /// Concurrent calls (HTTP/2 streams) on one connection.
     pub max_streams_per_connection: u32,
+    /// Topics, partitions (over all topics), queues, topic-to-queue bindings
+    /// and consumer groups one broker holds; creating more answers
+    /// RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) naming the limit.
+    pub max_topics: u64,
+    pub max_partitions: u64,
+    pub max_queues: u64,
+    pub max_bindings: u64,
+    pub max_groups: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -367,6 +375,11 @@ impl Default for LimitsConfig {
             max_queue_messages: 2_000_000,
             max_connections: 10_000,
             max_streams_per_connection: 1_000,
+            max_topics: 10_000,
+            max_partitions: 100_000,
+            max_queues: 10_000,
+            max_bindings: 10_000,
+            max_groups: 10_000,
         }
     }
 }
@@ -463,6 +476,11 @@ impl Config {
         }
         if l.max_connections == 0 || l.max_streams_per_connection == 0 {
             return bad("limits.max_connections and limits.max_streams_per_connection must be positive".into());
+        }
+        if [l.max_topics, l.max_partitions, l.max_queues, l.max_bindings, l.max_groups].contains(&0) {
+            return bad(
+                "limits.max_topics, max_partitions, max_queues, max_bindings and max_groups must be positive".into()
+            );
         }
         let t = &self.topic_defaults;
         if t.segment_bytes.0 < MIN_SEGMENT_BYTES || t.segment_bytes.0 > u64::from(u32::MAX) {

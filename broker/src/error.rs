@@ -46,6 +46,8 @@ pub enum BrokerError {
     OffsetStorage { group: String, action: &'static str, source: std::io::Error },
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("too many {what}: the broker holds {current} and {limit_name} is {limit}")]
+    LimitExceeded { what: &'static str, limit_name: &'static str, limit: u64, current: u64 },
     #[error("consumer group {tenant}/{group} does not exist")]
     UnknownGroup { tenant: String, group: String },
     #[error("member {member} is not in group {group} (it left or was removed; it must rejoin)")]

@@ -17,6 +17,7 @@
 //! missing partition directories and removing orphaned ones.
 
 mod fetch;
+mod limits;
 mod maintenance;
 mod open;
 mod produce;
@@ -212,6 +213,7 @@ impl Broker {
     pub(crate) async fn commit_catalog(&self, cmd: &CatalogCommand) -> Result<Applied, BrokerError> {
         self.check_running()?;
         let mut store = self.catalog.lock().await;
+        self.check_limits(store.catalog(), cmd)?;
         Ok(store.commit(cmd)?)
     }
 

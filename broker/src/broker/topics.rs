@@ -174,6 +174,7 @@ impl Broker {
             settings,
             at_ms: self.now_ms(),
         };
+        self.check_limits(store.catalog(), &cmd)?;
         let id = match store.commit(&cmd) {
             Ok(Applied::Topic { id }) => id,
             Ok(other) => return Err(BrokerError::Internal(format!("CreateTopic committed as {other:?}"))),
@@ -320,11 +321,13 @@ impl Broker {
         let t = self.topic(tenant, name)?;
         self.check_partitions(partitions)?;
         let mut store = self.catalog.lock().await;
-        let applied = store.commit(&CatalogCommand::AddPartitions {
+        let cmd = CatalogCommand::AddPartitions {
             tenant: t.name.tenant.to_string(),
             name: t.name.topic.to_string(),
             partitions,
-        })?;
+        };
+        self.check_limits(store.catalog(), &cmd)?;
+        let applied = store.commit(&cmd)?;
         if let Applied::PartitionsAdded { from, to, .. } = applied
             && to > from
         {

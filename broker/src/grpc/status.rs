@@ -100,6 +100,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         // A task that panicked or was cancelled: the server's fault, not the request's.
         BrokerError::TaskFailed { .. } | BrokerError::Internal(_) => (Code::Internal, E::Unspecified, String::new()),
         BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
+        BrokerError::LimitExceeded { limit_name, .. } => {
+            (Code::ResourceExhausted, E::LimitExceeded, (*limit_name).to_owned())
+        }
         BrokerError::UnknownGroup { tenant, group } => (Code::NotFound, E::UnknownGroup, format!("{tenant}/{group}")),
         BrokerError::UnknownMember { member, .. } => (Code::FailedPrecondition, E::UnknownMember, member.clone()),
         BrokerError::FencedMember { member, .. } => (Code::FailedPrecondition, E::FencedMember, member.clone()),
@@ -135,6 +138,10 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
         BrokerError::RequestTooLarge { limit, .. } => {
             info.metadata.insert("limit".into(), limit.to_string());
             info.metadata.insert("limit_name".into(), "limits.max_batch_bytes + 1MiB".into());
+        }
+        BrokerError::LimitExceeded { limit_name, limit, .. } => {
+            info.metadata.insert("limit".into(), limit.to_string());
+            info.metadata.insert("limit_name".into(), (*limit_name).into());
         }
         BrokerError::ColdTierBacklog { waiting, budget, .. } => {
             info.metadata.insert("waiting_bytes".into(), waiting.to_string());

@@ -329,3 +329,62 @@ async fn creates_refused_for_lack_of_files_leave_no_trace_and_the_broker_restart
     let mut log = log_client(broker.addr).await;
     log.produce(req(&first, batch_of(&["after restart".to_string()]), 2)).await.expect("produce after restart");
 }
+
+/// The catalog's limits: going over one is RESOURCE_EXHAUSTED with
+/// LIMIT_EXCEEDED naming the limit, and nothing is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_limits_refuse_precisely_and_make_nothing() {
+    use strata_proto::v1::{
+        AddPartitionsRequest, BindRequest, CreateQueueRequest, ListQueuesRequest, ListTopicsRequest,
+        ResetOffsetsRequest, admin_client::AdminClient, groups_client::GroupsClient, queues_client::QueuesClient,
+        reset_offsets_request,
+    };
+    let b = TestBroker::start_with(|c| {
+        c.limits.max_topics = 2;
+        c.limits.max_partitions = 5;
+        c.limits.max_queues = 1;
+        c.limits.max_bindings = 1;
+        c.limits.max_groups = 1;
+    })
+    .await;
+    let mut admin = AdminClient::new(channel(b.addr()).await);
+    let topic =
+        |name: &str, partitions: u32| CreateTopicRequest { name: name.into(), partitions, ..Default::default() };
+    admin.create_topic(topic("a", 3)).await.unwrap();
+    let err = admin.create_topic(topic("b", 3)).await.unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, ErrorCode::LimitExceeded, "limits.max_partitions");
+    assert_eq!(strata_proto::error_info(&err).unwrap().metadata["limit"], "5");
+    admin.create_topic(topic("b", 2)).await.unwrap();
+    let err = admin.create_topic(topic("c", 1)).await.unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, ErrorCode::LimitExceeded, "limits.max_topics");
+    let err = admin
+        .add_partitions(AddPartitionsRequest { name: "a".into(), partitions: 4, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, ErrorCode::LimitExceeded, "limits.max_partitions");
+    let topics = admin.list_topics(ListTopicsRequest::default()).await.unwrap().into_inner().topics;
+    let names: Vec<_> = topics.iter().map(|t| (t.name.as_str(), t.partitions)).collect();
+    assert_eq!(names, vec![("a", 3), ("b", 2)], "refused changes made nothing");
+
+    let mut queues = QueuesClient::new(channel(b.addr()).await);
+    let queue = |name: &str| CreateQueueRequest { name: name.into(), ..Default::default() };
+    queues.create_queue(queue("q1")).await.unwrap();
+    let err = queues.create_queue(queue("q2")).await.unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, ErrorCode::LimitExceeded, "limits.max_queues");
+    assert_eq!(queues.list_queues(ListQueuesRequest::default()).await.unwrap().into_inner().queues.len(), 1);
+    let bind = || BindRequest { queue: "q1".into(), topic: "a".into(), ..Default::default() };
+    queues.bind(bind()).await.unwrap();
+    let err = queues.bind(BindRequest { topic: "b".into(), ..bind() }).await.unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, ErrorCode::LimitExceeded, "limits.max_bindings");
+
+    let mut groups = GroupsClient::new(channel(b.addr()).await);
+    let reset = |group: &str| ResetOffsetsRequest {
+        group: group.into(),
+        topic: "a".into(),
+        to: Some(reset_offsets_request::To::Offset(0)),
+        ..Default::default()
+    };
+    groups.reset_offsets(reset("g1")).await.unwrap();
+    let err = groups.reset_offsets(reset("g2")).await.unwrap_err();
+    assert_status(&err, Code::ResourceExhausted, ErrorCode::LimitExceeded, "limits.max_groups");
+}
