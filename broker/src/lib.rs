@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 mod error;
 mod fds;
+mod fsutil;
 mod group;
 mod grpc;
 mod http;
@@ -67,41 +68,35 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Raises the soft open-file limit to the hard one: a broker holds files
 /// for its partitions, queues and connections, and the usual soft default
-/// (1024) is far below what the kernel allows. Logs both limits and warns
-/// when `limits.max_connections` could take most of them.
-fn raise_open_file_limit(config: &Config) {
+/// (1024) is far below what the kernel allows. Returns (before, now, hard)
+/// for the start-up log; `None` when the limit cannot be read.
+fn raise_open_file_limit() -> Option<(u64, u64, u64)> {
     use rlimit::Resource;
-    let (soft, hard) = match Resource::NOFILE.get() {
-        Ok(limits) => limits,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-file limit");
-            return;
-        }
+    let (soft, hard) = Resource::NOFILE.get().ok()?;
+    let now = if soft < hard && Resource::NOFILE.set(hard, hard).is_ok() { hard } else { soft };
+    Some((soft, now, hard))
+}
+
+/// Logs the open-file limit once the broker is up, and warns when
+/// `limits.max_connections` alone could take every descriptor.
+fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
+    let Some((was, now, hard)) = limits else {
+        tracing::warn!("cannot read the open-file limit");
+        return;
     };
-    let now = if soft < hard {
-        match Resource::NOFILE.set(hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
-                soft
-            }
-        }
-    } else {
-        soft
-    };
-    tracing::info!(was = soft, now, hard, "open-file limit");
-    if u64::from(config.limits.max_connections) >= now / 2 {
+    tracing::info!(was, now, hard, "open-file limit");
+    if u64::from(config.limits.max_connections) >= now {
         tracing::warn!(
             max_connections = config.limits.max_connections,
             open_files = now,
-            "limits.max_connections is over half the open-file limit: connections could starve partitions of files"
+            "limits.max_connections is not below the open-file limit: connections could starve partitions of files"
         );
     }
 }
 
 /// Binds the listeners, opens (recovers) the data directory and serves.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
-    raise_open_file_limit(&config);
+    let open_files = raise_open_file_limit();
     let grpc_listener = bind(config.server.listen).await?;
     let http_listener = bind(config.server.http_listen).await?;
     let grpc_addr =
@@ -133,6 +128,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         http_listener,
         stopped(stop.subscribe()),
     ));
+    log_open_file_limit(open_files, broker.config());
     tracing::info!(%grpc_addr, %http_addr, data_dir = %broker.config().storage.data_dir.display(), "strata-broker serving");
     Ok(RunningBroker { grpc_addr, http_addr, broker, queues, stop, grpc, http })
 }

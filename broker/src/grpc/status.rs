@@ -176,8 +176,8 @@ fn client_message(e: &BrokerError) -> String {
     match e {
         BrokerError::Log { resource, source } => match source {
             LogError::Io { source, .. } => format!("{resource}: storage error: {source} ({SEE_LOG})"),
-            LogError::Corrupt { position, .. } => {
-                format!("{resource}: corrupt data at byte {position} of a segment ({SEE_LOG})")
+            LogError::Corrupt { position, reason, .. } => {
+                format!("{resource}: corrupt data at byte {position} of a segment: {reason} ({SEE_LOG})")
             }
             LogError::Poisoned(_) => {
                 format!("{resource}: the partition stopped accepting writes after a storage failure ({SEE_LOG})")
@@ -221,7 +221,7 @@ mod tests {
         let errors = [
             BrokerError::Log {
                 resource: "default/t/0".into(),
-                source: LogError::Io { path: path.clone(), source: std::io::Error::from_raw_os_error(24) },
+                source: LogError::Io { path: path.clone(), source: std::io::Error::from_raw_os_error(5) },
             },
             BrokerError::Log {
                 resource: "default/t/0".into(),
@@ -243,5 +243,7 @@ mod tests {
             source: LogError::Io { path, source: std::io::Error::from_raw_os_error(24) },
         });
         assert!(emfile.message().contains("Too many open files"), "{}", emfile.message());
+        assert!(!emfile.message().contains("/srv"), "{}", emfile.message());
+        assert_eq!(emfile.code(), Code::ResourceExhausted, "out of descriptors is a resource running out");
     }
 }
