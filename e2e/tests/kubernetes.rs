@@ -200,7 +200,8 @@ fn examples(dir: &Path) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     files.sort_by_key(std::fs::DirEntry::path);
-    for f in files {
+    // The top-level examples (examples/gitops/ is for Argo CD and Flux).
+    for f in files.into_iter().filter(|f| f.path().extension().is_some_and(|e| e == "yaml")) {
         let text = std::fs::read_to_string(f.path())?;
         let mut obj: Value = serde_yaml::from_str(&text).with_context(|| f.path().display().to_string())?;
         if obj["kind"] == "BrokerCluster" {
