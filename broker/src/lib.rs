@@ -32,6 +32,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use broker::{Broker, OpenError};
+
+/// Entry points of the fuzz targets in `fuzz/` (the decoders of what the
+/// broker reads back from disk). Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::queue::codec_fuzzing::{journal_entry, message_meta, snapshot as queue_snapshot};
+}
 pub use config::Config;
 
 /// Why the broker could not start.

@@ -58,6 +58,12 @@ impl<U: Message + Default> Decoder for StrataDecoder<U> {
     }
 }
 
+/// Decodes one message as the codec does: a `U`, or `INVALID_ARGUMENT`
+/// naming the type (used by the fuzz targets and tests).
+pub fn decode<U: Message + Default>(bytes: &[u8]) -> Result<U, Status> {
+    U::decode(bytes).map_err(|e| malformed::<U>(&e))
+}
+
 /// The status of a message of type `U` that failed to decode.
 fn malformed<U>(error: &prost::DecodeError) -> Status {
     let full = std::any::type_name::<U>();
