@@ -13,20 +13,6 @@ use tonic::Code;
 
 use crate::harness::*;
 
-async fn create_topic(b: &TestBroker, name: &str, partitions: u32) {
-    b.admin()
-        .await
-        .create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() })
-        .await
-        .unwrap();
-}
-
-fn assert_status(err: tonic::Status, code: Code, error_code: ErrorCode, text: &str) {
-    assert_eq!(err.code(), code, "{err:?}");
-    assert_eq!(strata_proto::error_code(&err), error_code, "{err:?}");
-    assert!(err.message().contains(text), "message {:?} should mention {text:?}", err.message());
-}
-
 fn values(n: usize, prefix: &str) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }

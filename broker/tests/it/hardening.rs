@@ -7,20 +7,6 @@ use tonic::Code;
 
 use crate::harness::*;
 
-async fn create_topic(b: &TestBroker, name: &str, partitions: u32) {
-    b.admin()
-        .await
-        .create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() })
-        .await
-        .unwrap();
-}
-
-fn assert_status(err: &tonic::Status, code: Code, error_code: ErrorCode, text: &str) {
-    assert_eq!(err.code(), code, "{err:?}");
-    assert_eq!(strata_proto::error_code(err), error_code, "{err:?}");
-    assert!(err.message().contains(text), "message {:?} should mention {text:?}", err.message());
-}
-
 async fn big_client(b: &TestBroker) -> LogClient<tonic::transport::Channel> {
     LogClient::new(channel(b.addr()).await).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)
 }

@@ -183,3 +183,25 @@ impl Drop for BrokerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Creates a topic in the default tenant.
+pub async fn create_topic(b: &TestBroker, name: &str, partitions: u32) {
+    b.admin()
+        .await
+        .create_topic(strata_proto::v1::CreateTopicRequest { name: name.into(), partitions, ..Default::default() })
+        .await
+        .unwrap();
+}
+
+/// Asserts a status's code, its stable error code and a part of its message.
+pub fn assert_status(
+    err: impl std::borrow::Borrow<tonic::Status>,
+    code: tonic::Code,
+    error_code: strata_proto::v1::ErrorCode,
+    text: &str,
+) {
+    let err = err.borrow();
+    assert_eq!(err.code(), code, "{err:?}");
+    assert_eq!(strata_proto::error_code(err), error_code, "{err:?}");
+    assert!(err.message().contains(text), "message {:?} should mention {text:?}", err.message());
+}
