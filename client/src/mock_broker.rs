@@ -664,6 +664,13 @@ impl Admin for State {
         self.lock().topics.remove(name).ok_or_else(|| not_found(name))?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<strata_proto::v1::DescribeClusterRequest>,
+    ) -> Result<Response<strata_proto::v1::DescribeClusterResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 impl State {

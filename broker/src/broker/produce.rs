@@ -140,8 +140,7 @@ impl Broker {
         self.check_running()?;
         let tenant = TenantName::resolve(tenant)?;
         let name = if name.is_empty() { None } else { Some(crate::names::parse_group_name(name)?) };
-        let mut store = self.catalog.lock().await;
-        match store.commit(&CatalogCommand::InitProducer { tenant: tenant.to_string(), name })? {
+        match self.commit_catalog(&CatalogCommand::InitProducer { tenant: tenant.to_string(), name }).await? {
             Applied::Producer { id, epoch } => Ok((id, epoch)),
             other => Err(BrokerError::Internal(format!("InitProducer committed as {other:?}"))),
         }
