@@ -150,6 +150,7 @@ impl Broker {
             leader: Some(id),
             answered_by: id,
             term: 0,
+            formation: "standalone".into(),
         }
     }
 

@@ -84,6 +84,8 @@ pub struct ClusterView {
     pub leader: Option<u64>,
     pub answered_by: u64,
     pub term: u64,
+    /// "formed", or why this broker is still waiting for the first formation.
+    pub formation: String,
 }
 
 /// This broker's metadata Raft node.
@@ -94,6 +96,8 @@ pub struct ClusterNode {
     raft: Raft,
     log: log_store::LogStore,
     network: network::Network,
+    /// Why formation is waiting (shown until the broker is in a cluster).
+    formation: std::sync::Mutex<String>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -143,7 +147,15 @@ impl ClusterNode {
         let raft = Raft::new(id, Arc::new(raft_config), network.clone(), log.clone(), sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let node = Arc::new(ClusterNode { id, address: config.advertised_address.clone(), config, raft, log, network });
+        let node = Arc::new(ClusterNode {
+            id,
+            address: config.advertised_address.clone(),
+            config,
+            raft,
+            log,
+            network,
+            formation: std::sync::Mutex::new("probing the seeds".into()),
+        });
         tokio::spawn(form(Arc::downgrade(&node), broker.shutdown_signal()));
         tokio::spawn(report_leader_changes(node.raft.metrics(), id));
         Ok(node)
@@ -159,6 +171,10 @@ impl ClusterNode {
 
     pub(crate) fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    fn set_formation(&self, why: String) {
+        *self.formation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 
     /// The broker has Raft state (a vote or log entries).
@@ -300,12 +316,18 @@ impl ClusterNode {
                 },
             );
         }
+        let formation = if membership.nodes().next().is_some() {
+            "formed".to_owned()
+        } else {
+            self.formation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        };
         ClusterView {
             clustered: true,
             brokers: brokers.into_values().collect(),
             leader: m.current_leader,
             answered_by: self.id,
             term: m.current_term,
+            formation,
         }
     }
 }
@@ -343,10 +365,16 @@ async fn form(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receive
         if n.has_state() {
             return;
         }
-        match n.try_bootstrap().await {
-            Bootstrap::Done | Bootstrap::NotMine => return,
-            Bootstrap::Wait(why) => tracing::info!(reason = %why, "cluster formation: waiting"),
-        }
+        let why = match n.try_bootstrap().await {
+            Bootstrap::Done => return,
+            Bootstrap::NotMine(why) => {
+                n.set_formation(format!("waiting: {why}"));
+                return;
+            }
+            Bootstrap::Wait(why) => why,
+        };
+        tracing::info!(reason = %why, "cluster formation: waiting");
+        n.set_formation(format!("waiting: {why}"));
         drop(n);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -359,7 +387,7 @@ async fn form(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receive
 enum Bootstrap {
     Done,
     /// Another broker (the lowest id) forms the cluster, or one exists.
-    NotMine,
+    NotMine(String),
     Wait(String),
 }
 
@@ -375,7 +403,7 @@ impl ClusterNode {
             match self.network.hello(addr, self.id, &self.address).await {
                 Ok(h) => {
                     if h.initialized {
-                        return Bootstrap::NotMine;
+                        return Bootstrap::NotMine(format!("{addr} is in a cluster; its leader adds this broker"));
                     }
                     if let Some(other) = found.insert(h.broker_id, addr.clone()) {
                         return Bootstrap::Wait(format!(
@@ -389,10 +417,10 @@ impl ClusterNode {
         }
         let lowest = *found.keys().next().expect("contains this broker");
         if lowest != self.id {
-            return Bootstrap::NotMine;
+            return Bootstrap::NotMine(format!("broker {lowest} (the lowest id) forms the cluster"));
         }
         if self.has_state() {
-            return Bootstrap::NotMine;
+            return Bootstrap::NotMine("this broker already has Raft state".into());
         }
         let members: BTreeMap<NodeId, BasicNode> =
             found.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
@@ -403,7 +431,7 @@ impl ClusterNode {
             }
             Err(e) => {
                 tracing::info!(error = %e, "not initializing the metadata cluster");
-                Bootstrap::NotMine
+                Bootstrap::NotMine(format!("initialize refused: {e}"))
             }
         }
     }

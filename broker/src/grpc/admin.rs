@@ -217,6 +217,7 @@ impl Admin for AdminService {
             leader_id: v.leader,
             answered_by: v.answered_by,
             term: v.term,
+            formation: v.formation,
         }))
     }
 }

@@ -24,6 +24,7 @@ struct Member {
     dir: tempfile::TempDir,
     process: Option<BrokerProcess>,
     http: Option<SocketAddr>,
+    write_timeout: &'static str,
 }
 
 impl Member {
@@ -38,6 +39,7 @@ impl Member {
             .arg(self.dir.path())
             .args(["--broker-id", &self.id.to_string(), "--advertised-address", &listen, "--peers", peers])
             .env("STRATA_LOG_LEVEL", "warn")
+            .env("STRATA_CLUSTER_WRITE_TIMEOUT", self.write_timeout)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -80,6 +82,19 @@ impl Member {
         }
         found
     }
+}
+
+fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
+    (1..=n)
+        .map(|id| Member {
+            id,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            process: None,
+            http: None,
+            write_timeout,
+        })
+        .collect()
 }
 
 async fn admin(addr: SocketAddr) -> Option<AdminClient<Channel>> {
@@ -133,9 +148,7 @@ async fn topic_partitions(addr: SocketAddr, name: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_brokers_form_one_cluster_replicate_the_catalog_and_fail_over() {
-    let mut members: Vec<Member> = (1..=3)
-        .map(|id| Member { id, port: free_port(), dir: tempfile::tempdir().unwrap(), process: None, http: None })
-        .collect();
+    let mut members = members(3, "5s");
     let peers = members.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",");
     // Started in shuffled order: the broker that forms the cluster (id 1)
     // comes last, after the others already probed for it.
@@ -237,6 +250,56 @@ async fn three_brokers_form_one_cluster_replicate_the_catalog_and_fail_over() {
         http(http_addr, "GET /readyz HTTP/1.1").is_some_and(|l| l.contains(" 503"))
     })
     .await;
+}
+
+/// The first formation waits for every seed and for distinct ids; until
+/// then there is no leader, `/readyz` is 503 and writes fail UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_formation_needs_every_seed_and_distinct_ids() {
+    let mut members = members(3, "1s");
+    let peers = members.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",");
+    members[0].start(&peers);
+    members[1].start(&peers);
+    let (first, missing) = (members[0].addr(), members[2].addr().to_string());
+    let formation = |addr: SocketAddr| async move { describe(addr).await.map(|v| v.formation).unwrap_or_default() };
+    wait_until("broker 1 to wait for the missing seed", Duration::from_secs(20), || {
+        let missing = missing.clone();
+        async move {
+            let f = formation(first).await;
+            f.contains(&missing) && f.contains("not reachable")
+        }
+    })
+    .await;
+    let v = describe(first).await.unwrap();
+    assert_eq!(v.leader_id, None, "{v:?}");
+    let http_addr = members[0].http.unwrap();
+    assert!(http(http_addr, "GET /readyz HTTP/1.1").is_some_and(|l| l.contains(" 503")));
+    let err = create_topic(members[1].addr(), "early", 1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // The third seed comes up with broker 2's id: still no cluster.
+    members[2].id = 2;
+    members[2].start(&peers);
+    wait_until("broker 1 to report the id clash", Duration::from_secs(20), || async move {
+        formation(first).await.contains("both have id 2")
+    })
+    .await;
+    assert_eq!(describe(first).await.unwrap().leader_id, None);
+    let err = create_topic(first, "clash", 1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // With its own id the cluster forms, exactly once.
+    members[2].kill9();
+    members[2].id = 3;
+    members[2].start(&peers);
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, brokers) = agreed(&all, 3, Duration::from_secs(30)).await;
+    assert_eq!(brokers.iter().map(|b| b.0).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(leader, 1, "the lowest id formed the cluster and leads its first term");
+    for m in &members {
+        assert_eq!(describe(m.addr()).await.unwrap().formation, "formed");
+    }
+    create_topic(members[2].addr(), "formed", 1).await.unwrap();
 }
 
 fn refused(args: &[&str], dir: &Path) -> String {

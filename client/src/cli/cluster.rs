@@ -39,7 +39,11 @@ fn render(view: &DescribeClusterResponse) -> String {
     }
     let mut out = table(&rows);
     if view.leader_id.is_none() {
-        out.push_str("no metadata leader\n");
+        out.push_str("no metadata leader");
+        if view.formation.starts_with("waiting") {
+            out.push_str(&format!(" ({})", view.formation));
+        }
+        out.push('\n');
     }
     out
 }
@@ -50,6 +54,7 @@ fn to_json(view: &DescribeClusterResponse) -> serde_json::Value {
         "leader_id": view.leader_id,
         "answered_by": view.answered_by,
         "term": view.term,
+        "formation": view.formation,
         "brokers": view.brokers.iter().map(|b| serde_json::json!({
             "id": b.id,
             "address": b.address,
@@ -83,6 +88,7 @@ mod tests {
             leader_id: Some(1),
             answered_by: 0,
             term: 3,
+            formation: "formed".into(),
         };
         let text = render(&view);
         let lines: Vec<&str> = text.lines().collect();
