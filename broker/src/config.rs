@@ -222,9 +222,7 @@ fn peer_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 
 /// Checks a `HOST:PORT` address (port 1..=65535, a host before it).
 fn check_host_port(what: &str, addr: &str) -> Result<(), String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{what} {addr:?} is not HOST:PORT"))?;
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{what} {addr:?} is not HOST:PORT"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(format!("{what} {addr:?} has no host (expected HOST:PORT)"));
@@ -276,9 +274,7 @@ impl ClusterConfig {
             check_host_port("peer", p)?;
             if seen.iter().any(|s| s.eq_ignore_ascii_case(p)) {
                 if p.eq_ignore_ascii_case(&self.advertised_address) {
-                    return Err(format!(
-                        "cluster.peers (--peers) names this broker's own address {p} twice"
-                    ));
+                    return Err(format!("cluster.peers (--peers) names this broker's own address {p} twice"));
                 }
                 return Err(format!("cluster.peers (--peers) names {p} twice"));
             }

@@ -61,7 +61,9 @@ impl Broker {
                     Some(topic) if topic.id == record.id => {
                         let have = read_lock(&topic.partitions).len() as u32;
                         if record.partitions > have {
-                            match self.open_partitions(&key, record.id, &dir, have..record.partitions, record.settings).await
+                            match self
+                                .open_partitions(&key, record.id, &dir, have..record.partitions, record.settings)
+                                .await
                             {
                                 Ok(logs) => write_lock(&topic.partitions).extend(logs),
                                 Err(e) => log_open_failure(&key, &e),

@@ -149,9 +149,7 @@ impl LogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        Ok(LogStore {
-            inner: Arc::new(Mutex::new(Inner { dir: dir.to_path_buf(), file, entries, last_purged, vote })),
-        })
+        Ok(LogStore { inner: Arc::new(Mutex::new(Inner { dir: dir.to_path_buf(), file, entries, last_purged, vote })) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -126,7 +126,9 @@ impl ClusterNode {
         let config = broker.config().cluster.clone();
         let id = config.broker_id.unwrap_or(0) as NodeId;
         let catalog = broker.catalog_snapshot().await;
-        if catalog.raft.is_none() && (catalog.tenants.len() > 1 || catalog.next_topic_id > 1 || catalog.next_producer_id > 0) {
+        if catalog.raft.is_none()
+            && (catalog.tenants.len() > 1 || catalog.next_topic_id > 1 || catalog.next_producer_id > 0)
+        {
             // Applying the replicated log on top of it would diverge.
             return Err(ClusterError::StandaloneData(broker.config().storage.data_dir.clone()));
         }
@@ -333,7 +335,10 @@ impl ClusterNode {
 }
 
 /// Logs each change of metadata leader (openraft's own logs are quiet).
-async fn report_leader_changes(mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>, me: NodeId) {
+async fn report_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    me: NodeId,
+) {
     let mut last: Option<NodeId> = None;
     loop {
         let (leader, term) = {

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata_proto::v1::raft_client::RaftClient;
@@ -106,7 +106,10 @@ impl Connection {
         &self,
         req: &Req,
         option: &RPCOption,
-        rpc: impl AsyncFnOnce(RaftClient<Channel>, tonic::Request<RaftPayload>) -> Result<tonic::Response<RaftPayload>, tonic::Status>,
+        rpc: impl AsyncFnOnce(
+            RaftClient<Channel>,
+            tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status>,
     ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
@@ -128,7 +131,9 @@ impl Connection {
         })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, BasicNode { addr: self.addr.clone() }, e)))
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(self.target, BasicNode { addr: self.addr.clone() }, e))
+        })
     }
 }
 

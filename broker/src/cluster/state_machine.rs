@@ -8,8 +8,7 @@ use std::sync::{Arc, Weak};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    BasicNode, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
-    StoredMembership,
+    BasicNode, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
 };
 
 use super::{MetaRequest, MetaResponse, NodeId, RaftApplied, TypeConfig};
@@ -38,8 +37,8 @@ fn broker(w: &Weak<Broker>) -> Result<Arc<Broker>, StorageError<NodeId>> {
 
 fn snapshot_of(catalog: &Catalog) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
     let raft = catalog.raft.clone().unwrap_or_default();
-    let bytes = serde_json::to_vec(catalog)
-        .map_err(|e| StorageIOError::read_state_machine(openraft::AnyError::new(&e)))?;
+    let bytes =
+        serde_json::to_vec(catalog).map_err(|e| StorageIOError::read_state_machine(openraft::AnyError::new(&e)))?;
     let snapshot_id = match raft.last_applied {
         Some(l) => format!("{}-{}", l.leader_id.term, l.index),
         None => "empty".into(),
@@ -89,9 +88,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None
                 }
             };
-            let outcome = broker.apply_replicated(cmd.as_ref(), raft).await.map_err(|e| {
-                StorageIOError::apply(entry.log_id, openraft::AnyError::error(e.to_string()))
-            })?;
+            let outcome = broker
+                .apply_replicated(cmd.as_ref(), raft)
+                .await
+                .map_err(|e| StorageIOError::apply(entry.log_id, openraft::AnyError::error(e.to_string())))?;
             out.push(MetaResponse(outcome));
         }
         Ok(out)
@@ -110,15 +110,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let mut catalog: Catalog = serde_json::from_slice(snapshot.get_ref()).map_err(|e| {
-            StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::new(&e))
+        let mut catalog: Catalog = serde_json::from_slice(snapshot.get_ref())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::new(&e)))?;
+        catalog.raft = Some(RaftApplied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() });
+        broker(&self.broker)?.install_replicated(catalog).await.map_err(|e| {
+            StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()))
         })?;
-        catalog.raft =
-            Some(RaftApplied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() });
-        broker(&self.broker)?
-            .install_replicated(catalog)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string())))?;
         Ok(())
     }
 

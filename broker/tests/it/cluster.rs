@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_proto::v1::{
-    CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, admin_client::AdminClient,
+    CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    admin_client::AdminClient,
 };
 use strata_testkit::{eventually, free_port, http, wait_until};
 use tonic::transport::Channel;
