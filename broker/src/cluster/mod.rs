@@ -301,23 +301,18 @@ impl ClusterNode {
                 },
             );
         }
-        if !brokers.contains_key(&self.id) {
-            let state = match m.state {
+        brokers.entry(self.id).or_insert_with(|| BrokerInfo {
+            id: self.id,
+            address: self.address.clone(),
+            zone: String::new(),
+            state: match m.state {
                 ServerState::Leader => "leader",
                 ServerState::Candidate => "candidate",
                 _ => "joining",
-            };
-            brokers.insert(
-                self.id,
-                BrokerInfo {
-                    id: self.id,
-                    address: self.address.clone(),
-                    zone: String::new(),
-                    state: state.into(),
-                    leader: false,
-                },
-            );
-        }
+            }
+            .into(),
+            leader: false,
+        });
         let formation = if membership.nodes().next().is_some() {
             "formed".to_owned()
         } else {

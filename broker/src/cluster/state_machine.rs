@@ -3,6 +3,9 @@
 //! membership (one atomic, fsynced write), then the broker's local view
 //! follows (`Broker::apply_replicated`). A snapshot is the catalog file.
 
+// openraft's trait signatures fix the error type (`StorageError`, large).
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, Weak};
 
