@@ -186,6 +186,9 @@ pub struct ClusterConfig {
     /// How long a metadata write waits for a leader and a majority before
     /// failing with UNAVAILABLE.
     pub write_timeout: HumanDuration,
+    /// Snapshot the catalog and purge the Raft log every this many entries
+    /// (a lagging broker then catches up from the snapshot).
+    pub snapshot_every: u64,
 }
 
 impl Default for ClusterConfig {
@@ -195,6 +198,7 @@ impl Default for ClusterConfig {
             advertised_address: String::new(),
             peers: Vec::new(),
             write_timeout: HumanDuration(Duration::from_secs(5)),
+            snapshot_every: 5000,
         }
     }
 }
@@ -259,6 +263,9 @@ impl ClusterConfig {
         }
         if self.write_timeout.0.is_zero() {
             return Err("cluster.write_timeout must be positive".into());
+        }
+        if self.snapshot_every == 0 {
+            return Err("cluster.snapshot_every must be positive".into());
         }
         if self.peers.is_empty() {
             return Ok(());

@@ -140,6 +140,8 @@ impl ClusterNode {
             election_timeout_min: 700,
             election_timeout_max: 1400,
             install_snapshot_timeout: 5_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.snapshot_every / 5,
             ..Default::default()
         }
         .validate()

@@ -26,6 +26,7 @@ struct Member {
     process: Option<BrokerProcess>,
     http: Option<SocketAddr>,
     write_timeout: &'static str,
+    snapshot_every: &'static str,
 }
 
 impl Member {
@@ -41,6 +42,7 @@ impl Member {
             .args(["--broker-id", &self.id.to_string(), "--advertised-address", &listen, "--peers", peers])
             .env("STRATA_LOG_LEVEL", "warn")
             .env("STRATA_CLUSTER_WRITE_TIMEOUT", self.write_timeout)
+            .env("STRATA_CLUSTER_SNAPSHOT_EVERY", self.snapshot_every)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -94,6 +96,7 @@ fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
             process: None,
             http: None,
             write_timeout,
+            snapshot_every: "5000",
         })
         .collect()
 }
@@ -331,4 +334,39 @@ fn bad_cluster_flags_are_refused_with_one_line() {
     assert!(e.contains("needs cluster.advertised_address"), "{e}");
     let e = refused(&["--broker-id", "1", "--advertised-address", "a:1", "--peers", "b"], dir.path());
     assert!(e.contains("not HOST:PORT"), "{e}");
+}
+
+/// With frequent snapshots the leader purges its log; a broker that was down
+/// meanwhile catches up from a snapshot (its log never holds the early
+/// entries) and opens every topic's partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_broker_catches_up_from_a_snapshot() {
+    let mut members = members(3, "5s");
+    let peers = members.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",");
+    for m in members.iter_mut() {
+        m.snapshot_every = "5";
+        m.start(&peers);
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, _) = agreed(&all, 3, Duration::from_secs(30)).await;
+    let lagging = members.iter().position(|m| m.id != leader).unwrap();
+    members[lagging].kill9();
+    let via = members.iter().find(|m| m.process.is_some()).unwrap().addr();
+    for i in 0..20 {
+        create_topic(via, &format!("early-{i:02}"), 1).await.unwrap();
+    }
+    members[lagging].start(&peers);
+    let addr = members[lagging].addr();
+    wait_until("the lagging broker to catch up", Duration::from_secs(30), || async move {
+        topic_partitions(addr, "early-19").await == Some(1) && topic_partitions(addr, "early-00").await == Some(1)
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(members[lagging].topic_dirs(&format!("early-{i:02}")).len(), 1, "early-{i:02}");
+    }
+    // The early entries reached it inside a snapshot, not as log entries.
+    let log = std::fs::read(members[lagging].dir.path().join("meta/raft/log")).unwrap();
+    assert!(!String::from_utf8_lossy(&log).contains("early-00"), "early entries replayed from the log");
+    let leader_log = std::fs::read(members[(leader - 1) as usize].dir.path().join("meta/raft/log")).unwrap();
+    assert!(!String::from_utf8_lossy(&leader_log).contains("early-00"), "the leader's log was not purged");
 }
