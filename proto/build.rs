@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // `bytes` fields as `bytes::Bytes`: batches move through without copies.
         .bytes(".")
+        // Decode failures are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::StrataCodec")
         .compile_fds(fds)?;
     Ok(())
 }

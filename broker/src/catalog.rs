@@ -8,7 +8,6 @@
 //! (write to a temp file, fsync, rename, fsync the directory); it is small.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -664,18 +663,9 @@ impl CatalogStore {
 
     fn persist(&self, catalog: &Catalog) -> Result<(), StoreError> {
         let io = |source| StoreError::Io { path: self.path.clone(), source };
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(catalog)
             .map_err(|e| StoreError::Invalid { path: self.path.clone(), message: e.to_string() })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            crate::log::segment::sync_dir(dir).map_err(io)?;
-        }
-        Ok(())
+        crate::fsutil::replace(&self.path, &bytes, crate::fsutil::Sync::Durable).map_err(io)
     }
 }
 

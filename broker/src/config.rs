@@ -333,6 +333,20 @@ pub struct LimitsConfig {
     /// Unfinished messages one queue may hold (each costs ~100 bytes of
     /// memory for its state); beyond it, sends get RESOURCE_EXHAUSTED.
     pub max_queue_messages: u64,
+    /// gRPC connections served at once; further ones are closed as soon as
+    /// they are accepted (clients see UNAVAILABLE). Keep it below the
+    /// process's open-file limit, which the broker raises to its hard limit.
+    pub max_connections: u32,
+    /// Concurrent calls (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
+    /// Topics, partitions (over all topics), queues, topic-to-queue bindings
+    /// and consumer groups one broker holds; creating more answers
+    /// RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) naming the limit.
+    pub max_topics: u64,
+    pub max_partitions: u64,
+    pub max_queues: u64,
+    pub max_bindings: u64,
+    pub max_groups: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -482,6 +496,13 @@ impl Default for LimitsConfig {
             max_inflight_produce_bytes: ByteSize::mib(256),
             max_partitions_per_topic: 10_000,
             max_queue_messages: 2_000_000,
+            max_connections: 10_000,
+            max_streams_per_connection: 1_000,
+            max_topics: 10_000,
+            max_partitions: 100_000,
+            max_queues: 10_000,
+            max_bindings: 10_000,
+            max_groups: 10_000,
         }
     }
 }
@@ -575,6 +596,14 @@ impl Config {
         }
         if l.max_partitions_per_topic == 0 {
             return bad("limits.max_partitions_per_topic must be positive".into());
+        }
+        if l.max_connections == 0 || l.max_streams_per_connection == 0 {
+            return bad("limits.max_connections and limits.max_streams_per_connection must be positive".into());
+        }
+        if [l.max_topics, l.max_partitions, l.max_queues, l.max_bindings, l.max_groups].contains(&0) {
+            return bad(
+                "limits.max_topics, max_partitions, max_queues, max_bindings and max_groups must be positive".into()
+            );
         }
         let t = &self.topic_defaults;
         if t.segment_bytes.0 < MIN_SEGMENT_BYTES || t.segment_bytes.0 > u64::from(u32::MAX) {

@@ -10,6 +10,8 @@ pub mod clock;
 mod cluster;
 pub mod config;
 mod error;
+mod fds;
+mod fsutil;
 mod group;
 mod grpc;
 mod http;
@@ -18,6 +20,7 @@ pub mod log;
 mod metrics;
 mod names;
 mod partition;
+mod producer_ids;
 mod queue;
 mod telemetry;
 mod tier;
@@ -66,8 +69,37 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
+/// Raises the soft open-file limit to the hard one: a broker holds files
+/// for its partitions, queues and connections, and the usual soft default
+/// (1024) is far below what the kernel allows. Returns (before, now, hard)
+/// for the start-up log; `None` when the limit cannot be read.
+fn raise_open_file_limit() -> Option<(u64, u64, u64)> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get().ok()?;
+    let now = if soft < hard && Resource::NOFILE.set(hard, hard).is_ok() { hard } else { soft };
+    Some((soft, now, hard))
+}
+
+/// Logs the open-file limit once the broker is up, and warns when
+/// `limits.max_connections` alone could take every descriptor.
+fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
+    let Some((was, now, hard)) = limits else {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    };
+    tracing::info!(was, now, hard, "open-file limit");
+    if u64::from(config.limits.max_connections) >= now {
+        tracing::warn!(
+            max_connections = config.limits.max_connections,
+            open_files = now,
+            "limits.max_connections is not below the open-file limit: connections could starve partitions of files"
+        );
+    }
+}
+
 /// Binds the listeners, opens (recovers) the data directory and serves.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    let open_files = raise_open_file_limit();
     let grpc_listener = bind(config.server.listen).await?;
     let http_listener = bind(config.server.http_listen).await?;
     let grpc_addr =
@@ -107,6 +139,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         http_listener,
         stopped(stop.subscribe()),
     ));
+    log_open_file_limit(open_files, broker.config());
     tracing::info!(%grpc_addr, %http_addr, data_dir = %broker.config().storage.data_dir.display(), "strata-broker serving");
     Ok(RunningBroker { grpc_addr, http_addr, broker, queues, stop, grpc, http })
 }

@@ -53,6 +53,21 @@ pub(crate) struct RejectLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BuildInfoLabels {
+    pub version: &'static str,
+    pub target: &'static str,
+}
+
+/// The broker's release version (also served by `Admin.GetServerInfo`).
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The CPU architecture and OS the broker runs on, e.g. `x86_64-linux`.
+pub(crate) fn build_target() -> &'static str {
+    static TARGET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TARGET.get_or_init(|| format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS))
+}
+
 type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 
 fn rpc_histogram() -> Histogram {
@@ -88,6 +103,8 @@ pub(crate) struct Metrics {
     pub tier_upload_lag: Family<PartitionLabels, Gauge>,
     pub tier_remote_bytes: Family<PartitionLabels, Gauge>,
     pub tier_remote_end_offset: Family<PartitionLabels, Gauge>,
+    /// Always 1; the labels carry the version (Prometheus' build-info idiom).
+    pub build_info: Family<BuildInfoLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,9 +143,12 @@ impl Metrics {
             tier_upload_lag: Family::default(),
             tier_remote_bytes: Family::default(),
             tier_remote_end_offset: Family::default(),
+            build_info: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
+        m.build_info.get_or_create(&BuildInfoLabels { version: VERSION, target: build_target() }).set(1);
+        r.register("build_info", "The broker's version (value is always 1)", m.build_info.clone());
         r.register("topic_messages_in", "Records appended to topic partitions", m.messages_in.clone());
         r.register_with_unit("topic_in", "Record batch bytes appended", Unit::Bytes, m.bytes_in.clone());
         r.register("topic_messages_out", "Records sent to consumers by fetches", m.messages_out.clone());

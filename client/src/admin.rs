@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use strata_proto::v1::{
     AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTopicRequest,
-    DescribeTopicRequest, Durability, ListOffsetsRequest, ListTenantsRequest, ListTopicsRequest, Tenant, TopicConfig,
-    TopicDescription, TopicSummary, UpdateTopicConfigRequest, list_offsets_request, list_offsets_response,
+    DescribeTopicRequest, Durability, ErrorCode, GetServerInfoRequest, ListOffsetsRequest, ListTenantsRequest,
+    ListTopicsRequest, ServerInfo, Tenant, TopicConfig, TopicDescription, TopicSummary, UpdateTopicConfigRequest,
+    list_offsets_request, list_offsets_response,
 };
 
 use crate::client::Client;
@@ -165,6 +166,30 @@ impl Client {
         Ok(())
     }
 
+    /// Deletes a topic unless it does not exist; `true` when it was deleted.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: strata_client::Client) -> Result<(), strata_client::Error> {
+    /// let deleted = client.delete_topic_if_exists("scratch").await?;
+    /// println!("deleted: {deleted}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_topic_if_exists(&self, name: &str) -> Result<bool, Error> {
+        if_exists(self.delete_topic(name).await, ErrorCode::UnknownTopic)
+    }
+
+    /// What the broker is: version, API revision, uptime, build target.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: strata_client::Client) -> Result<(), strata_client::Error> {
+    /// let info = client.server_info().await?;
+    /// println!("broker {} (API {})", info.version, info.api_version);
+    /// # Ok(()) }
+    /// ```
+    pub async fn server_info(&self) -> Result<ServerInfo, Error> {
+        Ok(self.admin_rpc().get_server_info(self.request(GetServerInfoRequest {})).await?.into_inner())
+    }
+
     /// Creates a tenant; fails with `ALREADY_EXISTS` when it exists.
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, Error> {
         let req = CreateTenantRequest { name: name.to_owned(), if_not_exists: false };
@@ -208,6 +233,16 @@ impl Client {
             .into_iter()
             .map(PartitionOffsets::from)
             .collect())
+    }
+}
+
+/// The outcome of a delete that may find nothing: `Ok(false)` when the
+/// broker said the resource (`missing`) does not exist.
+pub(crate) fn if_exists(result: Result<(), Error>, missing: ErrorCode) -> Result<bool, Error> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.error_code() == missing => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -169,7 +169,49 @@ impl From<ItemError> for ServerError {
     }
 }
 
+/// What an application should do about an [`Error`]; see [`Error::kind`].
+///
+/// ```
+/// use strata_client::{Error, ErrorKind};
+///
+/// fn advice(error: &Error) -> &'static str {
+///     match error.kind() {
+///         ErrorKind::Retryable => "try again later",
+///         ErrorKind::RebalanceInProgress => "carry on: the group consumer rejoins by itself",
+///         // `ErrorKind` is non-exhaustive: treat unknown kinds as fatal.
+///         _ => "give up and report",
+///     }
+/// }
+/// assert_eq!(advice(&Error::ProducerClosed), "give up and report");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Transient: the same call may succeed later (broker unavailable or
+    /// overloaded, connection broken, timeout).
+    Retryable,
+    /// The group is rebalancing and this member lost (or is about to lose)
+    /// the partitions the call was about. A [`GroupConsumer`](crate::GroupConsumer)
+    /// handles it itself (it rejoins and gets partitions back or gives them
+    /// up); an application only learns that a commit did not happen.
+    RebalanceInProgress,
+    /// Retrying the same call will not help: bad input, missing resource,
+    /// permissions, a fenced producer, a closed client object.
+    Fatal,
+}
+
 impl Error {
+    /// Whether this error is retryable, a rebalance in progress, or fatal.
+    pub fn kind(&self) -> ErrorKind {
+        if self.is_fenced_member() {
+            ErrorKind::RebalanceInProgress
+        } else if self.is_retryable() {
+            ErrorKind::Retryable
+        } else {
+            ErrorKind::Fatal
+        }
+    }
+
     /// The gRPC status code, when the error came from the broker.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
@@ -231,6 +273,10 @@ impl Error {
             Error::Server(s) => {
                 if s.error_code == ErrorCode::ShuttingDown {
                     return true;
+                }
+                // A request over a size or count limit fails again the same way.
+                if matches!(s.error_code, ErrorCode::BatchTooLarge | ErrorCode::LimitExceeded) {
+                    return false;
                 }
                 match s.code {
                     tonic::Code::Unavailable

@@ -2,7 +2,7 @@
 //! a batching, pipelined, idempotent [`Producer`], a following [`Consumer`]
 //! of chosen partitions, and a [`GroupConsumer`] that shares partitions with
 //! the other members of a consumer group; and work queues: [`QueueOptions`]
-//! and the queue admin calls, [`Client::send`], a [`Receiver`] with ack,
+//! and the queue admin calls, [`Client::send_batch`], a [`Receiver`] with ack,
 //! nack and extend, and request-reply with [`Client::call`].
 //!
 //! ```no_run
@@ -42,17 +42,18 @@ mod mock_broker;
 pub use admin::{PartitionOffsets, Retention, TopicOptions};
 pub use client::{Client, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, PartitionProgress, StartFrom};
-pub use error::{Error, RejectedReceipt, ServerError};
+pub use error::{Error, ErrorKind, RejectedReceipt, ServerError};
 pub use group::{CommittedOffset, GroupConsumer, GroupConsumerConfig, RebalanceListener};
 pub use partitioner::partition_for_key;
 pub use producer::{Compression, DeliveryFuture, Message, Producer, ProducerConfig, RecordMetadata};
 pub use queue::{
-    BindingFilter, Delivery, MAX_RECEIVE_MESSAGES, QueueMessage, QueueOptions, Receipt, Receiver, SendResult,
+    BindingFilter, Delivery, MAX_RECEIVE_MESSAGES, QueueMessage, QueueOptions, QueueProducer, QueueProducerConfig,
+    Receipt, Receiver, SendFuture, SendResult,
 };
 pub use retry::RetryConfig;
 /// The generated `strata.v1` types returned by admin calls.
 pub use strata_proto::v1::{
     Binding, Durability, ErrorCode, GroupDescription, GroupMember, GroupSummary, PartitionDescription, PartitionLag,
-    QueueConfig, QueueDescription, QueueStats, Tenant, TopicConfig, TopicDescription, TopicPartitions, TopicSummary,
-    TtlAction,
+    QueueConfig, QueueDescription, QueueStats, ServerInfo, Tenant, TopicConfig, TopicDescription, TopicPartitions,
+    TopicSummary, TtlAction,
 };

@@ -671,6 +671,13 @@ impl Admin for State {
     ) -> Result<Response<strata_proto::v1::DescribeClusterResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+
+    async fn get_server_info(
+        &self,
+        _: Request<strata_proto::v1::GetServerInfoRequest>,
+    ) -> Result<Response<strata_proto::v1::ServerInfo>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 impl State {

@@ -5,7 +5,8 @@
 //! wire compatible.
 
 pub mod batch;
-#[cfg(feature = "telemetry")]
+pub mod codec;
+#[cfg(feature = "trace-context")]
 pub mod telemetry;
 
 /// Generated code for package `strata.v1`.

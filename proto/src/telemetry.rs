@@ -18,6 +18,11 @@
 //!
 //! Span names and attributes follow the OpenTelemetry messaging semantic
 //! conventions (`send orders`, `process orders`; `messaging.system`, ...).
+//!
+//! Feature `trace-context` builds everything but [`init`]-time export, which
+//! needs feature `telemetry` (the OTLP exporter stack); without it the
+//! exporter-only helpers are unused.
+#![cfg_attr(not(feature = "telemetry"), allow(dead_code, unused_imports))]
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -268,7 +273,9 @@ fn random_ids() -> &'static RandomIdGenerator {
 }
 
 /// Installs the global OTLP (gRPC) exporter when `config` names an endpoint.
-/// Must be called inside a Tokio runtime.
+/// Must be called inside a Tokio runtime. Needs the `telemetry` feature (the
+/// exporter); `trace-context` alone only carries and samples contexts.
+#[cfg(feature = "telemetry")]
 pub fn init(config: &TelemetryConfig, default_service: &str) -> Result<TelemetryGuard, String> {
     let Some(endpoint) = &config.endpoint else { return Ok(TelemetryGuard(None)) };
     let choice = config.sampler()?;

@@ -17,6 +17,7 @@
 //! missing partition directories and removing orphaned ones.
 
 mod fetch;
+mod limits;
 mod maintenance;
 mod open;
 mod produce;
@@ -69,6 +70,10 @@ pub struct Broker {
     tier: Option<Arc<Tier>>,
     /// Cluster mode: the metadata Raft node (catalog writes go through it).
     cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterNode>>,
+    /// Issued producer ids and the latest epoch of each named producer.
+    producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
+    /// Descriptors released to undo a create that ran out of them.
+    spare_fds: crate::fds::SpareFds,
     _dir_lock: std::fs::File,
 }
 
@@ -93,6 +98,12 @@ impl Broker {
     }
 
     /// Wall-clock ms from the broker's clock.
+    /// Closes the reserve of file descriptors until the guard drops: for
+    /// undoing work that failed because the process ran out of them.
+    pub(crate) fn release_spare_fds(&self) -> crate::fds::Released<'_> {
+        self.spare_fds.release()
+    }
+
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
@@ -244,9 +255,11 @@ impl Broker {
     pub(crate) async fn commit_catalog(&self, cmd: &CatalogCommand) -> Result<Applied, BrokerError> {
         self.check_running()?;
         if let Some(c) = self.cluster() {
+            self.check_limits(&self.catalog_snapshot().await, cmd)?;
             return c.write(cmd).await;
         }
         let mut store = self.catalog.lock().await;
+        self.check_limits(store.catalog(), cmd)?;
         Ok(store.commit(cmd)?)
     }
 

@@ -24,6 +24,7 @@ impl Broker {
     ) -> Result<Option<Result<Applied, CatalogError>>, StoreError> {
         let mut store = self.catalog.lock().await;
         let outcome = store.commit_replicated(cmd, raft)?;
+        self.producer_ids.sync(store.catalog());
         if matches!(outcome, Some(Ok(_))) {
             let catalog = store.catalog().clone();
             self.reconcile(&catalog).await;
@@ -35,6 +36,7 @@ impl Broker {
     pub(crate) async fn install_replicated(&self, catalog: Catalog) -> Result<(), StoreError> {
         let mut store = self.catalog.lock().await;
         store.install(catalog)?;
+        self.producer_ids.sync(store.catalog());
         let catalog = store.catalog().clone();
         self.reconcile(&catalog).await;
         Ok(())

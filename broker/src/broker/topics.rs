@@ -197,6 +197,7 @@ impl Broker {
             at_ms: self.now_ms(),
         };
         if let Some(c) = self.cluster() {
+            self.check_limits(&self.catalog_snapshot().await, &cmd)?;
             // Every broker (this one included) opens the partitions when it
             // applies the entry; `write` returns once this one has.
             match c.write(&cmd).await {
@@ -207,6 +208,7 @@ impl Broker {
             return self.describe_topic(tenant.as_str(), name.as_str());
         }
         let mut store = self.catalog.lock().await;
+        self.check_limits(store.catalog(), &cmd)?;
         let id = match store.commit(&cmd) {
             Ok(Applied::Topic { id }) => id,
             Ok(other) => return Err(BrokerError::Internal(format!("CreateTopic committed as {other:?}"))),
@@ -221,7 +223,35 @@ impl Broker {
         let record = store.catalog().tenants[tenant.as_str()].topics[name.as_str()].clone();
         let dir = topic_dir(&self.config.storage.data_dir, tenant.as_str(), name.as_str(), id);
         let key = TopicRef::new(tenant.clone(), name.clone());
-        let logs = self.open_partitions(&key, id, &dir, 0..partitions, settings).await?;
+        let logs = match self.open_partitions(&key, id, &dir, 0..partitions, settings).await {
+            Ok(logs) => logs,
+            Err(e) => {
+                // All or nothing: a create refused here (out of file
+                // descriptors, disk full) leaves no topic behind, in the
+                // catalog or on disk. The partitions opened so far are closed
+                // already; the reserve of descriptors frees what the undo
+                // needs when none were left.
+                let _spare = self.release_spare_fds();
+                let undo = CatalogCommand::DeleteTopic { tenant: tenant.to_string(), name: name.to_string() };
+                if let Err(undo) = store.commit(&undo) {
+                    // The catalog keeps the topic: the next start opens
+                    // (creates) its missing partitions, so it is whole then.
+                    tracing::error!(topic = %key, error = %undo, "cannot undo a failed topic creation");
+                }
+                let removed = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || std::fs::remove_dir_all(dir)
+                })
+                .await;
+                if let Ok(Err(io)) = removed
+                    && io.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(topic = %key, error = %io, "cannot remove a failed topic's files (removed at the next start)");
+                }
+                tracing::warn!(topic = %key, error = %e, "topic creation failed and was undone");
+                return Err(e);
+            }
+        };
         let state = Arc::new(Topic {
             name: key.clone(),
             id,
@@ -330,10 +360,12 @@ impl Broker {
             partitions,
         };
         if let Some(c) = self.cluster() {
+            self.check_limits(&self.catalog_snapshot().await, &cmd)?;
             c.write(&cmd).await?;
             return self.describe_topic(t.name.tenant.as_str(), t.name.topic.as_str());
         }
         let mut store = self.catalog.lock().await;
+        self.check_limits(store.catalog(), &cmd)?;
         let applied = store.commit(&cmd)?;
         if let Applied::PartitionsAdded { from, to, .. } = applied
             && to > from

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+use std::time::Instant;
 use strata_proto::v1::{
     self as pb, AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest,
     DeleteTenantResponse, DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, ListTenantsRequest,
@@ -21,8 +23,13 @@ pub(crate) struct AdminService {
     auth: Auth,
 }
 
+/// When the service (so, near enough, the process) started: the uptime of
+/// `GetServerInfo`.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
 impl AdminService {
     pub fn new(broker: Arc<Broker>, auth: Auth) -> Self {
+        STARTED.get_or_init(Instant::now);
         AdminService { broker, auth }
     }
 }
@@ -218,6 +225,18 @@ impl Admin for AdminService {
             answered_by: v.answered_by,
             term: v.term,
             formation: v.formation,
+        }))
+    }
+
+    async fn get_server_info(
+        &self,
+        _request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfo>, Status> {
+        Ok(Response::new(pb::ServerInfo {
+            version: crate::metrics::VERSION.to_owned(),
+            api_version: "v1".to_owned(),
+            uptime_seconds: STARTED.get().map(|t| t.elapsed().as_secs()).unwrap_or(0),
+            build_target: crate::metrics::build_target().to_owned(),
         }))
     }
 }

@@ -11,19 +11,23 @@ use strata_proto::v1::{
     DescribeQueueRequest, ExtendVisibilityRequest, ExtendVisibilityResponse, FailedReceipt, ListQueuesRequest,
     ListQueuesResponse, NackRequest, NackResponse, OpenReplyQueueRequest, PeekRequest, PeekResponse, PurgeQueueRequest,
     PurgeQueueResponse, QueueConfig, QueueDescription, QueueStats, ReceiveRequest, ReceiveResponse, RedriveRequest,
-    RedriveResponse, ReplyQueueEvent, SendRequest, SendResponse, SendResult, UnbindRequest, UnbindResponse,
-    queues_server::Queues, reply_queue_event,
+    RedriveResponse, ReplyQueueEvent, SendRequest, SendResponse, SendResult, SendStreamRequest, SendStreamResponse,
+    UnbindRequest, UnbindResponse, queues_server::Queues, reply_queue_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self, Auth, Operation};
-use super::status::{invalid, to_item_error, to_status};
+use super::status::{invalid, status_to_item_error, to_item_error, to_status};
 use crate::catalog::{BindingFilter, BindingRecord, TtlAction};
 use crate::error::BrokerError;
 use crate::log::Durability;
 use crate::queue::{QueueManager, QueueOverrides, QueueView};
+
+/// Requests of one `SendStream` being handled at once; beyond it the stream
+/// is not read (back-pressure through HTTP/2 flow control).
+const SEND_STREAM_CONCURRENCY: usize = 64;
 
 /// Longest long poll a receive may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -137,6 +141,7 @@ fn non_negative(field: &str, v: i64) -> Result<(), Status> {
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<ReplyQueueEvent, Status>> + Send>>;
+type SendResponses = Pin<Box<dyn Stream<Item = Result<SendStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Queues for QueuesService {
@@ -212,6 +217,78 @@ impl Queues for QueuesService {
         Ok(Response::new(SendResponse {
             results: sent.into_iter().map(|s| SendResult { message_id: s.id, duplicate: s.duplicate }).collect(),
         }))
+    }
+
+    type SendStreamStream = SendResponses;
+
+    async fn send_stream(
+        &self,
+        req: Request<Streaming<SendStreamRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let caller = auth::Caller::of(&req);
+        let authz = self.auth.clone();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<SendStreamResponse, Status>>(SEND_STREAM_CONCURRENCY);
+        let queues = self.queues.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(SEND_STREAM_CONCURRENCY));
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = queues.broker().until_shutdown() => break,
+                };
+                let r = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "send stream ended by client");
+                        break;
+                    }
+                };
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                let request_id = r.request_id;
+                let answer = move |result: Result<Vec<crate::queue::Sent>, BrokerError>| match result {
+                    Ok(sent) => SendStreamResponse {
+                        request_id,
+                        results: sent
+                            .into_iter()
+                            .map(|s| SendResult { message_id: s.id, duplicate: s.duplicate })
+                            .collect(),
+                        error: None,
+                    },
+                    Err(e) => SendStreamResponse { request_id, results: Vec::new(), error: Some(to_item_error(e)) },
+                };
+                if let Err(status) = authz.authorize(&caller, Operation::Produce, &r.tenant, &r.queue) {
+                    let resp = SendStreamResponse {
+                        request_id,
+                        results: Vec::new(),
+                        error: Some(status_to_item_error(&status)),
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                // Appended in stream order (so FIFO groups keep the order the
+                // client sent), then acknowledged concurrently: pipelined
+                // requests share the queue's fsyncs.
+                match queues.send_pending(&r.tenant, &r.queue, r.messages).await {
+                    Ok(pending) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(Ok(answer(pending.wait().await))).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(e) => {
+                        if tx.send(Ok(answer(Err(e)))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as SendResponses))
     }
 
     async fn receive(&self, req: Request<ReceiveRequest>) -> Result<Response<ReceiveResponse>, Status> {

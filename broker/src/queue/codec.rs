@@ -10,7 +10,6 @@
 //! - A snapshot (`state.snap`) is `STRATAQS` + version + CRC32C + length +
 //!   [`Snapshot`], replaced atomically.
 
-use std::io::Write;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -122,16 +121,7 @@ pub(crate) fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()
     buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(&payload);
-    let tmp = path.with_extension("snap.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&buf)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        crate::log::segment::sync_dir(dir)?;
-    }
-    Ok(())
+    crate::fsutil::replace(path, &buf, crate::fsutil::Sync::Durable)
 }
 
 /// Reads a snapshot; `Ok(None)` when there is none.

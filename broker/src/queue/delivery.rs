@@ -5,16 +5,17 @@
 use super::*;
 
 impl QueueManager {
-    /// Validates and enqueues messages; answers once they are durable.
-    pub async fn send(
+    /// Validates messages and appends them to the queue's log (see
+    /// [`PendingSend`]); an empty request is a no-op.
+    pub async fn send_pending(
         &self,
         tenant: &str,
         queue: &str,
         messages: Vec<OutgoingMessage>,
-    ) -> Result<Vec<Sent>, BrokerError> {
+    ) -> Result<PendingSend, BrokerError> {
         let q = self.queue(tenant, queue)?;
         if messages.is_empty() {
-            return Ok(Vec::new());
+            return Ok(PendingSend { q, results: Vec::new(), written: None, clock: self.broker.clock().clone() });
         }
         let now = self.broker.now_ms();
         let settings = q.lock().q.settings().clone();
@@ -27,12 +28,31 @@ impl QueueManager {
                 })?,
             );
         }
-        self.enqueue(&q, batch).await
+        self.append(&q, batch).await
+    }
+
+    /// Validates and enqueues messages; answers once they are durable.
+    pub async fn send(
+        &self,
+        tenant: &str,
+        queue: &str,
+        messages: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Sent>, BrokerError> {
+        self.send_pending(tenant, queue, messages).await?.wait().await
     }
 
     /// Appends validated messages to the queue's log (deduplicating), then
     /// waits for durability and makes them deliverable.
     pub(super) async fn enqueue(&self, q: &Arc<Queue>, batch: Vec<NewMessage>) -> Result<Vec<Sent>, BrokerError> {
+        self.append(q, batch).await?.wait().await
+    }
+
+    /// Appends validated messages to the queue's log (deduplicating) and
+    /// returns at once: the messages have their ids and their place in the
+    /// queue's order, but are neither durable nor deliverable until
+    /// [`PendingSend::wait`]. Appends made one after another keep their
+    /// order (FIFO groups), while their waits may overlap and share fsyncs.
+    async fn append(&self, q: &Arc<Queue>, batch: Vec<NewMessage>) -> Result<PendingSend, BrokerError> {
         if q.closed.load(Ordering::Acquire) {
             return Err(
                 crate::catalog::CatalogError::UnknownQueue { tenant: q.tenant.clone(), name: q.name.clone() }.into()
@@ -144,29 +164,7 @@ impl QueueManager {
         })
         .await
         .map_err(|source| BrokerError::TaskFailed { what: "queue send", source })??;
-        if let Some((ids, end, synced, traced)) = written {
-            if !synced {
-                let durable = q.messages.wait_durable(end).await;
-                if let Some(t) = traced {
-                    t.finish(durable.as_ref().err().map(|e| e.to_string()).as_deref());
-                }
-                durable.map_err(|e| q.log_error(e))?;
-                let now = self.broker.now_ms();
-                let mut inner = q.lock();
-                let mut woke = false;
-                for id in ids {
-                    woke |= inner.q.mark_synced(id, now);
-                }
-                drop(inner);
-                q.wake(woke);
-            } else {
-                if let Some(t) = traced {
-                    t.finish(None);
-                }
-                q.wake(true);
-            }
-        }
-        Ok(results)
+        Ok(PendingSend { q: q.clone(), results, written, clock: self.broker.clock().clone() })
     }
 
     // ---- receive and settle ----------------------------------------------
@@ -600,4 +598,48 @@ pub(super) fn receipt_error(q: &Queue, id: u64, e: ReceiptError) -> BrokerError 
         ReceiptError::NotLeased => "the message is not leased any more (its lease ran out or it was given back)".into(),
     };
     BrokerError::StaleReceipt { queue: q.label(), id, reason }
+}
+
+/// Messages appended to a queue's log and not yet acknowledged: the second
+/// half of a send ([`QueueManager::send_pending`]).
+#[must_use = "a pending send is acknowledged only by wait()"]
+pub struct PendingSend {
+    q: Arc<Queue>,
+    results: Vec<Sent>,
+    /// Ids appended, the log's end after them, whether already durable
+    /// (durability none), and the publish spans; `None` when every message
+    /// was a duplicate.
+    written: Option<(Vec<u64>, u64, bool, Option<crate::telemetry::Published>)>,
+    clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl PendingSend {
+    /// Waits until the messages are durable (as the queue's durability
+    /// says), makes them deliverable and answers their ids.
+    pub async fn wait(self) -> Result<Vec<Sent>, BrokerError> {
+        let PendingSend { q, results, written, clock } = self;
+        if let Some((ids, end, synced, traced)) = written {
+            if !synced {
+                let durable = q.messages.wait_durable(end).await;
+                if let Some(t) = traced {
+                    t.finish(durable.as_ref().err().map(|e| e.to_string()).as_deref());
+                }
+                durable.map_err(|e| q.log_error(e))?;
+                let now = clock.now_ms();
+                let mut inner = q.lock();
+                let mut woke = false;
+                for id in ids {
+                    woke |= inner.q.mark_synced(id, now);
+                }
+                drop(inner);
+                q.wake(woke);
+            } else {
+                if let Some(t) = traced {
+                    t.finish(None);
+                }
+                q.wake(true);
+            }
+        }
+        Ok(results)
+    }
 }

@@ -438,7 +438,7 @@ async fn oversized_requests_are_refused_at_the_transport_limit() {
     create_topic(&b, "big", 1).await;
     let mut log = b.log().await;
     let err = log.produce(produce_req("big", 0, batch_of(&vec!["y".repeat(1000); 1100]))).await.unwrap_err();
-    assert_status(err, Code::InvalidArgument, ErrorCode::BatchTooLarge, "over the 1048576-byte limit");
+    assert_status(err, Code::ResourceExhausted, ErrorCode::BatchTooLarge, "over the 1048576-byte limit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

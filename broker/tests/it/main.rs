@@ -4,6 +4,7 @@
 
 mod api;
 mod cluster;
+mod hardening;
 mod harness;
 mod metrics;
 mod process;

@@ -104,6 +104,14 @@ pub(crate) struct BenchProduceArgs {
     /// Batch compression.
     #[arg(long, value_enum, default_value = "none")]
     pub(crate) compression: CompressionArg,
+    /// Send at this fixed total rate (messages per second, shared by the
+    /// producers) instead of as fast as possible: latency at a given load.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rate: Option<u64>,
+    /// Let every batch wait for --linger even when nothing is in flight
+    /// (the producer's default sends at once when the pipe is idle).
+    #[arg(long)]
+    pub(crate) no_idle_send: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -175,6 +183,12 @@ pub(crate) struct Report {
     pub(crate) latency: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) producers: Option<u32>,
+    /// The fixed rate asked for with `--rate` (messages per second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rate: Option<u64>,
+    /// `bench queue --per-message`: each message handed to the client on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_message: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) filled_messages: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,6 +226,8 @@ impl Report {
             p999_ms: ms(0.999),
             latency,
             producers: None,
+            rate: None,
+            per_message: None,
             filled_messages: None,
             consumers: None,
             e2e_p50_ms: None,
@@ -237,6 +253,9 @@ impl Report {
             self.p99_ms,
             self.p999_ms,
         );
+        if let Some(rate) = self.rate {
+            text.push_str(&format!("  at a fixed rate of {rate} msgs/s\n"));
+        }
         if let (Some(p50), Some(p99), Some(p999)) = (self.e2e_p50_ms, self.e2e_p99_ms, self.e2e_p999_ms) {
             text.push_str(&format!("  end-to-end latency: p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms\n"));
         }
@@ -285,15 +304,17 @@ async fn bench_produce(client: &Client, args: BenchProduceArgs) -> anyhow::Resul
         linger: args.linger,
         compression: args.compression.into(),
         max_in_flight_bytes: usize::try_from(args.max_in_flight).unwrap_or(usize::MAX),
+        send_when_idle: !args.no_idle_send,
         ..ProducerConfig::default()
     };
-    let result = produce_load(client, &topic, &config, args.size, args.producers, plan).await;
+    let result = produce_load(client, &topic, &config, args.size, args.producers, plan, args.rate).await;
     if temporary && let Err(e) = client.delete_topic(&topic).await {
         eprintln!("warning: could not delete benchmark topic {topic}: {e}");
     }
     let stats = result?;
     let mut report = Report::new("produce", &topic, args.size, &stats, "ack");
     report.producers = Some(args.producers);
+    report.rate = args.rate;
     Ok(report)
 }
 
@@ -307,9 +328,10 @@ async fn bench_consume(client: &Client, args: BenchConsumeArgs) -> anyhow::Resul
     let mut filled = None;
     if stored < args.count {
         let missing = args.count - stored;
-        let stats = produce_load(client, &args.topic, &ProducerConfig::default(), args.size, 1, Plan::Count(missing))
-            .await
-            .context("filling the topic")?;
+        let stats =
+            produce_load(client, &args.topic, &ProducerConfig::default(), args.size, 1, Plan::Count(missing), None)
+                .await
+                .context("filling the topic")?;
         let fill = Report::new("fill", &args.topic, args.size, &stats, "ack");
         eprint!("{}", fill.human());
         filled = Some(stats.messages);
@@ -351,7 +373,10 @@ async fn produce_load(
     size: u64,
     producers: u32,
     plan: Plan,
+    rate: Option<u64>,
 ) -> anyhow::Result<LoadStats> {
+    // Each producer's share of a fixed rate, as the gap between its messages.
+    let gap = rate.map(|r| Duration::from_secs_f64(f64::from(producers) / r as f64));
     let value = payload(usize::try_from(size).context("--size is too large")?);
     let start = Instant::now();
     let deadline = match plan {
@@ -374,6 +399,7 @@ async fn produce_load(
             value.clone(),
             count,
             deadline,
+            gap,
         )));
     }
     let mut latency = new_histogram()?;
@@ -393,8 +419,10 @@ async fn one_producer(
     value: Bytes,
     count: Option<u64>,
     deadline: Option<Instant>,
+    gap: Option<Duration>,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let producer = client.producer_with_config(&topic, config).await?;
+    let mut pacer = gap.map(Pacer::new);
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let collector = tokio::spawn(collect_acks(acks_rx, new_histogram()?));
     let mut sent = 0u64;
@@ -402,6 +430,9 @@ async fn one_producer(
     loop {
         if count.is_some_and(|c| sent >= c) {
             break;
+        }
+        if let Some(p) = pacer.as_mut() {
+            p.wait().await;
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -427,6 +458,29 @@ async fn one_producer(
         return Err(e.into());
     }
     collected
+}
+
+/// Paces one sender at a fixed rate: message `i` is due at `start + i *
+/// gap`. A sender that fell behind catches up without sleeping (so the rate
+/// holds on average even though timers tick in milliseconds).
+pub(crate) struct Pacer {
+    start: tokio::time::Instant,
+    gap: Duration,
+    sent: u32,
+}
+
+impl Pacer {
+    pub(crate) fn new(gap: Duration) -> Pacer {
+        Pacer { start: tokio::time::Instant::now(), gap, sent: 0 }
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        let due = self.start + self.gap * self.sent;
+        self.sent = self.sent.saturating_add(1);
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+    }
 }
 
 /// Awaits acknowledgements as they complete, recording each latency.

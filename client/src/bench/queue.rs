@@ -1,7 +1,8 @@
 //! `strata bench queue`: durable send + receive + ack through one queue.
 //!
 //! Producers send batches of `--batch` messages, several requests in flight
-//! each; consumers receive up to `--batch` messages per long poll and ack
+//! each (with `--per-message`: one `QueueProducer::enqueue` per message, and
+//! one `Receiver::ack` per delivery; with `--rate`: at a fixed rate); consumers receive up to `--batch` messages per long poll and ack
 //! each batch in one call while already receiving the next. Every body
 //! starts with the time its send call started (nanoseconds since the run
 //! began), so a consumer measures end-to-end latency. Producers pause while
@@ -15,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
-use strata_client::{Client, Durability, QueueMessage, QueueOptions};
+use strata_client::{Client, Durability, QueueMessage, QueueOptions, QueueProducerConfig};
 use tokio::sync::Semaphore;
 
 use super::{LoadStats, Report, micros, new_histogram, payload, random_topic_name};
@@ -65,9 +66,30 @@ pub(crate) struct BenchQueueArgs {
     /// Durability of the queue when it is created [default: the broker's, fsync].
     #[arg(long, value_enum)]
     pub(crate) durability: Option<DurabilityArg>,
+    /// Hand each message to the client on its own, as applications do:
+    /// producers call `QueueProducer::enqueue` per message (the client
+    /// batches and pipelines), consumers ack each delivery with its own
+    /// `Receiver::ack` call (the client batches acks). Without it, producers
+    /// send --batch messages per request themselves.
+    #[arg(long)]
+    pub(crate) per_message: bool,
+    /// Send at this fixed total rate (messages per second, shared by the
+    /// producers; implies --per-message): latency at a given load.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) rate: Option<u64>,
+    /// Per-message mode: let requests wait for the producer's linger even
+    /// when nothing is in flight.
+    #[arg(long)]
+    pub(crate) no_idle_send: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+impl BenchQueueArgs {
+    fn per_message(&self) -> bool {
+        self.per_message || self.rate.is_some()
+    }
 }
 
 /// State shared by producers and consumers of one run.
@@ -105,6 +127,8 @@ pub(crate) async fn bench_queue(client: &Client, args: BenchQueueArgs) -> anyhow
     let mut report = Report::new("queue", "", args.size, &stats, "send");
     report.queue = Some(queue);
     report.producers = Some(args.producers);
+    report.rate = args.rate;
+    report.per_message = Some(args.per_message());
     report.consumers = Some(args.consumers);
     let ms = |q: f64| if e2e.is_empty() { 0.0 } else { e2e.value_at_quantile(q) as f64 / 1000.0 };
     report.e2e_p50_ms = Some(ms(0.5));
@@ -131,7 +155,7 @@ async fn run_load(client: &Client, queue: &str, args: &BenchQueueArgs) -> anyhow
     };
     let mut consumers = Vec::new();
     for _ in 0..args.consumers {
-        let work = consume(connection(client).await?, queue.to_owned(), args.batch, shared.clone());
+        let work = consume(connection(client).await?, queue.to_owned(), args.batch, args.per_message(), shared.clone());
         consumers.push(tokio::spawn(stop_all_on_error(shared.clone(), work)));
     }
     // A batch never needs more backlog room than there is.
@@ -142,16 +166,31 @@ async fn run_load(client: &Client, queue: &str, args: &BenchQueueArgs) -> anyhow
             let p = u64::from(args.producers);
             n / p + u64::from(i < n % p)
         });
-        let work = produce(
-            connection(client).await?,
-            queue.to_owned(),
-            body.clone(),
-            send_batch,
-            count,
-            deadline,
-            shared.clone(),
-        );
-        producers.push(tokio::spawn(stop_all_on_error(shared.clone(), work)));
+        let task = if args.per_message() {
+            let gap = args.rate.map(|r| Duration::from_secs_f64(f64::from(args.producers) / r as f64));
+            let config = QueueProducerConfig { send_when_idle: !args.no_idle_send, ..QueueProducerConfig::default() };
+            let work = produce_per_message(
+                connection(client).await?,
+                queue.to_owned(),
+                body.clone(),
+                (count, deadline, gap),
+                config,
+                shared.clone(),
+            );
+            tokio::spawn(stop_all_on_error(shared.clone(), work))
+        } else {
+            let work = produce(
+                connection(client).await?,
+                queue.to_owned(),
+                body.clone(),
+                send_batch,
+                count,
+                deadline,
+                shared.clone(),
+            );
+            tokio::spawn(stop_all_on_error(shared.clone(), work))
+        };
+        producers.push(task);
     }
     let mut send_latency = new_histogram()?;
     let mut first_error = None;
@@ -262,7 +301,7 @@ async fn produce(
             let queue = queue.clone();
             in_flight.push(async move {
                 let t = Instant::now();
-                let result = client.send(&queue, messages).await;
+                let result = client.send_batch(&queue, messages).await;
                 (result.map(|r| r.len()), t.elapsed())
             });
             if let Some(r) = remaining.as_mut() {
@@ -277,6 +316,59 @@ async fn produce(
     Ok(latency)
 }
 
+/// One message per `enqueue`, as an application sends; `plan` is the
+/// message count, the deadline and the gap between messages (fixed rate).
+async fn produce_per_message(
+    client: Client,
+    queue: String,
+    body: Bytes,
+    plan: (Option<u64>, Option<Instant>, Option<Duration>),
+    config: QueueProducerConfig,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Histogram<u64>> {
+    let (count, deadline, gap) = plan;
+    let producer = client.queue_producer_with_config(&queue, config).await?;
+    let mut pacer = gap.map(super::Pacer::new);
+    let mut latency = new_histogram()?;
+    let mut in_flight = FuturesUnordered::new();
+    let mut remaining = count;
+    loop {
+        let more = remaining != Some(0)
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && !shared.failed.load(Ordering::Acquire);
+        if !more {
+            break;
+        }
+        if let Some(p) = pacer.as_mut() {
+            p.wait().await;
+        }
+        // Wait for room in the backlog, but keep collecting answers.
+        let permit = loop {
+            tokio::select! {
+                permit = shared.backlog.acquire() => break permit,
+                Some(result) = in_flight.next(), if !in_flight.is_empty() => record_send(&shared, &mut latency, result)?,
+            }
+        };
+        let Ok(permit) = permit else { break };
+        permit.forget(); // given back by the consumers' acks
+        let started = Instant::now();
+        let ack = producer.enqueue(QueueMessage::new(stamped(&body, since(shared.base)))).await?;
+        in_flight.push(async move { (ack.await.map(|_| 1usize), started.elapsed()) });
+        if let Some(r) = remaining.as_mut() {
+            *r -= 1;
+        }
+        // Collect what is done without waiting.
+        while let Some(Some(result)) = in_flight.next().now_or_never() {
+            record_send(&shared, &mut latency, result)?;
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        record_send(&shared, &mut latency, result)?;
+    }
+    producer.close().await?;
+    Ok(latency)
+}
+
 fn record_send(
     shared: &Shared,
     latency: &mut Histogram<u64>,
@@ -288,7 +380,13 @@ fn record_send(
     Ok(())
 }
 
-async fn consume(client: Client, queue: String, batch: u32, shared: Arc<Shared>) -> anyhow::Result<Histogram<u64>> {
+async fn consume(
+    client: Client,
+    queue: String,
+    batch: u32,
+    per_message: bool,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Histogram<u64>> {
     let receiver = client.receiver(&queue).max_messages(batch).wait(RECEIVE_WAIT);
     let mut e2e = new_histogram()?;
     let mut acks = FuturesUnordered::new();
@@ -305,7 +403,8 @@ async fn consume(client: Client, queue: String, batch: u32, shared: Arc<Shared>)
                 break;
             }
         }
-        while acks.len() >= ACK_PIPELINE {
+        let ack_limit = if per_message { ACK_PIPELINE * batch as usize } else { ACK_PIPELINE };
+        while acks.len() >= ack_limit {
             if let Some(r) = acks.next().await {
                 settle(&shared, r)?;
             }
@@ -333,11 +432,23 @@ async fn consume(client: Client, queue: String, batch: u32, shared: Arc<Shared>)
                 e2e.saturating_record(now.saturating_sub(sent_at) / 1000);
             }
         }
-        let receiver = receiver.clone();
-        acks.push(async move {
-            let n = deliveries.len() as u64;
-            (receiver.ack_all(&deliveries).await, n)
-        });
+        if per_message {
+            // One `ack` call per delivery, as an application handling each
+            // message on its own does (the receiver batches them).
+            for d in deliveries {
+                let receiver = receiver.clone();
+                acks.push(async move { (receiver.ack(&d).await, 1) }.boxed());
+            }
+        } else {
+            let receiver = receiver.clone();
+            acks.push(
+                async move {
+                    let n = deliveries.len() as u64;
+                    (receiver.ack_all(&deliveries).await, n)
+                }
+                .boxed(),
+            );
+        }
     }
     while let Some(r) = acks.next().await {
         settle(&shared, r)?;

@@ -1,26 +1,17 @@
-//! `strata send QUEUE`: one message per line of standard input, sent in
-//! batches (up to 500 lines or 1 MiB per request) with a few requests in
-//! flight; succeeds only once every message is acknowledged.
+//! `strata send QUEUE`: one message per line of standard input, each handed
+//! to a [`QueueProducer`](strata_client::QueueProducer) (which batches and
+//! pipelines them); succeeds only once every message is acknowledged.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use strata_client::{Client, Error, QueueMessage, SendResult};
+use strata_client::{Client, QueueMessage, SendFuture};
 use tokio::io::AsyncBufReadExt as _;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use super::parse;
 use super::produce::strip_line_ending;
-
-/// Lines per `Send` request.
-const BATCH_LINES: usize = 500;
-/// Bytes of bodies per `Send` request.
-const BATCH_BYTES: usize = 1 << 20;
-/// Requests in flight at once.
-const PIPELINE: usize = 4;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SendArgs {
@@ -64,69 +55,52 @@ impl SendArgs {
     }
 }
 
-/// One request in flight: its first line number, its size and its result.
-type Pending = (u64, usize, JoinHandle<Result<Vec<SendResult>, Error>>);
+/// Answers not yet checked; the checker sees them in line order.
+const CHECK_QUEUE: usize = 64 * 1024;
 
 pub(crate) async fn run(client: &Client, args: SendArgs) -> anyhow::Result<()> {
-    let queue: Arc<str> = args.queue.as_str().into();
-    let slots = Arc::new(Semaphore::new(PIPELINE));
-    // Results are checked in order by a separate task so reading never waits
-    // for the broker beyond the pipeline depth.
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(PIPELINE);
+    // Nothing can be acknowledged without a producer: the error names line 1.
+    let producer = client.queue_producer(&args.queue).await.map_err(|e| not_acknowledged(1, 1, &e.to_string()))?;
+    // Answers are checked in line order by a separate task, so reading never
+    // waits for the broker (the producer's memory limit is the back-pressure).
+    let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, SendFuture)>(CHECK_QUEUE);
     let checker = tokio::spawn(async move {
         let mut duplicates = 0u64;
-        while let Some((first, len, handle)) = pending_rx.recv().await {
-            let last = first + len as u64 - 1;
-            let results = match handle.await {
-                Ok(Ok(results)) => results,
-                Ok(Err(e)) => return Err(not_acknowledged(first, last, &e.to_string())),
-                Err(e) => return Err(not_acknowledged(first, last, &e.to_string())),
-            };
-            duplicates += results.iter().filter(|r| r.duplicate).count() as u64;
+        while let Some((line, ack)) = pending_rx.recv().await {
+            match ack.await {
+                Ok(result) => duplicates += u64::from(result.duplicate),
+                Err(e) => return Err(not_acknowledged(line, line, &e.to_string())),
+            }
         }
         Ok::<u64, anyhow::Error>(duplicates)
     });
 
     let mut stdin = tokio::io::BufReader::with_capacity(256 * 1024, tokio::io::stdin());
     let mut line = Vec::with_capacity(1024);
-    let mut batch: Vec<QueueMessage> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut first_line = 1u64;
     let mut next_line = 1u64;
     let mut checker_stopped = false;
     loop {
         line.clear();
         let n = stdin.read_until(b'\n', &mut line).await.context("reading standard input")?;
-        let eof = n == 0;
-        if !eof {
-            let body = Bytes::copy_from_slice(strip_line_ending(&line));
-            // A line that would overflow the batch starts the next one.
-            if !batch.is_empty() && batch_bytes + body.len() > BATCH_BYTES {
-                if !dispatch(client, &queue, &slots, &pending_tx, &mut batch, first_line).await {
-                    checker_stopped = true;
-                    break;
-                }
-                batch_bytes = 0;
-                first_line = next_line;
-            }
-            batch_bytes += body.len();
-            batch.push(args.message(next_line, body));
-            next_line += 1;
-        }
-        if (eof && !batch.is_empty()) || batch.len() >= BATCH_LINES {
-            if !dispatch(client, &queue, &slots, &pending_tx, &mut batch, first_line).await {
-                checker_stopped = true;
-                break;
-            }
-            batch_bytes = 0;
-            first_line = next_line;
-        }
-        if eof {
+        if n == 0 {
             break;
         }
+        let body = Bytes::copy_from_slice(strip_line_ending(&line));
+        let ack = producer
+            .enqueue(args.message(next_line, body))
+            .await
+            .map_err(|e| not_acknowledged(next_line, next_line, &e.to_string()))?;
+        if pending_tx.send((next_line, ack)).await.is_err() {
+            // The checker saw a failure and will report it.
+            checker_stopped = true;
+            break;
+        }
+        next_line += 1;
     }
     drop(pending_tx);
-    let duplicates = checker.await.context("acknowledgement checker")??;
+    let checked = checker.await.context("acknowledgement checker")?;
+    producer.close().await?;
+    let duplicates = checked?;
     if checker_stopped {
         anyhow::bail!("sending stopped without an error report");
     }
@@ -137,29 +111,6 @@ pub(crate) async fn run(client: &Client, args: SendArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Starts sending `batch` (emptied); false when the checker already stopped
-/// (it saw a failure and will report it).
-async fn dispatch(
-    client: &Client,
-    queue: &Arc<str>,
-    slots: &Arc<Semaphore>,
-    pending: &mpsc::Sender<Pending>,
-    batch: &mut Vec<QueueMessage>,
-    first_line: u64,
-) -> bool {
-    let Ok(permit) = slots.clone().acquire_owned().await else { return false };
-    let messages = std::mem::take(batch);
-    let len = messages.len();
-    let client = client.clone();
-    let queue = queue.clone();
-    let handle = tokio::spawn(async move {
-        let result = client.send(&queue, messages).await;
-        drop(permit);
-        result
-    });
-    pending.send((first_line, len, handle)).await.is_ok()
 }
 
 fn not_acknowledged(first: u64, last: u64, error: &str) -> anyhow::Error {

@@ -153,6 +153,8 @@ pub struct Consumer {
     /// The `process` span of the record last returned (tracing on): it
     /// lasts until the application asks for the next record.
     processing: Option<strata_proto::telemetry::BoxedSpan>,
+    /// An error `poll` met after it already had records; the next `poll` returns it.
+    deferred: Option<Error>,
 }
 
 impl Client {
@@ -199,7 +201,7 @@ impl Consumer {
         for (partition, (start, position)) in partitions.into_iter().zip(starts) {
             fetch.assign((topic.clone(), partition), start, position);
         }
-        Ok(Consumer { topic, fetch, processing: None })
+        Ok(Consumer { topic, fetch, processing: None, deferred: None })
     }
 
     /// The topic being read.
@@ -234,6 +236,47 @@ impl Consumer {
                 return Some(Err(failure.error));
             }
         }
+    }
+
+    /// Up to `max` records: waits up to `timeout` for the first one, then
+    /// takes whatever else is already here (no further waiting). An empty
+    /// list when nothing arrived in time. Each record carries its
+    /// `partition` and `offset`. An error that comes after some records is
+    /// returned by the next call.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut consumer: strata_client::Consumer) -> Result<(), strata_client::Error> {
+    /// use std::time::Duration;
+    ///
+    /// for record in consumer.poll(500, Duration::from_millis(100)).await? {
+    ///     println!("{}@{}: {:?}", record.partition, record.offset, record.value);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn poll(&mut self, max: usize, timeout: std::time::Duration) -> Result<Vec<ConsumedRecord>, Error> {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        match tokio::time::timeout(timeout, self.next()).await {
+            Err(_) | Ok(None) => return Ok(out),
+            Ok(Some(Err(error))) => return Err(error),
+            Ok(Some(Ok(record))) => out.push(record),
+        }
+        while out.len() < max {
+            match self.try_next() {
+                Some(Ok(record)) => out.push(record),
+                Some(Err(error)) => {
+                    self.deferred = Some(error);
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// The next record if one is already here, without waiting.

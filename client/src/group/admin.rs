@@ -101,6 +101,12 @@ impl Client {
         Ok(())
     }
 
+    /// [`delete_group`](Self::delete_group) unless the group does not exist;
+    /// `true` when it was deleted.
+    pub async fn delete_group_if_exists(&self, group: &str) -> Result<bool, Error> {
+        crate::admin::if_exists(self.delete_group(group).await, crate::ErrorCode::UnknownGroup)
+    }
+
     /// The group's committed offsets: of the given `(topic, partition)`
     /// pairs, or every one when empty. An unknown group has none.
     pub async fn group_offsets(&self, group: &str, partitions: &[(&str, u32)]) -> Result<Vec<CommittedOffset>, Error> {

@@ -83,8 +83,14 @@ pub struct GroupConsumerConfig {
     /// called again (at-least-once).
     pub auto_commit: bool,
     pub auto_commit_interval: Duration,
-    /// Where to start a partition that has no committed offset; the CLI
-    /// passes its `--from`.
+    /// Where to start a partition that has **no committed offset** — every
+    /// partition of a new group (Kafka's `auto.offset.reset`). The default
+    /// is [`StartFrom::Latest`]: a new group reads only records produced
+    /// after its member got the partition (assignments arrive while
+    /// `next()`/`poll()` runs), so records produced before that are *not*
+    /// read. Use [`StartFrom::Earliest`] to read a topic's history with a
+    /// new group. Once the group has committed offsets they win (the CLI
+    /// passes its `--from` here).
     pub auto_offset_reset: StartFrom,
     /// Soft limit on the bytes of one fetch response.
     pub max_bytes: u32,
@@ -199,6 +205,8 @@ pub struct GroupConsumer {
     next_auto_commit: Instant,
     topics: HashMap<String, Arc<str>>,
     closed: bool,
+    /// An error `poll` met after it already had records; the next `poll` returns it.
+    deferred: Option<Error>,
     /// The `process` span of the record last returned (tracing on).
     processing: Option<strata_proto::telemetry::BoxedSpan>,
 }
@@ -272,6 +280,7 @@ impl GroupConsumer {
             topics: HashMap::new(),
             closed: false,
             processing: None,
+            deferred: None,
         })
     }
 
@@ -367,6 +376,47 @@ impl GroupConsumer {
                 () = sleep_until(auto_commit) => {}
             }
         }
+    }
+
+    /// Up to `max` records: waits up to `timeout` for the first one, then
+    /// takes whatever else is already here (no further waiting). An empty
+    /// list when nothing arrived in time. Each record carries its
+    /// `partition` and `offset`. An error that comes after some records is
+    /// returned by the next call.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut consumer: strata_client::GroupConsumer) -> Result<(), strata_client::Error> {
+    /// use std::time::Duration;
+    ///
+    /// for record in consumer.poll(500, Duration::from_millis(100)).await? {
+    ///     println!("{}@{}: {:?}", record.partition, record.offset, record.value);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn poll(&mut self, max: usize, timeout: std::time::Duration) -> Result<Vec<ConsumedRecord>, Error> {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        match tokio::time::timeout(timeout, self.next()).await {
+            Err(_) | Ok(None) => return Ok(out),
+            Ok(Some(Err(error))) => return Err(error),
+            Ok(Some(Ok(record))) => out.push(record),
+        }
+        while out.len() < max {
+            match self.try_next() {
+                Some(Ok(record)) => out.push(record),
+                Some(Err(error)) => {
+                    self.deferred = Some(error);
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     /// The next record if one is already here, without waiting and without

@@ -40,6 +40,12 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// ... or once its first message has waited this long.
     pub linger: Duration,
+    /// Send at once when nothing is in flight (the default): a message that
+    /// finds the pipe idle does not wait for `linger`, so latency at low
+    /// rates is one round trip; under load batches still fill while earlier
+    /// ones are in flight, up to `batch_bytes` or `linger`. Off, every batch
+    /// waits for `linger` or `batch_bytes` (Kafka's `linger.ms` behaviour).
+    pub send_when_idle: bool,
     /// Memory for messages not yet acknowledged (buffered and in flight).
     /// When it is used up, [`Producer::send`] / [`Producer::enqueue`] wait.
     pub max_in_flight_bytes: usize,
@@ -76,6 +82,7 @@ impl Default for ProducerConfig {
         ProducerConfig {
             batch_bytes: 256 * 1024,
             linger: Duration::from_millis(5),
+            send_when_idle: true,
             max_in_flight_bytes: 32 * 1024 * 1024,
             max_in_flight_batches: 32,
             retry: RetryConfig::default(),
@@ -555,6 +562,7 @@ mod tests {
             max_in_flight_bytes: 1000,
             // Nothing is sent until flushed, so nothing frees memory.
             linger: Duration::from_secs(3600),
+            send_when_idle: false,
             ..ProducerConfig::default()
         };
         let producer = client.producer_with_config("t", config).await.unwrap();
@@ -583,7 +591,8 @@ mod tests {
     #[tokio::test]
     async fn close_delivers_pending_messages_then_refuses_new_ones() {
         let (broker, client) = setup(1).await;
-        let config = ProducerConfig { linger: Duration::from_secs(3600), ..ProducerConfig::default() };
+        let config =
+            ProducerConfig { linger: Duration::from_secs(3600), send_when_idle: false, ..ProducerConfig::default() };
         let producer = client.producer_with_config("t", config).await.unwrap();
         let ack = producer.enqueue(Message::new("last words")).await.unwrap();
         producer.close().await.unwrap();

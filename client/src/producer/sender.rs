@@ -218,6 +218,14 @@ impl SenderTask {
         loop {
             let now = Instant::now();
             self.on_timers(now);
+            if self.config.send_when_idle
+                && self.in_flight.is_empty()
+                && self.ready.is_empty()
+                && !self.accumulator.is_empty()
+            {
+                // The pipe is idle: nothing to wait for, send what is open.
+                self.seal_all();
+            }
             self.pump(now);
             self.notify_flush_waiters();
             if self.closing && self.is_drained() {
@@ -426,6 +434,7 @@ impl SenderTask {
                 partition: batch.partition,
                 batch: bytes,
                 request_id,
+                ..Default::default()
             };
             if tx.try_send(request).is_err() {
                 // The stream is going away; its failure arrives through the

@@ -37,7 +37,7 @@ pub struct QueueMessage {
     pub group: Option<String>,
     /// Deduplication id: a second message with the same id within the
     /// queue's dedup window is accepted but not enqueued again. It also
-    /// makes retries of [`Client::send`](crate::Client::send) exact.
+    /// makes retries of [`Client::send_batch`](crate::Client::send_batch) exact.
     pub dedup_id: Option<String>,
     /// Routing key (carried along; set on messages routed from topics).
     pub key: Option<Bytes>,

@@ -5,7 +5,9 @@
 //! - `admin`: [`QueueOptions`], [`BindingFilter`] and the admin calls on
 //!   [`Client`](crate::Client) (`create_queue`, `describe_queue`, `bind`, ...).
 //! - `message`: [`QueueMessage`] (sent), [`Delivery`] and [`Receipt`] (received).
-//! - `send`: [`Client::send`](crate::Client::send) and its retry rule.
+//! - `send`: [`Client::send_batch`](crate::Client::send_batch) and its retry rule.
+//! - `producer`: [`QueueProducer`] — one message per call, batched and
+//!   pipelined over a `SendStream`, exact resends with dedup ids.
 //! - `receiver`: [`Receiver`] — receive (long poll), ack, nack, extend.
 //! - `reply`: request-reply — [`Client::call`](crate::Client::call) over one
 //!   temporary reply queue per client, and `Client::reply`.
@@ -18,7 +20,7 @@
 //! let client = Client::connect("http://127.0.0.1:7070").await?;
 //! client.create_queue("jobs-dlq", QueueOptions::new()).await?;
 //! client.create_queue("jobs", QueueOptions::new().max_deliveries(5).dead_letter_queue("jobs-dlq")).await?;
-//! client.send("jobs", [QueueMessage::new("resize 42"), QueueMessage::new("resize 43")]).await?;
+//! client.send_batch("jobs", [QueueMessage::new("resize 42"), QueueMessage::new("resize 43")]).await?;
 //!
 //! let receiver = client.receiver("jobs").max_messages(10).wait(Duration::from_secs(5));
 //! let deliveries = receiver.receive().await?;
@@ -26,8 +28,10 @@
 //! # Ok(()) }
 //! ```
 
+mod acker;
 mod admin;
 mod message;
+mod producer;
 mod receiver;
 mod reply;
 mod send;
@@ -36,6 +40,7 @@ use std::time::Duration;
 
 pub use admin::{BindingFilter, QueueOptions};
 pub use message::{Delivery, QueueMessage, Receipt};
+pub use producer::{QueueProducer, QueueProducerConfig, SendFuture};
 pub use receiver::{MAX_RECEIVE_MESSAGES, Receiver};
 pub(crate) use reply::ReplySlot;
 pub use send::SendResult;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use strata_proto::v1 as pb;
 
+use super::acker::Acker;
 use super::message::{Delivery, Receipt};
 use super::millis;
 use crate::client::Client;
@@ -49,6 +50,8 @@ pub struct Receiver {
     /// `process` spans of the last batch received (tracing on); they end
     /// when the next batch is asked for, or with the receiver.
     processing: Arc<std::sync::Mutex<Vec<strata_proto::telemetry::BoxedSpan>>>,
+    /// The task batching [`Receiver::ack`] calls; started on first use.
+    acker: Arc<std::sync::OnceLock<Acker>>,
 }
 
 impl Client {
@@ -63,6 +66,7 @@ impl Client {
             visibility_timeout: None,
             auto_ack: false,
             processing: Arc::default(),
+            acker: Arc::default(),
         }
     }
 }
@@ -126,8 +130,27 @@ impl Receiver {
     /// Like [`receive`](Self::receive) with another batch limit (so callers
     /// that need exactly N messages never lease more than they will handle).
     pub async fn receive_up_to(&self, max_messages: u32) -> Result<Vec<Delivery>, Error> {
+        self.poll(max_messages, self.wait).await
+    }
+
+    /// Leases up to `max_messages` visible messages, waiting up to `wait`
+    /// (this call's own wait, whatever the receiver was built with) for the
+    /// first one; an empty list when none arrived in time. The same shape as
+    /// [`Consumer::poll`](crate::Consumer::poll).
+    ///
+    /// ```no_run
+    /// # async fn demo(receiver: strata_client::Receiver) -> Result<(), strata_client::Error> {
+    /// use std::time::Duration;
+    ///
+    /// // Whatever is there right now, without waiting:
+    /// let now = receiver.poll(100, Duration::ZERO).await?;
+    /// // Up to 10 messages, waiting up to 30 s for the first:
+    /// let later = receiver.poll(10, Duration::from_secs(30)).await?;
+    /// # let _ = (now, later); Ok(()) }
+    /// ```
+    pub async fn poll(&self, max_messages: u32, wait: Duration) -> Result<Vec<Delivery>, Error> {
         let max_messages = max_messages.clamp(1, MAX_RECEIVE_MESSAGES);
-        let deadline = Instant::now() + self.wait;
+        let deadline = Instant::now() + wait;
         loop {
             let poll = deadline.saturating_duration_since(Instant::now()).min(MAX_POLL);
             let req = pb::ReceiveRequest {
@@ -155,8 +178,14 @@ impl Receiver {
     /// the message was delivered again) fails with
     /// [`ErrorCode::StaleReceipt`](crate::ErrorCode::StaleReceipt); see
     /// [`Error::is_stale_receipt`].
+    ///
+    /// Acks of single messages are batched: concurrent `ack` calls on this
+    /// receiver (and its clones) share `Ack` requests — one goes at once when
+    /// none is in flight, the others gather meanwhile — and each call
+    /// resolves with its own receipt's outcome once the broker made the
+    /// acknowledgement durable.
     pub async fn ack(&self, delivery: &Delivery) -> Result<(), Error> {
-        self.ack_receipts(&[delivery.receipt]).await.map_err(single)
+        self.acker.get_or_init(|| Acker::start(self.client.clone(), self.queue.to_string())).ack(delivery.receipt).await
     }
 
     /// Deletes several delivered messages in one call. When some receipts

@@ -106,7 +106,7 @@ impl Client {
         }
         let _guard = WaiterGuard { shared: &reply_queue.shared, id: id.clone() };
         let request = request.reply_to(reply_queue.name.clone()).correlation_id(id);
-        let sent = tokio::time::timeout_at(deadline.into(), self.send(queue, [request])).await;
+        let sent = tokio::time::timeout_at(deadline.into(), self.send_batch(queue, [request])).await;
         sent.map_err(|_| timed_out())??;
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Err(_) => Err(timed_out()),
@@ -127,7 +127,7 @@ impl Client {
         };
         let mut reply = reply;
         reply.correlation_id = request.correlation_id.clone();
-        self.send(reply_to, [reply]).await?;
+        self.send_batch(reply_to, [reply]).await?;
         Ok(())
     }
 

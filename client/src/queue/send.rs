@@ -1,4 +1,4 @@
-//! [`Client::send`]: one `Send` request per call, retried only when a retry
+//! [`Client::send_batch`]: one `Send` request per call, retried only when a retry
 //! cannot enqueue a message twice.
 //!
 //! Delivery guarantee: the broker accepts all messages of a request or none
@@ -24,6 +24,8 @@ pub use strata_proto::v1::SendResult;
 
 impl Client {
     /// Sends messages to a queue in one request: all are enqueued or none.
+    /// For one message per call at high rates use a
+    /// [`QueueProducer`](crate::QueueProducer), which batches and pipelines.
     /// Returns one [`SendResult`] per message, in order (`duplicate` when a
     /// dedup id was already seen within the window).
     ///
@@ -31,7 +33,7 @@ impl Client {
     /// have stored anything, or any transient error when every message has
     /// a dedup id; see the module docs of `queue::send` for the at-least-once
     /// consequence.
-    pub async fn send(
+    pub async fn send_batch(
         &self,
         queue: &str,
         messages: impl IntoIterator<Item = QueueMessage>,
@@ -105,7 +107,7 @@ fn server_stored_nothing(s: &ServerError) -> bool {
     if s.has_details {
         // The broker chose this answer; a request is all-or-nothing, so a
         // refusal stored nothing.
-        return err_is_transient_refusal(s);
+        return transient_refusal(s);
     }
     // Transport errors: tonic maps "could not connect" and an HTTP/2
     // REFUSED_STREAM (the server did not process the stream) to
@@ -114,10 +116,13 @@ fn server_stored_nothing(s: &ServerError) -> bool {
     s.code == tonic::Code::Unavailable && !s.message.contains("timed out") && !s.message.contains("keep-alive")
 }
 
-fn err_is_transient_refusal(s: &ServerError) -> bool {
+/// Whether the broker itself refused a request with a transient error (so,
+/// requests being all-or-nothing, stored nothing).
+pub(crate) fn transient_refusal(s: &ServerError) -> bool {
     use strata_proto::v1::ErrorCode;
     s.error_code == ErrorCode::ShuttingDown
-        || matches!(s.code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+        || (matches!(s.code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+            && !matches!(s.error_code, ErrorCode::BatchTooLarge | ErrorCode::LimitExceeded))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod cluster_cli;
 mod group_cli;
 mod groups;
 mod idempotence;
+mod queue_producer;
 mod queues;
 mod tier;
 mod tracing;

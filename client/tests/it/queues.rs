@@ -109,11 +109,11 @@ async fn admin_calls_round_trip_and_refusals_keep_their_codes() {
     assert!(client.describe_queue("jobs").await.unwrap().bindings.is_empty());
 
     // Dedup: the second send with the same id is accepted but not enqueued.
-    let first = client.send("jobs", [QueueMessage::new("a").dedup_id("x")]).await.unwrap();
-    let second = client.send("jobs", [QueueMessage::new("a").dedup_id("x")]).await.unwrap();
+    let first = client.send_batch("jobs", [QueueMessage::new("a").dedup_id("x")]).await.unwrap();
+    let second = client.send_batch("jobs", [QueueMessage::new("a").dedup_id("x")]).await.unwrap();
     assert!(!first[0].duplicate);
     assert!(second[0].duplicate);
-    client.send("jobs", [QueueMessage::new("b"), QueueMessage::new("c")]).await.unwrap();
+    client.send_batch("jobs", [QueueMessage::new("b"), QueueMessage::new("c")]).await.unwrap();
     assert_eq!(client.describe_queue("jobs").await.unwrap().stats.unwrap().visible, 3);
 
     let err = client.delete_queue("jobs", true).await.unwrap_err();
@@ -134,7 +134,7 @@ async fn leases_expire_and_stale_receipts_are_typed_errors() {
     let broker = TestBroker::start().await;
     let client = broker.client().await;
     client.create_queue("work", QueueOptions::new()).await.unwrap();
-    let sent = client.send("work", [QueueMessage::new("one").header("h", "v"), QueueMessage::new("two")]).await;
+    let sent = client.send_batch("work", [QueueMessage::new("one").header("h", "v"), QueueMessage::new("two")]).await;
     assert_eq!(sent.unwrap().len(), 2);
 
     // A 1 s lease that is never acked: the message comes back, delivered
@@ -165,7 +165,7 @@ async fn leases_expire_and_stale_receipts_are_typed_errors() {
     assert_eq!((stats.visible, stats.in_flight), (0, 0));
 
     // Nack with a delay, extend, and auto-ack.
-    client.send("work", [QueueMessage::new("three")]).await.unwrap();
+    client.send_batch("work", [QueueMessage::new("three")]).await.unwrap();
     let d = receive_n(&other, 1).await.remove(0);
     other.extend(&d, Duration::from_secs(60)).await.unwrap();
     other.nack(&d, Some(Duration::from_secs(3600))).await.unwrap();
@@ -174,7 +174,7 @@ async fn leases_expire_and_stale_receipts_are_typed_errors() {
     let err = other.extend(&d, Duration::from_secs(1)).await.unwrap_err();
     assert!(err.is_stale_receipt(), "{err}");
     client.purge_queue("work").await.unwrap();
-    client.send("work", [QueueMessage::new("four")]).await.unwrap();
+    client.send_batch("work", [QueueMessage::new("four")]).await.unwrap();
     let auto = client.receiver("work").auto_ack(true).wait(Duration::from_secs(10));
     let d = receive_n(&auto, 1).await.remove(0);
     assert_eq!(&d.body[..], b"four");
@@ -182,7 +182,7 @@ async fn leases_expire_and_stale_receipts_are_typed_errors() {
     let stats = client.describe_queue("work").await.unwrap().stats.unwrap();
     assert_eq!((stats.visible, stats.in_flight), (0, 0));
 
-    let err = client.send("missing", [QueueMessage::new("x")]).await.unwrap_err();
+    let err = client.send_batch("missing", [QueueMessage::new("x")]).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
     broker.stop().await;
 }
@@ -241,7 +241,7 @@ async fn request_reply_matches_by_correlation_id_and_the_reply_queue_goes_away()
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     // A request without reply_to cannot be answered.
     server.create_queue("plain", QueueOptions::new()).await.unwrap();
-    server.send("plain", [QueueMessage::new("plain")]).await.unwrap();
+    server.send_batch("plain", [QueueMessage::new("plain")]).await.unwrap();
     let plain = receive_n(&server.receiver("plain").wait(Duration::from_secs(10)), 1).await.remove(0);
     assert_eq!(plain.reply_to, None);
     let err = server.reply(&plain, QueueMessage::new("x")).await.unwrap_err();

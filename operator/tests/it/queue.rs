@@ -94,7 +94,7 @@ async fn queues_converge_drift_is_reverted_and_deletion_is_guarded() {
     assert!(env.fake.event_reasons().contains(&"Drifted".to_owned()));
 
     // Depth in status; deletion refused while messages remain, unless forced.
-    client.send("mail", [QueueMessage::new("hello")]).await.unwrap();
+    client.send_batch("mail", [QueueMessage::new("hello")]).await.unwrap();
     env.reconcile::<Queue>(&mail).await;
     assert_eq!(env.fake.get(&mail).unwrap()["status"]["visible"], 1);
     env.fake.delete(&mail);

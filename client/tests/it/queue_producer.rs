@@ -1,0 +1,303 @@
+//! The queue producer against real brokers: batching and pipelining of one
+//! message per call, back-pressure by bytes, and a SIGKILLed broker process
+//! in the middle of batches (nothing acknowledged is lost, nothing is stored
+//! twice).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use strata_client::{Client, QueueMessage, QueueOptions, QueueProducerConfig};
+
+use crate::TestBroker;
+use crate::tracing::broker_binary;
+
+/// Receives and acks until `n` messages arrived or nothing came for a while;
+/// returns how often each body arrived.
+async fn drain(client: &Client, queue: &str, n: usize) -> BTreeMap<String, usize> {
+    let receiver = client.receiver(queue).max_messages(1000);
+    let mut seen = BTreeMap::new();
+    let mut total = 0;
+    loop {
+        let wait = if total < n { Duration::from_secs(10) } else { Duration::from_millis(300) };
+        let batch = receiver.poll(1000, wait).await.expect("receive");
+        if batch.is_empty() {
+            return seen;
+        }
+        total += batch.len();
+        for d in &batch {
+            *seen.entry(String::from_utf8_lossy(&d.body).into_owned()).or_insert(0) += 1;
+        }
+        receiver.ack_all(&batch).await.expect("ack");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_per_call_is_batched_and_every_answer_arrives() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_queue("work", QueueOptions::new()).await.unwrap();
+    let producer = client.queue_producer("work").await.unwrap();
+    assert!(!producer.resends_are_exact(), "no dedup window: broken streams are not resent");
+    let mut acks = Vec::new();
+    for i in 0..5000 {
+        acks.push(producer.enqueue(QueueMessage::new(format!("m{i}"))).await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for ack in acks {
+        let r = ack.await.unwrap();
+        assert!(!r.duplicate);
+        ids.push(r.message_id);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5000, "every message got its own id");
+    producer.close().await.unwrap();
+    assert!(producer.send(QueueMessage::new("late")).await.is_err(), "closed producers refuse");
+    let seen = drain(&client, "work", 5000).await;
+    assert_eq!(seen.len(), 5000);
+    assert!(seen.values().all(|&c| c == 1));
+    let err = client.queue_producer("missing").await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    broker.stop().await;
+}
+
+/// Current-thread runtime: while the test enqueues without yielding, the
+/// producer's task cannot send, so only the memory limit can stop `enqueue`.
+#[tokio::test]
+async fn back_pressure_bounds_the_bytes_held_by_the_producer() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_queue("bounded", QueueOptions::new()).await.unwrap();
+    let limit = 64 * 1024;
+    let config = QueueProducerConfig { max_in_flight_bytes: limit, ..QueueProducerConfig::default() };
+    let producer = client.queue_producer_with_config("bounded", config).await.unwrap();
+    let body = vec![7u8; 1024];
+    let mut acks = Vec::new();
+    let blocked = loop {
+        let mut next = Box::pin(producer.enqueue(QueueMessage::new(body.clone())));
+        match (&mut next).now_or_never() {
+            Some(ack) => acks.push(ack.unwrap()),
+            None => break next,
+        }
+        assert!(producer.in_flight_bytes() <= limit, "held {} bytes", producer.in_flight_bytes());
+        assert!(acks.len() <= limit / body.len(), "the memory limit was not enforced");
+    };
+    assert!(acks.len() >= limit / body.len() / 2, "only {} messages fit", acks.len());
+    // Answers free memory: the blocked enqueue goes through.
+    let last = tokio::time::timeout(Duration::from_secs(30), blocked).await.expect("unblocked").unwrap();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    last.await.unwrap();
+    producer.flush().await.unwrap();
+    assert_eq!(producer.in_flight_bytes(), 0);
+    broker.stop().await;
+}
+
+/// Many small requests in flight on one stream: the broker appends them in
+/// the order they were sent (while their fsyncs overlap), so every FIFO
+/// group is received in the order the application enqueued it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_keep_the_order_of_every_fifo_group() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_queue("ordered", QueueOptions::new().fifo(true)).await.unwrap();
+    // One message per request: the most requests in flight at once.
+    let config = QueueProducerConfig { batch_messages: 1, ..QueueProducerConfig::default() };
+    let producer = client.queue_producer_with_config("ordered", config).await.unwrap();
+    let (groups, per_group) = (4, 500);
+    let mut acks = Vec::new();
+    for i in 0..per_group {
+        for g in 0..groups {
+            let m = QueueMessage::new(format!("{g}:{i}")).group(format!("g{g}"));
+            acks.push(producer.enqueue(m).await.unwrap());
+        }
+    }
+    let mut last_id = None;
+    for ack in acks {
+        let id = ack.await.unwrap().message_id;
+        assert!(last_id < Some(id), "ids follow the order of enqueue: {id} after {last_id:?}");
+        last_id = Some(id);
+    }
+    let receiver = client.receiver("ordered").max_messages(100);
+    let mut next = vec![0usize; groups];
+    let mut received = 0;
+    while received < groups * per_group {
+        let batch = receiver.poll(100, Duration::from_secs(10)).await.expect("receive");
+        assert!(!batch.is_empty(), "only {received} messages arrived");
+        for d in &batch {
+            let body = String::from_utf8_lossy(&d.body).into_owned();
+            let (g, i) = body.split_once(':').expect("g:i");
+            let (g, i): (usize, usize) = (g.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[g], "group g{g} out of order");
+            next[g] += 1;
+        }
+        received += batch.len();
+        receiver.ack_all(&batch).await.expect("ack");
+    }
+    broker.stop().await;
+}
+
+struct BrokerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl BrokerProcess {
+    fn start(bin: &Path, dir: &Path, listen: &str) -> BrokerProcess {
+        let mut child = Command::new(bin)
+            .args(["--listen", listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("STRATA_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("broker starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc address").to_owned();
+        BrokerProcess { child, addr }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary() -> Option<PathBuf> {
+    let bin = broker_binary();
+    if bin.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "strata-broker binary missing in CI");
+        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
+    }
+    bin
+}
+
+/// The broker is SIGKILLed while batches are in flight and restarted on the
+/// same address and data. With a dedup window the producer resends what
+/// was in flight (with its generated dedup ids) and every message is
+/// acknowledged; the queue then holds every message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_broker_mid_batch_loses_no_acknowledged_message_and_stores_none_twice() {
+    let Some(bin) = binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(&bin, dir.path(), "127.0.0.1:0");
+    let url = format!("http://{}", broker.addr);
+    let client = Client::connect(&url).await.unwrap();
+    client.create_queue("jobs", QueueOptions::new().dedup_window(Duration::from_secs(600))).await.unwrap();
+    let producer = client.queue_producer("jobs").await.unwrap();
+    assert!(producer.resends_are_exact());
+
+    const N: usize = 20_000;
+    let sender = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(N);
+            for i in 0..N {
+                acks.push(producer.enqueue(QueueMessage::new(format!("m{i}"))).await.expect("enqueue"));
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let mut outcomes = Vec::with_capacity(N);
+            for ack in acks {
+                outcomes.push(ack.await);
+            }
+            outcomes
+        })
+    };
+    // Kill once the queue holds some but not all messages.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = client.describe_queue("jobs").await.unwrap().stats.unwrap_or_default();
+        if stats.visible > 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing was stored");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    broker.kill9();
+    let mut broker = BrokerProcess::start(&bin, dir.path(), &broker.addr.clone());
+    let outcomes = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("answers in time").unwrap();
+    let failed: Vec<String> =
+        outcomes.iter().filter_map(|o| o.as_ref().err()).map(ToString::to_string).take(3).collect();
+    assert!(failed.is_empty(), "resends with dedup ids are exact, so none may fail: {failed:?}");
+    let duplicates = outcomes.iter().filter(|o| o.as_ref().is_ok_and(|r| r.duplicate)).count();
+    producer.close().await.unwrap();
+
+    let client = Client::connect(&url).await.unwrap();
+    let seen = drain(&client, "jobs", N).await;
+    let twice: Vec<&String> = seen.iter().filter(|(_, c)| **c > 1).map(|(b, _)| b).take(5).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    let missing: Vec<String> = (0..N).map(|i| format!("m{i}")).filter(|b| !seen.contains_key(b)).take(5).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert_eq!(seen.len(), N);
+    println!("{duplicates} resent messages were recognised as stored before the crash");
+    broker.kill9();
+}
+
+/// Without a dedup window a broken stream's requests are not resent (they
+/// may have been stored): their futures fail, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dedup_window_a_crash_fails_in_flight_messages_but_never_duplicates() {
+    let Some(bin) = binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(&bin, dir.path(), "127.0.0.1:0");
+    let url = format!("http://{}", broker.addr);
+    let client = Client::connect(&url).await.unwrap();
+    client.create_queue("plain", QueueOptions::new()).await.unwrap();
+    let producer = client.queue_producer("plain").await.unwrap();
+    const N: usize = 20_000;
+    let sender = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(N);
+            for i in 0..N {
+                acks.push(producer.enqueue(QueueMessage::new(format!("m{i}"))).await.expect("enqueue"));
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let mut outcomes = Vec::with_capacity(N);
+            for ack in acks {
+                outcomes.push(ack.await);
+            }
+            outcomes
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = client.describe_queue("plain").await.unwrap().stats.unwrap_or_default();
+        if stats.visible > 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing was stored");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    broker.kill9();
+    let mut broker = BrokerProcess::start(&bin, dir.path(), &broker.addr.clone());
+    let outcomes = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("answers in time").unwrap();
+    let client = Client::connect(&url).await.unwrap();
+    let seen = drain(&client, "plain", N).await;
+    let twice: Vec<&String> = seen.iter().filter(|(_, c)| **c > 1).map(|(b, _)| b).take(5).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if outcome.is_ok() {
+            assert!(seen.contains_key(&format!("m{i}")), "m{i} was acknowledged but is lost");
+        }
+    }
+    assert!(outcomes.iter().filter(|o| o.is_ok()).count() > 1000, "messages before the crash were acknowledged");
+    broker.kill9();
+}
