@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use strata_proto::batch::{BatchBuilder, Compression};
 use strata_proto::v1::{
     CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
     admin_client::AdminClient,
@@ -17,7 +18,7 @@ use strata_proto::v1::{
 use strata_testkit::{eventually, free_port, http, wait_until};
 use tonic::transport::Channel;
 
-use crate::harness::{BrokerProcess, broker_bin};
+use crate::harness::{BrokerProcess, broker_bin, log_client, now_ms, produce_req};
 
 struct Member {
     id: u64,
@@ -187,6 +188,18 @@ async fn three_brokers_form_one_cluster_replicate_the_catalog_and_fail_over() {
         let dirs = m.topic_dirs("orders");
         assert_eq!(dirs.len(), 3, "broker {}: {dirs:?}", m.id);
         assert!(dirs[0].ends_with("/0") && dirs[2].ends_with("/2"), "{dirs:?}");
+    }
+    // A producer id issued through broker 1 is known to brokers 2 and 3.
+    let mut log1 = log_client(members[0].addr()).await;
+    let init = strata_proto::v1::InitProducerRequest { tenant: String::new(), producer_name: String::new() };
+    let producer = log1.init_producer(init).await.unwrap().into_inner();
+    for (i, m) in members[1..].iter().enumerate() {
+        let mut bb = BatchBuilder::new(Compression::None);
+        bb.set_producer(producer.producer_id, producer.producer_epoch as i16, 0);
+        bb.push(now_ms(), None, Some(b"idempotent"), &[]);
+        let mut log = log_client(m.addr()).await;
+        let r = log.produce(produce_req("orders", i as u32, bb.finish().unwrap())).await.unwrap().into_inner();
+        assert_eq!(r.base_offset, 0, "broker {}", m.id);
     }
     // The same name again: the replicated outcome is the catalog's refusal.
     let err = create_topic(members[1].addr(), "orders", 1).await.unwrap_err();
