@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "strata/v1/admin.proto",
     "strata/v1/groups.proto",
     "strata/v1/queue.proto",
+    "strata/v1/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

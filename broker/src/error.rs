@@ -70,6 +70,10 @@ pub enum BrokerError {
     QueueNotEmpty { queue: String, messages: u64 },
     #[error("receipt for message {id} of queue {queue} is not valid: {reason}")]
     StaleReceipt { queue: String, id: u64, reason: String },
+    #[error(
+        "no metadata leader with a majority answered within {waited_ms} ms; the change may or may not have been made, retry it"
+    )]
+    NoMetadataQuorum { waited_ms: u64 },
 }
 
 impl From<StoreError> for BrokerError {

@@ -7,6 +7,7 @@
 mod broker;
 mod catalog;
 pub mod clock;
+mod cluster;
 pub mod config;
 mod error;
 mod fds;
@@ -50,6 +51,8 @@ pub enum StartError {
     Open(#[from] OpenError),
     #[error("cannot recover queues: {0}")]
     Queues(#[from] error::BrokerError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A broker serving on its listeners.
@@ -111,6 +114,13 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let http_addr =
         http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.http_listen, source })?;
     let broker = Broker::open(config).await?;
+    let node = if broker.config().cluster.is_clustered() {
+        let node = cluster::ClusterNode::start(&broker).await?;
+        broker.set_cluster(node.clone());
+        Some(node)
+    } else {
+        None
+    };
     let (stop, _) = watch::channel(false);
     let stopped = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
@@ -125,6 +135,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         broker.clone(),
         coordinator.clone(),
         queues.clone(),
+        node,
         grpc_listener,
         stopped(stop.subscribe()),
     ));
@@ -170,6 +181,9 @@ impl RunningBroker {
             }
         }
         let _ = tokio::time::timeout(timeout, self.http).await;
+        if let Some(node) = self.broker.cluster() {
+            node.shutdown().await;
+        }
         self.queues.close().await;
         self.broker.close().await;
         tracing::info!("strata-broker stopped; all partitions flushed");

@@ -57,6 +57,7 @@ impl Broker {
             ready: AtomicBool::new(true),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             tier,
+            cluster: std::sync::OnceLock::new(),
             _dir_lock: lock,
         }))
     }

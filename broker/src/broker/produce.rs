@@ -146,8 +146,16 @@ impl Broker {
         self.check_running()?;
         let tenant = TenantName::resolve(tenant)?;
         let name = if name.is_empty() { None } else { Some(crate::names::parse_group_name(name)?) };
+        let cmd = CatalogCommand::InitProducer { tenant: tenant.to_string(), name };
+        if self.cluster().is_some() {
+            // Every broker's registry follows when it applies the entry.
+            return match self.commit_catalog(&cmd).await? {
+                Applied::Producer { id, epoch } => Ok((id, epoch)),
+                other => Err(BrokerError::Internal(format!("InitProducer committed as {other:?}"))),
+            };
+        }
         let mut store = self.catalog.lock().await;
-        match store.commit(&CatalogCommand::InitProducer { tenant: tenant.to_string(), name })? {
+        match store.commit(&cmd)? {
             Applied::Producer { id, epoch } => {
                 self.producer_ids.sync(store.catalog());
                 Ok((id, epoch))

@@ -8,6 +8,7 @@ mod groups;
 mod log;
 mod oversize;
 mod queue;
+mod raft;
 pub(crate) mod status;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ pub(crate) async fn serve(
     broker: Arc<Broker>,
     coordinator: Arc<GroupCoordinator>,
     queues: Arc<QueueManager>,
+    cluster: Option<Arc<crate::cluster::ClusterNode>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -73,7 +75,12 @@ pub(crate) async fn serve(
         .add_service(log_service)
         .add_service(admin_service)
         .add_service(groups_service)
-        .add_service(queues_service);
+        .add_service(queues_service)
+        .add_optional_service(cluster.map(|node| {
+            strata_proto::v1::raft_server::RaftServer::new(raft::RaftService::new(node))
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024)
+        }));
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }

@@ -116,6 +116,7 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         BrokerError::QueueFull { queue, .. } => (Code::ResourceExhausted, E::ResourceExhausted, queue.clone()),
         BrokerError::QueueNotEmpty { queue, .. } => (Code::FailedPrecondition, E::QueueNotEmpty, queue.clone()),
         BrokerError::StaleReceipt { queue, .. } => (Code::FailedPrecondition, E::StaleReceipt, queue.clone()),
+        BrokerError::NoMetadataQuorum { .. } => (Code::Unavailable, E::NoMetadataQuorum, String::new()),
     }
 }
 
