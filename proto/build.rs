@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "strata/v1/admin.proto",
     "strata/v1/groups.proto",
     "strata/v1/queue.proto",
+    "strata/v1/raft.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // `bytes` fields as `bytes::Bytes`: batches move through without copies.
         .bytes(".")
+        // Decode failures are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
+        .codec_path("crate::codec::StrataCodec")
         .compile_fds(fds)?;
     Ok(())
 }

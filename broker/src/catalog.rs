@@ -8,7 +8,6 @@
 //! (write to a temp file, fsync, rename, fsync the directory); it is small.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -192,6 +191,10 @@ pub struct Catalog {
     /// Named producers: "tenant/name" -> (producer id, current epoch).
     #[serde(default)]
     pub named_producers: BTreeMap<String, (i64, i16)>,
+    /// Cluster mode: the last Raft entry applied and the membership (the
+    /// catalog is the replicated state machine). Absent standalone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<crate::cluster::RaftApplied>,
 }
 
 /// A change to the catalog. Names are already validated.
@@ -261,7 +264,7 @@ pub enum CatalogCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum CatalogError {
     #[error("tenant {0:?} does not exist")]
     UnknownTenant(String),
@@ -296,7 +299,7 @@ pub enum CatalogError {
 }
 
 /// What applying a command changed, for the broker to act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     Tenant,
     Topic { id: u64 },
@@ -322,6 +325,7 @@ impl Default for Catalog {
             tenants,
             next_producer_id: 0,
             named_producers: BTreeMap::new(),
+            raft: None,
         }
     }
 }
@@ -620,20 +624,48 @@ impl CatalogStore {
         Ok(applied)
     }
 
+    /// Cluster mode: applies a replicated entry (`cmd` is `None` for Raft's
+    /// own entries) and records `raft` with it in one durable write. A
+    /// command the catalog refuses still advances `raft` (the refusal is the
+    /// entry's outcome, the same on every broker).
+    pub fn commit_replicated(
+        &mut self,
+        cmd: Option<&CatalogCommand>,
+        raft: crate::cluster::RaftApplied,
+    ) -> Result<Option<Result<Applied, CatalogError>>, StoreError> {
+        let mut next = self.catalog.clone();
+        let outcome = cmd.map(|c| {
+            let mut attempt = next.clone();
+            let r = attempt.apply(c);
+            if r.is_ok() {
+                next = attempt;
+            }
+            r
+        });
+        next.raft = Some(raft);
+        self.persist(&next)?;
+        self.catalog = next;
+        Ok(outcome)
+    }
+
+    /// Cluster mode: replaces the whole catalog (an installed snapshot).
+    pub fn install(&mut self, catalog: Catalog) -> Result<(), StoreError> {
+        if catalog.version != CATALOG_VERSION {
+            return Err(StoreError::Invalid {
+                path: self.path.clone(),
+                message: format!("snapshot has unsupported catalog version {}", catalog.version),
+            });
+        }
+        self.persist(&catalog)?;
+        self.catalog = catalog;
+        Ok(())
+    }
+
     fn persist(&self, catalog: &Catalog) -> Result<(), StoreError> {
         let io = |source| StoreError::Io { path: self.path.clone(), source };
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(catalog)
             .map_err(|e| StoreError::Invalid { path: self.path.clone(), message: e.to_string() })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            crate::log::segment::sync_dir(dir).map_err(io)?;
-        }
-        Ok(())
+        crate::fsutil::replace(&self.path, &bytes, crate::fsutil::Sync::Durable).map_err(io)
     }
 }
 

@@ -166,6 +166,129 @@ pub struct Config {
     pub topic_defaults: TopicDefaults,
     pub log: LogConfig,
     pub tier: TierConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Clustered brokers (DESIGN §4.6): the broker's id, the gRPC address its
+/// peers reach it at, and the seed list. No peers: standalone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This broker's stable id (the StatefulSet ordinal), 0..=65535.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_id: Option<i64>,
+    /// `HOST:PORT` other brokers and clients reach this broker's gRPC port at.
+    pub advertised_address: String,
+    /// The brokers' advertised `HOST:PORT`s (this broker's may be included);
+    /// a TOML array or one comma-separated string.
+    #[serde(deserialize_with = "peer_list")]
+    pub peers: Vec<String>,
+    /// How long a metadata write waits for a leader and a majority before
+    /// failing with UNAVAILABLE.
+    pub write_timeout: HumanDuration,
+    /// Snapshot the catalog and purge the Raft log every this many entries
+    /// (a lagging broker then catches up from the snapshot).
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            broker_id: None,
+            advertised_address: String::new(),
+            peers: Vec::new(),
+            write_timeout: HumanDuration(Duration::from_secs(5)),
+            snapshot_every: 5000,
+        }
+    }
+}
+
+/// Largest broker id accepted.
+pub const MAX_BROKER_ID: i64 = 65_535;
+
+/// Splits a comma-separated peer list (flags and environment variables).
+pub fn split_peers(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+}
+
+fn peer_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => split_peers(&s),
+        Raw::Many(v) => v.iter().map(|p| p.trim().to_owned()).collect(),
+    })
+}
+
+/// Checks a `HOST:PORT` address (port 1..=65535, a host before it).
+fn check_host_port(what: &str, addr: &str) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{what} {addr:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{what} {addr:?} has no host (expected HOST:PORT)"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{what} {addr:?} has no valid port (expected HOST:PORT, port 1-65535)")),
+    }
+}
+
+impl ClusterConfig {
+    /// True when a seed list is configured (the broker runs metadata Raft).
+    pub fn is_clustered(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// The seed list with this broker's own address included exactly once.
+    pub fn members(&self) -> Vec<String> {
+        let mut all = self.peers.clone();
+        if !all.iter().any(|p| p.eq_ignore_ascii_case(&self.advertised_address)) {
+            all.push(self.advertised_address.clone());
+        }
+        all
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(id) = self.broker_id
+            && !(0..=MAX_BROKER_ID).contains(&id)
+        {
+            return Err(format!("cluster.broker_id (--broker-id) must be between 0 and {MAX_BROKER_ID}, got {id}"));
+        }
+        if !self.advertised_address.is_empty() {
+            check_host_port("cluster.advertised_address (--advertised-address)", &self.advertised_address)?;
+        }
+        if self.write_timeout.0.is_zero() {
+            return Err("cluster.write_timeout must be positive".into());
+        }
+        if self.snapshot_every == 0 {
+            return Err("cluster.snapshot_every must be positive".into());
+        }
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        if self.broker_id.is_none() {
+            return Err("cluster.peers (--peers) needs cluster.broker_id (--broker-id)".into());
+        }
+        if self.advertised_address.is_empty() {
+            return Err("cluster.peers (--peers) needs cluster.advertised_address (--advertised-address)".into());
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for p in &self.peers {
+            check_host_port("peer", p)?;
+            if seen.iter().any(|s| s.eq_ignore_ascii_case(p)) {
+                if p.eq_ignore_ascii_case(&self.advertised_address) {
+                    return Err(format!("cluster.peers (--peers) names this broker's own address {p} twice"));
+                }
+                return Err(format!("cluster.peers (--peers) names {p} twice"));
+            }
+            seen.push(p);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +333,20 @@ pub struct LimitsConfig {
     /// Unfinished messages one queue may hold (each costs ~100 bytes of
     /// memory for its state); beyond it, sends get RESOURCE_EXHAUSTED.
     pub max_queue_messages: u64,
+    /// gRPC connections served at once; further ones are closed as soon as
+    /// they are accepted (clients see UNAVAILABLE). Keep it below the
+    /// process's open-file limit, which the broker raises to its hard limit.
+    pub max_connections: u32,
+    /// Concurrent calls (HTTP/2 streams) on one connection.
+    pub max_streams_per_connection: u32,
+    /// Topics, partitions (over all topics), queues, topic-to-queue bindings
+    /// and consumer groups one broker holds; creating more answers
+    /// RESOURCE_EXHAUSTED (LIMIT_EXCEEDED) naming the limit.
+    pub max_topics: u64,
+    pub max_partitions: u64,
+    pub max_queues: u64,
+    pub max_bindings: u64,
+    pub max_groups: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -359,6 +496,13 @@ impl Default for LimitsConfig {
             max_inflight_produce_bytes: ByteSize::mib(256),
             max_partitions_per_topic: 10_000,
             max_queue_messages: 2_000_000,
+            max_connections: 10_000,
+            max_streams_per_connection: 1_000,
+            max_topics: 10_000,
+            max_partitions: 100_000,
+            max_queues: 10_000,
+            max_bindings: 10_000,
+            max_groups: 10_000,
         }
     }
 }
@@ -382,7 +526,7 @@ impl Default for LogConfig {
 }
 
 // Longer names first: `tier_s3_endpoint` must match `tier_s3`, not `tier`.
-const SECTIONS: &[&str] = &["topic_defaults", "tier_s3", "server", "storage", "limits", "log", "tier"];
+const SECTIONS: &[&str] = &["topic_defaults", "tier_s3", "server", "storage", "limits", "log", "tier", "cluster"];
 
 /// Smallest segment we accept: a segment must hold at least one batch of the
 /// maximum size, and tiny segments only make sense in tests.
@@ -453,6 +597,14 @@ impl Config {
         if l.max_partitions_per_topic == 0 {
             return bad("limits.max_partitions_per_topic must be positive".into());
         }
+        if l.max_connections == 0 || l.max_streams_per_connection == 0 {
+            return bad("limits.max_connections and limits.max_streams_per_connection must be positive".into());
+        }
+        if [l.max_topics, l.max_partitions, l.max_queues, l.max_bindings, l.max_groups].contains(&0) {
+            return bad(
+                "limits.max_topics, max_partitions, max_queues, max_bindings and max_groups must be positive".into()
+            );
+        }
         let t = &self.topic_defaults;
         if t.segment_bytes.0 < MIN_SEGMENT_BYTES || t.segment_bytes.0 > u64::from(u32::MAX) {
             return bad(format!("topic_defaults.segment_bytes must be between 1KiB and 4GiB, got {}", t.segment_bytes));
@@ -485,6 +637,7 @@ impl Config {
         if t.upload_interval.0.is_zero() || t.request_timeout.0.is_zero() || t.connect_timeout.0.is_zero() {
             return bad("tier.upload_interval, tier.request_timeout and tier.connect_timeout must be positive".into());
         }
+        self.cluster.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -627,6 +780,54 @@ mod tests {
         let c = Config::from_toml_str("[log]\nlevel = \"debug\"\n").unwrap();
         assert_eq!(c.log.level, "debug");
         assert!(Config::from_toml_str("[log]\nlevle = 1\n").unwrap_err().to_string().contains("levle"));
+    }
+
+    #[test]
+    fn cluster_settings_from_file_env_and_their_errors() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("STRATA_CLUSTER_BROKER_ID", "2"),
+                ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "b2.strata:7070"),
+                ("STRATA_CLUSTER_PEERS", "b1.strata:7070, b2.strata:7070,b3.strata:7070"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.cluster.broker_id, Some(2));
+        assert_eq!(c.cluster.peers, ["b1.strata:7070", "b2.strata:7070", "b3.strata:7070"]);
+        assert_eq!(c.cluster.members().len(), 3);
+        assert!(c.cluster.is_clustered());
+        let c = Config::from_toml_str(
+            "[cluster]\nbroker_id = 0\nadvertised_address = \"a:1\"\npeers = [\"b:2\", \"c:3\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.members(), ["b:2", "c:3", "a:1"]);
+        assert!(!Config::default().cluster.is_clustered());
+        let err = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap_err().to_string();
+        let e = err(&[
+            ("STRATA_CLUSTER_BROKER_ID", "1"),
+            ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
+            ("STRATA_CLUSTER_PEERS", "a:1,b:2,a:1"),
+        ]);
+        assert!(e.contains("own address a:1 twice"), "{e}");
+        let e = err(&[
+            ("STRATA_CLUSTER_BROKER_ID", "1"),
+            ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
+            ("STRATA_CLUSTER_PEERS", "b:2,b:2"),
+        ]);
+        assert!(e.contains("names b:2 twice"), "{e}");
+        let e = err(&[("STRATA_CLUSTER_BROKER_ID", "70000")]);
+        assert!(e.contains("between 0 and 65535"), "{e}");
+        let e = err(&[("STRATA_CLUSTER_BROKER_ID", "1"), ("STRATA_CLUSTER_PEERS", "b:2")]);
+        assert!(e.contains("needs cluster.advertised_address"), "{e}");
+        let e = err(&[("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"), ("STRATA_CLUSTER_PEERS", "b:2")]);
+        assert!(e.contains("needs cluster.broker_id"), "{e}");
+        let e = err(&[
+            ("STRATA_CLUSTER_BROKER_ID", "1"),
+            ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
+            ("STRATA_CLUSTER_PEERS", "b"),
+        ]);
+        assert!(e.contains("not HOST:PORT"), "{e}");
     }
 
     #[test]

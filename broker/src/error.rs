@@ -26,6 +26,12 @@ pub enum BrokerError {
     Batch { resource: String, source: BatchError },
     #[error("record batch for {resource} is {size} bytes, over the {limit}-byte limit")]
     BatchTooLarge { resource: String, size: usize, limit: u64 },
+    #[error(
+        "produce request for {resource} is {size} bytes, over the {limit}-byte message limit (limits.max_batch_bytes + 1MiB)"
+    )]
+    RequestTooLarge { resource: String, size: u64, limit: u64 },
+    #[error("{resource}: {source}")]
+    Producer { resource: String, source: crate::producer_ids::ProducerIdError },
     #[error("{resource}: {source}")]
     Log { resource: String, source: LogError },
     #[error("catalog storage failed: {0}")]
@@ -40,6 +46,8 @@ pub enum BrokerError {
     OffsetStorage { group: String, action: &'static str, source: std::io::Error },
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("too many {what}: the broker holds {current} and {limit_name} is {limit}")]
+    LimitExceeded { what: &'static str, limit_name: &'static str, limit: u64, current: u64 },
     #[error("consumer group {tenant}/{group} does not exist")]
     UnknownGroup { tenant: String, group: String },
     #[error("member {member} is not in group {group} (it left or was removed; it must rejoin)")]
@@ -62,6 +70,10 @@ pub enum BrokerError {
     QueueNotEmpty { queue: String, messages: u64 },
     #[error("receipt for message {id} of queue {queue} is not valid: {reason}")]
     StaleReceipt { queue: String, id: u64, reason: String },
+    #[error(
+        "no metadata leader with a majority answered within {waited_ms} ms; the change may or may not have been made, retry it"
+    )]
+    NoMetadataQuorum { waited_ms: u64 },
 }
 
 impl From<StoreError> for BrokerError {

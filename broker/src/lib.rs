@@ -7,8 +7,11 @@
 mod broker;
 mod catalog;
 pub mod clock;
+mod cluster;
 pub mod config;
 mod error;
+mod fds;
+mod fsutil;
 mod group;
 mod grpc;
 mod http;
@@ -17,6 +20,7 @@ pub mod log;
 mod metrics;
 mod names;
 mod partition;
+mod producer_ids;
 mod queue;
 mod telemetry;
 mod tier;
@@ -29,6 +33,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use broker::{Broker, OpenError};
+
+/// Entry points of the fuzz targets in `fuzz/` (the decoders of what the
+/// broker reads back from disk). Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::queue::codec_fuzzing::{journal_entry, message_meta, snapshot as queue_snapshot};
+}
 pub use config::Config;
 
 /// Why the broker could not start.
@@ -40,6 +51,8 @@ pub enum StartError {
     Open(#[from] OpenError),
     #[error("cannot recover queues: {0}")]
     Queues(#[from] error::BrokerError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// A broker serving on its listeners.
@@ -63,8 +76,37 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
+/// Raises the soft open-file limit to the hard one: a broker holds files
+/// for its partitions, queues and connections, and the usual soft default
+/// (1024) is far below what the kernel allows. Returns (before, now, hard)
+/// for the start-up log; `None` when the limit cannot be read.
+fn raise_open_file_limit() -> Option<(u64, u64, u64)> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get().ok()?;
+    let now = if soft < hard && Resource::NOFILE.set(hard, hard).is_ok() { hard } else { soft };
+    Some((soft, now, hard))
+}
+
+/// Logs the open-file limit once the broker is up, and warns when
+/// `limits.max_connections` alone could take every descriptor.
+fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
+    let Some((was, now, hard)) = limits else {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    };
+    tracing::info!(was, now, hard, "open-file limit");
+    if u64::from(config.limits.max_connections) >= now {
+        tracing::warn!(
+            max_connections = config.limits.max_connections,
+            open_files = now,
+            "limits.max_connections is not below the open-file limit: connections could starve partitions of files"
+        );
+    }
+}
+
 /// Binds the listeners, opens (recovers) the data directory and serves.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    let open_files = raise_open_file_limit();
     let grpc_listener = bind(config.server.listen).await?;
     let http_listener = bind(config.server.http_listen).await?;
     let grpc_addr =
@@ -72,6 +114,13 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let http_addr =
         http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.http_listen, source })?;
     let broker = Broker::open(config).await?;
+    let node = if broker.config().cluster.is_clustered() {
+        let node = cluster::ClusterNode::start(&broker).await?;
+        broker.set_cluster(node.clone());
+        Some(node)
+    } else {
+        None
+    };
     let (stop, _) = watch::channel(false);
     let stopped = |rx: watch::Receiver<bool>| async move {
         let mut rx = rx;
@@ -86,6 +135,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         broker.clone(),
         coordinator.clone(),
         queues.clone(),
+        node,
         grpc_listener,
         stopped(stop.subscribe()),
     ));
@@ -96,6 +146,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         http_listener,
         stopped(stop.subscribe()),
     ));
+    log_open_file_limit(open_files, broker.config());
     tracing::info!(%grpc_addr, %http_addr, data_dir = %broker.config().storage.data_dir.display(), "strata-broker serving");
     Ok(RunningBroker { grpc_addr, http_addr, broker, queues, stop, grpc, http })
 }
@@ -130,6 +181,9 @@ impl RunningBroker {
             }
         }
         let _ = tokio::time::timeout(timeout, self.http).await;
+        if let Some(node) = self.broker.cluster() {
+            node.shutdown().await;
+        }
         self.queues.close().await;
         self.broker.close().await;
         tracing::info!("strata-broker stopped; all partitions flushed");

@@ -40,6 +40,16 @@ struct Args {
     /// Log filter, e.g. `info` or `strata_broker=debug`.
     #[arg(long)]
     log_level: Option<String>,
+    /// This broker's stable cluster id (0-65535; the StatefulSet ordinal).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    broker_id: Option<i64>,
+    /// HOST:PORT other brokers and clients reach this broker's gRPC port at.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertised_address: Option<String>,
+    /// The brokers' advertised gRPC addresses, comma-separated (this broker's
+    /// own may be included). Without it the broker runs standalone.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    peers: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -66,6 +76,15 @@ fn load(args: &Args) -> Result<Config, String> {
     if let Some(l) = &args.log_level {
         config.log.level = l.clone();
     }
+    if let Some(id) = args.broker_id {
+        config.cluster.broker_id = Some(id);
+    }
+    if let Some(a) = &args.advertised_address {
+        config.cluster.advertised_address = a.trim().to_owned();
+    }
+    if let Some(p) = &args.peers {
+        config.cluster.peers = strata_broker::config::split_peers(p);
+    }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }
@@ -78,6 +97,13 @@ fn init_logging(config: &Config) -> Result<(), String> {
     // unless the filter names it.
     if !config.log.level.contains("object_store")
         && let Ok(d) = "object_store=warn".parse()
+    {
+        filter = filter.add_directive(d);
+    }
+    // openraft reports every failed RPC to a down peer (each heartbeat);
+    // the broker logs leader changes itself.
+    if !config.log.level.contains("openraft")
+        && let Ok(d) = "openraft=off".parse()
     {
         filter = filter.add_directive(d);
     }

@@ -300,6 +300,10 @@ impl Error {
                 if s.error_code == ErrorCode::ShuttingDown {
                     return true;
                 }
+                // A request over a size or count limit fails again the same way.
+                if matches!(s.error_code, ErrorCode::BatchTooLarge | ErrorCode::LimitExceeded) {
+                    return false;
+                }
                 match s.code {
                     tonic::Code::Unavailable
                     | tonic::Code::DeadlineExceeded

@@ -665,6 +665,13 @@ impl Admin for State {
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
+    async fn describe_cluster(
+        &self,
+        _request: Request<strata_proto::v1::DescribeClusterRequest>,
+    ) -> Result<Response<strata_proto::v1::DescribeClusterResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn get_server_info(
         &self,
         _: Request<strata_proto::v1::GetServerInfoRequest>,

@@ -240,6 +240,9 @@ impl Cluster {
         cluster.moto = Some(
             Command::new("moto_server")
                 .args(["-H", "127.0.0.1", "-p", &cluster.moto_port.to_string()])
+                // Pods address it as host.kubesim.internal: path-style
+                // buckets, not "host" as a virtual-hosted bucket name.
+                .env("S3_IGNORE_SUBDOMAIN_BUCKETNAME", "true")
                 .stdin(Stdio::null())
                 .stdout(moto_log.try_clone()?)
                 .stderr(moto_log)

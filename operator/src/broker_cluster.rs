@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::{Context, MANAGER};
 use crate::error::Error;
-use crate::lifecycle::{apply_status, is_paused};
+use crate::resource::{apply_status, is_paused};
 use crate::status::{self, Condition, Reason};
 
 /// The broker's gRPC port (client Service and container).

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use strata_client::{ErrorCode, StartFrom};
 
 use crate::context::Context;
-use crate::lifecycle::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report};
 use crate::status::{Condition, Reason};
 
 /// A consumer group of a tenant on a `BrokerCluster`.

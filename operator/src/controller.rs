@@ -21,9 +21,10 @@ use crate::consumer_group::ConsumerGroup;
 use crate::context::{BrokerDirectory, Context, FixedAddress, ServiceDns, Settings};
 use crate::error::Error;
 use crate::leader::{LeaseConfig, LeaseLock};
-use crate::lifecycle::{self, BrokerResource};
+use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::resource::BrokerResource;
 use crate::status;
 use crate::tenant::Tenant;
 use crate::topic::Topic;
@@ -204,7 +205,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::broker_cluster::tests::cluster;
-    use crate::lifecycle::{ClusterRef, DeletionPolicy};
+    use crate::resource::{ClusterRef, DeletionPolicy};
     use crate::status::{Condition, Reason};
     use crate::tenant::TenantSpec;
     use crate::topic::{Topic, TopicSpec};

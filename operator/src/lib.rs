@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod queue;
 pub mod rbac;
+pub mod resource;
 pub mod status;
 pub mod tenant;
 pub mod topic;

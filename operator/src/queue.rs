@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use strata_client::{BindingFilter, ErrorCode, QueueConfig, QueueOptions};
 
 use crate::context::Context;
-use crate::lifecycle::{
+use crate::resource::{
     Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report, force_delete,
 };
 use crate::status::{Condition, Reason};

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
-use crate::lifecycle::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report};
 use crate::status::{Condition, Reason};
 
 /// A tenant on a `BrokerCluster`. Lives in the cluster's namespace.

@@ -9,7 +9,7 @@ use strata_client::{ErrorCode, Retention, TopicConfig, TopicOptions};
 
 use crate::broker_cluster::Durability;
 use crate::context::Context;
-use crate::lifecycle::{
+use crate::resource::{
     Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report, force_delete,
 };
 use crate::status::{self, Condition, Reason};

@@ -5,6 +5,7 @@
 //! wire compatible.
 
 pub mod batch;
+pub mod codec;
 #[cfg(feature = "trace-context")]
 pub mod telemetry;
 

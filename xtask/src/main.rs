@@ -17,7 +17,8 @@
 //!   release binaries
 //! - `lint`  format check and clippy
 //! - `bench` the criterion benchmarks
-//! - `fuzz [SECONDS]` run the batch decoder fuzz target (needs cargo-fuzz)
+//! - `fuzz [SECONDS]` run each fuzz target for SECONDS (needs cargo-fuzz):
+//!   batch decoding, gRPC request decoding, queue snapshot/journal codecs
 //! - `cycles` fail on any module-level import cycle in a crate (see `cycles.rs`)
 
 mod cycles;
@@ -108,13 +109,19 @@ fn fuzz(seconds: &str) -> Result<(), String> {
         println!("skipped: cargo-fuzz is not installed (cargo install cargo-fuzz)");
         return Ok(());
     }
-    let status = Command::new("cargo")
-        .current_dir("fuzz")
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["fuzz", "run", "batch_decode", "--", &format!("-max_total_time={seconds}")])
-        .status()
-        .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
-    if status.success() { Ok(()) } else { Err("fuzzing found a failure".into()) }
+    // Every target, each for SECONDS.
+    for target in ["batch_decode", "grpc_requests", "queue_codecs"] {
+        let status = Command::new("cargo")
+            .current_dir("fuzz")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", target, "--", &format!("-max_total_time={seconds}")])
+            .status()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        if !status.success() {
+            return Err(format!("fuzzing {target} found a failure"));
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -17,9 +17,11 @@
 //! missing partition directories and removing orphaned ones.
 
 mod fetch;
+mod limits;
 mod maintenance;
 mod open;
 mod produce;
+mod replicated;
 mod topics;
 
 use std::collections::HashMap;
@@ -66,6 +68,12 @@ pub struct Broker {
     metrics: Arc<crate::metrics::Metrics>,
     /// The cold tier (absent with `tier.cold_store = "none"`).
     tier: Option<Arc<Tier>>,
+    /// Cluster mode: the metadata Raft node (catalog writes go through it).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterNode>>,
+    /// Issued producer ids and the latest epoch of each named producer.
+    producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
+    /// Descriptors released to undo a create that ran out of them.
+    spare_fds: crate::fds::SpareFds,
     _dir_lock: std::fs::File,
 }
 
@@ -90,6 +98,12 @@ impl Broker {
     }
 
     /// Wall-clock ms from the broker's clock.
+    /// Closes the reserve of file descriptors until the guard drops: for
+    /// undoing work that failed because the process ran out of them.
+    pub(crate) fn release_spare_fds(&self) -> crate::fds::Released<'_> {
+        self.spare_fds.release()
+    }
+
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
@@ -113,8 +127,47 @@ impl Broker {
             .collect()
     }
 
+    /// Ready: recovered, not shutting down and, in cluster mode, a member
+    /// of a cluster that has a metadata leader.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.cluster.get().is_none_or(|c| c.leader().is_some())
+    }
+
+    /// The metadata Raft node (cluster mode).
+    pub(crate) fn cluster(&self) -> Option<&Arc<crate::cluster::ClusterNode>> {
+        self.cluster.get()
+    }
+
+    /// The cluster as this broker sees it (standalone: itself alone).
+    pub fn describe_cluster(&self) -> crate::cluster::ClusterView {
+        if let Some(c) = self.cluster() {
+            return c.view();
+        }
+        let id = self.config.cluster.broker_id.unwrap_or(0) as u64;
+        let address = if self.config.cluster.advertised_address.is_empty() {
+            self.config.server.listen.to_string()
+        } else {
+            self.config.cluster.advertised_address.clone()
+        };
+        crate::cluster::ClusterView {
+            clustered: false,
+            brokers: vec![crate::cluster::BrokerInfo {
+                id,
+                address,
+                zone: String::new(),
+                state: "standalone".into(),
+                leader: true,
+            }],
+            leader: Some(id),
+            answered_by: id,
+            term: 0,
+            formation: "standalone".into(),
+        }
+    }
+
+    /// Attaches the metadata Raft node once, at start.
+    pub(crate) fn set_cluster(&self, node: Arc<crate::cluster::ClusterNode>) {
+        let _ = self.cluster.set(node);
     }
 
     /// A receiver that turns true when the broker starts shutting down.
@@ -201,7 +254,12 @@ impl Broker {
     /// Commits a catalog command for another domain module (queues).
     pub(crate) async fn commit_catalog(&self, cmd: &CatalogCommand) -> Result<Applied, BrokerError> {
         self.check_running()?;
+        if let Some(c) = self.cluster() {
+            self.check_limits(&self.catalog_snapshot().await, cmd)?;
+            return c.write(cmd).await;
+        }
         let mut store = self.catalog.lock().await;
+        self.check_limits(store.catalog(), cmd)?;
         Ok(store.commit(cmd)?)
     }
 

@@ -44,7 +44,10 @@ impl Broker {
         }
         let (shutdown, _) = watch::channel(false);
         let budget = config.limits.max_inflight_produce_bytes.0.min(u64::from(u32::MAX)) as usize;
+        let producer_ids = Arc::new(crate::producer_ids::ProducerRegistry::from_catalog(store.catalog()));
         Ok(Arc::new(Broker {
+            producer_ids,
+            spare_fds: crate::fds::SpareFds::new(),
             produce_budget: Arc::new(Semaphore::new(budget)),
             config,
             clock,
@@ -54,6 +57,7 @@ impl Broker {
             ready: AtomicBool::new(true),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             tier,
+            cluster: std::sync::OnceLock::new(),
             _dir_lock: lock,
         }))
     }

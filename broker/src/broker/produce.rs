@@ -87,9 +87,15 @@ impl Broker {
         let now = self.now_ms();
         let bytes_len = batch.len() as u64;
         let topic_label = labels.topic.clone();
+        let producer_ids = self.producer_ids.clone();
         let (appended, traced) = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: part2.id().to_string(), source })?;
+            if header.has_producer_id() {
+                producer_ids
+                    .check(header.producer_id, header.producer_epoch)
+                    .map_err(|source| BrokerError::Producer { resource: part2.id().to_string(), source })?;
+            }
             // `publish` spans for the records that carry a sampled context,
             // once the batch is known to be well-formed.
             let traced = (strata_proto::telemetry::enabled() && header.is_traced())
@@ -140,9 +146,20 @@ impl Broker {
         self.check_running()?;
         let tenant = TenantName::resolve(tenant)?;
         let name = if name.is_empty() { None } else { Some(crate::names::parse_group_name(name)?) };
+        let cmd = CatalogCommand::InitProducer { tenant: tenant.to_string(), name };
+        if self.cluster().is_some() {
+            // Every broker's registry follows when it applies the entry.
+            return match self.commit_catalog(&cmd).await? {
+                Applied::Producer { id, epoch } => Ok((id, epoch)),
+                other => Err(BrokerError::Internal(format!("InitProducer committed as {other:?}"))),
+            };
+        }
         let mut store = self.catalog.lock().await;
-        match store.commit(&CatalogCommand::InitProducer { tenant: tenant.to_string(), name })? {
-            Applied::Producer { id, epoch } => Ok((id, epoch)),
+        match store.commit(&cmd)? {
+            Applied::Producer { id, epoch } => {
+                self.producer_ids.sync(store.catalog());
+                Ok((id, epoch))
+            }
             other => Err(BrokerError::Internal(format!("InitProducer committed as {other:?}"))),
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{Broker, Topic};
-use crate::catalog::{Applied, CatalogCommand, TopicSettings, topic_dir};
+use crate::catalog::{Applied, CatalogCommand, CatalogError, TopicSettings, topic_dir};
 use crate::config::{Limit, MIN_SEGMENT_BYTES};
 use crate::error::BrokerError;
 use crate::locks::{read_lock, write_lock};
@@ -51,8 +51,27 @@ impl Broker {
     pub async fn create_tenant(&self, name: &str, if_not_exists: bool) -> Result<TenantView, BrokerError> {
         self.check_running()?;
         let name = TenantName::parse(name)?;
+        let cmd = CatalogCommand::CreateTenant { name: name.to_string(), at_ms: self.now_ms() };
+        if let Some(c) = self.cluster() {
+            match c.write(&cmd).await {
+                Ok(_) => {}
+                Err(BrokerError::Catalog(CatalogError::TenantExists(_))) if if_not_exists => {}
+                Err(e) => return Err(e),
+            }
+            let store = self.catalog.lock().await;
+            let t = store
+                .catalog()
+                .tenants
+                .get(name.as_str())
+                .ok_or_else(|| CatalogError::UnknownTenant(name.to_string()))?;
+            return Ok(TenantView {
+                name: name.to_string(),
+                created_at_ms: t.created_at_ms,
+                topic_count: t.topics.len() as u32,
+            });
+        }
         let mut store = self.catalog.lock().await;
-        let res = store.commit(&CatalogCommand::CreateTenant { name: name.to_string(), at_ms: self.now_ms() });
+        let res = store.commit(&cmd);
         match res {
             Ok(_) => {}
             Err(crate::catalog::StoreError::Catalog(crate::catalog::CatalogError::TenantExists(_)))
@@ -80,6 +99,10 @@ impl Broker {
     pub async fn delete_tenant(&self, name: &str) -> Result<(), BrokerError> {
         self.check_running()?;
         let name = TenantName::parse(name)?;
+        if let Some(c) = self.cluster() {
+            c.write(&CatalogCommand::DeleteTenant { name: name.to_string() }).await?;
+            return Ok(());
+        }
         let mut store = self.catalog.lock().await;
         store.commit(&CatalogCommand::DeleteTenant { name: name.to_string() })?;
         let dir = self.config.storage.data_dir.join("topics").join(name.as_str());
@@ -166,7 +189,6 @@ impl Broker {
         let name = TopicName::parse(name)?;
         self.check_partitions(partitions)?;
         let settings = self.resolve_settings(self.default_settings(), &overrides)?;
-        let mut store = self.catalog.lock().await;
         let cmd = CatalogCommand::CreateTopic {
             tenant: tenant.to_string(),
             name: name.to_string(),
@@ -174,6 +196,19 @@ impl Broker {
             settings,
             at_ms: self.now_ms(),
         };
+        if let Some(c) = self.cluster() {
+            self.check_limits(&self.catalog_snapshot().await, &cmd)?;
+            // Every broker (this one included) opens the partitions when it
+            // applies the entry; `write` returns once this one has.
+            match c.write(&cmd).await {
+                Ok(_) => {}
+                Err(BrokerError::Catalog(CatalogError::TopicExists { .. })) if if_not_exists => {}
+                Err(e) => return Err(e),
+            }
+            return self.describe_topic(tenant.as_str(), name.as_str());
+        }
+        let mut store = self.catalog.lock().await;
+        self.check_limits(store.catalog(), &cmd)?;
         let id = match store.commit(&cmd) {
             Ok(Applied::Topic { id }) => id,
             Ok(other) => return Err(BrokerError::Internal(format!("CreateTopic committed as {other:?}"))),
@@ -188,7 +223,35 @@ impl Broker {
         let record = store.catalog().tenants[tenant.as_str()].topics[name.as_str()].clone();
         let dir = topic_dir(&self.config.storage.data_dir, tenant.as_str(), name.as_str(), id);
         let key = TopicRef::new(tenant.clone(), name.clone());
-        let logs = self.open_partitions(&key, id, &dir, 0..partitions, settings).await?;
+        let logs = match self.open_partitions(&key, id, &dir, 0..partitions, settings).await {
+            Ok(logs) => logs,
+            Err(e) => {
+                // All or nothing: a create refused here (out of file
+                // descriptors, disk full) leaves no topic behind, in the
+                // catalog or on disk. The partitions opened so far are closed
+                // already; the reserve of descriptors frees what the undo
+                // needs when none were left.
+                let _spare = self.release_spare_fds();
+                let undo = CatalogCommand::DeleteTopic { tenant: tenant.to_string(), name: name.to_string() };
+                if let Err(undo) = store.commit(&undo) {
+                    // The catalog keeps the topic: the next start opens
+                    // (creates) its missing partitions, so it is whole then.
+                    tracing::error!(topic = %key, error = %undo, "cannot undo a failed topic creation");
+                }
+                let removed = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || std::fs::remove_dir_all(dir)
+                })
+                .await;
+                if let Ok(Err(io)) = removed
+                    && io.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(topic = %key, error = %io, "cannot remove a failed topic's files (removed at the next start)");
+                }
+                tracing::warn!(topic = %key, error = %e, "topic creation failed and was undone");
+                return Err(e);
+            }
+        };
         let state = Arc::new(Topic {
             name: key.clone(),
             id,
@@ -211,7 +274,7 @@ impl Broker {
         Ok(())
     }
 
-    async fn open_partitions(
+    pub(super) async fn open_partitions(
         &self,
         topic: &TopicRef,
         topic_id: u64,
@@ -291,12 +354,19 @@ impl Broker {
         self.check_running()?;
         let t = self.topic(tenant, name)?;
         self.check_partitions(partitions)?;
-        let mut store = self.catalog.lock().await;
-        let applied = store.commit(&CatalogCommand::AddPartitions {
+        let cmd = CatalogCommand::AddPartitions {
             tenant: t.name.tenant.to_string(),
             name: t.name.topic.to_string(),
             partitions,
-        })?;
+        };
+        if let Some(c) = self.cluster() {
+            self.check_limits(&self.catalog_snapshot().await, &cmd)?;
+            c.write(&cmd).await?;
+            return self.describe_topic(t.name.tenant.as_str(), t.name.topic.as_str());
+        }
+        let mut store = self.catalog.lock().await;
+        self.check_limits(store.catalog(), &cmd)?;
+        let applied = store.commit(&cmd)?;
         if let Applied::PartitionsAdded { from, to, .. } = applied
             && to > from
         {
@@ -319,12 +389,14 @@ impl Broker {
         let t = self.topic(tenant, name)?;
         let current = *read_lock(&t.settings);
         let settings = self.resolve_settings(current, &overrides)?;
+        let cmd =
+            CatalogCommand::UpdateTopic { tenant: t.name.tenant.to_string(), name: t.name.topic.to_string(), settings };
+        if let Some(c) = self.cluster() {
+            c.write(&cmd).await?;
+            return self.describe_topic(t.name.tenant.as_str(), t.name.topic.as_str());
+        }
         let mut store = self.catalog.lock().await;
-        store.commit(&CatalogCommand::UpdateTopic {
-            tenant: t.name.tenant.to_string(),
-            name: t.name.topic.to_string(),
-            settings,
-        })?;
+        store.commit(&cmd)?;
         *write_lock(&t.settings) = settings;
         let interval = self.config.storage.index_interval_bytes.0;
         for log in read_lock(&t.partitions).iter() {
@@ -337,13 +409,22 @@ impl Broker {
     pub async fn delete_topic(&self, tenant: &str, name: &str) -> Result<(), BrokerError> {
         self.check_running()?;
         let t = self.topic(tenant, name)?;
+        let cmd = CatalogCommand::DeleteTopic { tenant: t.name.tenant.to_string(), name: t.name.topic.to_string() };
+        if let Some(c) = self.cluster() {
+            c.write(&cmd).await?;
+            return Ok(());
+        }
         let mut store = self.catalog.lock().await;
-        store.commit(&CatalogCommand::DeleteTopic {
-            tenant: t.name.tenant.to_string(),
-            name: t.name.topic.to_string(),
-        })?;
+        store.commit(&cmd)?;
         write_lock(&self.topics).remove(&t.name);
         drop(store);
+        self.discard_topic(&t).await;
+        Ok(())
+    }
+
+    /// Closes a topic the catalog no longer names and removes its files
+    /// (local and, best effort, remote).
+    pub(super) async fn discard_topic(&self, t: &Topic) {
         for log in read_lock(&t.partitions).iter() {
             log.close();
         }
@@ -367,6 +448,5 @@ impl Broker {
                 }
             });
         }
-        Ok(())
     }
 }

@@ -157,8 +157,19 @@ impl GroupCoordinator {
             return Ok(tx.clone());
         }
         let path = group_file(&self.broker.config().storage.data_dir, &key.0, &key.1);
-        if !create && !path.exists() {
+        let exists = path.exists();
+        if !create && !exists {
             return Err(BrokerError::UnknownGroup { tenant: key.0.clone(), group: key.1.clone() });
+        }
+        let limit = self.broker.config().limits.max_groups;
+        groups.retain(|_, tx| !tx.is_closed());
+        if !exists && groups.len() as u64 >= limit {
+            return Err(BrokerError::LimitExceeded {
+                what: "consumer groups",
+                limit_name: "limits.max_groups",
+                limit,
+                current: groups.len() as u64,
+            });
         }
         let store = OffsetStore::load(path).map_err(|source| BrokerError::OffsetStorage {
             group: format!("{}/{}", key.0, key.1),

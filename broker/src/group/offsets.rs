@@ -5,7 +5,6 @@
 //! a commit that was acknowledged survives kill -9 and power loss.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -87,13 +86,7 @@ impl OffsetStore {
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    crate::log::segment::sync_dir(dir)
+    crate::fsutil::replace(path, bytes, crate::fsutil::Sync::Durable)
 }
 
 #[cfg(test)]

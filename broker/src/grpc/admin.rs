@@ -200,6 +200,34 @@ impl Admin for AdminService {
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
+    async fn describe_cluster(
+        &self,
+        request: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, "", "")?;
+        let v = self.broker.describe_cluster();
+        Ok(Response::new(pb::DescribeClusterResponse {
+            clustered: v.clustered,
+            brokers: v
+                .brokers
+                .into_iter()
+                .map(|b| pb::ClusterBroker {
+                    id: b.id,
+                    address: b.address,
+                    zone: b.zone,
+                    state: b.state,
+                    metadata_leader: b.leader,
+                    // Placement (partition ownership) is not there yet.
+                    partitions: None,
+                })
+                .collect(),
+            leader_id: v.leader,
+            answered_by: v.answered_by,
+            term: v.term,
+            formation: v.formation,
+        }))
+    }
+
     async fn get_server_info(
         &self,
         _request: Request<pb::GetServerInfoRequest>,

@@ -49,6 +49,9 @@ impl Log for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         auth::check(&self.auth, &request, Operation::Produce, &request.get_ref().tenant, &request.get_ref().topic)?;
         let r = request.into_inner();
+        if let Some(e) = oversize_error(&self.broker, &r) {
+            return Err(to_status(e));
+        }
         let produced = self.broker.produce(&r.tenant, &r.topic, r.partition, r.batch).await.map_err(to_status)?;
         Ok(Response::new(produce_response(r.request_id, r.partition, produced)))
     }
@@ -75,13 +78,23 @@ impl Log for LogService {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "produce stream ended by client");
+                        // A malformed message (INVALID_ARGUMENT from the
+                        // codec) or a broken connection: the stream cannot
+                        // go on, but it ends with the reason, not OK.
+                        tracing::debug!(%status, "produce stream failed");
+                        let _ = tx.send(Err(status)).await;
                         break;
                     }
                 };
                 if let Err(status) = authz.authorize(&caller, Operation::Produce, &r.tenant, &r.topic) {
                     let refused = status_response(r.request_id, r.partition, &status);
                     if tx.send(Ok(refused)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                if let Some(e) = oversize_error(&broker, &r) {
+                    if tx.send(Ok(error_response(r.request_id, r.partition, e))).await.is_err() {
                         break;
                     }
                     continue;
@@ -196,6 +209,19 @@ impl Log for LogService {
         }
         Ok(Response::new(ListOffsetsResponse { results }))
     }
+}
+
+/// The answer to a request the transport found over the message limit (see
+/// `grpc::oversize`): its batch was never read.
+fn oversize_error(broker: &Broker, r: &ProduceRequest) -> Option<crate::error::BrokerError> {
+    (r.oversize_bytes > 0).then(|| {
+        let tenant = if r.tenant.is_empty() { crate::names::DEFAULT_TENANT } else { r.tenant.as_str() };
+        crate::error::BrokerError::RequestTooLarge {
+            resource: format!("{tenant}/{}/{}", r.topic, r.partition),
+            size: r.oversize_bytes,
+            limit: broker.config().limits.max_batch_bytes.0 + 1024 * 1024,
+        }
+    })
 }
 
 /// A refusal by the authoriser as a per-request error.

@@ -3,9 +3,12 @@
 
 mod admin;
 pub(crate) mod auth;
+mod connections;
 mod groups;
 mod log;
+mod oversize;
 mod queue;
+mod raft;
 pub(crate) mod status;
 
 use std::future::Future;
@@ -15,7 +18,6 @@ use strata_proto::v1::{
     admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer, queues_server::QueuesServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::broker::Broker;
 use crate::group::GroupCoordinator;
@@ -26,6 +28,7 @@ pub(crate) async fn serve(
     broker: Arc<Broker>,
     coordinator: Arc<GroupCoordinator>,
     queues: Arc<QueueManager>,
+    cluster: Option<Arc<crate::cluster::ClusterNode>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -57,7 +60,14 @@ pub(crate) async fn serve(
         .max_encoding_message_size(max_out);
     let mut builder = tonic::transport::Server::builder()
         .layer(crate::metrics::RpcMetricsLayer(broker.metrics().clone()))
+        // Oversized messages never reach tonic's decoder (every request is answered).
+        .layer(oversize::OversizeLayer {
+            large: max_in,
+            large_name: "limits.max_batch_bytes + 1MiB",
+            large_reported: max_in as u64,
+        })
         .tcp_nodelay(true)
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024));
     let mut router = builder
@@ -65,7 +75,12 @@ pub(crate) async fn serve(
         .add_service(log_service)
         .add_service(admin_service)
         .add_service(groups_service)
-        .add_service(queues_service);
+        .add_service(queues_service)
+        .add_optional_service(cluster.map(|node| {
+            strata_proto::v1::raft_server::RaftServer::new(raft::RaftService::new(node))
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024)
+        }));
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);
     }
@@ -76,13 +91,9 @@ pub(crate) async fn serve(
         reporter.set_not_serving::<GroupsServer<groups::GroupsService>>().await;
         reporter.set_not_serving::<QueuesServer<queue::QueuesService>>().await;
     };
-    // `tcp_nodelay` on the builder only applies to listeners tonic binds
-    // itself; set it on every accepted socket, or small responses wait for
-    // Nagle + delayed ACK (~40 ms).
-    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-        conn.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    // Every accepted socket gets `TCP_NODELAY` (the builder's setting only
+    // applies to listeners tonic binds itself; without it small responses
+    // wait for Nagle + delayed ACK, ~40 ms) and a connection permit.
+    let incoming = connections::limited(listener, limits.max_connections as usize, broker.metrics().clone());
     router.serve_with_incoming_shutdown(incoming, stop_reporting).await
 }

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use crate::catalog::CatalogError;
 use crate::error::BrokerError;
 use crate::log::{LogError, SequenceError};
+use crate::producer_ids::ProducerIdError;
 
 fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
     use ErrorCode as E;
@@ -63,10 +64,17 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             BatchError::RecordTooLarge { .. } => (Code::InvalidArgument, E::RecordTooLarge, resource.clone()),
             _ => (Code::InvalidArgument, E::CorruptBatch, resource.clone()),
         },
-        BrokerError::BatchTooLarge { resource, .. } => (Code::InvalidArgument, E::BatchTooLarge, resource.clone()),
+        BrokerError::BatchTooLarge { resource, .. } | BrokerError::RequestTooLarge { resource, .. } => {
+            (Code::ResourceExhausted, E::BatchTooLarge, resource.clone())
+        }
         BrokerError::Log { resource, source } => match source {
             LogError::OffsetOutOfRange { .. } => (Code::OutOfRange, E::OffsetOutOfRange, resource.clone()),
-            LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            // Disk full, or out of file descriptors (EMFILE/ENFILE):
+            // a resource ran out, nothing is wrong with the data.
+            LogError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull
+                    || matches!(source.raw_os_error(), Some(23 | 24)) =>
+            {
                 (Code::ResourceExhausted, E::ResourceExhausted, resource.clone())
             }
             LogError::Closed => (Code::Unavailable, E::ShuttingDown, resource.clone()),
@@ -79,12 +87,22 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
                 (Code::FailedPrecondition, E::OutOfOrderSequence, resource.clone())
             }
         },
+        BrokerError::Producer { resource, source } => match source {
+            ProducerIdError::Unknown { .. } => (Code::FailedPrecondition, E::UnknownProducerId, resource.clone()),
+            ProducerIdError::Fenced { .. } => (Code::FailedPrecondition, E::ProducerFenced, resource.clone()),
+            ProducerIdError::EpochNotIssued { .. } => {
+                (Code::FailedPrecondition, E::InvalidProducerEpoch, resource.clone())
+            }
+        },
         BrokerError::CatalogStorage(_) => (Code::Unavailable, E::Storage, String::new()),
         BrokerError::OffsetStorage { group, .. } => (Code::Unavailable, E::Storage, group.clone()),
         BrokerError::ColdTier { resource, .. } => (Code::Unavailable, E::Storage, resource.clone()),
         // A task that panicked or was cancelled: the server's fault, not the request's.
         BrokerError::TaskFailed { .. } | BrokerError::Internal(_) => (Code::Internal, E::Unspecified, String::new()),
         BrokerError::ShuttingDown => (Code::Unavailable, E::ShuttingDown, String::new()),
+        BrokerError::LimitExceeded { limit_name, .. } => {
+            (Code::ResourceExhausted, E::LimitExceeded, (*limit_name).to_owned())
+        }
         BrokerError::UnknownGroup { tenant, group } => (Code::NotFound, E::UnknownGroup, format!("{tenant}/{group}")),
         BrokerError::UnknownMember { member, .. } => (Code::FailedPrecondition, E::UnknownMember, member.clone()),
         BrokerError::FencedMember { member, .. } => (Code::FailedPrecondition, E::FencedMember, member.clone()),
@@ -98,15 +116,17 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         BrokerError::QueueFull { queue, .. } => (Code::ResourceExhausted, E::ResourceExhausted, queue.clone()),
         BrokerError::QueueNotEmpty { queue, .. } => (Code::FailedPrecondition, E::QueueNotEmpty, queue.clone()),
         BrokerError::StaleReceipt { queue, .. } => (Code::FailedPrecondition, E::StaleReceipt, queue.clone()),
+        BrokerError::NoMetadataQuorum { .. } => (Code::Unavailable, E::NoMetadataQuorum, String::new()),
     }
 }
 
 /// The gRPC status for a domain error.
 pub(crate) fn to_status(e: BrokerError) -> Status {
     let (code, error_code, resource) = classify(&e);
-    if matches!(code, Code::Unavailable | Code::DataLoss) {
+    if matches!(code, Code::Unavailable | Code::DataLoss) || error_code == ErrorCode::Storage {
         tracing::warn!(error = %e, "request failed");
     }
+    let message = client_message(&e);
     let mut info = ErrorInfo { code: error_code as i32, resource, ..Default::default() };
     match &e {
         BrokerError::Batch { source: BatchError::RecordTooLarge { limit, .. }, .. } => {
@@ -114,6 +134,15 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
         }
         BrokerError::BatchTooLarge { limit, .. } => {
             info.metadata.insert("limit".into(), limit.to_string());
+            info.metadata.insert("limit_name".into(), "limits.max_batch_bytes".into());
+        }
+        BrokerError::RequestTooLarge { limit, .. } => {
+            info.metadata.insert("limit".into(), limit.to_string());
+            info.metadata.insert("limit_name".into(), "limits.max_batch_bytes + 1MiB".into());
+        }
+        BrokerError::LimitExceeded { limit_name, limit, .. } => {
+            info.metadata.insert("limit".into(), limit.to_string());
+            info.metadata.insert("limit_name".into(), (*limit_name).into());
         }
         BrokerError::ColdTierBacklog { waiting, budget, .. } => {
             info.metadata.insert("waiting_bytes".into(), waiting.to_string());
@@ -125,13 +154,43 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
         BrokerError::Log { source: LogError::Sequence(SequenceError::Fenced { current, .. }), .. } => {
             info.metadata.insert("current_epoch".into(), current.to_string());
         }
+        BrokerError::Producer {
+            source: ProducerIdError::Fenced { current, .. } | ProducerIdError::EpochNotIssued { current, .. },
+            ..
+        } => {
+            info.metadata.insert("current_epoch".into(), current.to_string());
+        }
         BrokerError::Log { source: LogError::OffsetOutOfRange { start, end, .. }, .. } => {
             info.metadata.insert("log_start_offset".into(), start.to_string());
             info.metadata.insert("high_watermark".into(), end.to_string());
         }
         _ => {}
     }
-    strata_proto::status_with_info(code, e.to_string(), info)
+    strata_proto::status_with_info(code, message, info)
+}
+
+/// The message a client reads. Storage failures name the resource and the
+/// operating system's reason but never a server path (the broker's log has
+/// the whole error, logged by [`to_status`]).
+fn client_message(e: &BrokerError) -> String {
+    const SEE_LOG: &str = "the broker's log has the details";
+    match e {
+        BrokerError::Log { resource, source } => match source {
+            LogError::Io { source, .. } => format!("{resource}: storage error: {source} ({SEE_LOG})"),
+            LogError::Corrupt { position, reason, .. } => {
+                format!("{resource}: corrupt data at byte {position} of a segment: {reason} ({SEE_LOG})")
+            }
+            LogError::Poisoned(_) => {
+                format!("{resource}: the partition stopped accepting writes after a storage failure ({SEE_LOG})")
+            }
+            _ => e.to_string(),
+        },
+        BrokerError::CatalogStorage(_) => format!("the broker could not store its catalog ({SEE_LOG})"),
+        BrokerError::OffsetStorage { group, action, source } => {
+            format!("consumer group {group}: {action} offsets failed: {} ({SEE_LOG})", source.kind())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// The same error as a per-item error inside a streaming response.
@@ -151,4 +210,41 @@ pub(crate) fn status_to_item_error(status: &Status) -> ItemError {
 /// Shorthand for request validation failures in the transport layer.
 pub(crate) fn invalid(message: impl Into<String>) -> Status {
     to_status(BrokerError::InvalidRequest(message.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_never_show_server_paths() {
+        let path = std::path::PathBuf::from("/srv/secret-data/default/t-1/00000000000000000000.log");
+        let errors = [
+            BrokerError::Log {
+                resource: "default/t/0".into(),
+                source: LogError::Io { path: path.clone(), source: std::io::Error::from_raw_os_error(5) },
+            },
+            BrokerError::Log {
+                resource: "default/t/0".into(),
+                source: LogError::Corrupt { path: path.clone(), position: 7, reason: "bad crc".into() },
+            },
+            BrokerError::Log {
+                resource: "default/t/0".into(),
+                source: LogError::Poisoned(format!("fsync of {} failed", path.display())),
+            },
+        ];
+        for e in errors {
+            let status = to_status(e);
+            assert!(!status.message().contains("/srv"), "{}", status.message());
+            assert!(status.message().contains("default/t/0"), "{}", status.message());
+            assert_eq!(strata_proto::error_code(&status), ErrorCode::Storage);
+        }
+        let emfile = to_status(BrokerError::Log {
+            resource: "default/t/0".into(),
+            source: LogError::Io { path, source: std::io::Error::from_raw_os_error(24) },
+        });
+        assert!(emfile.message().contains("Too many open files"), "{}", emfile.message());
+        assert!(!emfile.message().contains("/srv"), "{}", emfile.message());
+        assert_eq!(emfile.code(), Code::ResourceExhausted, "out of descriptors is a resource running out");
+    }
 }

@@ -23,7 +23,7 @@
 //! batch falls back to scanning from the start of the segment.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -133,15 +133,7 @@ pub(crate) fn write_index_file(path: &Path, header: &IndexHeader, index: &Segmen
         buf.extend_from_slice(&e.timestamp.to_le_bytes());
         buf.extend_from_slice(&e.rel_offset.to_le_bytes());
     }
-    let tmp = path.with_extension("index.tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&buf)?;
-        if sync {
-            f.sync_all()?;
-        }
-    }
-    std::fs::rename(&tmp, path)
+    crate::fsutil::replace(path, &buf, if sync { crate::fsutil::Sync::Durable } else { crate::fsutil::Sync::Lazy })
 }
 
 /// Decodes a whole `.index` file held in memory (an object fetched from the

@@ -7,7 +7,6 @@
 //! segment, so it survives restarts without scanning sealed segments.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -135,15 +134,8 @@ pub(crate) fn snapshot_path(dir: &Path, base_offset: u64) -> PathBuf {
 /// Writes the table as of `base_offset` atomically, and removes older snapshots.
 pub(crate) fn write_snapshot(dir: &Path, base_offset: u64, table: &ProducerTable, sync: bool) -> std::io::Result<()> {
     let path = snapshot_path(dir, base_offset);
-    let tmp = path.with_extension("producers.tmp");
     let bytes = serde_json::to_vec(table).map_err(std::io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    if sync {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, &path)?;
+    crate::fsutil::replace(&path, &bytes, if sync { crate::fsutil::Sync::Durable } else { crate::fsutil::Sync::Lazy })?;
     for entry in std::fs::read_dir(dir)?.flatten() {
         let name = entry.file_name();
         let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".producers")).and_then(|b| b.parse::<u64>().ok())

@@ -38,10 +38,7 @@ fn segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
     h
 }
 
-/// fsyncs a directory so that created, renamed or deleted entries persist.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(crate) use crate::fsutil::sync_dir;
 
 /// What a scan of a segment found.
 #[derive(Debug, Default)]

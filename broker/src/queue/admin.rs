@@ -108,7 +108,22 @@ impl QueueManager {
         }
         let catalog = self.broker.catalog_snapshot().await;
         let record = catalog.tenants[tenant].queues[name].clone();
-        let q = self.open_queue(tenant, name, &record).await?;
+        let q = match self.open_queue(tenant, name, &record).await {
+            Ok(q) => q,
+            Err(e) => {
+                // All or nothing, as for topics: a refused create (out of
+                // file descriptors, disk full) leaves no queue behind.
+                let _spare = self.broker.release_spare_fds();
+                let undo = CatalogCommand::DeleteQueue { tenant: tenant.to_owned(), name: name.to_owned() };
+                if let Err(undo) = self.broker.commit_catalog(&undo).await {
+                    tracing::error!(queue = %format!("{tenant}/{name}"), error = %undo, "cannot undo a failed queue creation");
+                }
+                let dir = queue_dir(&self.broker.config().storage.data_dir, tenant, name, record.id);
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                tracing::warn!(queue = %format!("{tenant}/{name}"), error = %e, "queue creation failed and was undone");
+                return Err(e);
+            }
+        };
         write_lock(&self.queues).insert((tenant.to_owned(), name.to_owned()), q.clone());
         tokio::spawn(self.clone().run_timer(q));
         drop(_admin);

@@ -42,6 +42,7 @@ use crate::error::BrokerError;
 use crate::locks::{read_lock, write_lock};
 use crate::log::{Durability, LogConfig, LogError, PartitionLog};
 use crate::names::{TenantName, parse_queue_name};
+pub use codec::fuzzing as codec_fuzzing;
 use codec::{JournalEntry, META_HEADER, MessageMeta, Snapshot};
 pub(crate) use routing::validate_filter;
 use state::{Finish, MessageInfo, Outcome, QueueState, ReceiptError};

@@ -21,6 +21,12 @@ impl QueueManager {
         for (tenant, t) in &catalog.tenants {
             for (name, record) in &t.queues {
                 let dir = queue_dir(&data, tenant, name, record.id);
+                if record.temporary && broker.cluster().is_some() {
+                    // Cluster mode: the catalog is shared and does not yet
+                    // say which broker's client owned it (placement is the
+                    // next slice), so it is neither opened nor deleted here.
+                    continue;
+                }
                 if record.temporary {
                     broker
                         .commit_catalog(&CatalogCommand::DeleteQueue { tenant: tenant.clone(), name: name.clone() })

@@ -13,20 +13,6 @@ use tonic::Code;
 
 use crate::harness::*;
 
-async fn create_topic(b: &TestBroker, name: &str, partitions: u32) {
-    b.admin()
-        .await
-        .create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() })
-        .await
-        .unwrap();
-}
-
-fn assert_status(err: tonic::Status, code: Code, error_code: ErrorCode, text: &str) {
-    assert_eq!(err.code(), code, "{err:?}");
-    assert_eq!(strata_proto::error_code(&err), error_code, "{err:?}");
-    assert!(err.message().contains(text), "message {:?} should mention {text:?}", err.message());
-}
-
 fn values(n: usize, prefix: &str) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -438,7 +424,7 @@ async fn oversized_requests_are_refused_at_the_transport_limit() {
     create_topic(&b, "big", 1).await;
     let mut log = b.log().await;
     let err = log.produce(produce_req("big", 0, batch_of(&vec!["y".repeat(1000); 1100]))).await.unwrap_err();
-    assert_status(err, Code::InvalidArgument, ErrorCode::BatchTooLarge, "over the 1048576-byte limit");
+    assert_status(err, Code::ResourceExhausted, ErrorCode::BatchTooLarge, "over the 1048576-byte limit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

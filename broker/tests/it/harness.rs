@@ -82,7 +82,7 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn produce_req(topic: &str, partition: u32, batch: Bytes) -> ProduceRequest {
-    ProduceRequest { tenant: String::new(), topic: topic.into(), partition, batch, request_id: 0 }
+    ProduceRequest { topic: topic.into(), partition, batch, ..Default::default() }
 }
 
 pub fn fetch_req(topic: &str, partition: u32, offset: u64) -> FetchRequest {
@@ -138,7 +138,19 @@ pub fn broker_bin() -> &'static str {
 
 impl BrokerProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(broker_bin())
+        Self::spawn(Command::new(broker_bin()), data_dir, extra)
+    }
+
+    /// Starts the broker under an open-file limit (soft and hard: the
+    /// broker cannot raise it).
+    pub fn start_with_fd_limit(data_dir: &Path, limit: u32) -> BrokerProcess {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), broker_bin()]);
+        Self::spawn(sh, data_dir, &[])
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, extra: &[&str]) -> BrokerProcess {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -170,4 +182,26 @@ impl Drop for BrokerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates a topic in the default tenant.
+pub async fn create_topic(b: &TestBroker, name: &str, partitions: u32) {
+    b.admin()
+        .await
+        .create_topic(strata_proto::v1::CreateTopicRequest { name: name.into(), partitions, ..Default::default() })
+        .await
+        .unwrap();
+}
+
+/// Asserts a status's code, its stable error code and a part of its message.
+pub fn assert_status(
+    err: impl std::borrow::Borrow<tonic::Status>,
+    code: tonic::Code,
+    error_code: strata_proto::v1::ErrorCode,
+    text: &str,
+) {
+    let err = err.borrow();
+    assert_eq!(err.code(), code, "{err:?}");
+    assert_eq!(strata_proto::error_code(err), error_code, "{err:?}");
+    assert!(err.message().contains(text), "message {:?} should mention {text:?}", err.message());
 }

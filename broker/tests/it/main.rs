@@ -3,6 +3,8 @@
 //! process killed with SIGKILL.
 
 mod api;
+mod cluster;
+mod hardening;
 mod harness;
 mod metrics;
 mod process;

@@ -18,6 +18,12 @@ kubernetes-validate:
    test keeps equal to operator/src/rbac.rs, the verbs the code uses), and
    the leader-election Role exists only when leader election is enabled.
 5. replicas > 1 without leader election fails to render.
+6. `brokerCluster.enabled` renders a BrokerCluster that validates against
+   its CRD's schema (unknown fields refused), with the one image tag; the
+   operator's own OTLP settings become OTEL_* variables.
+7. The GitOps examples (examples/gitops/): the team's manifests validate
+   against the CRDs; the Argo CD Application and Flux Kustomization have
+   their required fields.
 
 Missing Python packages print `skipped: <reason>` and exit 0, unless the
 environment variable CI is set, in which case they are an error.
@@ -29,6 +35,7 @@ import sys
 from pathlib import Path
 
 CHART = Path(__file__).resolve().parent.parent
+REPO = CHART.parent.parent
 KUBE_VERSION = "1.35.0"
 
 
@@ -46,6 +53,7 @@ except ImportError:
     skip_or_fail("helm-python-sdk is not installed (pip install helm-python-sdk)")
 try:
     import kubernetes_validate
+    import jsonschema  # a dependency of kubernetes-validate
     import yaml
 except ImportError:
     skip_or_fail("kubernetes-validate is not installed (pip install kubernetes-validate)")
@@ -102,8 +110,44 @@ def validate_service_monitor(doc: dict) -> None:
         check(e.get("port") == "http", "ServiceMonitor scrapes the http port")
 
 
+def crd_schema(kind: str) -> dict | None:
+    """The openAPIV3Schema of a Strata kind, from the chart's CRDs."""
+    for f in (CHART / "crds").glob("*.yaml"):
+        crd = yaml.safe_load(f.read_text())
+        if crd["spec"]["names"]["kind"] == kind:
+            return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return None
+
+
+def strict(schema: dict) -> dict:
+    """The CRD schema with unknown fields refused, as the API server prunes
+    (and `kubectl apply --validate=strict` refuses) them."""
+    out = dict(schema)
+    if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out.setdefault("additionalProperties", False)
+        out["properties"] = {k: strict(v) for k, v in out["properties"].items()}
+        out["properties"].setdefault("apiVersion", {"type": "string"})
+        out["properties"].setdefault("kind", {"type": "string"})
+        out["properties"].setdefault("metadata", {"type": "object"})
+    if "items" in out:
+        out["items"] = strict(out["items"])
+    return {k: v for k, v in out.items() if not k.startswith("x-kubernetes")}
+
+
+def validate_custom(doc: dict, schema: dict) -> None:
+    errors = [e.message for e in jsonschema.Draft7Validator(strict(schema)).iter_errors(doc)]
+    check(not errors, f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}: {errors}")
+
+
 def validate(doc: dict) -> None:
     kind = doc.get("kind")
+    if doc.get("apiVersion", "").startswith("strata.dev/"):
+        schema = crd_schema(kind)
+        check(schema is not None, f"no CRD for {kind}")
+        if schema:
+            validate_custom(doc, schema)
+            print(f"  {kind}: validated against its CRD's openAPIV3Schema (unknown fields refused)")
+        return
     if kind == "ServiceMonitor":
         print("  ServiceMonitor: validated against a minimal schema (a CRD kind; kubernetes-validate has no schema for it)")
         validate_service_monitor(doc)
@@ -181,6 +225,72 @@ def main() -> int:
     for f in crds:
         validate(yaml.safe_load(f.read_text()))
     print(f"  {len(crds)} CRDs validated")
+
+    # A BrokerCluster from the chart's values, valid for the CRD, with the
+    # one image tag; the operator's own OTLP settings as OTEL_* variables.
+    with_cluster = {
+        "image": {"tag": "1.2.3"},
+        "brokerCluster": {
+            "enabled": True,
+            "replicas": 3,
+            "storage": {"size": "50Gi", "storageClassName": "fast"},
+            "config": {"logLevel": "info", "defaultRetention": "7d"},
+            "tier": {
+                "coldStore": "s3://strata/prod",
+                "s3": {"endpoint": "http://minio.storage:9000", "region": "us-east-1"},
+                "credentialsSecret": {"name": "strata-s3"},
+            },
+            "telemetry": {"otlpEndpoint": "http://otel-collector.observability:4317"},
+            "metrics": {"monitor": "PodMonitor"},
+            "pod": {"priorityClassName": "high", "labels": {"team": "platform"}},
+        },
+        "telemetry": {"otlpEndpoint": "http://otel-collector.observability:4317", "sampler": "parentbased_traceidratio", "samplerArg": "0.1"},
+    }
+    print("BrokerCluster + operator telemetry:")
+    lint(with_cluster)
+    docs = render(with_cluster)
+    for d in docs:
+        validate(d)
+    clusters = [d for d in docs if d["kind"] == "BrokerCluster"]
+    check(len(clusters) == 1, "brokerCluster.enabled renders one BrokerCluster")
+    for bc in clusters:
+        check(bc["spec"]["image"] == "strata/strata-broker:1.2.3", f"broker image follows image.tag: {bc['spec']['image']}")
+        check(bc["spec"]["replicas"] == 3 and bc["spec"]["tier"]["coldStore"] == "s3://strata/prod", "spec from values")
+        check(bc["metadata"]["namespace"] == "strata-system", "the release namespace by default")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    check(container["image"] == "strata/strata-operator:1.2.3", f"operator image follows image.tag: {container['image']}")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector.observability:4317", f"operator OTLP env: {env}")
+    check(env.get("OTEL_TRACES_SAMPLER_ARG") == "0.1", "operator sampler ratio")
+    check(not any(d["kind"] == "BrokerCluster" for d in render({})), "no BrokerCluster by default")
+    check("OTEL_EXPORTER_OTLP_ENDPOINT" not in str(render({})), "no OTLP env by default")
+    bad = dict(with_cluster, brokerCluster=dict(with_cluster["brokerCluster"], config={"logLevl": "info"}))
+    before = len(FAILURES)
+    for d in render(bad):
+        validate(d)
+    check(len(FAILURES) == before + 1, "a misspelt BrokerCluster field is caught by the schema check")
+    del FAILURES[before:]
+
+    # The GitOps examples (README): Argo CD and Flux objects (CRD kinds
+    # without published schemas: their required fields are checked here),
+    # and the team's manifests they point at, valid for Strata's CRDs.
+    gitops = REPO / "examples" / "gitops"
+    app = yaml.safe_load((gitops / "argocd-application.yaml").read_text())
+    check(app["apiVersion"] == "argoproj.io/v1alpha1" and app["kind"] == "Application", "Argo CD Application")
+    check({"repoURL", "path", "targetRevision"} <= set(app["spec"]["source"]), "Application source")
+    check({"server", "namespace"} & set(app["spec"]["destination"]) and "project" in app["spec"], "Application destination")
+    ks = yaml.safe_load((gitops / "flux-kustomization.yaml").read_text())
+    check(ks["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1" and ks["kind"] == "Kustomization", "Flux Kustomization")
+    check({"interval", "path", "prune", "sourceRef"} <= set(ks["spec"]), "Kustomization spec")
+    check(ks["spec"].get("wait") is True or bool(ks["spec"].get("healthChecks")), "Flux waits for health (kstatus Ready)")
+    team = sorted((gitops / "team-a").glob("*.yaml"))
+    check(len(team) >= 2, "the team's manifests")
+    for f in team:
+        for doc in yaml.safe_load_all(f.read_text()):
+            validate(doc)
+    check(app["spec"]["source"]["path"] == "examples/gitops/team-a" == ks["spec"]["path"].lstrip("./"), "both point at the team's folder")
+    print(f"  GitOps: Argo CD Application and Flux Kustomization for {len(team)} team manifests")
 
     try:
         render({"replicas": 2})

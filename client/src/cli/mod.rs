@@ -1,6 +1,7 @@
 //! The `strata` command line: argument definitions (clap derive), dispatch
 //! to one module per command group, and one-line error reporting.
 
+mod cluster;
 mod consume;
 mod group;
 pub(crate) mod parse;
@@ -69,9 +70,23 @@ pub(crate) enum Command {
     /// Create, list and delete tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Show the brokers of the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// One row per broker: id, address, zone, state (the metadata leader is
+    /// marked with `*`) and partitions owned (`-` until placement exists).
+    Describe {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +282,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::run(&client, args).await,
         Command::Receive(args) => receive::run(&client, args).await,
         Command::Tenant(cmd) => tenant::run(&client, cmd).await,
+        Command::Cluster(cmd) => cluster::run(&client, cmd).await,
         Command::Bench(cmd) => crate::bench::run(&client, cmd).await.context("benchmark failed"),
     }
 }

@@ -260,29 +260,7 @@ impl Consumer {
     /// # Ok(()) }
     /// ```
     pub async fn poll(&mut self, max: usize, timeout: std::time::Duration) -> Result<Vec<ConsumedRecord>, Error> {
-        if let Some(error) = self.deferred.take() {
-            return Err(error);
-        }
-        let mut out = Vec::new();
-        if max == 0 {
-            return Ok(out);
-        }
-        match tokio::time::timeout(timeout, self.next()).await {
-            Err(_) | Ok(None) => return Ok(out),
-            Ok(Some(Err(error))) => return Err(error),
-            Ok(Some(Ok(record))) => out.push(record),
-        }
-        while out.len() < max {
-            match self.try_next() {
-                Some(Ok(record)) => out.push(record),
-                Some(Err(error)) => {
-                    self.deferred = Some(error);
-                    break;
-                }
-                None => break,
-            }
-        }
-        Ok(out)
+        poll_batch(self, max, timeout).await
     }
 
     /// The next record if one is already here, without waiting.
@@ -375,6 +353,61 @@ pub(crate) async fn resolve_starts(
                 .collect::<Result<_, Error>>()?
         }
     })
+}
+
+/// What [`poll_batch`] needs of a consumer ([`Consumer`], `GroupConsumer`).
+pub(crate) trait RecordSource {
+    /// Waits for the next record (`None`: the source ended).
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Result<ConsumedRecord, Error>>> + Send;
+    /// The next record if one is already here.
+    fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>>;
+    /// An error met after a batch's first record, answered by the next call.
+    fn deferred(&mut self) -> &mut Option<Error>;
+}
+
+impl RecordSource for Consumer {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Result<ConsumedRecord, Error>>> + Send {
+        Consumer::next(self)
+    }
+    fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        Consumer::try_next(self)
+    }
+    fn deferred(&mut self) -> &mut Option<Error> {
+        &mut self.deferred
+    }
+}
+
+/// `poll` of every consumer: waits up to `timeout` for a first record, then
+/// takes what is already here, up to `max`. An error after the first record
+/// is kept for the next call, so no record before it is lost.
+pub(crate) async fn poll_batch<S: RecordSource>(
+    source: &mut S,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<ConsumedRecord>, Error> {
+    if let Some(error) = source.deferred().take() {
+        return Err(error);
+    }
+    let mut out = Vec::new();
+    if max == 0 {
+        return Ok(out);
+    }
+    match tokio::time::timeout(timeout, source.next()).await {
+        Err(_) | Ok(None) => return Ok(out),
+        Ok(Some(Err(error))) => return Err(error),
+        Ok(Some(Ok(record))) => out.push(record),
+    }
+    while out.len() < max {
+        match source.try_next() {
+            Some(Ok(record)) => out.push(record),
+            Some(Err(error)) => {
+                *source.deferred() = Some(error);
+                break;
+            }
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -398,29 +398,7 @@ impl GroupConsumer {
     /// # Ok(()) }
     /// ```
     pub async fn poll(&mut self, max: usize, timeout: std::time::Duration) -> Result<Vec<ConsumedRecord>, Error> {
-        if let Some(error) = self.deferred.take() {
-            return Err(error);
-        }
-        let mut out = Vec::new();
-        if max == 0 {
-            return Ok(out);
-        }
-        match tokio::time::timeout(timeout, self.next()).await {
-            Err(_) | Ok(None) => return Ok(out),
-            Ok(Some(Err(error))) => return Err(error),
-            Ok(Some(Ok(record))) => out.push(record),
-        }
-        while out.len() < max {
-            match self.try_next() {
-                Some(Ok(record)) => out.push(record),
-                Some(Err(error)) => {
-                    self.deferred = Some(error);
-                    break;
-                }
-                None => break,
-            }
-        }
-        Ok(out)
+        crate::consumer::poll_batch(self, max, timeout).await
     }
 
     /// The next record if one is already here, without waiting and without
@@ -781,5 +759,17 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+impl crate::consumer::RecordSource for GroupConsumer {
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Result<ConsumedRecord, Error>>> + Send {
+        GroupConsumer::next(self)
+    }
+    fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
+        GroupConsumer::try_next(self)
+    }
+    fn deferred(&mut self) -> &mut Option<Error> {
+        &mut self.deferred
     }
 }

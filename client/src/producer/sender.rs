@@ -434,6 +434,7 @@ impl SenderTask {
                 partition: batch.partition,
                 batch: bytes,
                 request_id,
+                ..Default::default()
             };
             if tx.try_send(request).is_err() {
                 // The stream is going away; its failure arrives through the

@@ -121,7 +121,8 @@ fn server_stored_nothing(s: &ServerError) -> bool {
 pub(crate) fn transient_refusal(s: &ServerError) -> bool {
     use strata_proto::v1::ErrorCode;
     s.error_code == ErrorCode::ShuttingDown
-        || matches!(s.code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+        || (matches!(s.code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
+            && !matches!(s.error_code, ErrorCode::BatchTooLarge | ErrorCode::LimitExceeded))
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_client::{
-    Client, ConsumedRecord, GroupConsumer, GroupConsumerConfig, Message, ProducerConfig, RebalanceListener, StartFrom,
-    TopicOptions,
+    Client, ConsumedRecord, ConsumerConfig, GroupConsumer, GroupConsumerConfig, Message, ProducerConfig,
+    RebalanceListener, StartFrom, TopicOptions,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -491,5 +491,52 @@ async fn a_member_removed_by_a_forced_reset_rejoins_and_reads_from_the_new_offse
         assert_eq!(s.assigned["m"], vec![("rewind".to_owned(), 0), ("rewind".to_owned(), 0)]);
     });
     consumer.close().await.unwrap();
+    broker.stop().await;
+}
+
+/// `poll` on a plain consumer and on a group member: a batch holds at most
+/// `max` records in order within each partition, every record comes once,
+/// and an empty topic answers an empty batch once the timeout passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_returns_batches_up_to_max_and_an_empty_one_after_its_timeout() {
+    let broker = TestBroker::start().await;
+    let client = broker.client().await;
+    client.create_topic("polled", 2, TopicOptions::default()).await.unwrap();
+    for p in 0..2 {
+        produce_to(&client, "polled", p, (0..25).map(|i| format!("{p}-{i}"))).await;
+    }
+    // Polls `$c` in batches of at most 7 until all 50 records came.
+    macro_rules! drain {
+        ($c:expr) => {{
+            let mut seen = Vec::new();
+            while seen.len() < 50 {
+                let batch = tokio::time::timeout(DEADLINE, $c.poll(7, Duration::from_secs(5)))
+                    .await
+                    .expect("poll answers")
+                    .expect("ok");
+                assert!(batch.len() <= 7, "at most max records: {}", batch.len());
+                seen.extend(batch.iter().map(|r: &ConsumedRecord| (r.partition, r.offset)));
+            }
+            seen
+        }};
+    }
+    let check = |seen: Vec<(u32, u64)>| {
+        for p in 0..2 {
+            let offsets: Vec<u64> = seen.iter().filter(|(q, _)| *q == p).map(|(_, o)| *o).collect();
+            assert_eq!(offsets, (0..25).collect::<Vec<_>>(), "partition {p} once each, in order");
+        }
+    };
+    let config = ConsumerConfig { start: StartFrom::Earliest, ..ConsumerConfig::default() };
+    let mut consumer = client.consumer("polled", config).await.unwrap();
+    check(drain!(consumer));
+    let empty = consumer.poll(7, Duration::from_millis(50)).await.unwrap();
+    assert!(empty.is_empty(), "nothing more: {empty:?}");
+    assert!(consumer.poll(0, Duration::from_secs(5)).await.unwrap().is_empty(), "max 0 answers at once");
+
+    let config = GroupConsumerConfig { auto_offset_reset: StartFrom::Earliest, ..GroupConsumerConfig::default() };
+    let mut member = client.group_consumer("pollers", ["polled"], config).await.unwrap();
+    check(drain!(member));
+    assert!(member.poll(7, Duration::from_millis(50)).await.unwrap().is_empty());
+    member.close().await.unwrap();
     broker.stop().await;
 }

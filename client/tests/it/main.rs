@@ -3,6 +3,7 @@
 //! `strata` binary as a child process.
 
 mod acceptance;
+mod cluster_cli;
 mod group_cli;
 mod groups;
 mod hygiene;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt as _;
 use strata_client::{Client, QueueMessage, QueueOptions, QueueProducerConfig};
@@ -185,22 +185,34 @@ fn binary() -> Option<PathBuf> {
     bin
 }
 
-/// The broker is SIGKILLed while batches are in flight and restarted on the
-/// same address and data. With a dedup window the producer resends what
-/// was in flight (with its generated dedup ids) and every message is
-/// acknowledged; the queue then holds every message exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkilled_broker_mid_batch_loses_no_acknowledged_message_and_stores_none_twice() {
-    let Some(bin) = binary() else { return };
+/// What a crash in the middle of batches left.
+struct Crash {
+    /// Every message's answer, in enqueue order (`m{i}` is message i).
+    outcomes: Vec<Result<strata_client::SendResult, strata_client::Error>>,
+    /// What the queue holds after the restart: body -> copies.
+    seen: BTreeMap<String, usize>,
+    /// Whether the producer resent in-flight requests (it had dedup ids).
+    exact: bool,
+    /// The restarted broker (killed on drop, before its folder is removed).
+    _broker: BrokerProcess,
+    _dir: tempfile::TempDir,
+}
+
+const CRASH_MESSAGES: usize = 20_000;
+
+/// Enqueues `CRASH_MESSAGES` one per call into a new queue made with
+/// `options`; once the queue holds some, SIGKILLs the broker and restarts
+/// it on the same address and data; waits for every answer and drains the
+/// queue.
+async fn crash_mid_batch(bin: &Path, options: QueueOptions) -> Crash {
+    const N: usize = CRASH_MESSAGES;
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(&bin, dir.path(), "127.0.0.1:0");
+    let mut broker = BrokerProcess::start(bin, dir.path(), "127.0.0.1:0");
     let url = format!("http://{}", broker.addr);
     let client = Client::connect(&url).await.unwrap();
-    client.create_queue("jobs", QueueOptions::new().dedup_window(Duration::from_secs(600))).await.unwrap();
+    client.create_queue("jobs", options).await.unwrap();
     let producer = client.queue_producer("jobs").await.unwrap();
-    assert!(producer.resends_are_exact());
-
-    const N: usize = 20_000;
+    let exact = producer.resends_are_exact();
     let sender = {
         let producer = producer.clone();
         tokio::spawn(async move {
@@ -219,78 +231,17 @@ async fn a_sigkilled_broker_mid_batch_loses_no_acknowledged_message_and_stores_n
         })
     };
     // Kill once the queue holds some but not all messages.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    strata_testkit::eventually("the queue to hold some messages", Duration::from_secs(60), || async {
         let stats = client.describe_queue("jobs").await.unwrap().stats.unwrap_or_default();
-        if stats.visible > 1000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing was stored");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+        (stats.visible > 1000).then_some(())
+    })
+    .await;
     broker.kill9();
-    let mut broker = BrokerProcess::start(&bin, dir.path(), &broker.addr.clone());
+    let broker = BrokerProcess::start(bin, dir.path(), &broker.addr.clone());
     let outcomes = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("answers in time").unwrap();
-    let failed: Vec<String> =
-        outcomes.iter().filter_map(|o| o.as_ref().err()).map(ToString::to_string).take(3).collect();
-    assert!(failed.is_empty(), "resends with dedup ids are exact, so none may fail: {failed:?}");
-    let duplicates = outcomes.iter().filter(|o| o.as_ref().is_ok_and(|r| r.duplicate)).count();
     producer.close().await.unwrap();
-
     let client = Client::connect(&url).await.unwrap();
     let seen = drain(&client, "jobs", N).await;
-    let twice: Vec<&String> = seen.iter().filter(|(_, c)| **c > 1).map(|(b, _)| b).take(5).collect();
-    assert!(twice.is_empty(), "stored twice: {twice:?}");
-    let missing: Vec<String> = (0..N).map(|i| format!("m{i}")).filter(|b| !seen.contains_key(b)).take(5).collect();
-    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
-    assert_eq!(seen.len(), N);
-    println!("{duplicates} resent messages were recognised as stored before the crash");
-    broker.kill9();
-}
-
-/// Without a dedup window a broken stream's requests are not resent (they
-/// may have been stored): their futures fail, and nothing is stored twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_dedup_window_a_crash_fails_in_flight_messages_but_never_duplicates() {
-    let Some(bin) = binary() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(&bin, dir.path(), "127.0.0.1:0");
-    let url = format!("http://{}", broker.addr);
-    let client = Client::connect(&url).await.unwrap();
-    client.create_queue("plain", QueueOptions::new()).await.unwrap();
-    let producer = client.queue_producer("plain").await.unwrap();
-    const N: usize = 20_000;
-    let sender = {
-        let producer = producer.clone();
-        tokio::spawn(async move {
-            let mut acks = Vec::with_capacity(N);
-            for i in 0..N {
-                acks.push(producer.enqueue(QueueMessage::new(format!("m{i}"))).await.expect("enqueue"));
-                if i % 64 == 0 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            let mut outcomes = Vec::with_capacity(N);
-            for ack in acks {
-                outcomes.push(ack.await);
-            }
-            outcomes
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = client.describe_queue("plain").await.unwrap().stats.unwrap_or_default();
-        if stats.visible > 1000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing was stored");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    broker.kill9();
-    let mut broker = BrokerProcess::start(&bin, dir.path(), &broker.addr.clone());
-    let outcomes = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("answers in time").unwrap();
-    let client = Client::connect(&url).await.unwrap();
-    let seen = drain(&client, "plain", N).await;
     let twice: Vec<&String> = seen.iter().filter(|(_, c)| **c > 1).map(|(b, _)| b).take(5).collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
     for (i, outcome) in outcomes.iter().enumerate() {
@@ -298,6 +249,33 @@ async fn without_a_dedup_window_a_crash_fails_in_flight_messages_but_never_dupli
             assert!(seen.contains_key(&format!("m{i}")), "m{i} was acknowledged but is lost");
         }
     }
-    assert!(outcomes.iter().filter(|o| o.is_ok()).count() > 1000, "messages before the crash were acknowledged");
-    broker.kill9();
+    Crash { outcomes, seen, exact, _broker: broker, _dir: dir }
+}
+
+/// The broker is SIGKILLed while batches are in flight and restarted on the
+/// same address and data. With a dedup window the producer resends what
+/// was in flight (with its generated dedup ids) and every message is
+/// acknowledged; the queue then holds every message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_broker_mid_batch_loses_no_acknowledged_message_and_stores_none_twice() {
+    let Some(bin) = binary() else { return };
+    let crash = crash_mid_batch(&bin, QueueOptions::new().dedup_window(Duration::from_secs(600))).await;
+    assert!(crash.exact);
+    let failed: Vec<String> =
+        crash.outcomes.iter().filter_map(|o| o.as_ref().err()).map(ToString::to_string).take(3).collect();
+    assert!(failed.is_empty(), "resends with dedup ids are exact, so none may fail: {failed:?}");
+    assert_eq!(crash.seen.len(), CRASH_MESSAGES, "every message is stored");
+    let duplicates = crash.outcomes.iter().filter(|o| o.as_ref().is_ok_and(|r| r.duplicate)).count();
+    println!("{duplicates} resent messages were recognised as stored before the crash");
+}
+
+/// Without a dedup window a broken stream's requests are not resent (they
+/// may have been stored): their futures fail, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dedup_window_a_crash_fails_in_flight_messages_but_never_duplicates() {
+    let Some(bin) = binary() else { return };
+    let crash = crash_mid_batch(&bin, QueueOptions::new()).await;
+    assert!(!crash.exact, "no dedup window: broken streams are not resent");
+    let acknowledged = crash.outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!(acknowledged > 1000, "messages before the crash were acknowledged");
 }

@@ -17,8 +17,9 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use strata_operator::context::{Context, FixedAddress, Settings};
-use strata_operator::lifecycle::{self, BrokerResource};
+use strata_operator::lifecycle;
 use strata_operator::metrics::Metrics;
+use strata_operator::resource::BrokerResource;
 
 pub use fake_api::{FakeApi, path_of};
 

@@ -1,0 +1,440 @@
+//! Clustered brokers: the metadata Raft group (DESIGN §4.6, openraft).
+//!
+//! - `log_store.rs`: the durable Raft log and vote;
+//! - `state_machine.rs`: the catalog as the replicated state machine;
+//! - `network.rs`: openraft's RPCs over the internal `strata.v1.Raft`
+//!   service on the brokers' gRPC port (the server side is `grpc/raft.rs`);
+//! - here: the node — writes (forwarded to the leader from a follower),
+//!   safe formation from the seed list, and the cluster view.
+//!
+//! See "Cluster metadata" in ARCHITECTURE.md for the rules.
+
+mod log_store;
+pub(crate) mod network;
+mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, LogId, ServerState, StoredMembership};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::catalog::{Applied, CatalogCommand, CatalogError};
+use crate::config::ClusterConfig;
+use crate::error::BrokerError;
+
+pub(crate) type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The metadata group's types.
+    pub(crate) TypeConfig:
+        D = MetaRequest,
+        R = MetaResponse,
+        NodeId = NodeId,
+        Node = BasicNode,
+);
+
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// A replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    Catalog(CatalogCommand),
+}
+
+/// What applying a log entry gave: for a catalog command, its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaResponse(pub Option<Result<Applied, CatalogError>>);
+
+/// The Raft facts the state machine persists with the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftApplied {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+/// A forwarded write's answer, from the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ForwardReply {
+    Applied { index: u64, outcome: MetaResponse },
+    NotLeader,
+    NoQuorum,
+}
+
+/// One broker in the cluster view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub id: u64,
+    pub address: String,
+    pub zone: String,
+    pub state: String,
+    pub leader: bool,
+}
+
+/// The cluster as one broker sees it.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub clustered: bool,
+    pub brokers: Vec<BrokerInfo>,
+    pub leader: Option<u64>,
+    pub answered_by: u64,
+    pub term: u64,
+    /// "formed", or why this broker is still waiting for the first formation.
+    pub formation: String,
+}
+
+/// This broker's metadata Raft node.
+pub struct ClusterNode {
+    id: NodeId,
+    address: String,
+    config: ClusterConfig,
+    raft: Raft,
+    log: log_store::LogStore,
+    network: network::Network,
+    /// Why formation is waiting (shown until the broker is in a cluster).
+    formation: std::sync::Mutex<String>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode").field("id", &self.id).field("address", &self.address).finish()
+    }
+}
+
+/// Why the metadata node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot open the metadata Raft log in {path}: {source}")]
+    Log { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot start the metadata Raft node: {0}")]
+    Raft(String),
+    #[error(
+        "data directory {0} holds a standalone broker's catalog; a clustered broker needs an empty data directory (or one it used in cluster mode)"
+    )]
+    StandaloneData(std::path::PathBuf),
+}
+
+impl ClusterNode {
+    /// Starts the node for `broker` (clustered config) and, in the
+    /// background, the formation check.
+    pub(crate) async fn start(broker: &Arc<Broker>) -> Result<Arc<ClusterNode>, ClusterError> {
+        let config = broker.config().cluster.clone();
+        let id = config.broker_id.unwrap_or(0) as NodeId;
+        let catalog = broker.catalog_snapshot().await;
+        if catalog.raft.is_none()
+            && (catalog.tenants.len() > 1 || catalog.next_topic_id > 1 || catalog.next_producer_id > 0)
+        {
+            // Applying the replicated log on top of it would diverge.
+            return Err(ClusterError::StandaloneData(broker.config().storage.data_dir.clone()));
+        }
+        let dir = broker.config().storage.data_dir.join("meta").join("raft");
+        let log = log_store::LogStore::open(&dir).map_err(|source| ClusterError::Log { path: dir.clone(), source })?;
+        let raft_config = openraft::Config {
+            cluster_name: "strata-metadata".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 700,
+            election_timeout_max: 1400,
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: config.snapshot_every / 5,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let network = network::Network::new();
+        let sm = state_machine::StateMachine::new(Arc::downgrade(broker));
+        let raft = Raft::new(id, Arc::new(raft_config), network.clone(), log.clone(), sm)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let node = Arc::new(ClusterNode {
+            id,
+            address: config.advertised_address.clone(),
+            config,
+            raft,
+            log,
+            network,
+            formation: std::sync::Mutex::new("probing the seeds".into()),
+        });
+        tokio::spawn(form(Arc::downgrade(&node), broker.shutdown_signal()));
+        tokio::spawn(report_leader_changes(node.raft.metrics(), id));
+        Ok(node)
+    }
+
+    pub(crate) fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    fn set_formation(&self, why: String) {
+        *self.formation.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    /// The broker has Raft state (a vote or log entries).
+    pub(crate) fn has_state(&self) -> bool {
+        self.log.has_state()
+    }
+
+    /// The current metadata leader, if any is known.
+    pub(crate) fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Stops the Raft node (on broker shutdown).
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// Commits `cmd` through Raft: directly on the leader, forwarded from a
+    /// follower. Returns once this broker applied it; UNAVAILABLE
+    /// ([`BrokerError::NoMetadataQuorum`]) after the write timeout.
+    pub(crate) async fn write(&self, cmd: &CatalogCommand) -> Result<Applied, BrokerError> {
+        let timeout = self.config.write_timeout.0;
+        let deadline = Instant::now() + timeout;
+        let no_quorum = || BrokerError::NoMetadataQuorum { waited_ms: timeout.as_millis() as u64 };
+        let mut metrics = self.raft.metrics();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(no_quorum());
+            }
+            let (leader, leader_addr) = {
+                let m = metrics.borrow_and_update();
+                let leader = m.current_leader;
+                let addr = leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+                (leader, addr)
+            };
+            let outcome = match (leader, leader_addr) {
+                (Some(l), _) if l == self.id => match self.write_as_leader(cmd, deadline).await {
+                    ForwardReply::Applied { outcome, .. } => Some(outcome),
+                    ForwardReply::NoQuorum => return Err(no_quorum()),
+                    ForwardReply::NotLeader => None,
+                },
+                (Some(_), Some(addr)) => {
+                    match tokio::time::timeout_at(deadline, self.network.forward(&addr, cmd)).await {
+                        Err(_) => return Err(no_quorum()),
+                        Ok(Ok(ForwardReply::Applied { index, outcome })) => {
+                            self.wait_applied(index, deadline).await.map_err(|()| no_quorum())?;
+                            Some(outcome)
+                        }
+                        Ok(Ok(ForwardReply::NoQuorum)) => return Err(no_quorum()),
+                        Ok(Ok(ForwardReply::NotLeader)) | Ok(Err(_)) => None,
+                    }
+                }
+                _ => None,
+            };
+            match outcome {
+                Some(MetaResponse(Some(result))) => return result.map_err(BrokerError::from),
+                Some(MetaResponse(None)) => {
+                    return Err(BrokerError::Internal("a catalog command was applied without an outcome".into()));
+                }
+                None => {
+                    // No (reachable) leader yet: wait for a change, briefly.
+                    let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+                    let _ = tokio::time::timeout(wait, metrics.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// Appends `cmd` if this broker is the leader (also serves forwarded writes).
+    pub(crate) async fn write_as_leader(&self, cmd: &CatalogCommand, deadline: Instant) -> ForwardReply {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(MetaRequest::Catalog(cmd.clone()))).await {
+            Err(_) => ForwardReply::NoQuorum,
+            Ok(Ok(resp)) => ForwardReply::Applied { index: resp.log_id.index, outcome: resp.data },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardReply::NotLeader,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "metadata write failed");
+                ForwardReply::NoQuorum
+            }
+        }
+    }
+
+    /// Deadline for a forwarded write served by this broker.
+    pub(crate) fn forward_deadline(&self) -> Instant {
+        Instant::now() + self.config.write_timeout.0
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ()> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().last_applied.is_some_and(|l| l.index >= index) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(()),
+            }
+        }
+    }
+
+    /// The cluster as this broker sees it.
+    pub(crate) fn view(&self) -> ClusterView {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut brokers: BTreeMap<u64, BrokerInfo> = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            let state = if Some(*id) == m.current_leader {
+                "leader"
+            } else if voters.contains(id) {
+                "follower"
+            } else {
+                "learner"
+            };
+            brokers.insert(
+                *id,
+                BrokerInfo {
+                    id: *id,
+                    address: node.addr.clone(),
+                    zone: String::new(),
+                    state: state.into(),
+                    leader: Some(*id) == m.current_leader,
+                },
+            );
+        }
+        brokers.entry(self.id).or_insert_with(|| BrokerInfo {
+            id: self.id,
+            address: self.address.clone(),
+            zone: String::new(),
+            state: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Candidate => "candidate",
+                _ => "joining",
+            }
+            .into(),
+            leader: false,
+        });
+        let formation = if membership.nodes().next().is_some() {
+            "formed".to_owned()
+        } else {
+            self.formation.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        };
+        ClusterView {
+            clustered: true,
+            brokers: brokers.into_values().collect(),
+            leader: m.current_leader,
+            answered_by: self.id,
+            term: m.current_term,
+            formation,
+        }
+    }
+}
+
+/// Logs each change of metadata leader (openraft's own logs are quiet).
+async fn report_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    me: NodeId,
+) {
+    let mut last: Option<NodeId> = None;
+    loop {
+        let (leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if leader != last {
+            match leader {
+                Some(l) if l == me => tracing::info!(term, "this broker is the metadata leader"),
+                Some(l) => tracing::info!(leader = l, term, "metadata leader elected"),
+                None => tracing::warn!(previous = ?last, "no metadata leader"),
+            }
+            last = leader;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Safe formation (see ARCHITECTURE.md): only a broker with no Raft state,
+/// whose id is the lowest of the seed list, that reached every seed and
+/// found none already in a cluster, initializes the group with every seed
+/// as a voter. Everyone else waits for the leader's first append.
+async fn form(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        if n.has_state() {
+            return;
+        }
+        let why = match n.try_bootstrap().await {
+            Bootstrap::Done => return,
+            Bootstrap::NotMine(why) => {
+                n.set_formation(format!("waiting: {why}"));
+                return;
+            }
+            Bootstrap::Wait(why) => why,
+        };
+        tracing::info!(reason = %why, "cluster formation: waiting");
+        n.set_formation(format!("waiting: {why}"));
+        drop(n);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+enum Bootstrap {
+    Done,
+    /// Another broker (the lowest id) forms the cluster, or one exists.
+    NotMine(String),
+    Wait(String),
+}
+
+impl ClusterNode {
+    async fn try_bootstrap(&self) -> Bootstrap {
+        let seeds = self.config.members();
+        let mut found: BTreeMap<u64, String> = BTreeMap::new();
+        for addr in &seeds {
+            if addr.eq_ignore_ascii_case(&self.address) {
+                found.insert(self.id, self.address.clone());
+                continue;
+            }
+            match self.network.hello(addr, self.id, &self.address).await {
+                Ok(h) => {
+                    if h.initialized {
+                        return Bootstrap::NotMine(format!("{addr} is in a cluster; its leader adds this broker"));
+                    }
+                    if let Some(other) = found.insert(h.broker_id, addr.clone()) {
+                        return Bootstrap::Wait(format!(
+                            "brokers {other} and {addr} both have id {}; ids must be unique",
+                            h.broker_id
+                        ));
+                    }
+                }
+                Err(e) => return Bootstrap::Wait(format!("seed {addr} is not reachable yet: {e}")),
+            }
+        }
+        let lowest = *found.keys().next().expect("contains this broker");
+        if lowest != self.id {
+            return Bootstrap::NotMine(format!("broker {lowest} (the lowest id) forms the cluster"));
+        }
+        if self.has_state() {
+            return Bootstrap::NotMine("this broker already has Raft state".into());
+        }
+        let members: BTreeMap<NodeId, BasicNode> =
+            found.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+        match self.raft.initialize(members.clone()).await {
+            Ok(()) => {
+                tracing::info!(?members, "formed the metadata cluster");
+                Bootstrap::Done
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "not initializing the metadata cluster");
+                Bootstrap::NotMine(format!("initialize refused: {e}"))
+            }
+        }
+    }
+}

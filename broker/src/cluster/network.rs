@@ -1,0 +1,164 @@
+//! openraft's RPCs (and the formation probe and forwarded writes) over the
+//! internal `strata.v1.Raft` gRPC service. Payloads are openraft's messages
+//! as JSON in `RaftPayload.json`; a reply carries `Result<Response, Error>`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strata_proto::v1::raft_client::RaftClient;
+use strata_proto::v1::{HelloRequest, HelloResponse, RaftPayload};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{ForwardReply, NodeId, TypeConfig};
+use crate::catalog::CatalogCommand;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections to peers by address (shared by every openraft client).
+#[derive(Clone, Default)]
+pub(crate) struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransportError {
+    #[error("invalid peer address {0:?}")]
+    Address(String),
+    #[error("{0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("cannot encode or decode a Raft message: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, serde_json::Error> {
+    Ok(RaftPayload { json: serde_json::to_vec(v)?.into() })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(&p.json)
+}
+
+impl Network {
+    pub(crate) fn new() -> Network {
+        Network::default()
+    }
+
+    fn client(&self, addr: &str) -> Result<RaftClient<Channel>, TransportError> {
+        let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = channels.get(addr) {
+            return Ok(RaftClient::new(c.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|_| TransportError::Address(addr.to_owned()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_owned(), channel.clone());
+        Ok(RaftClient::new(channel))
+    }
+
+    /// Asks the broker at `addr` who it is and whether it is in a cluster.
+    pub(crate) async fn hello(&self, addr: &str, from_id: u64, from: &str) -> Result<HelloResponse, TransportError> {
+        let mut client = self.client(addr)?;
+        let mut req = tonic::Request::new(HelloRequest { from_id, from_address: from.to_owned() });
+        req.set_timeout(PROBE_TIMEOUT);
+        Ok(client.hello(req).await?.into_inner())
+    }
+
+    /// Sends a catalog command to the leader at `addr`.
+    pub(crate) async fn forward(&self, addr: &str, cmd: &CatalogCommand) -> Result<ForwardReply, TransportError> {
+        let mut client = self.client(addr)?;
+        let reply = client.forward(encode(cmd)?).await?.into_inner();
+        Ok(decode(&reply)?)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection { target, addr: node.addr.clone(), network: self.clone() }
+    }
+}
+
+/// openraft's view of one peer.
+pub(crate) struct Connection {
+    target: NodeId,
+    addr: String,
+    network: Network,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl Connection {
+    async fn call<Req, Resp, E>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        rpc: impl AsyncFnOnce(
+            RaftClient<Channel>,
+            tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status>,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = self.network.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(payload);
+        request.set_timeout(option.hard_ttl());
+        let reply = rpc(client, request).await.map_err(|s| {
+            let e = TransportError::Rpc(s);
+            match &e {
+                TransportError::Rpc(s) if s.code() == tonic::Code::Unavailable => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            }
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(self.target, BasicNode { addr: self.addr.clone() }, e))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(&rpc, &option, async |mut c, r| c.install_snapshot(r).await).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(&rpc, &option, async |mut c, r| c.vote(r).await).await
+    }
+}

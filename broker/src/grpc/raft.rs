@@ -1,0 +1,62 @@
+//! The internal `strata.v1.Raft` service: openraft's RPCs between brokers,
+//! forwarded metadata writes and the formation probe. Transport only.
+
+use std::sync::Arc;
+
+use strata_proto::v1::{HelloRequest, HelloResponse, RaftPayload, raft_server::Raft};
+use tonic::{Request, Response, Status};
+
+use crate::catalog::CatalogCommand;
+use crate::cluster::ClusterNode;
+use crate::cluster::network::{decode, encode};
+
+pub(crate) struct RaftService {
+    node: Arc<ClusterNode>,
+}
+
+impl RaftService {
+    pub fn new(node: Arc<ClusterNode>) -> Self {
+        RaftService { node }
+    }
+}
+
+fn bad_payload(e: serde_json::Error) -> Status {
+    Status::invalid_argument(format!("undecodable Raft payload: {e}"))
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    encode(v).map(Response::new).map_err(|e| Status::internal(format!("cannot encode a Raft reply: {e}")))
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request.get_ref()).map_err(bad_payload)?;
+        reply(&self.node.raft().append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request.get_ref()).map_err(bad_payload)?;
+        reply(&self.node.raft().vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(request.get_ref()).map_err(bad_payload)?;
+        reply(&self.node.raft().install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let cmd: CatalogCommand = decode(request.get_ref()).map_err(bad_payload)?;
+        let deadline = self.node.forward_deadline();
+        reply(&self.node.write_as_leader(&cmd, deadline).await)
+    }
+
+    async fn hello(&self, _request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        Ok(Response::new(HelloResponse {
+            broker_id: self.node.id(),
+            advertised_address: self.node.address().to_owned(),
+            initialized: self.node.has_state(),
+            leader_id: self.node.leader(),
+        }))
+    }
+}

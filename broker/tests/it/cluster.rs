@@ -1,0 +1,385 @@
+//! Clustered brokers as real child processes on loopback: formation from
+//! seed lists started in any order, catalog writes replicated to every
+//! broker (with their partition directories), failover of the metadata
+//! leader after SIGKILL, a restarted broker catching up, writes without a
+//! majority failing with UNAVAILABLE, and bad cluster flags refused.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_proto::batch::{BatchBuilder, Compression};
+use strata_proto::v1::{
+    CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    admin_client::AdminClient,
+};
+use strata_testkit::{eventually, free_port, http, wait_until};
+use tonic::transport::Channel;
+
+use crate::harness::{BrokerProcess, broker_bin, log_client, now_ms, produce_req};
+
+struct Member {
+    id: u64,
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<BrokerProcess>,
+    http: Option<SocketAddr>,
+    write_timeout: &'static str,
+    snapshot_every: &'static str,
+}
+
+impl Member {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn start(&mut self, peers: &str) {
+        let listen = self.addr().to_string();
+        let mut child = Command::new(broker_bin())
+            .args(["--listen", &listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--broker-id", &self.id.to_string(), "--advertised-address", &listen, "--peers", peers])
+            .env("STRATA_LOG_LEVEL", "warn")
+            .env("STRATA_CLUSTER_WRITE_TIMEOUT", self.write_timeout)
+            .env("STRATA_CLUSTER_SNAPSHOT_EVERY", self.snapshot_every)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("unexpected first line from broker {}: {line:?}", self.id))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(field("grpc="), self.addr());
+        self.http = Some(field("http="));
+        self.process = Some(BrokerProcess { child, addr: self.addr() });
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+    }
+
+    fn topic_dirs(&self, topic: &str) -> Vec<String> {
+        let dir = self.dir.path().join("topics").join("default");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        let mut found = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{topic}.")) {
+                let mut parts: Vec<String> = std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|p| p.file_name().to_string_lossy().into_owned())
+                    .collect();
+                parts.sort();
+                found.extend(parts.into_iter().map(|p| format!("{name}/{p}")));
+            }
+        }
+        found
+    }
+}
+
+fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
+    (1..=n)
+        .map(|id| Member {
+            id,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            process: None,
+            http: None,
+            write_timeout,
+            snapshot_every: "5000",
+        })
+        .collect()
+}
+
+async fn admin(addr: SocketAddr) -> Option<AdminClient<Channel>> {
+    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(1));
+    ch.connect().await.ok().map(AdminClient::new)
+}
+
+async fn describe(addr: SocketAddr) -> Option<DescribeClusterResponse> {
+    let mut c = admin(addr).await?;
+    c.describe_cluster(DescribeClusterRequest {}).await.ok().map(|r| r.into_inner())
+}
+
+/// (leader, sorted (id, address, state)) as one broker reports it.
+type Summary = (u64, Vec<(u64, String, String)>);
+
+fn summary(v: &DescribeClusterResponse) -> Option<Summary> {
+    let mut brokers: Vec<_> = v.brokers.iter().map(|b| (b.id, b.address.clone(), b.state.clone())).collect();
+    brokers.sort();
+    Some((v.leader_id?, brokers))
+}
+
+/// Waits until every running member reports the same leader and `n` brokers.
+async fn agreed(members: &[&Member], n: usize, timeout: Duration) -> Summary {
+    eventually("the brokers to agree on one cluster with a leader", timeout, || async {
+        let mut seen: Option<Summary> = None;
+        for m in members {
+            let s = summary(&describe(m.addr()).await?)?;
+            if s.1.len() != n || s.1.iter().filter(|b| b.2 == "leader").count() != 1 {
+                return None;
+            }
+            match &seen {
+                Some(prev) if *prev != s => return None,
+                _ => seen = Some(s),
+            }
+        }
+        seen
+    })
+    .await
+}
+
+async fn create_topic(addr: SocketAddr, name: &str, partitions: u32) -> Result<(), tonic::Status> {
+    let mut c = admin(addr).await.ok_or_else(|| tonic::Status::unavailable("connect"))?;
+    c.create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() }).await.map(|_| ())
+}
+
+async fn topic_partitions(addr: SocketAddr, name: &str) -> Option<u32> {
+    let mut c = admin(addr).await?;
+    let r = c.describe_topic(DescribeTopicRequest { name: name.into(), ..Default::default() }).await.ok()?;
+    Some(r.into_inner().partitions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_form_one_cluster_replicate_the_catalog_and_fail_over() {
+    let mut members = members(3, "5s");
+    let peers = members.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",");
+    // Started in shuffled order: the broker that forms the cluster (id 1)
+    // comes last, after the others already probed for it.
+    for i in [2, 1, 0] {
+        members[i].start(&peers);
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, brokers) = agreed(&all, 3, Duration::from_secs(30)).await;
+    assert_eq!(brokers.iter().map(|b| b.0).collect::<Vec<_>>(), [1, 2, 3]);
+    for m in &members {
+        let (id, addr, _) = &brokers[(m.id - 1) as usize];
+        assert_eq!((*id, addr.as_str()), (m.id, m.addr().to_string().as_str()));
+        let http_addr = m.http.unwrap();
+        wait_until("/readyz 200", Duration::from_secs(10), || async move {
+            http(http_addr, "GET /readyz HTTP/1.1").is_some_and(|l| l.contains(" 200"))
+        })
+        .await;
+    }
+    println!("formed one cluster; metadata leader is broker {leader}");
+
+    // A topic created through broker 1 exists on all three, with its partition directories.
+    create_topic(members[0].addr(), "orders", 3).await.unwrap();
+    assert_eq!(topic_partitions(members[0].addr(), "orders").await, Some(3));
+    for m in &members[1..] {
+        let addr = m.addr();
+        wait_until("the topic on every broker", Duration::from_secs(10), || async move {
+            topic_partitions(addr, "orders").await == Some(3)
+        })
+        .await;
+    }
+    for m in &members {
+        let dirs = m.topic_dirs("orders");
+        assert_eq!(dirs.len(), 3, "broker {}: {dirs:?}", m.id);
+        assert!(dirs[0].ends_with("/0") && dirs[2].ends_with("/2"), "{dirs:?}");
+    }
+    // A producer id issued through broker 1 is known to brokers 2 and 3.
+    let mut log1 = log_client(members[0].addr()).await;
+    let init = strata_proto::v1::InitProducerRequest { tenant: String::new(), producer_name: String::new() };
+    let producer = log1.init_producer(init).await.unwrap().into_inner();
+    for (i, m) in members[1..].iter().enumerate() {
+        let mut bb = BatchBuilder::new(Compression::None);
+        bb.set_producer(producer.producer_id, producer.producer_epoch as i16, 0);
+        bb.push(now_ms(), None, Some(b"idempotent"), &[]);
+        let mut log = log_client(m.addr()).await;
+        let r = log.produce(produce_req("orders", i as u32, bb.finish().unwrap())).await.unwrap().into_inner();
+        assert_eq!(r.base_offset, 0, "broker {}", m.id);
+    }
+    // The same name again: the replicated outcome is the catalog's refusal.
+    let err = create_topic(members[1].addr(), "orders", 1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+
+    // SIGKILL the metadata leader: a new one within 5 s.
+    let li = (leader - 1) as usize;
+    members[li].kill9();
+    let killed_at = Instant::now();
+    let survivors: Vec<&Member> = members.iter().filter(|m| m.id != leader).collect();
+    let new_leader = eventually("a new metadata leader", Duration::from_secs(15), || async {
+        for m in &survivors {
+            if let Some(l) = describe(m.addr()).await.and_then(|v| v.leader_id)
+                && l != leader
+            {
+                return Some(l);
+            }
+        }
+        None
+    })
+    .await;
+    let failover = killed_at.elapsed();
+    println!("metadata failover: broker {leader} killed, broker {new_leader} leads after {failover:?}");
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+
+    // Admin calls on the survivors work (through a follower: forwarded).
+    let follower = survivors.iter().find(|m| m.id != new_leader).unwrap();
+    create_topic(follower.addr(), "after-failover", 2).await.unwrap();
+    for m in &survivors {
+        let addr = m.addr();
+        wait_until("the new topic on the survivors", Duration::from_secs(10), || async move {
+            topic_partitions(addr, "after-failover").await == Some(2)
+        })
+        .await;
+    }
+
+    // The killed broker restarts with the same id and catches up.
+    members[li].start(&peers);
+    let restarted = members[li].addr();
+    wait_until("the restarted broker to catch up", Duration::from_secs(20), || async move {
+        topic_partitions(restarted, "after-failover").await == Some(2)
+    })
+    .await;
+    assert_eq!(members[li].topic_dirs("after-failover").len(), 2);
+    let all: Vec<&Member> = members.iter().collect();
+    let (_, brokers) = agreed(&all, 3, Duration::from_secs(20)).await;
+    assert_eq!(brokers.len(), 3);
+
+    // Without a majority a write fails with UNAVAILABLE, in bounded time.
+    let (l2, _) = agreed(&all, 3, Duration::from_secs(20)).await;
+    let keep = members.iter().position(|m| m.id != l2).unwrap();
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != keep {
+            m.kill9();
+        }
+    }
+    let started = Instant::now();
+    let err = create_topic(members[keep].addr(), "no-quorum", 1).await.unwrap_err();
+    let waited = started.elapsed();
+    println!("write without a majority: {:?} after {waited:?}", err.code());
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(waited < Duration::from_secs(15), "waited {waited:?}");
+    let http_addr = members[keep].http.unwrap();
+    wait_until("/readyz 503 without a leader", Duration::from_secs(10), || async move {
+        http(http_addr, "GET /readyz HTTP/1.1").is_some_and(|l| l.contains(" 503"))
+    })
+    .await;
+}
+
+/// The first formation waits for every seed and for distinct ids; until
+/// then there is no leader, `/readyz` is 503 and writes fail UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_formation_needs_every_seed_and_distinct_ids() {
+    let mut members = members(3, "1s");
+    let peers = members.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",");
+    members[0].start(&peers);
+    members[1].start(&peers);
+    let (first, missing) = (members[0].addr(), members[2].addr().to_string());
+    let formation = |addr: SocketAddr| async move { describe(addr).await.map(|v| v.formation).unwrap_or_default() };
+    wait_until("broker 1 to wait for the missing seed", Duration::from_secs(20), || {
+        let missing = missing.clone();
+        async move {
+            let f = formation(first).await;
+            f.contains(&missing) && f.contains("not reachable")
+        }
+    })
+    .await;
+    let v = describe(first).await.unwrap();
+    assert_eq!(v.leader_id, None, "{v:?}");
+    let http_addr = members[0].http.unwrap();
+    assert!(http(http_addr, "GET /readyz HTTP/1.1").is_some_and(|l| l.contains(" 503")));
+    let err = create_topic(members[1].addr(), "early", 1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // The third seed comes up with broker 2's id: still no cluster.
+    members[2].id = 2;
+    members[2].start(&peers);
+    wait_until("broker 1 to report the id clash", Duration::from_secs(20), || async move {
+        formation(first).await.contains("both have id 2")
+    })
+    .await;
+    assert_eq!(describe(first).await.unwrap().leader_id, None);
+    let err = create_topic(first, "clash", 1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // With its own id the cluster forms, exactly once.
+    members[2].kill9();
+    members[2].id = 3;
+    members[2].start(&peers);
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, brokers) = agreed(&all, 3, Duration::from_secs(30)).await;
+    assert_eq!(brokers.iter().map(|b| b.0).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(leader, 1, "the lowest id formed the cluster and leads its first term");
+    for m in &members {
+        assert_eq!(describe(m.addr()).await.unwrap().formation, "formed");
+    }
+    create_topic(members[2].addr(), "formed", 1).await.unwrap();
+}
+
+fn refused(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(broker_bin())
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line on stderr, got {stderr:?}");
+    stderr
+}
+
+#[test]
+fn bad_cluster_flags_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = refused(&["--broker-id", "1", "--advertised-address", "a:1", "--peers", "a:1,b:2,a:1"], dir.path());
+    assert!(e.contains("own address a:1 twice"), "{e}");
+    let e = refused(&["--broker-id", "1", "--advertised-address", "a:1", "--peers", "b:2,c:3,b:2"], dir.path());
+    assert!(e.contains("names b:2 twice"), "{e}");
+    let e = refused(&["--broker-id", "70000", "--advertised-address", "a:1", "--peers", "b:2"], dir.path());
+    assert!(e.contains("between 0 and 65535"), "{e}");
+    let e = refused(&["--broker-id", "-1", "--advertised-address", "a:1", "--peers", "b:2"], dir.path());
+    assert!(e.contains("between 0 and 65535"), "{e}");
+    let e = refused(&["--broker-id", "1", "--peers", "b:2"], dir.path());
+    assert!(e.contains("needs cluster.advertised_address"), "{e}");
+    let e = refused(&["--broker-id", "1", "--advertised-address", "a:1", "--peers", "b"], dir.path());
+    assert!(e.contains("not HOST:PORT"), "{e}");
+}
+
+/// With frequent snapshots the leader purges its log; a broker that was down
+/// meanwhile catches up from a snapshot (its log never holds the early
+/// entries) and opens every topic's partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_broker_catches_up_from_a_snapshot() {
+    let mut members = members(3, "5s");
+    let peers = members.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",");
+    for m in members.iter_mut() {
+        m.snapshot_every = "5";
+        m.start(&peers);
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, _) = agreed(&all, 3, Duration::from_secs(30)).await;
+    let lagging = members.iter().position(|m| m.id != leader).unwrap();
+    members[lagging].kill9();
+    let via = members.iter().find(|m| m.process.is_some()).unwrap().addr();
+    for i in 0..20 {
+        create_topic(via, &format!("early-{i:02}"), 1).await.unwrap();
+    }
+    members[lagging].start(&peers);
+    let addr = members[lagging].addr();
+    wait_until("the lagging broker to catch up", Duration::from_secs(30), || async move {
+        topic_partitions(addr, "early-19").await == Some(1) && topic_partitions(addr, "early-00").await == Some(1)
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(members[lagging].topic_dirs(&format!("early-{i:02}")).len(), 1, "early-{i:02}");
+    }
+    // The early entries reached it inside a snapshot, not as log entries.
+    let log = std::fs::read(members[lagging].dir.path().join("meta/raft/log")).unwrap();
+    assert!(!String::from_utf8_lossy(&log).contains("early-00"), "early entries replayed from the log");
+    let leader_log = std::fs::read(members[(leader - 1) as usize].dir.path().join("meta/raft/log")).unwrap();
+    assert!(!String::from_utf8_lossy(&leader_log).contains("early-00"), "the leader's log was not purged");
+}
