@@ -199,7 +199,6 @@ impl Client {
         Ok(self.admin_rpc().create_tenant(self.request(req)).await?.into_inner())
     }
 
-    /// Lists tenants.
     /// The brokers of the cluster as the broker this client talks to knows
     /// them (a standalone broker lists itself alone).
     pub async fn describe_cluster(&self) -> Result<strata_proto::v1::DescribeClusterResponse, Error> {
@@ -207,6 +206,7 @@ impl Client {
         Ok(self.admin_rpc().describe_cluster(self.request(req)).await?.into_inner())
     }
 
+    /// Lists tenants.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
         Ok(self.admin_rpc().list_tenants(self.request(ListTenantsRequest {})).await?.into_inner().tenants)
     }
