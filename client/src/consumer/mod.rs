@@ -96,9 +96,9 @@ pub struct ConsumedRecord {
 
 impl ConsumedRecord {
     /// A `process` span linked to the record's creation context.
-    pub(crate) fn process_span(&self, group: Option<&str>) -> Option<strata_proto::telemetry::BoxedSpan> {
-        use strata_proto::telemetry::{Attribute, attr};
-        if !strata_proto::telemetry::enabled() {
+    pub(crate) fn process_span(&self, group: Option<&str>) -> Option<strata_telemetry::BoxedSpan> {
+        use strata_telemetry::{Attribute, attr};
+        if !strata_telemetry::enabled() {
             return None;
         }
         crate::telemetry::process_span(&self.topic, self.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())), || {
@@ -158,7 +158,7 @@ pub struct Consumer {
     fetch: FetchSet,
     /// The `process` span of the record last returned (tracing on): it
     /// lasts until the application asks for the next record.
-    processing: Option<strata_proto::telemetry::BoxedSpan>,
+    processing: Option<strata_telemetry::BoxedSpan>,
     /// An error `poll` met after it already had records; the next `poll` returns it.
     deferred: Option<Error>,
 }

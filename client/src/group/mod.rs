@@ -212,7 +212,7 @@ pub struct GroupConsumer {
     /// An error `poll` met after it already had records; the next `poll` returns it.
     deferred: Option<Error>,
     /// The `process` span of the record last returned (tracing on).
-    processing: Option<strata_proto::telemetry::BoxedSpan>,
+    processing: Option<strata_telemetry::BoxedSpan>,
 }
 
 impl Client {

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchBuilder, HEADER_LEN, HeaderRef};
-use strata_proto::telemetry::MessageTrace;
 use strata_proto::v1::InitProducerRequest;
+use strata_telemetry::MessageTrace;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use strata_proto::batch::Compression;
@@ -177,7 +177,7 @@ pub struct RecordMetadata {
 pub struct DeliveryFuture {
     rx: oneshot::Receiver<Result<RecordMetadata, Error>>,
     /// The message's `send` span (tracing on); ends with the acknowledgement.
-    span: Option<strata_proto::telemetry::BoxedSpan>,
+    span: Option<strata_telemetry::BoxedSpan>,
 }
 
 impl Future for DeliveryFuture {
@@ -188,7 +188,7 @@ impl Future for DeliveryFuture {
         if let Poll::Ready(r) = &out
             && let Some(mut span) = self.span.take()
         {
-            use strata_proto::telemetry::{Attribute, Span, SpanStatus, attr};
+            use strata_telemetry::{Attribute, Span, SpanStatus, attr};
             match r {
                 Ok(m) => {
                     span.set_attribute(Attribute::new(attr::PARTITION, m.partition.to_string()));
