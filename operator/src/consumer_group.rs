@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use strata_client::{ErrorCode, StartFrom};
 
 use crate::context::Context;
-use crate::resource::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Report};
 use crate::status::{Condition, Reason};
 
 /// A consumer group of a tenant on a `BrokerCluster`.
@@ -116,17 +116,7 @@ pub struct ConsumerGroupStatus {
     pub applied_reset_generation: Option<i64>,
 }
 
-impl CommonStatus for ConsumerGroupStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-}
+crate::resource::common_status!(ConsumerGroupStatus);
 
 impl ConsumerGroup {
     /// The group's name on the broker.
@@ -175,17 +165,7 @@ impl BrokerResource for ConsumerGroup {
     const KIND: &'static str = "ConsumerGroup";
     type Status = ConsumerGroupStatus;
 
-    fn placement(&self) -> Placement<'_> {
-        Placement {
-            cluster: &self.spec.cluster_ref,
-            tenant: Some(&self.spec.tenant),
-            deletion_policy: self.spec.deletion_policy,
-        }
-    }
-
-    fn status(&self) -> Option<&ConsumerGroupStatus> {
-        self.status.as_ref()
-    }
+    crate::resource::tenant_scoped!();
 
     async fn sync(
         &self,

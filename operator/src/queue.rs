@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 use strata_client::{BindingFilter, ErrorCode, QueueConfig, QueueOptions};
 
 use crate::context::Context;
-use crate::resource::{
-    Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report, force_delete,
-};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Report, force_delete};
 use crate::status::{Condition, Reason};
 
 /// A work queue of a tenant on a `BrokerCluster`.
@@ -132,17 +130,7 @@ pub struct QueueStatus {
     pub dead_lettered: u64,
 }
 
-impl CommonStatus for QueueStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-}
+crate::resource::common_status!(QueueStatus);
 
 impl Queue {
     /// The queue's name on the broker.
@@ -356,17 +344,7 @@ impl BrokerResource for Queue {
     const KIND: &'static str = "Queue";
     type Status = QueueStatus;
 
-    fn placement(&self) -> Placement<'_> {
-        Placement {
-            cluster: &self.spec.cluster_ref,
-            tenant: Some(&self.spec.tenant),
-            deletion_policy: self.spec.deletion_policy,
-        }
-    }
-
-    fn status(&self) -> Option<&QueueStatus> {
-        self.status.as_ref()
-    }
+    crate::resource::tenant_scoped!();
 
     async fn sync(
         &self,

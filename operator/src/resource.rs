@@ -109,6 +109,45 @@ pub trait CommonStatus: Serialize + Default + Clone + Debug + PartialEq + Send +
     fn set_observed_generation(&mut self, generation: Option<i64>);
 }
 
+/// Implements [`CommonStatus`] for status structs with `conditions` and
+/// `observed_generation` fields (every kind's).
+macro_rules! common_status {
+    ($($status:ty),+ $(,)?) => {$(
+        impl $crate::resource::CommonStatus for $status {
+            fn conditions(&self) -> &[$crate::status::Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<$crate::status::Condition> {
+                &mut self.conditions
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+        }
+    )+};
+}
+pub(crate) use common_status;
+
+/// The [`BrokerResource::placement`] and [`BrokerResource::status`] of a kind
+/// that belongs to a tenant: `spec.clusterRef`, `spec.tenant`,
+/// `spec.deletionPolicy` and the `status` field.
+macro_rules! tenant_scoped {
+    () => {
+        fn placement(&self) -> $crate::resource::Placement<'_> {
+            $crate::resource::Placement {
+                cluster: &self.spec.cluster_ref,
+                tenant: Some(&self.spec.tenant),
+                deletion_policy: self.spec.deletion_policy,
+            }
+        }
+
+        fn status(&self) -> Option<&Self::Status> {
+            self.status.as_ref()
+        }
+    };
+}
+pub(crate) use tenant_scoped;
+
 /// A kind whose spec is realised on the brokers through `strata-client`.
 pub trait BrokerResource:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>

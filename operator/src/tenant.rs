@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
-use crate::resource::{Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Placement, Report};
 use crate::status::{Condition, Reason};
 
 /// A tenant on a `BrokerCluster`. Lives in the cluster's namespace.
@@ -54,17 +54,7 @@ pub struct TenantStatus {
     pub created: bool,
 }
 
-impl CommonStatus for TenantStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-}
+crate::resource::common_status!(TenantStatus);
 
 impl BrokerResource for Tenant {
     const KIND: &'static str = "Tenant";

@@ -9,9 +9,7 @@ use strata_client::{ErrorCode, Retention, TopicConfig, TopicOptions};
 
 use crate::broker_cluster::Durability;
 use crate::context::Context;
-use crate::resource::{
-    Blocked, BrokerResource, ClusterRef, CommonStatus, DeletionPolicy, Placement, Report, force_delete,
-};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Report, force_delete};
 use crate::status::{self, Condition, Reason};
 
 /// A topic of a tenant on a `BrokerCluster`.
@@ -115,17 +113,7 @@ pub struct TopicStatus {
     pub messages: u64,
 }
 
-impl CommonStatus for TopicStatus {
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, generation: Option<i64>) {
-        self.observed_generation = generation;
-    }
-}
+crate::resource::common_status!(TopicStatus);
 
 impl Topic {
     /// The topic's name on the broker.
@@ -274,17 +262,7 @@ impl BrokerResource for Topic {
     const KIND: &'static str = "Topic";
     type Status = TopicStatus;
 
-    fn placement(&self) -> Placement<'_> {
-        Placement {
-            cluster: &self.spec.cluster_ref,
-            tenant: Some(&self.spec.tenant),
-            deletion_policy: self.spec.deletion_policy,
-        }
-    }
-
-    fn status(&self) -> Option<&TopicStatus> {
-        self.status.as_ref()
-    }
+    crate::resource::tenant_scoped!();
 
     async fn sync(
         &self,
