@@ -56,7 +56,20 @@ struct Args {
 }
 
 fn load(args: &Args) -> Result<Config, String> {
-    let env: HashMap<String, String> = std::env::vars().collect();
+    let mut env: HashMap<String, String> = std::env::vars().collect();
+    // The cluster flags take part in the loader's cross-field checks (a seed
+    // list needs an id and an advertised address, which may come from
+    // different layers: the operator's ConfigMap and a pod's argument), so
+    // they overlay the environment before it loads; flags win.
+    if let Some(id) = args.broker_id {
+        env.insert("STRATA_CLUSTER_BROKER_ID".into(), id.to_string());
+    }
+    if let Some(a) = &args.advertised_address {
+        env.insert("STRATA_CLUSTER_ADVERTISED_ADDRESS".into(), a.trim().to_owned());
+    }
+    if let Some(p) = &args.peers {
+        env.insert("STRATA_CLUSTER_PEERS".into(), p.clone());
+    }
     let mut config = Config::load(args.config.as_deref(), &env).map_err(|e| e.to_string())?;
     if let Some(d) = &args.data_dir {
         config.storage.data_dir = d.clone();

@@ -156,6 +156,7 @@ fn scenario(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     ));
 
     tiered_storage(cluster, steps)?;
+    three_brokers(cluster, steps)?;
 
     // RBAC exercised for real: nothing the operator did was forbidden.
     let logs = cluster.container_logs(OPERATOR_NS)?;
@@ -357,6 +358,61 @@ fn tiered_storage(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         "Topic archive: remote [{}, {}), local [{}, {}) in kubectl get topic; all {TIERED} messages read back, the first {} from S3",
         ranges.0, ranges.1, ranges.2, ranges.3, ranges.2
     ));
+    Ok(())
+}
+
+/// A `replicas: 3` BrokerCluster forms one cluster: every broker reports
+/// the same three members and one metadata leader, a topic created through
+/// one pod is there on the others, and a changed replica count is refused
+/// (`ScalingBlocked`) while the cluster keeps its size.
+fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
+    let trio = json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "trio", "namespace": "strata"},
+        "spec": {"replicas": 3, "storage": {"size": "1Gi"}}
+    });
+    cluster.kubectl_in(&["apply", "-f", "-"], Some(&trio.to_string()))?;
+    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/trio", "--timeout=240s"])?;
+    let servers: Vec<String> = (0..3)
+        .map(|i| pod_ip(cluster, "strata", &format!("trio-{i}")).map(|ip| format!("http://{ip}:7070")))
+        .collect::<anyhow::Result<_>>()?;
+    let mut leaders = BTreeSet::new();
+    for server in &servers {
+        let text = cluster.strata(&["--server", server, "cluster", "describe", "--json"], None, Duration::from_secs(30))?;
+        let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+        let mut ids: Vec<u64> = view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["id"].as_u64()).collect();
+        ids.sort_unstable();
+        ensure!(ids == [0, 1, 2], "{server} knows brokers {ids:?}: {text}");
+        leaders.insert(view["leader_id"].as_u64().with_context(|| format!("{server} has no metadata leader: {text}"))?);
+    }
+    ensure!(leaders.len() == 1, "the brokers disagree on the metadata leader: {leaders:?}");
+    let leader = leaders.into_iter().next().unwrap_or_default();
+    cluster.strata(
+        &["--server", &servers[0], "topic", "create", "spread", "--partitions", "6"],
+        None,
+        Duration::from_secs(30),
+    )?;
+    for server in &servers[1..] {
+        let text = cluster.strata(&["--server", server, "topic", "describe", "spread"], None, Duration::from_secs(30))?;
+        ensure!(text.contains("spread"), "topic spread not visible through {server}: {text}");
+    }
+    steps.pass(&format!(
+        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a topic created through trio-0 is visible through trio-1 and trio-2"
+    ));
+
+    cluster.kubectl(&["-n", "strata", "patch", "brokercluster", "trio", "--type=merge", "-p", r#"{"spec":{"replicas":5}}"#])?;
+    let message = wait_for("BrokerCluster trio to refuse the new size", Duration::from_secs(60), || {
+        let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
+        let blocked = bc["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "ScalingBlocked" && c["status"] == "True"))
+            .cloned();
+        Ok(blocked.and_then(|c| c["message"].as_str().map(str::to_owned)))
+    })?;
+    let sts = cluster.get(&["-n", "strata", "statefulset", "trio"])?;
+    ensure!(sts["spec"]["replicas"] == 3, "the StatefulSet was resized to {}", sts["spec"]["replicas"]);
+    cluster.kubectl(&["-n", "strata", "delete", "brokercluster", "trio", "--timeout=90s"])?;
+    steps.pass(&format!("replicas 3 -> 5 refused: ScalingBlocked ({message}); StatefulSet kept at 3; trio deleted"));
     Ok(())
 }
 
