@@ -47,6 +47,16 @@ pub(crate) struct Caller {
     /// The client's certificate chain, verified by the TLS handshake against
     /// `tls.client_ca` (only present with mTLS).
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// Who the credentials named when the stream they came with opened
+    /// ([`Authorizer::session`]); `None` until then.
+    resolved: Option<Resolved>,
+}
+
+/// The outcome of authentication, kept for the life of a stream.
+#[derive(Debug, Clone)]
+enum Resolved {
+    Anonymous,
+    As(Identity),
 }
 
 impl Caller {
@@ -57,7 +67,12 @@ impl Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_owned());
-        Caller { bearer, peer: request.remote_addr(), certs: request.peer_certs().filter(|c| !c.is_empty()) }
+        Caller {
+            bearer,
+            peer: request.remote_addr(),
+            certs: request.peer_certs().filter(|c| !c.is_empty()),
+            resolved: None,
+        }
     }
 
     fn has_credentials(&self) -> bool {
@@ -70,6 +85,14 @@ impl Caller {
 /// own, as `common.proto` says).
 pub(crate) trait Authorizer: Send + Sync + 'static {
     fn authorize(&self, caller: &Caller, op: Operation, tenant: &str, resource: &str) -> Result<(), Status>;
+
+    /// Authenticates once for a stream: the returned caller keeps who it
+    /// is, so each message of the stream is only checked against the
+    /// tenant rule (a token revoked meanwhile is refused from the next call
+    /// or stream on; the open stream ends with its connection).
+    fn session(&self, caller: Caller) -> Result<Caller, Status> {
+        Ok(caller)
+    }
 
     /// The only tenant whose entries a listing may show this caller
     /// (`None`: every tenant).
@@ -166,10 +189,27 @@ impl Authorizer for CredentialAuthorizer {
         if !self.required && !caller.has_credentials() {
             return Ok(());
         }
+        match &caller.resolved {
+            Some(Resolved::Anonymous) => return Ok(()),
+            Some(Resolved::As(identity)) => return Self::decide(identity, op, tenant, resource),
+            None => {}
+        }
         match self.identify(caller)? {
             Some(identity) => Self::decide(&identity, op, tenant, resource),
             None => Ok(()),
         }
+    }
+
+    fn session(&self, mut caller: Caller) -> Result<Caller, Status> {
+        if !self.required && !caller.has_credentials() {
+            caller.resolved = Some(Resolved::Anonymous);
+            return Ok(caller);
+        }
+        caller.resolved = Some(match self.identify(&caller)? {
+            Some(identity) => Resolved::As(identity),
+            None => Resolved::Anonymous,
+        });
+        Ok(caller)
     }
 
     fn visible_tenant(&self, caller: &Caller) -> Result<Option<String>, Status> {

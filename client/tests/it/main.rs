@@ -9,6 +9,7 @@ mod groups;
 mod idempotence;
 mod queue_producer;
 mod queues;
+mod security;
 mod tier;
 mod tracing;
 
