@@ -311,9 +311,7 @@ mod tests {
         let alice = Identity::Principal { tenant: "default".into(), name: "alice".into() };
         assert_eq!(creds.by_token(token.as_str()), Some(alice.clone()));
         assert_eq!(creds.by_certificate_name("alice"), Some(alice));
-        catalog
-            .apply(&C::RevokeToken { tenant: "default".into(), principal: "alice".into(), id: token.id() })
-            .unwrap();
+        catalog.apply(&C::RevokeToken { tenant: "default".into(), principal: "alice".into(), id: token.id() }).unwrap();
         creds.rebuild(&catalog);
         assert_eq!(creds.by_token(token.as_str()), None);
         std::fs::write(&file, "\n").unwrap();

@@ -55,7 +55,8 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 pub(crate) fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_file(what, path)?;
     let pem_err = |message: String| TlsError::Pem { what, path: path.to_path_buf(), kind: "certificate", message };
-    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| pem_err(e.to_string()))?;
+    let certs =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| pem_err(e.to_string()))?;
     if certs.is_empty() {
         return Err(pem_err("no CERTIFICATE block".into()));
     }
@@ -198,7 +199,9 @@ impl ServerTls {
                     tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
                     seen = now;
                 }
-                Err(e) => tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; serving the previous one"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate changed but cannot be loaded; serving the previous one")
+                }
             }
         }
     }
@@ -206,7 +209,10 @@ impl ServerTls {
     /// Handshakes of accepted connections, each in its own task (bounded by
     /// a timeout), so a slow or silent client never holds up the accept
     /// loop; failed handshakes are logged and dropped.
-    pub(crate) fn grpc_incoming<S, IO>(&self, accepted: S) -> impl Stream<Item = io::Result<TlsStream<IO>>> + Send + 'static
+    pub(crate) fn grpc_incoming<S, IO>(
+        &self,
+        accepted: S,
+    ) -> impl Stream<Item = io::Result<TlsStream<IO>>> + Send + 'static
     where
         S: Stream<Item = io::Result<IO>> + Send + 'static,
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -296,7 +302,10 @@ impl AsyncWrite for PeerStream {
     ) -> std::task::Poll<io::Result<usize>> {
         std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_flush(cx)
     }
     fn poll_shutdown(

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::RwLock;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::log_client::LogClient;
 use strata_proto::v1::queues_client::QueuesClient;
-use std::sync::RwLock;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -156,7 +156,8 @@ impl Client {
             if let Some((cert, key)) = &options.identity {
                 tls = tls.identity(Identity::from_pem(cert, key));
             }
-            endpoint = endpoint.tls_config(tls).map_err(|e| Error::InvalidUrl { url: url.clone(), cause: Arc::new(e) })?;
+            endpoint =
+                endpoint.tls_config(tls).map_err(|e| Error::InvalidUrl { url: url.clone(), cause: Arc::new(e) })?;
         } else if options.uses_tls() {
             return Err(Error::InvalidArgument(format!("TLS settings need an https:// server URL, not {url}")));
         }

@@ -33,8 +33,8 @@ use tokio::sync::{Semaphore, watch};
 
 pub use fetch::{FetchOptions, OffsetQuery, StartAt};
 pub use open::OpenError;
-pub use produce::Produced;
 pub use principals::PrincipalView;
+pub use produce::Produced;
 pub use topics::{TenantView, TopicOverrides, TopicView};
 
 use crate::catalog::{Applied, CatalogCommand, CatalogStore, TopicSettings};

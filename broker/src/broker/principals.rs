@@ -35,7 +35,8 @@ impl Broker {
     ) -> Result<PrincipalView, BrokerError> {
         let tenant = TenantName::resolve(tenant)?.to_string();
         check_principal_name(name)?;
-        let cmd = CatalogCommand::CreatePrincipal { tenant: tenant.clone(), name: name.to_owned(), at_ms: self.now_ms() };
+        let cmd =
+            CatalogCommand::CreatePrincipal { tenant: tenant.clone(), name: name.to_owned(), at_ms: self.now_ms() };
         match self.commit_catalog(&cmd).await {
             Ok(_) => {}
             Err(BrokerError::Catalog(crate::catalog::CatalogError::PrincipalExists { .. })) if if_not_exists => {
@@ -79,7 +80,8 @@ impl Broker {
     pub(crate) async fn issue_token(&self, tenant: &str, principal: &str) -> Result<IssuedToken, BrokerError> {
         let tenant = TenantName::resolve(tenant)?.to_string();
         check_principal_name(principal)?;
-        let token = Token::generate().map_err(|e| BrokerError::Internal(format!("no random bytes for a token: {e}")))?;
+        let token =
+            Token::generate().map_err(|e| BrokerError::Internal(format!("no random bytes for a token: {e}")))?;
         let cmd = CatalogCommand::IssueToken {
             tenant,
             principal: principal.to_owned(),

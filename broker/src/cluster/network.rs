@@ -71,7 +71,8 @@ impl Network {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.client_config()).map_err(|_| TransportError::Address(addr.to_owned()))?;
+            endpoint =
+                endpoint.tls_config(tls.client_config()).map_err(|_| TransportError::Address(addr.to_owned()))?;
         }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());

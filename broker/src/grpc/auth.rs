@@ -176,8 +176,12 @@ impl CredentialAuthorizer {
         if asked != own {
             // Not found and forbidden look alike across tenants: the answer
             // never says whether the other tenant or resource exists.
-            let hint = if tenant.is_empty() { format!(" (name your tenant, {own:?}, in the request)") } else { String::new() };
-            return Err(denied(format!("principal {name:?} of tenant {own:?} may not access tenant {asked:?}{hint}"), asked.to_owned()));
+            let hint =
+                if tenant.is_empty() { format!(" (name your tenant, {own:?}, in the request)") } else { String::new() };
+            return Err(denied(
+                format!("principal {name:?} of tenant {own:?} may not access tenant {asked:?}{hint}"),
+                asked.to_owned(),
+            ));
         }
         Ok(())
     }

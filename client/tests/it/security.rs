@@ -178,9 +178,8 @@ async fn tls_mtls_principals_and_certificate_reload() {
 
     // The CA-trusting client with the admin token administers.
     let url = format!("https://{}", broker.grpc);
-    let admin = Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).token(ADMIN_TOKEN))
-        .await
-        .unwrap();
+    let admin =
+        Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).token(ADMIN_TOKEN)).await.unwrap();
     for t in ["a", "b"] {
         admin.create_tenant(t).await.unwrap();
         admin.with_tenant(t).create_topic("orders", 1, TopicOptions::default()).await.unwrap();
@@ -195,9 +194,10 @@ async fn tls_mtls_principals_and_certificate_reload() {
 
     // CN=alice (a principal of tenant a) by certificate alone.
     let (alice_cert, alice_key, _) = leaf(&ca, "alice", &[], 10, false);
-    let alice = Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).identity_pem(alice_cert, alice_key))
-        .await
-        .unwrap();
+    let alice =
+        Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).identity_pem(alice_cert, alice_key))
+            .await
+            .unwrap();
     let in_a = alice.with_tenant("a");
     let producer = in_a.producer("orders").await.unwrap();
     let meta = producer.send(Message::new("hello from alice")).await.unwrap();
@@ -250,9 +250,8 @@ async fn tls_mtls_principals_and_certificate_reload() {
     .await;
     // And the established client keeps working; a new one connects.
     assert_eq!(producer.send(Message::new("after the rotation")).await.unwrap().offset, 1);
-    let again = Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).token(ADMIN_TOKEN))
-        .await
-        .unwrap();
+    let again =
+        Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).token(ADMIN_TOKEN)).await.unwrap();
     assert_eq!(again.with_tenant("a").describe_topic("orders").await.unwrap().name, "orders");
 }
 
@@ -267,7 +266,11 @@ fn cli(url: &str, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String)
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +315,8 @@ async fn tokens_authenticate_and_rotate_under_a_running_producer() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // A producer with the first token runs while the token rotates.
-    let client = Client::connect_with(&url, ConnectOptions::new().token(first.clone())).await.unwrap().with_tenant("shop");
+    let client =
+        Client::connect_with(&url, ConnectOptions::new().token(first.clone())).await.unwrap().with_tenant("shop");
     let producer = client.producer("orders").await.unwrap();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let (count_tx, count_rx) = tokio::sync::watch::channel(0u64);
