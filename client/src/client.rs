@@ -46,6 +46,7 @@ impl std::fmt::Debug for ConnectOptions {
 }
 
 impl ConnectOptions {
+    /// No TLS settings and no token (plaintext, anonymous).
     pub fn new() -> ConnectOptions {
         ConnectOptions::default()
     }
