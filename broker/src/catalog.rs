@@ -195,11 +195,59 @@ pub struct Catalog {
     /// catalog is the replicated state machine). Absent standalone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<crate::cluster::RaftApplied>,
+    /// Principals by name (unique in the cluster: a client certificate's
+    /// CN names one), each with its tenant and token hashes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub principals: BTreeMap<String, PrincipalRecord>,
+}
+
+/// Someone who may authenticate: a member of one tenant. Fine-grained
+/// ACLs (pattern × operation) will hang off this record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalRecord {
+    pub tenant: String,
+    pub created_at_ms: i64,
+    /// Token id (the start of its hash) → the token's record.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
+}
+
+/// An issued bearer token: only its SHA-256 is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    pub issued_at_ms: i64,
 }
 
 /// A change to the catalog. Names are already validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogCommand {
+    CreatePrincipal {
+        tenant: String,
+        name: String,
+        at_ms: i64,
+    },
+    /// Deletes the principal with all its tokens.
+    DeletePrincipal {
+        tenant: String,
+        name: String,
+    },
+    /// Records a token's hash (the token was generated before the command,
+    /// so applying it is deterministic on every broker).
+    IssueToken {
+        tenant: String,
+        principal: String,
+        hash: String,
+        at_ms: i64,
+    },
+    RevokeToken {
+        tenant: String,
+        principal: String,
+        id: String,
+    },
     CreateTenant {
         name: String,
         at_ms: i64,
@@ -296,6 +344,12 @@ pub enum CatalogError {
     UnknownBinding { tenant: String, queue: String, topic: String },
     #[error("fifo cannot change on existing queue {tenant}/{name}; create a new queue")]
     FifoImmutable { tenant: String, name: String },
+    #[error("principal {name:?} does not exist in tenant {tenant:?}")]
+    UnknownPrincipal { tenant: String, name: String },
+    #[error("principal {name:?} already exists")]
+    PrincipalExists { name: String },
+    #[error("principal {principal:?} has no token {id:?}")]
+    UnknownToken { principal: String, id: String },
 }
 
 /// What applying a command changed, for the broker to act on.
@@ -310,6 +364,8 @@ pub enum Applied {
     QueueDeleted { id: u64 },
     Binding { id: u64 },
     Unbound { id: u64 },
+    Principal,
+    Token { id: String },
 }
 
 impl Default for Catalog {
@@ -326,6 +382,7 @@ impl Default for Catalog {
             next_producer_id: 0,
             named_producers: BTreeMap::new(),
             raft: None,
+            principals: BTreeMap::new(),
         }
     }
 }
@@ -334,6 +391,37 @@ impl Catalog {
     /// Applies one command; on error the catalog is unchanged.
     pub fn apply(&mut self, cmd: &CatalogCommand) -> Result<Applied, CatalogError> {
         match cmd {
+            CatalogCommand::CreatePrincipal { tenant, name, at_ms } => {
+                if !self.tenants.contains_key(tenant) {
+                    return Err(CatalogError::UnknownTenant(tenant.clone()));
+                }
+                if self.principals.contains_key(name) {
+                    return Err(CatalogError::PrincipalExists { name: name.clone() });
+                }
+                let record = PrincipalRecord { tenant: tenant.clone(), created_at_ms: *at_ms, tokens: BTreeMap::new() };
+                self.principals.insert(name.clone(), record);
+                Ok(Applied::Principal)
+            }
+            CatalogCommand::DeletePrincipal { tenant, name } => {
+                self.principal_mut(tenant, name)?;
+                self.principals.remove(name);
+                Ok(Applied::Principal)
+            }
+            CatalogCommand::IssueToken { tenant, principal, hash, at_ms } => {
+                let id = crate::security::TokenHash::from_hex(hash)
+                    .map(|h| h.id())
+                    .ok_or_else(|| CatalogError::UnknownToken { principal: principal.clone(), id: hash.clone() })?;
+                let p = self.principal_mut(tenant, principal)?;
+                p.tokens.insert(id.clone(), TokenRecord { hash: hash.clone(), issued_at_ms: *at_ms });
+                Ok(Applied::Token { id })
+            }
+            CatalogCommand::RevokeToken { tenant, principal, id } => {
+                let p = self.principal_mut(tenant, principal)?;
+                if p.tokens.remove(id).is_none() {
+                    return Err(CatalogError::UnknownToken { principal: principal.clone(), id: id.clone() });
+                }
+                Ok(Applied::Token { id: id.clone() })
+            }
             CatalogCommand::CreateTenant { name, at_ms } => {
                 if self.tenants.contains_key(name) {
                     return Err(CatalogError::TenantExists(name.clone()));
@@ -357,6 +445,8 @@ impl Catalog {
                     });
                 }
                 self.tenants.remove(name);
+                // Its principals (and their tokens) go with it.
+                self.principals.retain(|_, p| p.tenant != *name);
                 Ok(Applied::Tenant)
             }
             CatalogCommand::CreateTopic { tenant, name, partitions, settings, at_ms } => {
@@ -519,6 +609,14 @@ impl Catalog {
         }
     }
 
+    fn principal_mut(&mut self, tenant: &str, name: &str) -> Result<&mut PrincipalRecord, CatalogError> {
+        let unknown = || CatalogError::UnknownPrincipal { tenant: tenant.to_owned(), name: name.to_owned() };
+        match self.principals.get_mut(name) {
+            Some(p) if p.tenant == tenant => Ok(p),
+            _ => Err(unknown()),
+        }
+    }
+
     fn tenant_mut(&mut self, tenant: &str) -> Result<&mut TenantRecord, CatalogError> {
         self.tenants.get_mut(tenant).ok_or_else(|| CatalogError::UnknownTenant(tenant.to_owned()))
     }
@@ -573,6 +671,9 @@ pub(crate) fn topic_dir(data_dir: &Path, tenant: &str, name: &str, id: u64) -> P
 pub struct CatalogStore {
     path: PathBuf,
     catalog: Catalog,
+    /// Rebuilt whenever the principals change (every apply path goes
+    /// through this store: commits, replicated entries, snapshots).
+    credentials: Option<std::sync::Arc<crate::security::Credentials>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -606,7 +707,7 @@ impl CatalogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Catalog::default(),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let store = CatalogStore { path, catalog };
+        let store = CatalogStore { path, catalog, credentials: None };
         store.persist(&store.catalog)?;
         Ok(store)
     }
@@ -615,12 +716,27 @@ impl CatalogStore {
         &self.catalog
     }
 
+    /// Keeps `credentials` in step with the catalog's principals from now on.
+    pub(crate) fn follow_credentials(&mut self, credentials: std::sync::Arc<crate::security::Credentials>) {
+        credentials.rebuild(&self.catalog);
+        self.credentials = Some(credentials);
+    }
+
+    /// Makes `next` the catalog, refreshing the credentials if principals changed.
+    fn replace_catalog(&mut self, next: Catalog) {
+        let changed = next.principals != self.catalog.principals;
+        self.catalog = next;
+        if changed && let Some(c) = &self.credentials {
+            c.rebuild(&self.catalog);
+        }
+    }
+
     /// Applies `cmd` and makes the result durable before returning.
     pub fn commit(&mut self, cmd: &CatalogCommand) -> Result<Applied, StoreError> {
         let mut next = self.catalog.clone();
         let applied = next.apply(cmd)?;
         self.persist(&next)?;
-        self.catalog = next;
+        self.replace_catalog(next);
         Ok(applied)
     }
 
@@ -644,7 +760,7 @@ impl CatalogStore {
         });
         next.raft = Some(raft);
         self.persist(&next)?;
-        self.catalog = next;
+        self.replace_catalog(next);
         Ok(outcome)
     }
 
@@ -657,7 +773,7 @@ impl CatalogStore {
             });
         }
         self.persist(&catalog)?;
-        self.catalog = catalog;
+        self.replace_catalog(catalog);
         Ok(())
     }
 

@@ -167,6 +167,107 @@ pub struct Config {
     pub log: LogConfig,
     pub tier: TierConfig,
     pub cluster: ClusterConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// TLS on the gRPC and HTTP listeners (DESIGN §4.5). Off while `cert` is
+/// empty. The certificate and key are re-read when either file changes
+/// (cert-manager rotates Secrets in place), checked every `reload_interval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this broker (leaf first).
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates that sign client certificates (mTLS). A client
+    /// certificate, when presented, must chain to one of them; its subject
+    /// CN (or first DNS name) names the principal. Brokers also trust this
+    /// CA for each other's certificates (Raft traffic).
+    pub client_ca: PathBuf,
+    /// Refuse TLS connections without a client certificate (needs `client_ca`).
+    pub require_client_cert: bool,
+    /// How often the certificate and key files are checked for changes.
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            require_client_cert: false,
+            reload_interval: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True when the listeners serve TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if set(&self.cert) != set(&self.key) {
+            return Err("tls.cert (--tls-cert) and tls.key (--tls-key) go together".into());
+        }
+        if set(&self.client_ca) && !self.enabled() {
+            return Err("tls.client_ca (--tls-client-ca) needs tls.cert and tls.key".into());
+        }
+        if self.require_client_cert && !set(&self.client_ca) {
+            return Err("tls.require_client_cert needs tls.client_ca (--tls-client-ca)".into());
+        }
+        if self.reload_interval.0.is_zero() {
+            return Err("tls.reload_interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Whether callers must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Callers without credentials act as the cluster's anonymous admin
+    /// (the standalone default); credentials, when sent, are still checked.
+    #[default]
+    Anonymous,
+    /// Every call needs a valid bearer token or a mapped client certificate.
+    Required,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "anonymous" => Ok(AuthMode::Anonymous),
+            "required" => Ok(AuthMode::Required),
+            _ => Err(format!("{s:?} is not an auth mode (anonymous, required)")),
+        }
+    }
+}
+
+/// Authentication (DESIGN §4.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// A file holding the cluster-admin token (one line; how the operator
+    /// and a person bootstrap). Read at start.
+    pub admin_token_file: PathBuf,
+    /// Serve `/metrics` without credentials (the probes are always open).
+    /// When false, `/metrics` needs `authorization: Bearer <admin token>`.
+    pub open_metrics: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { mode: AuthMode::Anonymous, admin_token_file: PathBuf::new(), open_metrics: true }
+    }
 }
 
 /// Clustered brokers (DESIGN §4.6): the broker's id, the gRPC address its
@@ -560,7 +661,11 @@ impl Default for LogConfig {
 }
 
 // Longer names first: `tier_s3_endpoint` must match `tier_s3`, not `tier`.
-const SECTIONS: &[&str] = &["topic_defaults", "tier_s3", "server", "storage", "limits", "log", "tier", "cluster"];
+const SECTIONS: &[&str] =
+    &["topic_defaults", "tier_s3", "server", "storage", "limits", "log", "tier", "cluster", "tls", "auth"];
+
+/// Environment variables of the `strata` CLI that look like broker settings.
+const CLIENT_ONLY_ENV: &[&str] = &["STRATA_TLS_CA"];
 
 /// Smallest segment we accept: a segment must hold at least one batch of the
 /// maximum size, and tiny segments only make sense in tests.
@@ -673,6 +778,16 @@ impl Config {
             return bad("tier.upload_interval, tier.request_timeout and tier.connect_timeout must be positive".into());
         }
         self.cluster.validate().map_err(ConfigError::Invalid)?;
+        self.tls.validate().map_err(ConfigError::Invalid)?;
+        if self.cluster.is_clustered()
+            && self.auth.mode == AuthMode::Required
+            && self.auth.admin_token_file.as_os_str().is_empty()
+        {
+            return bad("auth.mode = required in a cluster needs auth.admin_token_file: brokers authenticate to each other with it".into());
+        }
+        if !self.auth.open_metrics && self.auth.admin_token_file.as_os_str().is_empty() {
+            return bad("auth.open_metrics = false needs auth.admin_token_file (--admin-token-file)".into());
+        }
         Ok(())
     }
 
@@ -691,6 +806,11 @@ fn apply_env(table: &mut toml::Table, env: &HashMap<String, String>) -> Result<(
     keys.sort();
     for key in keys {
         let Some(rest) = key.strip_prefix("STRATA_") else { continue };
+        // The CLI's trust anchor shares the `STRATA_TLS_` prefix; the broker
+        // has no such setting (it is `tls.client_ca`).
+        if CLIENT_ONLY_ENV.contains(&key.as_str()) {
+            continue;
+        }
         let rest = rest.to_ascii_lowercase();
         let Some((section, field)) = SECTIONS.iter().find_map(|s| {
             rest.strip_prefix(s).and_then(|f| f.strip_prefix('_')).filter(|f| !f.is_empty()).map(|f| (*s, f))

@@ -34,7 +34,18 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 
 /// Gauges come from the live state at scrape time; counters are kept as
 /// requests happen.
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> axum::response::Response {
+    if !s.broker.config().auth.open_metrics {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let admin = bearer.and_then(|t| s.broker.credentials().by_token(t));
+        if admin != Some(crate::security::Identity::ClusterAdmin) {
+            return (StatusCode::UNAUTHORIZED, "authorization: Bearer <admin token> required\n").into_response();
+        }
+    }
     let m = s.broker.metrics();
     for g in [
         &m.log_end_offset,
@@ -71,7 +82,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             }
         }
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode())
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.encode()).into_response()
 }
 
 pub(crate) async fn serve(
@@ -79,6 +90,7 @@ pub(crate) async fn serve(
     queues: Arc<QueueManager>,
     groups: Arc<GroupCoordinator>,
     listener: TcpListener,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -86,5 +98,8 @@ pub(crate) async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(AppState { broker, queues, groups });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    match tls {
+        Some(tls) => axum::serve(tls.http_listener(listener)?, app).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
 }

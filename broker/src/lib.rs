@@ -22,8 +22,10 @@ mod names;
 mod partition;
 mod producer_ids;
 mod queue;
+mod security;
 mod telemetry;
 mod tier;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +55,8 @@ pub enum StartError {
     Queues(#[from] error::BrokerError),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A broker serving on its listeners.
@@ -107,6 +111,8 @@ fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
 /// Binds the listeners, opens (recovers) the data directory and serves.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let open_files = raise_open_file_limit();
+    // TLS files are checked before anything binds or opens.
+    let server_tls = if config.tls.enabled() { Some(tls::ServerTls::load(&config.tls)?) } else { None };
     let grpc_listener = bind(config.server.listen).await?;
     let http_listener = bind(config.server.http_listen).await?;
     let grpc_addr =
@@ -131,12 +137,15 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     tokio::spawn(queues.clone().maintenance_loop());
     tokio::spawn(broker.clone().upload_loop());
     let coordinator = group::GroupCoordinator::new(broker.clone());
+    if let Some(t) = &server_tls {
+        tokio::spawn(t.clone().watch(stopped(stop.subscribe())));
+    }
     let grpc = tokio::spawn(grpc::serve(
         broker.clone(),
         coordinator.clone(),
         queues.clone(),
         node,
-        grpc_listener,
+        grpc::Listener { tcp: grpc_listener, tls: server_tls.clone() },
         stopped(stop.subscribe()),
     ));
     let http = tokio::spawn(http::serve(
@@ -144,6 +153,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         queues.clone(),
         coordinator,
         http_listener,
+        server_tls,
         stopped(stop.subscribe()),
     ));
     log_open_file_limit(open_files, broker.config());

@@ -50,6 +50,23 @@ struct Args {
     /// own may be included). Without it the broker runs standalone.
     #[arg(long, value_name = "HOST:PORT,...")]
     peers: Option<String>,
+    /// PEM certificate chain for TLS on the gRPC and HTTP listeners
+    /// (reloaded when the file changes).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to (mTLS;
+    /// the certificate's CN names the principal).
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Whether callers must authenticate: anonymous (default) or required.
+    #[arg(long, value_name = "MODE", value_parser = ["anonymous", "required"])]
+    auth: Option<String>,
+    /// File holding the cluster-admin bearer token.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -97,6 +114,21 @@ fn load(args: &Args) -> Result<Config, String> {
     }
     if let Some(p) = &args.peers {
         config.cluster.peers = strata_broker::config::split_peers(p);
+    }
+    if let Some(p) = &args.tls_cert {
+        config.tls.cert = p.clone();
+    }
+    if let Some(p) = &args.tls_key {
+        config.tls.key = p.clone();
+    }
+    if let Some(p) = &args.tls_client_ca {
+        config.tls.client_ca = p.clone();
+    }
+    if let Some(m) = &args.auth {
+        config.auth.mode = m.parse()?;
+    }
+    if let Some(p) = &args.admin_token_file {
+        config.auth.admin_token_file = p.clone();
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

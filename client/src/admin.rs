@@ -211,6 +211,48 @@ impl Client {
         Ok(self.admin_rpc().list_tenants(self.request(ListTenantsRequest {})).await?.into_inner().tenants)
     }
 
+    /// Creates a principal of `tenant` (empty: `default`). Cluster admins only.
+    pub async fn create_principal(&self, tenant: &str, name: &str) -> Result<strata_proto::v1::Principal, Error> {
+        let req = strata_proto::v1::CreatePrincipalRequest {
+            tenant: tenant.to_owned(),
+            name: name.to_owned(),
+            if_not_exists: false,
+        };
+        Ok(self.admin_rpc().create_principal(self.request(req)).await?.into_inner())
+    }
+
+    /// The principals of `tenant` (empty: every tenant) with their token ids.
+    pub async fn list_principals(&self, tenant: &str) -> Result<Vec<strata_proto::v1::Principal>, Error> {
+        let req = strata_proto::v1::ListPrincipalsRequest { tenant: tenant.to_owned() };
+        Ok(self.admin_rpc().list_principals(self.request(req)).await?.into_inner().principals)
+    }
+
+    /// Deletes a principal and revokes its tokens.
+    pub async fn delete_principal(&self, tenant: &str, name: &str) -> Result<(), Error> {
+        let req = strata_proto::v1::DeletePrincipalRequest { tenant: tenant.to_owned(), name: name.to_owned() };
+        self.admin_rpc().delete_principal(self.request(req)).await?;
+        Ok(())
+    }
+
+    /// Issues a new bearer token for a principal: `(token, id)`. The token
+    /// is shown only here; the broker keeps its hash.
+    pub async fn issue_token(&self, tenant: &str, principal: &str) -> Result<(String, String), Error> {
+        let req = strata_proto::v1::IssueTokenRequest { tenant: tenant.to_owned(), principal: principal.to_owned() };
+        let r = self.admin_rpc().issue_token(self.request(req)).await?.into_inner();
+        Ok((r.token, r.id))
+    }
+
+    /// Revokes a token, named by its id or by the token itself.
+    pub async fn revoke_token(&self, tenant: &str, principal: &str, token: &str) -> Result<(), Error> {
+        let req = strata_proto::v1::RevokeTokenRequest {
+            tenant: tenant.to_owned(),
+            principal: principal.to_owned(),
+            token: token.to_owned(),
+        };
+        self.admin_rpc().revoke_token(self.request(req)).await?;
+        Ok(())
+    }
+
     /// Deletes a tenant; the broker refuses while it still owns resources.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
         let req = DeleteTenantRequest { name: name.to_owned() };

@@ -4,10 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::RwLock;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::log_client::LogClient;
 use strata_proto::v1::queues_client::QueuesClient;
-use tonic::transport::{Channel, Endpoint};
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::Error;
 use crate::queue::ReplySlot;
@@ -21,12 +26,86 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// their own keep-alive logic.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How to reach a broker: TLS trust and client identity, and the bearer
+/// token sent on every call (unary and streaming).
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    ca_pem: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// No TLS settings and no token (plaintext, anonymous).
+    pub fn new() -> ConnectOptions {
+        ConnectOptions::default()
+    }
+
+    /// PEM CA certificates the broker's certificate must chain to (without
+    /// one, `https://` URLs use the system's roots).
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> ConnectOptions {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// A client certificate and its key (PEM), for mTLS.
+    pub fn identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> ConnectOptions {
+        self.identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The bearer token (`strata_…`, or the admin token).
+    pub fn token(mut self, token: impl Into<String>) -> ConnectOptions {
+        self.token = Some(token.into());
+        self
+    }
+
+    fn uses_tls(&self) -> bool {
+        self.ca_pem.is_some() || self.identity.is_some()
+    }
+}
+
+/// Adds `authorization: Bearer …` to every call; shared by a client's
+/// clones, so [`Client::set_token`] switches all of them at once.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Credentials(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(v) = value {
+            request.metadata_mut().insert("authorization", v);
+        }
+        Ok(request)
+    }
+}
+
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Error> {
+    format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| Error::InvalidArgument("a token is printable ASCII without line breaks".into()))
+}
+
+/// The transport every RPC client of this crate uses.
+pub(crate) type Transport = InterceptedService<Channel, Credentials>;
+
 /// A connection to a Strata broker.
 ///
 /// Cheap to clone: clones share the underlying HTTP/2 connection.
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
+    credentials: Credentials,
     url: Arc<str>,
     tenant: Arc<str>,
     timeout: Duration,
@@ -41,8 +120,24 @@ impl Client {
     /// scheme gets `http://`. The tenant is the empty string, which the broker
     /// reads as the caller's own tenant (`default` with anonymous access).
     pub async fn connect(url: &str) -> Result<Client, Error> {
-        let url = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
-        let endpoint = Endpoint::from_shared(url.clone())
+        Client::connect_with(url, ConnectOptions::default()).await
+    }
+
+    /// Connects with TLS settings and a token. A URL without a scheme gets
+    /// `https://` when TLS settings are given, else `http://`.
+    pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Client, Error> {
+        let url = if url.contains("://") {
+            url.to_owned()
+        } else if options.uses_tls() {
+            format!("https://{url}")
+        } else {
+            format!("http://{url}")
+        };
+        let credentials = Credentials::default();
+        if let Some(t) = &options.token {
+            *credentials.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(bearer(t)?);
+        }
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::InvalidUrl { url: url.clone(), cause: Arc::new(e) })?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
@@ -53,9 +148,24 @@ impl Client {
             // The h2 default window (64 KiB) would throttle 256 KiB batches.
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024));
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            match &options.ca_pem {
+                Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(ca)),
+                None => tls = tls.with_native_roots(),
+            }
+            if let Some((cert, key)) = &options.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            endpoint =
+                endpoint.tls_config(tls).map_err(|e| Error::InvalidUrl { url: url.clone(), cause: Arc::new(e) })?;
+        } else if options.uses_tls() {
+            return Err(Error::InvalidArgument(format!("TLS settings need an https:// server URL, not {url}")));
+        }
         let channel = endpoint.connect().await.map_err(|e| Error::Connect { url: url.clone(), cause: Arc::new(e) })?;
         Ok(Client {
             channel,
+            credentials,
             url: url.into(),
             tenant: "".into(),
             timeout: DEFAULT_TIMEOUT,
@@ -89,25 +199,33 @@ impl Client {
         self.timeout
     }
 
-    /// The shared HTTP/2 channel.
-    pub(crate) fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// Replaces the bearer token of this client and all its clones (token
+    /// rotation: calls and streams opened from now on carry the new one).
+    pub fn set_token(&self, token: Option<&str>) -> Result<(), Error> {
+        let value = token.map(bearer).transpose()?;
+        *self.credentials.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+        Ok(())
     }
 
-    pub(crate) fn log_rpc(&self) -> LogClient<Channel> {
-        LogClient::new(self.channel.clone())
+    /// The shared HTTP/2 channel, with this client's credentials.
+    pub(crate) fn channel(&self) -> Transport {
+        InterceptedService::new(self.channel.clone(), self.credentials.clone())
+    }
+
+    pub(crate) fn log_rpc(&self) -> LogClient<Transport> {
+        LogClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    pub(crate) fn admin_rpc(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel.clone())
+    pub(crate) fn admin_rpc(&self) -> AdminClient<Transport> {
+        AdminClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    pub(crate) fn queues_rpc(&self) -> QueuesClient<Channel> {
-        QueuesClient::new(self.channel.clone())
+    pub(crate) fn queues_rpc(&self) -> QueuesClient<Transport> {
+        QueuesClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

@@ -42,7 +42,7 @@ mod telemetry;
 mod mock_broker;
 
 pub use admin::{PartitionOffsets, Retention, TopicOptions};
-pub use client::{Client, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES};
+pub use client::{Client, ConnectOptions, DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, PartitionProgress, StartFrom};
 pub use error::{Error, ErrorKind, RejectedReceipt, ServerError};
 pub use group::{CommittedOffset, GroupConsumer, GroupConsumerConfig, RebalanceListener};

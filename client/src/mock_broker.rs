@@ -589,6 +589,41 @@ impl Admin for State {
         Err(Status::unimplemented("mock"))
     }
 
+    async fn create_principal(
+        &self,
+        _: Request<strata_proto::v1::CreatePrincipalRequest>,
+    ) -> Result<Response<strata_proto::v1::Principal>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn list_principals(
+        &self,
+        _: Request<strata_proto::v1::ListPrincipalsRequest>,
+    ) -> Result<Response<strata_proto::v1::ListPrincipalsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn delete_principal(
+        &self,
+        _: Request<strata_proto::v1::DeletePrincipalRequest>,
+    ) -> Result<Response<strata_proto::v1::DeletePrincipalResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn issue_token(
+        &self,
+        _: Request<strata_proto::v1::IssueTokenRequest>,
+    ) -> Result<Response<strata_proto::v1::IssueTokenResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _: Request<strata_proto::v1::RevokeTokenRequest>,
+    ) -> Result<Response<strata_proto::v1::RevokeTokenResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn list_tenants(&self, _: Request<ListTenantsRequest>) -> Result<Response<ListTenantsResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }

@@ -20,6 +20,7 @@ mod fetch;
 mod limits;
 mod maintenance;
 mod open;
+mod principals;
 mod produce;
 mod replicated;
 mod topics;
@@ -32,6 +33,7 @@ use tokio::sync::{Semaphore, watch};
 
 pub use fetch::{FetchOptions, OffsetQuery, StartAt};
 pub use open::OpenError;
+pub use principals::PrincipalView;
 pub use produce::Produced;
 pub use topics::{TenantView, TopicOverrides, TopicView};
 
@@ -74,6 +76,8 @@ pub struct Broker {
     producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
     /// Descriptors released to undo a create that ran out of them.
     spare_fds: crate::fds::SpareFds,
+    /// The admin token and the catalog's principals and token hashes.
+    credentials: Arc<crate::security::Credentials>,
     _dir_lock: std::fs::File,
 }
 
@@ -91,6 +95,16 @@ impl Broker {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What callers may authenticate with.
+    pub(crate) fn credentials(&self) -> &Arc<crate::security::Credentials> {
+        &self.credentials
+    }
+
+    /// The configured cluster-admin token (brokers present it to each other).
+    pub(crate) fn admin_token(&self) -> Option<&str> {
+        self.credentials.admin_token()
     }
 
     pub(crate) fn clock(&self) -> &Arc<dyn Clock> {

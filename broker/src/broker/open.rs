@@ -45,9 +45,13 @@ impl Broker {
         let (shutdown, _) = watch::channel(false);
         let budget = config.limits.max_inflight_produce_bytes.0.min(u64::from(u32::MAX)) as usize;
         let producer_ids = Arc::new(crate::producer_ids::ProducerRegistry::from_catalog(store.catalog()));
+        let mut store = store;
+        let credentials = Arc::new(crate::security::Credentials::load(&config.auth.admin_token_file, store.catalog())?);
+        store.follow_credentials(credentials.clone());
         Ok(Arc::new(Broker {
             producer_ids,
             spare_fds: crate::fds::SpareFds::new(),
+            credentials,
             produce_budget: Arc::new(Semaphore::new(budget)),
             config,
             clock,
@@ -124,6 +128,8 @@ pub enum OpenError {
     Recovery { path: PathBuf, source: LogError },
     #[error(transparent)]
     ColdStore(#[from] TierError),
+    #[error(transparent)]
+    AdminToken(#[from] crate::security::AdminTokenError),
     #[error("the catalog names an invalid tenant or topic: {0}")]
     InvalidName(#[from] crate::names::InvalidName),
 }

@@ -146,7 +146,9 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let network = network::Network::new();
+        let peer_tls = crate::tls::PeerTls::from_config(&broker.config().tls)
+            .map_err(|e| ClusterError::Raft(format!("cannot set up TLS to peers: {e}")))?;
+        let network = network::Network::new(peer_tls, broker.admin_token());
         let sm = state_machine::StateMachine::new(Arc::downgrade(broker));
         let raft = Raft::new(id, Arc::new(raft_config), network.clone(), log.clone(), sm)
             .await

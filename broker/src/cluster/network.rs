@@ -29,6 +29,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Default)]
 pub(crate) struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// TLS to peers (`https://`) when the broker serves TLS.
+    tls: Option<crate::tls::PeerTls>,
+    /// `Bearer <admin token>`, sent on every call when an admin token is
+    /// configured (peers require it when authentication is required).
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +55,9 @@ pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_js
 }
 
 impl Network {
-    pub(crate) fn new() -> Network {
-        Network::default()
+    pub(crate) fn new(tls: Option<crate::tls::PeerTls>, admin_token: Option<&str>) -> Network {
+        let bearer = admin_token.and_then(|t| format!("Bearer {t}").parse().ok());
+        Network { channels: Arc::default(), tls, bearer }
     }
 
     fn client(&self, addr: &str) -> Result<RaftClient<Channel>, TransportError> {
@@ -59,19 +65,33 @@ impl Network {
         if let Some(c) = channels.get(addr) {
             return Ok(RaftClient::new(c.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|_| TransportError::Address(addr.to_owned()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint =
+                endpoint.tls_config(tls.client_config()).map_err(|_| TransportError::Address(addr.to_owned()))?;
+        }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(RaftClient::new(channel))
     }
 
+    /// A request carrying the admin token, when there is one.
+    fn request<T>(&self, body: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(body);
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        req
+    }
+
     /// Asks the broker at `addr` who it is and whether it is in a cluster.
     pub(crate) async fn hello(&self, addr: &str, from_id: u64, from: &str) -> Result<HelloResponse, TransportError> {
         let mut client = self.client(addr)?;
-        let mut req = tonic::Request::new(HelloRequest { from_id, from_address: from.to_owned() });
+        let mut req = self.request(HelloRequest { from_id, from_address: from.to_owned() });
         req.set_timeout(PROBE_TIMEOUT);
         Ok(client.hello(req).await?.into_inner())
     }
@@ -79,7 +99,7 @@ impl Network {
     /// Sends a catalog command to the leader at `addr`.
     pub(crate) async fn forward(&self, addr: &str, cmd: &CatalogCommand) -> Result<ForwardReply, TransportError> {
         let mut client = self.client(addr)?;
-        let reply = client.forward(encode(cmd)?).await?.into_inner();
+        let reply = client.forward(self.request(encode(cmd)?)).await?.into_inner();
         Ok(decode(&reply)?)
     }
 }
@@ -118,7 +138,7 @@ impl Connection {
     {
         let client = self.network.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(payload);
+        let mut request = self.network.request(payload);
         request.set_timeout(option.hard_ttl());
         let reply = rpc(client, request).await.map_err(|s| {
             let e = TransportError::Rpc(s);

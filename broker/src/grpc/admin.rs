@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Auth, Operation};
 use super::status::{invalid, to_status};
-use crate::broker::{Broker, TenantView, TopicOverrides, TopicView};
+use crate::broker::{Broker, PrincipalView, TenantView, TopicOverrides, TopicView};
 use crate::catalog::TopicSettings;
 use crate::log::Durability;
 
@@ -101,6 +101,15 @@ fn describe_to_pb(t: TopicView) -> TopicDescription {
     }
 }
 
+fn principal_to_pb(p: PrincipalView) -> pb::Principal {
+    pb::Principal {
+        tenant: p.tenant,
+        name: p.name,
+        created_at_ms: p.created_at_ms,
+        tokens: p.tokens.into_iter().map(|(id, issued_at_ms)| pb::TokenInfo { id, issued_at_ms }).collect(),
+    }
+}
+
 fn tenant_to_pb(t: TenantView) -> pb::Tenant {
     pb::Tenant { name: t.name, created_at_ms: t.created_at_ms, topic_count: t.topic_count }
 }
@@ -119,7 +128,16 @@ impl Admin for AdminService {
         _request: Request<ListTenantsRequest>,
     ) -> Result<Response<ListTenantsResponse>, Status> {
         auth::check(&self.auth, &_request, Operation::Describe, "", "")?;
-        let tenants = self.broker.list_tenants().await.into_iter().map(tenant_to_pb).collect();
+        // A principal sees its own tenant only.
+        let only = self.auth.visible_tenant(&auth::Caller::of(&_request))?;
+        let tenants = self
+            .broker
+            .list_tenants()
+            .await
+            .into_iter()
+            .filter(|t| only.as_ref().is_none_or(|o| *o == t.name))
+            .map(tenant_to_pb)
+            .collect();
         Ok(Response::new(ListTenantsResponse { tenants }))
     }
 
@@ -230,13 +248,65 @@ impl Admin for AdminService {
 
     async fn get_server_info(
         &self,
-        _request: Request<pb::GetServerInfoRequest>,
+        request: Request<pb::GetServerInfoRequest>,
     ) -> Result<Response<pb::ServerInfo>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, "", "")?;
         Ok(Response::new(pb::ServerInfo {
             version: crate::metrics::VERSION.to_owned(),
             api_version: "v1".to_owned(),
             uptime_seconds: STARTED.get().map(|t| t.elapsed().as_secs()).unwrap_or(0),
             build_target: crate::metrics::build_target().to_owned(),
         }))
+    }
+
+    async fn create_principal(
+        &self,
+        request: Request<pb::CreatePrincipalRequest>,
+    ) -> Result<Response<pb::Principal>, Status> {
+        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
+        let r = request.into_inner();
+        let p = self.broker.create_principal(&r.tenant, &r.name, r.if_not_exists).await.map_err(to_status)?;
+        Ok(Response::new(principal_to_pb(p)))
+    }
+
+    async fn list_principals(
+        &self,
+        request: Request<pb::ListPrincipalsRequest>,
+    ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
+        let principals = self.broker.list_principals(&request.get_ref().tenant).await.map_err(to_status)?;
+        Ok(Response::new(pb::ListPrincipalsResponse {
+            principals: principals.into_iter().map(principal_to_pb).collect(),
+        }))
+    }
+
+    async fn delete_principal(
+        &self,
+        request: Request<pb::DeletePrincipalRequest>,
+    ) -> Result<Response<pb::DeletePrincipalResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
+        let r = request.into_inner();
+        self.broker.delete_principal(&r.tenant, &r.name).await.map_err(to_status)?;
+        Ok(Response::new(pb::DeletePrincipalResponse {}))
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
+        let r = request.into_inner();
+        let t = self.broker.issue_token(&r.tenant, &r.principal).await.map_err(to_status)?;
+        Ok(Response::new(pb::IssueTokenResponse { token: t.token, id: t.id }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
+        let r = request.into_inner();
+        self.broker.revoke_token(&r.tenant, &r.principal, &r.token).await.map_err(to_status)?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 }

@@ -63,7 +63,8 @@ impl Log for LogService {
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         // Each request names its own topic: authorised one by one.
-        let caller = auth::Caller::of(&request);
+        // Authenticated once, when the stream opens.
+        let caller = self.auth.session(auth::Caller::of(&request))?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ProduceResponse, Status>>(1024);
         let broker = self.broker.clone();

@@ -23,13 +23,19 @@ use crate::broker::Broker;
 use crate::group::GroupCoordinator;
 use crate::queue::QueueManager;
 
+/// The gRPC listener and, when configured, its TLS setup.
+pub(crate) struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+}
+
 /// Serves until `shutdown` resolves, then waits for in-flight calls.
 pub(crate) async fn serve(
     broker: Arc<Broker>,
     coordinator: Arc<GroupCoordinator>,
     queues: Arc<QueueManager>,
     cluster: Option<Arc<crate::cluster::ClusterNode>>,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -45,8 +51,10 @@ pub(crate) async fn serve(
             tracing::error!(error = %e, "reflection descriptors are invalid");
             e
         });
-    // Anonymous access until authentication lands (DESIGN §4.5).
-    let auth: auth::Auth = std::sync::Arc::new(auth::AllowAll);
+    // Credentials and the tenant rule (DESIGN §4.5); anonymous callers are
+    // allowed unless `auth.mode = required`.
+    let required = broker.config().auth.mode == crate::config::AuthMode::Required;
+    let auth: auth::Auth = Arc::new(auth::CredentialAuthorizer::new(broker.credentials().clone(), required));
     let limits = &broker.config().limits;
     let max_in = (limits.max_batch_bytes.0 + 1024 * 1024) as usize;
     let max_out = (limits.max_fetch_bytes.0 + 1024 * 1024) as usize;
@@ -55,7 +63,7 @@ pub(crate) async fn serve(
         .max_encoding_message_size(max_out);
     let admin_service = AdminServer::new(admin::AdminService::new(broker.clone(), auth.clone()));
     let groups_service = GroupsServer::new(groups::GroupsService::new(coordinator, auth.clone()));
-    let queues_service = QueuesServer::new(queue::QueuesService::new(queues, auth))
+    let queues_service = QueuesServer::new(queue::QueuesService::new(queues, auth.clone()))
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(max_out);
     let mut builder = tonic::transport::Server::builder()
@@ -77,7 +85,7 @@ pub(crate) async fn serve(
         .add_service(groups_service)
         .add_service(queues_service)
         .add_optional_service(cluster.map(|node| {
-            strata_proto::v1::raft_server::RaftServer::new(raft::RaftService::new(node))
+            strata_proto::v1::raft_server::RaftServer::new(raft::RaftService::new(node, auth.clone()))
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024)
         }));
@@ -94,6 +102,9 @@ pub(crate) async fn serve(
     // Every accepted socket gets `TCP_NODELAY` (the builder's setting only
     // applies to listeners tonic binds itself; without it small responses
     // wait for Nagle + delayed ACK, ~40 ms) and a connection permit.
-    let incoming = connections::limited(listener, limits.max_connections as usize, broker.metrics().clone());
-    router.serve_with_incoming_shutdown(incoming, stop_reporting).await
+    let incoming = connections::limited(listener.tcp, limits.max_connections as usize, broker.metrics().clone());
+    match listener.tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.grpc_incoming(incoming), stop_reporting).await,
+        None => router.serve_with_incoming_shutdown(incoming, stop_reporting).await,
+    }
 }

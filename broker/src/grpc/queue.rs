@@ -225,7 +225,7 @@ impl Queues for QueuesService {
         &self,
         req: Request<Streaming<SendStreamRequest>>,
     ) -> Result<Response<Self::SendStreamStream>, Status> {
-        let caller = auth::Caller::of(&req);
+        let caller = self.auth.session(auth::Caller::of(&req))?;
         let authz = self.auth.clone();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<SendStreamResponse, Status>>(SEND_STREAM_CONCURRENCY);

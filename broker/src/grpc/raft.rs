@@ -6,17 +6,19 @@ use std::sync::Arc;
 use strata_proto::v1::{HelloRequest, HelloResponse, RaftPayload, raft_server::Raft};
 use tonic::{Request, Response, Status};
 
+use super::auth::{self, Auth, Operation};
 use crate::catalog::CatalogCommand;
 use crate::cluster::ClusterNode;
 use crate::cluster::network::{decode, encode};
 
 pub(crate) struct RaftService {
     node: Arc<ClusterNode>,
+    auth: Auth,
 }
 
 impl RaftService {
-    pub fn new(node: Arc<ClusterNode>) -> Self {
-        RaftService { node }
+    pub fn new(node: Arc<ClusterNode>, auth: Auth) -> Self {
+        RaftService { node, auth }
     }
 }
 
@@ -31,27 +33,36 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        // Only brokers (holding the admin token) speak Raft.
+        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        // Only brokers (holding the admin token) speak Raft.
+        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        // Only brokers (holding the admin token) speak Raft.
+        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        // Only brokers (holding the admin token) speak Raft.
+        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
         let cmd: CatalogCommand = decode(request.get_ref()).map_err(bad_payload)?;
         let deadline = self.node.forward_deadline();
         reply(&self.node.write_as_leader(&cmd, deadline).await)
     }
 
-    async fn hello(&self, _request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+    async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
         Ok(Response::new(HelloResponse {
             broker_id: self.node.id(),
             advertised_address: self.node.address().to_owned(),

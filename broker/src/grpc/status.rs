@@ -52,6 +52,13 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             CatalogError::UnknownBinding { tenant, queue, .. } => {
                 (Code::NotFound, E::UnknownBinding, format!("{tenant}/{queue}"))
             }
+            CatalogError::UnknownPrincipal { tenant, name } => {
+                (Code::NotFound, E::UnknownPrincipal, format!("{tenant}/{name}"))
+            }
+            CatalogError::PrincipalExists { name } => (Code::AlreadyExists, E::PrincipalExists, name.clone()),
+            CatalogError::UnknownToken { principal, id } => {
+                (Code::NotFound, E::UnknownToken, format!("{principal}/{id}"))
+            }
         },
         BrokerError::UnknownPartition { tenant, topic, partition, .. } => {
             (Code::NotFound, E::UnknownPartition, format!("{tenant}/{topic}/{partition}"))

@@ -5,6 +5,7 @@ mod cluster;
 mod consume;
 mod group;
 pub(crate) mod parse;
+mod principal;
 mod produce;
 mod queue;
 mod receive;
@@ -42,6 +43,23 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "STRATA_TENANT", help_heading = "Global options")]
     pub(crate) tenant: Option<String>,
 
+    /// Bearer token sent on every call (`authorization: Bearer …`).
+    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true, help_heading = "Global options")]
+    pub(crate) token: Option<String>,
+
+    /// PEM CA certificates the broker's certificate must chain to (https://
+    /// URLs; default: the system's roots).
+    #[arg(long, global = true, env = "STRATA_TLS_CA", value_name = "FILE", help_heading = "Global options")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for mTLS (with --tls-key).
+    #[arg(long, global = true, env = "STRATA_TLS_CERT", value_name = "FILE", help_heading = "Global options")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "STRATA_TLS_KEY", value_name = "FILE", help_heading = "Global options")]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -73,6 +91,12 @@ pub(crate) enum Command {
     /// Show the brokers of the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Create, list and delete principals (cluster admins).
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// Issue and revoke bearer tokens of principals (cluster admins).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -266,9 +290,64 @@ pub(crate) enum TenantCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum PrincipalCommand {
+    /// Create a principal in a tenant (--tenant; default: `default`).
+    Create {
+        /// Principal name (a client certificate's CN names it).
+        name: String,
+    },
+    /// List principals (of --tenant, or all) with their token ids.
+    List,
+    /// Delete a principal and revoke its tokens.
+    Delete {
+        /// Principal name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Issue a new token for a principal and print it (only the token, on
+    /// standard output; it cannot be shown again).
+    Issue {
+        /// The principal's name.
+        #[arg(long)]
+        principal: String,
+    },
+    /// Revoke a token of a principal, named by its id or by the token.
+    Revoke {
+        /// The principal's name.
+        #[arg(long)]
+        principal: String,
+        /// Token id (from `strata principal list`) or the token itself.
+        token: String,
+    },
+}
+
+/// The TLS files and token of the command line.
+fn connect_options(cli: &Cli) -> anyhow::Result<strata_client::ConnectOptions> {
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let mut options = strata_client::ConnectOptions::new();
+    if let Some(ca) = &cli.tls_ca {
+        options = options.ca_pem(read("--tls-ca", ca)?);
+    }
+    match (&cli.tls_cert, &cli.tls_key) {
+        (Some(c), Some(k)) => options = options.identity_pem(read("--tls-cert", c)?, read("--tls-key", k)?),
+        (None, None) => {}
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    }
+    if let Some(t) = &cli.token {
+        options = options.token(t.clone());
+    }
+    Ok(options)
+}
+
 /// Runs a parsed command line.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(&cli.server).await?;
+    let client = Client::connect_with(&cli.server, connect_options(&cli)?).await?;
     let client = match cli.tenant {
         Some(t) => client.with_tenant(t),
         None => client,
@@ -283,6 +362,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receive(args) => receive::run(&client, args).await,
         Command::Tenant(cmd) => tenant::run(&client, cmd).await,
         Command::Cluster(cmd) => cluster::run(&client, cmd).await,
+        Command::Principal(cmd) => principal::run_principal(&client, cmd).await,
+        Command::Token(cmd) => principal::run_token(&client, cmd).await,
         Command::Bench(cmd) => crate::bench::run(&client, cmd).await.context("benchmark failed"),
     }
 }

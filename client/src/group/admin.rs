@@ -8,7 +8,6 @@ use strata_proto::v1::{
     GroupSummary, ListGroupsRequest, PartitionOffset, ResetOffsetsRequest, StartPositionChoice, TopicPartitions,
     reset_offsets_request,
 };
-use tonic::transport::Channel;
 
 use crate::client::{Client, MAX_MESSAGE_BYTES};
 use crate::consumer::StartFrom;
@@ -44,7 +43,7 @@ pub(crate) fn topic_partitions<'a>(list: impl IntoIterator<Item = (&'a str, u32)
 }
 
 impl Client {
-    pub(crate) fn groups_rpc(&self) -> GroupsClient<Channel> {
+    pub(crate) fn groups_rpc(&self) -> GroupsClient<crate::client::Transport> {
         GroupsClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)

@@ -10,6 +10,7 @@ mod hygiene;
 mod idempotence;
 mod queue_producer;
 mod queues;
+mod security;
 mod tier;
 mod tracing;
 
