@@ -177,6 +177,11 @@ pub struct ClusterConfig {
     /// This broker's stable id (the StatefulSet ordinal), 0..=65535.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_id: Option<i64>,
+    /// Take the id from the host name's trailing `-N` when `broker_id` is
+    /// not set: a StatefulSet pod `main-2` is broker 2. How the operator
+    /// gives every pod of one ConfigMap its own id.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub broker_id_from_hostname: bool,
     /// `HOST:PORT` other brokers and clients reach this broker's gRPC port at.
     pub advertised_address: String,
     /// The brokers' advertised `HOST:PORT`s (this broker's may be included);
@@ -198,6 +203,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             broker_id: None,
+            broker_id_from_hostname: false,
             advertised_address: String::new(),
             peers: Vec::new(),
             write_timeout: HumanDuration(Duration::from_secs(5)),
@@ -209,6 +215,16 @@ impl Default for ClusterConfig {
 
 /// Largest broker id accepted.
 pub const MAX_BROKER_ID: i64 = 65_535;
+
+/// The trailing `-N` of a StatefulSet pod's name.
+fn ordinal_of(host: &str) -> Option<i64> {
+    let first_label = host.split('.').next()?;
+    let (_, n) = first_label.rsplit_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
 
 /// Splits a comma-separated peer list (flags and environment variables).
 pub fn split_peers(s: &str) -> Vec<String> {
@@ -256,6 +272,24 @@ impl ClusterConfig {
         all
     }
 
+    /// Sets `broker_id` from the host name (`HOSTNAME` in `env`, else the
+    /// kernel's) when `broker_id_from_hostname` asks for it and no id is set.
+    pub fn resolve_broker_id(&mut self, env: &HashMap<String, String>) -> Result<(), String> {
+        if self.broker_id.is_some() || !self.broker_id_from_hostname {
+            return Ok(());
+        }
+        let host = match env.get("HOSTNAME").filter(|h| !h.trim().is_empty()) {
+            Some(h) => h.trim().to_owned(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .map_err(|e| format!("cluster.broker_id_from_hostname: cannot read the host name: {e}"))?,
+        };
+        self.broker_id = Some(ordinal_of(&host).ok_or_else(|| {
+            format!("cluster.broker_id_from_hostname: host name {host:?} does not end in -N (a StatefulSet ordinal)")
+        })?);
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), String> {
         if let Some(id) = self.broker_id
             && !(0..=MAX_BROKER_ID).contains(&id)
@@ -274,7 +308,7 @@ impl ClusterConfig {
         if self.peers.is_empty() {
             return Ok(());
         }
-        if self.broker_id.is_none() {
+        if self.broker_id.is_none() && !self.broker_id_from_hostname {
             return Err("cluster.peers (--peers) needs cluster.broker_id (--broker-id)".into());
         }
         if self.advertised_address.is_empty() {
@@ -551,9 +585,10 @@ impl Config {
         };
         let origin = file.map_or_else(|| PathBuf::from("<environment>"), Path::to_path_buf);
         apply_env(&mut table, env)?;
-        let config: Config = table
+        let mut config: Config = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin, message: e.message().to_owned() })?;
+        config.cluster.resolve_broker_id(env).map_err(ConfigError::Invalid)?;
         config.validate()?;
         Ok(config)
     }
@@ -821,6 +856,24 @@ mod tests {
         ]);
         assert!(e.contains("names b:2 twice"), "{e}");
         let e = err(&[("STRATA_CLUSTER_BROKER_ID", "70000")]);
+        assert!(e.contains("between 0 and 65535"), "{e}");
+        let from_host = |host: &str| {
+            Config::load(
+                None,
+                &env(&[
+                    ("STRATA_CLUSTER_BROKER_ID_FROM_HOSTNAME", "true"),
+                    ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
+                    ("STRATA_CLUSTER_PEERS", "a:1,b:2"),
+                    ("HOSTNAME", host),
+                ]),
+            )
+        };
+        assert_eq!(from_host("main-2").unwrap().cluster.broker_id, Some(2));
+        assert_eq!(from_host("my-strata-10.main-headless.ns.svc").unwrap().cluster.broker_id, Some(10));
+        for bad in ["main", "main-", "main-x1", "main-99999"] {
+            let e = from_host(bad).unwrap_err().to_string();
+            assert!(e.contains("-N") || e.contains("between 0 and"), "{bad}: {e}");
+        }
         assert!(e.contains("between 0 and 65535"), "{e}");
         let e = err(&[("STRATA_CLUSTER_BROKER_ID", "1"), ("STRATA_CLUSTER_PEERS", "b:2")]);
         assert!(e.contains("needs cluster.advertised_address"), "{e}");

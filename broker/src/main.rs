@@ -164,8 +164,8 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         // OTLP tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set; off otherwise.
-        let telemetry = strata_proto::telemetry::TelemetryConfig::from_env(std::env::vars());
-        let _telemetry = match strata_proto::telemetry::init(&telemetry, "strata-broker") {
+        let telemetry = strata_telemetry::TelemetryConfig::from_env(std::env::vars());
+        let _telemetry = match strata_telemetry::init(&telemetry, "strata-broker") {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -12,9 +12,9 @@
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchIter, Record};
-use strata_proto::telemetry::{self, Attribute, BoxedSpan, Kind, Span, attr};
+use strata_telemetry::{self as telemetry, Attribute, BoxedSpan, Kind, Span, attr};
 
-fn record_context(r: &Record) -> strata_proto::telemetry::TraceContext {
+fn record_context(r: &Record) -> strata_telemetry::TraceContext {
     telemetry::extract(r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())))
 }
 
@@ -90,7 +90,7 @@ impl Published {
     pub(crate) fn finish(self, error: Option<&str>) {
         for mut s in self.persist.into_iter().chain(self.spans) {
             if let Some(e) = error {
-                s.set_status(strata_proto::telemetry::SpanStatus::error(e.to_owned()));
+                s.set_status(strata_telemetry::SpanStatus::error(e.to_owned()));
             }
             s.end();
         }

@@ -71,12 +71,15 @@ fn retention_ms(r: Retention) -> i64 {
 /// Offsets of one partition as reported by `ListOffsets`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionOffsets {
+    /// The partition number.
     pub partition: u32,
     /// The resolved offset for the query.
     pub offset: u64,
     /// Timestamp of the record at `offset`, -1 when unknown.
     pub timestamp_ms: i64,
+    /// The first offset still stored (older records were removed by retention).
     pub log_start_offset: u64,
+    /// The offset the next produced record will get.
     pub high_watermark: u64,
 }
 
@@ -196,7 +199,6 @@ impl Client {
         Ok(self.admin_rpc().create_tenant(self.request(req)).await?.into_inner())
     }
 
-    /// Lists tenants.
     /// The brokers of the cluster as the broker this client talks to knows
     /// them (a standalone broker lists itself alone).
     pub async fn describe_cluster(&self) -> Result<strata_proto::v1::DescribeClusterResponse, Error> {
@@ -219,6 +221,7 @@ impl Client {
         Ok(self.admin_rpc().get_metadata(self.request(req)).await?.into_inner())
     }
 
+    /// Lists tenants.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
         Ok(self.admin_rpc().list_tenants(self.request(ListTenantsRequest {})).await?.into_inner().tenants)
     }

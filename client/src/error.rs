@@ -17,6 +17,7 @@ pub enum Error {
     /// The server URL could not be parsed.
     #[error("invalid server URL {url:?}: {}", root_cause(&**cause))]
     InvalidUrl {
+        /// The URL as given.
         url: String,
         /// Kept out of `source()` because the message already names the
         /// root cause (error reporters would print it twice).
@@ -24,7 +25,12 @@ pub enum Error {
     },
     /// No connection could be established.
     #[error("cannot connect to {url}: {}", root_cause(&**cause))]
-    Connect { url: String, cause: Arc<tonic::transport::Error> },
+    Connect {
+        /// The server URL.
+        url: String,
+        /// The transport error.
+        cause: Arc<tonic::transport::Error>,
+    },
     /// The broker (or the transport underneath) answered with an error status.
     #[error("{0}")]
     Server(Box<ServerError>),
@@ -33,10 +39,20 @@ pub enum Error {
     Batch(#[from] BatchError),
     /// A record is too large to ever be sent.
     #[error("record of {size} bytes is larger than the {limit}-byte limit of one request")]
-    RecordTooLarge { size: usize, limit: usize },
+    RecordTooLarge {
+        /// Its encoded size in bytes.
+        size: usize,
+        /// The largest request the client sends, in bytes.
+        limit: usize,
+    },
     /// A call did not complete in time.
     #[error("{operation} timed out after {timeout:?}")]
-    Timeout { operation: &'static str, timeout: std::time::Duration },
+    Timeout {
+        /// What timed out.
+        operation: &'static str,
+        /// How long it was given.
+        timeout: std::time::Duration,
+    },
     /// An argument was rejected before anything was sent.
     #[error("{0}")]
     InvalidArgument(String),
@@ -66,6 +82,15 @@ pub enum Error {
     /// waiting; the next call opens a new one.
     #[error("the reply queue closed: {0}")]
     ReplyQueueClosed(String),
+    /// A group consumer was asked to commit while it is not a member of its
+    /// group: it lost the membership in a rebalance and is rejoining. Its
+    /// kind is [`ErrorKind::RebalanceInProgress`]; the records are read
+    /// again by whoever gets the partitions.
+    #[error("cannot commit: not a member of group {group} right now (rejoining after a rebalance)")]
+    NotGroupMember {
+        /// The group.
+        group: String,
+    },
 }
 
 /// One receipt an ack, nack or extend did not apply, and why.
@@ -75,6 +100,7 @@ pub struct RejectedReceipt {
     pub message_id: u64,
     /// The delivery the receipt was for.
     pub delivery_count: u32,
+    /// The broker's error for it.
     pub error: Box<ServerError>,
 }
 
@@ -203,7 +229,7 @@ pub enum ErrorKind {
 impl Error {
     /// Whether this error is retryable, a rebalance in progress, or fatal.
     pub fn kind(&self) -> ErrorKind {
-        if self.is_fenced_member() {
+        if self.is_fenced_member() || matches!(self, Error::NotGroupMember { .. }) {
             ErrorKind::RebalanceInProgress
         } else if self.is_retryable() {
             ErrorKind::Retryable
@@ -336,6 +362,19 @@ mod tests {
             info: Some(ErrorInfo { code: ErrorCode::ShuttingDown as i32, ..Default::default() }),
         });
         assert!(shutting_down.is_retryable());
+    }
+
+    #[test]
+    fn kinds_tell_fatal_retryable_and_rebalance_apart() {
+        assert_eq!(Error::from(tonic::Status::unavailable("down")).kind(), ErrorKind::Retryable);
+        assert_eq!(Error::InvalidArgument("bad".into()).kind(), ErrorKind::Fatal);
+        assert_eq!(Error::NotGroupMember { group: "g".into() }.kind(), ErrorKind::RebalanceInProgress);
+        let fenced = strata_proto::status_with_info(
+            tonic::Code::FailedPrecondition,
+            "generation 3 is not current",
+            ErrorInfo { code: ErrorCode::FencedMember as i32, ..Default::default() },
+        );
+        assert_eq!(Error::from(fenced).kind(), ErrorKind::RebalanceInProgress);
     }
 
     #[test]

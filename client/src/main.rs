@@ -23,8 +23,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         // OTLP tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set; the guard
         // flushes spans before the process exits.
-        let config = strata_proto::telemetry::TelemetryConfig::from_env(std::env::vars());
-        let _telemetry = strata_proto::telemetry::init(&config, "strata-cli").map_err(anyhow::Error::msg)?;
+        let config = strata_telemetry::TelemetryConfig::from_env(std::env::vars());
+        let _telemetry = strata_telemetry::init(&config, "strata-cli").map_err(anyhow::Error::msg)?;
         cli::run(args).await
     });
     match result {

@@ -10,8 +10,11 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 /// jitter; after `max_retries` consecutive failures the error is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryConfig {
+    /// The first delay.
     pub min_delay: Duration,
+    /// The longest delay.
     pub max_delay: Duration,
+    /// Consecutive retries before the error is reported.
     pub max_retries: usize,
 }
 

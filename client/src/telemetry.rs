@@ -9,7 +9,7 @@
 //! messages that are sampled: an unsampled message costs a sampling decision
 //! and its `traceparent` header.
 
-use strata_proto::telemetry::{self, Attribute, BoxedSpan, Kind, MessageTrace, attr};
+use strata_telemetry::{self as telemetry, Attribute, BoxedSpan, Kind, MessageTrace, attr};
 
 /// The trace context an outgoing message must carry (sampled or not) and,
 /// when it is sampled, its `send` span. `None` when tracing is off.

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
-    SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, TopologySpreadConstraint, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Secret, SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -381,9 +381,20 @@ fn labels(name: &str) -> BTreeMap<String, String> {
     l
 }
 
+/// The gRPC address broker `ordinal` of cluster `name` is reached at: its
+/// pod's name under the headless Service (published for not-ready pods too,
+/// so brokers find each other before they are Ready).
+pub fn broker_address(name: &str, ns: &str, ordinal: i32) -> String {
+    format!("{name}-{ordinal}.{name}-headless.{ns}.svc:{GRPC_PORT}")
+}
+
 /// Renders the broker's TOML configuration file (the format its `--config`
-/// loader reads; unknown keys would be errors there).
-pub fn render_config(spec: &BrokerClusterSpec) -> Result<String, InvalidSpec> {
+/// loader reads; unknown keys would be errors there). With more than one
+/// replica the pods form one cluster: every pod gets the same seed list
+/// (each broker's address under the headless Service) and takes its id
+/// from its pod name's ordinal; its own address comes from the container's
+/// `--advertised-address $(POD_NAME)…` argument.
+pub fn render_config(name: &str, ns: &str, spec: &BrokerClusterSpec) -> Result<String, InvalidSpec> {
     let mut root = toml::Table::new();
     let mut server = toml::Table::new();
     server.insert("listen".into(), format!("0.0.0.0:{GRPC_PORT}").into());
@@ -425,6 +436,13 @@ pub fn render_config(spec: &BrokerClusterSpec) -> Result<String, InvalidSpec> {
     }
     if let Some(t) = &spec.tier {
         root.insert("tier".into(), render_tier(t)?.into());
+    }
+    if spec.replicas > 1 {
+        let mut cluster = toml::Table::new();
+        cluster.insert("broker_id_from_hostname".into(), true.into());
+        let peers: Vec<toml::Value> = (0..spec.replicas).map(|i| broker_address(name, ns, i).into()).collect();
+        cluster.insert("peers".into(), peers.into());
+        root.insert("cluster".into(), cluster.into());
     }
     let mut log = toml::Table::new();
     log.insert("format".into(), "json".into());
@@ -673,8 +691,24 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
             message: format!("must be at least 1, got {}", spec.replicas),
         });
     }
-    let config = render_config(spec)?;
-    let env = pod_env(spec)?;
+    let config = render_config(&name, &ns, spec)?;
+    let mut env = pod_env(spec)?;
+    let mut args = vec!["--config".to_owned(), format!("{CONFIG_DIR}/{CONFIG_FILE}")];
+    if spec.replicas > 1 {
+        env.insert(
+            0,
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+        );
+        // `$(POD_NAME)` is expanded by the kubelet.
+        args.extend(["--advertised-address".to_owned(), format!("$(POD_NAME).{name}-headless.{ns}.svc:{GRPC_PORT}")]);
+    }
     let monitor = monitor_object(&name, &ns, &owner, &spec.metrics)?;
     let sel = selector_labels(&name);
     let headless = format!("{name}-headless");
@@ -716,7 +750,7 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         name: "broker".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.clone(),
-        args: Some(vec!["--config".into(), format!("{CONFIG_DIR}/{CONFIG_FILE}")]),
+        args: Some(args),
         env: (!env.is_empty()).then_some(env),
         ports: Some(vec![
             ContainerPort {
@@ -795,8 +829,11 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         spec: StatefulSetSpec {
             replicas: Some(spec.replicas),
             service_name: Some(headless),
-            // Ordered rolling update: one pod at a time, each waiting for readiness.
-            pod_management_policy: Some("OrderedReady".into()),
+            // Pods start together: a clustered broker is Ready only once a
+            // majority has formed, so pod 0 cannot wait for its own
+            // readiness before pod 1 exists. Rolling updates still go one
+            // pod at a time, each waiting for readiness.
+            pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector { match_labels: Some(sel.clone()), ..LabelSelector::default() },
             template,
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
@@ -963,6 +1000,28 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
         return Ok(Action::requeue(ctx.settings.resync));
     }
     status::remove(&mut st.conditions, status::PAUSED);
+
+    // Brokers cannot yet join or leave a formed cluster (metadata membership
+    // is fixed at formation; moving partitions is the replication issue's):
+    // a changed `spec.replicas` is refused, the cluster kept at its size.
+    let formed = previous.replicas;
+    let mut sized;
+    let cluster = if formed > 0 && formed != cluster.spec.replicas && cluster.spec.replicas >= 1 {
+        let message = format!(
+            "spec.replicas {} refused: this cluster formed with {formed} brokers, and adding or removing brokers of a formed cluster is not supported yet; kept at {formed}",
+            cluster.spec.replicas
+        );
+        if !status::is_true(&previous.conditions, status::SCALING_BLOCKED) {
+            ctx.event(cluster, true, "ScalingBlocked", "Reconcile", message.clone()).await;
+        }
+        status::set(&mut st.conditions, status::SCALING_BLOCKED, true, Reason::Unsupported, message, generation);
+        sized = cluster.clone();
+        sized.spec.replicas = formed;
+        &sized
+    } else {
+        status::remove(&mut st.conditions, status::SCALING_BLOCKED);
+        cluster
+    };
 
     let children = match build(cluster) {
         Ok(c) => c,

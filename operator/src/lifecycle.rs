@@ -50,8 +50,8 @@ pub fn tenant_allows(tenant: &Tenant, namespace: &str) -> bool {
 pub async fn reconcile<K: BrokerResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     // OTLP tracing on (OTEL_EXPORTER_OTLP_ENDPOINT): one span per reconcile.
-    let mut span = strata_proto::telemetry::enabled().then(|| {
-        use strata_proto::telemetry::{self as t, Attribute};
+    let mut span = strata_telemetry::enabled().then(|| {
+        use strata_telemetry::{self as t, Attribute};
         let attrs = vec![
             Attribute::new("k8s.resource.kind", K::KIND),
             Attribute::new("k8s.resource.name", obj.name_any()),
@@ -62,8 +62,8 @@ pub async fn reconcile<K: BrokerResource>(obj: Arc<K>, ctx: Arc<Context>) -> Res
     let result = reconcile_inner(&*obj, &ctx).await;
     ctx.metrics.observe(K::KIND, started.elapsed(), result.as_ref().err());
     if let (Some(s), Err(e)) = (&mut span, &result) {
-        use strata_proto::telemetry::Span as _;
-        s.set_status(strata_proto::telemetry::SpanStatus::error(e.to_string()));
+        use strata_telemetry::Span as _;
+        s.set_status(strata_telemetry::SpanStatus::error(e.to_string()));
     }
     result
 }

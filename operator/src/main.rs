@@ -97,9 +97,8 @@ async fn main() -> anyhow::Result<()> {
                 builder.init()
             }
             // OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set; off otherwise.
-            let telemetry = strata_proto::telemetry::TelemetryConfig::from_env(std::env::vars());
-            let _telemetry =
-                strata_proto::telemetry::init(&telemetry, "strata-operator").map_err(anyhow::Error::msg)?;
+            let telemetry = strata_telemetry::TelemetryConfig::from_env(std::env::vars());
+            let _telemetry = strata_telemetry::init(&telemetry, "strata-operator").map_err(anyhow::Error::msg)?;
             let client = kube::Client::try_default().await.context("cannot configure the Kubernetes client")?;
             let listener =
                 tokio::net::TcpListener::bind(http_listen).await.with_context(|| format!("binding {http_listen}"))?;

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub const READY: &str = "Ready";
 pub const DRIFTED: &str = "Drifted";
 pub const PAUSED: &str = "Paused";
+/// A BrokerCluster's `spec.replicas` change that was refused.
+pub const SCALING_BLOCKED: &str = "ScalingBlocked";
 
 /// Why a resource is (not) ready. These strings are an API: alerts and
 /// scripts match on them, so they never change meaning.

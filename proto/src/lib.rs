@@ -6,8 +6,6 @@
 
 pub mod batch;
 pub mod codec;
-#[cfg(feature = "trace-context")]
-pub mod telemetry;
 
 /// Generated code for package `strata.v1`.
 #[allow(clippy::all, missing_docs)]

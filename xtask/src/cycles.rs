@@ -240,7 +240,7 @@ fn folder_graph(files: &BTreeMap<String, BTreeSet<String>>, folder: &str) -> BTr
 /// Prints every cycle; an error when there is one.
 pub fn check(root: &Path) -> Result<(), String> {
     let mut cycles = 0;
-    for krate in ["proto", "broker", "client", "operator", "e2e", "xtask"] {
+    for krate in ["proto", "telemetry", "broker", "client", "operator", "e2e", "xtask"] {
         let src = root.join(krate).join("src");
         if !src.is_dir() {
             continue;

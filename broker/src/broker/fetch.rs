@@ -207,12 +207,12 @@ impl FetchSession {
             let metrics = self.broker.metrics();
             metrics.messages_out.get_or_create(&labels).inc_by(records);
             metrics.bytes_out.get_or_create(&labels).inc_by(read.records.len() as u64);
-            let delivered = strata_proto::telemetry::enabled().then(|| {
+            let delivered = strata_telemetry::enabled().then(|| {
                 let mut spans = crate::telemetry::batch_spans(&read.records, "deliver", &labels.topic, index);
                 // Where the bytes came from: the local disk or the cold tier.
                 let tier = if self.partition.is_cold(read_from) { "cold" } else { "hot" };
                 for (_, s) in &mut spans {
-                    use strata_proto::telemetry::{Attribute, Span as _};
+                    use strata_telemetry::{Attribute, Span as _};
                     s.set_attribute(Attribute::new("messaging.strata.tier", tier));
                 }
                 spans

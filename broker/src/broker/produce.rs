@@ -98,7 +98,7 @@ impl Broker {
             }
             // `publish` spans for the records that carry a sampled context,
             // once the batch is known to be well-formed.
-            let traced = (strata_proto::telemetry::enabled() && header.is_traced())
+            let traced = (strata_telemetry::enabled() && header.is_traced())
                 .then(|| crate::telemetry::batch_spans(&batch, "publish", &topic_label, partition));
             let mut owned = batch.to_vec();
             part2.append(&mut owned, &header, now).map(|appended| (appended, traced))
@@ -106,7 +106,7 @@ impl Broker {
         .await
         .map_err(|source| BrokerError::TaskFailed { what: "append", source })??;
         let traced = traced.filter(|s| !s.is_empty()).map(|mut spans| {
-            use strata_proto::telemetry::{Attribute, Span, attr};
+            use strata_telemetry::{Attribute, Span, attr};
             for (delta, span) in &mut spans {
                 span.set_attribute(Attribute::new(attr::MESSAGE_ID, (appended.base_offset + *delta).to_string()));
             }

@@ -273,8 +273,8 @@ impl Partition {
         let mut after = 0;
         while let Some(seg) = self.log.next_to_upload(after) {
             after = seg.next_offset;
-            let mut span = strata_proto::telemetry::enabled().then(|| {
-                use strata_proto::telemetry::{self as t, Attribute, attr};
+            let mut span = strata_telemetry::enabled().then(|| {
+                use strata_telemetry::{self as t, Attribute, attr};
                 let mut a = t::base_attributes(&labels.topic);
                 a.push(Attribute::new(attr::PARTITION, partition.to_string()));
                 a.push(Attribute::new("strata.segment.base_offset", seg.base_offset as i64));
@@ -291,8 +291,8 @@ impl Partition {
                 Err(e) => {
                     metrics.tier_upload_failures.get_or_create(&labels).inc();
                     if let Some(s) = &mut span {
-                        use strata_proto::telemetry::Span as _;
-                        s.set_status(strata_proto::telemetry::SpanStatus::error(e.to_string()));
+                        use strata_telemetry::Span as _;
+                        s.set_status(strata_telemetry::SpanStatus::error(e.to_string()));
                     }
                     return Err(e);
                 }

@@ -23,8 +23,8 @@ impl QueueManager {
                 meta.not_before = 0;
                 meta.expires_at = 0;
                 meta.dedup_id.clear();
-                if strata_proto::telemetry::enabled() {
-                    use strata_proto::telemetry::{Attribute, attr};
+                if strata_telemetry::enabled() {
+                    use strata_telemetry::{Attribute, attr};
                     drop(crate::telemetry::message_span(
                         r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())),
                         format!("dead_letter {}", q.name),

@@ -135,7 +135,7 @@ impl QueueManager {
                     results[i].id = results[first].id;
                 }
             }
-            let traced = strata_proto::telemetry::enabled().then(|| {
+            let traced = strata_telemetry::enabled().then(|| {
                 let spans: Vec<_> = fresh
                     .iter()
                     .zip(&ids)
@@ -146,14 +146,8 @@ impl QueueManager {
                             format!("publish {}", q.name),
                             &q.name,
                             vec![
-                                strata_proto::telemetry::Attribute::new(
-                                    strata_proto::telemetry::attr::MESSAGE_ID,
-                                    id.to_string(),
-                                ),
-                                strata_proto::telemetry::Attribute::new(
-                                    strata_proto::telemetry::attr::OPERATION_NAME,
-                                    "publish",
-                                ),
+                                strata_telemetry::Attribute::new(strata_telemetry::attr::MESSAGE_ID, id.to_string()),
+                                strata_telemetry::Attribute::new(strata_telemetry::attr::OPERATION_NAME, "publish"),
                             ],
                         )
                     })
@@ -237,8 +231,8 @@ impl QueueManager {
                 let mut out = Vec::with_capacity(leases.len());
                 for l in leases {
                     let Some(r) = records.get(&l.id) else { continue };
-                    if strata_proto::telemetry::enabled() {
-                        use strata_proto::telemetry::{Attribute, attr};
+                    if strata_telemetry::enabled() {
+                        use strata_telemetry::{Attribute, attr};
                         let verb = if l.deliveries > 1 { "redeliver" } else { "deliver" };
                         // Ends at once: the span marks the hand-over.
                         drop(crate::telemetry::message_span(

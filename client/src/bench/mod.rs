@@ -14,7 +14,10 @@
 //!   queue; msgs/s and MB/s of acknowledged receipts from the first send to
 //!   the last ack; send latency (send call to its answer) and end-to-end
 //!   latency (send call to receipt, from a timestamp in the body).
+//! - `bench group` (in `group`): producers and consumer-group members at
+//!   once; both rates, end-to-end latency and the group's drain time.
 
+mod group;
 mod queue;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,6 +52,10 @@ pub(crate) enum BenchCommand {
     /// --queue a temporary queue `bench-<random>` is created and deleted
     /// afterwards.
     Queue(queue::BenchQueueArgs),
+    /// Producers and consumer-group members on one topic at once (default
+    /// 2 and 2): report both rates, end-to-end latency and how long the
+    /// group took to drain after the last acknowledgement.
+    Group(group::BenchGroupArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,6 +157,10 @@ pub(crate) async fn run(client: &Client, cmd: BenchCommand) -> anyhow::Result<()
             let json = args.json;
             (queue::bench_queue(client, args).await?, json)
         }
+        BenchCommand::Group(args) => {
+            let json = args.json;
+            (group::bench_group(client, args).await?, json)
+        }
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -200,6 +211,20 @@ pub(crate) struct Report {
     pub(crate) e2e_p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) e2e_p999_ms: Option<f64>,
+    /// `bench group`: records the group read, and its rate from its first
+    /// record to its last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) consumed_messages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) consume_msgs_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) consume_mb_per_sec: Option<f64>,
+    /// `bench group --backlog`: the group started after the producers finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) backlog: Option<bool>,
+    /// `bench group`: from the last acknowledgement to the group's last record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) drain_ms: Option<f64>,
 }
 
 impl Report {
@@ -233,6 +258,11 @@ impl Report {
             e2e_p50_ms: None,
             e2e_p99_ms: None,
             e2e_p999_ms: None,
+            consumed_messages: None,
+            consume_msgs_per_sec: None,
+            consume_mb_per_sec: None,
+            drain_ms: None,
+            backlog: None,
         }
     }
 
@@ -255,6 +285,13 @@ impl Report {
         );
         if let Some(rate) = self.rate {
             text.push_str(&format!("  at a fixed rate of {rate} msgs/s\n"));
+        }
+        if let (Some(n), Some(rate), Some(mb), Some(drain)) =
+            (self.consumed_messages, self.consume_msgs_per_sec, self.consume_mb_per_sec, self.drain_ms)
+        {
+            text.push_str(&format!(
+                "  group: {n} messages read at {rate:.0} msgs/s, {mb:.2} MB/s; drained {drain:.1} ms after the last ack\n"
+            ));
         }
         if let (Some(p50), Some(p99), Some(p999)) = (self.e2e_p50_ms, self.e2e_p99_ms, self.e2e_p999_ms) {
             text.push_str(&format!("  end-to-end latency: p50 {p50:.3} ms, p99 {p99:.3} ms, p99.9 {p999:.3} ms\n"));

@@ -42,6 +42,7 @@ pub enum StartFrom {
 /// Settings of a [`Consumer`].
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
+    /// Where to start each partition.
     pub start: StartFrom,
     /// The partitions to read; `None` reads every partition the topic has
     /// when the consumer starts.
@@ -79,21 +80,25 @@ pub struct ConsumedRecord {
     /// The topic it was read from (shared by every record of the topic, so
     /// it costs no allocation per record).
     pub topic: Arc<str>,
+    /// The partition it was read from.
     pub partition: u32,
+    /// Its offset within the partition.
     pub offset: u64,
     /// Milliseconds since the Unix epoch, as set by the producer.
     pub timestamp_ms: i64,
+    /// The key it was produced with, if any.
     pub key: Option<Bytes>,
     /// The value (a null value written by another client reads as empty).
     pub value: Bytes,
+    /// Headers in the order they were produced, e.g. W3C `traceparent`.
     pub headers: Vec<(String, Bytes)>,
 }
 
 impl ConsumedRecord {
     /// A `process` span linked to the record's creation context.
-    pub(crate) fn process_span(&self, group: Option<&str>) -> Option<strata_proto::telemetry::BoxedSpan> {
-        use strata_proto::telemetry::{Attribute, attr};
-        if !strata_proto::telemetry::enabled() {
+    pub(crate) fn process_span(&self, group: Option<&str>) -> Option<strata_telemetry::BoxedSpan> {
+        use strata_telemetry::{Attribute, attr};
+        if !strata_telemetry::enabled() {
             return None;
         }
         crate::telemetry::process_span(&self.topic, self.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())), || {
@@ -119,6 +124,7 @@ impl ConsumedRecord {
 /// How far a consumer has read one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionProgress {
+    /// The partition number.
     pub partition: u32,
     /// The offset of the next record [`Consumer::next`] will return for this
     /// partition; `None` until the first fetch response when starting from
@@ -152,7 +158,7 @@ pub struct Consumer {
     fetch: FetchSet,
     /// The `process` span of the record last returned (tracing on): it
     /// lasts until the application asks for the next record.
-    processing: Option<strata_proto::telemetry::BoxedSpan>,
+    processing: Option<strata_telemetry::BoxedSpan>,
     /// An error `poll` met after it already had records; the next `poll` returns it.
     deferred: Option<Error>,
 }

@@ -17,7 +17,9 @@ use crate::error::Error;
 /// A committed offset of one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CommittedOffset {
+    /// The topic.
     pub topic: String,
+    /// The partition number.
     pub partition: u32,
     /// The next offset the group reads from this partition.
     pub offset: u64,

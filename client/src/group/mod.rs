@@ -18,7 +18,10 @@
 //!   `auto_offset_reset` is latest).
 //! - Commits carry the member id and generation. A commit refused because
 //!   the member was fenced is logged during rebalances, returned to callers
-//!   of [`GroupConsumer::commit`].
+//!   of [`GroupConsumer::commit`] — like a commit while the consumer is
+//!   rejoining ([`Error::NotGroupMember`]) — as an error whose
+//!   [`Error::kind`] is `RebalanceInProgress`: nothing to handle but the
+//!   records being read again by the partition's next owner.
 //! - When the stream ends (removed from the group, broker unavailable, …)
 //!   every partition is dropped (`on_revoked`) and the consumer rejoins with
 //!   backoff as a new member.
@@ -82,6 +85,7 @@ pub struct GroupConsumerConfig {
     /// A record returned by `next()` counts as processed once `next()` is
     /// called again (at-least-once).
     pub auto_commit: bool,
+    /// How often `auto_commit` commits.
     pub auto_commit_interval: Duration,
     /// Where to start a partition that has **no committed offset** — every
     /// partition of a new group (Kafka's `auto.offset.reset`). The default
@@ -208,7 +212,7 @@ pub struct GroupConsumer {
     /// An error `poll` met after it already had records; the next `poll` returns it.
     deferred: Option<Error>,
     /// The `process` span of the record last returned (tracing on).
-    processing: Option<strata_proto::telemetry::BoxedSpan>,
+    processing: Option<strata_telemetry::BoxedSpan>,
 }
 
 impl Client {
@@ -703,10 +707,7 @@ impl GroupConsumer {
             return Ok(());
         }
         let Some(member_id) = self.member_id.clone() else {
-            return Err(Error::InvalidArgument(format!(
-                "cannot commit: not a member of group {} right now (rejoining)",
-                self.group
-            )));
+            return Err(Error::NotGroupMember { group: self.group.clone() });
         };
         let request = CommitOffsetsRequest {
             tenant: self.client.tenant().to_owned(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchBuilder, Compression};
-use strata_proto::telemetry::MessageTrace;
+use strata_telemetry::MessageTrace;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{Message, RecordMetadata};

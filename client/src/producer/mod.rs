@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::batch::{BatchBuilder, HEADER_LEN, HeaderRef};
-use strata_proto::telemetry::MessageTrace;
 use strata_proto::v1::InitProducerRequest;
+use strata_telemetry::MessageTrace;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use strata_proto::batch::Compression;
@@ -101,6 +101,7 @@ pub struct Message {
     /// Messages with a key go to partition `xxh3_64(key) % partitions`
     /// (see [`crate::partition_for_key`]), so equal keys keep their order.
     pub key: Option<Bytes>,
+    /// The payload.
     pub value: Bytes,
     /// Headers, e.g. W3C `traceparent`.
     pub headers: Vec<(String, Bytes)>,
@@ -111,25 +112,30 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message with this value and nothing else set.
     pub fn new(value: impl Into<Bytes>) -> Self {
         Message { value: value.into(), ..Message::default() }
     }
 
+    /// Sets the key (which chooses the partition).
     pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
         self
     }
 
+    /// Adds a header (repeatable).
     pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.headers.push((key.into(), value.into()));
         self
     }
 
+    /// Sets the timestamp, in milliseconds since the Unix epoch.
     pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
         self.timestamp = Some(timestamp_ms);
         self
     }
 
+    /// Sends to this partition, overriding the key hash.
     pub fn with_partition(mut self, partition: u32) -> Self {
         self.partition = Some(partition);
         self
@@ -158,7 +164,9 @@ pub(crate) fn record_headers<'a>(
 /// Where an acknowledged message was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RecordMetadata {
+    /// The partition it was stored in.
     pub partition: u32,
+    /// Its offset within the partition.
     pub offset: u64,
 }
 
@@ -169,7 +177,7 @@ pub struct RecordMetadata {
 pub struct DeliveryFuture {
     rx: oneshot::Receiver<Result<RecordMetadata, Error>>,
     /// The message's `send` span (tracing on); ends with the acknowledgement.
-    span: Option<strata_proto::telemetry::BoxedSpan>,
+    span: Option<strata_telemetry::BoxedSpan>,
 }
 
 impl Future for DeliveryFuture {
@@ -180,7 +188,7 @@ impl Future for DeliveryFuture {
         if let Poll::Ready(r) = &out
             && let Some(mut span) = self.span.take()
         {
-            use strata_proto::telemetry::{Attribute, Span, SpanStatus, attr};
+            use strata_telemetry::{Attribute, Span, SpanStatus, attr};
             match r {
                 Ok(m) => {
                     span.set_attribute(Attribute::new(attr::PARTITION, m.partition.to_string()));

@@ -24,7 +24,9 @@ use super::millis;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueMessage {
+    /// The payload.
     pub body: Bytes,
+    /// Headers, e.g. W3C `traceparent`.
     pub headers: Vec<(String, Bytes)>,
     /// 0 (the default) up to the queue's `priorities - 1`; higher is
     /// received first.
@@ -48,30 +50,36 @@ pub struct QueueMessage {
 }
 
 impl QueueMessage {
+    /// A message with this body and every option at the queue default.
     pub fn new(body: impl Into<Bytes>) -> Self {
         QueueMessage { body: body.into(), ..Self::default() }
     }
 
+    /// Sets the priority (higher is received first).
     pub fn priority(mut self, priority: u32) -> Self {
         self.priority = priority;
         self
     }
 
+    /// Delivers the message no earlier than `delay` from now.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
         self
     }
 
+    /// Sets the time to live (the queue's TTL action applies after it).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
     }
 
+    /// Sets the FIFO group (order is kept within a group).
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
         self
     }
 
+    /// Sets the deduplication id: a second send with it within the queue's dedup window is not stored.
     pub fn dedup_id(mut self, id: impl Into<String>) -> Self {
         self.dedup_id = Some(id.into());
         self
@@ -83,16 +91,19 @@ impl QueueMessage {
         self
     }
 
+    /// Sets the key (used by bindings' key filters).
     pub fn key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
         self
     }
 
+    /// Request-reply: the queue the receiver should answer on.
     pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
         self.reply_to = Some(queue.into());
         self
     }
 
+    /// Request-reply: the id that pairs an answer with its request.
     pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
         self.correlation_id = Some(id.into());
         self
@@ -136,6 +147,7 @@ impl From<Bytes> for QueueMessage {
 /// After a redelivery the receipt of an earlier delivery is stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Receipt {
+    /// The message id, unique within the queue.
     pub message_id: u64,
     /// 1 for the first delivery.
     pub delivery_count: u32,
@@ -160,16 +172,23 @@ impl From<pb::Receipt> for Receipt {
 pub struct Delivery {
     /// The queue it came from (shared, so it costs no allocation per message).
     pub queue: Arc<str>,
+    /// The receipt to ack, nack or extend this delivery with.
     pub receipt: Receipt,
+    /// The payload.
     pub body: Bytes,
+    /// Headers as sent.
     pub headers: Vec<(String, Bytes)>,
+    /// The priority it was sent with.
     pub priority: u32,
     /// FIFO group (`None`: the default group).
     pub group: Option<String>,
+    /// The deduplication id it was sent with.
     pub dedup_id: Option<String>,
+    /// The key it was sent with.
     pub key: Option<Bytes>,
     /// Request-reply: where the sender waits for an answer.
     pub reply_to: Option<String>,
+    /// Request-reply: the id that pairs an answer with its request.
     pub correlation_id: Option<String>,
     /// When the message was sent (enqueued).
     pub enqueued_at: SystemTime,

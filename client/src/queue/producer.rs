@@ -119,7 +119,7 @@ impl Default for QueueProducerConfig {
 pub struct SendFuture {
     rx: oneshot::Receiver<Result<SendResult, Error>>,
     /// The message's `send` span (tracing on); ends with the answer.
-    span: Option<strata_proto::telemetry::BoxedSpan>,
+    span: Option<strata_telemetry::BoxedSpan>,
 }
 
 impl Future for SendFuture {
@@ -130,7 +130,7 @@ impl Future for SendFuture {
         if let Poll::Ready(r) = &out
             && let Some(mut span) = self.span.take()
         {
-            use strata_proto::telemetry::{Attribute, Span, SpanStatus, attr};
+            use strata_telemetry::{Attribute, Span, SpanStatus, attr};
             match r {
                 Ok(s) => span.set_attribute(Attribute::new(attr::MESSAGE_ID, s.message_id.to_string())),
                 Err(e) => span.set_status(SpanStatus::error(e.to_string())),

@@ -49,7 +49,7 @@ pub struct Receiver {
     auto_ack: bool,
     /// `process` spans of the last batch received (tracing on); they end
     /// when the next batch is asked for, or with the receiver.
-    processing: Arc<std::sync::Mutex<Vec<strata_proto::telemetry::BoxedSpan>>>,
+    processing: Arc<std::sync::Mutex<Vec<strata_telemetry::BoxedSpan>>>,
     /// The task batching [`Receiver::ack`] calls; started on first use.
     acker: Arc<std::sync::OnceLock<Acker>>,
 }
@@ -100,10 +100,10 @@ impl Receiver {
 
     /// Ends the previous batch's `process` spans and starts this batch's.
     fn start_processing(&self, deliveries: &[Delivery]) {
-        if !strata_proto::telemetry::enabled() {
+        if !strata_telemetry::enabled() {
             return;
         }
-        use strata_proto::telemetry::{Attribute, attr};
+        use strata_telemetry::{Attribute, attr};
         let spans = deliveries.iter().filter_map(|d| {
             crate::telemetry::process_span(&self.queue, d.headers.iter().map(|(k, v)| (k.as_str(), v.as_ref())), || {
                 vec![

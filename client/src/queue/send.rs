@@ -71,7 +71,7 @@ impl Client {
                         )));
                     }
                     if !spans.is_empty() {
-                        use strata_proto::telemetry::{Attribute, Span, attr};
+                        use strata_telemetry::{Attribute, Span, attr};
                         for (i, mut span) in spans.drain(..) {
                             span.set_attribute(Attribute::new(attr::MESSAGE_ID, results[i].message_id.to_string()));
                             span.end();

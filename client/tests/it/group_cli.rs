@@ -145,3 +145,29 @@ async fn bad_group_input_is_a_one_line_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_group_reports_both_rates_and_reads_every_message() {
+    let broker = TestBroker::start().await;
+    let url = broker.url.clone();
+    for extra in [&[][..], &["--backlog"][..]] {
+        let mut args = vec!["bench", "group", "--duration", "500ms", "--size", "100", "--partitions", "2", "--json"];
+        args.extend_from_slice(extra);
+        let out = ok(&url, &args).await;
+        let report: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+        assert_eq!(report["benchmark"], "group", "{report}");
+        assert_eq!((report["producers"].as_u64(), report["consumers"].as_u64()), (Some(2), Some(2)), "{report}");
+        let produced = report["messages"].as_u64().unwrap();
+        assert!(produced > 0, "{report}");
+        // Nothing is lost; a rebalance may repeat records, never skip them.
+        assert!(report["consumed_messages"].as_u64().unwrap() >= produced, "{report}");
+        assert!(report["msgs_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["consume_msgs_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+        assert_eq!(report["backlog"].as_bool(), Some(!extra.is_empty()), "{report}");
+    }
+    // The temporary topic and group are gone afterwards.
+    let client = broker.client().await;
+    assert!(client.list_topics().await.unwrap().iter().all(|t| !t.name.starts_with("bench-")));
+    assert!(client.list_groups().await.unwrap().iter().all(|g| !g.group.starts_with("bench-")));
+    broker.stop().await;
+}

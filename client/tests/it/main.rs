@@ -6,6 +6,7 @@ mod acceptance;
 mod cluster_cli;
 mod group_cli;
 mod groups;
+mod hygiene;
 mod idempotence;
 mod queue_producer;
 mod queues;

@@ -13,6 +13,32 @@ fn sts_path() -> String {
     path_of("apps/v1", "StatefulSet", CLUSTER_NS, "main")
 }
 
+/// The configuration broker pod `pod` of cluster `main` starts with: the
+/// rendered ConfigMap read by the broker's own loader, with the pod's host
+/// name and its container arguments as the kubelet expands them.
+fn pod_config(env: &TestEnv, pod: &str) -> strata_broker::Config {
+    let cm = env.fake.get(&path_of("v1", "ConfigMap", CLUSTER_NS, "main-config")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strata.toml");
+    std::fs::write(&file, cm["data"]["strata.toml"].as_str().unwrap()).unwrap();
+    let sts = env.fake.get(&sts_path()).unwrap();
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> =
+        container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().replace("$(POD_NAME)", pod)).collect();
+    assert_eq!(args[..2], ["--config".to_owned(), "/etc/strata/strata.toml".to_owned()]);
+    let mut vars = std::collections::HashMap::from([("HOSTNAME".to_owned(), pod.to_owned())]);
+    match &args[2..] {
+        [] => {}
+        [flag, address] if flag == "--advertised-address" => {
+            let pod_name = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "POD_NAME").unwrap();
+            assert_eq!(pod_name["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+            vars.insert("STRATA_CLUSTER_ADVERTISED_ADDRESS".into(), address.clone());
+        }
+        other => panic!("unexpected broker arguments {other:?}"),
+    }
+    strata_broker::Config::load(Some(&file), &vars).unwrap()
+}
+
 async fn reconcile(env: &TestEnv) {
     let obj: BrokerCluster = serde_json::from_value(env.fake.get(&cluster_path("main")).unwrap()).unwrap();
     broker_cluster::reconcile(Arc::new(obj), env.ctx.clone()).await.unwrap();
@@ -53,10 +79,19 @@ async fn children_are_applied_owned_and_drift_is_taken_back() {
     assert_eq!(message, "0/3 brokers ready");
 
     // The ConfigMap holds a file the broker's own loader accepts.
-    let cm = env.fake.get(&path_of("v1", "ConfigMap", CLUSTER_NS, "main-config")).unwrap();
-    let text = cm["data"]["strata.toml"].as_str().unwrap();
-    let config = strata_broker::Config::from_toml_str(text).unwrap();
+    let config = pod_config(&env, "main-1");
     assert_eq!(config.server.listen.to_string(), "0.0.0.0:7070");
+    // Three replicas form one cluster: the same seeds for every pod, the id
+    // and the advertised address from the pod's name.
+    let seeds: Vec<String> = (0..3).map(|i| format!("main-{i}.main-headless.{CLUSTER_NS}.svc:7070")).collect();
+    assert_eq!(config.cluster.peers, seeds);
+    assert_eq!(config.cluster.broker_id, Some(1));
+    assert_eq!(config.cluster.advertised_address, seeds[1]);
+    assert_eq!(pod_config(&env, "main-2").cluster.broker_id, Some(2));
+    let sts = env.fake.get(&sts_path()).unwrap();
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel", "pods must start together to form a majority");
+    let headless = env.fake.get(&path_of("v1", "Service", CLUSTER_NS, "main-headless")).unwrap();
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
     assert_eq!(config.server.http_listen.to_string(), "0.0.0.0:7071");
     assert_eq!(config.storage.data_dir, std::path::PathBuf::from("/var/lib/strata"));
     assert_eq!(config.log.level, "debug");
@@ -145,13 +180,9 @@ async fn events_are_grouped_only_when_their_text_is_equal() {
     reconcile(&env).await;
     assert_eq!(events_with_reason(&env, "Ready"), vec![("1 brokers ready".to_owned(), 1)]);
 
-    // Scaled to 3: progressing, then ready again with the new count.
-    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 3}));
-    reconcile(&env).await;
-    assert_eq!(env.ready(&cluster_path("main")).2, "1/3 brokers ready");
-    set_ready(3);
-    reconcile(&env).await;
-    assert_eq!(env.ready(&cluster_path("main")).2, "3/3 brokers ready");
+    // A Ready event with other words is a new event, not a repeat of the old one.
+    let obj: BrokerCluster = serde_json::from_value(env.fake.get(&cluster_path("main")).unwrap()).unwrap();
+    env.ctx.event(&obj, false, "Ready", "Reconcile", "3 brokers ready".into()).await;
     assert_eq!(
         events_with_reason(&env, "Ready"),
         vec![("1 brokers ready".to_owned(), 1), ("3 brokers ready".to_owned(), 1)],
@@ -159,7 +190,6 @@ async fn events_are_grouped_only_when_their_text_is_equal() {
     );
 
     // The same text again is a repeat: one event, counted twice.
-    let obj: BrokerCluster = serde_json::from_value(env.fake.get(&cluster_path("main")).unwrap()).unwrap();
     for _ in 0..2 {
         env.ctx.event(&obj, true, "Checked", "Reconcile", "same words".into()).await;
     }
@@ -205,8 +235,8 @@ async fn tier_telemetry_and_placement_reach_the_pods_and_the_brokers_own_config_
     reconcile(&env).await;
 
     // The rendered file, read back by the broker's real config parser.
-    let cm = env.fake.get(&path_of("v1", "ConfigMap", CLUSTER_NS, "main-config")).unwrap();
-    let config = strata_broker::Config::from_toml_str(cm["data"]["strata.toml"].as_str().unwrap()).unwrap();
+    let config = pod_config(&env, "main-0");
+    assert!(!config.cluster.is_clustered(), "one replica runs standalone");
     assert_eq!(config.tier.cold_store, "s3://strata-cold/prod");
     assert_eq!(config.tier.s3.endpoint, "http://minio.storage:9000");
     assert_eq!(config.tier.s3.region, "eu-west-1");
@@ -299,4 +329,38 @@ async fn a_monitor_without_the_prometheus_operator_is_reported_not_fatal() {
     assert_eq!(env.ready(&cluster_path("main")).1, "Progressing", "the brokers themselves are fine");
     reconcile(&env).await;
     assert_eq!(env.fake.event_reasons().iter().filter(|r| *r == "MonitorUnavailable").count(), 1);
+}
+
+#[tokio::test]
+async fn a_formed_cluster_is_kept_at_its_size_and_the_refused_scale_is_reported() {
+    let env = TestEnv::without_broker().await;
+    env.fake.insert(json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "main", "namespace": CLUSTER_NS},
+        "spec": {"replicas": 3}
+    }));
+    reconcile(&env).await;
+    let mut sts = env.fake.get(&sts_path()).unwrap();
+    sts["status"] = json!({"replicas": 3, "readyReplicas": 3});
+    env.fake.insert(sts);
+    reconcile(&env).await;
+    let seeds_before = pod_config(&env, "main-0").cluster.peers;
+
+    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 5}));
+    reconcile(&env).await;
+    assert_eq!(env.fake.get(&sts_path()).unwrap()["spec"]["replicas"], 3, "the StatefulSet keeps its size");
+    assert_eq!(pod_config(&env, "main-0").cluster.peers, seeds_before, "the seeds do not change");
+    let obj = env.fake.get(&cluster_path("main")).unwrap();
+    let conditions = obj["status"]["conditions"].as_array().unwrap();
+    let blocked = conditions.iter().find(|c| c["type"] == "ScalingBlocked").expect("a ScalingBlocked condition");
+    assert_eq!((blocked["status"].as_str(), blocked["reason"].as_str()), (Some("True"), Some("Unsupported")));
+    assert!(blocked["message"].as_str().unwrap().contains("formed with 3 brokers"), "{blocked}");
+    assert_eq!(env.ready(&cluster_path("main")).0, "True", "the brokers themselves are fine");
+    assert_eq!(events_with_reason(&env, "ScalingBlocked").len(), 1);
+
+    // Back to the formed size: the condition goes away.
+    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 3}));
+    reconcile(&env).await;
+    let obj = env.fake.get(&cluster_path("main")).unwrap();
+    assert!(obj["status"]["conditions"].as_array().unwrap().iter().all(|c| c["type"] != "ScalingBlocked"));
 }

@@ -19,7 +19,7 @@
 //! Span names and attributes follow the OpenTelemetry messaging semantic
 //! conventions (`send orders`, `process orders`; `messaging.system`, ...).
 //!
-//! Feature `trace-context` builds everything but [`init`]-time export, which
+//! Without features the crate builds everything but [`init`]-time export, which
 //! needs feature `telemetry` (the OTLP exporter stack); without it the
 //! exporter-only helpers are unused.
 #![cfg_attr(not(feature = "telemetry"), allow(dead_code, unused_imports))]
@@ -274,7 +274,7 @@ fn random_ids() -> &'static RandomIdGenerator {
 
 /// Installs the global OTLP (gRPC) exporter when `config` names an endpoint.
 /// Must be called inside a Tokio runtime. Needs the `telemetry` feature (the
-/// exporter); `trace-context` alone only carries and samples contexts.
+/// exporter); without it the crate only carries and samples contexts.
 #[cfg(feature = "telemetry")]
 pub fn init(config: &TelemetryConfig, default_service: &str) -> Result<TelemetryGuard, String> {
     let Some(endpoint) = &config.endpoint else { return Ok(TelemetryGuard(None)) };
