@@ -82,6 +82,29 @@ pub struct TopicRecord {
     pub partitions: u32,
     pub settings: TopicSettings,
     pub created_at_ms: i64,
+    /// Cluster mode: the broker that owns each partition (index = partition),
+    /// chosen when the partition is created. Standalone catalogs (and ones
+    /// written before placement) have none: a missing owner is the
+    /// standalone broker itself, and "unowned" in cluster mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<u64>,
+}
+
+impl TopicRecord {
+    /// The owner of `partition`, if placement assigned one.
+    pub fn owner(&self, partition: u32) -> Option<u64> {
+        self.owners.get(partition as usize).copied()
+    }
+}
+
+/// A broker as the replicated catalog knows it (registered by the broker
+/// itself once it is a member): where clients reach it and its zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerRecord {
+    pub address: String,
+    #[serde(default)]
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +200,9 @@ pub struct QueueRecord {
     /// A reply queue owned by one client stream; removed at start-up.
     #[serde(default)]
     pub temporary: bool,
+    /// Cluster mode: the broker that serves the queue (see `TopicRecord::owners`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +221,10 @@ pub struct Catalog {
     /// catalog is the replicated state machine). Absent standalone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<crate::cluster::RaftApplied>,
+    /// Cluster mode: each registered broker's address and zone (placement
+    /// spreads over zones; the Metadata RPC reports them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub brokers: BTreeMap<u64, BrokerRecord>,
     /// Principals by name (unique in the cluster: a client certificate's
     /// CN names one), each with its tenant and token hashes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -287,6 +317,10 @@ pub enum CatalogCommand {
         settings: QueueSettings,
         temporary: bool,
         at_ms: i64,
+        /// Cluster mode: the broker that serves the queue (the one that
+        /// creates it opens it); absent: placed by load.
+        #[serde(default)]
+        owner: Option<u64>,
     },
     UpdateQueue {
         tenant: String,
@@ -309,6 +343,12 @@ pub enum CatalogCommand {
         queue: String,
         topic: String,
         filter: BindingFilter,
+    },
+    /// Cluster mode: a broker records its advertised address and zone.
+    RegisterBroker {
+        id: u64,
+        address: String,
+        zone: String,
     },
 }
 
@@ -366,6 +406,7 @@ pub enum Applied {
     Unbound { id: u64 },
     Principal,
     Token { id: String },
+    Broker,
 }
 
 impl Default for Catalog {
@@ -383,6 +424,7 @@ impl Default for Catalog {
             named_producers: BTreeMap::new(),
             raft: None,
             principals: BTreeMap::new(),
+            brokers: BTreeMap::new(),
         }
     }
 }
@@ -455,9 +497,11 @@ impl Catalog {
                 if t.topics.contains_key(name) {
                     return Err(CatalogError::TopicExists { tenant: tenant.clone(), name: name.clone() });
                 }
+                let owners = self.place(&[], *partitions as usize);
+                let t = self.tenant_mut(tenant)?;
                 t.topics.insert(
                     name.clone(),
-                    TopicRecord { id, partitions: *partitions, settings: *settings, created_at_ms: *at_ms },
+                    TopicRecord { id, partitions: *partitions, settings: *settings, created_at_ms: *at_ms, owners },
                 );
                 self.next_topic_id += 1;
                 Ok(Applied::Topic { id })
@@ -472,9 +516,16 @@ impl Catalog {
                         requested: *partitions,
                     });
                 }
-                let from = topic.partitions;
+                let mut owners = topic.owners.clone();
+                let (from, id) = (topic.partitions, topic.id);
+                if self.raft.is_some() && (owners.len() as u32) < *partitions {
+                    let more = self.place(&owners, *partitions as usize - owners.len());
+                    owners.extend(more);
+                }
+                let topic = self.topic_mut(tenant, name)?;
                 topic.partitions = *partitions;
-                Ok(Applied::PartitionsAdded { id: topic.id, from, to: *partitions })
+                topic.owners = owners;
+                Ok(Applied::PartitionsAdded { id, from, to: *partitions })
             }
             CatalogCommand::UpdateTopic { tenant, name, settings } => {
                 let topic = self.topic_mut(tenant, name)?;
@@ -513,13 +564,16 @@ impl Catalog {
                 self.next_producer_id += 1;
                 Ok(Applied::Producer { id, epoch: 0 })
             }
-            CatalogCommand::CreateQueue { tenant, name, settings, temporary, at_ms } => {
+            CatalogCommand::CreateQueue { tenant, name, settings, temporary, at_ms, owner } => {
                 let id = self.next_topic_id;
                 let t = self.tenant_mut(tenant)?;
                 if t.queues.contains_key(name) {
                     return Err(CatalogError::QueueExists { tenant: tenant.clone(), name: name.clone() });
                 }
                 check_dead_letter(t, tenant, name, settings)?;
+                let owner =
+                    if self.raft.is_some() { owner.or_else(|| self.place(&[], 1).first().copied()) } else { None };
+                let t = self.tenant_mut(tenant)?;
                 t.queues.insert(
                     name.clone(),
                     QueueRecord {
@@ -528,6 +582,7 @@ impl Catalog {
                         created_at_ms: *at_ms,
                         bindings: Vec::new(),
                         temporary: *temporary,
+                        owner,
                     },
                 );
                 self.next_topic_id += 1;
@@ -606,6 +661,10 @@ impl Catalog {
                 let b = q.bindings.remove(i);
                 Ok(Applied::Unbound { id: b.id })
             }
+            CatalogCommand::RegisterBroker { id, address, zone } => {
+                self.brokers.insert(*id, BrokerRecord { address: address.clone(), zone: zone.clone() });
+                Ok(Applied::Broker)
+            }
         }
     }
 
@@ -615,6 +674,62 @@ impl Catalog {
             Some(p) if p.tenant == tenant => Ok(p),
             _ => Err(unknown()),
         }
+    }
+
+    /// How many partitions each broker owns.
+    pub fn owned_partitions(&self) -> BTreeMap<u64, u32> {
+        let mut owned = BTreeMap::new();
+        for o in self.tenants.values().flat_map(|t| t.topics.values()).flat_map(|r| r.owners.iter()) {
+            *owned.entry(*o).or_default() += 1;
+        }
+        owned
+    }
+
+    /// The metadata group's voters (cluster mode; empty standalone).
+    pub fn members(&self) -> Vec<u64> {
+        self.raft.as_ref().map(|r| r.membership.membership().voter_ids().collect()).unwrap_or_default()
+    }
+
+    /// Owners for `n` new partitions (or one queue), placed next to
+    /// `siblings` (the topic's existing owners): each goes to the
+    /// least-loaded member (partitions and queues owned), ties broken by the
+    /// zone holding fewest of the siblings, then by the lowest id. Pure and
+    /// deterministic, so every broker applying the entry places alike.
+    /// Standalone (no members) places nothing: the one broker owns all.
+    fn place(&self, siblings: &[u64], n: usize) -> Vec<u64> {
+        let members = self.members();
+        if members.is_empty() || n == 0 {
+            return Vec::new();
+        }
+        let mut load: BTreeMap<u64, usize> = members.iter().map(|m| (*m, 0)).collect();
+        for t in self.tenants.values() {
+            let owned = t
+                .topics
+                .values()
+                .flat_map(|r| r.owners.iter())
+                .chain(t.queues.values().filter_map(|q| q.owner.as_ref()));
+            for o in owned {
+                if let Some(l) = load.get_mut(o) {
+                    *l += 1;
+                }
+            }
+        }
+        let zone = |b: u64| self.brokers.get(&b).map(|r| r.zone.as_str()).unwrap_or("");
+        let mut in_zone: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in siblings {
+            *in_zone.entry(zone(*s)).or_default() += 1;
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let best = *members
+                .iter()
+                .min_by_key(|b| (load[*b], in_zone.get(zone(**b)).copied().unwrap_or(0), **b))
+                .expect("members is not empty");
+            *load.get_mut(&best).expect("a member") += 1;
+            *in_zone.entry(zone(best)).or_default() += 1;
+            out.push(best);
+        }
+        out
     }
 
     fn tenant_mut(&mut self, tenant: &str) -> Result<&mut TenantRecord, CatalogError> {
@@ -627,6 +742,18 @@ impl Catalog {
             .get_mut(name)
             .ok_or_else(|| CatalogError::UnknownTopic { tenant: tenant.to_owned(), name: name.to_owned() })
     }
+}
+
+/// The broker that coordinates a consumer group (cluster mode): groups
+/// are made by their first join, not by a catalog entry, so the
+/// coordinator is a pure function of the name and the membership
+/// (CRC32C of "tenant/group" over the sorted voter ids), the same on
+/// every broker. `None` standalone (no members).
+pub fn group_coordinator(tenant: &str, group: &str, members: &[u64]) -> Option<u64> {
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    let h = crc32c::crc32c(format!("{tenant}/{group}").as_bytes()) as usize;
+    (!members.is_empty()).then(|| members[h % members.len()])
 }
 
 /// A queue's dead-letter queue must exist in the same tenant and the chain
@@ -847,6 +974,78 @@ mod tests {
             c.apply(&CatalogCommand::DeleteTenant { name: "team".into() }),
             Err(CatalogError::TenantNotEmpty { topics: 1, .. })
         ));
+    }
+
+    fn clustered(members: &[(u64, &str)]) -> Catalog {
+        let mut c = Catalog::default();
+        let nodes: BTreeMap<u64, openraft::BasicNode> =
+            members.iter().map(|(id, _)| (*id, openraft::BasicNode { addr: format!("b{id}:1") })).collect();
+        let ids: std::collections::BTreeSet<u64> = nodes.keys().copied().collect();
+        let m = openraft::Membership::new(vec![ids], nodes);
+        c.raft = Some(crate::cluster::RaftApplied {
+            last_applied: None,
+            membership: openraft::StoredMembership::new(None, m),
+        });
+        for (id, zone) in members {
+            c.apply(&CatalogCommand::RegisterBroker { id: *id, address: format!("b{id}:1"), zone: (*zone).into() })
+                .unwrap();
+        }
+        c
+    }
+
+    fn owned(c: &Catalog) -> BTreeMap<u64, u32> {
+        c.owned_partitions()
+    }
+
+    #[test]
+    fn placement_spreads_by_load_then_zone_and_standalone_places_nothing() {
+        let mut c = clustered(&[(1, "a"), (2, "b"), (3, "c")]);
+        c.apply(&create("six", 6)).unwrap();
+        assert_eq!(owned(&c), [(1, 2), (2, 2), (3, 2)].into());
+        // Least-loaded first across topics: a 1-partition topic then a
+        // 2-partition one keep the load even (3/3/3).
+        c.apply(&create("one", 1)).unwrap();
+        let grow = CatalogCommand::AddPartitions { tenant: "default".into(), name: "one".into(), partitions: 3 };
+        c.apply(&grow).unwrap();
+        assert_eq!(owned(&c), [(1, 3), (2, 3), (3, 3)].into());
+        let one = &c.tenants["default"].topics["one"];
+        assert_eq!(one.owners.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "{:?}", one.owners);
+        // Zones break ties: brokers 1 and 2 share zone "a"; 2 partitions go
+        // to 1 (lowest id) and then 3 (the other zone), not 2.
+        let mut z = clustered(&[(1, "a"), (2, "a"), (3, "b")]);
+        z.apply(&create("t", 2)).unwrap();
+        assert_eq!(z.tenants["default"].topics["t"].owners, vec![1, 3]);
+        // Queues count as load and are placed too (or kept on the creator).
+        let q = |name: &str, owner| CatalogCommand::CreateQueue {
+            tenant: "default".into(),
+            name: name.into(),
+            settings: QueueSettings::defaults(Durability::Fsync),
+            temporary: false,
+            at_ms: 1,
+            owner,
+        };
+        z.apply(&q("q1", None)).unwrap();
+        assert_eq!(z.tenants["default"].queues["q1"].owner, Some(2));
+        z.apply(&q("q2", Some(3))).unwrap();
+        assert_eq!(z.tenants["default"].queues["q2"].owner, Some(3));
+        // Standalone: no owners recorded, the catalog file is as before.
+        let mut s = Catalog::default();
+        s.apply(&create("t", 3)).unwrap();
+        s.apply(&q("q", Some(0))).unwrap();
+        assert!(s.tenants["default"].topics["t"].owners.is_empty());
+        assert_eq!(s.tenants["default"].queues["q"].owner, None);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("owner"), "{json}");
+        // A catalog written before placement reads back (owners missing).
+        let old: Catalog = serde_json::from_str(&json).unwrap();
+        assert_eq!(old, s);
+        // Group coordinators: deterministic, spread, none standalone.
+        let members = [3, 1, 2];
+        let picks: std::collections::BTreeSet<u64> =
+            (0..30).filter_map(|i| group_coordinator("default", &format!("g{i}"), &members)).collect();
+        assert_eq!(picks, [1, 2, 3].into());
+        assert_eq!(group_coordinator("default", "g", &members), group_coordinator("default", "g", &[1, 2, 3]));
+        assert_eq!(group_coordinator("default", "g", &[]), None);
     }
 
     #[test]

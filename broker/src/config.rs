@@ -295,6 +295,9 @@ pub struct ClusterConfig {
     /// Snapshot the catalog and purge the Raft log every this many entries
     /// (a lagging broker then catches up from the snapshot).
     pub snapshot_every: u64,
+    /// This broker's failure zone (the operator fills it from the pod's
+    /// topology label); placement spreads partitions over zones.
+    pub zone: String,
 }
 
 impl Default for ClusterConfig {
@@ -306,6 +309,7 @@ impl Default for ClusterConfig {
             peers: Vec::new(),
             write_timeout: HumanDuration(Duration::from_secs(5)),
             snapshot_every: 5000,
+            zone: String::new(),
         }
     }
 }

@@ -74,6 +74,11 @@ pub enum BrokerError {
         "no metadata leader with a majority answered within {waited_ms} ms; the change may or may not have been made, retry it"
     )]
     NoMetadataQuorum { waited_ms: u64 },
+    #[error("{resource} is served by {}", match (owner, address) {
+        (Some(id), Some(a)) => format!("broker {id} at {a}"),
+        _ => "no live broker: its owner left the cluster".to_owned(),
+    })]
+    NotLeader { resource: String, owner: Option<u64>, address: Option<String> },
 }
 
 impl From<StoreError> for BrokerError {

@@ -123,6 +123,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     let node = if broker.config().cluster.is_clustered() {
         let node = cluster::ClusterNode::start(&broker).await?;
         broker.set_cluster(node.clone());
+        tokio::spawn(broker.clone().register_in_catalog());
         Some(node)
     } else {
         None

@@ -206,6 +206,21 @@ impl Client {
         Ok(self.admin_rpc().describe_cluster(self.request(req)).await?.into_inner())
     }
 
+    /// Where the tenant's topics (all, or those named) and queues are
+    /// served: the brokers and each partition's and queue's owner.
+    pub async fn metadata(
+        &self,
+        topics: &[&str],
+        queues: bool,
+    ) -> Result<strata_proto::v1::GetMetadataResponse, Error> {
+        let req = strata_proto::v1::GetMetadataRequest {
+            tenant: self.tenant().to_owned(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            queues,
+        };
+        Ok(self.admin_rpc().get_metadata(self.request(req)).await?.into_inner())
+    }
+
     /// Lists tenants.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
         Ok(self.admin_rpc().list_tenants(self.request(ListTenantsRequest {})).await?.into_inner().tenants)

@@ -707,6 +707,13 @@ impl Admin for State {
         Err(Status::unimplemented("mock"))
     }
 
+    async fn get_metadata(
+        &self,
+        _request: Request<strata_proto::v1::GetMetadataRequest>,
+    ) -> Result<Response<strata_proto::v1::GetMetadataResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn get_server_info(
         &self,
         _: Request<strata_proto::v1::GetServerInfoRequest>,

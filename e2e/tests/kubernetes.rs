@@ -378,9 +378,11 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut leaders = BTreeSet::new();
     for server in &servers {
-        let text = cluster.strata(&["--server", server, "cluster", "describe", "--json"], None, Duration::from_secs(30))?;
+        let text =
+            cluster.strata(&["--server", server, "cluster", "describe", "--json"], None, Duration::from_secs(30))?;
         let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
-        let mut ids: Vec<u64> = view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["id"].as_u64()).collect();
+        let mut ids: Vec<u64> =
+            view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["id"].as_u64()).collect();
         ids.sort_unstable();
         ensure!(ids == [0, 1, 2], "{server} knows brokers {ids:?}: {text}");
         leaders.insert(view["leader_id"].as_u64().with_context(|| format!("{server} has no metadata leader: {text}"))?);
@@ -393,14 +395,24 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )?;
     for server in &servers[1..] {
-        let text = cluster.strata(&["--server", server, "topic", "describe", "spread"], None, Duration::from_secs(30))?;
+        let text =
+            cluster.strata(&["--server", server, "topic", "describe", "spread"], None, Duration::from_secs(30))?;
         ensure!(text.contains("spread"), "topic spread not visible through {server}: {text}");
     }
     steps.pass(&format!(
         "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a topic created through trio-0 is visible through trio-1 and trio-2"
     ));
 
-    cluster.kubectl(&["-n", "strata", "patch", "brokercluster", "trio", "--type=merge", "-p", r#"{"spec":{"replicas":5}}"#])?;
+    cluster.kubectl(&[
+        "-n",
+        "strata",
+        "patch",
+        "brokercluster",
+        "trio",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":5}}"#,
+    ])?;
     let message = wait_for("BrokerCluster trio to refuse the new size", Duration::from_secs(60), || {
         let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
         let blocked = bc["status"]["conditions"]

@@ -19,6 +19,7 @@
 mod fetch;
 mod limits;
 mod maintenance;
+mod metadata;
 mod open;
 mod principals;
 mod produce;
@@ -56,7 +57,33 @@ pub(crate) struct Topic {
     pub id: u64,
     pub created_at_ms: i64,
     pub settings: RwLock<TopicSettings>,
-    pub partitions: RwLock<Vec<Arc<Partition>>>,
+    /// One slot per partition; `None` where another broker owns it
+    /// (cluster mode: a broker opens only the partitions it owns).
+    pub partitions: RwLock<Vec<Option<Arc<Partition>>>>,
+    /// The catalog's owners (empty standalone).
+    pub owners: RwLock<Vec<u64>>,
+}
+
+/// The queues of `catalog` another broker serves, with their owner.
+pub(crate) fn remote_queues(
+    config: &Config,
+    catalog: &crate::catalog::Catalog,
+) -> HashMap<(String, String), Option<u64>> {
+    let mut out = HashMap::new();
+    for (tenant, t) in &catalog.tenants {
+        for (name, q) in &t.queues {
+            if !owns(config, q.owner) {
+                out.insert((tenant.clone(), name.clone()), q.owner);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a broker with `config` serves a resource placed on `owner`:
+/// standalone, everything; clustered, what the catalog gave its id.
+pub(crate) fn owns(config: &Config, owner: Option<u64>) -> bool {
+    !config.cluster.is_clustered() || owner == Some(config.cluster.broker_id.unwrap_or(0) as u64)
 }
 
 pub struct Broker {
@@ -74,6 +101,9 @@ pub struct Broker {
     cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterNode>>,
     /// Issued producer ids and the latest epoch of each named producer.
     producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
+    /// Cluster mode: queues the catalog places on other brokers (and their
+    /// owner), for NOT_LEADER answers; follows the catalog.
+    remote_queues: RwLock<HashMap<(String, String), Option<u64>>>,
     /// Descriptors released to undo a create that ran out of them.
     spare_fds: crate::fds::SpareFds,
     /// The admin token and the catalog's principals and token hashes.
@@ -134,6 +164,7 @@ impl Broker {
             .map(|t| {
                 let parts = read_lock(&t.partitions)
                     .iter()
+                    .flatten()
                     .map(|p| (p.stats(), if p.config().tiered { p.pending_upload_bytes() } else { 0 }))
                     .collect();
                 (t.name.tenant.to_string(), t.name.topic.to_string(), parts)
@@ -152,11 +183,22 @@ impl Broker {
         self.cluster.get()
     }
 
-    /// The cluster as this broker sees it (standalone: itself alone).
-    pub fn describe_cluster(&self) -> crate::cluster::ClusterView {
+    /// The cluster as this broker sees it (standalone: itself alone), with
+    /// each broker's zone and the partitions it owns from the catalog.
+    pub async fn describe_cluster(&self) -> crate::cluster::ClusterView {
         if let Some(c) = self.cluster() {
-            return c.view();
+            let mut view = c.view();
+            let catalog = self.catalog_snapshot().await;
+            let owned = catalog.owned_partitions();
+            for b in &mut view.brokers {
+                if let Some(r) = catalog.brokers.get(&b.id) {
+                    b.zone = r.zone.clone();
+                }
+                b.partitions = owned.get(&b.id).copied().unwrap_or(0);
+            }
+            return view;
         }
+        let partitions = read_lock(&self.topics).values().map(|t| read_lock(&t.partitions).len() as u32).sum();
         let id = self.config.cluster.broker_id.unwrap_or(0) as u64;
         let address = if self.config.cluster.advertised_address.is_empty() {
             self.config.server.listen.to_string()
@@ -168,9 +210,10 @@ impl Broker {
             brokers: vec![crate::cluster::BrokerInfo {
                 id,
                 address,
-                zone: String::new(),
+                zone: self.config.cluster.zone.clone(),
                 state: "standalone".into(),
                 leader: true,
+                partitions,
             }],
             leader: Some(id),
             answered_by: id,
@@ -223,7 +266,10 @@ impl Broker {
     }
 
     fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        read_lock(&self.topics).values().flat_map(|t| read_lock(&t.partitions).clone()).collect()
+        read_lock(&self.topics)
+            .values()
+            .flat_map(|t| read_lock(&t.partitions).iter().flatten().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     // ---- lookup -------------------------------------------------------
@@ -255,12 +301,51 @@ impl Broker {
     pub(crate) fn partition(&self, tenant: &str, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
         let t = self.topic(tenant, topic)?;
         let parts = read_lock(&t.partitions);
-        parts.get(partition as usize).cloned().ok_or_else(|| BrokerError::UnknownPartition {
-            tenant: t.name.tenant.to_string(),
-            topic: t.name.topic.to_string(),
-            partition,
-            partitions: parts.len() as u32,
-        })
+        match parts.get(partition as usize) {
+            Some(Some(p)) => Ok(p.clone()),
+            Some(None) => {
+                let owner = read_lock(&t.owners).get(partition as usize).copied();
+                Err(self.not_leader(format!("{}/{}/{partition}", t.name.tenant, t.name.topic), owner))
+            }
+            None => Err(BrokerError::UnknownPartition {
+                tenant: t.name.tenant.to_string(),
+                topic: t.name.topic.to_string(),
+                partition,
+                partitions: parts.len() as u32,
+            }),
+        }
+    }
+
+    /// Cluster mode: NOT_LEADER unless this broker coordinates the group.
+    pub(crate) fn check_group_coordinator(&self, tenant: &str, group: &str) -> Result<(), BrokerError> {
+        let Some(c) = self.cluster() else { return Ok(()) };
+        let owner = crate::catalog::group_coordinator(tenant, group, &c.voters());
+        if self.owns(owner) { Ok(()) } else { Err(self.not_leader(format!("{tenant}/{group}"), owner)) }
+    }
+
+    /// Cluster mode: NOT_LEADER for a queue the catalog places on another broker.
+    pub(crate) fn check_queue_owner(&self, tenant: &str, queue: &str) -> Result<(), BrokerError> {
+        if self.cluster().is_none() {
+            return Ok(());
+        }
+        let owner = crate::locks::read_lock(&self.remote_queues).get(&(tenant.to_owned(), queue.to_owned())).copied();
+        match owner {
+            Some(owner) => Err(self.not_leader(format!("{tenant}/{queue}"), owner)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this broker serves a resource placed on `owner`.
+    pub(crate) fn owns(&self, owner: Option<u64>) -> bool {
+        owns(&self.config, owner)
+    }
+
+    /// The NOT_LEADER answer for a resource owned by `owner` (its advertised
+    /// address from the membership, when it is a member).
+    pub(crate) fn not_leader(&self, resource: String, owner: Option<u64>) -> BrokerError {
+        let address = owner.and_then(|o| self.cluster().and_then(|c| c.address_of(o)));
+        let owner = owner.filter(|_| address.is_some());
+        BrokerError::NotLeader { resource, owner, address }
     }
 
     // ---- catalog ------------------------------------------------------

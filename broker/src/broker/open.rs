@@ -35,7 +35,10 @@ impl Broker {
                 source: std::io::Error::other(e),
             })??;
         let tier = Tier::open(&config.tier, &config.storage.data_dir).await?.map(Arc::new);
-        let partitions: Vec<Arc<Partition>> = topics.values().flat_map(|t| read_lock(&t.partitions).clone()).collect();
+        let partitions: Vec<Arc<Partition>> = topics
+            .values()
+            .flat_map(|t| read_lock(&t.partitions).iter().flatten().cloned().collect::<Vec<_>>())
+            .collect();
         if let Some(tier) = &tier {
             crate::partition::attach_tiers(tier, &partitions).await?;
         }
@@ -48,7 +51,9 @@ impl Broker {
         let mut store = store;
         let credentials = Arc::new(crate::security::Credentials::load(&config.auth.admin_token_file, store.catalog())?);
         store.follow_credentials(credentials.clone());
+        let remote_queues = RwLock::new(super::remote_queues(&config, store.catalog()));
         Ok(Arc::new(Broker {
+            remote_queues,
             producer_ids,
             spare_fds: crate::fds::SpareFds::new(),
             credentials,
@@ -89,6 +94,10 @@ fn open_blocking(config: &Config, now_ms: i64) -> Result<Opened, OpenError> {
             expected_dirs.insert(dir.clone());
             let mut partitions = Vec::with_capacity(record.partitions as usize);
             for p in 0..record.partitions {
+                if !super::owns(config, record.owner(p)) {
+                    partitions.push(None);
+                    continue;
+                }
                 let pdir = dir.join(p.to_string());
                 let id = PartitionId::new(key.clone(), record.id, p);
                 let config = record.settings.log_config(interval, config.tier.enabled());
@@ -97,7 +106,7 @@ fn open_blocking(config: &Config, now_ms: i64) -> Result<Opened, OpenError> {
                 for why in &report.truncated {
                     tracing::warn!(partition = %pdir.display(), "recovery truncated {why}");
                 }
-                partitions.push(partition);
+                partitions.push(Some(partition));
             }
             topics.insert(
                 key.clone(),
@@ -107,6 +116,7 @@ fn open_blocking(config: &Config, now_ms: i64) -> Result<Opened, OpenError> {
                     created_at_ms: record.created_at_ms,
                     settings: RwLock::new(record.settings),
                     partitions: RwLock::new(partitions),
+                    owners: RwLock::new(record.owners.clone()),
                 }),
             );
         }

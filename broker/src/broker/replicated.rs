@@ -46,6 +46,7 @@ impl Broker {
     /// applies changed settings, and closes and removes topics it no longer
     /// names. Called with the catalog lock held (entries apply in order).
     async fn reconcile(&self, catalog: &Catalog) {
+        *crate::locks::write_lock(&self.remote_queues) = super::remote_queues(&self.config, catalog);
         let interval = self.config.storage.index_interval_bytes.0;
         let tiered = self.tier.is_some();
         let mut wanted = HashSet::new();
@@ -62,9 +63,17 @@ impl Broker {
                 match existing {
                     Some(topic) if topic.id == record.id => {
                         let have = read_lock(&topic.partitions).len() as u32;
+                        *write_lock(&topic.owners) = record.owners.clone();
                         if record.partitions > have {
                             match self
-                                .open_partitions(&key, record.id, &dir, have..record.partitions, record.settings)
+                                .open_partitions(
+                                    &key,
+                                    record.id,
+                                    &dir,
+                                    have..record.partitions,
+                                    record.settings,
+                                    &record.owners,
+                                )
                                 .await
                             {
                                 Ok(logs) => write_lock(&topic.partitions).extend(logs),
@@ -74,13 +83,23 @@ impl Broker {
                         let changed = *read_lock(&topic.settings) != record.settings;
                         if changed {
                             *write_lock(&topic.settings) = record.settings;
-                            for log in read_lock(&topic.partitions).iter() {
+                            for log in read_lock(&topic.partitions).iter().flatten() {
                                 log.set_config(record.settings.log_config(interval, tiered));
                             }
                         }
                     }
                     _ => {
-                        match self.open_partitions(&key, record.id, &dir, 0..record.partitions, record.settings).await {
+                        let opened = self
+                            .open_partitions(
+                                &key,
+                                record.id,
+                                &dir,
+                                0..record.partitions,
+                                record.settings,
+                                &record.owners,
+                            )
+                            .await;
+                        match opened {
                             Ok(logs) => {
                                 let topic = Arc::new(Topic {
                                     name: key.clone(),
@@ -88,6 +107,7 @@ impl Broker {
                                     created_at_ms: record.created_at_ms,
                                     settings: RwLock::new(record.settings),
                                     partitions: RwLock::new(logs),
+                                    owners: RwLock::new(record.owners.clone()),
                                 });
                                 // A same-named topic with another id was
                                 // deleted and created again: discard the old one.

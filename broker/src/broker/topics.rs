@@ -37,7 +37,10 @@ pub struct TopicView {
     pub partitions: u32,
     pub settings: TopicSettings,
     pub created_at_ms: i64,
-    pub partition_stats: Vec<LogStats>,
+    /// Per partition; `None` where another broker owns it (not known here).
+    pub partition_stats: Vec<Option<LogStats>>,
+    /// Per partition, the owning broker (cluster mode; `None` standalone).
+    pub owners: Vec<Option<u64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,7 +226,7 @@ impl Broker {
         let record = store.catalog().tenants[tenant.as_str()].topics[name.as_str()].clone();
         let dir = topic_dir(&self.config.storage.data_dir, tenant.as_str(), name.as_str(), id);
         let key = TopicRef::new(tenant.clone(), name.clone());
-        let logs = match self.open_partitions(&key, id, &dir, 0..partitions, settings).await {
+        let logs = match self.open_partitions(&key, id, &dir, 0..partitions, settings, &record.owners).await {
             Ok(logs) => logs,
             Err(e) => {
                 // All or nothing: a create refused here (out of file
@@ -258,6 +261,7 @@ impl Broker {
             created_at_ms: record.created_at_ms,
             settings: RwLock::new(settings),
             partitions: RwLock::new(logs),
+            owners: RwLock::new(record.owners.clone()),
         });
         write_lock(&self.topics).insert(key, state);
         drop(store);
@@ -281,7 +285,11 @@ impl Broker {
         dir: &Path,
         range: Range<u32>,
         settings: TopicSettings,
-    ) -> Result<Vec<Arc<Partition>>, BrokerError> {
+        owners: &[u64],
+    ) -> Result<Vec<Option<Arc<Partition>>>, BrokerError> {
+        // Only the partitions this broker owns (standalone: all of them).
+        let mine: Vec<bool> = range.clone().map(|p| self.owns(owners.get(p as usize).copied())).collect();
+        let mine2 = mine.clone();
         let dir = dir.to_path_buf();
         let interval = self.config.storage.index_interval_bytes.0;
         let tiered = self.tier.is_some();
@@ -289,7 +297,9 @@ impl Broker {
         let topic2 = topic.clone();
         let partitions = tokio::task::spawn_blocking(move || {
             range
-                .map(|p| {
+                .zip(mine2)
+                .filter(|(_, mine)| *mine)
+                .map(|(p, _)| {
                     let id = PartitionId::new(topic2.clone(), topic_id, p);
                     let resource = id.to_string();
                     Partition::open(&dir.join(p.to_string()), id, settings.log_config(interval, tiered), now)
@@ -311,7 +321,8 @@ impl Broker {
         for p in &partitions {
             tokio::spawn(p.log().clone().run_syncer());
         }
-        Ok(partitions)
+        let mut opened = partitions.into_iter();
+        Ok(mine.iter().map(|m| if *m { opened.next() } else { None }).collect())
     }
 
     pub async fn list_topics(&self, tenant: &str) -> Result<Vec<TopicView>, BrokerError> {
@@ -332,18 +343,30 @@ impl Broker {
                 settings: r.settings,
                 created_at_ms: r.created_at_ms,
                 partition_stats: Vec::new(),
+                owners: Vec::new(),
             })
             .collect())
     }
 
     pub fn describe_topic(&self, tenant: &str, name: &str) -> Result<TopicView, BrokerError> {
         let t = self.topic(tenant, name)?;
-        let stats = read_lock(&t.partitions).iter().map(|l| l.stats()).collect::<Vec<_>>();
+        let stats = read_lock(&t.partitions).iter().map(|l| l.as_ref().map(|l| l.stats())).collect::<Vec<_>>();
+        let owners = read_lock(&t.owners).clone();
         Ok(TopicView {
             tenant: t.name.tenant.to_string(),
             name: t.name.topic.to_string(),
             id: t.id,
             partitions: stats.len() as u32,
+            // Standalone, this broker owns every partition.
+            owners: (0..stats.len())
+                .map(|p| {
+                    if self.config.cluster.is_clustered() {
+                        owners.get(p).copied()
+                    } else {
+                        Some(self.config.cluster.broker_id.unwrap_or(0) as u64)
+                    }
+                })
+                .collect(),
             settings: *read_lock(&t.settings),
             created_at_ms: t.created_at_ms,
             partition_stats: stats,
@@ -372,7 +395,7 @@ impl Broker {
         {
             let dir = topic_dir(&self.config.storage.data_dir, t.name.tenant.as_str(), t.name.topic.as_str(), t.id);
             let settings = *read_lock(&t.settings);
-            let logs = self.open_partitions(&t.name, t.id, &dir, from..to, settings).await?;
+            let logs = self.open_partitions(&t.name, t.id, &dir, from..to, settings, &[]).await?;
             write_lock(&t.partitions).extend(logs);
         }
         drop(store);
@@ -399,7 +422,7 @@ impl Broker {
         store.commit(&cmd)?;
         *write_lock(&t.settings) = settings;
         let interval = self.config.storage.index_interval_bytes.0;
-        for log in read_lock(&t.partitions).iter() {
+        for log in read_lock(&t.partitions).iter().flatten() {
             log.set_config(settings.log_config(interval, self.tier.is_some()));
         }
         drop(store);
@@ -425,7 +448,7 @@ impl Broker {
     /// Closes a topic the catalog no longer names and removes its files
     /// (local and, best effort, remote).
     pub(super) async fn discard_topic(&self, t: &Topic) {
-        for log in read_lock(&t.partitions).iter() {
+        for log in read_lock(&t.partitions).iter().flatten() {
             log.close();
         }
         let dir = topic_dir(&self.config.storage.data_dir, t.name.tenant.as_str(), t.name.topic.as_str(), t.id);

@@ -74,6 +74,8 @@ pub struct BrokerInfo {
     pub zone: String,
     pub state: String,
     pub leader: bool,
+    /// Partitions it owns.
+    pub partitions: u32,
 }
 
 /// The cluster as one broker sees it.
@@ -186,6 +188,16 @@ impl ClusterNode {
     /// The broker has Raft state (a vote or log entries).
     pub(crate) fn has_state(&self) -> bool {
         self.log.has_state()
+    }
+
+    /// The advertised address of member `id` (from the Raft membership).
+    pub(crate) fn address_of(&self, id: NodeId) -> Option<String> {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// The voters of the metadata group.
+    pub(crate) fn voters(&self) -> Vec<NodeId> {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
     }
 
     /// The current metadata leader, if any is known.
@@ -302,6 +314,7 @@ impl ClusterNode {
                     zone: String::new(),
                     state: state.into(),
                     leader: Some(*id) == m.current_leader,
+                    partitions: 0,
                 },
             );
         }
@@ -316,6 +329,7 @@ impl ClusterNode {
             }
             .into(),
             leader: false,
+            partitions: 0,
         });
         let formation = if membership.nodes().next().is_some() {
             "formed".to_owned()

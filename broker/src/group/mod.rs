@@ -150,6 +150,7 @@ impl GroupCoordinator {
     /// The group's actor, started on demand. Without `create`, a group that
     /// has neither members nor committed offsets is unknown.
     fn actor(&self, key: &GroupKey, create: bool) -> Result<mpsc::Sender<Event>, BrokerError> {
+        self.broker.check_group_coordinator(&key.0, &key.1)?;
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = groups.get(key)
             && !tx.is_closed()
@@ -648,9 +649,15 @@ impl GroupActor {
         }
         let mut entries = Vec::with_capacity(offsets.len());
         for o in offsets {
-            let (resource, _, end) = self.partition_range(&o.topic, o.partition)?;
-            if o.offset > end {
-                return Err(BrokerError::OffsetBeyondEnd { resource, offset: o.offset, end });
+            match self.partition_range(&o.topic, o.partition) {
+                Ok((resource, _, end)) if o.offset > end => {
+                    return Err(BrokerError::OffsetBeyondEnd { resource, offset: o.offset, end });
+                }
+                Ok(_) => {}
+                // Cluster mode: another broker owns the partition, so its end
+                // is not known here; the offset is taken as the member read it.
+                Err(BrokerError::NotLeader { .. }) => {}
+                Err(e) => return Err(e),
             }
             entries.push((
                 o.topic,

@@ -72,6 +72,20 @@ fn config_to_pb(s: &TopicSettings) -> TopicConfig {
     }
 }
 
+fn brokers_to_pb(brokers: Vec<crate::cluster::BrokerInfo>) -> Vec<pb::ClusterBroker> {
+    brokers
+        .into_iter()
+        .map(|b| pb::ClusterBroker {
+            id: b.id,
+            address: b.address,
+            zone: b.zone,
+            state: b.state,
+            metadata_leader: b.leader,
+            partitions: Some(b.partitions),
+        })
+        .collect()
+}
+
 fn describe_to_pb(t: TopicView) -> TopicDescription {
     TopicDescription {
         tenant: t.tenant,
@@ -84,8 +98,11 @@ fn describe_to_pb(t: TopicView) -> TopicDescription {
             .partition_stats
             .iter()
             .enumerate()
-            .map(|(p, s)| PartitionDescription {
+            .map(|(p, s)| (p, s.unwrap_or_default(), s.is_none()))
+            .map(|(p, s, elsewhere)| PartitionDescription {
                 partition: p as u32,
+                owner: t.owners.get(p).copied().flatten(),
+                elsewhere,
                 start_offset: s.start_offset,
                 end_offset: s.high_watermark,
                 size_bytes: s.size_bytes,
@@ -223,26 +240,52 @@ impl Admin for AdminService {
         request: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
         auth::check(&self.auth, &request, Operation::Describe, "", "")?;
-        let v = self.broker.describe_cluster();
+        let v = self.broker.describe_cluster().await;
         Ok(Response::new(pb::DescribeClusterResponse {
             clustered: v.clustered,
-            brokers: v
-                .brokers
-                .into_iter()
-                .map(|b| pb::ClusterBroker {
-                    id: b.id,
-                    address: b.address,
-                    zone: b.zone,
-                    state: b.state,
-                    metadata_leader: b.leader,
-                    // Placement (partition ownership) is not there yet.
-                    partitions: None,
-                })
-                .collect(),
+            brokers: brokers_to_pb(v.brokers),
             leader_id: v.leader,
             answered_by: v.answered_by,
             term: v.term,
             formation: v.formation,
+        }))
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, "")?;
+        let r = request.into_inner();
+        let m = self.broker.metadata(&r.tenant, &r.topics, r.queues).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetMetadataResponse {
+            clustered: m.cluster.clustered,
+            leader_id: m.cluster.leader,
+            answered_by: m.cluster.answered_by,
+            brokers: brokers_to_pb(m.cluster.brokers),
+            topics: m
+                .topics
+                .into_iter()
+                .map(|t| pb::TopicMetadata {
+                    name: t.name,
+                    partitions: t
+                        .partitions
+                        .into_iter()
+                        .enumerate()
+                        .map(|(p, o)| pb::PartitionOwner {
+                            partition: p as u32,
+                            owner_id: o.owner,
+                            owner_address: o.address,
+                            epoch: t.epoch,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            queues: m
+                .queues
+                .into_iter()
+                .map(|(name, o)| pb::QueueMetadata { name, owner_id: o.owner, owner_address: o.address })
+                .collect(),
         }))
     }
 

@@ -124,6 +124,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         BrokerError::QueueNotEmpty { queue, .. } => (Code::FailedPrecondition, E::QueueNotEmpty, queue.clone()),
         BrokerError::StaleReceipt { queue, .. } => (Code::FailedPrecondition, E::StaleReceipt, queue.clone()),
         BrokerError::NoMetadataQuorum { .. } => (Code::Unavailable, E::NoMetadataQuorum, String::new()),
+        // Not a transient failure of this broker: the request belongs
+        // elsewhere (the details say where), so a precondition, not UNAVAILABLE.
+        BrokerError::NotLeader { resource, .. } => (Code::FailedPrecondition, E::NotLeader, resource.clone()),
     }
 }
 
@@ -166,6 +169,12 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
             ..
         } => {
             info.metadata.insert("current_epoch".into(), current.to_string());
+        }
+        BrokerError::NotLeader { owner, address, .. } => {
+            if let (Some(id), Some(a)) = (owner, address) {
+                info.metadata.insert("owner_id".into(), id.to_string());
+                info.metadata.insert("owner_address".into(), a.clone());
+            }
         }
         BrokerError::Log { source: LogError::OffsetOutOfRange { start, end, .. }, .. } => {
             info.metadata.insert("log_start_offset".into(), start.to_string());

@@ -96,6 +96,7 @@ impl QueueManager {
             settings,
             temporary,
             at_ms: self.broker.now_ms(),
+            owner: self.broker.cluster().map(|c| c.id()),
         };
         match self.broker.commit_catalog(&cmd).await {
             Ok(Applied::Queue { .. }) => {}

@@ -213,6 +213,7 @@ impl QueueManager {
     pub(crate) fn queue(&self, tenant: &str, name: &str) -> Result<Arc<Queue>, BrokerError> {
         let tenant = TenantName::resolve(tenant)?;
         let name = parse_queue_name(name)?;
+        self.broker.check_queue_owner(tenant.as_str(), &name)?;
         read_lock(&self.queues)
             .get(&(tenant.to_string(), name.clone()))
             .cloned()

@@ -21,10 +21,9 @@ impl QueueManager {
         for (tenant, t) in &catalog.tenants {
             for (name, record) in &t.queues {
                 let dir = queue_dir(&data, tenant, name, record.id);
-                if record.temporary && broker.cluster().is_some() {
-                    // Cluster mode: the catalog is shared and does not yet
-                    // say which broker's client owned it (placement is the
-                    // next slice), so it is neither opened nor deleted here.
+                if broker.cluster().is_some() && !broker.owns(record.owner) {
+                    // Cluster mode: another broker serves it (a temporary
+                    // one is deleted by its owner when that one restarts).
                     continue;
                 }
                 if record.temporary {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use strata_proto::batch::{BatchBuilder, Compression};
 use strata_proto::v1::{
-    CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
-    admin_client::AdminClient,
+    CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, ErrorCode,
+    GetMetadataRequest, admin_client::AdminClient,
 };
 use strata_testkit::{eventually, free_port, http, wait_until};
 use tonic::transport::Channel;
@@ -145,6 +145,14 @@ async fn create_topic(addr: SocketAddr, name: &str, partitions: u32) -> Result<(
     c.create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() }).await.map(|_| ())
 }
 
+/// Each partition's owner id, as broker `addr` reports it (metadata RPC).
+async fn owners(addr: SocketAddr, topic: &str) -> Option<Vec<(Option<u64>, String)>> {
+    let mut c = admin(addr).await?;
+    let req = GetMetadataRequest { topics: vec![topic.into()], ..Default::default() };
+    let m = c.get_metadata(req).await.ok()?.into_inner();
+    Some(m.topics.first()?.partitions.iter().map(|p| (p.owner_id, p.owner_address.clone())).collect())
+}
+
 async fn topic_partitions(addr: SocketAddr, name: &str) -> Option<u32> {
     let mut c = admin(addr).await?;
     let r = c.describe_topic(DescribeTopicRequest { name: name.into(), ..Default::default() }).await.ok()?;
@@ -184,22 +192,76 @@ async fn three_brokers_form_one_cluster_replicate_the_catalog_and_fail_over() {
         })
         .await;
     }
+    // Placement: one partition each (least loaded, then lowest id), the
+    // same answer from every broker, and each broker opened only its own.
+    let expected: Vec<(Option<u64>, String)> = members.iter().map(|m| (Some(m.id), m.addr().to_string())).collect();
     for m in &members {
+        assert_eq!(owners(m.addr(), "orders").await.unwrap(), expected, "metadata from broker {}", m.id);
         let dirs = m.topic_dirs("orders");
-        assert_eq!(dirs.len(), 3, "broker {}: {dirs:?}", m.id);
-        assert!(dirs[0].ends_with("/0") && dirs[2].ends_with("/2"), "{dirs:?}");
+        assert_eq!(dirs.len(), 1, "broker {}: {dirs:?}", m.id);
+        assert!(dirs[0].ends_with(&format!("/{}", m.id - 1)), "broker {}: {dirs:?}", m.id);
     }
-    // A producer id issued through broker 1 is known to brokers 2 and 3.
+    // A producer id issued through broker 1 is known to brokers 2 and 3,
+    // which serve their own partitions.
     let mut log1 = log_client(members[0].addr()).await;
     let init = strata_proto::v1::InitProducerRequest { tenant: String::new(), producer_name: String::new() };
     let producer = log1.init_producer(init).await.unwrap().into_inner();
-    for (i, m) in members[1..].iter().enumerate() {
+    for m in &members[1..] {
         let mut bb = BatchBuilder::new(Compression::None);
         bb.set_producer(producer.producer_id, producer.producer_epoch as i16, 0);
         bb.push(now_ms(), None, Some(b"idempotent"), &[]);
         let mut log = log_client(m.addr()).await;
-        let r = log.produce(produce_req("orders", i as u32, bb.finish().unwrap())).await.unwrap().into_inner();
+        let p = (m.id - 1) as u32;
+        let r = log.produce(produce_req("orders", p, bb.finish().unwrap())).await.unwrap().into_inner();
         assert_eq!(r.base_offset, 0, "broker {}", m.id);
+    }
+    // A produce to a broker that does not own the partition: NOT_LEADER
+    // naming the owner and its address; nothing stored.
+    let mut log2 = log_client(members[1].addr()).await;
+    let mut bb = BatchBuilder::new(Compression::None);
+    bb.push(now_ms(), None, Some(b"misrouted"), &[]);
+    let err = log2.produce(produce_req("orders", 0, bb.finish().unwrap())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(strata_proto::error_code(&err), ErrorCode::NotLeader, "{err:?}");
+    let info = strata_proto::error_info(&err).unwrap();
+    assert_eq!(info.resource, "default/orders/0");
+    assert_eq!(info.metadata.get("owner_id").map(String::as_str), Some("1"), "{info:?}");
+    assert_eq!(info.metadata.get("owner_address"), Some(&members[0].addr().to_string()), "{info:?}");
+    let mut log1b = log_client(members[0].addr()).await;
+    let ends = log1b
+        .list_offsets(strata_proto::v1::ListOffsetsRequest {
+            topic: "orders".into(),
+            queries: vec![strata_proto::v1::list_offsets_request::Query {
+                partition: 0,
+                spec: Some(strata_proto::v1::list_offsets_request::query::Spec::Position(
+                    strata_proto::v1::StartPosition::Latest as i32,
+                )),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ends.results[0].offset, 0, "the misrouted batch was not stored anywhere");
+    // Six partitions through broker 1: 2/2/2, and describe shows owners.
+    create_topic(members[0].addr(), "six", 6).await.unwrap();
+    for m in &members {
+        let addr = m.addr();
+        let six = eventually("the six partitions' owners on every broker", Duration::from_secs(10), || async move {
+            owners(addr, "six").await.filter(|o| o.len() == 6)
+        })
+        .await;
+        for id in 1..=3 {
+            assert_eq!(six.iter().filter(|o| o.0 == Some(id)).count(), 2, "broker {}: {six:?}", m.id);
+        }
+        let mut c = admin(addr).await.unwrap();
+        let d = c.describe_topic(DescribeTopicRequest { name: "six".into(), ..Default::default() }).await.unwrap();
+        let d = d.into_inner();
+        let shown: Vec<Option<u64>> = d.partition_details.iter().map(|p| p.owner).collect();
+        assert_eq!(shown, six.iter().map(|o| o.0).collect::<Vec<_>>());
+        assert!(d.partition_details.iter().all(|p| p.elsewhere == (p.owner != Some(m.id))));
+        let v = describe(addr).await.unwrap();
+        assert!(v.brokers.iter().all(|b| b.partitions == Some(3)), "3 + 6 partitions on 3 brokers: {v:?}");
     }
     // The same name again: the replicated outcome is the catalog's refusal.
     let err = create_topic(members[1].addr(), "orders", 1).await.unwrap_err();
@@ -243,7 +305,9 @@ async fn three_brokers_form_one_cluster_replicate_the_catalog_and_fail_over() {
         topic_partitions(restarted, "after-failover").await == Some(2)
     })
     .await;
-    assert_eq!(members[li].topic_dirs("after-failover").len(), 2);
+    let placed = owners(restarted, "after-failover").await.unwrap();
+    let mine = placed.iter().filter(|o| o.0 == Some(members[li].id)).count();
+    assert_eq!(members[li].topic_dirs("after-failover").len(), mine, "{placed:?}");
     let all: Vec<&Member> = members.iter().collect();
     let (_, brokers) = agreed(&all, 3, Duration::from_secs(20)).await;
     assert_eq!(brokers.len(), 3);
@@ -351,7 +415,7 @@ fn bad_cluster_flags_are_refused_with_one_line() {
 
 /// With frequent snapshots the leader purges its log; a broker that was down
 /// meanwhile catches up from a snapshot (its log never holds the early
-/// entries) and opens every topic's partitions.
+/// entries) and opens the partitions it owns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_broker_catches_up_from_a_snapshot() {
     let mut members = members(3, "5s");
@@ -374,9 +438,16 @@ async fn a_lagging_broker_catches_up_from_a_snapshot() {
         topic_partitions(addr, "early-19").await == Some(1) && topic_partitions(addr, "early-00").await == Some(1)
     })
     .await;
+    // It opened exactly the partitions placement gave it (some of them).
+    let me = members[lagging].id;
+    let mut mine = 0;
     for i in 0..20 {
-        assert_eq!(members[lagging].topic_dirs(&format!("early-{i:02}")).len(), 1, "early-{i:02}");
+        let topic = format!("early-{i:02}");
+        let owned = owners(addr, &topic).await.unwrap().iter().filter(|o| o.0 == Some(me)).count();
+        mine += owned;
+        assert_eq!(members[lagging].topic_dirs(&topic).len(), owned, "{topic}");
     }
+    assert!(mine > 0, "broker {me} owns none of the 20 topics");
     // The early entries reached it inside a snapshot, not as log entries.
     let log = std::fs::read(members[lagging].dir.path().join("meta/raft/log")).unwrap();
     assert!(!String::from_utf8_lossy(&log).contains("early-00"), "early entries replayed from the log");

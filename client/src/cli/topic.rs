@@ -119,6 +119,7 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
         "END".to_owned(),
         "BYTES".to_owned(),
         "SEGMENTS".to_owned(),
+        "OWNER".to_owned(),
         "LOCAL".to_owned(),
         "LOCAL_BYTES".to_owned(),
         "REMOTE".to_owned(),
@@ -133,6 +134,7 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
             p.end_offset.to_string(),
             p.size_bytes.to_string(),
             p.segment_count.to_string(),
+            p.owner.map_or_else(|| "unowned".to_owned(), |o| o.to_string()),
             range(p.local_start_offset, p.end_offset),
             p.local_size_bytes.to_string(),
             range(p.remote_start_offset, p.remote_end_offset),
@@ -205,6 +207,8 @@ mod tests {
                     remote_end_offset: 11000,
                     remote_size_bytes: 800,
                     remote_segment_count: 2,
+                    owner: Some(2),
+                    elsewhere: false,
                 },
                 PartitionDescription { partition: 0, ..Default::default() },
             ],
@@ -220,11 +224,11 @@ mod tests {
         assert!(text.contains("local bytes:     same as retention bytes"), "{text}");
         assert_eq!(
             lines[header + 1].split_whitespace().collect::<Vec<_>>(),
-            ["0", "0", "0", "0", "0", "-", "0", "-", "0"]
+            ["0", "0", "0", "0", "0", "unowned", "-", "0", "-", "0"]
         );
         assert_eq!(
             lines[header + 2].split_whitespace().collect::<Vec<_>>(),
-            ["1", "0", "12345", "999", "3", "10000..12345", "300", "0..11000", "800"]
+            ["1", "0", "12345", "999", "3", "2", "10000..12345", "300", "0..11000", "800"]
         );
     }
 

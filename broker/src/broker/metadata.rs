@@ -1,0 +1,120 @@
+//! Discovery: where each partition and queue is served (the `GetMetadata`
+//! RPC), answered from this broker's copy of the replicated catalog, and
+//! the registration of this broker's address and zone in it.
+
+use std::sync::Arc;
+
+use super::Broker;
+use crate::catalog::CatalogCommand;
+use crate::cluster::ClusterView;
+use crate::error::BrokerError;
+use crate::names::TenantName;
+
+/// An owner and where clients reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owned {
+    /// `None` while unowned (the owner is not a member).
+    pub owner: Option<u64>,
+    pub address: String,
+}
+
+/// One topic's partitions' owners.
+#[derive(Debug, Clone)]
+pub struct TopicOwners {
+    pub name: String,
+    /// The ownership epoch (see `GetMetadata`): the topic's id today, as
+    /// placement only changes when a topic is made again.
+    pub epoch: u64,
+    pub partitions: Vec<Owned>,
+}
+
+/// The answer to `GetMetadata`.
+#[derive(Debug, Clone)]
+pub struct MetadataView {
+    pub cluster: ClusterView,
+    pub topics: Vec<TopicOwners>,
+    pub queues: Vec<(String, Owned)>,
+}
+
+impl Broker {
+    /// The owners of `topics` (empty: every topic) of `tenant`, and of its
+    /// queues if asked. Standalone, this broker owns everything.
+    pub async fn metadata(&self, tenant: &str, topics: &[String], queues: bool) -> Result<MetadataView, BrokerError> {
+        let tenant = TenantName::resolve(tenant)?;
+        let cluster = self.describe_cluster().await;
+        let catalog = self.catalog_snapshot().await;
+        let t = catalog
+            .tenants
+            .get(tenant.as_str())
+            .ok_or_else(|| crate::catalog::CatalogError::UnknownTenant(tenant.to_string()))?;
+        let address_of = |id: u64| cluster.brokers.iter().find(|b| b.id == id).map(|b| b.address.clone());
+        let me = cluster.answered_by;
+        let owned = |owner: Option<u64>| -> Owned {
+            if !cluster.clustered {
+                return Owned { owner: Some(me), address: address_of(me).unwrap_or_default() };
+            }
+            match owner.and_then(|o| address_of(o).map(|a| (o, a))) {
+                Some((o, address)) => Owned { owner: Some(o), address },
+                None => Owned::default(),
+            }
+        };
+        let mut out = Vec::new();
+        for (name, r) in &t.topics {
+            if !topics.is_empty() && !topics.contains(name) {
+                continue;
+            }
+            out.push(TopicOwners {
+                name: name.clone(),
+                epoch: r.id,
+                partitions: (0..r.partitions).map(|p| owned(r.owner(p))).collect(),
+            });
+        }
+        for name in topics {
+            if !t.topics.contains_key(name) {
+                return Err(crate::catalog::CatalogError::UnknownTopic {
+                    tenant: tenant.to_string(),
+                    name: name.clone(),
+                }
+                .into());
+            }
+        }
+        let queues =
+            if queues { t.queues.iter().map(|(n, q)| (n.clone(), owned(q.owner))).collect() } else { Vec::new() };
+        Ok(MetadataView { cluster, topics: out, queues })
+    }
+
+    /// Cluster mode: records this broker's address and zone in the catalog
+    /// once there is a leader (again whenever they change), so placement
+    /// knows its zone and every broker can report it. Retries until done or
+    /// shutdown.
+    pub(crate) async fn register_in_catalog(self: Arc<Self>) {
+        let Some(c) = self.cluster().cloned() else { return };
+        let id = c.id();
+        let cmd = CatalogCommand::RegisterBroker {
+            id,
+            address: self.config.cluster.advertised_address.clone(),
+            zone: self.config.cluster.zone.clone(),
+        };
+        let mut shutdown = self.shutdown_signal();
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let current = self.catalog_snapshot().await.brokers.get(&id).cloned();
+            if current.is_some_and(|r| {
+                r.address == self.config.cluster.advertised_address && r.zone == self.config.cluster.zone
+            }) {
+                return;
+            }
+            if c.leader().is_some() {
+                match c.write(&cmd).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "registering this broker in the catalog; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+}
