@@ -321,7 +321,9 @@ pub(crate) enum TokenCommand {
         #[arg(long)]
         principal: String,
         /// Token id (from `strata principal list`) or the token itself.
-        token: String,
+        /// (Not `token`: that is the global `--token` the call authenticates with.)
+        #[arg(value_name = "TOKEN")]
+        token_or_id: String,
     },
 }
 

@@ -43,8 +43,8 @@ pub(crate) async fn run_token(client: &Client, cmd: TokenCommand) -> anyhow::Res
             println!("{token}");
             eprintln!("issued token {id} for principal {principal}");
         }
-        TokenCommand::Revoke { principal, token } => {
-            client.revoke_token(tenant, &principal, &token).await?;
+        TokenCommand::Revoke { principal, token_or_id } => {
+            client.revoke_token(tenant, &principal, &token_or_id).await?;
             println!("revoked token of principal {principal}");
         }
     }

@@ -119,11 +119,12 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
         "END".to_owned(),
         "BYTES".to_owned(),
         "SEGMENTS".to_owned(),
-        "OWNER".to_owned(),
         "LOCAL".to_owned(),
         "LOCAL_BYTES".to_owned(),
         "REMOTE".to_owned(),
         "REMOTE_BYTES".to_owned(),
+        // Last, so scripts reading the earlier columns by position keep working.
+        "OWNER".to_owned(),
     ]];
     let mut parts = d.partition_details.clone();
     parts.sort_by_key(|p| p.partition);
@@ -134,11 +135,11 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
             p.end_offset.to_string(),
             p.size_bytes.to_string(),
             p.segment_count.to_string(),
-            p.owner.map_or_else(|| "unowned".to_owned(), |o| o.to_string()),
             range(p.local_start_offset, p.end_offset),
             p.local_size_bytes.to_string(),
             range(p.remote_start_offset, p.remote_end_offset),
             p.remote_size_bytes.to_string(),
+            p.owner.map_or_else(|| "unowned".to_owned(), |o| o.to_string()),
         ]);
     }
     out.push_str(&table(&rows));
@@ -224,11 +225,11 @@ mod tests {
         assert!(text.contains("local bytes:     same as retention bytes"), "{text}");
         assert_eq!(
             lines[header + 1].split_whitespace().collect::<Vec<_>>(),
-            ["0", "0", "0", "0", "0", "unowned", "-", "0", "-", "0"]
+            ["0", "0", "0", "0", "0", "-", "0", "-", "0", "unowned"]
         );
         assert_eq!(
             lines[header + 2].split_whitespace().collect::<Vec<_>>(),
-            ["1", "0", "12345", "999", "3", "2", "10000..12345", "300", "0..11000", "800"]
+            ["1", "0", "12345", "999", "3", "10000..12345", "300", "0..11000", "800", "2"]
         );
     }
 

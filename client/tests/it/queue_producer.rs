@@ -4,16 +4,14 @@
 //! twice).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use strata_client::{Client, QueueMessage, QueueOptions, QueueProducerConfig};
 
 use crate::TestBroker;
-use crate::tracing::broker_binary;
+use crate::process::{BrokerProcess, binary_or_skip as binary};
 
 /// Receives and acks until `n` messages arrived or nothing came for a while;
 /// returns how often each body arrived.
@@ -142,49 +140,6 @@ async fn pipelined_requests_keep_the_order_of_every_fifo_group() {
     broker.stop().await;
 }
 
-struct BrokerProcess {
-    child: Child,
-    addr: String,
-}
-
-impl BrokerProcess {
-    fn start(bin: &Path, dir: &Path, listen: &str) -> BrokerProcess {
-        let mut child = Command::new(bin)
-            .args(["--listen", listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("STRATA_LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("broker starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
-        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("grpc address").to_owned();
-        BrokerProcess { child, addr }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> Option<PathBuf> {
-    let bin = broker_binary();
-    if bin.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "strata-broker binary missing in CI");
-        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
-    }
-    bin
-}
-
 /// What a crash in the middle of batches left.
 struct Crash {
     /// Every message's answer, in enqueue order (`m{i}` is message i).
@@ -207,8 +162,8 @@ const CRASH_MESSAGES: usize = 20_000;
 async fn crash_mid_batch(bin: &Path, options: QueueOptions) -> Crash {
     const N: usize = CRASH_MESSAGES;
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(bin, dir.path(), "127.0.0.1:0");
-    let url = format!("http://{}", broker.addr);
+    let mut broker = BrokerProcess::start(bin, dir.path(), "127.0.0.1:0", &[], &[]);
+    let url = format!("http://{}", broker.grpc);
     let client = Client::connect(&url).await.unwrap();
     client.create_queue("jobs", options).await.unwrap();
     let producer = client.queue_producer("jobs").await.unwrap();
@@ -237,7 +192,7 @@ async fn crash_mid_batch(bin: &Path, options: QueueOptions) -> Crash {
     })
     .await;
     broker.kill9();
-    let broker = BrokerProcess::start(bin, dir.path(), &broker.addr.clone());
+    let broker = BrokerProcess::start(bin, dir.path(), &broker.grpc.clone(), &[], &[]);
     let outcomes = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("answers in time").unwrap();
     producer.close().await.unwrap();
     let client = Client::connect(&url).await.unwrap();

@@ -5,9 +5,8 @@
 //! tokens (none, garbage, admin, issued via the CLI) and a token rotation
 //! under a running producer.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use rcgen::{
 use strata_client::{Client, ConnectOptions, ErrorCode, Message, TopicOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::tracing::broker_binary;
+use crate::process::{BrokerProcess, binary_or_skip as binary};
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -50,45 +49,8 @@ fn leaf(ca: &Ca, cn: &str, names: &[&str], serial: u64, server: bool) -> (String
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
 
-struct BrokerProcess {
-    child: Child,
-    grpc: String,
-    http: String,
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn binary() -> Option<PathBuf> {
-    let bin = broker_binary();
-    if bin.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "strata-broker binary missing in CI");
-        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
-    }
-    bin
-}
-
 fn start(bin: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("STRATA_LOG_LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_owned);
-    let grpc = field("grpc=").unwrap_or_else(|| panic!("no listening line: {line:?}"));
-    let http = field("http=").unwrap();
-    BrokerProcess { child, grpc, http }
+    BrokerProcess::start(bin, data, "127.0.0.1:0", args, env)
 }
 
 fn write_admin_token(dir: &Path) -> PathBuf {

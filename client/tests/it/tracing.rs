@@ -6,10 +6,9 @@
 //! `process` span, which links back to the producer's span.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tonic::{Request, Response, Status};
+
+use crate::process::{BrokerProcess, binary_or_skip};
 
 /// A span as received, with the service that sent it.
 #[derive(Debug, Clone)]
@@ -119,41 +120,20 @@ pub fn otel_env(collector: SocketAddr, service: &str) -> Vec<(String, String)> {
     ]
 }
 
-/// The broker binary built next to the CLI (by `cargo test --workspace`).
-pub fn broker_binary() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_strata")).with_file_name("strata-broker");
-    p.exists().then_some(p)
-}
-
 pub struct TracedBroker {
-    pub child: Child,
     pub url: String,
-    pub _dir: tempfile::TempDir,
+    /// Killed before its folder is removed (fields drop in order).
+    _broker: BrokerProcess,
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for TracedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn start_traced_broker(bin: &PathBuf, collector: SocketAddr, env: &[(&str, &str)]) -> TracedBroker {
+pub fn start_traced_broker(bin: &Path, collector: SocketAddr, env: &[(&str, &str)]) -> TracedBroker {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .envs(otel_env(collector, "strata-broker"))
-        .envs(env.iter().copied())
-        .env("STRATA_LOG_LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("listening line");
-    TracedBroker { child, url: format!("http://{addr}"), _dir: dir }
+    let otel = otel_env(collector, "strata-broker");
+    let all: Vec<(&str, &str)> =
+        otel.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(env.iter().copied()).collect();
+    let broker = BrokerProcess::start(bin, dir.path(), "127.0.0.1:0", &[], &all);
+    TracedBroker { url: format!("http://{}", broker.grpc), _broker: broker, _dir: dir }
 }
 
 /// Runs the CLI with tracing to `collector` as `service`.
@@ -194,10 +174,7 @@ pub async fn traced_setup() -> Option<(Collector, SocketAddr, TracedBroker)> {
 }
 
 pub async fn traced_setup_with(env: &[(&str, &str)]) -> Option<(Collector, SocketAddr, TracedBroker)> {
-    let Some(bin) = broker_binary() else {
-        println!("skipped: strata-broker binary not built (run `cargo test --workspace`)");
-        return None;
-    };
+    let bin = binary_or_skip()?;
     let (collector, caddr) = Collector::start().await;
     let broker = tokio::task::block_in_place(|| start_traced_broker(&bin, caddr, env));
     Some((collector, caddr, broker))
