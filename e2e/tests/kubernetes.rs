@@ -394,13 +394,25 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         None,
         Duration::from_secs(30),
     )?;
+    let mut owners = Vec::new();
     for server in &servers[1..] {
         let text =
             cluster.strata(&["--server", server, "topic", "describe", "spread"], None, Duration::from_secs(30))?;
-        ensure!(text.contains("spread"), "topic spread not visible through {server}: {text}");
+        // The partition rows: OWNER is the last column.
+        let mut rows: Vec<String> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("PARTITION"))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect();
+        rows.sort();
+        ensure!(rows.len() == 6, "topic spread through {server}: {text}");
+        owners.push(rows);
     }
+    ensure!(owners[0] == owners[1], "trio-1 and trio-2 disagree on the owners: {owners:?}");
+    ensure!(owners[0] == ["0", "0", "1", "1", "2", "2"], "partitions not spread 2/2/2: {:?}", owners[0]);
     steps.pass(&format!(
-        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a topic created through trio-0 is visible through trio-1 and trio-2"
+        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report"
     ));
 
     cluster.kubectl(&[
