@@ -32,6 +32,8 @@ pub(crate) struct ProducerRegistry {
     issued: AtomicI64,
     /// Named producers: id -> latest epoch. Anonymous ids have epoch 0.
     epochs: RwLock<HashMap<i64, i16>>,
+    /// Woken by every `sync`.
+    changed: tokio::sync::Notify,
 }
 
 impl ProducerRegistry {
@@ -48,6 +50,25 @@ impl ProducerRegistry {
             epochs.insert(*id, *epoch);
         }
         self.issued.fetch_max(catalog.next_producer_id, Ordering::AcqRel);
+        drop(epochs);
+        self.changed.notify_waiters();
+    }
+
+    /// Cluster mode: waits (until `deadline` at the latest) while `check`
+    /// says the id or epoch was not issued *yet* — issued through another
+    /// broker, which answered once a majority stored it, and not applied
+    /// here so far. The caller checks again afterwards either way.
+    pub async fn wait_issued(&self, producer_id: i64, epoch: i16, deadline: tokio::time::Instant) {
+        loop {
+            let changed = self.changed.notified();
+            match self.check(producer_id, epoch) {
+                Err(ProducerIdError::Unknown { .. } | ProducerIdError::EpochNotIssued { .. }) => {}
+                _ => return,
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Checks a batch's producer id and epoch (only for batches that carry one).
@@ -86,5 +107,36 @@ mod tests {
         assert_eq!(r.check(1, 1), Ok(()));
         assert!(matches!(r.check(1, 0), Err(ProducerIdError::Fenced { current: 1, .. })));
         assert!(matches!(r.check(2, 0), Err(ProducerIdError::Unknown { issued: 2, .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_an_id_issued_elsewhere_ends_when_it_is_applied_or_at_the_deadline() {
+        let r = std::sync::Arc::new(ProducerRegistry::default());
+        // Nothing arrives: the wait ends at its deadline (paused time jumps).
+        let start = tokio::time::Instant::now();
+        r.wait_issued(0, 0, start + std::time::Duration::from_secs(5)).await;
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(5));
+        // The id is applied while a produce waits: the wait ends then.
+        let waiter = {
+            let r = r.clone();
+            tokio::spawn(async move {
+                r.wait_issued(0, 0, tokio::time::Instant::now() + std::time::Duration::from_secs(60)).await;
+                tokio::time::Instant::now()
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let mut c = Catalog::default();
+        c.apply(&CatalogCommand::InitProducer { tenant: "default".into(), name: None }).unwrap();
+        let applied_at = tokio::time::Instant::now();
+        r.sync(&c);
+        assert_eq!(waiter.await.unwrap(), applied_at);
+        assert_eq!(r.check(0, 0), Ok(()));
+        // A fenced epoch is final: no wait.
+        let before = tokio::time::Instant::now();
+        c.apply(&CatalogCommand::InitProducer { tenant: "default".into(), name: Some("p".into()) }).unwrap();
+        c.apply(&CatalogCommand::InitProducer { tenant: "default".into(), name: Some("p".into()) }).unwrap();
+        r.sync(&c);
+        r.wait_issued(1, 0, before + std::time::Duration::from_secs(60)).await;
+        assert_eq!(before.elapsed(), std::time::Duration::ZERO);
     }
 }

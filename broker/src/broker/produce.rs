@@ -88,6 +88,13 @@ impl Broker {
         let bytes_len = batch.len() as u64;
         let topic_label = labels.topic.clone();
         let producer_ids = self.producer_ids.clone();
+        if self.config.cluster.is_clustered()
+            && let Ok(h) = strata_proto::batch::BatchHeader::parse(&batch)
+            && h.has_producer_id()
+        {
+            let deadline = tokio::time::Instant::now() + self.config.cluster.write_timeout.0;
+            producer_ids.wait_issued(h.producer_id, h.producer_epoch, deadline).await;
+        }
         let (appended, traced) = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: part2.id().to_string(), source })?;
