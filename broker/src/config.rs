@@ -449,6 +449,10 @@ pub struct StorageConfig {
     pub index_interval_bytes: ByteSize,
     /// How often segments are rolled by age and retention is applied.
     pub maintenance_interval: HumanDuration,
+    /// Memory for recently sent queue messages, shared by every queue (each
+    /// uses at most a quarter): a receive that finds its messages there
+    /// needs no disk read. 0 turns the cache off.
+    pub queue_cache_bytes: ByteSize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -620,6 +624,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("./strata-data"),
             index_interval_bytes: ByteSize::kib(4),
             maintenance_interval: HumanDuration(Duration::from_secs(30)),
+            queue_cache_bytes: ByteSize::mib(128),
         }
     }
 }

@@ -249,6 +249,7 @@ impl QueueManager {
         let end = {
             let mut inner = q.lock();
             let n = inner.q.purge();
+            q.recent().clear();
             let below = q.messages.end_offset();
             let end = q.journal(&mut inner, &JournalEntry { purged_below: below, ..Default::default() })?;
             (n, end)

@@ -62,7 +62,11 @@ impl QueueManager {
         let max_batch = self.broker.config().limits.max_batch_bytes.0 as usize;
         let q2 = q.clone();
         let clock = self.broker.clock().clone();
-        let (results, written) = tokio::task::spawn_blocking(move || -> Result<_, BrokerError> {
+        // A small append is a copy into the page cache: done here, it saves
+        // two thread hops per send; a large one goes to a blocking thread.
+        let inline = batch.iter().map(|m| m.body.len() + m.key.as_ref().map_or(0, |k| k.len())).sum::<usize>()
+            <= INLINE_APPEND_BYTES;
+        let append = move || -> Result<_, BrokerError> {
             let q = q2;
             let now = clock.now_ms();
             let mut inner = q.lock();
@@ -74,6 +78,7 @@ impl QueueManager {
             let mut results = vec![Sent { id: 0, duplicate: false }; batch.len()];
             let mut builder = BatchBuilder::new(Compression::None);
             let mut fresh = Vec::with_capacity(batch.len());
+            let mut metas = Vec::with_capacity(batch.len());
             let mut in_request: HashMap<&str, usize> = HashMap::new();
             for (i, m) in batch.iter().enumerate() {
                 let dedup = m.meta.dedup_id.as_str();
@@ -95,6 +100,7 @@ impl QueueManager {
                 headers.push((META_HEADER, Some(meta.as_ref())));
                 builder.push(now, m.key.as_deref(), Some(m.body.as_ref()), &headers);
                 fresh.push(i);
+                metas.push(meta);
             }
             if fresh.is_empty() {
                 return Ok((results, None));
@@ -113,14 +119,27 @@ impl QueueManager {
             let appended = q.messages.append(&mut owned, &header, now).map_err(|e| q.log_error(e))?;
             let synced = inner.q.settings().durability == Durability::None;
             let mut ids = Vec::with_capacity(fresh.len());
-            for (n, &i) in fresh.iter().enumerate() {
+            let mut recent = q.recent();
+            for (n, (&i, meta)) in fresh.iter().zip(metas).enumerate() {
                 let id = appended.base_offset + n as u64;
                 let m = &batch[i];
                 inner.q.enqueue(id, &info_of(&m.meta, now), 0, 0, synced, now);
                 inner.q.dedup_remember(&m.meta.dedup_id, id, now);
                 results[i] = Sent { id, duplicate: false };
                 ids.push(id);
+                // The record as the log will give it back.
+                let mut headers: Vec<RecordHeader> =
+                    m.headers.iter().map(|(k, v)| RecordHeader { key: k.clone(), value: Some(v.clone()) }).collect();
+                headers.push(RecordHeader { key: META_HEADER.to_owned(), value: Some(meta) });
+                recent.insert(Record {
+                    offset: id,
+                    timestamp_ms: now,
+                    key: m.key.clone(),
+                    value: Some(m.body.clone()),
+                    headers,
+                });
             }
+            drop(recent);
             inner.q.counters.sent += ids.len() as u64;
             let labels = crate::metrics::Metrics::queue(&q.tenant, &q.name);
             q.metrics.queue_sent.get_or_create(&labels).inc_by(ids.len() as u64);
@@ -155,9 +174,14 @@ impl QueueManager {
                 crate::telemetry::Published::new(spans, &q.name)
             });
             Ok((results, Some((ids, appended.last_offset + 1, synced, traced))))
-        })
-        .await
-        .map_err(|source| BrokerError::TaskFailed { what: "queue send", source })??;
+        };
+        let (results, written) = if inline {
+            append()?
+        } else {
+            tokio::task::spawn_blocking(append)
+                .await
+                .map_err(|source| BrokerError::TaskFailed { what: "queue send", source })??
+        };
         Ok(PendingSend { q: q.clone(), results, written, clock: self.broker.clock().clone() })
     }
 
@@ -228,6 +252,9 @@ impl QueueManager {
                 }
                 let ids: Vec<u64> = leases.iter().map(|l| l.id).collect();
                 let records = read_records(&q, &ids).await?;
+                if auto_ack {
+                    q.recent().remove(ids.iter().copied());
+                }
                 let mut out = Vec::with_capacity(leases.len());
                 for l in leases {
                     let Some(r) = records.get(&l.id) else { continue };
@@ -314,6 +341,7 @@ impl QueueManager {
             }
             let end = q.journal(&mut inner, &entry)?;
             drop(inner);
+            q.recent().remove(entry.acked.iter().copied());
             if woke {
                 q.wake(true);
             }
@@ -383,6 +411,7 @@ impl QueueManager {
     /// Journals what a tick or nack decided and moves dead letters.
     pub(super) async fn apply_outcome(&self, q: &Arc<Queue>, outcome: Outcome) {
         let Outcome { dead_letter, finished, retry, woke } = outcome;
+        let settled: Vec<u64> = finished.iter().map(|(id, _)| *id).collect();
         if !finished.is_empty() || !retry.is_empty() {
             let mut entry = JournalEntry::default();
             for (id, why) in finished {
@@ -406,6 +435,8 @@ impl QueueManager {
         if !dead_letter.is_empty() {
             self.dead_letter(q, dead_letter).await;
         }
+        // After the dead letters were copied (they read the cache).
+        q.recent().remove(settled);
     }
 
     pub(super) async fn wait_journal(&self, q: &Queue, end: u64) -> Result<(), BrokerError> {
@@ -446,17 +477,32 @@ impl QueueManager {
     }
 }
 
-/// Reads the records with these ids from the message log.
+/// Sends up to this many bytes are appended on the calling task.
+const INLINE_APPEND_BYTES: usize = 64 * 1024;
+
+/// Reads the records with these ids (from the recent-message cache, else
+/// the message log).
 pub(super) async fn read_records(q: &Arc<Queue>, ids: &[u64]) -> Result<HashMap<u64, Record>, BrokerError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+    let mut out = HashMap::with_capacity(ids.len());
+    let mut wanted = Vec::new();
+    {
+        let recent = q.recent();
+        for &id in ids {
+            match recent.get(id) {
+                Some(r) => {
+                    out.insert(id, r);
+                }
+                None => wanted.push(id),
+            }
+        }
     }
-    let mut wanted: Vec<u64> = ids.to_vec();
+    if wanted.is_empty() {
+        return Ok(out);
+    }
     wanted.sort_unstable();
     let log = q.messages.clone();
     let label = q.label();
     tokio::task::spawn_blocking(move || {
-        let mut out = HashMap::with_capacity(wanted.len());
         let mut i = 0;
         while i < wanted.len() {
             let read =

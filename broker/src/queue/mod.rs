@@ -18,6 +18,7 @@ mod codec;
 mod dead_letter;
 mod delivery;
 mod persist;
+mod recent;
 mod routing;
 mod state;
 #[cfg(test)]
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use strata_proto::batch::{BatchBuilder, BatchIter, Compression, Record};
+use strata_proto::batch::{BatchBuilder, BatchIter, Compression, Record, RecordHeader};
 use strata_proto::v1::{MessageHeader, OutgoingMessage, Receipt, ReceivedMessage};
 use tokio::sync::Notify;
 
@@ -129,11 +130,17 @@ pub(crate) struct Queue {
     changed: Notify,
     closed: AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Recently sent messages (a cache in front of `messages`).
+    recent: Mutex<recent::RecentMessages>,
 }
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, recent::RecentMessages> {
+        lock(&self.recent)
     }
 
     fn label(&self) -> String {
@@ -197,6 +204,8 @@ pub struct QueueManager {
     /// Serialises administration (create/delete/bind) with file changes.
     admin: tokio::sync::Mutex<()>,
     routers: Mutex<HashMap<u64, tokio::sync::watch::Sender<bool>>>,
+    /// What the queues' recent-message caches share.
+    cache: Arc<recent::CacheBudget>,
 }
 
 impl std::fmt::Debug for QueueManager {

@@ -15,6 +15,7 @@ impl QueueManager {
             queues: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             routers: Mutex::new(HashMap::new()),
+            cache: recent::CacheBudget::new(broker.config().storage.queue_cache_bytes.0),
         });
         let data = broker.config().storage.data_dir.clone();
         let mut expected = HashSet::new();
@@ -83,6 +84,7 @@ impl QueueManager {
             changed: Notify::new(),
             closed: AtomicBool::new(false),
             metrics: self.broker.metrics().clone(),
+            recent: Mutex::new(recent::RecentMessages::new(self.cache.clone())),
         }))
     }
 

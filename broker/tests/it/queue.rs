@@ -119,6 +119,71 @@ async fn send_receive_ack_and_redelivery_after_the_visibility_timeout() {
     assert_eq!((s.visible, s.in_flight, s.acked_total), (0, 0, 10));
 }
 
+/// A receive right after a send is served from the broker's recent-message
+/// cache; a receive after a restart (or with the cache off) reads the log.
+/// Every field a consumer sees is the same either way.
+#[tokio::test]
+async fn a_message_reads_back_the_same_from_the_cache_and_from_the_log() {
+    let rich = || OutgoingMessage {
+        body: Bytes::from_static(b"payload \x00\xff bytes"),
+        headers: vec![
+            MessageHeader { key: "trace".into(), value: Bytes::from_static(b"abc") },
+            MessageHeader { key: "empty".into(), value: Bytes::new() },
+        ],
+        priority: 2,
+        dedup_id: "order-17".into(),
+        ttl_ms: Some(3_600_000),
+        reply_to: "replies".into(),
+        correlation_id: "c-1".into(),
+        key: Bytes::from_static(b"customer-9"),
+        ..Default::default()
+    };
+    let config = || QueueConfig { priorities: Some(3), ..Default::default() };
+    // Only what depends on when and how often it was received is blanked.
+    let seen = |mut m: ReceivedMessage| {
+        assert!(m.enqueued_at_ms > 0 && m.receipt.is_some());
+        m.receipt = None;
+        m.visible_until_ms = 0;
+        m
+    };
+
+    let mut cached = TestBroker::start().await;
+    let mut c = queues(cached.addr()).await;
+    create(&mut c, "q", config()).await;
+    send(&mut c, "q", vec![rich()]).await;
+    let from_cache = receive(&mut c, "q", 10, 0, Some(1)).await;
+    assert_eq!(from_cache.len(), 1);
+    let enqueued_at = from_cache[0].enqueued_at_ms;
+    let from_cache = seen(from_cache[0].clone());
+    assert_eq!(from_cache.body, rich().body);
+    assert_eq!(from_cache.key, rich().key);
+    assert_eq!(from_cache.headers, rich().headers);
+    assert_eq!((from_cache.priority, from_cache.correlation_id.as_str()), (2, "c-1"));
+
+    // After a restart the cache is empty: the lease ran out (1 ms), the
+    // message is redelivered from the log.
+    cached.restart().await;
+    let c = queues(cached.addr()).await;
+    let from_log = eventually("redelivery after restart", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { receive(&mut c, "q", 10, 100, None).await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(from_log.enqueued_at_ms, enqueued_at);
+    assert_eq!(seen(from_log), from_cache);
+
+    // The cache off: every receive reads the log.
+    let uncached = TestBroker::start_with(|c| c.storage.queue_cache_bytes = strata_broker::config::ByteSize(0)).await;
+    let mut c = queues(uncached.addr()).await;
+    create(&mut c, "q", config()).await;
+    send(&mut c, "q", vec![rich()]).await;
+    let got = receive(&mut c, "q", 10, 0, None).await;
+    assert_eq!(got.len(), 1);
+    let mut got = seen(got[0].clone());
+    got.enqueued_at_ms = from_cache.enqueued_at_ms;
+    assert_eq!(got, from_cache);
+}
+
 #[tokio::test]
 async fn exhausted_messages_go_to_the_dead_letter_queue_and_redrive_brings_them_back() {
     let b = TestBroker::start().await;
