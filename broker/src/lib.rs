@@ -11,6 +11,7 @@ mod cluster;
 pub mod config;
 mod error;
 mod fds;
+pub mod fs;
 mod fsutil;
 mod group;
 mod grpc;

@@ -62,10 +62,12 @@ impl QueueManager {
         let settings = record.settings.clone();
         let label = format!("{tenant}/{name}");
         let d = dir.clone();
-        let opened = tokio::task::spawn_blocking(move || recover(&d, settings, segment_bytes, interval))
-            .await
-            .map_err(|source| BrokerError::TaskFailed { what: "queue open", source })?
-            .map_err(|source| BrokerError::Log { resource: label, source })?;
+        let files = self.broker.segment_files().clone();
+        let opened =
+            tokio::task::spawn_blocking(move || recover_in(&files, &d, settings, segment_bytes, interval, now_ms()))
+                .await
+                .map_err(|source| BrokerError::TaskFailed { what: "queue open", source })?
+                .map_err(|source| BrokerError::Log { resource: label, source })?;
         let (messages, journal, q) = opened;
         tokio::spawn(messages.clone().run_syncer());
         tokio::spawn(journal.clone().run_syncer());
@@ -186,7 +188,8 @@ pub(super) fn snapshot_and_trim(q: &Queue, force: bool, now: i64) -> Result<(), 
         snap
     };
     let path = q.dir.join("state.snap");
-    codec::write_snapshot(&path, &snap).map_err(|e| LogError::Io { path: path.clone(), source: e })?;
+    codec::write_snapshot(&**q.journal.fs(), &path, &snap)
+        .map_err(|e| LogError::Io { path: path.clone(), source: e })?;
     q.journal.delete_before(snap.journal_end)?;
     q.messages.delete_before(snap.low_watermark)?;
     Ok(())
@@ -194,25 +197,30 @@ pub(super) fn snapshot_and_trim(q: &Queue, force: bool, now: i64) -> Result<(), 
 
 /// Opens both logs and rebuilds the state: snapshot, then the journal after
 /// it, then the messages from the low watermark on.
-pub(super) fn recover(
+/// Opens a queue's logs (segment files in `files`) and rebuilds its state
+/// from the snapshot and the journal, at time `now`.
+pub(super) fn recover_in(
+    files: &Arc<crate::fs::SegmentFiles>,
     dir: &Path,
     settings: QueueSettings,
     segment_bytes: u64,
     interval: u64,
+    now: i64,
 ) -> Result<(Arc<PartitionLog>, Arc<PartitionLog>, QueueState), LogError> {
-    let now = now_ms();
+    let fs = files.fs().clone();
     let cfg = log_config(settings.durability, segment_bytes, interval);
-    let (messages, report) = PartitionLog::open(&dir.join("messages"), cfg, now)?;
+    let (messages, report) = PartitionLog::open_in(files, &dir.join("messages"), cfg, now)?;
     for why in &report.truncated {
         tracing::warn!(queue = %dir.display(), "recovery truncated {why}");
     }
-    let (journal, report) = PartitionLog::open(&dir.join("journal"), cfg, now)?;
+    let (journal, report) = PartitionLog::open_in(files, &dir.join("journal"), cfg, now)?;
     for why in &report.truncated {
         tracing::warn!(queue = %dir.display(), "recovery truncated journal {why}");
     }
     let path = dir.join("state.snap");
-    let snap =
-        codec::read_snapshot(&path).map_err(|e| LogError::Io { path: path.clone(), source: e })?.unwrap_or_default();
+    let snap = codec::read_snapshot(&*fs, &path)
+        .map_err(|e| LogError::Io { path: path.clone(), source: e })?
+        .unwrap_or_default();
     let mut below = snap.low_watermark;
     let mut ranges: Vec<(u64, u64)> =
         snap.finished_starts.iter().copied().zip(snap.finished_ends.iter().copied()).collect();
