@@ -266,6 +266,11 @@ impl PartitionLog {
                 let _ = fs.remove_file(&path);
             }
         }
+        // Created or recovered, the file is fsynced: the cache may close it
+        // until the first append (a broker opening thousands of partitions
+        // must not hold a file for each).
+        let mut active = active;
+        active.release();
         let log_start = sealed.front().map_or(active.base_offset, |s| s.base_offset);
         let visible_end = active.next_offset;
         let visible_pos = active.size;
