@@ -522,10 +522,12 @@ impl PartitionLog {
         if st.poisoned.is_some() {
             return Ok(());
         }
-        st.active
-            .file()
-            .and_then(|f| f.sync_data())
-            .map_err(|e| LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e))?;
+        if let Err(e) = st.active.file().and_then(|f| f.sync_data()) {
+            // As in the group commit: a failed fsync poisons.
+            let path = segment::log_path(&self.dir, st.active.base_offset);
+            self.poison(&mut st, format!("fsync of {} failed: {e}", path.display()));
+            return Err(LogError::io(&path, e));
+        }
         st.visible_end = st.active.next_offset;
         st.visible_pos = st.active.size;
         st.active.release();
