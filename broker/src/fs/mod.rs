@@ -86,6 +86,9 @@ pub trait FsFile: Send + Sync + Debug {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// fdatasync: the file's data (and length) on stable storage.
     fn sync_data(&self) -> io::Result<()>;
     /// fsync: data and metadata.

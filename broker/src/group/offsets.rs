@@ -118,4 +118,27 @@ mod tests {
         assert_eq!(s.get("t", 1).unwrap().metadata, "m");
         assert_eq!(s.all().count(), 2);
     }
+
+    /// Through the fault-injecting filesystem: a committed offset survives a
+    /// power loss; a commit whose fsync fails is refused and changes nothing,
+    /// in memory or on disk.
+    #[tokio::test]
+    async fn committed_offsets_survive_power_loss_and_a_failed_fsync_commits_nothing() {
+        use crate::fs::fault::FaultFs;
+        let fs = FaultFs::new();
+        let path = group_file(Path::new("/data"), "default", "g");
+        let at = |offset| vec![("t".to_string(), 0, Committed { offset, metadata: String::new(), committed_at_ms: 1 })];
+        let mut s = OffsetStore::load_in(fs.fs(), path.clone()).unwrap();
+        s.commit(at(5)).await.unwrap();
+        fs.power_loss();
+        let mut s = OffsetStore::load_in(fs.fs(), path.clone()).unwrap();
+        assert_eq!(s.get("t", 0).unwrap().offset, 5);
+        fs.set_faults(|f| f.fail_sync = Some("g.json".into()));
+        assert!(s.commit(at(9)).await.is_err());
+        assert_eq!(s.get("t", 0).unwrap().offset, 5, "nothing changed in memory");
+        fs.clear_faults();
+        fs.power_loss();
+        let s = OffsetStore::load_in(fs.fs(), path).unwrap();
+        assert_eq!(s.get("t", 0).unwrap().offset, 5);
+    }
 }

@@ -406,7 +406,12 @@ impl PartitionLog {
             // A failed write (short, ENOSPC, EIO) was cut back; if the cut
             // failed too, the file holds bytes nobody accounts for: stop
             // writing until a reopen recovers (truncates the torn tail).
-            if st.active.file().and_then(|f| f.len()).ok() != Some(st.active.size) {
+            // (When even opening the file failed — out of descriptors —
+            // nothing was written: the segment holds its file from the
+            // moment a write is attempted, so this asks no new open.)
+            if let Ok(len) = st.active.file().and_then(|f| f.len())
+                && len != st.active.size
+            {
                 self.poison(&mut st, format!("a failed write could not be undone: {e}"));
             }
             return Err(LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e));
