@@ -815,11 +815,8 @@ pub enum StoreError {
 }
 
 impl CatalogStore {
-    pub fn open(data_dir: &Path) -> Result<CatalogStore, StoreError> {
-        CatalogStore::open_in(crate::fs::real(), data_dir)
-    }
-
-    /// [`CatalogStore::open`] on the filesystem `fs`.
+    /// Opens (or creates) `<data_dir>/meta/catalog.json` on the filesystem
+    /// `fs` (the broker's: real, or fault-injecting in tests).
     pub fn open_in(fs: crate::fs::Fs, data_dir: &Path) -> Result<CatalogStore, StoreError> {
         let dir = data_dir.join("meta");
         let io = |source| StoreError::Io { path: dir.clone(), source };
@@ -1058,14 +1055,14 @@ mod tests {
     fn store_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = CatalogStore::open(dir.path()).unwrap();
+            let mut s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
             s.commit(&create("a", 2)).unwrap();
             assert!(s.commit(&create("a", 2)).is_err());
         }
-        let s = CatalogStore::open(dir.path()).unwrap();
+        let s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
         assert_eq!(s.catalog().tenants["default"].topics["a"].partitions, 2);
         std::fs::write(dir.path().join("meta/catalog.json"), b"{not json").unwrap();
-        assert!(matches!(CatalogStore::open(dir.path()), Err(StoreError::Invalid { .. })));
+        assert!(matches!(CatalogStore::open_in(crate::fs::real(), dir.path()), Err(StoreError::Invalid { .. })));
     }
 
     /// Through the fault-injecting filesystem: every committed change

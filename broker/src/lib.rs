@@ -100,7 +100,8 @@ fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
         tracing::warn!("cannot read the open-file limit");
         return;
     };
-    tracing::info!(was, now, hard, "open-file limit");
+    let segments = crate::fs::handles::capacity_for(config.limits.max_open_segments) as u64;
+    tracing::info!(was, now, hard, max_open_segments = segments, "open-file limit");
     if u64::from(config.limits.max_connections) >= now {
         tracing::warn!(
             max_connections = config.limits.max_connections,
@@ -108,7 +109,6 @@ fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
             "limits.max_connections is not below the open-file limit: connections could starve partitions of files"
         );
     }
-    let segments = crate::fs::handles::capacity_for(config.limits.max_open_segments) as u64;
     if segments >= now {
         tracing::warn!(
             max_open_segments = segments,

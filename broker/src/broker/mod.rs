@@ -26,6 +26,9 @@ mod produce;
 mod replicated;
 mod topics;
 
+#[cfg(test)]
+mod fault_tests;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};

@@ -27,12 +27,22 @@ impl Broker {
     /// segments are scanned), attaches the cold tier and starts each
     /// partition's group-commit task.
     pub async fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Broker>, OpenError> {
+        Broker::open_on(config, clock, crate::fs::real()).await
+    }
+
+    /// [`Broker::open_with_clock`] with the catalog and every partition log
+    /// on the filesystem `fs` (tests inject faults through it; the data
+    /// directory's lock stays a real file).
+    pub(crate) async fn open_on(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        fs: crate::fs::Fs,
+    ) -> Result<Arc<Broker>, OpenError> {
         let config = Arc::new(config);
         let cfg = config.clone();
         let now = clock.now_ms();
         let capacity = crate::fs::handles::capacity_for(config.limits.max_open_segments);
-        tracing::info!(max_open_segments = capacity, "segment file cache");
-        let segment_files = SegmentFiles::new(crate::fs::real(), capacity);
+        let segment_files = SegmentFiles::new(fs, capacity);
         let files = segment_files.clone();
         let (lock, store, topics) =
             tokio::task::spawn_blocking(move || open_blocking(&cfg, &files, now)).await.map_err(|e| {
@@ -88,7 +98,7 @@ fn open_blocking(config: &Config, files: &Arc<SegmentFiles>, now_ms: i64) -> Res
         Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(data.clone())),
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
-    let store = CatalogStore::open(data)?;
+    let store = CatalogStore::open_in(files.fs().clone(), data)?;
     let interval = config.storage.index_interval_bytes.0;
     let mut topics = HashMap::new();
     let mut expected_dirs = std::collections::HashSet::new();
