@@ -801,6 +801,7 @@ pub struct CatalogStore {
     /// Rebuilt whenever the principals change (every apply path goes
     /// through this store: commits, replicated entries, snapshots).
     credentials: Option<std::sync::Arc<crate::security::Credentials>>,
+    fs: crate::fs::Fs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -814,12 +815,14 @@ pub enum StoreError {
 }
 
 impl CatalogStore {
-    pub fn open(data_dir: &Path) -> Result<CatalogStore, StoreError> {
+    /// Opens (or creates) `<data_dir>/meta/catalog.json` on the filesystem
+    /// `fs` (the broker's: real, or fault-injecting in tests).
+    pub fn open_in(fs: crate::fs::Fs, data_dir: &Path) -> Result<CatalogStore, StoreError> {
         let dir = data_dir.join("meta");
         let io = |source| StoreError::Io { path: dir.clone(), source };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        fs.create_dir_all(&dir).map_err(io)?;
         let path = dir.join("catalog.json");
-        let catalog = match std::fs::read(&path) {
+        let catalog = match fs.read(&path) {
             Ok(bytes) => {
                 let c: Catalog = serde_json::from_slice(&bytes)
                     .map_err(|e| StoreError::Invalid { path: path.clone(), message: e.to_string() })?;
@@ -834,7 +837,7 @@ impl CatalogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Catalog::default(),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let store = CatalogStore { path, catalog, credentials: None };
+        let store = CatalogStore { path, catalog, credentials: None, fs };
         store.persist(&store.catalog)?;
         Ok(store)
     }
@@ -908,7 +911,7 @@ impl CatalogStore {
         let io = |source| StoreError::Io { path: self.path.clone(), source };
         let bytes = serde_json::to_vec_pretty(catalog)
             .map_err(|e| StoreError::Invalid { path: self.path.clone(), message: e.to_string() })?;
-        crate::fsutil::replace(&self.path, &bytes, crate::fsutil::Sync::Durable).map_err(io)
+        crate::fsutil::replace(&*self.fs, &self.path, &bytes, crate::fsutil::Sync::Durable).map_err(io)
     }
 }
 
@@ -1052,13 +1055,44 @@ mod tests {
     fn store_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = CatalogStore::open(dir.path()).unwrap();
+            let mut s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
             s.commit(&create("a", 2)).unwrap();
             assert!(s.commit(&create("a", 2)).is_err());
         }
-        let s = CatalogStore::open(dir.path()).unwrap();
+        let s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
         assert_eq!(s.catalog().tenants["default"].topics["a"].partitions, 2);
         std::fs::write(dir.path().join("meta/catalog.json"), b"{not json").unwrap();
-        assert!(matches!(CatalogStore::open(dir.path()), Err(StoreError::Invalid { .. })));
+        assert!(matches!(CatalogStore::open_in(crate::fs::real(), dir.path()), Err(StoreError::Invalid { .. })));
+    }
+
+    /// Through the fault-injecting filesystem: every committed change
+    /// survives a power loss (which drops whatever was not fsynced), and a
+    /// change whose fsync failed is refused, is not applied in memory, and
+    /// leaves the last committed catalog on disk.
+    #[test]
+    fn committed_changes_survive_power_loss_and_a_failed_fsync_commits_nothing() {
+        use crate::fs::fault::FaultFs;
+        let fs = FaultFs::new();
+        let data = Path::new("/data");
+        let mut s = CatalogStore::open_in(fs.fs(), data).unwrap();
+        s.commit(&create("a", 2)).unwrap();
+        s.commit(&create("b", 3)).unwrap();
+        fs.power_loss();
+        let mut s = CatalogStore::open_in(fs.fs(), data).unwrap();
+        let topics = |s: &CatalogStore| s.catalog().tenants["default"].topics.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(topics(&s), ["a", "b"]);
+
+        fs.set_faults(|f| f.fail_sync = Some("catalog.json".into()));
+        assert!(matches!(s.commit(&create("c", 1)), Err(StoreError::Io { .. })));
+        assert_eq!(topics(&s), ["a", "b"], "a refused change is not applied in memory");
+        fs.clear_faults();
+        fs.power_loss();
+        let mut s = CatalogStore::open_in(fs.fs(), data).unwrap();
+        assert_eq!(topics(&s), ["a", "b"]);
+        // The store works again once the disk does.
+        s.commit(&create("c", 1)).unwrap();
+        fs.power_loss();
+        let s = CatalogStore::open_in(fs.fs(), data).unwrap();
+        assert_eq!(topics(&s), ["a", "b", "c"]);
     }
 }

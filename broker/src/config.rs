@@ -490,6 +490,11 @@ pub struct LimitsConfig {
     pub max_queues: u64,
     pub max_bindings: u64,
     pub max_groups: u64,
+    /// Segment files (of partitions and queues) held open at once; the
+    /// least recently used idle ones are closed and reopened on demand, so
+    /// descriptors do not grow with the number of partitions. 0 derives it
+    /// from the open-file limit: half of it, at most 1024.
+    pub max_open_segments: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -647,6 +652,7 @@ impl Default for LimitsConfig {
             max_queues: 10_000,
             max_bindings: 10_000,
             max_groups: 10_000,
+            max_open_segments: 0,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! Small filesystem helpers shared by every module that persists files: the
 //! one way to replace a file atomically, and directory fsync.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
-/// fsyncs a directory so that created, renamed or deleted entries persist.
+use crate::fs::{FileSystem, OpenOptions};
+
+/// fsyncs a directory so that created, renamed or deleted entries persist
+/// (on the real filesystem; components behind the seam use
+/// [`FileSystem::sync_dir`]).
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    crate::fs::RealFs.sync_dir(dir)
 }
 
 /// Whether a replaced file must be on stable storage before the call returns.
@@ -25,23 +28,24 @@ pub(crate) enum Sync {
 /// [`Sync::Durable`] the file is fsynced before the rename and the directory
 /// after. A failed replace removes its temporary file and leaves `path` as
 /// it was.
-pub(crate) fn replace(path: &Path, bytes: &[u8], sync: Sync) -> io::Result<()> {
+/// Goes through the filesystem seam `fs`.
+pub(crate) fn replace(fs: &dyn FileSystem, path: &Path, bytes: &[u8], sync: Sync) -> io::Result<()> {
     let tmp = temp_path(path);
     let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let f = fs.open(&tmp, OpenOptions::CREATE)?;
+        f.write_all_at(bytes, 0)?;
         if sync == Sync::Durable {
             f.sync_all()?;
         }
         drop(f);
-        std::fs::rename(&tmp, path)
+        fs.rename(&tmp, path)
     })();
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs.remove_file(&tmp);
         return Err(e);
     }
     if sync == Sync::Durable {
-        sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+        fs.sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     }
     Ok(())
 }
@@ -60,8 +64,8 @@ mod tests {
     fn replaces_whole_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        replace(&path, b"one", Sync::Durable).unwrap();
-        replace(&path, b"two", Sync::Lazy).unwrap();
+        replace(&crate::fs::RealFs, &path, b"one", Sync::Durable).unwrap();
+        replace(&crate::fs::RealFs, &path, b"two", Sync::Lazy).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
@@ -71,12 +75,12 @@ mod tests {
     fn a_failed_replace_keeps_the_old_file_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cursor");
-        replace(&path, b"old", Sync::Durable).unwrap();
+        replace(&crate::fs::RealFs, &path, b"old", Sync::Durable).unwrap();
         // A directory where the file should go: the rename fails.
         let blocked = dir.path().join("blocked");
         std::fs::create_dir(&blocked).unwrap();
         std::fs::write(blocked.join("x"), b"").unwrap();
-        assert!(replace(&blocked, b"new", Sync::Durable).is_err());
+        assert!(replace(&crate::fs::RealFs, &blocked, b"new", Sync::Durable).is_err());
         assert!(!dir.path().join("blocked.tmp").exists(), "temporary file left behind");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
     }

@@ -11,6 +11,7 @@ mod cluster;
 pub mod config;
 mod error;
 mod fds;
+pub mod fs;
 mod fsutil;
 mod group;
 mod grpc;
@@ -92,18 +93,27 @@ fn raise_open_file_limit() -> Option<(u64, u64, u64)> {
 }
 
 /// Logs the open-file limit once the broker is up, and warns when
-/// `limits.max_connections` alone could take every descriptor.
+/// `limits.max_connections` or `limits.max_open_segments` alone could take
+/// every descriptor.
 fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
     let Some((was, now, hard)) = limits else {
         tracing::warn!("cannot read the open-file limit");
         return;
     };
-    tracing::info!(was, now, hard, "open-file limit");
+    let segments = crate::fs::handles::capacity_for(config.limits.max_open_segments) as u64;
+    tracing::info!(was, now, hard, max_open_segments = segments, "open-file limit");
     if u64::from(config.limits.max_connections) >= now {
         tracing::warn!(
             max_connections = config.limits.max_connections,
             open_files = now,
             "limits.max_connections is not below the open-file limit: connections could starve partitions of files"
+        );
+    }
+    if segments >= now {
+        tracing::warn!(
+            max_open_segments = segments,
+            open_files = now,
+            "limits.max_open_segments is not below the open-file limit: segment files could take every descriptor"
         );
     }
 }

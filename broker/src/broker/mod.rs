@@ -26,6 +26,9 @@ mod produce;
 mod replicated;
 mod topics;
 
+#[cfg(test)]
+mod fault_tests;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -106,6 +109,9 @@ pub struct Broker {
     remote_queues: RwLock<HashMap<(String, String), Option<u64>>>,
     /// Descriptors released to undo a create that ran out of them.
     spare_fds: crate::fds::SpareFds,
+    /// Open segment files of every partition and queue, bounded by
+    /// `limits.max_open_segments`.
+    segment_files: Arc<crate::fs::SegmentFiles>,
     /// The admin token and the catalog's principals and token hashes.
     credentials: Arc<crate::security::Credentials>,
     _dir_lock: std::fs::File,
@@ -125,6 +131,11 @@ impl Broker {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The cache of open segment files every log of this broker uses.
+    pub(crate) fn segment_files(&self) -> &Arc<crate::fs::SegmentFiles> {
+        &self.segment_files
     }
 
     /// What callers may authenticate with.

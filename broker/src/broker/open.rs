@@ -13,6 +13,7 @@ use super::{Broker, Topic};
 use crate::catalog::{CatalogStore, remove_orphan_dirs, topic_dir};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::fs::SegmentFiles;
 use crate::locks::read_lock;
 use crate::log::LogError;
 use crate::names::{TenantName, TopicName};
@@ -26,13 +27,26 @@ impl Broker {
     /// segments are scanned), attaches the cold tier and starts each
     /// partition's group-commit task.
     pub async fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Broker>, OpenError> {
+        Broker::open_on(config, clock, crate::fs::real()).await
+    }
+
+    /// [`Broker::open_with_clock`] with the catalog and every partition log
+    /// on the filesystem `fs` (tests inject faults through it; the data
+    /// directory's lock stays a real file).
+    pub(crate) async fn open_on(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        fs: crate::fs::Fs,
+    ) -> Result<Arc<Broker>, OpenError> {
         let config = Arc::new(config);
         let cfg = config.clone();
         let now = clock.now_ms();
+        let capacity = crate::fs::handles::capacity_for(config.limits.max_open_segments);
+        let segment_files = SegmentFiles::new(fs, capacity);
+        let files = segment_files.clone();
         let (lock, store, topics) =
-            tokio::task::spawn_blocking(move || open_blocking(&cfg, now)).await.map_err(|e| OpenError::DataDir {
-                path: config.storage.data_dir.clone(),
-                source: std::io::Error::other(e),
+            tokio::task::spawn_blocking(move || open_blocking(&cfg, &files, now)).await.map_err(|e| {
+                OpenError::DataDir { path: config.storage.data_dir.clone(), source: std::io::Error::other(e) }
             })??;
         let tier = Tier::open(&config.tier, &config.storage.data_dir).await?.map(Arc::new);
         let partitions: Vec<Arc<Partition>> = topics
@@ -56,6 +70,7 @@ impl Broker {
             remote_queues,
             producer_ids,
             spare_fds: crate::fds::SpareFds::new(),
+            segment_files,
             credentials,
             produce_budget: Arc::new(Semaphore::new(budget)),
             config,
@@ -72,7 +87,7 @@ impl Broker {
     }
 }
 
-fn open_blocking(config: &Config, now_ms: i64) -> Result<Opened, OpenError> {
+fn open_blocking(config: &Config, files: &Arc<SegmentFiles>, now_ms: i64) -> Result<Opened, OpenError> {
     let data = &config.storage.data_dir;
     let io = |source| OpenError::DataDir { path: data.clone(), source };
     std::fs::create_dir_all(data).map_err(io)?;
@@ -83,7 +98,7 @@ fn open_blocking(config: &Config, now_ms: i64) -> Result<Opened, OpenError> {
         Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(data.clone())),
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
-    let store = CatalogStore::open(data)?;
+    let store = CatalogStore::open_in(files.fs().clone(), data)?;
     let interval = config.storage.index_interval_bytes.0;
     let mut topics = HashMap::new();
     let mut expected_dirs = std::collections::HashSet::new();
@@ -101,7 +116,7 @@ fn open_blocking(config: &Config, now_ms: i64) -> Result<Opened, OpenError> {
                 let pdir = dir.join(p.to_string());
                 let id = PartitionId::new(key.clone(), record.id, p);
                 let config = record.settings.log_config(interval, config.tier.enabled());
-                let (partition, report) = Partition::open(&pdir, id, config, now_ms)
+                let (partition, report) = Partition::open(files, &pdir, id, config, now_ms)
                     .map_err(|source| OpenError::Recovery { path: pdir.clone(), source })?;
                 for why in &report.truncated {
                     tracing::warn!(partition = %pdir.display(), "recovery truncated {why}");

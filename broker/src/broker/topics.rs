@@ -295,6 +295,7 @@ impl Broker {
         let tiered = self.tier.is_some();
         let now = self.now_ms();
         let topic2 = topic.clone();
+        let files = self.segment_files.clone();
         let partitions = tokio::task::spawn_blocking(move || {
             range
                 .zip(mine2)
@@ -302,7 +303,7 @@ impl Broker {
                 .map(|(p, _)| {
                     let id = PartitionId::new(topic2.clone(), topic_id, p);
                     let resource = id.to_string();
-                    Partition::open(&dir.join(p.to_string()), id, settings.log_config(interval, tiered), now)
+                    Partition::open(&files, &dir.join(p.to_string()), id, settings.log_config(interval, tiered), now)
                         .map(|(partition, _)| partition)
                         .map_err(|source| BrokerError::Log { resource, source })
                 })

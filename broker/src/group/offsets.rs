@@ -27,6 +27,7 @@ struct OffsetsFile {
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
     path: PathBuf,
+    fs: crate::fs::Fs,
     data: OffsetsFile,
 }
 
@@ -37,18 +38,23 @@ pub(crate) fn group_file(data_dir: &Path, tenant: &str, group: &str) -> PathBuf 
 impl OffsetStore {
     /// Loads the group's offsets; a missing file is an empty group.
     pub fn load(path: PathBuf) -> std::io::Result<OffsetStore> {
-        let data = match std::fs::read(&path) {
+        OffsetStore::load_in(crate::fs::real(), path)
+    }
+
+    /// [`OffsetStore::load`] on the filesystem `fs`.
+    pub fn load_in(fs: crate::fs::Fs, path: PathBuf) -> std::io::Result<OffsetStore> {
+        let data = match fs.read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OffsetsFile { version: 1, ..Default::default() },
             Err(e) => return Err(e),
         };
-        Ok(OffsetStore { path, data })
+        Ok(OffsetStore { path, data, fs })
     }
 
     pub fn exists(&self) -> bool {
-        self.path.exists()
+        self.fs.exists(&self.path)
     }
 
     pub fn get(&self, topic: &str, partition: u32) -> Option<&Committed> {
@@ -66,14 +72,16 @@ impl OffsetStore {
             next.offsets.entry(topic).or_default().insert(partition, c);
         }
         let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await.map_err(std::io::Error::other)??;
+        let (fs, path) = (self.fs.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || write_atomic(&*fs, &path, &bytes))
+            .await
+            .map_err(std::io::Error::other)??;
         self.data = next;
         Ok(())
     }
 
     pub fn delete(&mut self) -> std::io::Result<()> {
-        match std::fs::remove_file(&self.path) {
+        match self.fs.remove_file(&self.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -83,10 +91,10 @@ impl OffsetStore {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomic(fs: &dyn crate::fs::FileSystem, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    crate::fsutil::replace(path, bytes, crate::fsutil::Sync::Durable)
+    fs.create_dir_all(dir)?;
+    crate::fsutil::replace(fs, path, bytes, crate::fsutil::Sync::Durable)
 }
 
 #[cfg(test)]
@@ -109,5 +117,28 @@ mod tests {
         assert_eq!(s.get("t", 0).unwrap().offset, 5);
         assert_eq!(s.get("t", 1).unwrap().metadata, "m");
         assert_eq!(s.all().count(), 2);
+    }
+
+    /// Through the fault-injecting filesystem: a committed offset survives a
+    /// power loss; a commit whose fsync fails is refused and changes nothing,
+    /// in memory or on disk.
+    #[tokio::test]
+    async fn committed_offsets_survive_power_loss_and_a_failed_fsync_commits_nothing() {
+        use crate::fs::fault::FaultFs;
+        let fs = FaultFs::new();
+        let path = group_file(Path::new("/data"), "default", "g");
+        let at = |offset| vec![("t".to_string(), 0, Committed { offset, metadata: String::new(), committed_at_ms: 1 })];
+        let mut s = OffsetStore::load_in(fs.fs(), path.clone()).unwrap();
+        s.commit(at(5)).await.unwrap();
+        fs.power_loss();
+        let mut s = OffsetStore::load_in(fs.fs(), path.clone()).unwrap();
+        assert_eq!(s.get("t", 0).unwrap().offset, 5);
+        fs.set_faults(|f| f.fail_sync = Some("g.json".into()));
+        assert!(s.commit(at(9)).await.is_err());
+        assert_eq!(s.get("t", 0).unwrap().offset, 5, "nothing changed in memory");
+        fs.clear_faults();
+        fs.power_loss();
+        let s = OffsetStore::load_in(fs.fs(), path).unwrap();
+        assert_eq!(s.get("t", 0).unwrap().offset, 5);
     }
 }

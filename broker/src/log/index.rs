@@ -22,10 +22,11 @@
 //! Entries are hints: a reader that lands on a position that does not hold a
 //! batch falls back to scanning from the start of the segment.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::fs::{FileSystem, FsFile, OpenOptions};
 
 pub(crate) const INDEX_MAGIC: &[u8; 8] = b"STRATAIX";
 pub(crate) const INDEX_VERSION: u32 = 1;
@@ -122,7 +123,13 @@ impl IndexHeader {
 }
 
 /// Writes a sealed segment's index atomically (temp file, fsync, rename).
-pub(crate) fn write_index_file(path: &Path, header: &IndexHeader, index: &SegmentIndex, sync: bool) -> io::Result<()> {
+pub(crate) fn write_index_file(
+    fs: &dyn FileSystem,
+    path: &Path,
+    header: &IndexHeader,
+    index: &SegmentIndex,
+    sync: bool,
+) -> io::Result<()> {
     let mut buf = Vec::with_capacity(header.file_len() as usize);
     buf.extend_from_slice(&header.encode());
     for e in &index.offsets {
@@ -133,7 +140,7 @@ pub(crate) fn write_index_file(path: &Path, header: &IndexHeader, index: &Segmen
         buf.extend_from_slice(&e.timestamp.to_le_bytes());
         buf.extend_from_slice(&e.rel_offset.to_le_bytes());
     }
-    crate::fsutil::replace(path, &buf, if sync { crate::fsutil::Sync::Durable } else { crate::fsutil::Sync::Lazy })
+    crate::fsutil::replace(fs, path, &buf, if sync { crate::fsutil::Sync::Durable } else { crate::fsutil::Sync::Lazy })
 }
 
 /// Decodes a whole `.index` file held in memory (an object fetched from the
@@ -166,15 +173,15 @@ pub(crate) fn decode_index(buf: &[u8]) -> Option<(IndexHeader, SegmentIndex)> {
 
 /// An index file opened for in-place lookups.
 pub(crate) struct IndexFile {
-    file: File,
+    file: Arc<dyn FsFile>,
     pub header: IndexHeader,
 }
 
 impl IndexFile {
     /// Opens and checks the header; `Ok(None)` when the file is missing,
     /// malformed or does not match `base_offset` and `log_size`.
-    pub fn open(path: &Path, base_offset: u64, log_size: u64) -> io::Result<Option<IndexFile>> {
-        let file = match File::open(path) {
+    pub fn open(fs: &dyn FileSystem, path: &Path, base_offset: u64, log_size: u64) -> io::Result<Option<IndexFile>> {
+        let file = match fs.open(path, OpenOptions::READ) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -186,7 +193,7 @@ impl IndexFile {
         let Some(header) = IndexHeader::decode(&buf) else {
             return Ok(None);
         };
-        let len = file.metadata()?.len();
+        let len = file.len()?;
         if header.base_offset != base_offset || header.log_size != log_size || len != header.file_len() {
             return Ok(None);
         }
@@ -268,8 +275,8 @@ mod tests {
             offset_entries: 50,
             time_entries: 20,
         };
-        write_index_file(&path, &header, &index, true).unwrap();
-        let f = IndexFile::open(&path, 100, 50_016).unwrap().unwrap();
+        write_index_file(&crate::fs::RealFs, &path, &header, &index, true).unwrap();
+        let f = IndexFile::open(&crate::fs::RealFs, &path, 100, 50_016).unwrap().unwrap();
         assert_eq!(f.header, header);
         for rel in [0u32, 5, 10, 11, 489, 499, 10_000] {
             assert_eq!(f.position_for(rel).unwrap(), index.position_for(rel), "rel {rel}");
@@ -278,8 +285,8 @@ mod tests {
             assert_eq!(f.rel_offset_before_time(ts).unwrap(), index.rel_offset_before_time(ts), "ts {ts}");
         }
         // A mismatching log size or base offset means the index is stale.
-        assert!(IndexFile::open(&path, 100, 50_017).unwrap().is_none());
-        assert!(IndexFile::open(&path, 101, 50_016).unwrap().is_none());
+        assert!(IndexFile::open(&crate::fs::RealFs, &path, 100, 50_017).unwrap().is_none());
+        assert!(IndexFile::open(&crate::fs::RealFs, &path, 101, 50_016).unwrap().is_none());
         // The same bytes decoded in memory (the cold tier's path).
         let (h, decoded) = decode_index(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(h, header);
@@ -290,6 +297,6 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[30] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(IndexFile::open(&path, 100, 50_016).unwrap().is_none());
+        assert!(IndexFile::open(&crate::fs::RealFs, &path, 100, 50_016).unwrap().is_none());
     }
 }

@@ -12,6 +12,13 @@
 //! - A failed fsync poisons the partition: the page cache can no longer be
 //!   trusted to match the disk, so it stops accepting writes until restart
 //!   (which recovers from what is really on disk).
+//! - Every wait on durability ends: poisoning (whatever the path — the
+//!   group-commit fsync, sealing a segment, a write that could not be
+//!   undone) wakes every `wait_durable`, which then answers with the error.
+//! - Segment files are opened through the broker's bounded cache
+//!   ([`SegmentFiles`]); the active segment holds its file from an append
+//!   until those bytes are fsynced, so the cache never closes a file with
+//!   writes not yet on disk.
 
 pub(crate) mod index;
 mod producers;
@@ -30,6 +37,8 @@ use tokio::sync::{Notify, watch};
 pub use producers::SequenceError;
 use producers::{Check, ProducerTable};
 use segment::{ActiveSegment, ReadError, SEGMENT_HEADER_LEN, SealedSegment};
+
+use crate::fs::{Fs, SegmentFiles};
 
 /// Idempotent-producer state is forgotten after this long without a write
 /// from that producer (Kafka's default for producer id expiry).
@@ -163,6 +172,9 @@ struct LogState {
 
 pub struct PartitionLog {
     dir: PathBuf,
+    /// The filesystem seam every file of this log goes through, with the
+    /// broker's cache of open segment files.
+    files: Arc<SegmentFiles>,
     state: Mutex<LogState>,
     hw: watch::Sender<u64>,
     sync_needed: Notify,
@@ -171,6 +183,13 @@ pub struct PartitionLog {
     /// names the segment): local copies below it may go by local retention.
     /// Raised by the owning `Partition` after each upload; 0 untiered.
     uploaded_end: AtomicU64,
+}
+
+impl Drop for PartitionLog {
+    fn drop(&mut self) {
+        // Also for logs dropped without a close (a create undone half-way).
+        self.forget_files();
+    }
 }
 
 impl std::fmt::Debug for PartitionLog {
@@ -188,15 +207,27 @@ pub struct RecoveryReport {
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, recovering the active segment.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<(Arc<PartitionLog>, RecoveryReport), LogError> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let files = SegmentFiles::new(crate::fs::real(), crate::fs::handles::DEFAULT_MAX_OPEN_SEGMENTS);
+        PartitionLog::open_in(&files, dir, config, now_ms)
+    }
+
+    /// [`PartitionLog::open`] with the segment files (and the filesystem
+    /// under them) of `files`.
+    pub fn open_in(
+        files: &Arc<SegmentFiles>,
+        dir: &Path,
+        config: LogConfig,
+        now_ms: i64,
+    ) -> Result<(Arc<PartitionLog>, RecoveryReport), LogError> {
+        let fs = files.fs().clone();
+        fs.create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let mut bases = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
-            let entry = entry.map_err(|e| LogError::io(dir, e))?;
-            let name = entry.file_name();
+        for entry in fs.read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+            let Some(name) = entry.file_name() else { continue };
             let name = name.to_string_lossy();
             if name.ends_with(".tmp") {
                 // An index write interrupted by a crash.
-                std::fs::remove_file(entry.path()).map_err(|e| LogError::io(&entry.path(), e))?;
+                fs.remove_file(&entry).map_err(|e| LogError::io(&entry, e))?;
             } else if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
                 bases.push(base);
             }
@@ -207,10 +238,11 @@ impl PartitionLog {
         let mut sealed = VecDeque::new();
         let mut producers = ProducerTable::default();
         let active = match bases.split_last() {
-            None => ActiveSegment::create(dir, 0).map_err(|e| LogError::io(dir, e))?,
+            None => ActiveSegment::create(files, dir, 0).map_err(|e| LogError::io(dir, e))?,
             Some((&last, rest)) => {
                 for &base in rest {
-                    let (seg, stopped) = SealedSegment::open(dir, base, interval).map_err(|e| LogError::io(dir, e))?;
+                    let (seg, stopped) =
+                        SealedSegment::open(files, dir, base, interval).map_err(|e| LogError::io(dir, e))?;
                     if let Some(why) = stopped {
                         report.truncated.push(format!("sealed segment {base}: {why}"));
                     }
@@ -218,9 +250,9 @@ impl PartitionLog {
                 }
                 // Producer state: the snapshot taken when the active segment
                 // was created, plus the active segment's own batches.
-                producers = producers::load_snapshot(dir, last);
+                producers = producers::load_snapshot(&*fs, dir, last);
                 let mut replay = |h: &BatchHeader| producers.record(h, now_ms);
-                let (active, stopped) = ActiveSegment::recover(dir, last, interval, now_ms, &mut replay)
+                let (active, stopped) = ActiveSegment::recover(files, dir, last, interval, now_ms, &mut replay)
                     .map_err(|e| LogError::io(dir, e))?;
                 if let Some(why) = stopped {
                     report.truncated.push(format!("active segment {last}: {why}"));
@@ -229,18 +261,23 @@ impl PartitionLog {
             }
         };
         // Index files whose segment is gone (deleted by retention mid-way).
-        for entry in std::fs::read_dir(dir).map_err(|e| LogError::io(dir, e))? {
-            let path = entry.map_err(|e| LogError::io(dir, e))?.path();
-            if path.extension().is_some_and(|e| e == "index") && !path.with_extension("log").exists() {
-                let _ = std::fs::remove_file(&path);
+        for path in fs.read_dir(dir).map_err(|e| LogError::io(dir, e))? {
+            if path.extension().is_some_and(|e| e == "index") && !fs.exists(&path.with_extension("log")) {
+                let _ = fs.remove_file(&path);
             }
         }
+        // Created or recovered, the file is fsynced: the cache may close it
+        // until the first append (a broker opening thousands of partitions
+        // must not hold a file for each).
+        let mut active = active;
+        active.release();
         let log_start = sealed.front().map_or(active.base_offset, |s| s.base_offset);
         let visible_end = active.next_offset;
         let visible_pos = active.size;
         let (hw, _) = watch::channel(visible_end);
         let log = PartitionLog {
             dir: dir.to_path_buf(),
+            files: files.clone(),
             state: Mutex::new(LogState {
                 sealed,
                 active,
@@ -261,6 +298,20 @@ impl PartitionLog {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The filesystem this log persists through.
+    pub(crate) fn fs(&self) -> &Fs {
+        self.files.fs()
+    }
+
+    /// Stops accepting writes and wakes every durability wait, which then
+    /// answers with this error (never waits on).
+    fn poison(&self, st: &mut LogState, why: String) -> LogError {
+        tracing::error!(partition = %self.dir.display(), "{why}");
+        st.poisoned = Some(why.clone());
+        self.hw.send_modify(|_| {});
+        LogError::Poisoned(why)
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -351,14 +402,27 @@ impl PartitionLog {
         set_base_offset(batch, base);
         let mut stamped = *header;
         stamped.base_offset = base;
-        st.active
-            .append(batch, &stamped, cfg.index_interval_bytes, now_ms)
-            .map_err(|e| LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e))?;
+        if let Err(e) = st.active.append(batch, &stamped, cfg.index_interval_bytes, now_ms) {
+            // A failed write (short, ENOSPC, EIO) was cut back; if the cut
+            // failed too, the file holds bytes nobody accounts for: stop
+            // writing until a reopen recovers (truncates the torn tail).
+            // (When even opening the file failed — out of descriptors —
+            // nothing was written: the segment holds its file from the
+            // moment a write is attempted, so this asks no new open.)
+            if let Ok(len) = st.active.file().and_then(|f| f.len())
+                && len != st.active.size
+            {
+                self.poison(&mut st, format!("a failed write could not be undone: {e}"));
+            }
+            return Err(LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e));
+        }
         st.producers.record(&stamped, now_ms);
         match cfg.durability {
             Durability::None => {
                 st.visible_end = st.active.next_offset;
                 st.visible_pos = st.active.size;
+                // Page cache only: nothing to fsync, the file need not stay open.
+                st.active.release();
                 self.hw.send_replace(st.visible_end);
             }
             Durability::Fsync => self.sync_needed.notify_one(),
@@ -372,16 +436,14 @@ impl PartitionLog {
         let sync = st.config.durability == Durability::Fsync;
         // The snapshot must exist before the segment it belongs to, so that
         // recovery never finds an active segment without its snapshot.
-        producers::write_snapshot(&self.dir, next, &st.producers, sync).map_err(|e| LogError::io(&self.dir, e))?;
-        let new_active = ActiveSegment::create(&self.dir, next).map_err(|e| LogError::io(&self.dir, e))?;
+        producers::write_snapshot(&**self.fs(), &self.dir, next, &st.producers, sync)
+            .map_err(|e| LogError::io(&self.dir, e))?;
+        let new_active = ActiveSegment::create(&self.files, &self.dir, next).map_err(|e| LogError::io(&self.dir, e))?;
         let old = std::mem::replace(&mut st.active, new_active);
         let sealed = match old.seal(sync) {
             Ok(s) => s,
-            Err(e) => {
-                let why = format!("sealing segment failed: {e}");
-                st.poisoned = Some(why.clone());
-                return Err(LogError::Poisoned(why));
-            }
+            // Waiters on the old segment's bytes are woken with the error.
+            Err(e) => return Err(self.poison(st, format!("sealing segment failed: {e}"))),
         };
         st.sealed.push_back(sealed);
         // Everything in the sealed segment is now on disk (or, in `none`
@@ -420,11 +482,18 @@ impl PartitionLog {
                 return;
             }
             let (file, base, target_end, target_pos) = {
-                let st = self.lock();
+                let mut st = self.lock();
                 if st.poisoned.is_some() || st.visible_end >= st.active.next_offset {
                     continue;
                 }
-                (st.active.file.clone(), st.active.base_offset, st.active.next_offset, st.active.size)
+                let file = match st.active.file() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.poison(&mut st, format!("cannot open the segment to fsync it: {e}"));
+                        continue;
+                    }
+                };
+                (file, st.active.base_offset, st.active.next_offset, st.active.size)
             };
             let result = tokio::task::spawn_blocking(move || file.sync_data()).await;
             let mut st = self.lock();
@@ -437,14 +506,16 @@ impl PartitionLog {
                         }
                         self.hw.send_replace(target_end);
                     }
+                    if st.visible_end >= st.active.next_offset {
+                        // All on disk: the cache may close the file.
+                        st.active.release();
+                    }
                 }
                 Ok(Err(e)) => {
-                    st.poisoned = Some(format!("fsync failed: {e}"));
-                    self.hw.send_modify(|_| {});
+                    self.poison(&mut st, format!("fsync failed: {e}"));
                 }
                 Err(e) => {
-                    st.poisoned = Some(format!("fsync task failed: {e}"));
-                    self.hw.send_modify(|_| {});
+                    self.poison(&mut st, format!("fsync task failed: {e}"));
                 }
             }
         }
@@ -456,12 +527,15 @@ impl PartitionLog {
         if st.poisoned.is_some() {
             return Ok(());
         }
-        st.active
-            .file
-            .sync_data()
-            .map_err(|e| LogError::io(&segment::log_path(&self.dir, st.active.base_offset), e))?;
+        if let Err(e) = st.active.file().and_then(|f| f.sync_data()) {
+            // As in the group commit: a failed fsync poisons.
+            let path = segment::log_path(&self.dir, st.active.base_offset);
+            self.poison(&mut st, format!("fsync of {} failed: {e}", path.display()));
+            return Err(LogError::io(&path, e));
+        }
         st.visible_end = st.active.next_offset;
         st.visible_pos = st.active.size;
+        st.active.release();
         self.hw.send_replace(st.visible_end);
         Ok(())
     }
@@ -471,6 +545,19 @@ impl PartitionLog {
         self.closed.store(true, Ordering::Release);
         self.sync_needed.notify_one();
         self.hw.send_modify(|_| {});
+        self.forget_files();
+    }
+
+    /// Drops the cache's handles on this log's segments: a closed log's
+    /// files are usually about to be removed, and an open handle would keep
+    /// their space.
+    fn forget_files(&self) {
+        let mut st = self.lock();
+        st.active.release();
+        self.files.forget(&segment::log_path(&self.dir, st.active.base_offset));
+        for seg in &st.sealed {
+            self.files.forget(&seg.log_path());
+        }
     }
 
     /// Reads whole batches from offset `from`. Blocking (file I/O).
@@ -496,7 +583,7 @@ impl PartitionLog {
                 }
                 let target = if from >= st.active.base_offset {
                     ReadTarget::Active {
-                        file: st.active.file.clone(),
+                        file: st.active.reader().map_err(|e| LogError::io(&self.dir, e))?,
                         start: st.active.position_for(from),
                         end: st.visible_pos,
                     }
@@ -516,7 +603,9 @@ impl PartitionLog {
                     from = *next;
                     continue;
                 }
-                ReadTarget::Active { file, start, end } => segment::read_batches(file, *start, *end, from, max_bytes),
+                ReadTarget::Active { file, start, end } => {
+                    segment::read_batches(&**file, *start, *end, from, max_bytes)
+                }
                 ReadTarget::Sealed(seg) => match seg.read(from, max_bytes) {
                     Err(ReadError::Io(e))
                         if e.kind() == io::ErrorKind::NotFound
@@ -573,7 +662,7 @@ impl PartitionLog {
                 .collect();
             if c.is_empty() && st.active.max_timestamp >= ts {
                 c.push(ReadTarget::Active {
-                    file: st.active.file.clone(),
+                    file: st.active.reader().map_err(|e| LogError::io(&self.dir, e))?,
                     start: st.active.position_for_time(ts),
                     end: st.visible_pos,
                 });
@@ -583,7 +672,7 @@ impl PartitionLog {
         for target in candidates {
             let batch = match &target {
                 ReadTarget::Sealed(seg) => seg.find_by_time(ts),
-                ReadTarget::Active { file, start, end } => segment::find_batch_by_time(file, *start, *end, ts),
+                ReadTarget::Active { file, start, end } => segment::find_batch_by_time(&**file, *start, *end, ts),
                 ReadTarget::Skip(_) => Ok(None),
             }
             .map_err(|e| self.read_error(&target, e))?;
@@ -642,6 +731,10 @@ impl PartitionLog {
                 return Ok(report);
             }
             let cfg = st.config;
+            if cfg.durability == Durability::None || st.visible_end >= st.active.next_offset {
+                // Nothing waits for an fsync: the cache may close the file.
+                st.active.release();
+            }
             st.producers.expire(now_ms, PRODUCER_EXPIRY_MS);
             if !st.active.is_empty() && st.active.first_append_ms.is_some_and(|t| now_ms - t >= cfg.segment_ms) {
                 self.roll(&mut st)?;
@@ -720,10 +813,13 @@ impl PartitionLog {
 }
 
 enum ReadTarget {
-    Active { file: Arc<std::fs::File>, start: u64, end: u64 },
+    Active { file: Arc<dyn crate::fs::FsFile>, start: u64, end: u64 },
     Sealed(SealedSegment),
     Skip(u64),
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fault_tests;

@@ -132,18 +132,29 @@ pub(crate) fn snapshot_path(dir: &Path, base_offset: u64) -> PathBuf {
 }
 
 /// Writes the table as of `base_offset` atomically, and removes older snapshots.
-pub(crate) fn write_snapshot(dir: &Path, base_offset: u64, table: &ProducerTable, sync: bool) -> std::io::Result<()> {
+pub(crate) fn write_snapshot(
+    fs: &dyn crate::fs::FileSystem,
+    dir: &Path,
+    base_offset: u64,
+    table: &ProducerTable,
+    sync: bool,
+) -> std::io::Result<()> {
     let path = snapshot_path(dir, base_offset);
     let bytes = serde_json::to_vec(table).map_err(std::io::Error::other)?;
-    crate::fsutil::replace(&path, &bytes, if sync { crate::fsutil::Sync::Durable } else { crate::fsutil::Sync::Lazy })?;
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let name = entry.file_name();
+    crate::fsutil::replace(
+        fs,
+        &path,
+        &bytes,
+        if sync { crate::fsutil::Sync::Durable } else { crate::fsutil::Sync::Lazy },
+    )?;
+    for entry in fs.read_dir(dir)? {
+        let Some(name) = entry.file_name() else { continue };
         let Some(base) = name.to_str().and_then(|n| n.strip_suffix(".producers")).and_then(|b| b.parse::<u64>().ok())
         else {
             continue;
         };
         if base < base_offset {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = fs.remove_file(&entry);
         }
     }
     Ok(())
@@ -152,11 +163,8 @@ pub(crate) fn write_snapshot(dir: &Path, base_offset: u64, table: &ProducerTable
 /// Loads the snapshot taken at `base_offset`; empty when there is none or it
 /// is unreadable (the state is then rebuilt from the active segment only,
 /// which can only make the broker more accepting, never lose data).
-pub(crate) fn load_snapshot(dir: &Path, base_offset: u64) -> ProducerTable {
-    std::fs::read(snapshot_path(dir, base_offset))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+pub(crate) fn load_snapshot(fs: &dyn crate::fs::FileSystem, dir: &Path, base_offset: u64) -> ProducerTable {
+    fs.read(&snapshot_path(dir, base_offset)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -217,10 +225,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut t = ProducerTable::default();
         t.record(&header(1, 0, 0, 2, 0), 5);
-        write_snapshot(dir.path(), 10, &t, true).unwrap();
-        write_snapshot(dir.path(), 20, &t, true).unwrap();
+        write_snapshot(&crate::fs::RealFs, dir.path(), 10, &t, true).unwrap();
+        write_snapshot(&crate::fs::RealFs, dir.path(), 20, &t, true).unwrap();
         assert!(!snapshot_path(dir.path(), 10).exists());
-        assert_eq!(load_snapshot(dir.path(), 20), t);
-        assert_eq!(load_snapshot(dir.path(), 30), ProducerTable::default());
+        assert_eq!(load_snapshot(&crate::fs::RealFs, dir.path(), 20), t);
+        assert_eq!(load_snapshot(&crate::fs::RealFs, dir.path(), 30), ProducerTable::default());
     }
 }

@@ -6,9 +6,7 @@
 //! reserved u32) followed by record batches exactly as the wire carries them,
 //! with their base offsets stamped. Its name is the segment's base offset.
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use strata_proto::batch::{BatchHeader, HEADER_LEN, LENGTH_PREFIX};
 
 use super::index::{IndexFile, IndexHeader, OffsetEntry, SegmentIndex, TimeEntry, write_index_file};
+use crate::fs::{FsFile, OpenOptions, SegmentFiles};
 
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"STRATASG";
 pub(crate) const SEGMENT_VERSION: u32 = 1;
@@ -57,12 +56,12 @@ pub(crate) struct ScanOutcome {
 /// CRC32C, offset continuity) and building its index. Stops at the first
 /// batch that fails a check: everything from there is a torn or corrupt tail.
 pub(crate) fn scan_segment(
-    file: &File,
+    file: &dyn FsFile,
     base_offset: u64,
     index_interval: u64,
     visit: &mut dyn FnMut(&BatchHeader),
 ) -> io::Result<ScanOutcome> {
-    let file_len = file.metadata()?.len();
+    let file_len = file.len()?;
     let mut out = ScanOutcome { valid_len: 0, next_offset: base_offset, max_timestamp: i64::MIN, ..Default::default() };
     let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
     if file_len < SEGMENT_HEADER_LEN || file.read_exact_at(&mut header, 0).is_err() || header != segment_header() {
@@ -70,8 +69,7 @@ pub(crate) fn scan_segment(
         return Ok(out);
     }
     out.valid_len = SEGMENT_HEADER_LEN;
-    let mut reader = io::BufReader::with_capacity(1 << 20, file);
-    io::Seek::seek(&mut reader, io::SeekFrom::Start(SEGMENT_HEADER_LEN))?;
+    let mut reader = io::BufReader::with_capacity(1 << 20, crate::fs::Reader::new(file, SEGMENT_HEADER_LEN));
     let mut pos = SEGMENT_HEADER_LEN;
     let mut since_offset_entry = u64::MAX;
     let mut since_time_entry = u64::MAX;
@@ -153,7 +151,7 @@ pub(crate) enum ReadError {
 /// (but always at least one whole batch when one is available). Every batch
 /// returned has had its CRC checked.
 pub(crate) fn read_batches(
-    file: &File,
+    file: &dyn FsFile,
     mut start: u64,
     end: u64,
     from: u64,
@@ -216,7 +214,12 @@ pub(crate) fn whole_checked_batches(buf: &[u8], start: u64, from: u64) -> Result
 
 /// Reads batch headers from `start` until one has `max_timestamp >= ts`;
 /// returns that batch whole.
-pub(crate) fn find_batch_by_time(file: &File, mut start: u64, end: u64, ts: i64) -> Result<Option<Bytes>, ReadError> {
+pub(crate) fn find_batch_by_time(
+    file: &dyn FsFile,
+    mut start: u64,
+    end: u64,
+    ts: i64,
+) -> Result<Option<Bytes>, ReadError> {
     let mut hdr = [0u8; HEADER_LEN];
     while start + HEADER_LEN as u64 <= end {
         file.read_exact_at(&mut hdr, start)?;
@@ -240,7 +243,11 @@ pub(crate) fn find_batch_by_time(file: &File, mut start: u64, end: u64, ts: i64)
 pub(crate) struct ActiveSegment {
     pub base_offset: u64,
     pub next_offset: u64,
-    pub file: Arc<File>,
+    /// The segment file while this segment holds it: from an append until
+    /// the bytes are fsynced (so that the cache never closes a file with
+    /// writes not yet on disk), or while recovery works on it. Otherwise
+    /// the file comes from (and may be evicted from) `files`.
+    held: Option<Arc<dyn FsFile>>,
     /// Bytes written, header included.
     pub size: u64,
     pub max_timestamp: i64,
@@ -250,20 +257,30 @@ pub(crate) struct ActiveSegment {
     /// Broker time of the first append, for rolling by age.
     pub first_append_ms: Option<i64>,
     dir: PathBuf,
+    files: Arc<SegmentFiles>,
 }
 
 impl ActiveSegment {
     /// Creates an empty segment file (and makes its directory entry durable).
-    pub fn create(dir: &Path, base_offset: u64) -> io::Result<ActiveSegment> {
+    /// A failed create removes the file again, so that it can be retried.
+    pub fn create(files: &Arc<SegmentFiles>, dir: &Path, base_offset: u64) -> io::Result<ActiveSegment> {
+        let fs = files.fs();
         let path = log_path(dir, base_offset);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        file.write_all_at(&segment_header(), 0)?;
-        file.sync_all()?;
-        sync_dir(dir)?;
+        let file = fs.open(&path, OpenOptions::CREATE_NEW)?;
+        let made = (|| {
+            file.write_all_at(&segment_header(), 0)?;
+            file.sync_all()?;
+            fs.sync_dir(dir)
+        })();
+        if let Err(e) = made {
+            let _ = fs.remove_file(&path);
+            return Err(e);
+        }
+        let file = files.insert(&path, file, true);
         Ok(ActiveSegment {
             base_offset,
             next_offset: base_offset,
-            file: Arc::new(file),
+            held: Some(file),
             size: SEGMENT_HEADER_LEN,
             max_timestamp: i64::MIN,
             index: SegmentIndex::default(),
@@ -271,6 +288,7 @@ impl ActiveSegment {
             since_time_entry: u64::MAX,
             first_append_ms: None,
             dir: dir.to_path_buf(),
+            files: files.clone(),
         })
     }
 
@@ -278,6 +296,7 @@ impl ActiveSegment {
     /// or corrupt tail, rebuilds its in-memory index and drops a stale index
     /// file. Returns the segment and why the scan stopped early, if it did.
     pub fn recover(
+        files: &Arc<SegmentFiles>,
         dir: &Path,
         base_offset: u64,
         index_interval: u64,
@@ -285,19 +304,19 @@ impl ActiveSegment {
         visit: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<(ActiveSegment, Option<String>)> {
         let path = log_path(dir, base_offset);
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let scan = scan_segment(&file, base_offset, index_interval, visit)?;
+        let file = files.get(&path, true)?;
+        let scan = scan_segment(&*file, base_offset, index_interval, visit)?;
         let mut valid_len = scan.valid_len;
         if valid_len < SEGMENT_HEADER_LEN {
             file.set_len(0)?;
             file.write_all_at(&segment_header(), 0)?;
             valid_len = SEGMENT_HEADER_LEN;
         }
-        if file.metadata()?.len() != valid_len {
+        if file.len()? != valid_len {
             file.set_len(valid_len)?;
         }
         file.sync_all()?;
-        match std::fs::remove_file(index_path(dir, base_offset)) {
+        match files.fs().remove_file(&index_path(dir, base_offset)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -307,7 +326,7 @@ impl ActiveSegment {
             ActiveSegment {
                 base_offset,
                 next_offset: scan.next_offset,
-                file: Arc::new(file),
+                held: Some(file),
                 size: valid_len,
                 max_timestamp: scan.max_timestamp,
                 // Conservative: the next batch starts new index entries only
@@ -317,6 +336,7 @@ impl ActiveSegment {
                 index: scan.index,
                 first_append_ms: (scan.batches > 0).then_some(now_ms),
                 dir: dir.to_path_buf(),
+                files: files.clone(),
             },
             scan.stopped,
         ))
@@ -326,11 +346,37 @@ impl ActiveSegment {
         self.next_offset == self.base_offset
     }
 
+    /// The segment file, held from now until [`ActiveSegment::release`].
+    pub fn file(&mut self) -> io::Result<Arc<dyn FsFile>> {
+        if let Some(f) = &self.held {
+            return Ok(f.clone());
+        }
+        let f = self.files.get(&log_path(&self.dir, self.base_offset), true)?;
+        self.held = Some(f.clone());
+        Ok(f)
+    }
+
+    /// The segment file for a read (not held: the cache may close it once
+    /// the reader is done).
+    pub fn reader(&self) -> io::Result<Arc<dyn FsFile>> {
+        match &self.held {
+            Some(f) => Ok(f.clone()),
+            None => self.files.get(&log_path(&self.dir, self.base_offset), true),
+        }
+    }
+
+    /// Lets the cache close the file when it needs room. Only once every
+    /// byte written is on disk (or durability is `none`).
+    pub fn release(&mut self) {
+        self.held = None;
+    }
+
     /// Writes one stamped batch at the end of the segment. On failure the
     /// file is cut back to its previous length, so no partial batch remains.
     pub fn append(&mut self, batch: &[u8], header: &BatchHeader, index_interval: u64, now_ms: i64) -> io::Result<()> {
-        if let Err(e) = self.file.write_all_at(batch, self.size) {
-            let _ = self.file.set_len(self.size);
+        let file = self.file()?;
+        if let Err(e) = file.write_all_at(batch, self.size) {
+            let _ = file.set_len(self.size);
             return Err(e);
         }
         let rel = (header.base_offset - self.base_offset) as u32;
@@ -367,9 +413,9 @@ impl ActiveSegment {
     }
 
     /// Seals the segment: optionally fsyncs it, writes its index file.
-    pub fn seal(self, sync: bool) -> io::Result<SealedSegment> {
+    pub fn seal(mut self, sync: bool) -> io::Result<SealedSegment> {
         if sync {
-            self.file.sync_data()?;
+            self.file()?.sync_data()?;
         }
         let header = IndexHeader {
             base_offset: self.base_offset,
@@ -379,13 +425,14 @@ impl ActiveSegment {
             offset_entries: self.index.offsets.len() as u32,
             time_entries: self.index.times.len() as u32,
         };
-        write_index_file(&index_path(&self.dir, self.base_offset), &header, &self.index, sync)?;
+        write_index_file(&**self.files.fs(), &index_path(&self.dir, self.base_offset), &header, &self.index, sync)?;
         Ok(SealedSegment {
             base_offset: self.base_offset,
             next_offset: self.next_offset,
             size: self.size,
             max_timestamp: self.max_timestamp,
             dir: self.dir,
+            files: self.files,
         })
     }
 }
@@ -399,16 +446,23 @@ pub(crate) struct SealedSegment {
     pub size: u64,
     pub max_timestamp: i64,
     pub dir: PathBuf,
+    pub files: Arc<SegmentFiles>,
 }
 
 impl SealedSegment {
     /// Loads a sealed segment's summary from its index header, rebuilding the
     /// index by scanning the segment only when the index is missing or stale.
     /// Returns the segment and, when the scan found a bad tail, why.
-    pub fn open(dir: &Path, base_offset: u64, index_interval: u64) -> io::Result<(SealedSegment, Option<String>)> {
+    pub fn open(
+        files: &Arc<SegmentFiles>,
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u64,
+    ) -> io::Result<(SealedSegment, Option<String>)> {
+        let fs = files.fs();
         let log = log_path(dir, base_offset);
-        let size = std::fs::metadata(&log)?.len();
-        if let Some(idx) = IndexFile::open(&index_path(dir, base_offset), base_offset, size)? {
+        let size = fs.len(&log)?;
+        if let Some(idx) = IndexFile::open(&**fs, &index_path(dir, base_offset), base_offset, size)? {
             return Ok((
                 SealedSegment {
                     base_offset,
@@ -416,12 +470,13 @@ impl SealedSegment {
                     size,
                     max_timestamp: idx.header.max_timestamp,
                     dir: dir.to_path_buf(),
+                    files: files.clone(),
                 },
                 None,
             ));
         }
-        let file = OpenOptions::new().read(true).write(true).open(&log)?;
-        let scan = scan_segment(&file, base_offset, index_interval, &mut |_| {})?;
+        let file = fs.open(&log, OpenOptions::WRITE)?;
+        let scan = scan_segment(&*file, base_offset, index_interval, &mut |_| {})?;
         if scan.valid_len < size {
             file.set_len(scan.valid_len.max(SEGMENT_HEADER_LEN))?;
             if scan.valid_len < SEGMENT_HEADER_LEN {
@@ -438,7 +493,7 @@ impl SealedSegment {
             offset_entries: scan.index.offsets.len() as u32,
             time_entries: scan.index.times.len() as u32,
         };
-        write_index_file(&index_path(dir, base_offset), &header, &scan.index, true)?;
+        write_index_file(&**fs, &index_path(dir, base_offset), &header, &scan.index, true)?;
         Ok((
             SealedSegment {
                 base_offset,
@@ -446,6 +501,7 @@ impl SealedSegment {
                 size,
                 max_timestamp: scan.max_timestamp,
                 dir: dir.to_path_buf(),
+                files: files.clone(),
             },
             scan.stopped,
         ))
@@ -460,21 +516,21 @@ impl SealedSegment {
     }
 
     fn index(&self) -> io::Result<Option<IndexFile>> {
-        IndexFile::open(&self.index_path(), self.base_offset, self.size)
+        IndexFile::open(&**self.files.fs(), &self.index_path(), self.base_offset, self.size)
     }
 
     /// Reads whole batches starting at offset `from`.
     pub fn read(&self, from: u64, max_bytes: usize) -> Result<SegmentRead, ReadError> {
-        let file = File::open(self.log_path())?;
+        let file = self.files.get(&self.log_path(), false)?;
         let rel = from.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
         let hint = match self.index()? {
             Some(idx) => idx.position_for(rel)?.map_or(SEGMENT_HEADER_LEN, u64::from),
             None => SEGMENT_HEADER_LEN,
         };
-        match read_batches(&file, hint, self.size, from, max_bytes) {
+        match read_batches(&*file, hint, self.size, from, max_bytes) {
             // A wrong index hint must not make data unreadable: rescan from the start.
             Err(ReadError::Corrupt { .. }) if hint != SEGMENT_HEADER_LEN => {
-                read_batches(&file, SEGMENT_HEADER_LEN, self.size, from, max_bytes)
+                read_batches(&*file, SEGMENT_HEADER_LEN, self.size, from, max_bytes)
             }
             other => other,
         }
@@ -482,16 +538,16 @@ impl SealedSegment {
 
     /// The first batch holding a record with timestamp >= `ts`.
     pub fn find_by_time(&self, ts: i64) -> Result<Option<Bytes>, ReadError> {
-        let file = File::open(self.log_path())?;
+        let file = self.files.get(&self.log_path(), false)?;
         let mut start = SEGMENT_HEADER_LEN;
         if let Some(idx) = self.index()?
             && let Some(rel) = idx.rel_offset_before_time(ts)?
         {
             start = idx.position_for(rel)?.map_or(SEGMENT_HEADER_LEN, u64::from);
         }
-        match find_batch_by_time(&file, start, self.size, ts) {
+        match find_batch_by_time(&*file, start, self.size, ts) {
             Err(ReadError::Corrupt { .. }) if start != SEGMENT_HEADER_LEN => {
-                find_batch_by_time(&file, SEGMENT_HEADER_LEN, self.size, ts)
+                find_batch_by_time(&*file, SEGMENT_HEADER_LEN, self.size, ts)
             }
             other => other,
         }
@@ -499,8 +555,9 @@ impl SealedSegment {
 
     /// Deletes the segment's files.
     pub fn delete(&self) -> io::Result<()> {
+        self.files.forget(&self.log_path());
         for path in [self.log_path(), self.index_path()] {
-            match std::fs::remove_file(&path) {
+            match self.files.fs().remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),

@@ -23,6 +23,7 @@ use strata_proto::batch::BatchHeader;
 pub use id::{Offset, PartitionId, TopicRef};
 
 use crate::error::BrokerError;
+use crate::fs::SegmentFiles;
 use crate::log::{Appended, LogConfig, LogError, LogStats, Maintenance, PartitionLog, ReadResult, RecoveryReport};
 use crate::metrics::{Metrics, TopicLabels};
 use crate::tier::{RemotePartition, TierError, UploadLimits};
@@ -49,14 +50,16 @@ impl Partition {
     }
 
     /// Opens (or creates) the partition's log in `dir`, recovering its
-    /// active segment. Blocking.
+    /// active segment, with its segment files in the broker's cache `files`.
+    /// Blocking.
     pub fn open(
+        files: &Arc<SegmentFiles>,
         dir: &Path,
         id: PartitionId,
         config: LogConfig,
         now_ms: i64,
     ) -> Result<(Arc<Partition>, RecoveryReport), LogError> {
-        let (log, report) = PartitionLog::open(dir, config, now_ms)?;
+        let (log, report) = PartitionLog::open_in(files, dir, config, now_ms)?;
         Ok((Partition::new(id, log), report))
     }
 

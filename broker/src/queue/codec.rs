@@ -113,13 +113,13 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"STRATAQS";
 const SNAPSHOT_VERSION: u32 = 1;
 
 /// Writes `snap` to `path` atomically (temp file, fsync, rename, fsync dir).
-pub(crate) fn write_snapshot(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
-    crate::fsutil::replace(path, &encode_snapshot(snap), crate::fsutil::Sync::Durable)
+pub(crate) fn write_snapshot(fs: &dyn crate::fs::FileSystem, path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    crate::fsutil::replace(fs, path, &encode_snapshot(snap), crate::fsutil::Sync::Durable)
 }
 
 /// Reads a snapshot; `Ok(None)` when there is none.
-pub(crate) fn read_snapshot(path: &Path) -> std::io::Result<Option<Snapshot>> {
-    let buf = match std::fs::read(path) {
+pub(crate) fn read_snapshot(fs: &dyn crate::fs::FileSystem, path: &Path) -> std::io::Result<Option<Snapshot>> {
+    let buf = match fs.read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),

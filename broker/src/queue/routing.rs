@@ -99,7 +99,7 @@ pub(crate) fn write_cursor(queue_dir: &Path, id: u64, offsets: &[u64]) -> std::i
     let dir = path.parent().expect("has a parent");
     std::fs::create_dir_all(dir)?;
     let text = offsets.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-    crate::fsutil::replace(&path, text.as_bytes(), crate::fsutil::Sync::Durable)
+    crate::fsutil::replace(&crate::fs::RealFs, &path, text.as_bytes(), crate::fsutil::Sync::Durable)
 }
 
 fn read_cursor(queue_dir: &Path, id: u64) -> Option<Vec<u64>> {

@@ -270,7 +270,11 @@ async fn creates_refused_for_lack_of_files_leave_no_trace_and_the_broker_restart
 
     let dir = tempfile::tempdir().unwrap();
     let limit = 256;
-    let mut broker = BrokerProcess::start_with_fd_limit(dir.path(), limit);
+    // The segment file cache would keep partitions from ever running out of
+    // descriptors (`partitions_do_not_grow_the_open_files` proves that): make
+    // it larger than the limit, so that creates still hit EMFILE here.
+    let envs = [("STRATA_LIMITS_MAX_OPEN_SEGMENTS", "100000")];
+    let mut broker = BrokerProcess::start_with_fd_limit(dir.path(), limit, &envs);
     let mut admin = AdminClient::new(channel(broker.addr).await);
     let mut created = BTreeSet::new();
     let mut refused = Vec::new();
@@ -311,12 +315,90 @@ async fn creates_refused_for_lack_of_files_leave_no_trace_and_the_broker_restart
     log.produce(req(&first, batch_of(&["at the limit".to_string()]), 1)).await.expect("produce at the limit");
 
     broker.kill9();
-    let broker = BrokerProcess::start_with_fd_limit(dir.path(), limit);
+    let broker = BrokerProcess::start_with_fd_limit(dir.path(), limit, &envs);
     let mut admin = AdminClient::new(channel(broker.addr).await);
     let topics = admin.list_topics(ListTopicsRequest::default()).await.unwrap().into_inner().topics;
     assert_eq!(listed(topics), created, "after a restart under the same limit");
     let mut log = log_client(broker.addr).await;
     log.produce(req(&first, batch_of(&["after restart".to_string()]), 2)).await.expect("produce after restart");
+}
+
+/// The bounded cache of open segment files: 2,000 partitions, each
+/// produced to and read back, while the broker process never holds more
+/// than `limits.max_open_segments` segment files (plus its fixed set of
+/// listeners, catalog and reserve); evicted files reopen on demand. Then the
+/// same under a 256-file limit with the derived default, restart included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_do_not_grow_the_open_files() {
+    use strata_proto::v1::admin_client::AdminClient;
+
+    const TOPICS: u32 = 20;
+    const PARTITIONS: u32 = 100;
+    const MAX_OPEN: usize = 64;
+    // Descriptors besides segment files that come and go while serving:
+    // the client's connection, a catalog write's temporary file and
+    // directory, an index or producer snapshot being written.
+    const SLACK: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        BrokerProcess::start_with_env(dir.path(), &[("STRATA_LIMITS_MAX_OPEN_SEGMENTS", &MAX_OPEN.to_string())]);
+    let mut admin = AdminClient::new(channel(broker.addr).await);
+    let mut log = log_client(broker.addr).await;
+    let baseline = broker.open_fds();
+    let mut most = baseline;
+    for t in 0..TOPICS {
+        let name = format!("t{t:02}");
+        let request = CreateTopicRequest { name: name.clone(), partitions: PARTITIONS, ..Default::default() };
+        admin.create_topic(request).await.unwrap();
+        most = most.max(broker.open_fds());
+        for p in 0..PARTITIONS {
+            let value = format!("{name}/{p}");
+            log.produce(produce_req(&name, p, batch_of(&[value]))).await.unwrap();
+        }
+        most = most.max(broker.open_fds());
+    }
+    let bound = baseline + MAX_OPEN + SLACK;
+    assert!(most <= bound, "{most} descriptors open with {} partitions (bound {bound})", TOPICS * PARTITIONS);
+    // Every partition reads back its record (most of their files were
+    // evicted and are reopened now), and the bound still holds.
+    for t in 0..TOPICS {
+        let name = format!("t{t:02}");
+        for p in 0..PARTITIONS {
+            assert_eq!(first_values(&mut log, &name, p).await, [format!("{name}/{p}")]);
+        }
+        most = most.max(broker.open_fds());
+    }
+    assert!(most <= bound, "{most} descriptors open while reading (bound {bound})");
+    eprintln!(
+        "open files: {baseline} at start, at most {most} with {} partitions (bound {bound})",
+        TOPICS * PARTITIONS
+    );
+    drop(broker);
+
+    // The derived default under a 256-file limit (half of it for segment
+    // files): the same 2,000 partitions open at a restart and take writes.
+    let broker = BrokerProcess::start_with_fd_limit(dir.path(), 256, &[]);
+    let mut log = log_client(broker.addr).await;
+    for t in 0..TOPICS {
+        let name = format!("t{t:02}");
+        for p in 0..PARTITIONS {
+            log.produce(produce_req(&name, p, batch_of(&["again".to_string()]))).await.unwrap();
+        }
+    }
+    let records = read_partition(&mut log, "t19", 99, 0).await;
+    assert_eq!(records.iter().map(value).collect::<Vec<_>>(), ["t19/99", "again"]);
+}
+
+/// The values of the first fetch response from offset 0 (a partition that
+/// holds records answers them at once; no wait for the long poll to end).
+async fn first_values(log: &mut LogClient<tonic::transport::Channel>, topic: &str, partition: u32) -> Vec<String> {
+    let mut stream = log.fetch(fetch_req(topic, partition, 0)).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().expect("a fetch response");
+    let mut values = Vec::new();
+    for batch in strata_proto::batch::BatchIter::new(resp.records) {
+        values.extend(batch.unwrap().records().unwrap().iter().map(value));
+    }
+    values
 }
 
 /// The catalog's limits: going over one is RESOURCE_EXHAUSTED with

@@ -142,11 +142,24 @@ impl BrokerProcess {
     }
 
     /// Starts the broker under an open-file limit (soft and hard: the
-    /// broker cannot raise it).
-    pub fn start_with_fd_limit(data_dir: &Path, limit: u32) -> BrokerProcess {
+    /// broker cannot raise it), with `envs` (`STRATA_*` overrides).
+    pub fn start_with_fd_limit(data_dir: &Path, limit: u32, envs: &[(&str, &str)]) -> BrokerProcess {
         let mut sh = Command::new("sh");
         sh.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\""), broker_bin()]);
+        sh.envs(envs.iter().copied());
         Self::spawn(sh, data_dir, &[])
+    }
+
+    /// Starts the broker with `envs` (`STRATA_*` overrides).
+    pub fn start_with_env(data_dir: &Path, envs: &[(&str, &str)]) -> BrokerProcess {
+        let mut command = Command::new(broker_bin());
+        command.envs(envs.iter().copied());
+        Self::spawn(command, data_dir, &[])
+    }
+
+    /// Descriptors the broker process holds open right now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().count()
     }
 
     fn spawn(mut command: Command, data_dir: &Path, extra: &[&str]) -> BrokerProcess {
