@@ -217,6 +217,7 @@ impl Client {
             tenant: self.tenant().to_owned(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             queues,
+            groups: Vec::new(),
         };
         Ok(self.admin_rpc().get_metadata(self.request(req)).await?.into_inner())
     }
