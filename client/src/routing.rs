@@ -154,11 +154,6 @@ impl Router {
         }
     }
 
-    /// The partitions of `topic` per the last metadata answer.
-    pub(crate) fn partition_count(&self, tenant: &str, topic: &str) -> Option<u32> {
-        read(&self.table).partitions.get(&(Arc::from(tenant), topic.to_owned())).map(|v| v.len() as u32)
-    }
-
     /// Whether the cluster is known to be a standalone broker.
     pub(crate) fn standalone(&self) -> bool {
         read(&self.table).clustered == Some(false)
