@@ -242,6 +242,20 @@ impl Client {
         &self.url
     }
 
+    /// The broker (its URL) requests for `partition` of `topic` go to, as
+    /// last learned from metadata or a NOT_LEADER answer; `None` while not
+    /// known (standalone: the bootstrap broker, once it said so).
+    pub fn partition_route(&self, topic: &str, partition: u32) -> Option<String> {
+        self.router.cached(&self.tenant, Target::Partition(topic, partition)).map(|u| u.to_string())
+    }
+
+    /// Points the route of a partition at `url` regardless of who owns it,
+    /// as if the route table were stale. For tests of NOT_LEADER handling.
+    #[doc(hidden)]
+    pub fn set_partition_route(&self, topic: &str, partition: u32, url: &str) {
+        self.router.set(&self.tenant, Target::Partition(topic, partition), Some(url.into()));
+    }
+
     /// The deadline of unary calls.
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -184,7 +184,7 @@ impl Router {
         }
     }
 
-    fn set(&self, tenant: &str, target: Target<'_>, url: Option<Arc<str>>) {
+    pub(crate) fn set(&self, tenant: &str, target: Target<'_>, url: Option<Arc<str>>) {
         let mut table = write(&self.table);
         let key = |name: &str| (Arc::<str>::from(tenant), name.to_owned());
         match target {
