@@ -6,8 +6,8 @@ use std::time::Duration;
 use strata_proto::v1::{
     AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTopicRequest,
     DescribeTopicRequest, Durability, ErrorCode, GetServerInfoRequest, ListOffsetsRequest, ListTenantsRequest,
-    ListTopicsRequest, ServerInfo, Tenant, TopicConfig, TopicDescription, TopicSummary, UpdateTopicConfigRequest,
-    StartPosition, list_offsets_request, list_offsets_response,
+    ListTopicsRequest, ServerInfo, StartPosition, Tenant, TopicConfig, TopicDescription, TopicSummary,
+    UpdateTopicConfigRequest, list_offsets_request, list_offsets_response,
 };
 
 use crate::client::Client;
@@ -332,7 +332,7 @@ impl Client {
                 let req = ListOffsetsRequest {
                     tenant: self.tenant().to_owned(),
                     topic: topic.to_owned(),
-                    queries: indexes.iter().map(|i| queries[*i].clone()).collect(),
+                    queries: indexes.iter().map(|i| queries[*i]).collect(),
                 };
                 match self.log_rpc_at(url).list_offsets(self.request(req)).await {
                     Ok(r) => {

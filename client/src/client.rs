@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::RwLock;
 use std::future::Future;
+use std::sync::RwLock;
 
+use strata_proto::v1::GetMetadataRequest;
 use strata_proto::v1::GetMetadataResponse;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::groups_client::GroupsClient;
-use strata_proto::v1::GetMetadataRequest;
 use strata_proto::v1::log_client::LogClient;
 use strata_proto::v1::queues_client::QueuesClient;
 
@@ -124,7 +124,8 @@ pub(crate) fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint, 
         if let Some((cert, key)) = &options.identity {
             tls = tls.identity(Identity::from_pem(cert, key));
         }
-        endpoint = endpoint.tls_config(tls).map_err(|e| Error::InvalidUrl { url: url.to_owned(), cause: Arc::new(e) })?;
+        endpoint =
+            endpoint.tls_config(tls).map_err(|e| Error::InvalidUrl { url: url.to_owned(), cause: Arc::new(e) })?;
     } else if options.uses_tls() {
         return Err(Error::InvalidArgument(format!("TLS settings need an https:// server URL, not {url}")));
     }

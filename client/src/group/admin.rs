@@ -62,11 +62,13 @@ impl Client {
     /// members nor committed offsets.
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, Error> {
         let req = DescribeGroupRequest { tenant: self.tenant().to_owned(), group: group.to_owned() };
-        Ok(self.routed(Target::Group(group), |url| {
-            let req = req.clone();
-            async move { self.groups_rpc_at(&url).describe_group(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner())
+        Ok(self
+            .routed(Target::Group(group), |url| {
+                let req = req.clone();
+                async move { self.groups_rpc_at(&url).describe_group(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// Moves a group's committed offsets of `topic` (of `partitions`, or of
@@ -96,11 +98,14 @@ impl Client {
             force,
             partitions: partitions.to_vec(),
         };
-        let offsets = self.routed(Target::Group(group), |url| {
-            let req = req.clone();
-            async move { self.groups_rpc_at(&url).reset_offsets(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().offsets;
+        let offsets = self
+            .routed(Target::Group(group), |url| {
+                let req = req.clone();
+                async move { self.groups_rpc_at(&url).reset_offsets(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .offsets;
         Ok(offsets.into_iter().map(CommittedOffset::from).collect())
     }
 
@@ -129,11 +134,14 @@ impl Client {
             group: group.to_owned(),
             partitions: topic_partitions(partitions.iter().copied()),
         };
-        let offsets = self.routed(Target::Group(group), |url| {
-            let req = req.clone();
-            async move { self.groups_rpc_at(&url).fetch_offsets(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().offsets;
+        let offsets = self
+            .routed(Target::Group(group), |url| {
+                let req = req.clone();
+                async move { self.groups_rpc_at(&url).fetch_offsets(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .offsets;
         Ok(offsets.into_iter().map(CommittedOffset::from).collect())
     }
 

@@ -405,7 +405,10 @@ impl SenderTask {
         if let Some(url) = timed_out {
             self.on_stream_failure(
                 &url,
-                Error::Timeout { operation: "waiting for a produce acknowledgement", timeout: self.config.request_timeout },
+                Error::Timeout {
+                    operation: "waiting for a produce acknowledgement",
+                    timeout: self.config.request_timeout,
+                },
             );
         }
         if self.next_refresh <= now {
@@ -813,9 +816,7 @@ impl SenderTask {
             .ready
             .iter()
             .filter(|(_, b)| {
-                router
-                    .cached(&tenant, Target::Partition(&self.topic, b.partition))
-                    .is_none_or(|u| u == *url)
+                router.cached(&tenant, Target::Partition(&self.topic, b.partition)).is_none_or(|u| u == *url)
             })
             .map(|(seq, _)| *seq)
             .collect();

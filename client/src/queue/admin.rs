@@ -271,21 +271,25 @@ impl Client {
             name: name.to_owned(),
             config: Some(options.to_config()),
         };
-        Ok(self.routed(Target::Queue(name), |url| {
-            let req = req.clone();
-            async move { self.queues_rpc_at(&url).update_queue(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner())
+        Ok(self
+            .routed(Target::Queue(name), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).update_queue(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// A queue's settings, message counts and bindings.
     pub async fn describe_queue(&self, name: &str) -> Result<QueueDescription, Error> {
         let req = pb::DescribeQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
-        Ok(self.routed(Target::Queue(name), |url| {
-            let req = req.clone();
-            async move { self.queues_rpc_at(&url).describe_queue(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner())
+        Ok(self
+            .routed(Target::Queue(name), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).describe_queue(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// The tenant's queues (temporary reply queues included, marked
@@ -318,11 +322,14 @@ impl Client {
     /// returns how many.
     pub async fn purge_queue(&self, name: &str) -> Result<u64, Error> {
         let req = pb::PurgeQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
-        Ok(self.routed(Target::Queue(name), |url| {
-            let req = req.clone();
-            async move { self.queues_rpc_at(&url).purge_queue(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().purged)
+        Ok(self
+            .routed(Target::Queue(name), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).purge_queue(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .purged)
     }
 
     /// Moves messages of a dead-letter queue back to the queues they came
@@ -333,11 +340,14 @@ impl Client {
             dead_letter_queue: dead_letter_queue.to_owned(),
             max_messages: max.unwrap_or(0),
         };
-        Ok(self.routed(Target::Queue(dead_letter_queue), |url| {
-            let req = req.clone();
-            async move { self.queues_rpc_at(&url).redrive(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().moved)
+        Ok(self
+            .routed(Target::Queue(dead_letter_queue), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).redrive(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .moved)
     }
 
     /// Routes the messages produced to `topic` that pass `filter` into
@@ -349,11 +359,13 @@ impl Client {
             topic: topic.to_owned(),
             filter: Some(filter.to_proto()),
         };
-        Ok(self.routed(Target::Queue(queue), |url| {
-            let req = req.clone();
-            async move { self.queues_rpc_at(&url).bind(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner())
+        Ok(self
+            .routed(Target::Queue(queue), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).bind(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// Removes the binding with exactly this topic and filter

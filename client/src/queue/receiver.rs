@@ -215,11 +215,15 @@ impl Receiver {
             queue: self.queue.to_string(),
             receipts: receipts.iter().copied().map(pb::Receipt::from).collect(),
         };
-        let failed = self.client.routed(Target::Queue(&self.queue), |url| {
-            let req = req.clone();
-            async move { self.client.queues_rpc_at(&url).ack(self.client.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().failed;
+        let failed = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move { self.client.queues_rpc_at(&url).ack(self.client.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .failed;
         rejected(failed)
     }
 
@@ -240,11 +244,15 @@ impl Receiver {
             receipts: deliveries.iter().map(|d| pb::Receipt::from(d.receipt)).collect(),
             delay_ms: delay.map(millis),
         };
-        let failed = self.client.routed(Target::Queue(&self.queue), |url| {
-            let req = req.clone();
-            async move { self.client.queues_rpc_at(&url).nack(self.client.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().failed;
+        let failed = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move { self.client.queues_rpc_at(&url).nack(self.client.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .failed;
         rejected(failed)
     }
 
@@ -264,11 +272,21 @@ impl Receiver {
             receipts: deliveries.iter().map(|d| pb::Receipt::from(d.receipt)).collect(),
             visibility_timeout_ms: millis(timeout),
         };
-        let failed = self.client.routed(Target::Queue(&self.queue), |url| {
-            let req = req.clone();
-            async move { self.client.queues_rpc_at(&url).extend_visibility(self.client.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().failed;
+        let failed = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move {
+                    self.client
+                        .queues_rpc_at(&url)
+                        .extend_visibility(self.client.request(req))
+                        .await
+                        .map_err(Error::from)
+                }
+            })
+            .await?
+            .into_inner()
+            .failed;
         rejected(failed)
     }
 
@@ -279,11 +297,15 @@ impl Receiver {
             queue: self.queue.to_string(),
             max_messages: max_messages.clamp(1, MAX_RECEIVE_MESSAGES),
         };
-        let messages = self.client.routed(Target::Queue(&self.queue), |url| {
-            let req = req.clone();
-            async move { self.client.queues_rpc_at(&url).peek(self.client.request(req)).await.map_err(Error::from) }
-        })
-        .await?.into_inner().messages;
+        let messages = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move { self.client.queues_rpc_at(&url).peek(self.client.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .messages;
         Ok(messages.into_iter().map(|m| Delivery::from_proto(&self.queue, m)).collect())
     }
 }

@@ -234,8 +234,8 @@ async fn not_leader_answers_move_a_stale_client_without_loss_or_duplicates() {
     assert!(producer.producer_id().is_some(), "idempotence is on by default");
     // Every route now points at a broker that does not own the partition.
     let wrong = |p: usize| trio.urls[(trio.id_of(&owners[p]) as usize) % 3].clone();
-    for p in 0..6 {
-        assert_ne!(wrong(p), owners[p]);
+    for (p, owner) in owners.iter().enumerate() {
+        assert_ne!(&wrong(p), owner);
         client.set_partition_route("stale", p as u32, &wrong(p));
     }
     const N: usize = 3_000;
@@ -336,7 +336,11 @@ async fn losing_a_broker_the_client_does_not_need_changes_nothing_and_losing_the
     let lost = if owner == 1 { 2 } else { 1 };
     let client = Client::connect(&trio.urls[lost as usize - 1]).await.expect("connect");
     let config = ProducerConfig {
-        retry: RetryConfig { min_delay: Duration::from_millis(50), max_delay: Duration::from_millis(500), max_retries: 6 },
+        retry: RetryConfig {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            max_retries: 6,
+        },
         request_timeout: Duration::from_secs(5),
         ..ProducerConfig::default()
     };
