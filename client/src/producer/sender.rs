@@ -54,7 +54,7 @@ use tonic::codec::Streaming;
 use super::accumulator::{Accumulator, PendingMessage, SealedBatch, Stamp};
 use super::{Command, Identity, ProducerConfig};
 use crate::client::Client;
-use crate::error::Error;
+use crate::error::{Error, ServerError};
 use crate::partitioner::Partitioner;
 use crate::routing::{Learned, MAX_REDIRECTS, Target};
 
@@ -809,7 +809,7 @@ impl SenderTask {
         if let Some(link) = self.links.get_mut(url) {
             link.backoff = None;
         }
-        let error = self.fatal.get().cloned().unwrap_or(error);
+        let error = self.fatal.get().cloned().unwrap_or_else(|| unreachable_broker(&self.topic, url, error));
         let router = self.client.router().clone();
         let tenant = self.client.tenant().to_owned();
         let doomed: Vec<u64> = self
@@ -904,6 +904,18 @@ fn stamp(batch: &mut SealedBatch, identity: Identity, state: &mut PartitionState
     // Sequences wrap around like the broker's (two's complement).
     state.next_sequence = state.next_sequence.wrapping_add(batch.record_count as i32);
     batch.stamp(identity.producer_id, identity.epoch, stamp);
+}
+
+/// A transport error (no broker answered) names the broker and the topic,
+/// so "tcp connect error" says whose loss it is.
+fn unreachable_broker(topic: &str, url: &str, error: Error) -> Error {
+    match error.server_error() {
+        Some(s) if !s.has_details => Error::Server(Box::new(ServerError {
+            message: format!("the broker at {url}, which serves partitions of {topic}, is unreachable: {}", s.message),
+            ..s.clone()
+        })),
+        _ => error,
+    }
 }
 
 /// Opens a produce stream to `url`.

@@ -368,6 +368,29 @@ async fn losing_a_broker_the_client_does_not_need_changes_nothing_and_losing_the
     let result = tokio::time::timeout(DEADLINE, producer.send(Message::new("orphan"))).await.expect("no hang");
     let error = result.expect_err("nobody serves the partition");
     assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains(&owners[0]["http://".len()..]), "names the lost owner: {error}");
     assert!(started.elapsed() < DEADLINE);
     eprintln!("the owner's loss reads: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_bootstraps_from_a_list_and_reaches_every_owner() {
+    let Some(bin) = binary_or_skip() else { return };
+    let trio = Trio::start(&bin).await;
+    trio.topic("lines", 3).await;
+    // The first address is dead: the next one bootstraps the CLI.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let servers = format!("{dead},{}", trio.urls[2]);
+    let input: String = (0..300).map(|i| format!("line {i}\n")).collect();
+    let (code, _, err) = crate::strata(&servers, &["produce", "lines"], input.as_bytes()).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        crate::strata(&servers, &["consume", "lines", "--from", "earliest", "--count", "300"], b"").await;
+    assert_eq!(code, 0, "{err}");
+    let got: BTreeSet<&str> = out.lines().collect();
+    assert_eq!(got, input.lines().collect::<BTreeSet<_>>());
+    let (code, out, err) = crate::strata(&servers, &["group", "describe", "nobody"], b"").await;
+    // A group that never existed: its coordinator answers (not NOT_LEADER).
+    assert_ne!(code, 0);
+    assert!(!err.contains("served by broker") && !out.contains("served by broker"), "{err}");
 }
