@@ -11,10 +11,14 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use strata_client::ErrorCode;
 use strata_client::{
     Client, ConsumerConfig, GroupConsumerConfig, Message, ProducerConfig, QueueMessage, QueueOptions,
     RebalanceListener, RetryConfig, StartFrom, TopicOptions,
 };
+use strata_proto::v1::admin_client::AdminClient;
+use strata_proto::v1::groups_client::GroupsClient;
+use strata_proto::v1::{DescribeGroupRequest, GetMetadataRequest};
 use strata_testkit::{eventually, free_port};
 use tokio::sync::{mpsc, watch};
 
@@ -221,6 +225,35 @@ async fn a_producer_and_a_group_pointed_at_broker_3_reach_every_owner() {
     assert!(values.iter().all(|v| *v));
     for m in members {
         m.abort();
+    }
+
+    // Every broker names the same coordinator for the group: the one whose
+    // Groups calls answer, while the others refuse with NOT_LEADER.
+    let mut coordinators = BTreeSet::new();
+    for url in &trio.urls {
+        let mut admin = AdminClient::connect(url.clone()).await.expect("raw admin client");
+        let req = GetMetadataRequest { groups: vec!["readers".into()], ..Default::default() };
+        let m = admin.get_metadata(req).await.expect("metadata").into_inner();
+        assert_eq!(m.groups.len(), 1);
+        coordinators.insert((m.groups[0].coordinator_id, m.groups[0].coordinator_address.clone()));
+    }
+    assert_eq!(coordinators.len(), 1, "{coordinators:?}");
+    let (id, address) = coordinators.pop_first().unwrap();
+    assert_eq!(trio.id_of(&format!("http://{address}")), id.expect("a coordinator"));
+    for url in &trio.urls {
+        let mut groups = GroupsClient::connect(url.clone()).await.expect("raw groups client");
+        let req = DescribeGroupRequest { group: "readers".into(), ..Default::default() };
+        let answer = groups.describe_group(req).await.map_err(strata_client::Error::from);
+        if url.ends_with(&address) {
+            // The members were aborted: the group may be gone (UNKNOWN_GROUP)
+            // or still there, but the coordinator itself answers.
+            match answer {
+                Ok(d) => assert_eq!(d.into_inner().group, "readers"),
+                Err(e) => assert_eq!(e.error_code(), ErrorCode::UnknownGroup, "{e}"),
+            }
+        } else {
+            assert_eq!(answer.expect_err("not the coordinator").error_code(), ErrorCode::NotLeader);
+        }
     }
 }
 
