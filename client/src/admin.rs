@@ -1,12 +1,13 @@
 //! Administration calls on [`Client`]: tenants, topics and their settings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::v1::{
     AddPartitionsRequest, CreateTenantRequest, CreateTopicRequest, DeleteTenantRequest, DeleteTopicRequest,
     DescribeTopicRequest, Durability, ErrorCode, GetServerInfoRequest, ListOffsetsRequest, ListTenantsRequest,
-    ListTopicsRequest, ServerInfo, Tenant, TopicConfig, TopicDescription, TopicSummary, UpdateTopicConfigRequest,
-    list_offsets_request, list_offsets_response,
+    ListTopicsRequest, ServerInfo, StartPosition, Tenant, TopicConfig, TopicDescription, TopicSummary,
+    UpdateTopicConfigRequest, list_offsets_request, list_offsets_response,
 };
 
 use crate::client::Client;
@@ -217,8 +218,19 @@ impl Client {
             tenant: self.tenant().to_owned(),
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             queues,
+            groups: Vec::new(),
         };
         Ok(self.admin_rpc().get_metadata(self.request(req)).await?.into_inner())
+    }
+
+    /// How many partitions `topic` has, learning where each is served on
+    /// the way (brokers without `GetMetadata` are asked `DescribeTopic`).
+    pub(crate) async fn topic_partitions(&self, topic: &str) -> Result<u32, Error> {
+        let m = self.refresh_route(crate::routing::Target::Partition(topic, 0)).await?;
+        match m.topics.iter().find(|t| t.name == topic) {
+            Some(t) => Ok(t.partitions.len() as u32),
+            None => Ok(self.describe_topic(topic).await?.partitions),
+        }
     }
 
     /// Lists tenants.
@@ -283,16 +295,76 @@ impl Client {
         topic: &str,
         queries: Vec<list_offsets_request::Query>,
     ) -> Result<Vec<PartitionOffsets>, Error> {
-        let req = ListOffsetsRequest { tenant: self.tenant().to_owned(), topic: topic.to_owned(), queries };
-        Ok(self
-            .log_rpc()
-            .list_offsets(self.request(req))
-            .await?
-            .into_inner()
-            .results
-            .into_iter()
-            .map(PartitionOffsets::from)
-            .collect())
+        use crate::routing::{Learned, Target};
+        let mut queries = queries;
+        let mut attempts = 0;
+        loop {
+            if queries.is_empty() && !self.router().standalone() {
+                // In a cluster each owner answers for its own partitions, so
+                // "every partition" is spelled out.
+                let n = self.topic_partitions(topic).await?;
+                for partition in 0..n {
+                    for position in [StartPosition::Earliest, StartPosition::Latest] {
+                        queries.push(list_offsets_request::Query {
+                            partition,
+                            spec: Some(list_offsets_request::query::Spec::Position(position as i32)),
+                        });
+                    }
+                }
+            }
+            // Queries grouped by the broker serving their partition, keeping
+            // each one's place in the answer.
+            let mut by_broker: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+            if queries.is_empty() {
+                by_broker.push((self.router().any(), Vec::new()));
+            }
+            for (i, q) in queries.iter().enumerate() {
+                let url = self.route(Target::Partition(topic, q.partition)).await;
+                match by_broker.iter_mut().find(|(u, _)| *u == url) {
+                    Some((_, list)) => list.push(i),
+                    None => by_broker.push((url, vec![i])),
+                }
+            }
+            let mut answers: Vec<Option<PartitionOffsets>> = vec![None; queries.len()];
+            let mut extra = Vec::new();
+            let mut redirected = None;
+            for (url, indexes) in &by_broker {
+                let req = ListOffsetsRequest {
+                    tenant: self.tenant().to_owned(),
+                    topic: topic.to_owned(),
+                    queries: indexes.iter().map(|i| queries[*i]).collect(),
+                };
+                match self.log_rpc_at(url).list_offsets(self.request(req)).await {
+                    Ok(r) => {
+                        let results = r.into_inner().results;
+                        if indexes.is_empty() {
+                            extra.extend(results.into_iter().map(PartitionOffsets::from));
+                        } else {
+                            for (i, result) in indexes.iter().zip(results) {
+                                answers[*i] = Some(PartitionOffsets::from(result));
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        let error = Error::from(status);
+                        let first = indexes.first().map_or(0, |i| queries[*i].partition);
+                        let learned = self.learn(Target::Partition(topic, first), url, &error);
+                        if attempts < crate::routing::MAX_REDIRECTS && learned != Learned::Nothing {
+                            redirected = Some(error);
+                            break;
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            if redirected.is_some() {
+                // Another owner than the table said: look the topic up again.
+                attempts += 1;
+                let _ = self.refresh_route(Target::Partition(topic, 0)).await;
+                continue;
+            }
+            return Ok(answers.into_iter().flatten().chain(extra).collect());
+        }
     }
 }
 

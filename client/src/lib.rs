@@ -36,6 +36,7 @@ mod partitioner;
 mod producer;
 mod queue;
 mod retry;
+mod routing;
 mod telemetry;
 
 #[cfg(test)]

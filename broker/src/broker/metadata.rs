@@ -34,12 +34,21 @@ pub struct MetadataView {
     pub cluster: ClusterView,
     pub topics: Vec<TopicOwners>,
     pub queues: Vec<(String, Owned)>,
+    /// The coordinators of the groups asked for, in that order.
+    pub groups: Vec<(String, Owned)>,
 }
 
 impl Broker {
-    /// The owners of `topics` (empty: every topic) of `tenant`, and of its
-    /// queues if asked. Standalone, this broker owns everything.
-    pub async fn metadata(&self, tenant: &str, topics: &[String], queues: bool) -> Result<MetadataView, BrokerError> {
+    /// The owners of `topics` (empty: every topic) of `tenant`, of its
+    /// queues if asked, and the coordinators of `groups`. Standalone, this
+    /// broker owns everything.
+    pub async fn metadata(
+        &self,
+        tenant: &str,
+        topics: &[String],
+        queues: bool,
+        groups: &[String],
+    ) -> Result<MetadataView, BrokerError> {
         let tenant = TenantName::resolve(tenant)?;
         let cluster = self.describe_cluster().await;
         let catalog = self.catalog_snapshot().await;
@@ -80,7 +89,16 @@ impl Broker {
         }
         let queues =
             if queues { t.queues.iter().map(|(n, q)| (n.clone(), owned(q.owner))).collect() } else { Vec::new() };
-        Ok(MetadataView { cluster, topics: out, queues })
+        // The same pure function `check_group_coordinator` applies, over the
+        // resolved tenant name, so the answer matches what the group's
+        // calls will find.
+        let voters = self.cluster().map(|c| c.voters()).unwrap_or_default();
+        let mut coordinators = Vec::with_capacity(groups.len());
+        for g in groups {
+            let name = crate::names::parse_group_name(g)?;
+            coordinators.push((g.clone(), owned(crate::catalog::group_coordinator(tenant.as_str(), &name, &voters))));
+        }
+        Ok(MetadataView { cluster, topics: out, queues, groups: coordinators })
     }
 
     /// Cluster mode: records this broker's address and zone in the catalog

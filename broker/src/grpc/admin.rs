@@ -257,7 +257,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
         auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, "")?;
         let r = request.into_inner();
-        let m = self.broker.metadata(&r.tenant, &r.topics, r.queues).await.map_err(to_status)?;
+        let m = self.broker.metadata(&r.tenant, &r.topics, r.queues, &r.groups).await.map_err(to_status)?;
         Ok(Response::new(pb::GetMetadataResponse {
             clustered: m.cluster.clustered,
             leader_id: m.cluster.leader,
@@ -285,6 +285,11 @@ impl Admin for AdminService {
                 .queues
                 .into_iter()
                 .map(|(name, o)| pb::QueueMetadata { name, owner_id: o.owner, owner_address: o.address })
+                .collect(),
+            groups: m
+                .groups
+                .into_iter()
+                .map(|(name, o)| pb::GroupMetadata { name, coordinator_id: o.owner, coordinator_address: o.address })
                 .collect(),
         }))
     }

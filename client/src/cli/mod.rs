@@ -28,7 +28,8 @@ pub(crate) use send::SendArgs;
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about, max_term_width = 100)]
 pub(crate) struct Cli {
-    /// Broker URL.
+    /// Broker URL; in a cluster any broker, or several separated by commas
+    /// (the first that answers bootstraps; requests go to each owner).
     #[arg(
         long,
         global = true,

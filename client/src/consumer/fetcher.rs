@@ -14,6 +14,7 @@ use super::ConsumedRecord;
 use crate::client::Client;
 use crate::error::Error;
 use crate::retry::RetryConfig;
+use crate::routing::{Learned, MAX_REDIRECTS, Target};
 
 /// What a fetcher tells the consumer. `generation` identifies the assignment
 /// the fetcher serves, so events of a revoked assignment can be ignored.
@@ -66,14 +67,32 @@ enum StreamEnd {
 
 pub(crate) async fn run(mut spec: FetchSpec, tx: mpsc::Sender<FetchEvent>) {
     let mut backoff = None;
+    let mut redirects = 0;
     loop {
         let mut progressed = false;
-        let error = match fetch_stream(&mut spec, &tx, &mut progressed).await {
+        // The partition's owner (looked up when not known yet).
+        let url = tokio::select! {
+            url = spec.client.route(Target::Partition(&spec.topic, spec.partition)) => url,
+            () = tx.closed() => return,
+        };
+        let error = match fetch_stream(&mut spec, &url, &tx, &mut progressed).await {
             StreamEnd::ConsumerGone => return,
             StreamEnd::Failed(error) => error,
         };
         if progressed {
             backoff = None;
+            redirects = 0;
+        }
+        // NOT_LEADER naming the owner: continue there at once, from the
+        // same position. A broken connection makes the route be looked up
+        // again (from another broker if need be) before the retry below.
+        let target = Target::Partition(&spec.topic, spec.partition);
+        if let Learned::Moved(owner) = spec.client.learn(target, &url, &error)
+            && redirects < MAX_REDIRECTS
+        {
+            redirects += 1;
+            tracing::debug!(partition = spec.partition, %owner, "fetching from the partition's owner");
+            continue;
         }
         if !error.is_retryable() {
             let _ = tx
@@ -115,7 +134,12 @@ pub(crate) async fn run(mut spec: FetchSpec, tx: mpsc::Sender<FetchEvent>) {
     }
 }
 
-async fn fetch_stream(spec: &mut FetchSpec, tx: &mpsc::Sender<FetchEvent>, progressed: &mut bool) -> StreamEnd {
+async fn fetch_stream(
+    spec: &mut FetchSpec,
+    url: &Arc<str>,
+    tx: &mpsc::Sender<FetchEvent>,
+    progressed: &mut bool,
+) -> StreamEnd {
     let request = FetchRequest {
         tenant: spec.client.tenant().to_owned(),
         topic: spec.topic.to_string(),
@@ -125,7 +149,7 @@ async fn fetch_stream(spec: &mut FetchSpec, tx: &mpsc::Sender<FetchEvent>, progr
         max_wait_ms: u32::try_from(spec.max_wait.as_millis()).unwrap_or(u32::MAX),
         follow: true,
     };
-    let mut rpc = spec.client.log_rpc();
+    let mut rpc = spec.client.log_rpc_at(url);
     let opened = tokio::select! {
         r = tokio::time::timeout(spec.stall_timeout, rpc.fetch(request)) => r,
         () = tx.closed() => return StreamEnd::ConsumerGone,

@@ -12,6 +12,7 @@ use strata_proto::v1::{
 use crate::client::{Client, MAX_MESSAGE_BYTES};
 use crate::consumer::StartFrom;
 use crate::error::Error;
+use crate::routing::Target;
 
 /// A committed offset of one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,7 +62,13 @@ impl Client {
     /// members nor committed offsets.
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, Error> {
         let req = DescribeGroupRequest { tenant: self.tenant().to_owned(), group: group.to_owned() };
-        Ok(self.groups_rpc().describe_group(self.request(req)).await?.into_inner())
+        Ok(self
+            .routed(Target::Group(group), |url| {
+                let req = req.clone();
+                async move { self.groups_rpc_at(&url).describe_group(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// Moves a group's committed offsets of `topic` (of `partitions`, or of
@@ -91,14 +98,25 @@ impl Client {
             force,
             partitions: partitions.to_vec(),
         };
-        let offsets = self.groups_rpc().reset_offsets(self.request(req)).await?.into_inner().offsets;
+        let offsets = self
+            .routed(Target::Group(group), |url| {
+                let req = req.clone();
+                async move { self.groups_rpc_at(&url).reset_offsets(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .offsets;
         Ok(offsets.into_iter().map(CommittedOffset::from).collect())
     }
 
     /// Deletes a group's committed offsets; refused while it has members.
     pub async fn delete_group(&self, group: &str) -> Result<(), Error> {
         let req = DeleteGroupRequest { tenant: self.tenant().to_owned(), group: group.to_owned() };
-        self.groups_rpc().delete_group(self.request(req)).await?;
+        self.routed(Target::Group(group), |url| {
+            let req = req.clone();
+            async move { self.groups_rpc_at(&url).delete_group(self.request(req)).await.map_err(Error::from) }
+        })
+        .await?;
         Ok(())
     }
 
@@ -116,7 +134,14 @@ impl Client {
             group: group.to_owned(),
             partitions: topic_partitions(partitions.iter().copied()),
         };
-        let offsets = self.groups_rpc().fetch_offsets(self.request(req)).await?.into_inner().offsets;
+        let offsets = self
+            .routed(Target::Group(group), |url| {
+                let req = req.clone();
+                async move { self.groups_rpc_at(&url).fetch_offsets(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .offsets;
         Ok(offsets.into_iter().map(CommittedOffset::from).collect())
     }
 
@@ -139,7 +164,11 @@ impl Client {
                 })
                 .collect(),
         };
-        self.groups_rpc().commit_offsets(self.request(req)).await?;
+        self.routed(Target::Group(group), |url| {
+            let req = req.clone();
+            async move { self.groups_rpc_at(&url).commit_offsets(self.request(req)).await.map_err(Error::from) }
+        })
+        .await?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! events carry their session and `revoked` answers of an ended session are
 //! dropped, so nothing of an old membership leaks into a new one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_proto::v1::{
@@ -27,6 +28,7 @@ use tonic::codec::Streaming;
 use crate::client::Client;
 use crate::error::Error;
 use crate::retry::RetryConfig;
+use crate::routing::{Learned, MAX_REDIRECTS, Target};
 
 /// What the task tells the group consumer.
 #[derive(Debug)]
@@ -76,8 +78,26 @@ fn message(kind: member_message::Kind) -> MemberMessage {
     MemberMessage { kind: Some(kind) }
 }
 
-/// Opens a Join stream and waits for `joined`.
+/// Opens a Join stream to the group's coordinator and waits for `joined`,
+/// following NOT_LEADER answers to the coordinator they name (heartbeats
+/// and assignments then ride on that stream).
 pub(crate) async fn join(params: &JoinParams) -> Result<Session, Error> {
+    let target = Target::Group(&params.group);
+    let mut url = params.client.route(target).await;
+    for _ in 0..MAX_REDIRECTS {
+        let error = match join_at(params, &url).await {
+            Ok(session) => return Ok(session),
+            Err(e) => e,
+        };
+        match params.client.learn(target, &url, &error) {
+            Learned::Moved(next) => url = next,
+            Learned::NoOwner | Learned::Nothing => return Err(error),
+        }
+    }
+    join_at(params, &url).await
+}
+
+async fn join_at(params: &JoinParams, url: &Arc<str>) -> Result<Session, Error> {
     let (tx, rx) = mpsc::channel(16);
     let join = JoinGroup {
         tenant: params.client.tenant().to_owned(),
@@ -92,7 +112,7 @@ pub(crate) async fn join(params: &JoinParams) -> Result<Session, Error> {
         .map_err(|_| Error::from(tonic::Status::internal("the join stream closed before it opened")))?;
     let timeout = params.request_timeout;
     let timed_out = || Error::Timeout { operation: "joining the group", timeout };
-    let mut rpc = params.client.groups_rpc();
+    let mut rpc = params.client.groups_rpc_at(url);
     let mut stream =
         tokio::time::timeout(timeout, rpc.join(ReceiverStream::new(rx))).await.map_err(|_| timed_out())??.into_inner();
     let first = tokio::time::timeout(timeout, stream.message()).await.map_err(|_| timed_out())??;

@@ -43,6 +43,7 @@ use crate::client::Client;
 use crate::consumer::{ConsumedRecord, FetchFailure, FetchSet, FetchSettings, StartFrom, TopicPartition};
 use crate::error::Error;
 use crate::retry::RetryConfig;
+use crate::routing::Target;
 use membership::{JoinParams, MemberCommand, MemberEvent};
 
 /// Told about partitions as the group moves them. Called from the task that
@@ -724,7 +725,13 @@ impl GroupConsumer {
                 })
                 .collect(),
         };
-        self.client.groups_rpc().commit_offsets(self.client.request(request)).await?;
+        let client = &self.client;
+        client
+            .routed(Target::Group(&self.group), |url| {
+                let request = request.clone();
+                async move { client.groups_rpc_at(&url).commit_offsets(client.request(request)).await.map_err(Error::from) }
+            })
+            .await?;
         for (tp, offset) in offsets {
             self.committed.insert(tp, offset);
         }

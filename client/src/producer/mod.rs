@@ -293,7 +293,8 @@ impl Producer {
         if config.producer_name.is_some() && !config.idempotent {
             return Err(Error::InvalidArgument("producer_name needs an idempotent producer".into()));
         }
-        let description = client.describe_topic(topic).await?;
+        // Also learns which broker serves each partition.
+        let partitions = client.topic_partitions(topic).await?;
         let identity =
             if config.idempotent { Some(init_producer(client, config.producer_name.as_deref()).await?) } else { None };
         // Permits are acquired per message with a u32 count.
@@ -304,7 +305,7 @@ impl Producer {
         let task = sender::SenderTask::new(
             client.clone(),
             topic.to_owned(),
-            description.partitions,
+            partitions,
             config,
             identity,
             (rx, memory.clone(), fatal.clone()),

@@ -54,8 +54,9 @@ use tonic::codec::Streaming;
 use super::accumulator::{Accumulator, PendingMessage, SealedBatch, Stamp};
 use super::{Command, Identity, ProducerConfig};
 use crate::client::Client;
-use crate::error::Error;
+use crate::error::{Error, ServerError};
 use crate::partitioner::Partitioner;
+use crate::routing::{Learned, MAX_REDIRECTS, Target};
 
 /// How many queued commands are handled before timers and the stream get a
 /// look again.
@@ -68,6 +69,14 @@ pub(crate) const MAX_IN_FLIGHT_PER_PARTITION: usize = 5;
 struct InFlight {
     batch: SealedBatch,
     sent_at: Instant,
+    /// The broker it was sent to.
+    url: Arc<str>,
+}
+
+/// The stream to one broker (the owner of some of the topic's partitions).
+struct Link {
+    conn: Conn,
+    backoff: Option<ExponentialBackoff>,
 }
 
 #[derive(Default)]
@@ -89,6 +98,8 @@ struct PartitionState {
     /// outcome is an error: they were pending when a sequence gap nothing
     /// explained made the partition's pending batches fail.
     fail_through: Option<u64>,
+    /// NOT_LEADER answers followed since the partition's last success.
+    redirects: usize,
 }
 
 type StreamResult = Result<Streaming<ProduceResponse>, Error>;
@@ -134,9 +145,35 @@ async fn conn_event(conn: &mut Conn) -> ConnEvent {
     }
 }
 
+/// The next event of any link, with the broker it came from. Cancel-safe
+/// like [`conn_event`]. One link (standalone, or a topic on one broker) is
+/// awaited directly, without the boxing `select_all` needs.
+async fn link_event(links: &mut HashMap<Arc<str>, Link>) -> (Arc<str>, ConnEvent) {
+    let mut active: Vec<_> =
+        links.iter_mut().filter(|(_, l)| matches!(l.conn, Conn::Connecting { .. } | Conn::Up { .. })).collect();
+    match active.len() {
+        0 => std::future::pending().await,
+        1 => {
+            let (url, link) = active.pop().expect("one link");
+            let event = conn_event(&mut link.conn).await;
+            (url.clone(), event)
+        }
+        _ => {
+            let waits = active.into_iter().map(|(url, link)| {
+                async move {
+                    let event = conn_event(&mut link.conn).await;
+                    (url.clone(), event)
+                }
+                .boxed()
+            });
+            futures::future::select_all(waits).await.0
+        }
+    }
+}
+
 enum Event {
     Command(Option<Command>),
-    Conn(ConnEvent),
+    Conn(Arc<str>, ConnEvent),
     Metadata(Result<u32, Error>),
     Timer,
 }
@@ -162,8 +199,8 @@ pub(crate) struct SenderTask {
     /// Partitions backing off after a per-batch transient error. Kept apart
     /// from `partitions` so timers cost nothing when no partition backs off.
     backoff_until: HashMap<u32, Instant>,
-    conn: Conn,
-    conn_backoff: Option<ExponentialBackoff>,
+    /// One stream per broker that owns partitions this producer writes.
+    links: HashMap<Arc<str>, Link>,
     next_request_id: u64,
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     close_waiters: Vec<oneshot::Sender<()>>,
@@ -202,8 +239,7 @@ impl SenderTask {
             in_flight: BTreeMap::new(),
             partitions: HashMap::new(),
             backoff_until: HashMap::new(),
-            conn: Conn::Idle,
-            conn_backoff: None,
+            links: HashMap::new(),
             next_request_id: 0,
             flush_waiters: Vec::new(),
             close_waiters: Vec::new(),
@@ -235,7 +271,7 @@ impl SenderTask {
             let event = tokio::select! {
                 // Acknowledgements first: they free memory and slots.
                 biased;
-                ev = conn_event(&mut self.conn) => Event::Conn(ev),
+                (url, ev) = link_event(&mut self.links) => Event::Conn(url, ev),
                 cmd = self.commands.recv(), if self.commands_open => Event::Command(cmd),
                 meta = self.metadata_rx.recv() => match meta {
                     Some(m) => Event::Metadata(m),
@@ -245,8 +281,8 @@ impl SenderTask {
             };
             match event {
                 Event::Command(cmd) => self.on_commands(cmd),
-                Event::Conn(ConnEvent::Opened(result)) => self.on_opened(result),
-                Event::Conn(ConnEvent::Response(result)) => self.on_response(result),
+                Event::Conn(url, ConnEvent::Opened(result)) => self.on_opened(&url, result),
+                Event::Conn(url, ConnEvent::Response(result)) => self.on_response(&url, result),
                 Event::Metadata(result) => self.on_metadata(result),
                 Event::Timer => {}
             }
@@ -353,17 +389,27 @@ impl SenderTask {
     fn on_timers(&mut self, now: Instant) {
         self.accumulator.expire(now, &mut self.sealed);
         self.take_sealed();
-        if let Conn::Backoff(until) = self.conn
-            && until <= now
-        {
-            self.conn = Conn::Idle;
+        for link in self.links.values_mut() {
+            if let Conn::Backoff(until) = link.conn
+                && until <= now
+            {
+                link.conn = Conn::Idle;
+            }
         }
-        let timed_out = self.in_flight.values().next().is_some_and(|f| f.sent_at + self.config.request_timeout <= now);
-        if timed_out {
-            self.on_stream_failure(Error::Timeout {
-                operation: "waiting for a produce acknowledgement",
-                timeout: self.config.request_timeout,
-            });
+        let timed_out = self
+            .in_flight
+            .values()
+            .next()
+            .filter(|f| f.sent_at + self.config.request_timeout <= now)
+            .map(|f| f.url.clone());
+        if let Some(url) = timed_out {
+            self.on_stream_failure(
+                &url,
+                Error::Timeout {
+                    operation: "waiting for a produce acknowledgement",
+                    timeout: self.config.request_timeout,
+                },
+            );
         }
         if self.next_refresh <= now {
             self.next_refresh = now + self.config.metadata_refresh;
@@ -380,8 +426,10 @@ impl SenderTask {
         if let Some(f) = self.in_flight.values().next() {
             consider(f.sent_at + self.config.request_timeout);
         }
-        if let Conn::Backoff(t) = self.conn {
-            consider(t);
+        for link in self.links.values() {
+            if let Conn::Backoff(t) = link.conn {
+                consider(t);
+            }
         }
         // Expired backoffs need no wakeup: `pump` already saw them.
         self.backoff_until.retain(|_, t| *t > now);
@@ -393,28 +441,64 @@ impl SenderTask {
 
     // ---- sending -------------------------------------------------------------
 
-    /// Sends ready batches while the stream has room.
+    /// The broker serving `partition`: its owner from the route table, or,
+    /// while unknown, a bootstrap broker (whose NOT_LEADER answer names the
+    /// owner) with a metadata look-up started.
+    fn url_for(&mut self, partition: u32) -> Arc<str> {
+        let router = self.client.router();
+        match router.cached(self.client.tenant(), Target::Partition(&self.topic, partition)) {
+            Some(url) => url,
+            None => {
+                let any = router.any();
+                self.refresh_metadata();
+                any
+            }
+        }
+    }
+
+    /// Sends ready batches, each to its partition's broker, while the
+    /// pipeline has room. Batches whose broker's stream is backing off or
+    /// full wait; the others go on (in `seq` order per partition).
     fn pump(&mut self, now: Instant) {
         if self.ready.is_empty() {
             return;
         }
-        if matches!(self.conn, Conn::Idle) {
-            self.open_stream();
-        }
-        let Some(tx) = self.conn.sender().cloned() else {
-            return;
-        };
         let per_partition = if self.identity.is_some() { MAX_IN_FLIGHT_PER_PARTITION } else { usize::MAX };
+        // Brokers that cannot take a batch in this round, and the partitions
+        // waiting on them (a later batch must not overtake an earlier one).
+        let mut unavailable: Vec<Arc<str>> = Vec::new();
+        let mut waiting: Vec<u32> = Vec::new();
+        let mut cursor = 0u64;
         while self.in_flight.len() < self.config.max_in_flight_batches {
             let (partitions, backoff_until) = (&self.partitions, &self.backoff_until);
-            let next = self.ready.iter().find_map(|(seq, b)| {
+            let next = self.ready.range(cursor..).find_map(|(seq, b)| {
                 let backing_off = backoff_until.get(&b.partition).is_some_and(|t| *t > now);
                 let blocked = partitions
                     .get(&b.partition)
                     .is_some_and(|s| (s.probing && s.in_flight > 0) || s.in_flight >= per_partition);
-                (!backing_off && !blocked).then_some(*seq)
+                (!backing_off && !blocked && !waiting.contains(&b.partition)).then_some(*seq)
             });
-            let Some(mut batch) = next.and_then(|seq| self.ready.remove(&seq)) else {
+            let Some(seq) = next else {
+                break;
+            };
+            cursor = seq + 1;
+            let partition = self.ready[&seq].partition;
+            let url = self.url_for(partition);
+            if unavailable.contains(&url) {
+                waiting.push(partition);
+                continue;
+            }
+            let link = self.links.entry(url.clone()).or_insert_with(|| Link { conn: Conn::Idle, backoff: None });
+            if matches!(link.conn, Conn::Idle) {
+                link.conn = open_stream(&self.client, &url, &self.config);
+            }
+            let Some(tx) = link.conn.sender().cloned() else {
+                // Backing off after a failure.
+                unavailable.push(url);
+                waiting.push(partition);
+                continue;
+            };
+            let Some(mut batch) = self.ready.remove(&seq) else {
                 break;
             };
             if let Some(identity) = self.identity {
@@ -437,58 +521,49 @@ impl SenderTask {
                 ..Default::default()
             };
             if tx.try_send(request).is_err() {
-                // The stream is going away; its failure arrives through the
-                // response side and triggers a resend.
+                // The stream is going away (or full); its failure arrives
+                // through the response side and triggers a resend.
                 self.ready.insert(batch.seq, batch);
-                break;
+                unavailable.push(url);
+                waiting.push(partition);
+                continue;
             }
             self.next_request_id += 1;
             partition_state(&mut self.partitions, batch.partition, self.identity.is_some()).in_flight += 1;
-            self.in_flight.insert(request_id, InFlight { batch, sent_at: now });
+            self.in_flight.insert(request_id, InFlight { batch, sent_at: now, url });
         }
     }
 
-    fn open_stream(&mut self) {
-        // Never more than max_in_flight_batches requests are queued.
-        let (tx, rx) = mpsc::channel(self.config.max_in_flight_batches);
-        let mut rpc = self.client.log_rpc();
-        let timeout = self.config.request_timeout;
-        let open = async move {
-            match tokio::time::timeout(timeout, rpc.produce_stream(ReceiverStream::new(rx))).await {
-                Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(Error::from(status)),
-                Err(_) => Err(Error::Timeout { operation: "opening the produce stream", timeout }),
-            }
-        }
-        .boxed();
-        self.conn = Conn::Connecting { tx, open };
-    }
-
-    fn on_opened(&mut self, result: StreamResult) {
+    fn on_opened(&mut self, url: &Arc<str>, result: StreamResult) {
         match result {
             Ok(rx) => {
-                if let Conn::Connecting { tx, .. } = std::mem::replace(&mut self.conn, Conn::Idle) {
-                    self.conn = Conn::Up { tx, rx: Box::new(rx) };
+                if let Some(link) = self.links.get_mut(url)
+                    && let Conn::Connecting { tx, .. } = std::mem::replace(&mut link.conn, Conn::Idle)
+                {
+                    link.conn = Conn::Up { tx, rx: Box::new(rx) };
                 }
             }
-            Err(e) => self.on_stream_failure(e),
+            Err(e) => self.on_stream_failure(url, e),
         }
     }
 
-    fn on_response(&mut self, result: Result<Option<ProduceResponse>, tonic::Status>) {
+    fn on_response(&mut self, url: &Arc<str>, result: Result<Option<ProduceResponse>, tonic::Status>) {
         let response = match result {
             Ok(Some(r)) => r,
-            Ok(None) if self.in_flight.is_empty() => {
+            Ok(None) if !self.in_flight.values().any(|f| f.url == *url) => {
                 // The broker closed an idle stream; reopen on demand.
-                self.conn = Conn::Idle;
+                if let Some(link) = self.links.get_mut(url) {
+                    link.conn = Conn::Idle;
+                }
                 return;
             }
             Ok(None) => {
-                return self.on_stream_failure(Error::from(tonic::Status::unavailable(
-                    "the broker closed the produce stream",
-                )));
+                return self.on_stream_failure(
+                    url,
+                    Error::from(tonic::Status::unavailable("the broker closed the produce stream")),
+                );
             }
-            Err(status) => return self.on_stream_failure(Error::from(status)),
+            Err(status) => return self.on_stream_failure(url, Error::from(status)),
         };
         let Some(InFlight { batch, .. }) = self.in_flight.remove(&response.request_id) else {
             tracing::warn!(request_id = response.request_id, "produce response for an unknown request");
@@ -506,7 +581,10 @@ impl SenderTask {
         let state = partition_state(&mut self.partitions, batch.partition, self.identity.is_some());
         state.in_flight = state.in_flight.saturating_sub(1);
         let Some(item) = response.error else {
-            self.conn_backoff = None;
+            if let Some(link) = self.links.get_mut(url) {
+                link.backoff = None;
+            }
+            state.redirects = 0;
             state.probing = false;
             state.backoff = None;
             state.resync = false;
@@ -519,6 +597,36 @@ impl SenderTask {
         let error = Error::from(item);
         if let Some(fatal) = self.fatal.get() {
             batch.fail(fatal);
+            return;
+        }
+        if error.error_code() == ErrorCode::NotLeader && state.redirects < MAX_REDIRECTS {
+            // Sent to a broker that does not serve the partition: nothing
+            // was stored. Back in line (same bytes, same sequence numbers)
+            // for the owner the answer names; the partition sends one batch
+            // at a time until the owner accepted one, so the batches still
+            // on their way to the old broker come back first and keep
+            // their order.
+            state.redirects += 1;
+            state.probing = true;
+            let target = Target::Partition(&self.topic, batch.partition);
+            if !matches!(self.client.learn(target, url, &error), Learned::Moved(_)) {
+                // No owner named (or the same broker): look it up again
+                // after the partition's backoff.
+                let retry = self.config.retry;
+                if let Some(delay) = state.backoff.get_or_insert_with(|| retry.backoff()).next() {
+                    tracing::debug!(partition = batch.partition, %error, ?delay, "no owner known; retrying");
+                    self.backoff_until.insert(batch.partition, now + delay);
+                    self.ready.insert(batch.seq, batch);
+                    self.refresh_metadata();
+                    return;
+                }
+                state.probing = false;
+                state.backoff = None;
+                self.given_up(&batch);
+                batch.fail(&error);
+                return;
+            }
+            self.ready.insert(batch.seq, batch);
             return;
         }
         if state.fail_through.is_some_and(|through| batch.seq <= through) {
@@ -651,16 +759,22 @@ impl SenderTask {
         }
     }
 
-    /// The stream broke: everything in flight goes back to `ready` in order,
-    /// and the stream is reopened after a backoff — or, when the error is
-    /// permanent or retries are used up, every pending batch fails with it.
-    fn on_stream_failure(&mut self, error: Error) {
-        self.conn = Conn::Idle;
-        for (_, f) in std::mem::take(&mut self.in_flight) {
-            self.ready.insert(f.batch.seq, f.batch);
-        }
-        for state in self.partitions.values_mut() {
-            state.in_flight = 0;
+    /// The stream to `url` broke: its in-flight batches go back to `ready` in
+    /// order, and the stream is reopened after a backoff (to the owner the
+    /// route table then names: a broken connection triggers a metadata
+    /// look-up, from another broker if need be) — or, when the error is
+    /// permanent or retries are used up, every pending batch for that broker
+    /// fails with it.
+    fn on_stream_failure(&mut self, url: &Arc<str>, error: Error) {
+        let link = self.links.entry(url.clone()).or_insert_with(|| Link { conn: Conn::Idle, backoff: None });
+        link.conn = Conn::Idle;
+        let broken: Vec<u64> = self.in_flight.iter().filter(|(_, f)| f.url == *url).map(|(id, _)| *id).collect();
+        for id in broken {
+            if let Some(f) = self.in_flight.remove(&id) {
+                let state = partition_state(&mut self.partitions, f.batch.partition, self.identity.is_some());
+                state.in_flight = state.in_flight.saturating_sub(1);
+                self.ready.insert(f.batch.seq, f.batch);
+            }
         }
         if let Some(fatal) = self.fatal.get() {
             for (_, batch) in std::mem::take(&mut self.ready) {
@@ -669,18 +783,45 @@ impl SenderTask {
             return;
         }
         if error.is_retryable() {
+            // Forget the routes through this broker and look them up again.
+            let routed_here: Vec<u32> = {
+                let router = self.client.router();
+                let tenant = self.client.tenant();
+                let mut ps: Vec<u32> = self.ready.values().map(|b| b.partition).collect();
+                ps.dedup();
+                ps.into_iter()
+                    .filter(|p| router.cached(tenant, Target::Partition(&self.topic, *p)).as_ref() == Some(url))
+                    .collect()
+            };
+            for p in routed_here.iter().take(1) {
+                self.client.learn(Target::Partition(&self.topic, *p), url, &error);
+            }
             let retry = self.config.retry;
-            let backoff = self.conn_backoff.get_or_insert_with(|| retry.backoff());
+            let link = self.links.get_mut(url).expect("inserted above");
+            let backoff = link.backoff.get_or_insert_with(|| retry.backoff());
             if let Some(delay) = backoff.next() {
-                tracing::debug!(?delay, %error, "produce stream failed; reconnecting");
-                self.conn = Conn::Backoff(Instant::now() + delay);
+                tracing::debug!(broker = %url, ?delay, %error, "produce stream failed; reconnecting");
+                link.conn = Conn::Backoff(Instant::now() + delay);
                 return;
             }
         }
-        tracing::debug!(%error, "produce stream failed; failing pending batches");
-        self.conn_backoff = None;
-        let error = self.fatal.get().cloned().unwrap_or(error);
-        for (_, batch) in std::mem::take(&mut self.ready) {
+        tracing::debug!(broker = %url, %error, "produce stream failed; failing its pending batches");
+        if let Some(link) = self.links.get_mut(url) {
+            link.backoff = None;
+        }
+        let error = self.fatal.get().cloned().unwrap_or_else(|| unreachable_broker(&self.topic, url, error));
+        let router = self.client.router().clone();
+        let tenant = self.client.tenant().to_owned();
+        let doomed: Vec<u64> = self
+            .ready
+            .iter()
+            .filter(|(_, b)| {
+                router.cached(&tenant, Target::Partition(&self.topic, b.partition)).is_none_or(|u| u == *url)
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in doomed {
+            let Some(batch) = self.ready.remove(&seq) else { continue };
             if batch.stamp.is_some() {
                 // It may or may not be stored: learn from the broker which
                 // sequence it expects next.
@@ -703,7 +844,7 @@ impl SenderTask {
         let topic = self.topic.clone();
         let tx = self.metadata_tx.clone();
         tokio::spawn(async move {
-            let result = client.describe_topic(&topic).await.map(|d| d.partitions);
+            let result = client.topic_partitions(&topic).await;
             let _ = tx.send(result).await;
         });
     }
@@ -763,6 +904,35 @@ fn stamp(batch: &mut SealedBatch, identity: Identity, state: &mut PartitionState
     // Sequences wrap around like the broker's (two's complement).
     state.next_sequence = state.next_sequence.wrapping_add(batch.record_count as i32);
     batch.stamp(identity.producer_id, identity.epoch, stamp);
+}
+
+/// A transport error (no broker answered) names the broker and the topic,
+/// so "tcp connect error" says whose loss it is.
+fn unreachable_broker(topic: &str, url: &str, error: Error) -> Error {
+    match error.server_error() {
+        Some(s) if !s.has_details => Error::Server(Box::new(ServerError {
+            message: format!("the broker at {url}, which serves partitions of {topic}, is unreachable: {}", s.message),
+            ..s.clone()
+        })),
+        _ => error,
+    }
+}
+
+/// Opens a produce stream to `url`.
+fn open_stream(client: &Client, url: &Arc<str>, config: &ProducerConfig) -> Conn {
+    // Never more than max_in_flight_batches requests are queued.
+    let (tx, rx) = mpsc::channel(config.max_in_flight_batches);
+    let mut rpc = client.log_rpc_at(url);
+    let timeout = config.request_timeout;
+    let open = async move {
+        match tokio::time::timeout(timeout, rpc.produce_stream(ReceiverStream::new(rx))).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(Error::from(status)),
+            Err(_) => Err(Error::Timeout { operation: "opening the produce stream", timeout }),
+        }
+    }
+    .boxed();
+    Conn::Connecting { tx, open }
 }
 
 async fn sleep_until(t: Instant) {

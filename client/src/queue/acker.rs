@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::message::Receipt;
 use crate::client::Client;
 use crate::error::{Error, ServerError};
+use crate::routing::Target;
 
 /// Most receipts in one `Ack` request.
 pub(crate) const MAX_ACK_BATCH: usize = 1000;
@@ -100,7 +101,14 @@ async fn send(client: Client, queue: String, batch: Vec<(Receipt, Waiter)>) {
         queue,
         receipts: batch.iter().map(|(r, _)| pb::Receipt::from(*r)).collect(),
     };
-    match client.queues_rpc().ack(client.request(req)).await {
+    let acked = client
+        .routed(Target::Queue(&req.queue), |url| {
+            let req = req.clone();
+            let client = &client;
+            async move { client.queues_rpc_at(&url).ack(client.request(req)).await.map_err(Error::from) }
+        })
+        .await;
+    match acked {
         Ok(resp) => {
             let mut failed: Vec<pb::FailedReceipt> = resp.into_inner().failed;
             for (receipt, waiter) in batch {
@@ -116,8 +124,7 @@ async fn send(client: Client, queue: String, batch: Vec<(Receipt, Waiter)>) {
                 let _ = waiter.send(outcome);
             }
         }
-        Err(status) => {
-            let error = Error::from(status);
+        Err(error) => {
             for (_, waiter) in batch {
                 let _ = waiter.send(Err(error.clone()));
             }

@@ -10,6 +10,7 @@ use strata_proto::v1::{Durability, QueueConfig, QueueDescription, TtlAction};
 use super::millis;
 use crate::client::Client;
 use crate::error::Error;
+use crate::routing::Target;
 
 /// Settings for [`Client::create_queue`] and [`Client::update_queue`]. Every
 /// `None` means "the broker default" on create and "unchanged" on update.
@@ -270,13 +271,25 @@ impl Client {
             name: name.to_owned(),
             config: Some(options.to_config()),
         };
-        Ok(self.queues_rpc().update_queue(self.request(req)).await?.into_inner())
+        Ok(self
+            .routed(Target::Queue(name), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).update_queue(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// A queue's settings, message counts and bindings.
     pub async fn describe_queue(&self, name: &str) -> Result<QueueDescription, Error> {
         let req = pb::DescribeQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
-        Ok(self.queues_rpc().describe_queue(self.request(req)).await?.into_inner())
+        Ok(self
+            .routed(Target::Queue(name), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).describe_queue(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// The tenant's queues (temporary reply queues included, marked
@@ -291,7 +304,11 @@ impl Client {
     /// (`QUEUE_IN_USE`) while another queue uses it as dead-letter queue.
     pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<(), Error> {
         let req = pb::DeleteQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned(), if_empty };
-        self.queues_rpc().delete_queue(self.request(req)).await?;
+        self.routed(Target::Queue(name), |url| {
+            let req = req.clone();
+            async move { self.queues_rpc_at(&url).delete_queue(self.request(req)).await.map_err(Error::from) }
+        })
+        .await?;
         Ok(())
     }
 
@@ -305,7 +322,14 @@ impl Client {
     /// returns how many.
     pub async fn purge_queue(&self, name: &str) -> Result<u64, Error> {
         let req = pb::PurgeQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
-        Ok(self.queues_rpc().purge_queue(self.request(req)).await?.into_inner().purged)
+        Ok(self
+            .routed(Target::Queue(name), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).purge_queue(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .purged)
     }
 
     /// Moves messages of a dead-letter queue back to the queues they came
@@ -316,7 +340,14 @@ impl Client {
             dead_letter_queue: dead_letter_queue.to_owned(),
             max_messages: max.unwrap_or(0),
         };
-        Ok(self.queues_rpc().redrive(self.request(req)).await?.into_inner().moved)
+        Ok(self
+            .routed(Target::Queue(dead_letter_queue), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).redrive(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .moved)
     }
 
     /// Routes the messages produced to `topic` that pass `filter` into
@@ -328,7 +359,13 @@ impl Client {
             topic: topic.to_owned(),
             filter: Some(filter.to_proto()),
         };
-        Ok(self.queues_rpc().bind(self.request(req)).await?.into_inner())
+        Ok(self
+            .routed(Target::Queue(queue), |url| {
+                let req = req.clone();
+                async move { self.queues_rpc_at(&url).bind(self.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner())
     }
 
     /// Removes the binding with exactly this topic and filter
@@ -340,7 +377,11 @@ impl Client {
             topic: topic.to_owned(),
             filter: Some(filter.to_proto()),
         };
-        self.queues_rpc().unbind(self.request(req)).await?;
+        self.routed(Target::Queue(queue), |url| {
+            let req = req.clone();
+            async move { self.queues_rpc_at(&url).unbind(self.request(req)).await.map_err(Error::from) }
+        })
+        .await?;
         Ok(())
     }
 }

@@ -44,6 +44,7 @@ use super::send::{SendResult, stored_nothing, transient_refusal};
 use crate::client::{Client, MAX_MESSAGE_BYTES};
 use crate::error::Error;
 use crate::retry::RetryConfig;
+use crate::routing::{Learned, MAX_REDIRECTS, Target};
 
 /// Room left in a request for framing around the messages.
 const REQUEST_OVERHEAD: usize = 64 * 1024;
@@ -425,6 +426,10 @@ struct Task {
     ready: VecDeque<Batch>,
     in_flight: BTreeMap<u64, (Batch, Instant)>,
     conn: Conn,
+    /// The broker `conn` goes to (the queue's owner, as far as known).
+    conn_url: Option<Arc<str>>,
+    /// NOT_LEADER answers followed since the last success.
+    redirects: usize,
     conn_backoff: Option<ExponentialBackoff>,
     next_request_id: u64,
     next_seq: u64,
@@ -458,6 +463,8 @@ impl Task {
             ready: VecDeque::new(),
             in_flight: BTreeMap::new(),
             conn: Conn::Idle,
+            conn_url: None,
+            redirects: 0,
             conn_backoff: None,
             next_request_id: 0,
             next_seq: 0,
@@ -657,7 +664,18 @@ impl Task {
 
     fn open_stream(&mut self) {
         let (tx, rx) = mpsc::channel(self.max_in_flight);
-        let mut rpc = self.client.queues_rpc();
+        // The queue's owner when known; else a bootstrap broker, whose
+        // NOT_LEADER answer names the owner (and a look-up runs meanwhile).
+        let target = Target::Queue(&self.queue);
+        let url = match self.client.router().cached(self.client.tenant(), target) {
+            Some(url) => url,
+            None => {
+                self.client.refresh_route_in_background(target);
+                self.client.router().any()
+            }
+        };
+        let mut rpc = self.client.queues_rpc_at(&url);
+        self.conn_url = Some(url);
         let timeout = self.config.request_timeout;
         let open = async move {
             match tokio::time::timeout(timeout, rpc.send_stream(ReceiverStream::new(rx))).await {
@@ -701,10 +719,26 @@ impl Task {
         };
         let Some(item) = response.error else {
             self.conn_backoff = None;
+            self.redirects = 0;
             batch.succeed(response.results);
             return;
         };
         let error = Error::from(item);
+        let asked = self.conn_url.clone().unwrap_or_default();
+        if self.redirects < MAX_REDIRECTS
+            && let Learned::Moved(_) = self.client.learn(Target::Queue(&self.queue), &asked, &error)
+        {
+            // The stream goes to a broker that does not serve the queue:
+            // whatever is on it is refused the same way (stored nothing), so
+            // all of it goes to the owner, in order, on a new stream.
+            self.redirects += 1;
+            self.requeue(batch);
+            for (_, (b, _)) in std::mem::take(&mut self.in_flight) {
+                self.requeue(b);
+            }
+            self.conn = Conn::Idle;
+            return;
+        }
         // The broker chose this answer and a request is all-or-nothing: a
         // transient refusal stored nothing.
         if error.server_error().is_some_and(transient_refusal) {
@@ -727,6 +761,10 @@ impl Task {
 
     fn on_stream_failure(&mut self, error: Error) {
         self.conn = Conn::Idle;
+        if let Some(url) = self.conn_url.take() {
+            // A broken connection: look the owner up again before reconnecting.
+            self.client.learn(Target::Queue(&self.queue), &url, &error);
+        }
         let safe = stored_nothing(&error);
         let retry = self.config.retry;
         let delay = self.conn_backoff.get_or_insert_with(|| retry.backoff()).next();

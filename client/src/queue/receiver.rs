@@ -12,6 +12,7 @@ use super::message::{Delivery, Receipt};
 use super::millis;
 use crate::client::Client;
 use crate::error::{Error, RejectedReceipt, ServerError};
+use crate::routing::Target;
 
 /// The longest wait of one `Receive` call the broker accepts; longer waits
 /// are split into several calls.
@@ -162,9 +163,17 @@ impl Receiver {
                 auto_ack: self.auto_ack,
             };
             // The deadline covers the long poll plus the usual answer time.
-            let mut request = tonic::Request::new(req);
-            request.set_timeout(self.client.timeout() + poll);
-            let messages = self.client.queues_rpc().receive(request).await?.into_inner().messages;
+            // NOT_LEADER (nothing leased) is followed to the queue's owner.
+            let messages = self
+                .client
+                .routed(Target::Queue(&self.queue), |url| {
+                    let mut request = tonic::Request::new(req.clone());
+                    request.set_timeout(self.client.timeout() + poll);
+                    async move { self.client.queues_rpc_at(&url).receive(request).await.map_err(Error::from) }
+                })
+                .await?
+                .into_inner()
+                .messages;
             if !messages.is_empty() || Instant::now() >= deadline {
                 let deliveries: Vec<Delivery> =
                     messages.into_iter().map(|m| Delivery::from_proto(&self.queue, m)).collect();
@@ -206,7 +215,15 @@ impl Receiver {
             queue: self.queue.to_string(),
             receipts: receipts.iter().copied().map(pb::Receipt::from).collect(),
         };
-        let failed = self.client.queues_rpc().ack(self.client.request(req)).await?.into_inner().failed;
+        let failed = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move { self.client.queues_rpc_at(&url).ack(self.client.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .failed;
         rejected(failed)
     }
 
@@ -227,7 +244,15 @@ impl Receiver {
             receipts: deliveries.iter().map(|d| pb::Receipt::from(d.receipt)).collect(),
             delay_ms: delay.map(millis),
         };
-        let failed = self.client.queues_rpc().nack(self.client.request(req)).await?.into_inner().failed;
+        let failed = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move { self.client.queues_rpc_at(&url).nack(self.client.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .failed;
         rejected(failed)
     }
 
@@ -247,7 +272,21 @@ impl Receiver {
             receipts: deliveries.iter().map(|d| pb::Receipt::from(d.receipt)).collect(),
             visibility_timeout_ms: millis(timeout),
         };
-        let failed = self.client.queues_rpc().extend_visibility(self.client.request(req)).await?.into_inner().failed;
+        let failed = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move {
+                    self.client
+                        .queues_rpc_at(&url)
+                        .extend_visibility(self.client.request(req))
+                        .await
+                        .map_err(Error::from)
+                }
+            })
+            .await?
+            .into_inner()
+            .failed;
         rejected(failed)
     }
 
@@ -258,7 +297,15 @@ impl Receiver {
             queue: self.queue.to_string(),
             max_messages: max_messages.clamp(1, MAX_RECEIVE_MESSAGES),
         };
-        let messages = self.client.queues_rpc().peek(self.client.request(req)).await?.into_inner().messages;
+        let messages = self
+            .client
+            .routed(Target::Queue(&self.queue), |url| {
+                let req = req.clone();
+                async move { self.client.queues_rpc_at(&url).peek(self.client.request(req)).await.map_err(Error::from) }
+            })
+            .await?
+            .into_inner()
+            .messages;
         Ok(messages.into_iter().map(|m| Delivery::from_proto(&self.queue, m)).collect())
     }
 }

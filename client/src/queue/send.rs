@@ -19,6 +19,7 @@ use super::message::QueueMessage;
 use crate::client::Client;
 use crate::error::{Error, ServerError};
 use crate::retry::RetryConfig;
+use crate::routing::Target;
 
 pub use strata_proto::v1::SendResult;
 
@@ -60,8 +61,15 @@ impl Client {
         let req = pb::SendRequest { tenant: self.tenant().to_owned(), queue: queue.to_owned(), messages };
         let mut backoff = RetryConfig::default().backoff();
         loop {
-            // The request is cloned per attempt: cheap, since bodies are `Bytes`.
-            let err = match self.queues_rpc().send(self.request(req.clone())).await {
+            // The request is cloned per attempt: cheap, since bodies are
+            // `Bytes`. NOT_LEADER (nothing stored) is followed to the owner.
+            let sent = self
+                .routed(Target::Queue(queue), |url| {
+                    let req = req.clone();
+                    async move { self.queues_rpc_at(&url).send(self.request(req)).await.map_err(Error::from) }
+                })
+                .await;
+            let err = match sent {
                 Ok(resp) => {
                     let results = resp.into_inner().results;
                     if results.len() != expected {
@@ -79,7 +87,7 @@ impl Client {
                     }
                     return Ok(results);
                 }
-                Err(status) => Error::from(status),
+                Err(e) => e,
             };
             let retry = if all_deduplicated { err.is_retryable() } else { stored_nothing(&err) };
             match backoff.next() {

@@ -11,6 +11,7 @@ mod idempotence;
 mod process;
 mod queue_producer;
 mod queues;
+mod routing;
 mod security;
 mod tier;
 mod tracing;
