@@ -229,10 +229,13 @@ pub struct Catalog {
     /// CN names one), each with its tenant and token hashes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub principals: BTreeMap<String, PrincipalRecord>,
+    /// Each tenant's ACL: the grants of its principals (`crate::acl`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) acls: BTreeMap<String, std::collections::BTreeSet<crate::acl::AclBinding>>,
 }
 
-/// Someone who may authenticate: a member of one tenant. Fine-grained
-/// ACLs (pattern × operation) will hang off this record.
+/// Someone who may authenticate: a member of one tenant. What it may do is
+/// its tenant's ACL (`Catalog::acls`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalRecord {
@@ -277,6 +280,16 @@ pub enum CatalogCommand {
         tenant: String,
         principal: String,
         id: String,
+    },
+    /// Grants a principal of `tenant` (or every one, `*`) an operation on a
+    /// resource pattern; adding an existing binding changes nothing.
+    AddAcl {
+        tenant: String,
+        binding: crate::acl::AclBinding,
+    },
+    RemoveAcl {
+        tenant: String,
+        binding: crate::acl::AclBinding,
     },
     CreateTenant {
         name: String,
@@ -390,6 +403,8 @@ pub enum CatalogError {
     PrincipalExists { name: String },
     #[error("principal {principal:?} has no token {id:?}")]
     UnknownToken { principal: String, id: String },
+    #[error("tenant {tenant:?} has no ACL granting {principal:?} {operation} on {kind} {pattern} {name:?}")]
+    UnknownAcl { tenant: String, principal: String, operation: String, kind: String, pattern: String, name: String },
 }
 
 /// What applying a command changed, for the broker to act on.
@@ -406,6 +421,7 @@ pub enum Applied {
     Unbound { id: u64 },
     Principal,
     Token { id: String },
+    Acl,
     Broker,
 }
 
@@ -424,6 +440,7 @@ impl Default for Catalog {
             named_producers: BTreeMap::new(),
             raft: None,
             principals: BTreeMap::new(),
+            acls: BTreeMap::new(),
             brokers: BTreeMap::new(),
         }
     }
@@ -447,7 +464,42 @@ impl Catalog {
             CatalogCommand::DeletePrincipal { tenant, name } => {
                 self.principal_mut(tenant, name)?;
                 self.principals.remove(name);
+                // Its grants go with it (a principal created again later
+                // starts with none).
+                if let Some(acl) = self.acls.get_mut(tenant) {
+                    acl.retain(|b| b.principal != *name);
+                    if acl.is_empty() {
+                        self.acls.remove(tenant);
+                    }
+                }
                 Ok(Applied::Principal)
+            }
+            CatalogCommand::AddAcl { tenant, binding } => {
+                if !self.tenants.contains_key(tenant) {
+                    return Err(CatalogError::UnknownTenant(tenant.clone()));
+                }
+                if binding.principal != crate::acl::ANY_PRINCIPAL {
+                    self.principal_mut(tenant, &binding.principal)?;
+                }
+                self.acls.entry(tenant.clone()).or_default().insert(binding.clone());
+                Ok(Applied::Acl)
+            }
+            CatalogCommand::RemoveAcl { tenant, binding } => {
+                let removed = self.acls.get_mut(tenant).is_some_and(|acl| acl.remove(binding));
+                if !removed {
+                    return Err(CatalogError::UnknownAcl {
+                        tenant: tenant.clone(),
+                        principal: binding.principal.clone(),
+                        operation: binding.operation.as_str().to_owned(),
+                        kind: binding.kind.as_str().to_owned(),
+                        pattern: format!("{:?}", binding.pattern).to_lowercase(),
+                        name: binding.name.clone(),
+                    });
+                }
+                if self.acls.get(tenant).is_some_and(|acl| acl.is_empty()) {
+                    self.acls.remove(tenant);
+                }
+                Ok(Applied::Acl)
             }
             CatalogCommand::IssueToken { tenant, principal, hash, at_ms } => {
                 let id = crate::security::TokenHash::from_hex(hash)
@@ -487,8 +539,9 @@ impl Catalog {
                     });
                 }
                 self.tenants.remove(name);
-                // Its principals (and their tokens) go with it.
+                // Its principals (and their tokens) and its ACL go with it.
                 self.principals.retain(|_, p| p.tenant != *name);
+                self.acls.remove(name);
                 Ok(Applied::Tenant)
             }
             CatalogCommand::CreateTopic { tenant, name, partitions, settings, at_ms } => {
@@ -851,7 +904,7 @@ impl CatalogStore {
 
     /// Makes `next` the catalog, refreshing the credentials if principals changed.
     fn replace_catalog(&mut self, next: Catalog) {
-        let changed = next.principals != self.catalog.principals;
+        let changed = next.principals != self.catalog.principals || next.acls != self.catalog.acls;
         self.catalog = next;
         if changed && let Some(c) = &self.credentials {
             c.rebuild(&self.catalog);

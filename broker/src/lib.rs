@@ -5,6 +5,7 @@
 //! with `127.0.0.1:0` listeners.
 
 mod broker;
+mod acl;
 mod catalog;
 pub mod clock;
 mod cluster;

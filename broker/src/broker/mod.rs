@@ -21,6 +21,7 @@ mod limits;
 mod maintenance;
 mod metadata;
 mod open;
+mod acls;
 mod principals;
 mod produce;
 mod replicated;
