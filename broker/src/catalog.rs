@@ -1114,4 +1114,39 @@ mod tests {
         std::fs::write(dir.path().join("meta/catalog.json"), b"{not json").unwrap();
         assert!(matches!(CatalogStore::open(dir.path()), Err(StoreError::Invalid { .. })));
     }
+
+    #[test]
+    fn acls_need_their_principal_survive_reopen_and_go_with_principal_and_tenant() {
+        use crate::acl::{AclBinding, AclOperation, PatternType, ResourceKind};
+        let binding = |principal: &str| AclBinding {
+            principal: principal.into(),
+            kind: ResourceKind::Topic,
+            pattern: PatternType::Prefixed,
+            name: "orders.".into(),
+            operation: AclOperation::Produce,
+        };
+        let add = |p: &str| CatalogCommand::AddAcl { tenant: "t".into(), binding: binding(p) };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = CatalogStore::open(dir.path()).unwrap();
+            s.commit(&CatalogCommand::CreateTenant { name: "t".into(), at_ms: 0 }).unwrap();
+            let e = s.commit(&add("alice")).unwrap_err();
+            assert!(matches!(e, StoreError::Catalog(CatalogError::UnknownPrincipal { .. })), "{e}");
+            s.commit(&CatalogCommand::CreatePrincipal { tenant: "t".into(), name: "alice".into(), at_ms: 0 }).unwrap();
+            s.commit(&add("alice")).unwrap();
+            s.commit(&add("alice")).unwrap();
+            s.commit(&add("*")).unwrap();
+            assert_eq!(s.catalog().acls["t"].len(), 2, "adding twice keeps one binding");
+        }
+        let mut s = CatalogStore::open(dir.path()).unwrap();
+        assert_eq!(s.catalog().acls["t"].len(), 2);
+        s.commit(&CatalogCommand::RemoveAcl { tenant: "t".into(), binding: binding("*") }).unwrap();
+        let e = s.commit(&CatalogCommand::RemoveAcl { tenant: "t".into(), binding: binding("*") }).unwrap_err();
+        assert!(matches!(e, StoreError::Catalog(CatalogError::UnknownAcl { .. })), "{e}");
+        s.commit(&CatalogCommand::DeletePrincipal { tenant: "t".into(), name: "alice".into() }).unwrap();
+        assert!(!s.catalog().acls.contains_key("t"), "the principal's bindings went with it");
+        s.commit(&add("*")).unwrap();
+        s.commit(&CatalogCommand::DeleteTenant { name: "t".into() }).unwrap();
+        assert!(s.catalog().acls.is_empty(), "the tenant's ACL went with it");
+    }
 }
