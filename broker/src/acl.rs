@@ -26,7 +26,7 @@ pub(crate) const ANY_NAME: &str = "*";
 /// What kind of resource a pattern names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum ResourceKind {
+pub enum ResourceKind {
     Topic,
     Queue,
     Group,
@@ -45,7 +45,7 @@ impl ResourceKind {
 /// How a pattern's name matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum PatternType {
+pub enum PatternType {
     /// The name itself (or every name, for `*`).
     Literal,
     /// Every name that starts with it.
@@ -55,7 +55,7 @@ pub(crate) enum PatternType {
 /// What a binding allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum AclOperation {
+pub enum AclOperation {
     /// Every operation below.
     All,
     /// Write messages (produce, send).
@@ -88,7 +88,7 @@ impl AclOperation {
 /// One grant of a tenant's ACL.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AclBinding {
+pub struct AclBinding {
     /// A principal of the tenant, or [`ANY_PRINCIPAL`].
     pub principal: String,
     pub kind: ResourceKind,
@@ -96,6 +96,17 @@ pub(crate) struct AclBinding {
     /// The literal name, [`ANY_NAME`], or the prefix.
     pub name: String,
     pub operation: AclOperation,
+}
+
+impl AclBinding {
+    /// `"alice" produce on topic prefix "orders."`, for messages.
+    pub(crate) fn describe(&self) -> String {
+        let pattern = match self.pattern {
+            PatternType::Literal => "",
+            PatternType::Prefixed => " prefix",
+        };
+        format!("{:?} {} on {}{pattern} {:?}", self.principal, self.operation.as_str(), self.kind.as_str(), self.name)
+    }
 }
 
 /// A set of operations.

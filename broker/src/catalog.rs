@@ -403,8 +403,8 @@ pub enum CatalogError {
     PrincipalExists { name: String },
     #[error("principal {principal:?} has no token {id:?}")]
     UnknownToken { principal: String, id: String },
-    #[error("tenant {tenant:?} has no ACL granting {principal:?} {operation} on {kind} {pattern} {name:?}")]
-    UnknownAcl { tenant: String, principal: String, operation: String, kind: String, pattern: String, name: String },
+    #[error("tenant {tenant:?} has no ACL granting {}", .binding.describe())]
+    UnknownAcl { tenant: String, binding: Box<crate::acl::AclBinding> },
 }
 
 /// What applying a command changed, for the broker to act on.
@@ -489,11 +489,7 @@ impl Catalog {
                 if !removed {
                     return Err(CatalogError::UnknownAcl {
                         tenant: tenant.clone(),
-                        principal: binding.principal.clone(),
-                        operation: binding.operation.as_str().to_owned(),
-                        kind: binding.kind.as_str().to_owned(),
-                        pattern: format!("{:?}", binding.pattern).to_lowercase(),
-                        name: binding.name.clone(),
+                        binding: Box::new(binding.clone()),
                     });
                 }
                 if self.acls.get(tenant).is_some_and(|acl| acl.is_empty()) {

@@ -4,8 +4,8 @@
 //! `main.rs` only parses flags and calls [`start`]; tests call it in-process
 //! with `127.0.0.1:0` listeners.
 
-mod broker;
 mod acl;
+mod broker;
 mod catalog;
 pub mod clock;
 mod cluster;

@@ -16,12 +16,12 @@
 //! after a crash start-up reconciles the disk to the catalog by creating
 //! missing partition directories and removing orphaned ones.
 
+mod acls;
 mod fetch;
 mod limits;
 mod maintenance;
 mod metadata;
 mod open;
-mod acls;
 mod principals;
 mod produce;
 mod replicated;

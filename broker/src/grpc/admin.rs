@@ -377,10 +377,7 @@ impl Admin for AdminService {
         Ok(Response::new(pb::AddAclResponse {}))
     }
 
-    async fn list_acls(
-        &self,
-        request: Request<pb::ListAclsRequest>,
-    ) -> Result<Response<pb::ListAclsResponse>, Status> {
+    async fn list_acls(&self, request: Request<pb::ListAclsRequest>) -> Result<Response<pb::ListAclsResponse>, Status> {
         let (caller, mut r) = auth::split(request);
         self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
         let acls = self.broker.list_acls(&r.tenant, &r.principal).await.map_err(to_status)?;

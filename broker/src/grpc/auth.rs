@@ -142,8 +142,13 @@ pub(crate) trait Authorizer: Send + Sync + 'static {
     /// `common.proto` says): for a principal it is set to the principal's
     /// tenant, so the handler goes on with the tenant that was checked;
     /// anonymous callers and the cluster admin keep it empty (`default`).
-    fn authorize(&self, caller: &Caller, op: Operation, tenant: &mut String, resource: Resource<'_>)
-    -> Result<(), Status>;
+    fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        tenant: &mut String,
+        resource: Resource<'_>,
+    ) -> Result<(), Status>;
 
     /// Authenticates once for a stream: the returned caller keeps who it
     /// is, so each message of the stream is only checked against the
@@ -274,11 +279,7 @@ impl CredentialAuthorizer {
         }
         let message = match resource {
             Resource::Tenant => format!("principal {name:?} is not a cluster admin (tenant administration)"),
-            _ => format!(
-                "principal {name:?} has no ACL allowing {} on {}",
-                acl_op.as_str(),
-                resource.describe(tenant)
-            ),
+            _ => format!("principal {name:?} has no ACL allowing {} on {}", acl_op.as_str(), resource.describe(tenant)),
         };
         Err(denied(message, resource.path(tenant)))
     }

@@ -87,7 +87,8 @@ impl Log for LogService {
                         break;
                     }
                 };
-                if let Err(status) = authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic))
+                if let Err(status) =
+                    authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic))
                 {
                     let refused = status_response(r.request_id, r.partition, &status);
                     if tx.send(Ok(refused)).await.is_err() {

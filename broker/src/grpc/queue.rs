@@ -268,7 +268,8 @@ impl Queues for QueuesService {
                     Err(e) => SendStreamResponse { request_id, results: Vec::new(), error: Some(to_item_error(e)) },
                 };
                 let mut r = r;
-                if let Err(status) = authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue))
+                if let Err(status) =
+                    authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue))
                 {
                     let resp = SendStreamResponse {
                         request_id,

@@ -59,8 +59,8 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             CatalogError::UnknownToken { principal, id } => {
                 (Code::NotFound, E::UnknownToken, format!("{principal}/{id}"))
             }
-            CatalogError::UnknownAcl { tenant, principal, .. } => {
-                (Code::NotFound, E::UnknownAcl, format!("{tenant}/{principal}"))
+            CatalogError::UnknownAcl { tenant, binding } => {
+                (Code::NotFound, E::UnknownAcl, format!("{tenant}/{}", binding.principal))
             }
         },
         BrokerError::UnknownPartition { tenant, topic, partition, .. } => {

@@ -28,8 +28,9 @@ pub(crate) async fn run(client: &Client, cmd: AclCommand) -> anyhow::Result<()> 
                 let rows: Vec<serde_json::Value> = acls.iter().map(to_json).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                let mut rows =
-                    vec![["TENANT", "PRINCIPAL", "RESOURCE", "PATTERN", "NAME", "OPERATION"].map(String::from).to_vec()];
+                let mut rows = vec![
+                    ["TENANT", "PRINCIPAL", "RESOURCE", "PATTERN", "NAME", "OPERATION"].map(String::from).to_vec(),
+                ];
                 for a in &acls {
                     rows.push(vec![
                         a.tenant.clone(),

@@ -1,11 +1,11 @@
 //! The `strata` command line: argument definitions (clap derive), dispatch
 //! to one module per command group, and one-line error reporting.
 
+mod acl;
 mod cluster;
 mod consume;
 mod group;
 pub(crate) mod parse;
-mod acl;
 mod principal;
 mod produce;
 mod queue;

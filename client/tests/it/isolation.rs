@@ -156,10 +156,14 @@ async fn tenant_with_data(admin: &Client, raw: &mut Raw, t: &str) -> String {
     let q = pb::CreateQueueRequest { tenant: t.into(), name: format!("{t}-queue"), ..Default::default() };
     raw.queues.create_queue(q).await.unwrap();
     let m = pb::OutgoingMessage { body: format!("queued secret of {t}").into(), ..Default::default() };
-    raw.queues.send(pb::SendRequest { tenant: t.into(), queue: format!("{t}-queue"), messages: vec![m] }).await.unwrap();
+    raw.queues
+        .send(pb::SendRequest { tenant: t.into(), queue: format!("{t}-queue"), messages: vec![m] })
+        .await
+        .unwrap();
     let offsets =
         vec![pb::PartitionOffset { topic: format!("{t}-topic"), partition: 0, offset: 1, metadata: String::new() }];
-    let commit = pb::CommitOffsetsRequest { tenant: t.into(), group: format!("{t}-group"), offsets, ..Default::default() };
+    let commit =
+        pb::CommitOffsetsRequest { tenant: t.into(), group: format!("{t}-group"), offsets, ..Default::default() };
     raw.groups.commit_offsets(commit).await.unwrap();
     let principal = format!("p-{t}");
     admin.create_principal(t, &principal).await.unwrap();
@@ -251,8 +255,7 @@ fn matrix(raw: &Raw) -> Vec<(&'static str, &'static str, Call)> {
         c.add_partitions(pb::AddPartitionsRequest { tenant: b(), name: topic(), partitions: 2 }).await
     ));
     row!("Admin", "UpdateTopicConfig", admin, |c| unary(
-        c.update_topic_config(pb::UpdateTopicConfigRequest { tenant: b(), name: topic(), ..Default::default() })
-            .await
+        c.update_topic_config(pb::UpdateTopicConfigRequest { tenant: b(), name: topic(), ..Default::default() }).await
     ));
     row!("Admin", "DeleteTopic", admin, |c| unary(
         c.delete_topic(pb::DeleteTopicRequest { tenant: b(), name: topic() }).await
@@ -491,18 +494,18 @@ async fn isolation_matrix_every_rpc_of_every_service() {
     assert_eq!(queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(), ["a-queue"]);
     let groups = a.groups.list_groups(pb::ListGroupsRequest::default()).await.unwrap().into_inner().groups;
     assert_eq!(groups.iter().map(|g| g.group.as_str()).collect::<Vec<_>>(), ["a-group"]);
-    let meta = a
-        .admin
-        .get_metadata(pb::GetMetadataRequest { queues: true, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let meta =
+        a.admin.get_metadata(pb::GetMetadataRequest { queues: true, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(meta.topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a-topic"]);
     assert_eq!(meta.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(), ["a-queue"]);
     // And the empty tenant reaches a's own data (the default tenant is not a's).
     let fetched = a
         .log
-        .fetch(pb::FetchRequest { start: Some(pb::fetch_request::Start::Offset(0)), topic: "a-topic".into(), ..Default::default() })
+        .fetch(pb::FetchRequest {
+            start: Some(pb::fetch_request::Start::Offset(0)),
+            topic: "a-topic".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -564,7 +567,8 @@ async fn a_prefix_acl_grants_produce_only_and_its_removal_refuses_the_next_reque
 
     // The CLI grants produce on the prefix `orders.`, lists it, and refuses
     // a bad binding with one line.
-    let grant = ["--tenant", "shop", "--principal", "writer", "--topic", "orders.", "--prefix", "--operation", "produce"];
+    let grant =
+        ["--tenant", "shop", "--principal", "writer", "--topic", "orders.", "--prefix", "--operation", "produce"];
     let (ok, out, err) = cli(&url, &[&["acl", "add"][..], &grant[..]].concat());
     assert!(ok, "{err}");
     assert!(out.contains("granted"), "{out}");
@@ -578,11 +582,17 @@ async fn a_prefix_acl_grants_produce_only_and_its_removal_refuses_the_next_reque
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json[0]["name"], "orders.");
     assert_eq!(json[0]["pattern"], "prefixed");
-    let (ok, _, err) = cli(&url, &["acl", "add", "--tenant", "shop", "--principal", "nobody", "--topic", "x", "--operation", "produce"]);
+    let (ok, _, err) = cli(
+        &url,
+        &["acl", "add", "--tenant", "shop", "--principal", "nobody", "--topic", "x", "--operation", "produce"],
+    );
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("nobody"), "{err}");
-    let (ok, _, err) = cli(&url, &["acl", "add", "--tenant", "shop", "--principal", "writer", "--topic", "bad/name", "--operation", "produce"]);
+    let (ok, _, err) = cli(
+        &url,
+        &["acl", "add", "--tenant", "shop", "--principal", "writer", "--topic", "bad/name", "--operation", "produce"],
+    );
     assert!(!ok);
     assert!(err.contains("invalid topic name"), "{err}");
 
@@ -627,7 +637,13 @@ async fn a_prefix_acl_grants_produce_only_and_its_removal_refuses_the_next_reque
     assert_eq!(shop.describe_topic("orders.eu").await.unwrap().partition_details[0].end_offset, 1);
 
     // A restart keeps the ACLs (they are catalog state).
-    admin.add_acl("shop", acl("writer", AclResourceKind::Topic, AclPatternType::Literal, "payments", AclOperation::Consume)).await.unwrap();
+    admin
+        .add_acl(
+            "shop",
+            acl("writer", AclResourceKind::Topic, AclPatternType::Literal, "payments", AclOperation::Consume),
+        )
+        .await
+        .unwrap();
     drop(broker);
     let broker = BrokerProcess::start(
         &bin,
