@@ -229,10 +229,13 @@ pub struct Catalog {
     /// CN names one), each with its tenant and token hashes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub principals: BTreeMap<String, PrincipalRecord>,
+    /// Each tenant's ACL: the grants of its principals (`crate::acl`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) acls: BTreeMap<String, std::collections::BTreeSet<crate::acl::AclBinding>>,
 }
 
-/// Someone who may authenticate: a member of one tenant. Fine-grained
-/// ACLs (pattern × operation) will hang off this record.
+/// Someone who may authenticate: a member of one tenant. What it may do is
+/// its tenant's ACL (`Catalog::acls`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrincipalRecord {
@@ -277,6 +280,16 @@ pub enum CatalogCommand {
         tenant: String,
         principal: String,
         id: String,
+    },
+    /// Grants a principal of `tenant` (or every one, `*`) an operation on a
+    /// resource pattern; adding an existing binding changes nothing.
+    AddAcl {
+        tenant: String,
+        binding: crate::acl::AclBinding,
+    },
+    RemoveAcl {
+        tenant: String,
+        binding: crate::acl::AclBinding,
     },
     CreateTenant {
         name: String,
@@ -390,6 +403,8 @@ pub enum CatalogError {
     PrincipalExists { name: String },
     #[error("principal {principal:?} has no token {id:?}")]
     UnknownToken { principal: String, id: String },
+    #[error("tenant {tenant:?} has no ACL granting {}", .binding.describe())]
+    UnknownAcl { tenant: String, binding: Box<crate::acl::AclBinding> },
 }
 
 /// What applying a command changed, for the broker to act on.
@@ -406,6 +421,7 @@ pub enum Applied {
     Unbound { id: u64 },
     Principal,
     Token { id: String },
+    Acl,
     Broker,
 }
 
@@ -424,6 +440,7 @@ impl Default for Catalog {
             named_producers: BTreeMap::new(),
             raft: None,
             principals: BTreeMap::new(),
+            acls: BTreeMap::new(),
             brokers: BTreeMap::new(),
         }
     }
@@ -447,7 +464,38 @@ impl Catalog {
             CatalogCommand::DeletePrincipal { tenant, name } => {
                 self.principal_mut(tenant, name)?;
                 self.principals.remove(name);
+                // Its grants go with it (a principal created again later
+                // starts with none).
+                if let Some(acl) = self.acls.get_mut(tenant) {
+                    acl.retain(|b| b.principal != *name);
+                    if acl.is_empty() {
+                        self.acls.remove(tenant);
+                    }
+                }
                 Ok(Applied::Principal)
+            }
+            CatalogCommand::AddAcl { tenant, binding } => {
+                if !self.tenants.contains_key(tenant) {
+                    return Err(CatalogError::UnknownTenant(tenant.clone()));
+                }
+                if binding.principal != crate::acl::ANY_PRINCIPAL {
+                    self.principal_mut(tenant, &binding.principal)?;
+                }
+                self.acls.entry(tenant.clone()).or_default().insert(binding.clone());
+                Ok(Applied::Acl)
+            }
+            CatalogCommand::RemoveAcl { tenant, binding } => {
+                let removed = self.acls.get_mut(tenant).is_some_and(|acl| acl.remove(binding));
+                if !removed {
+                    return Err(CatalogError::UnknownAcl {
+                        tenant: tenant.clone(),
+                        binding: Box::new(binding.clone()),
+                    });
+                }
+                if self.acls.get(tenant).is_some_and(|acl| acl.is_empty()) {
+                    self.acls.remove(tenant);
+                }
+                Ok(Applied::Acl)
             }
             CatalogCommand::IssueToken { tenant, principal, hash, at_ms } => {
                 let id = crate::security::TokenHash::from_hex(hash)
@@ -487,8 +535,9 @@ impl Catalog {
                     });
                 }
                 self.tenants.remove(name);
-                // Its principals (and their tokens) go with it.
+                // Its principals (and their tokens) and its ACL go with it.
                 self.principals.retain(|_, p| p.tenant != *name);
+                self.acls.remove(name);
                 Ok(Applied::Tenant)
             }
             CatalogCommand::CreateTopic { tenant, name, partitions, settings, at_ms } => {
@@ -854,7 +903,7 @@ impl CatalogStore {
 
     /// Makes `next` the catalog, refreshing the credentials if principals changed.
     fn replace_catalog(&mut self, next: Catalog) {
-        let changed = next.principals != self.catalog.principals;
+        let changed = next.principals != self.catalog.principals || next.acls != self.catalog.acls;
         self.catalog = next;
         if changed && let Some(c) = &self.credentials {
             c.rebuild(&self.catalog);
@@ -1094,5 +1143,40 @@ mod tests {
         fs.power_loss();
         let s = CatalogStore::open_in(fs.fs(), data).unwrap();
         assert_eq!(topics(&s), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn acls_need_their_principal_survive_reopen_and_go_with_principal_and_tenant() {
+        use crate::acl::{AclBinding, AclOperation, PatternType, ResourceKind};
+        let binding = |principal: &str| AclBinding {
+            principal: principal.into(),
+            kind: ResourceKind::Topic,
+            pattern: PatternType::Prefixed,
+            name: "orders.".into(),
+            operation: AclOperation::Produce,
+        };
+        let add = |p: &str| CatalogCommand::AddAcl { tenant: "t".into(), binding: binding(p) };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
+            s.commit(&CatalogCommand::CreateTenant { name: "t".into(), at_ms: 0 }).unwrap();
+            let e = s.commit(&add("alice")).unwrap_err();
+            assert!(matches!(e, StoreError::Catalog(CatalogError::UnknownPrincipal { .. })), "{e}");
+            s.commit(&CatalogCommand::CreatePrincipal { tenant: "t".into(), name: "alice".into(), at_ms: 0 }).unwrap();
+            s.commit(&add("alice")).unwrap();
+            s.commit(&add("alice")).unwrap();
+            s.commit(&add("*")).unwrap();
+            assert_eq!(s.catalog().acls["t"].len(), 2, "adding twice keeps one binding");
+        }
+        let mut s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
+        assert_eq!(s.catalog().acls["t"].len(), 2);
+        s.commit(&CatalogCommand::RemoveAcl { tenant: "t".into(), binding: binding("*") }).unwrap();
+        let e = s.commit(&CatalogCommand::RemoveAcl { tenant: "t".into(), binding: binding("*") }).unwrap_err();
+        assert!(matches!(e, StoreError::Catalog(CatalogError::UnknownAcl { .. })), "{e}");
+        s.commit(&CatalogCommand::DeletePrincipal { tenant: "t".into(), name: "alice".into() }).unwrap();
+        assert!(!s.catalog().acls.contains_key("t"), "the principal's bindings went with it");
+        s.commit(&add("*")).unwrap();
+        s.commit(&CatalogCommand::DeleteTenant { name: "t".into() }).unwrap();
+        assert!(s.catalog().acls.is_empty(), "the tenant's ACL went with it");
     }
 }

@@ -4,6 +4,7 @@
 //! `main.rs` only parses flags and calls [`start`]; tests call it in-process
 //! with `127.0.0.1:0` listeners.
 
+mod acl;
 mod broker;
 mod catalog;
 pub mod clock;

@@ -17,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
+use crate::acl::{AclOperation, Grants, ResourceKind};
 use crate::catalog::Catalog;
 use crate::locks::{read_lock, write_lock};
 
@@ -141,6 +142,8 @@ struct Index {
     tokens: HashMap<TokenHash, (String, String)>,
     /// Principal name → tenant (client certificates name principals).
     principals: HashMap<String, String>,
+    /// Principal name → what its tenant's ACL grants it.
+    grants: HashMap<String, Grants>,
 }
 
 /// The credentials the broker accepts: the admin token and the catalog's
@@ -187,9 +190,15 @@ impl Credentials {
         self.admin.as_ref().map(|(t, _)| t.as_str())
     }
 
-    /// Re-reads principals and token hashes from the catalog.
+    /// Re-reads principals, token hashes and ACLs from the catalog.
     pub(crate) fn rebuild(&self, catalog: &Catalog) {
-        let mut index = Index::default();
+        let mut index = Index {
+            grants: crate::acl::index(
+                catalog.principals.iter().map(|(n, p)| (n.as_str(), p.tenant.as_str())),
+                &catalog.acls,
+            ),
+            ..Index::default()
+        };
         for (name, p) in &catalog.principals {
             index.principals.insert(name.clone(), p.tenant.clone());
             for t in p.tokens.values() {
@@ -213,6 +222,17 @@ impl Credentials {
         Token::parse(presented).ok()?;
         let index = read_lock(&self.index);
         index.tokens.get(&hash).map(|(tenant, name)| Identity::Principal { tenant: tenant.clone(), name: name.clone() })
+    }
+
+    /// Whether the ACL of `principal`'s tenant allows it `op` on the `kind`
+    /// resource `name` (no allocation: the produce path asks this per batch).
+    pub(crate) fn allows(&self, principal: &str, kind: ResourceKind, name: &str, op: AclOperation) -> bool {
+        read_lock(&self.index).grants.get(principal).is_some_and(|g| g.allows(kind, name, op))
+    }
+
+    /// Whether `principal` may do `op` on at least one `kind` resource.
+    pub(crate) fn allows_any(&self, principal: &str, kind: ResourceKind, op: AclOperation) -> bool {
+        read_lock(&self.index).grants.get(principal).is_some_and(|g| g.allows_any(kind, op))
     }
 
     /// The principal a verified client certificate names.

@@ -280,6 +280,28 @@ impl Client {
         Ok(())
     }
 
+    /// Grants `acl` in `tenant` (empty: `default`); granting twice changes
+    /// nothing. Cluster admins only.
+    pub async fn add_acl(&self, tenant: &str, acl: strata_proto::v1::Acl) -> Result<(), Error> {
+        let req = strata_proto::v1::AddAclRequest { tenant: tenant.to_owned(), acl: Some(acl) };
+        self.admin_rpc().add_acl(self.request(req)).await?;
+        Ok(())
+    }
+
+    /// The ACL bindings of `tenant` (empty: every tenant), of `principal`
+    /// only when not empty (with the `*` bindings that apply to it).
+    pub async fn list_acls(&self, tenant: &str, principal: &str) -> Result<Vec<strata_proto::v1::Acl>, Error> {
+        let req = strata_proto::v1::ListAclsRequest { tenant: tenant.to_owned(), principal: principal.to_owned() };
+        Ok(self.admin_rpc().list_acls(self.request(req)).await?.into_inner().acls)
+    }
+
+    /// Removes exactly this binding (NOT_FOUND, `UnknownAcl`, when absent).
+    pub async fn remove_acl(&self, tenant: &str, acl: strata_proto::v1::Acl) -> Result<(), Error> {
+        let req = strata_proto::v1::RemoveAclRequest { tenant: tenant.to_owned(), acl: Some(acl) };
+        self.admin_rpc().remove_acl(self.request(req)).await?;
+        Ok(())
+    }
+
     /// Deletes a tenant; the broker refuses while it still owns resources.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
         let req = DeleteTenantRequest { name: name.to_owned() };

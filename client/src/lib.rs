@@ -56,7 +56,7 @@ pub use queue::{
 pub use retry::RetryConfig;
 /// The generated `strata.v1` types returned by admin calls.
 pub use strata_proto::v1::{
-    Binding, Durability, ErrorCode, GroupDescription, GroupMember, GroupSummary, PartitionDescription, PartitionLag,
-    QueueConfig, QueueDescription, QueueStats, ServerInfo, Tenant, TopicConfig, TopicDescription, TopicPartitions,
-    TopicSummary, TtlAction,
+    Acl, AclOperation, AclPatternType, AclResourceKind, Binding, Durability, ErrorCode, GroupDescription, GroupMember,
+    GroupSummary, PartitionDescription, PartitionLag, QueueConfig, QueueDescription, QueueStats, ServerInfo, Tenant,
+    TopicConfig, TopicDescription, TopicPartitions, TopicSummary, TtlAction,
 };

@@ -624,6 +624,27 @@ impl Admin for State {
         Err(Status::unimplemented("mock"))
     }
 
+    async fn add_acl(
+        &self,
+        _: Request<strata_proto::v1::AddAclRequest>,
+    ) -> Result<Response<strata_proto::v1::AddAclResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn list_acls(
+        &self,
+        _: Request<strata_proto::v1::ListAclsRequest>,
+    ) -> Result<Response<strata_proto::v1::ListAclsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn remove_acl(
+        &self,
+        _: Request<strata_proto::v1::RemoveAclRequest>,
+    ) -> Result<Response<strata_proto::v1::RemoveAclResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn list_tenants(&self, _: Request<ListTenantsRequest>) -> Result<Response<ListTenantsResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }

@@ -16,6 +16,7 @@
 //! after a crash start-up reconciles the disk to the catalog by creating
 //! missing partition directories and removing orphaned ones.
 
+mod acls;
 mod fetch;
 mod limits;
 mod maintenance;

@@ -1,4 +1,5 @@
-//! The `strata.v1.Admin` service: tenants and topics. Transport only.
+//! The `strata.v1.Admin` service: tenants, topics, principals, tokens and
+//! ACLs. Transport only.
 
 use std::sync::Arc;
 
@@ -12,8 +13,9 @@ use strata_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::auth::{self, Auth, Operation};
+use super::auth::{self, Auth, Operation, Resource};
 use super::status::{invalid, to_status};
+use crate::acl::{AclBinding, AclOperation, PatternType, ResourceKind};
 use crate::broker::{Broker, PrincipalView, TenantView, TopicOverrides, TopicView};
 use crate::catalog::TopicSettings;
 use crate::log::Durability;
@@ -134,8 +136,8 @@ fn tenant_to_pb(t: TenantView) -> pb::Tenant {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_tenant(&self, request: Request<CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().name, "")?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.name, Resource::Tenant)?;
         let t = self.broker.create_tenant(&r.name, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(tenant_to_pb(t)))
     }
@@ -162,15 +164,15 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteTenantRequest>,
     ) -> Result<Response<DeleteTenantResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().name, "")?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.name, Resource::Tenant)?;
         self.broker.delete_tenant(&r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTenantResponse {}))
     }
 
     async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicDescription>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
         let o = overrides(r.config)?;
         let t =
             self.broker.create_topic(&r.tenant, &r.name, r.partitions, o, r.if_not_exists).await.map_err(to_status)?;
@@ -178,12 +180,15 @@ impl Admin for AdminService {
     }
 
     async fn list_topics(&self, request: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, "")?;
-        let r = request.into_inner();
+        // Only the topics the caller may describe (as Kafka).
+        let caller = self.auth.session(auth::Caller::of(&request))?;
+        let mut r = request.into_inner();
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
         let topics = self.broker.list_topics(&r.tenant).await.map_err(to_status)?;
         Ok(Response::new(ListTopicsResponse {
             topics: topics
                 .into_iter()
+                .filter(|t| self.auth.permits(&caller, Operation::Describe, Resource::Topic(&t.name)))
                 .map(|t| TopicSummary {
                     tenant: t.tenant,
                     name: t.name,
@@ -198,8 +203,8 @@ impl Admin for AdminService {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().name)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.name))?;
         let t = self.broker.describe_topic(&r.tenant, &r.name).map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
@@ -208,8 +213,8 @@ impl Admin for AdminService {
         &self,
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
         let t = self.broker.add_partitions(&r.tenant, &r.name, r.partitions).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
@@ -218,8 +223,8 @@ impl Admin for AdminService {
         &self,
         request: Request<UpdateTopicConfigRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
         let o = overrides(r.config)?;
         let t = self.broker.update_topic(&r.tenant, &r.name, o).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
@@ -229,8 +234,8 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().name)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
         self.broker.delete_topic(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
@@ -239,7 +244,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, "", "")?;
+        // Any authenticated caller: where the brokers are.
+        let (caller, _) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Describe, &mut String::new(), Resource::Tenant)?;
         let v = self.broker.describe_cluster().await;
         Ok(Response::new(pb::DescribeClusterResponse {
             clustered: v.clustered,
@@ -255,9 +262,17 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetMetadataRequest>,
     ) -> Result<Response<pb::GetMetadataResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, "")?;
-        let r = request.into_inner();
-        let m = self.broker.metadata(&r.tenant, &r.topics, r.queues, &r.groups).await.map_err(to_status)?;
+        // Named topics must each be describable; listings show only those.
+        let caller = self.auth.session(auth::Caller::of(&request))?;
+        let mut r = request.into_inner();
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
+        for t in &r.topics {
+            self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(t))?;
+        }
+        let mut m = self.broker.metadata(&r.tenant, &r.topics, r.queues, &r.groups).await.map_err(to_status)?;
+        m.topics.retain(|t| self.auth.permits(&caller, Operation::Describe, Resource::Topic(&t.name)));
+        m.queues.retain(|(q, _)| self.auth.permits(&caller, Operation::Describe, Resource::Queue(q)));
+        m.groups.retain(|(g, _)| self.auth.permits(&caller, Operation::Describe, Resource::Group(g)));
         Ok(Response::new(pb::GetMetadataResponse {
             clustered: m.cluster.clustered,
             leader_id: m.cluster.leader,
@@ -298,7 +313,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetServerInfoRequest>,
     ) -> Result<Response<pb::ServerInfo>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, "", "")?;
+        let (caller, _) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Describe, &mut String::new(), Resource::Tenant)?;
         Ok(Response::new(pb::ServerInfo {
             version: crate::metrics::VERSION.to_owned(),
             api_version: "v1".to_owned(),
@@ -311,8 +327,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreatePrincipalRequest>,
     ) -> Result<Response<pb::Principal>, Status> {
-        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
         let p = self.broker.create_principal(&r.tenant, &r.name, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(principal_to_pb(p)))
     }
@@ -321,8 +337,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListPrincipalsRequest>,
     ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
-        let principals = self.broker.list_principals(&request.get_ref().tenant).await.map_err(to_status)?;
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        let principals = self.broker.list_principals(&r.tenant).await.map_err(to_status)?;
         Ok(Response::new(pb::ListPrincipalsResponse {
             principals: principals.into_iter().map(principal_to_pb).collect(),
         }))
@@ -332,8 +349,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeletePrincipalRequest>,
     ) -> Result<Response<pb::DeletePrincipalResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
         self.broker.delete_principal(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(pb::DeletePrincipalResponse {}))
     }
@@ -342,8 +359,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
         let t = self.broker.issue_token(&r.tenant, &r.principal).await.map_err(to_status)?;
         Ok(Response::new(pb::IssueTokenResponse { token: t.token, id: t.id }))
     }
@@ -352,9 +369,91 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Cluster, &request.get_ref().tenant, "")?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
         self.broker.revoke_token(&r.tenant, &r.principal, &r.token).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn add_acl(&self, request: Request<pb::AddAclRequest>) -> Result<Response<pb::AddAclResponse>, Status> {
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        let binding = acl_from_pb(r.acl)?;
+        self.broker.add_acl(&r.tenant, binding).await.map_err(to_status)?;
+        Ok(Response::new(pb::AddAclResponse {}))
+    }
+
+    async fn list_acls(&self, request: Request<pb::ListAclsRequest>) -> Result<Response<pb::ListAclsResponse>, Status> {
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        let acls = self.broker.list_acls(&r.tenant, &r.principal).await.map_err(to_status)?;
+        Ok(Response::new(pb::ListAclsResponse { acls: acls.into_iter().map(|(t, b)| acl_to_pb(t, b)).collect() }))
+    }
+
+    async fn remove_acl(
+        &self,
+        request: Request<pb::RemoveAclRequest>,
+    ) -> Result<Response<pb::RemoveAclResponse>, Status> {
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        let binding = acl_from_pb(r.acl)?;
+        self.broker.remove_acl(&r.tenant, binding).await.map_err(to_status)?;
+        Ok(Response::new(pb::RemoveAclResponse {}))
+    }
+}
+
+fn acl_from_pb(acl: Option<pb::Acl>) -> Result<AclBinding, Status> {
+    let Some(a) = acl else { return Err(invalid("the request needs an `acl`")) };
+    let kind = match pb::AclResourceKind::try_from(a.resource_kind) {
+        Ok(pb::AclResourceKind::Topic) => ResourceKind::Topic,
+        Ok(pb::AclResourceKind::Queue) => ResourceKind::Queue,
+        Ok(pb::AclResourceKind::Group) => ResourceKind::Group,
+        _ => return Err(invalid(format!("acl.resource_kind must be topic, queue or group, got {}", a.resource_kind))),
+    };
+    let pattern = match pb::AclPatternType::try_from(a.pattern_type) {
+        Ok(pb::AclPatternType::Unspecified | pb::AclPatternType::Literal) => PatternType::Literal,
+        Ok(pb::AclPatternType::Prefixed) => PatternType::Prefixed,
+        Err(_) => return Err(invalid(format!("unknown acl.pattern_type {}", a.pattern_type))),
+    };
+    let operation = match pb::AclOperation::try_from(a.operation) {
+        Ok(pb::AclOperation::All) => AclOperation::All,
+        Ok(pb::AclOperation::Produce) => AclOperation::Produce,
+        Ok(pb::AclOperation::Consume) => AclOperation::Consume,
+        Ok(pb::AclOperation::Admin) => AclOperation::Admin,
+        Ok(pb::AclOperation::Describe) => AclOperation::Describe,
+        _ => {
+            return Err(invalid(format!(
+                "acl.operation must be all, produce, consume, admin or describe, got {}",
+                a.operation
+            )));
+        }
+    };
+    if a.principal.is_empty() {
+        return Err(invalid("acl.principal is empty (name a principal, or `*` for all of the tenant's)"));
+    }
+    Ok(AclBinding { principal: a.principal, kind, pattern, name: a.resource_name, operation })
+}
+
+fn acl_to_pb(tenant: String, b: AclBinding) -> pb::Acl {
+    pb::Acl {
+        tenant,
+        principal: b.principal,
+        resource_kind: match b.kind {
+            ResourceKind::Topic => pb::AclResourceKind::Topic,
+            ResourceKind::Queue => pb::AclResourceKind::Queue,
+            ResourceKind::Group => pb::AclResourceKind::Group,
+        } as i32,
+        pattern_type: match b.pattern {
+            PatternType::Literal => pb::AclPatternType::Literal,
+            PatternType::Prefixed => pb::AclPatternType::Prefixed,
+        } as i32,
+        resource_name: b.name,
+        operation: match b.operation {
+            AclOperation::All => pb::AclOperation::All,
+            AclOperation::Produce => pb::AclOperation::Produce,
+            AclOperation::Consume => pb::AclOperation::Consume,
+            AclOperation::Admin => pb::AclOperation::Admin,
+            AclOperation::Describe => pb::AclOperation::Describe,
+        } as i32,
     }
 }

@@ -1,16 +1,23 @@
 //! The authorisation seam. Every handler says who calls ([`Caller`], from
 //! the request's metadata, peer address and verified client certificate),
-//! what it does ([`Operation`]) and on which tenant's resource, before it
-//! calls the domain; the answer is the call's status when refused.
+//! what it does ([`Operation`]) and on which of a tenant's resources
+//! ([`Resource`]), before it calls the domain; the answer is the call's
+//! status when refused.
 //!
 //! [`CredentialAuthorizer`] (DESIGN §4.5) identifies the caller — the admin
 //! token, an issued bearer token, or a client certificate whose CN names a
-//! principal — and applies the basic tenant rule: a principal may touch only
-//! its own tenant's resources, and tenant-level and cluster-level
-//! administration is for the cluster admin. Without credentials a caller is
-//! refused UNAUTHENTICATED when `auth.mode = required`, and acts as an
-//! anonymous admin otherwise (the standalone default). Per-principal ACLs
-//! (pattern × operation) plug in at [`CredentialAuthorizer::decide`].
+//! principal — and decides:
+//! - the cluster admin may do everything, anywhere;
+//! - a principal acts in its own tenant only (an empty tenant field *is* its
+//!   tenant: [`Authorizer::authorize`] fills it in), and there only what its
+//!   tenant's ACL grants it (`crate::acl`; deny by default). Creating and
+//!   deleting tenants, principals, tokens and ACLs is the cluster admin's.
+//!   Across tenants the refusal never says whether the other tenant or its
+//!   resource exists.
+//!
+//! Without credentials a caller is refused UNAUTHENTICATED when
+//! `auth.mode = required`, and acts as an anonymous admin otherwise (the
+//! standalone default; its empty tenant stays the `default` tenant).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +26,7 @@ use rustls_pki_types::CertificateDer;
 use strata_proto::v1::{ErrorCode, ErrorInfo};
 use tonic::{Code, Request, Status};
 
+use crate::acl::{AclOperation, ResourceKind};
 use crate::security::{Credentials, Identity};
 
 /// What a call does, as ACLs name it.
@@ -36,6 +44,54 @@ pub(crate) enum Operation {
     Describe,
     /// Cluster administration: principals, tokens, broker-to-broker traffic.
     Cluster,
+}
+
+impl Operation {
+    /// The ACL operation this is, `None` for cluster administration.
+    fn acl(self) -> Option<AclOperation> {
+        match self {
+            Operation::Produce => Some(AclOperation::Produce),
+            Operation::Consume => Some(AclOperation::Consume),
+            Operation::Admin => Some(AclOperation::Admin),
+            Operation::Describe => Some(AclOperation::Describe),
+            Operation::Cluster => None,
+        }
+    }
+}
+
+/// What a call touches, within its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resource<'a> {
+    /// The tenant as a whole: with [`Operation::Describe`] listings (which
+    /// the handler then filters by [`Authorizer::permits`]) and cluster
+    /// information; with any other operation, tenant administration (the
+    /// cluster admin's).
+    Tenant,
+    Topic(&'a str),
+    Queue(&'a str),
+    Group(&'a str),
+    /// Some topic of the tenant, any one (an idempotent producer's
+    /// `InitProducer`, as Kafka allows it with WRITE on any topic).
+    AnyTopic,
+}
+
+impl Resource<'_> {
+    fn describe(&self, tenant: &str) -> String {
+        match self {
+            Resource::Tenant => format!("tenant {tenant:?}"),
+            Resource::Topic(n) => format!("topic {tenant}/{n}"),
+            Resource::Queue(n) => format!("queue {tenant}/{n}"),
+            Resource::Group(n) => format!("group {tenant}/{n}"),
+            Resource::AnyTopic => format!("any topic of tenant {tenant:?}"),
+        }
+    }
+
+    fn path(&self, tenant: &str) -> String {
+        match self {
+            Resource::Tenant | Resource::AnyTopic => tenant.to_owned(),
+            Resource::Topic(n) | Resource::Queue(n) | Resource::Group(n) => format!("{tenant}/{n}"),
+        }
+    }
 }
 
 /// Who calls.
@@ -80,18 +136,34 @@ impl Caller {
     }
 }
 
-/// Decides whether `caller` may do `op` on `resource` (a topic, queue or
-/// group name; empty for the tenant itself) of `tenant` (empty: the caller's
-/// own, as `common.proto` says).
+/// Decides whether `caller` may do `op` on `resource` of `tenant`.
 pub(crate) trait Authorizer: Send + Sync + 'static {
-    fn authorize(&self, caller: &Caller, op: Operation, tenant: &str, resource: &str) -> Result<(), Status>;
+    /// Refuses or allows. An empty `tenant` means the caller's own (as
+    /// `common.proto` says): for a principal it is set to the principal's
+    /// tenant, so the handler goes on with the tenant that was checked;
+    /// anonymous callers and the cluster admin keep it empty (`default`).
+    fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        tenant: &mut String,
+        resource: Resource<'_>,
+    ) -> Result<(), Status>;
 
     /// Authenticates once for a stream: the returned caller keeps who it
     /// is, so each message of the stream is only checked against the
-    /// tenant rule (a token revoked meanwhile is refused from the next call
-    /// or stream on; the open stream ends with its connection).
+    /// rules (a token revoked meanwhile is refused from the next call or
+    /// stream on; the open stream ends with its connection; an ACL removed
+    /// meanwhile is refused from the next message on).
     fn session(&self, caller: Caller) -> Result<Caller, Status> {
         Ok(caller)
+    }
+
+    /// Whether `caller`, already allowed into the tenant, may do `op` on
+    /// `resource`: listings show only what this allows (Kafka shows only
+    /// the topics one may describe).
+    fn permits(&self, _caller: &Caller, _op: Operation, _resource: Resource<'_>) -> bool {
+        true
     }
 
     /// The only tenant whose entries a listing may show this caller
@@ -107,8 +179,14 @@ pub(crate) trait Authorizer: Send + Sync + 'static {
 pub(crate) struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, caller: &Caller, op: Operation, tenant: &str, resource: &str) -> Result<(), Status> {
-        tracing::trace!(peer = ?caller.peer, token = caller.bearer.is_some(), ?op, tenant, resource, "allowed");
+    fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        tenant: &mut String,
+        resource: Resource<'_>,
+    ) -> Result<(), Status> {
+        tracing::trace!(peer = ?caller.peer, token = caller.bearer.is_some(), ?op, tenant, ?resource, "allowed");
         Ok(())
     }
 }
@@ -167,40 +245,78 @@ impl CredentialAuthorizer {
     }
 
     /// The rule for an identified caller.
-    fn decide(identity: &Identity, op: Operation, tenant: &str, resource: &str) -> Result<(), Status> {
+    fn decide(
+        &self,
+        identity: &Identity,
+        op: Operation,
+        tenant: &mut String,
+        resource: Resource<'_>,
+    ) -> Result<(), Status> {
         let Identity::Principal { tenant: own, name } = identity else { return Ok(()) };
-        if op == Operation::Cluster || (op == Operation::Admin && resource.is_empty()) {
-            return Err(denied(format!("principal {name:?} is not a cluster admin"), tenant.to_owned()));
+        if tenant.is_empty() {
+            tenant.clone_from(own);
         }
-        let asked = if tenant.is_empty() { crate::names::DEFAULT_TENANT } else { tenant };
-        if asked != own {
+        let Some(acl_op) = op.acl() else {
+            return Err(denied(format!("principal {name:?} is not a cluster admin"), tenant.clone()));
+        };
+        if tenant != own {
             // Not found and forbidden look alike across tenants: the answer
             // never says whether the other tenant or resource exists.
-            let hint =
-                if tenant.is_empty() { format!(" (name your tenant, {own:?}, in the request)") } else { String::new() };
             return Err(denied(
-                format!("principal {name:?} of tenant {own:?} may not access tenant {asked:?}{hint}"),
-                asked.to_owned(),
+                format!("principal {name:?} of tenant {own:?} may not access tenant {tenant:?}"),
+                tenant.clone(),
             ));
         }
-        Ok(())
+        let allowed = match resource {
+            Resource::Tenant => op == Operation::Describe,
+            Resource::Topic(n) => self.credentials.allows(name, ResourceKind::Topic, n, acl_op),
+            Resource::Queue(n) => self.credentials.allows(name, ResourceKind::Queue, n, acl_op),
+            Resource::Group(n) => self.credentials.allows(name, ResourceKind::Group, n, acl_op),
+            Resource::AnyTopic => self.credentials.allows_any(name, ResourceKind::Topic, acl_op),
+        };
+        if allowed {
+            return Ok(());
+        }
+        let message = match resource {
+            Resource::Tenant => format!("principal {name:?} is not a cluster admin (tenant administration)"),
+            _ => format!("principal {name:?} has no ACL allowing {} on {}", acl_op.as_str(), resource.describe(tenant)),
+        };
+        Err(denied(message, resource.path(tenant)))
+    }
+
+    /// Who the caller is, resolved or identified now: `None` for anonymous.
+    fn who(&self, caller: &Caller) -> Result<Option<Identity>, Status> {
+        if !self.required && !caller.has_credentials() {
+            return Ok(None);
+        }
+        match &caller.resolved {
+            Some(Resolved::Anonymous) => Ok(None),
+            Some(Resolved::As(identity)) => Ok(Some(identity.clone())),
+            None => self.identify(caller),
+        }
     }
 }
 
 impl Authorizer for CredentialAuthorizer {
-    fn authorize(&self, caller: &Caller, op: Operation, tenant: &str, resource: &str) -> Result<(), Status> {
+    fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        tenant: &mut String,
+        resource: Resource<'_>,
+    ) -> Result<(), Status> {
         // The standalone default: anonymous, nothing presented — one branch.
         if !self.required && !caller.has_credentials() {
             return Ok(());
         }
         match &caller.resolved {
-            Some(Resolved::Anonymous) => return Ok(()),
-            Some(Resolved::As(identity)) => return Self::decide(identity, op, tenant, resource),
-            None => {}
-        }
-        match self.identify(caller)? {
-            Some(identity) => Self::decide(&identity, op, tenant, resource),
-            None => Ok(()),
+            Some(Resolved::Anonymous) => Ok(()),
+            // A stream's messages: no clone of the identity.
+            Some(Resolved::As(identity)) => self.decide(identity, op, tenant, resource),
+            None => match self.identify(caller)? {
+                Some(identity) => self.decide(&identity, op, tenant, resource),
+                None => Ok(()),
+            },
         }
     }
 
@@ -216,11 +332,17 @@ impl Authorizer for CredentialAuthorizer {
         Ok(caller)
     }
 
-    fn visible_tenant(&self, caller: &Caller) -> Result<Option<String>, Status> {
-        if !self.required && !caller.has_credentials() {
-            return Ok(None);
+    fn permits(&self, caller: &Caller, op: Operation, resource: Resource<'_>) -> bool {
+        match self.who(caller) {
+            Ok(None) => true,
+            // The caller's own tenant (an empty one is filled in).
+            Ok(Some(identity)) => self.decide(&identity, op, &mut String::new(), resource).is_ok(),
+            Err(_) => false,
         }
-        Ok(match self.identify(caller)? {
+    }
+
+    fn visible_tenant(&self, caller: &Caller) -> Result<Option<String>, Status> {
+        Ok(match self.who(caller)? {
             Some(Identity::Principal { tenant, .. }) => Some(tenant),
             _ => None,
         })
@@ -230,38 +352,80 @@ impl Authorizer for CredentialAuthorizer {
 /// The authoriser every service shares.
 pub(crate) type Auth = Arc<dyn Authorizer>;
 
-/// Checks one request: the handlers' first line.
-pub(crate) fn check<T>(
-    auth: &Auth,
-    request: &Request<T>,
-    op: Operation,
-    tenant: &str,
-    resource: &str,
-) -> Result<(), Status> {
-    auth.authorize(&Caller::of(request), op, tenant, resource)
+/// The caller and the message of a unary request: the handlers' first
+/// line, before [`Authorizer::authorize`] (which may fill in the tenant).
+pub(crate) fn split<T>(request: Request<T>) -> (Caller, T) {
+    (Caller::of(&request), request.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acl::{AclBinding, PatternType};
+    use crate::catalog::{Catalog, CatalogCommand as C};
 
-    fn principal(tenant: &str) -> Identity {
-        Identity::Principal { tenant: tenant.into(), name: "p".into() }
+    /// An authoriser knowing principal `p` of tenant `a` (produce on topics
+    /// `orders.*`, describe on group `g`) and `q` of tenant `b` (nothing).
+    fn authorizer() -> CredentialAuthorizer {
+        let mut catalog = Catalog::default();
+        for t in ["a", "b"] {
+            catalog.apply(&C::CreateTenant { name: t.into(), at_ms: 0 }).unwrap();
+        }
+        catalog.apply(&C::CreatePrincipal { tenant: "a".into(), name: "p".into(), at_ms: 0 }).unwrap();
+        catalog.apply(&C::CreatePrincipal { tenant: "b".into(), name: "q".into(), at_ms: 0 }).unwrap();
+        let grant = |kind, pattern, name: &str, operation| C::AddAcl {
+            tenant: "a".into(),
+            binding: AclBinding { principal: "p".into(), kind, pattern, name: name.into(), operation },
+        };
+        catalog.apply(&grant(ResourceKind::Topic, PatternType::Prefixed, "orders.", AclOperation::Produce)).unwrap();
+        catalog.apply(&grant(ResourceKind::Group, PatternType::Literal, "g", AclOperation::Describe)).unwrap();
+        let creds = Arc::new(Credentials::load(std::path::Path::new(""), &catalog).unwrap());
+        CredentialAuthorizer::new(creds, true)
+    }
+
+    fn principal(tenant: &str, name: &str) -> Identity {
+        Identity::Principal { tenant: tenant.into(), name: name.into() }
     }
 
     #[test]
-    fn principals_stay_in_their_tenant_and_admins_go_anywhere() {
-        let a = principal("a");
-        assert!(CredentialAuthorizer::decide(&a, Operation::Produce, "a", "orders").is_ok());
-        assert!(CredentialAuthorizer::decide(&a, Operation::Admin, "a", "orders").is_ok());
-        let e = CredentialAuthorizer::decide(&a, Operation::Produce, "b", "orders").unwrap_err();
+    fn principals_get_what_their_acl_grants_in_their_tenant_only() {
+        let z = authorizer();
+        let p = principal("a", "p");
+        let decide = |id: &Identity, op, tenant: &str, r| z.decide(id, op, &mut tenant.to_owned(), r);
+        assert!(decide(&p, Operation::Produce, "a", Resource::Topic("orders.eu")).is_ok());
+        assert!(decide(&p, Operation::Describe, "a", Resource::Topic("orders.eu")).is_ok(), "implied");
+        assert!(decide(&p, Operation::Consume, "a", Resource::Topic("orders.eu")).is_err());
+        assert!(decide(&p, Operation::Produce, "a", Resource::Topic("payments")).is_err());
+        assert!(decide(&p, Operation::Admin, "a", Resource::Topic("orders.eu")).is_err());
+        assert!(decide(&p, Operation::Produce, "a", Resource::AnyTopic).is_ok());
+        assert!(decide(&p, Operation::Describe, "a", Resource::Group("g")).is_ok());
+        assert!(decide(&p, Operation::Consume, "a", Resource::Group("g")).is_err());
+        assert!(decide(&p, Operation::Describe, "a", Resource::Tenant).is_ok(), "listing, filtered later");
+        let e = decide(&p, Operation::Produce, "b", Resource::Topic("orders.eu")).unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
         assert_eq!(strata_proto::error_code(&e), ErrorCode::PermissionDenied);
-        assert!(CredentialAuthorizer::decide(&a, Operation::Admin, "a", "").is_err(), "tenant admin");
-        assert!(CredentialAuthorizer::decide(&a, Operation::Cluster, "", "").is_err());
-        assert!(CredentialAuthorizer::decide(&a, Operation::Describe, "", "t").is_err(), "empty = default");
-        assert!(CredentialAuthorizer::decide(&principal("default"), Operation::Describe, "", "t").is_ok());
-        assert!(CredentialAuthorizer::decide(&Identity::ClusterAdmin, Operation::Cluster, "b", "").is_ok());
+        assert!(decide(&p, Operation::Admin, "a", Resource::Tenant).is_err(), "tenant admin");
+        assert!(decide(&p, Operation::Cluster, "", Resource::Tenant).is_err());
+        // No ACL at all: deny by default, even to describe.
+        let q = principal("b", "q");
+        assert!(decide(&q, Operation::Describe, "b", Resource::Topic("orders.eu")).is_err());
+        assert!(decide(&Identity::ClusterAdmin, Operation::Cluster, "b", Resource::Tenant).is_ok());
+    }
+
+    #[test]
+    fn an_empty_tenant_is_the_principals_own() {
+        let z = authorizer();
+        let mut tenant = String::new();
+        z.decide(&principal("a", "p"), Operation::Produce, &mut tenant, Resource::Topic("orders.x")).unwrap();
+        assert_eq!(tenant, "a");
+        // Refused: still names the tenant it was checked against.
+        let mut tenant = String::new();
+        assert!(z.decide(&principal("b", "q"), Operation::Produce, &mut tenant, Resource::Topic("o")).is_err());
+        assert_eq!(tenant, "b");
+        // The admin keeps the empty (default) tenant.
+        let mut tenant = String::new();
+        z.decide(&Identity::ClusterAdmin, Operation::Produce, &mut tenant, Resource::Topic("o")).unwrap();
+        assert_eq!(tenant, "");
     }
 
     #[test]
@@ -270,11 +434,16 @@ mod tests {
         let open = CredentialAuthorizer::new(creds.clone(), false);
         let closed = CredentialAuthorizer::new(creds, true);
         let nobody = Caller::default();
-        assert!(open.authorize(&nobody, Operation::Admin, "x", "").is_ok());
-        assert_eq!(closed.authorize(&nobody, Operation::Describe, "", "").unwrap_err().code(), Code::Unauthenticated);
+        let mut t = String::new();
+        assert!(open.authorize(&nobody, Operation::Admin, &mut "x".into(), Resource::Tenant).is_ok());
+        let e = closed.authorize(&nobody, Operation::Describe, &mut t, Resource::Tenant).unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(open.permits(&nobody, Operation::Admin, Resource::Topic("x")));
+        assert!(!closed.permits(&nobody, Operation::Describe, Resource::Topic("x")));
         let garbage = Caller { bearer: Some("garbage".into()), ..Caller::default() };
-        assert_eq!(open.authorize(&garbage, Operation::Describe, "", "").unwrap_err().code(), Code::Unauthenticated);
-        let e = closed.authorize(&garbage, Operation::Describe, "", "").unwrap_err();
+        let e = open.authorize(&garbage, Operation::Describe, &mut t, Resource::Tenant).unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let e = closed.authorize(&garbage, Operation::Describe, &mut t, Resource::Tenant).unwrap_err();
         assert_eq!(strata_proto::error_code(&e), ErrorCode::Unauthenticated);
     }
 }

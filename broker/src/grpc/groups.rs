@@ -17,7 +17,7 @@ use strata_proto::v1::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{self, Auth, Operation};
+use super::auth::{self, Auth, Operation, Resource};
 use super::status::{invalid, to_status};
 use crate::group::{DEFAULT_SESSION_TIMEOUT, GroupCoordinator, JoinSpec, MemberEvent, OffsetCommit, ResetTo};
 
@@ -75,10 +75,14 @@ impl Groups for GroupsService {
         let caller = auth::Caller::of(&request);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| invalid("the stream ended before a join message"))?;
-        let Some(member_message::Kind::Join(join)) = first.kind else {
+        let Some(member_message::Kind::Join(mut join)) = first.kind else {
             return Err(invalid("the first message of a Join stream must be `join`"));
         };
-        self.auth.authorize(&caller, Operation::Consume, &join.tenant, &join.group)?;
+        self.auth.authorize(&caller, Operation::Consume, &mut join.tenant, Resource::Group(&join.group))?;
+        // Members learn the subscribed topics' partitions.
+        for topic in &join.topics {
+            self.auth.authorize(&caller, Operation::Describe, &mut join.tenant, Resource::Topic(topic))?;
+        }
         let session_timeout = match join.session_timeout_ms {
             0 => DEFAULT_SESSION_TIMEOUT,
             ms => Duration::from_millis(u64::from(ms)),
@@ -119,8 +123,13 @@ impl Groups for GroupsService {
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Consume, &request.get_ref().tenant, &request.get_ref().group)?;
-        let r = request.into_inner();
+        // Kafka's rule: READ on the group and on each committed topic.
+        let caller = self.auth.session(auth::Caller::of(&request))?;
+        let mut r = request.into_inner();
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Group(&r.group))?;
+        for o in &r.offsets {
+            self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&o.topic))?;
+        }
         let offsets = r
             .offsets
             .into_iter()
@@ -134,8 +143,9 @@ impl Groups for GroupsService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().group)?;
-        let r = request.into_inner();
+        let caller = self.auth.session(auth::Caller::of(&request))?;
+        let mut r = request.into_inner();
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Group(&r.group))?;
         let wanted: std::collections::HashSet<(String, u32)> =
             r.partitions.iter().flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.clone(), *p))).collect();
         let offsets = self
@@ -145,20 +155,24 @@ impl Groups for GroupsService {
             .map_err(to_status)?
             .into_iter()
             .filter(|o| wanted.is_empty() || wanted.contains(&(o.topic.clone(), o.partition)))
+            // Only the topics the caller may describe (as Kafka).
+            .filter(|o| self.auth.permits(&caller, Operation::Describe, Resource::Topic(&o.topic)))
             .map(|o| PartitionOffset { topic: o.topic, partition: o.partition, offset: o.offset, metadata: o.metadata })
             .collect();
         Ok(Response::new(FetchOffsetsResponse { offsets }))
     }
 
     async fn list_groups(&self, request: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, "")?;
-        let r = request.into_inner();
+        let caller = self.auth.session(auth::Caller::of(&request))?;
+        let mut r = request.into_inner();
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
         let groups = self
             .coordinator
             .list(&r.tenant)
             .await
             .map_err(to_status)?
             .into_iter()
+            .filter(|(group, _, _)| self.auth.permits(&caller, Operation::Describe, Resource::Group(group)))
             .map(|(group, members, state)| pb::GroupSummary { group, members: members as u32, state: state.to_owned() })
             .collect();
         Ok(Response::new(ListGroupsResponse { groups }))
@@ -168,8 +182,8 @@ impl Groups for GroupsService {
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupDescription>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().group)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Group(&r.group))?;
         let v = self.coordinator.describe(&r.tenant, &r.group).await.map_err(to_status)?;
         Ok(Response::new(GroupDescription {
             tenant: v.tenant,
@@ -205,8 +219,12 @@ impl Groups for GroupsService {
         &self,
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().group)?;
-        let r = request.into_inner();
+        let caller = self.auth.session(auth::Caller::of(&request))?;
+        let mut r = request.into_inner();
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Group(&r.group))?;
+        if !r.topic.is_empty() {
+            self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.topic))?;
+        }
         let to = match r.to {
             None => return Err(invalid("reset needs a target: earliest, latest, an offset or a timestamp")),
             Some(reset_offsets_request::To::Position(p)) => match StartPositionChoice::try_from(p) {
@@ -232,8 +250,8 @@ impl Groups for GroupsService {
         &self,
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Admin, &request.get_ref().tenant, &request.get_ref().group)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Group(&r.group))?;
         self.coordinator.delete(&r.tenant, &r.group).await.map_err(to_status)?;
         Ok(Response::new(DeleteGroupResponse {}))
     }

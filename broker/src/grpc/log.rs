@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{self, Auth, Operation};
+use super::auth::{self, Auth, Operation, Resource};
 use super::status::{invalid, status_to_item_error, to_item_error, to_status};
 use crate::broker::{Broker, FetchOptions, OffsetQuery, Produced, StartAt};
 
@@ -47,8 +47,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[tonic::async_trait]
 impl Log for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Produce, &request.get_ref().tenant, &request.get_ref().topic)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic))?;
         if let Some(e) = oversize_error(&self.broker, &r) {
             return Err(to_status(e));
         }
@@ -75,7 +75,7 @@ impl Log for LogService {
                     m = inbound.message() => m,
                     _ = broker.until_shutdown() => break,
                 };
-                let r = match msg {
+                let mut r = match msg {
                     Ok(Some(r)) => r,
                     Ok(None) => break,
                     Err(status) => {
@@ -87,7 +87,9 @@ impl Log for LogService {
                         break;
                     }
                 };
-                if let Err(status) = authz.authorize(&caller, Operation::Produce, &r.tenant, &r.topic) {
+                if let Err(status) =
+                    authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic))
+                {
                     let refused = status_response(r.request_id, r.partition, &status);
                     if tx.send(Ok(refused)).await.is_err() {
                         break;
@@ -127,8 +129,8 @@ impl Log for LogService {
     type FetchStream = BoxStream<FetchResponse>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
-        auth::check(&self.auth, &request, Operation::Consume, &request.get_ref().tenant, &request.get_ref().topic)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&r.topic))?;
         let start = match r.start {
             None => return Err(invalid("fetch needs a start: an offset, a timestamp or a position")),
             Some(fetch_request::Start::Offset(o)) => StartAt::Offset(o),
@@ -158,14 +160,10 @@ impl Log for LogService {
         &self,
         request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
-        auth::check(
-            &self.auth,
-            &request,
-            Operation::Produce,
-            &request.get_ref().tenant,
-            &request.get_ref().producer_name,
-        )?;
-        let r = request.into_inner();
+        // Kafka's rule: an idempotent producer initialises with WRITE on
+        // any topic (each batch is then checked against its own topic).
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::AnyTopic)?;
         let (producer_id, epoch) = self.broker.init_producer(&r.tenant, &r.producer_name).await.map_err(to_status)?;
         Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: i32::from(epoch) }))
     }
@@ -174,8 +172,8 @@ impl Log for LogService {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Describe, &request.get_ref().tenant, &request.get_ref().topic)?;
-        let r = request.into_inner();
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.topic))?;
         let mut queries = Vec::with_capacity(r.queries.len());
         for q in r.queries {
             let query = match q.spec {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{self, Auth, Operation};
+use super::auth::{self, Auth, Operation, Resource};
 use super::status::{invalid, status_to_item_error, to_item_error, to_status};
 use crate::catalog::{BindingFilter, BindingRecord, TtlAction};
 use crate::error::BrokerError;
@@ -146,73 +146,82 @@ type SendResponses = Pin<Box<dyn Stream<Item = Result<SendStreamResponse, Status
 #[tonic::async_trait]
 impl Queues for QueuesService {
     async fn create_queue(&self, req: Request<CreateQueueRequest>) -> Result<Response<QueueDescription>, Status> {
-        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
         let o = overrides(r.config)?;
         let v = self.queues.create_queue(&r.tenant, &r.name, o, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(view_to_pb(v)))
     }
 
     async fn update_queue(&self, req: Request<pb::UpdateQueueRequest>) -> Result<Response<QueueDescription>, Status> {
-        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
         let o = overrides(r.config)?;
         let v = self.queues.update_queue(&r.tenant, &r.name, o).await.map_err(to_status)?;
         Ok(Response::new(view_to_pb(v)))
     }
 
     async fn list_queues(&self, req: Request<ListQueuesRequest>) -> Result<Response<ListQueuesResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Describe, &req.get_ref().tenant, "")?;
-        let r = req.into_inner();
+        // Only the queues the caller may describe.
+        let caller = self.auth.session(auth::Caller::of(&req))?;
+        let mut r = req.into_inner();
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
         let list = self.queues.list_queues(&r.tenant).await.map_err(to_status)?;
-        Ok(Response::new(ListQueuesResponse { queues: list.into_iter().map(view_to_pb).collect() }))
+        let queues = list
+            .into_iter()
+            .filter(|q| self.auth.permits(&caller, Operation::Describe, Resource::Queue(&q.name)))
+            .map(view_to_pb)
+            .collect();
+        Ok(Response::new(ListQueuesResponse { queues }))
     }
 
     async fn describe_queue(&self, req: Request<DescribeQueueRequest>) -> Result<Response<QueueDescription>, Status> {
-        auth::check(&self.auth, &req, Operation::Describe, &req.get_ref().tenant, &req.get_ref().name)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Queue(&r.name))?;
         let v = self.queues.describe_queue_full(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(view_to_pb(v)))
     }
 
     async fn delete_queue(&self, req: Request<DeleteQueueRequest>) -> Result<Response<DeleteQueueResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
         self.queues.delete_queue(&r.tenant, &r.name, r.if_empty).await.map_err(to_status)?;
         Ok(Response::new(DeleteQueueResponse {}))
     }
 
     async fn purge_queue(&self, req: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().name)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
         let purged = self.queues.purge(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(PurgeQueueResponse { purged }))
     }
 
     async fn redrive(&self, req: Request<RedriveRequest>) -> Result<Response<RedriveResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().dead_letter_queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.dead_letter_queue))?;
         let moved = self.queues.redrive(&r.tenant, &r.dead_letter_queue, r.max_messages).await.map_err(to_status)?;
         Ok(Response::new(RedriveResponse { moved }))
     }
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<pb::Binding>, Status> {
-        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.queue))?;
+        // A binding copies the topic's messages into the queue: reading them.
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&r.topic))?;
         let b = self.queues.bind(&r.tenant, &r.queue, &r.topic, filter_from_pb(r.filter)).await.map_err(to_status)?;
         Ok(Response::new(binding_to_pb(&b)))
     }
 
     async fn unbind(&self, req: Request<UnbindRequest>) -> Result<Response<UnbindResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Admin, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.queue))?;
         self.queues.unbind(&r.tenant, &r.queue, &r.topic, filter_from_pb(r.filter)).await.map_err(to_status)?;
         Ok(Response::new(UnbindResponse {}))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Produce, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue))?;
         let sent = self.queues.send(&r.tenant, &r.queue, r.messages).await.map_err(to_status)?;
         Ok(Response::new(SendResponse {
             results: sent.into_iter().map(|s| SendResult { message_id: s.id, duplicate: s.duplicate }).collect(),
@@ -258,7 +267,10 @@ impl Queues for QueuesService {
                     },
                     Err(e) => SendStreamResponse { request_id, results: Vec::new(), error: Some(to_item_error(e)) },
                 };
-                if let Err(status) = authz.authorize(&caller, Operation::Produce, &r.tenant, &r.queue) {
+                let mut r = r;
+                if let Err(status) =
+                    authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue))
+                {
                     let resp = SendStreamResponse {
                         request_id,
                         results: Vec::new(),
@@ -292,8 +304,8 @@ impl Queues for QueuesService {
     }
 
     async fn receive(&self, req: Request<ReceiveRequest>) -> Result<Response<ReceiveResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
         non_negative("wait_ms", r.wait_ms)?;
         let wait = Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
         let messages = self
@@ -305,15 +317,15 @@ impl Queues for QueuesService {
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
         let f = self.queues.ack(&r.tenant, &r.queue, &r.receipts).await.map_err(to_status)?;
         Ok(Response::new(AckResponse { failed: failed(f) }))
     }
 
     async fn nack(&self, req: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
         let f = self.queues.nack(&r.tenant, &r.queue, &r.receipts, r.delay_ms).await.map_err(to_status)?;
         Ok(Response::new(NackResponse { failed: failed(f) }))
     }
@@ -322,15 +334,16 @@ impl Queues for QueuesService {
         &self,
         req: Request<ExtendVisibilityRequest>,
     ) -> Result<Response<ExtendVisibilityResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
         let f = self.queues.extend(&r.tenant, &r.queue, &r.receipts, r.visibility_timeout_ms).map_err(to_status)?;
         Ok(Response::new(ExtendVisibilityResponse { failed: failed(f) }))
     }
 
     async fn peek(&self, req: Request<PeekRequest>) -> Result<Response<PeekResponse>, Status> {
-        auth::check(&self.auth, &req, Operation::Describe, &req.get_ref().tenant, &req.get_ref().queue)?;
-        let r = req.into_inner();
+        let (caller, mut r) = auth::split(req);
+        // Peeking reads messages: consume, not describe.
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
         let messages = self.queues.peek(&r.tenant, &r.queue, r.max_messages as usize).await.map_err(to_status)?;
         Ok(Response::new(PeekResponse { messages }))
     }
@@ -341,8 +354,10 @@ impl Queues for QueuesService {
         &self,
         req: Request<OpenReplyQueueRequest>,
     ) -> Result<Response<Self::OpenReplyQueueStream>, Status> {
-        auth::check(&self.auth, &req, Operation::Consume, &req.get_ref().tenant, "")?;
-        let r = req.into_inner();
+        // Reply queues are named `reply-…`: consuming them takes an ACL
+        // matching that prefix (or every queue).
+        let (caller, mut r) = auth::split(req);
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(crate::queue::REPLY_PREFIX))?;
         let name = self.queues.create_reply_queue(&r.tenant).await.map_err(to_status)?;
         let (tx, rx) = mpsc::channel(16);
         let queues = self.queues.clone();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use strata_proto::v1::{HelloRequest, HelloResponse, RaftPayload, raft_server::Raft};
 use tonic::{Request, Response, Status};
 
-use super::auth::{self, Auth, Operation};
+use super::auth::{self, Auth, Operation, Resource};
 use crate::catalog::CatalogCommand;
 use crate::cluster::ClusterNode;
 use crate::cluster::network::{decode, encode};
@@ -34,35 +34,35 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
+        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
+        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
+        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
+        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
         let cmd: CatalogCommand = decode(request.get_ref()).map_err(bad_payload)?;
         let deadline = self.node.forward_deadline();
         reply(&self.node.write_as_leader(&cmd, deadline).await)
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        auth::check(&self.auth, &request, Operation::Cluster, "", "")?;
+        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
         Ok(Response::new(HelloResponse {
             broker_id: self.node.id(),
             advertised_address: self.node.address().to_owned(),

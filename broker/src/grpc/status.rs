@@ -59,6 +59,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             CatalogError::UnknownToken { principal, id } => {
                 (Code::NotFound, E::UnknownToken, format!("{principal}/{id}"))
             }
+            CatalogError::UnknownAcl { tenant, binding } => {
+                (Code::NotFound, E::UnknownAcl, format!("{tenant}/{}", binding.principal))
+            }
         },
         BrokerError::UnknownPartition { tenant, topic, partition, .. } => {
             (Code::NotFound, E::UnknownPartition, format!("{tenant}/{topic}/{partition}"))

@@ -327,7 +327,7 @@ impl QueueManager {
     /// (with [`QueueManager::delete_queue`]) when its stream ends.
     pub async fn create_reply_queue(self: &Arc<Self>, tenant: &str) -> Result<String, BrokerError> {
         let tenant = TenantName::resolve(tenant)?;
-        let name = format!("reply-{:016x}", rand_u64());
+        let name = format!("{}{:016x}", super::REPLY_PREFIX, rand_u64());
         let mut settings = self.defaults();
         // Replies are answered to a live caller: no need to fsync them.
         settings.durability = Durability::None;

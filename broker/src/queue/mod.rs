@@ -48,6 +48,9 @@ use codec::{JournalEntry, META_HEADER, MessageMeta, Snapshot};
 pub(crate) use routing::validate_filter;
 use state::{Finish, MessageInfo, Outcome, QueueState, ReceiptError};
 
+/// Reply queues (`OpenReplyQueue`) are named this plus 16 hex digits.
+pub(crate) const REPLY_PREFIX: &str = "reply-";
+
 /// Longest delay, TTL, visibility timeout or backoff accepted.
 pub(crate) const MAX_DURATION_MS: i64 = 365 * 24 * 3600 * 1000;
 /// Longest lease (SQS's limit).

@@ -1,6 +1,7 @@
 //! The `strata` command line: argument definitions (clap derive), dispatch
 //! to one module per command group, and one-line error reporting.
 
+mod acl;
 mod cluster;
 mod consume;
 mod group;
@@ -98,6 +99,10 @@ pub(crate) enum Command {
     /// Issue and revoke bearer tokens of principals (cluster admins).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Grant, list and remove ACL bindings: what a principal may do with
+    /// which topics, queues and groups of its tenant (cluster admins).
+    #[command(subcommand)]
+    Acl(AclCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -328,6 +333,48 @@ pub(crate) enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum AclCommand {
+    /// Grant a principal of --tenant an operation on a resource pattern.
+    Add(AclArgs),
+    /// List the bindings of --tenant (all tenants without it): a table, or --json.
+    List {
+        /// Only this principal's bindings (with those of `*`).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove exactly one binding (the same flags as `add`).
+    Remove(AclArgs),
+}
+
+/// One ACL binding on the command line.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("resource").required(true).args(["topic", "queue", "group"])))]
+pub(crate) struct AclArgs {
+    /// The principal (of --tenant), or `*` for every principal of the tenant.
+    #[arg(long)]
+    pub(crate) principal: String,
+    /// A topic name (or prefix with --prefix; `*` alone: every topic).
+    #[arg(long)]
+    pub(crate) topic: Option<String>,
+    /// A queue name (or prefix with --prefix; `*` alone: every queue).
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// A consumer group name (or prefix with --prefix; `*` alone: every group).
+    #[arg(long)]
+    pub(crate) group: Option<String>,
+    /// The name is a prefix: every resource whose name starts with it.
+    #[arg(long)]
+    pub(crate) prefix: bool,
+    /// produce, consume, admin, describe or all (produce, consume and admin
+    /// imply describe).
+    #[arg(long, value_parser = ["produce", "consume", "admin", "describe", "all"])]
+    pub(crate) operation: String,
+}
+
 /// The TLS files and token of the command line.
 fn connect_options(cli: &Cli) -> anyhow::Result<strata_client::ConnectOptions> {
     let read = |what: &str, p: &std::path::Path| {
@@ -367,6 +414,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(cmd) => cluster::run(&client, cmd).await,
         Command::Principal(cmd) => principal::run_principal(&client, cmd).await,
         Command::Token(cmd) => principal::run_token(&client, cmd).await,
+        Command::Acl(cmd) => acl::run(&client, cmd).await,
         Command::Bench(cmd) => crate::bench::run(&client, cmd).await.context("benchmark failed"),
     }
 }

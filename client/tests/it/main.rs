@@ -8,6 +8,7 @@ mod group_cli;
 mod groups;
 mod hygiene;
 mod idempotence;
+mod isolation;
 mod process;
 mod queue_producer;
 mod queues;

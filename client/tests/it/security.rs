@@ -147,6 +147,14 @@ async fn tls_mtls_principals_and_certificate_reload() {
         admin.with_tenant(t).create_topic("orders", 1, TopicOptions::default()).await.unwrap();
     }
     admin.create_principal("a", "alice").await.unwrap();
+    let produce = strata_client::Acl {
+        principal: "alice".into(),
+        resource_kind: strata_client::AclResourceKind::Topic as i32,
+        resource_name: "orders".into(),
+        operation: strata_client::AclOperation::Produce as i32,
+        ..Default::default()
+    };
+    admin.add_acl("a", produce).await.unwrap();
 
     // TLS without credentials: UNAUTHENTICATED.
     let anonymous = Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone())).await.unwrap();
@@ -271,6 +279,12 @@ async fn tokens_authenticate_and_rotate_under_a_running_producer() {
     assert_eq!(out.lines().count(), 1, "only the token on stdout: {out:?}");
     let first = out.trim().to_owned();
     assert!(first.starts_with("strata_") && first.len() == 50, "{first}");
+    let (ok, _, err) = cli(
+        &url,
+        &admin_env,
+        &["acl", "add", "--tenant", "shop", "--principal", "app", "--topic", "orders", "--operation", "produce"],
+    );
+    assert!(ok, "{err}");
     // Without the admin token the CLI fails with one line.
     let (ok, _, err) = cli(&url, &[], &["token", "issue", "--tenant", "shop", "--principal", "app"]);
     assert!(!ok);
