@@ -296,7 +296,8 @@ fn matrix(raw: &Raw) -> Vec<(&'static str, &'static str, Call)> {
         .await
     ));
     row!("Admin", "GetMetadata", admin, |c| unary(
-        c.get_metadata(pb::GetMetadataRequest { tenant: b(), topics: vec![], queues: true, groups: vec![group()] }).await
+        c.get_metadata(pb::GetMetadataRequest { tenant: b(), topics: vec![], queues: true, groups: vec![group()] })
+            .await
     ));
     // Queues
     row!("Queues", "CreateQueue", queues, |c| unary(
