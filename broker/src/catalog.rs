@@ -15,6 +15,50 @@ use serde::{Deserialize, Serialize};
 use crate::log::{Durability, LogConfig};
 use crate::names::DEFAULT_TENANT;
 
+/// Where the catalog stands in the metadata Raft log (cluster mode): the
+/// last entry applied and the membership. The catalog is the replicated
+/// state machine, so these facts are persisted with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftApplied {
+    pub last_applied: Option<openraft::LogId<u64>>,
+    pub membership: openraft::StoredMembership<u64, openraft::BasicNode>,
+}
+
+/// Hex characters of a token hash that make its public id.
+pub(crate) const TOKEN_ID_CHARS: usize = 16;
+
+/// SHA-256 of a bearer token: all the catalog keeps of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    pub(crate) fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub(crate) fn from_hex(s: &str) -> Option<TokenHash> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(TokenHash(out))
+    }
+
+    /// The token's public id: the start of its hash, in hex.
+    pub(crate) fn id(self) -> String {
+        self.to_hex()[..TOKEN_ID_CHARS].to_owned()
+    }
+}
+
+/// An index derived from the catalog's principals and ACLs (the broker's
+/// credentials), rebuilt by the store whenever they change.
+pub(crate) trait PrincipalIndex: Send + Sync + std::fmt::Debug {
+    fn rebuild(&self, catalog: &Catalog);
+}
+
 const CATALOG_VERSION: u32 = 1;
 
 /// Removes `<root>/<tenant>/<dir>` directories the catalog no longer names
@@ -220,7 +264,7 @@ pub struct Catalog {
     /// Cluster mode: the last Raft entry applied and the membership (the
     /// catalog is the replicated state machine). Absent standalone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raft: Option<crate::cluster::RaftApplied>,
+    pub raft: Option<RaftApplied>,
     /// Cluster mode: each registered broker's address and zone (placement
     /// spreads over zones; the Metadata RPC reports them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -498,7 +542,7 @@ impl Catalog {
                 Ok(Applied::Acl)
             }
             CatalogCommand::IssueToken { tenant, principal, hash, at_ms } => {
-                let id = crate::security::TokenHash::from_hex(hash)
+                let id = TokenHash::from_hex(hash)
                     .map(|h| h.id())
                     .ok_or_else(|| CatalogError::UnknownToken { principal: principal.clone(), id: hash.clone() })?;
                 let p = self.principal_mut(tenant, principal)?;
@@ -849,7 +893,7 @@ pub struct CatalogStore {
     catalog: Catalog,
     /// Rebuilt whenever the principals change (every apply path goes
     /// through this store: commits, replicated entries, snapshots).
-    credentials: Option<std::sync::Arc<crate::security::Credentials>>,
+    credentials: Option<std::sync::Arc<dyn PrincipalIndex>>,
     fs: crate::fs::Fs,
 }
 
@@ -896,7 +940,7 @@ impl CatalogStore {
     }
 
     /// Keeps `credentials` in step with the catalog's principals from now on.
-    pub(crate) fn follow_credentials(&mut self, credentials: std::sync::Arc<crate::security::Credentials>) {
+    pub(crate) fn follow_credentials(&mut self, credentials: std::sync::Arc<dyn PrincipalIndex>) {
         credentials.rebuild(&self.catalog);
         self.credentials = Some(credentials);
     }
@@ -926,7 +970,7 @@ impl CatalogStore {
     pub fn commit_replicated(
         &mut self,
         cmd: Option<&CatalogCommand>,
-        raft: crate::cluster::RaftApplied,
+        raft: RaftApplied,
     ) -> Result<Option<Result<Applied, CatalogError>>, StoreError> {
         let mut next = self.catalog.clone();
         let outcome = cmd.map(|c| {
@@ -1034,10 +1078,7 @@ mod tests {
             members.iter().map(|(id, _)| (*id, openraft::BasicNode { addr: format!("b{id}:1") })).collect();
         let ids: std::collections::BTreeSet<u64> = nodes.keys().copied().collect();
         let m = openraft::Membership::new(vec![ids], nodes);
-        c.raft = Some(crate::cluster::RaftApplied {
-            last_applied: None,
-            membership: openraft::StoredMembership::new(None, m),
-        });
+        c.raft = Some(RaftApplied { last_applied: None, membership: openraft::StoredMembership::new(None, m) });
         for (id, zone) in members {
             c.apply(&CatalogCommand::RegisterBroker { id: *id, address: format!("b{id}:1"), zone: (*zone).into() })
                 .unwrap();

@@ -132,7 +132,13 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.http_listen, source })?;
     let broker = Broker::open(config).await?;
     let node = if broker.config().cluster.is_clustered() {
-        let node = cluster::ClusterNode::start(&broker).await?;
+        let node = cluster::ClusterNode::start(cluster::NodeSetup {
+            host: broker.clone(),
+            config: broker.config(),
+            admin_token: broker.admin_token().map(str::to_owned),
+            shutdown: broker.shutdown_signal(),
+        })
+        .await?;
         broker.set_cluster(node.clone());
         tokio::spawn(broker.clone().register_in_catalog());
         Some(node)

@@ -27,8 +27,9 @@ pub(crate) const TOKEN_PREFIX: &str = "strata_";
 const TOKEN_BYTES: usize = 32;
 /// Characters of base64url for [`TOKEN_BYTES`] without padding.
 const TOKEN_CHARS: usize = 43;
-/// Hex characters of the hash that name a token (its public id).
-const TOKEN_ID_CHARS: usize = 16;
+#[cfg(test)]
+use crate::catalog::TOKEN_ID_CHARS;
+pub(crate) use crate::catalog::TokenHash;
 
 /// Why a presented token was refused before any lookup.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,31 +90,6 @@ impl Token {
     }
 }
 
-/// SHA-256 of a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct TokenHash(pub [u8; 32]);
-
-impl TokenHash {
-    pub(crate) fn to_hex(self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub(crate) fn from_hex(s: &str) -> Option<TokenHash> {
-        if s.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(TokenHash(out))
-    }
-
-    pub(crate) fn id(self) -> String {
-        self.to_hex()[..TOKEN_ID_CHARS].to_owned()
-    }
-}
-
 /// Checks a principal name: 1-253 of `A-Z a-z 0-9 . _ @ -` (what a
 /// certificate CN or DNS name, or a Kubernetes name, usually holds).
 pub(crate) fn check_principal_name(name: &str) -> Result<(), crate::names::InvalidName> {
@@ -161,6 +137,12 @@ pub enum AdminTokenError {
     Read { path: std::path::PathBuf, source: std::io::Error },
     #[error("the admin token file {path} is empty")]
     Empty { path: std::path::PathBuf },
+}
+
+impl crate::catalog::PrincipalIndex for Credentials {
+    fn rebuild(&self, catalog: &Catalog) {
+        Credentials::rebuild(self, catalog);
+    }
 }
 
 impl Credentials {

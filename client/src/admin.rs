@@ -11,7 +11,7 @@ use strata_proto::v1::{
 };
 
 use crate::client::Client;
-use crate::error::Error;
+use crate::error::{Error, if_exists};
 
 /// How long a topic keeps data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,16 +387,6 @@ impl Client {
             }
             return Ok(answers.into_iter().flatten().chain(extra).collect());
         }
-    }
-}
-
-/// The outcome of a delete that may find nothing: `Ok(false)` when the
-/// broker said the resource (`missing`) does not exist.
-pub(crate) fn if_exists(result: Result<(), Error>, missing: ErrorCode) -> Result<bool, Error> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.error_code() == missing => Ok(false),
-        Err(e) => Err(e),
     }
 }
 

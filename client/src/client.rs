@@ -1,11 +1,12 @@
 //! [`Client`]: one gRPC channel to a broker plus the tenant every call is made
 //! for; the entry point that hands out producers, consumers and admin calls.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::future::Future;
-use std::sync::RwLock;
 
 use strata_proto::v1::GetMetadataRequest;
 use strata_proto::v1::GetMetadataResponse;
@@ -14,13 +15,10 @@ use strata_proto::v1::groups_client::GroupsClient;
 use strata_proto::v1::log_client::LogClient;
 use strata_proto::v1::queues_client::QueuesClient;
 
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
+pub use crate::connect::ConnectOptions;
+use crate::connect::bearer;
+pub(crate) use crate::connect::{Credentials, Transport, endpoint};
 use crate::error::Error;
-use crate::queue::ReplySlot;
 use crate::routing::{Learned, MAX_REDIRECTS, Router, Target};
 
 /// Largest gRPC message the client sends or accepts (64 MiB), so one request
@@ -31,109 +29,6 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// [`Client::with_timeout`]. Streams have no deadline; they are watched by
 /// their own keep-alive logic.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How to reach a broker: TLS trust and client identity, and the bearer
-/// token sent on every call (unary and streaming).
-#[derive(Clone, Default)]
-pub struct ConnectOptions {
-    ca_pem: Option<Vec<u8>>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-    token: Option<String>,
-}
-
-impl std::fmt::Debug for ConnectOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectOptions")
-            .field("ca", &self.ca_pem.is_some())
-            .field("client_certificate", &self.identity.is_some())
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl ConnectOptions {
-    /// No TLS settings and no token (plaintext, anonymous).
-    pub fn new() -> ConnectOptions {
-        ConnectOptions::default()
-    }
-
-    /// PEM CA certificates the broker's certificate must chain to (without
-    /// one, `https://` URLs use the system's roots).
-    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> ConnectOptions {
-        self.ca_pem = Some(pem.into());
-        self
-    }
-
-    /// A client certificate and its key (PEM), for mTLS.
-    pub fn identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> ConnectOptions {
-        self.identity = Some((cert.into(), key.into()));
-        self
-    }
-
-    /// The bearer token (`strata_…`, or the admin token).
-    pub fn token(mut self, token: impl Into<String>) -> ConnectOptions {
-        self.token = Some(token.into());
-        self
-    }
-
-    fn uses_tls(&self) -> bool {
-        self.ca_pem.is_some() || self.identity.is_some()
-    }
-}
-
-/// Adds `authorization: Bearer …` to every call; shared by a client's
-/// clones, so [`Client::set_token`] switches all of them at once.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Credentials(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
-
-impl Interceptor for Credentials {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if let Some(v) = value {
-            request.metadata_mut().insert("authorization", v);
-        }
-        Ok(request)
-    }
-}
-
-fn bearer(token: &str) -> Result<MetadataValue<Ascii>, Error> {
-    format!("Bearer {}", token.trim())
-        .parse()
-        .map_err(|_| Error::InvalidArgument("a token is printable ASCII without line breaks".into()))
-}
-
-/// An endpoint for `url` with the settings every connection uses.
-pub(crate) fn endpoint(url: &str, options: &ConnectOptions) -> Result<Endpoint, Error> {
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Error::InvalidUrl { url: url.to_owned(), cause: Arc::new(e) })?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        // Detect dead connections under long-lived fetch streams.
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        // The h2 default window (64 KiB) would throttle 256 KiB batches.
-        .initial_stream_window_size(Some(8 * 1024 * 1024))
-        .initial_connection_window_size(Some(32 * 1024 * 1024));
-    if url.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new();
-        match &options.ca_pem {
-            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(ca)),
-            None => tls = tls.with_native_roots(),
-        }
-        if let Some((cert, key)) = &options.identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        endpoint =
-            endpoint.tls_config(tls).map_err(|e| Error::InvalidUrl { url: url.to_owned(), cause: Arc::new(e) })?;
-    } else if options.uses_tls() {
-        return Err(Error::InvalidArgument(format!("TLS settings need an https:// server URL, not {url}")));
-    }
-    Ok(endpoint)
-}
-
-/// The transport every RPC client of this crate uses.
-pub(crate) type Transport = InterceptedService<Channel, Credentials>;
 
 /// A connection to a Strata broker.
 ///
@@ -146,10 +41,10 @@ pub struct Client {
     url: Arc<str>,
     tenant: Arc<str>,
     timeout: Duration,
-    /// The request-reply queue of [`Client::call`], opened on first use and
-    /// shared by every clone for the same tenant; closed when the last one
-    /// is dropped.
-    replies: Arc<ReplySlot>,
+    /// What other parts of the crate keep per client (the request-reply
+    /// queue of [`Client::call`], opened on first use), shared by every
+    /// clone for the same tenant and dropped with the last one.
+    state: Arc<ClientState>,
 }
 
 impl Client {
@@ -218,14 +113,14 @@ impl Client {
             url,
             tenant: "".into(),
             timeout: DEFAULT_TIMEOUT,
-            replies: Arc::new(ReplySlot::default()),
+            state: Arc::new(ClientState::default()),
         })
     }
 
     /// A client for another tenant sharing this client's connection (but
     /// not its request-reply queue, which belongs to one tenant).
     pub fn with_tenant(&self, tenant: impl Into<String>) -> Client {
-        Client { tenant: tenant.into().into(), replies: Arc::new(ReplySlot::default()), ..self.clone() }
+        Client { tenant: tenant.into().into(), state: Arc::new(ClientState::default()), ..self.clone() }
     }
 
     /// A client whose unary calls use another deadline.
@@ -294,9 +189,9 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// The slot holding this client's request-reply queue.
-    pub(crate) fn reply_slot(&self) -> &Arc<ReplySlot> {
-        &self.replies
+    /// This client's `T` (made on first use; see [`ClientState`]).
+    pub(crate) fn state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        self.state.get()
     }
 
     /// Wraps a unary request body with this client's deadline.
@@ -405,5 +300,27 @@ impl Client {
             }
         }
         call(url).await
+    }
+}
+
+/// Per-client state kept by other modules, one value per type (today the
+/// request-reply queue's slot, `queue/reply.rs`), so the client holds it
+/// without depending on those modules.
+#[derive(Default)]
+pub(crate) struct ClientState(std::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>);
+
+impl ClientState {
+    /// The `T` of this client, made on first use.
+    fn get<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut values = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let value = values.entry(TypeId::of::<T>()).or_insert_with(|| Arc::new(T::default())).clone();
+        value.downcast::<T>().unwrap_or_else(|_| unreachable!("values are keyed by their type"))
+    }
+}
+
+impl std::fmt::Debug for ClientState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |v| v.len());
+        f.debug_struct("ClientState").field("values", &n).finish()
     }
 }

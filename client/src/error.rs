@@ -321,6 +321,16 @@ impl Error {
     }
 }
 
+/// The outcome of a delete that may find nothing: `Ok(false)` when the
+/// broker said the resource (`missing`) does not exist.
+pub(crate) fn if_exists(result: Result<(), Error>, missing: ErrorCode) -> Result<bool, Error> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.error_code() == missing => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

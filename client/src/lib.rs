@@ -29,6 +29,7 @@
 
 mod admin;
 mod client;
+mod connect;
 mod consumer;
 mod error;
 mod group;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod parse;
 
 use std::process::ExitCode;
 

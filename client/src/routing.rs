@@ -26,7 +26,7 @@ use strata_proto::v1::{ErrorCode, GetMetadataRequest, GetMetadataResponse};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::{ConnectOptions, Credentials, Transport, endpoint};
+use crate::connect::{ConnectOptions, Credentials, Transport, endpoint};
 use crate::error::Error;
 
 /// NOT_LEADER redirects one request follows before its error is reported

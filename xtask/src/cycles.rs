@@ -4,8 +4,8 @@
 //! path in `a` that names an item through `crate::…` or `super::…` and
 //! resolves to the file `b` (the longest module path that exists as
 //! `x.rs` or `x/mod.rs`). Declaring a child module (`mod x;`) is not an
-//! edge; `#[cfg(test)]` modules in their own files (`tests.rs`) are left
-//! out, since test code may reach anywhere. Then, per folder, the graph is
+//! edge; `#[cfg(test)]` modules in their own files (`tests.rs`,
+//! `*_tests.rs`) are left out, since test code may reach anywhere. Then, per folder, the graph is
 //! collapsed to the folder's child modules (a sub-folder counts as one), and
 //! a strongly connected component of more than one child is a cycle. A
 //! folder's `mod.rs` is the folder itself, so `mod.rs` re-exporting a child
@@ -158,7 +158,7 @@ fn graph_of(root: &Path, src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
         let rel = f.strip_prefix(src).unwrap_or(f);
-        if rel.file_name().is_some_and(|n| n == "tests.rs") {
+        if rel.file_name().and_then(|n| n.to_str()).is_some_and(|n| n == "tests.rs" || n.ends_with("_tests.rs")) {
             continue;
         }
         let me = f.strip_prefix(root).unwrap_or(f).display().to_string();

@@ -1,8 +1,9 @@
 //! `cargo xtask <task>`: the project's one front door for checks, so a fresh
 //! machine needs nothing but cargo. Tasks:
 //!
-//! - `ci`    format check, clippy with warnings denied, every test, then
-//!   the generated-CRD check and the Helm chart checks; then the images
+//! - `ci`    format check, clippy with warnings denied, no import cycles,
+//!   every test, then the generated-CRD check and the Helm chart checks;
+//!   then the images
 //!   (built from a local base and checked) and the end-to-end suite
 //! - `test`  every test of the workspace
 //! - `chart` lint, render and validate `charts/strata-operator` (Python:
@@ -66,9 +67,11 @@ fn e2e() -> Result<(), String> {
     if status.success() { Ok(()) } else { Err(format!("the end-to-end suite failed ({status})")) }
 }
 
-/// `ci`: the cheap checks first, then the images and the end-to-end suite.
+/// `ci`: the cheap checks first (format, clippy, import cycles), then the
+/// tests, the chart, the images and the end-to-end suite.
 fn ci() -> Result<(), String> {
     lint()?;
+    cycles()?;
     test()?;
     chart()?;
     image::run(&image::Options { base: None, local_base: true, check: true })?;

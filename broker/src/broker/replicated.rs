@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use super::{Broker, Topic};
+use crate::catalog::RaftApplied;
 use crate::catalog::{Applied, Catalog, CatalogCommand, CatalogError, StoreError, topic_dir};
-use crate::cluster::RaftApplied;
 use crate::error::BrokerError;
 use crate::locks::{read_lock, write_lock};
 use crate::names::{TenantName, TopicName};
 use crate::partition::TopicRef;
+use futures::future::BoxFuture;
 
 impl Broker {
     /// Applies one committed entry (`cmd` is `None` for Raft's own entries)
@@ -137,4 +138,22 @@ impl Broker {
 fn log_open_failure(key: &TopicRef, e: &BrokerError) {
     tracing::error!(topic = %format!("{}/{}", key.tenant, key.topic), error = %e,
         "cannot open a replicated topic's partitions on this broker");
+}
+
+impl crate::cluster::CatalogHost for Broker {
+    fn catalog(&self) -> BoxFuture<'_, Catalog> {
+        Box::pin(self.catalog_snapshot())
+    }
+
+    fn apply<'a>(
+        &'a self,
+        cmd: Option<&'a CatalogCommand>,
+        raft: RaftApplied,
+    ) -> BoxFuture<'a, crate::cluster::ApplyOutcome> {
+        Box::pin(self.apply_replicated(cmd, raft))
+    }
+
+    fn install(&self, catalog: Catalog) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.install_replicated(catalog))
+    }
 }

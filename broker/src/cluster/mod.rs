@@ -19,13 +19,14 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, LogId, ServerState, StoredMembership};
+use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::broker::Broker;
-use crate::catalog::{Applied, CatalogCommand, CatalogError};
-use crate::config::ClusterConfig;
+use futures::future::BoxFuture;
+
+use crate::catalog::{Applied, Catalog, CatalogCommand, CatalogError, StoreError};
+use crate::config::{ClusterConfig, Config};
 use crate::error::BrokerError;
 
 pub(crate) type NodeId = u64;
@@ -51,11 +52,31 @@ pub enum MetaRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaResponse(pub Option<Result<Applied, CatalogError>>);
 
-/// The Raft facts the state machine persists with the catalog.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RaftApplied {
-    pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, BasicNode>,
+pub use crate::catalog::RaftApplied;
+
+/// The outcome of applying one committed entry to the catalog.
+pub(crate) type ApplyOutcome = Result<Option<Result<Applied, CatalogError>>, StoreError>;
+
+/// What the metadata node needs from the broker that hosts it: the catalog
+/// it replicates into. The broker implements it (`broker/replicated.rs`),
+/// so this module never names the broker.
+pub(crate) trait CatalogHost: Send + Sync + 'static {
+    /// A copy of the catalog as applied so far.
+    fn catalog(&self) -> BoxFuture<'_, Catalog>;
+    /// Applies one committed entry (`cmd` is `None` for Raft's own
+    /// entries) durably, with the Raft position it reaches.
+    fn apply<'a>(&'a self, cmd: Option<&'a CatalogCommand>, raft: RaftApplied) -> BoxFuture<'a, ApplyOutcome>;
+    /// Replaces the catalog with an installed snapshot.
+    fn install(&self, catalog: Catalog) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// What starting a node takes from its broker.
+pub(crate) struct NodeSetup<'a> {
+    pub host: Arc<dyn CatalogHost>,
+    pub config: &'a Config,
+    /// The cluster-admin token peers present to each other.
+    pub admin_token: Option<String>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A forwarded write's answer, from the leader.
@@ -124,17 +145,18 @@ pub enum ClusterError {
 impl ClusterNode {
     /// Starts the node for `broker` (clustered config) and, in the
     /// background, the formation check.
-    pub(crate) async fn start(broker: &Arc<Broker>) -> Result<Arc<ClusterNode>, ClusterError> {
-        let config = broker.config().cluster.clone();
+    pub(crate) async fn start(setup: NodeSetup<'_>) -> Result<Arc<ClusterNode>, ClusterError> {
+        let NodeSetup { host, config: broker_config, admin_token, shutdown } = setup;
+        let config = broker_config.cluster.clone();
         let id = config.broker_id.unwrap_or(0) as NodeId;
-        let catalog = broker.catalog_snapshot().await;
+        let catalog = host.catalog().await;
         if catalog.raft.is_none()
             && (catalog.tenants.len() > 1 || catalog.next_topic_id > 1 || catalog.next_producer_id > 0)
         {
             // Applying the replicated log on top of it would diverge.
-            return Err(ClusterError::StandaloneData(broker.config().storage.data_dir.clone()));
+            return Err(ClusterError::StandaloneData(broker_config.storage.data_dir.clone()));
         }
-        let dir = broker.config().storage.data_dir.join("meta").join("raft");
+        let dir = broker_config.storage.data_dir.join("meta").join("raft");
         let log = log_store::LogStore::open(&dir).map_err(|source| ClusterError::Log { path: dir.clone(), source })?;
         let raft_config = openraft::Config {
             cluster_name: "strata-metadata".into(),
@@ -148,10 +170,10 @@ impl ClusterNode {
         }
         .validate()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        let peer_tls = crate::tls::PeerTls::from_config(&broker.config().tls)
+        let peer_tls = crate::tls::PeerTls::from_config(&broker_config.tls)
             .map_err(|e| ClusterError::Raft(format!("cannot set up TLS to peers: {e}")))?;
-        let network = network::Network::new(peer_tls, broker.admin_token());
-        let sm = state_machine::StateMachine::new(Arc::downgrade(broker));
+        let network = network::Network::new(peer_tls, admin_token.as_deref());
+        let sm = state_machine::StateMachine::new(Arc::downgrade(&host));
         let raft = Raft::new(id, Arc::new(raft_config), network.clone(), log.clone(), sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -164,7 +186,7 @@ impl ClusterNode {
             network,
             formation: std::sync::Mutex::new("probing the seeds".into()),
         });
-        tokio::spawn(form(Arc::downgrade(&node), broker.shutdown_signal()));
+        tokio::spawn(form(Arc::downgrade(&node), shutdown));
         tokio::spawn(report_leader_changes(node.raft.metrics(), id));
         Ok(node)
     }

@@ -1,7 +1,8 @@
 //! The replicated state machine: the broker's catalog. Applying an entry
 //! commits it to the catalog file together with the applied log id and
 //! membership (one atomic, fsynced write), then the broker's local view
-//! follows (`Broker::apply_replicated`). A snapshot is the catalog file.
+//! follows (`CatalogHost::apply`, the broker's `apply_replicated`). A
+//! snapshot is the catalog file.
 
 // openraft's trait signatures fix the error type (`StorageError`, large).
 #![allow(clippy::result_large_err)]
@@ -14,19 +15,18 @@ use openraft::{
     BasicNode, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership,
 };
 
-use super::{MetaRequest, MetaResponse, NodeId, RaftApplied, TypeConfig};
-use crate::broker::Broker;
+use super::{CatalogHost, MetaRequest, MetaResponse, NodeId, RaftApplied, TypeConfig};
 use crate::catalog::Catalog;
 
 type Entry = openraft::Entry<TypeConfig>;
 
 pub(crate) struct StateMachine {
-    broker: Weak<Broker>,
+    host: Weak<dyn CatalogHost>,
 }
 
 impl StateMachine {
-    pub(crate) fn new(broker: Weak<Broker>) -> Self {
-        StateMachine { broker }
+    pub(crate) fn new(host: Weak<dyn CatalogHost>) -> Self {
+        StateMachine { host }
     }
 }
 
@@ -34,7 +34,7 @@ fn gone() -> StorageError<NodeId> {
     StorageIOError::read_state_machine(openraft::AnyError::error("the broker is shutting down")).into()
 }
 
-fn broker(w: &Weak<Broker>) -> Result<Arc<Broker>, StorageError<NodeId>> {
+fn host(w: &Weak<dyn CatalogHost>) -> Result<Arc<dyn CatalogHost>, StorageError<NodeId>> {
     w.upgrade().ok_or_else(gone)
 }
 
@@ -53,12 +53,12 @@ fn snapshot_of(catalog: &Catalog) -> Result<Snapshot<TypeConfig>, StorageError<N
 }
 
 pub(crate) struct SnapshotBuilder {
-    broker: Weak<Broker>,
+    host: Weak<dyn CatalogHost>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let catalog = broker(&self.broker)?.catalog_snapshot().await;
+        let catalog = host(&self.host)?.catalog().await;
         snapshot_of(&catalog)
     }
 }
@@ -69,7 +69,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
-        let raft = broker(&self.broker)?.catalog_snapshot().await.raft.unwrap_or_default();
+        let raft = host(&self.host)?.catalog().await.raft.unwrap_or_default();
         Ok((raft.last_applied, raft.membership))
     }
 
@@ -78,10 +78,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let broker = broker(&self.broker)?;
+        let host = host(&self.host)?;
         let mut out = Vec::new();
         for entry in entries {
-            let mut raft = broker.catalog_snapshot().await.raft.unwrap_or_default();
+            let mut raft = host.catalog().await.raft.unwrap_or_default();
             raft.last_applied = Some(entry.log_id);
             let cmd = match entry.payload {
                 EntryPayload::Blank => None,
@@ -91,8 +91,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None
                 }
             };
-            let outcome = broker
-                .apply_replicated(cmd.as_ref(), raft)
+            let outcome = host
+                .apply(cmd.as_ref(), raft)
                 .await
                 .map_err(|e| StorageIOError::apply(entry.log_id, openraft::AnyError::error(e.to_string())))?;
             out.push(MetaResponse(outcome));
@@ -101,7 +101,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { broker: self.broker.clone() }
+        SnapshotBuilder { host: self.host.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
@@ -116,7 +116,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut catalog: Catalog = serde_json::from_slice(snapshot.get_ref())
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), openraft::AnyError::new(&e)))?;
         catalog.raft = Some(RaftApplied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() });
-        broker(&self.broker)?.install_replicated(catalog).await.map_err(|e| {
+        host(&self.host)?.install(catalog).await.map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()))
         })?;
         Ok(())
@@ -125,7 +125,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         // The catalog file is always a complete, durable snapshot of what
         // was applied.
-        let catalog = broker(&self.broker)?.catalog_snapshot().await;
+        let catalog = host(&self.host)?.catalog().await;
         if catalog.raft.as_ref().is_none_or(|r| r.last_applied.is_none()) {
             return Ok(None);
         }

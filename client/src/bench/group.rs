@@ -20,8 +20,8 @@ use strata_client::{Client, Durability, GroupConsumer, GroupConsumerConfig, Prod
 use tokio::sync::watch;
 
 use super::{Plan, Report, new_histogram, produce_load, random_topic_name};
-use crate::cli::DurabilityArg;
-use crate::cli::parse;
+use crate::parse;
+use crate::parse::DurabilityArg;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BenchGroupArgs {

@@ -34,8 +34,8 @@ use strata_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::cli::DurabilityArg;
-use crate::cli::parse;
+use crate::parse;
+use crate::parse::DurabilityArg;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {

@@ -23,8 +23,8 @@ use strata_client::{Client, Durability, QueueMessage, QueueOptions, QueueProduce
 use tokio::sync::Semaphore;
 
 use super::{LoadStats, Report, micros, new_histogram, payload, random_topic_name};
-use crate::cli::DurabilityArg;
-use crate::cli::parse;
+use crate::parse;
+use crate::parse::DurabilityArg;
 
 /// Send requests in flight per producer.
 const SEND_PIPELINE: usize = 4;

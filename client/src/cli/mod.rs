@@ -5,7 +5,6 @@ mod acl;
 mod cluster;
 mod consume;
 mod group;
-pub(crate) mod parse;
 mod principal;
 mod produce;
 mod queue;
@@ -14,11 +13,13 @@ mod send;
 mod tenant;
 mod topic;
 
+pub(crate) use crate::parse::{self, DurabilityArg};
+
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use strata_client::{Client, Durability, StartFrom};
+use clap::{Parser, Subcommand};
+use strata_client::{Client, StartFrom};
 
 use crate::bench::BenchCommand;
 pub(crate) use queue::QueueCommand;
@@ -143,24 +144,6 @@ pub(crate) enum TopicCommand {
         /// Topic name.
         name: String,
     },
-}
-
-/// Durability of a topic's writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum DurabilityArg {
-    /// Acknowledge a write once it is on stable storage.
-    Fsync,
-    /// Acknowledge a write once it is in the page cache (a crash may lose it).
-    None,
-}
-
-impl From<DurabilityArg> for Durability {
-    fn from(d: DurabilityArg) -> Self {
-        match d {
-            DurabilityArg::Fsync => Durability::Fsync,
-            DurabilityArg::None => Durability::None,
-        }
-    }
 }
 
 #[derive(Debug, clap::Args)]

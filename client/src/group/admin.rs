@@ -123,7 +123,7 @@ impl Client {
     /// [`delete_group`](Self::delete_group) unless the group does not exist;
     /// `true` when it was deleted.
     pub async fn delete_group_if_exists(&self, group: &str) -> Result<bool, Error> {
-        crate::admin::if_exists(self.delete_group(group).await, crate::ErrorCode::UnknownGroup)
+        crate::error::if_exists(self.delete_group(group).await, crate::ErrorCode::UnknownGroup)
     }
 
     /// The group's committed offsets: of the given `(topic, partition)`

@@ -315,7 +315,7 @@ impl Client {
     /// [`delete_queue`](Self::delete_queue) unless the queue does not exist;
     /// `true` when it was deleted.
     pub async fn delete_queue_if_exists(&self, name: &str, if_empty: bool) -> Result<bool, Error> {
-        crate::admin::if_exists(self.delete_queue(name, if_empty).await, crate::ErrorCode::UnknownQueue)
+        crate::error::if_exists(self.delete_queue(name, if_empty).await, crate::ErrorCode::UnknownQueue)
     }
 
     /// Deletes every message of a queue (visible, delayed and in flight);

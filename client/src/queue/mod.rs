@@ -42,7 +42,6 @@ pub use admin::{BindingFilter, QueueOptions};
 pub use message::{Delivery, QueueMessage, Receipt};
 pub use producer::{QueueProducer, QueueProducerConfig, SendFuture};
 pub use receiver::{MAX_RECEIVE_MESSAGES, Receiver};
-pub(crate) use reply::ReplySlot;
 pub use send::SendResult;
 
 /// A duration in whole milliseconds for the wire, saturating at `i64::MAX`

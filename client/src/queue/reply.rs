@@ -139,7 +139,8 @@ impl Client {
     /// This client's open reply queue, opened if there is none (or the last
     /// one closed).
     async fn reply_queue(&self) -> Result<Arc<ReplyQueue>, Error> {
-        let mut slot = self.reply_slot().queue.lock().await;
+        let reply_slot = self.state::<ReplySlot>();
+        let mut slot = reply_slot.queue.lock().await;
         if let Some(q) = slot.as_ref()
             && !q.shared.closed.load(Ordering::Acquire)
         {

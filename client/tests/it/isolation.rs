@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 
 use prost::Message as _;
 use strata_client::{
@@ -530,19 +529,7 @@ async fn isolation_matrix_every_rpc_of_every_service() {
 
 /// Runs the `strata` CLI with the admin token; (status, stdout, stderr).
 fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["--server", url])
-        .args(args)
-        .env("STRATA_TOKEN", ADMIN_TOKEN)
-        .env_remove("STRATA_TENANT")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::process::run_cli(url, &[("STRATA_TOKEN", ADMIN_TOKEN)], args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The broker binary built next to the CLI (by `cargo test --workspace`).
+/// Runs the `strata` CLI against `url` with these environment variables
+/// (`STRATA_TOKEN` and `STRATA_TENANT` of the test's own environment are
+/// cleared first); (success, stdout, stderr).
+pub fn run_cli(url: &str, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["--server", url])
+        .args(args)
+        .env_remove("STRATA_TOKEN")
+        .env_remove("STRATA_TENANT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn broker_binary() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_strata")).with_file_name("strata-broker");
     p.exists().then_some(p)

@@ -6,7 +6,6 @@
 //! under a running producer.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use rcgen::{
 use strata_client::{Client, ConnectOptions, ErrorCode, Message, TopicOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::process::{BrokerProcess, binary_or_skip as binary};
+use crate::process::{BrokerProcess, binary_or_skip as binary, run_cli as cli};
 
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -223,24 +222,6 @@ async fn tls_mtls_principals_and_certificate_reload() {
     let again =
         Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).token(ADMIN_TOKEN)).await.unwrap();
     assert_eq!(again.with_tenant("a").describe_topic("orders").await.unwrap().name, "orders");
-}
-
-/// Runs the `strata` CLI; (status, stdout, stderr).
-fn cli(url: &str, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["--server", url])
-        .args(args)
-        .env_remove("STRATA_TOKEN")
-        .env_remove("STRATA_TENANT")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

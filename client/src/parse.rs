@@ -1,10 +1,12 @@
-//! Parsers for CLI argument values (durations, sizes, start positions,
-//! headers), so bad input is a one-line error before any server is contacted.
+//! Values of CLI arguments shared by the commands and the benchmarks:
+//! parsers (durations, sizes, start positions, headers), so bad input is a
+//! one-line error before any server is contacted, and [`DurabilityArg`].
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
-use strata_client::{Retention, StartFrom};
+use clap::ValueEnum;
+use strata_client::{Durability, Retention, StartFrom};
 
 /// Words that mean "no limit" for retention settings.
 fn is_unlimited(s: &str) -> bool {
@@ -130,6 +132,24 @@ pub(crate) fn text_header(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("invalid header {s:?}; expected key=value")),
+    }
+}
+
+/// Durability of a topic's writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DurabilityArg {
+    /// Acknowledge a write once it is on stable storage.
+    Fsync,
+    /// Acknowledge a write once it is in the page cache (a crash may lose it).
+    None,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Self {
+        match d {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::None => Durability::None,
+        }
     }
 }
 
