@@ -778,6 +778,17 @@ impl Catalog {
         owned
     }
 
+    /// Partitions whose owner is not a member of the metadata group (its
+    /// broker left the cluster; moving them is replication's work). None
+    /// standalone, where the one broker owns everything.
+    pub fn unowned_partitions(&self) -> u32 {
+        let members = self.members();
+        if members.is_empty() {
+            return 0;
+        }
+        self.owned_partitions().iter().filter(|(id, _)| !members.contains(id)).map(|(_, n)| n).sum()
+    }
+
     /// The metadata group's voters (cluster mode; empty standalone).
     pub fn members(&self) -> Vec<u64> {
         self.raft.as_ref().map(|r| r.membership.membership().voter_ids().collect()).unwrap_or_default()

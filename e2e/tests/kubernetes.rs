@@ -411,8 +411,15 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     }
     ensure!(owners[0] == owners[1], "trio-1 and trio-2 disagree on the owners: {owners:?}");
     ensure!(owners[0] == ["0", "0", "1", "1", "2", "2"], "partitions not spread 2/2/2: {:?}", owners[0]);
+    // The operator reports what the brokers say in the BrokerCluster status.
+    let reported = wait_for("BrokerCluster trio's status to show the brokers' view", Duration::from_secs(90), || {
+        let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
+        let st = &bc["status"];
+        let seen = (st["brokers"].as_u64(), st["metadataLeader"].as_u64(), st["unownedPartitions"].as_u64());
+        Ok(matches!(seen, (Some(3), Some(l), Some(0)) if l < 3).then_some(seen))
+    })?;
     steps.pass(&format!(
-        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report"
+        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
     ));
 
     cluster.kubectl(&[

@@ -49,7 +49,10 @@ const CONFIG_FILE: &str = "strata.toml";
     shortname = "sbc",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.readyText","description":"ready/desired broker pods"}"#,
+    printcolumn = r#"{"name":"Leader","type":"integer","jsonPath":".status.metadataLeader","description":"the metadata leader's broker id"}"#,
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image"}"#,
+    printcolumn = r#"{"name":"Brokers","type":"integer","jsonPath":".status.brokers","description":"brokers the cluster reports as members","priority":1}"#,
+    printcolumn = r#"{"name":"Unowned","type":"integer","jsonPath":".status.unownedPartitions","description":"partitions whose broker left the cluster","priority":1}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
     validation = Rule::new("self.metadata.name.size() <= 52").message("BrokerCluster names are at most 52 characters (StatefulSet pod names)")
 )]
@@ -344,6 +347,18 @@ pub struct BrokerClusterStatus {
     /// Why the requested PodMonitor/ServiceMonitor is not there, if it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor_problem: Option<String>,
+    /// Brokers the cluster reports as members (from the brokers' own
+    /// `DescribeCluster`; unset while none answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<u32>,
+    /// The metadata leader's broker id (the pod ordinal); unset while there
+    /// is none or no broker answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_leader: Option<u64>,
+    /// Partitions whose owning broker is no longer a member: not served
+    /// until moved (data movement is the replication issue's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unowned_partitions: Option<u32>,
 }
 
 /// The objects a `BrokerCluster` owns.
@@ -932,6 +947,16 @@ async fn not_ready(
 
 /// Whether the credentials Secret exists with every key the pods read:
 /// `None` when it does, else the reason and a message naming what is missing.
+/// The cluster as its brokers describe it; `None` when none answers (the
+/// reason is logged, not fatal: pods may still be starting).
+async fn cluster_view(ctx: &Context, ns: &str, name: &str) -> Option<strata_proto::v1::DescribeClusterResponse> {
+    let described = match ctx.broker(ns, name).await {
+        Ok(client) => client.describe_cluster().await,
+        Err(e) => Err(e),
+    };
+    described.map_err(|e| tracing::debug!(cluster = %name, namespace = %ns, error = %e, "cluster not described")).ok()
+}
+
 async fn check_secret(ctx: &Context, ns: &str, c: &CredentialsSecret) -> Result<Option<(Reason, String)>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let Some(secret) = secrets.get_opt(&c.name).await? else {
@@ -1060,6 +1085,12 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
     st.client_url = Some(crate::context::ServiceDns.url_for(&ns, &name));
     st.ready_text = Some(format!("{ready}/{}", cluster.spec.replicas));
     st.observed_generation = generation;
+    // What the brokers themselves say: members, metadata leader, partitions
+    // left without an owner. Unknown (unset) while no broker answers.
+    let view = if ready > 0 { cluster_view(ctx, &ns, &name).await } else { None };
+    st.brokers = view.as_ref().map(|v| v.brokers.len() as u32);
+    st.metadata_leader = view.as_ref().and_then(|v| v.leader_id);
+    st.unowned_partitions = view.as_ref().map(|v| v.unowned_partitions);
     let all_ready = ready >= cluster.spec.replicas;
     if all_ready {
         status::set(

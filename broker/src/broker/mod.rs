@@ -208,6 +208,7 @@ impl Broker {
                 }
                 b.partitions = owned.get(&b.id).copied().unwrap_or(0);
             }
+            view.unowned_partitions = catalog.unowned_partitions();
             return view;
         }
         let partitions = read_lock(&self.topics).values().map(|t| read_lock(&t.partitions).len() as u32).sum();
@@ -231,6 +232,7 @@ impl Broker {
             answered_by: id,
             term: 0,
             formation: "standalone".into(),
+            unowned_partitions: 0,
         }
     }
 

@@ -109,6 +109,8 @@ pub struct ClusterView {
     pub term: u64,
     /// "formed", or why this broker is still waiting for the first formation.
     pub formation: String,
+    /// Partitions whose owner is not a member (its broker left the cluster).
+    pub unowned_partitions: u32,
 }
 
 /// This broker's metadata Raft node.
@@ -365,6 +367,7 @@ impl ClusterNode {
             answered_by: self.id,
             term: m.current_term,
             formation,
+            unowned_partitions: 0,
         }
     }
 }

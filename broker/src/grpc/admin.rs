@@ -255,6 +255,7 @@ impl Admin for AdminService {
             answered_by: v.answered_by,
             term: v.term,
             formation: v.formation,
+            unowned_partitions: v.unowned_partitions,
         }))
     }
 

@@ -89,6 +89,7 @@ mod tests {
             answered_by: 0,
             term: 3,
             formation: "formed".into(),
+            unowned_partitions: 0,
         };
         let text = render(&view);
         let lines: Vec<&str> = text.lines().collect();

@@ -118,6 +118,34 @@ async fn children_are_applied_owned_and_drift_is_taken_back() {
     assert_eq!(obj["status"]["readyReplicas"], 3);
     assert_eq!(obj["status"]["clientUrl"], "http://main.strata.svc:7070");
     assert!(env.fake.event_reasons().contains(&"Ready".to_owned()));
+    // No broker answers here: what the brokers would report stays unset.
+    for field in ["brokers", "metadataLeader", "unownedPartitions"] {
+        assert!(obj["status"].get(field).is_none(), "{field} without a broker: {}", obj["status"]);
+    }
+}
+
+/// Once pods are ready, the status shows what the brokers themselves
+/// report: members, the metadata leader, partitions left without an owner.
+#[tokio::test]
+async fn the_status_shows_the_brokers_view_of_the_cluster() {
+    let env = TestEnv::with_broker().await;
+    env.fake.insert(json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "main", "namespace": CLUSTER_NS},
+        "spec": {"replicas": 1, "storage": {"size": "5Gi"}}
+    }));
+    reconcile(&env).await;
+    let obj = env.fake.get(&cluster_path("main")).unwrap();
+    assert!(obj["status"].get("metadataLeader").is_none(), "no pod ready yet: {}", obj["status"]);
+    let mut sts = env.fake.get(&sts_path()).unwrap();
+    sts["status"] = json!({"replicas": 1, "readyReplicas": 1});
+    env.fake.insert(sts);
+    reconcile(&env).await;
+    let status = &env.fake.get(&cluster_path("main")).unwrap()["status"];
+    let described = env.client().await.describe_cluster().await.unwrap();
+    assert_eq!(status["brokers"], 1, "{status}");
+    assert_eq!(status["metadataLeader"], described.leader_id.unwrap(), "{status}");
+    assert_eq!(status["unownedPartitions"], 0, "{status}");
 }
 
 #[tokio::test]
