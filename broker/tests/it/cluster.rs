@@ -2,7 +2,9 @@
 //! seed lists started in any order, catalog writes replicated to every
 //! broker (with their partition directories), failover of the metadata
 //! leader after SIGKILL, a restarted broker catching up, writes without a
-//! majority failing with UNAVAILABLE, and bad cluster flags refused.
+//! majority failing with UNAVAILABLE, an isolated broker (peers reach each
+//! other through proxies that are cut) refusing writes and rejoining without
+//! a divergent catalog, and bad cluster flags refused.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use strata_proto::batch::{BatchBuilder, Compression};
 use strata_proto::v1::{
-    CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, ErrorCode,
-    GetMetadataRequest, admin_client::AdminClient,
+    CreateTenantRequest, CreateTopicRequest, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    ErrorCode, GetMetadataRequest, ListTenantsRequest, ListTopicsRequest, admin_client::AdminClient,
 };
 use strata_testkit::{eventually, free_port, http, wait_until};
 use tonic::transport::Channel;
 
-use crate::harness::{BrokerProcess, broker_bin, log_client, now_ms, produce_req};
+use crate::harness::{BrokerProcess, Proxy, broker_bin, log_client, now_ms, produce_req};
 
 struct Member {
     id: u64,
@@ -28,6 +30,9 @@ struct Member {
     http: Option<SocketAddr>,
     write_timeout: &'static str,
     snapshot_every: &'static str,
+    /// Where peers reach this broker (a proxy in front of it), when not its
+    /// own port.
+    advertise: Option<SocketAddr>,
 }
 
 impl Member {
@@ -35,12 +40,21 @@ impl Member {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.addr())
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.as_ref().unwrap().child.id()
+    }
+
     fn start(&mut self, peers: &str) {
         let listen = self.addr().to_string();
+        let advertised = self.advertised().to_string();
         let mut child = Command::new(broker_bin())
             .args(["--listen", &listen, "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.path())
-            .args(["--broker-id", &self.id.to_string(), "--advertised-address", &listen, "--peers", peers])
+            .args(["--broker-id", &self.id.to_string(), "--advertised-address", &advertised, "--peers", peers])
             .env("STRATA_LOG_LEVEL", "warn")
             .env("STRATA_CLUSTER_WRITE_TIMEOUT", self.write_timeout)
             .env("STRATA_CLUSTER_SNAPSHOT_EVERY", self.snapshot_every)
@@ -98,6 +112,7 @@ fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
             http: None,
             write_timeout,
             snapshot_every: "5000",
+            advertise: None,
         })
         .collect()
 }
@@ -453,4 +468,171 @@ async fn a_lagging_broker_catches_up_from_a_snapshot() {
     assert!(!String::from_utf8_lossy(&log).contains("early-00"), "early entries replayed from the log");
     let leader_log = std::fs::read(members[(leader - 1) as usize].dir.path().join("meta/raft/log")).unwrap();
     assert!(!String::from_utf8_lossy(&leader_log).contains("early-00"), "the leader's log was not purged");
+}
+
+/// Everything a broker reports about the catalog: its cluster view, its
+/// topics, their owners and the tenants (`answered_by` cleared).
+async fn catalog_view(addr: SocketAddr) -> Option<String> {
+    let mut c = admin(addr).await?;
+    let cluster = summary(&c.describe_cluster(DescribeClusterRequest {}).await.ok()?.into_inner())?;
+    let mut topics = c.list_topics(ListTopicsRequest::default()).await.ok()?.into_inner().topics;
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut meta = c.get_metadata(GetMetadataRequest::default()).await.ok()?.into_inner();
+    meta.answered_by = 0;
+    meta.topics.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut tenants: Vec<String> =
+        c.list_tenants(ListTenantsRequest {}).await.ok()?.into_inner().tenants.into_iter().map(|t| t.name).collect();
+    tenants.sort();
+    Some(format!("{cluster:?}\n{topics:?}\n{meta:?}\n{tenants:?}"))
+}
+
+/// A metadata write sent to an isolated broker: UNAVAILABLE with
+/// NO_METADATA_QUORUM within the write timeout (2 s), never a hang.
+async fn refused_while_isolated(addr: SocketAddr, topic: &str) {
+    let started = Instant::now();
+    let err = create_topic(addr, topic, 1).await.unwrap_err();
+    let waited = started.elapsed();
+    println!("CreateTopic {topic} on the isolated broker: {:?} after {waited:?}", err.code());
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(strata_proto::error_code(&err), ErrorCode::NoMetadataQuorum, "{err:?}");
+    assert!(waited < Duration::from_secs(6), "waited {waited:?}");
+    let mut c = admin(addr).await.unwrap();
+    let started = Instant::now();
+    let req = CreateTenantRequest { name: format!("{topic}-tenant"), if_not_exists: false };
+    let err = c.create_tenant(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(strata_proto::error_code(&err), ErrorCode::NoMetadataQuorum, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(6), "waited {:?}", started.elapsed());
+}
+
+/// Isolates `members[x]` (it stays up): its proxy refuses every peer, and
+/// the other brokers' proxies refuse it. The test still reaches it directly.
+fn isolate(members: &[Member], proxies: &[Proxy], x: usize) {
+    let pid = members[x].pid();
+    for (i, p) in proxies.iter().enumerate() {
+        if i == x { p.cut() } else { p.cut_from(pid) }
+    }
+}
+
+/// Isolates one broker behind cut proxies, first the metadata leader, then
+/// a follower: it refuses metadata writes with UNAVAILABLE, the majority
+/// elects a leader (timed) and accepts writes; after healing all three
+/// report the same catalog and the refused writes exist nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_broker_refuses_metadata_writes_and_rejoins_without_divergence() {
+    let mut members = members(3, "2s");
+    let mut proxies = Vec::new();
+    for m in members.iter_mut() {
+        let proxy = Proxy::start(m.addr()).await;
+        m.advertise = Some(proxy.addr);
+        proxies.push(proxy);
+    }
+    let peers = members.iter().map(|m| m.advertised().to_string()).collect::<Vec<_>>().join(",");
+    for m in members.iter_mut() {
+        m.start(&peers);
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    let (_, brokers) = agreed(&all, 3, Duration::from_secs(30)).await;
+    let advertised: Vec<String> = members.iter().map(|m| m.advertised().to_string()).collect();
+    assert_eq!(brokers.iter().map(|b| b.1.clone()).collect::<Vec<_>>(), advertised, "peers meet through the proxies");
+    create_topic(members[1].addr(), "before", 3).await.unwrap();
+    for m in &members {
+        let addr = m.addr();
+        wait_until("the topic on every broker", Duration::from_secs(10), || async move {
+            topic_partitions(addr, "before").await == Some(3)
+        })
+        .await;
+    }
+
+    for round in ["leader", "follower"] {
+        let all: Vec<&Member> = members.iter().collect();
+        let (current, _) = agreed(&all, 3, Duration::from_secs(30)).await;
+        let x = match round {
+            "leader" => (current - 1) as usize,
+            _ => members.iter().position(|m| m.id != current).unwrap(),
+        };
+        let xid = members[x].id;
+        isolate(&members, &proxies, x);
+        let cut_at = Instant::now();
+        println!("round {round}: isolated broker {xid} (metadata leader {current})");
+
+        // The isolated broker refuses metadata writes, while (concurrently)
+        // the majority elects a leader, and again once it has one.
+        let majority: Vec<&Member> = members.iter().filter(|m| m.id != xid).collect();
+        let elected = async {
+            let l = eventually("a leader on the majority side", Duration::from_secs(15), || async {
+                let mut seen = None;
+                for m in &majority {
+                    let l = describe(m.addr()).await?.leader_id?;
+                    if l == xid || seen.is_some_and(|s| s != l) {
+                        return None;
+                    }
+                    seen = Some(l);
+                }
+                seen
+            })
+            .await;
+            (l, cut_at.elapsed())
+        };
+        let refused = format!("refused-{round}-1");
+        let ((new_leader, election), ()) = tokio::join!(elected, refused_while_isolated(members[x].addr(), &refused));
+        println!("round {round}: the majority agrees on leader {new_leader} {election:?} after the cut");
+        assert!(election < Duration::from_secs(5), "the majority took {election:?} to elect a leader");
+        if round == "follower" {
+            assert_eq!(new_leader, current, "isolating a follower keeps the leader");
+        }
+        let during = format!("during-{round}");
+        create_topic(majority[0].addr(), &during, 2).await.unwrap();
+        create_topic(majority[1].addr(), &format!("{during}-b"), 1).await.unwrap();
+        refused_while_isolated(members[x].addr(), &format!("refused-{round}-2")).await;
+        assert_eq!(topic_partitions(members[x].addr(), &during).await, None, "no catalog reaches it");
+
+        // Heal: it rejoins and every broker reports the same catalog.
+        for p in &proxies {
+            p.restore();
+        }
+        let healed_at = Instant::now();
+        let addr = members[x].addr();
+        let during2 = during.clone();
+        wait_until("the isolated broker to catch up", Duration::from_secs(30), || {
+            let during = during2.clone();
+            async move { topic_partitions(addr, &during).await == Some(2) }
+        })
+        .await;
+        let views = eventually("one catalog on all three", Duration::from_secs(30), || async {
+            let mut views = Vec::new();
+            for m in &members {
+                views.push(catalog_view(m.addr()).await?);
+            }
+            views.iter().all(|v| *v == views[0]).then_some(views)
+        })
+        .await;
+        let all: Vec<&Member> = members.iter().collect();
+        let (healed, _) = agreed(&all, 3, Duration::from_secs(10)).await;
+        println!("round {round}: healed, one catalog (leader {healed}) after {:?}", healed_at.elapsed());
+        for name in ["before", during.as_str(), &format!("{during}-b")] {
+            assert!(views[0].contains(&format!("name: \"{name}\"")), "{name} missing: {}", views[0]);
+        }
+        // Neither refused topic (nor tenant: listed in the view) exists anywhere.
+        for m in &members {
+            for n in 1..=2 {
+                let refused = format!("refused-{round}-{n}");
+                assert_eq!(topic_partitions(m.addr(), &refused).await, None, "{refused} on broker {}", m.id);
+                assert!(!views[0].contains(&refused), "{refused}: {}", views[0]);
+                let dirs = m.topic_dirs(&refused);
+                assert!(dirs.is_empty(), "broker {}: {dirs:?}", m.id);
+            }
+        }
+        // The rejoined broker takes writes again.
+        create_topic(members[x].addr(), &format!("after-{round}"), 1).await.unwrap();
+        for m in &members {
+            let addr = m.addr();
+            let name = format!("after-{round}");
+            wait_until("the write through the rejoined broker everywhere", Duration::from_secs(10), || {
+                let name = name.clone();
+                async move { topic_partitions(addr, &name).await == Some(1) }
+            })
+            .await;
+        }
+    }
 }

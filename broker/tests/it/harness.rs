@@ -1,5 +1,5 @@
 //! Test harness: an in-process broker on ephemeral ports, a child-process
-//! broker, raw gRPC clients and batch helpers.
+//! broker, raw gRPC clients, batch helpers and a TCP proxy that can be cut.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -217,4 +217,88 @@ pub fn assert_status(
     assert_eq!(err.code(), code, "{err:?}");
     assert_eq!(strata_proto::error_code(err), error_code, "{err:?}");
     assert!(err.message().contains(text), "message {:?} should mention {text:?}", err.message());
+}
+
+/// A TCP proxy in front of `target` (an object store, a broker's gRPC port).
+/// `cut` drops every connection and refuses new ones while keeping the
+/// port; `cut_from` does that only for connections opened by the given
+/// processes (so one broker can be isolated from a peer that others still
+/// reach through the same address); `restore` heals both.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<Cut>,
+}
+
+#[derive(Default)]
+struct Cut {
+    all: bool,
+    /// Processes whose connections are refused.
+    from: Vec<u32>,
+}
+
+impl Cut {
+    fn blocks(&self, peer: SocketAddr, local: SocketAddr) -> bool {
+        self.all || (!self.from.is_empty() && socket_owner(peer, local, &self.from).is_some())
+    }
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, _) = tokio::sync::watch::channel(Cut::default());
+        let rx = cut.subscribe();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, peer)) = listener.accept().await {
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    let blocked = move |c: &Cut| c.blocks(peer, addr);
+                    if blocked(&rx.borrow()) {
+                        return; // dropped: connection reset
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(blocked) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_modify(|c| c.all = true);
+    }
+
+    /// Refuses (and drops) the connections process `pid` opened to this proxy.
+    pub fn cut_from(&self, pid: u32) {
+        self.cut.send_modify(|c| c.from.push(pid));
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(Cut::default());
+    }
+}
+
+/// Which of `pids` owns the IPv4 loopback socket connected from `peer` to
+/// `local` (the proxy's side of an accepted connection): the socket's inode
+/// from `/proc/net/tcp`, then the process holding a descriptor on it.
+fn socket_owner(peer: SocketAddr, local: SocketAddr, pids: &[u32]) -> Option<u32> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_ne_bytes(v4.ip().octets()), v4.port()),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (from, to) = (hex(peer), hex(local));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == from && f[2] == to).then(|| f[9].to_owned())
+    })?;
+    let link = std::path::PathBuf::from(format!("socket:[{inode}]"));
+    pids.iter().copied().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == link)))
+            .unwrap_or(false)
+    })
 }

@@ -4,7 +4,7 @@
 //! local start, and start-up refusals for unusable cold stores.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +13,6 @@ use strata_proto::v1::{
     CreateTopicRequest, DescribeTopicRequest, ListOffsetsRequest, PartitionDescription, StartPosition, TopicConfig,
     admin_client::AdminClient, list_offsets_request,
 };
-use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::harness::*;
@@ -184,46 +183,6 @@ async fn sigkill_during_an_upload_loses_no_segment_and_leaves_no_orphan() {
     assert!(records.len() as u64 >= acked);
     for (i, r) in records.iter().enumerate() {
         assert!(value(r).starts_with(&format!("c-{i:06}-")), "offset {i}: {}", value(r));
-    }
-}
-
-/// A TCP proxy in front of moto: `cut` drops every connection and refuses
-/// new ones (an unreachable store) while keeping the port; `restore` heals it.
-struct Proxy {
-    addr: SocketAddr,
-    up: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (up, _) = watch::channel(true);
-        let rx = up.subscribe();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !*rx.borrow() {
-                    continue; // dropped: connection reset
-                }
-                let mut rx = rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = rx.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, up }
-    }
-
-    fn cut(&self) {
-        self.up.send_replace(false);
-    }
-
-    fn restore(&self) {
-        self.up.send_replace(true);
     }
 }
 
