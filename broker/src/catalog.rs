@@ -407,6 +407,12 @@ pub enum CatalogCommand {
         address: String,
         zone: String,
     },
+    /// A cluster grown from a standalone broker: `owner` (that broker, on
+    /// whose disk the data is) owns every partition and queue recorded
+    /// without an owner.
+    AdoptUnowned {
+        owner: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -758,6 +764,17 @@ impl Catalog {
                 self.brokers.insert(*id, BrokerRecord { address: address.clone(), zone: zone.clone() });
                 Ok(Applied::Broker)
             }
+            CatalogCommand::AdoptUnowned { owner } => {
+                for t in self.tenants.values_mut() {
+                    for r in t.topics.values_mut() {
+                        r.owners.resize(r.partitions as usize, *owner);
+                    }
+                    for q in t.queues.values_mut() {
+                        q.owner.get_or_insert(*owner);
+                    }
+                }
+                Ok(Applied::Broker)
+            }
         }
     }
 
@@ -767,6 +784,21 @@ impl Catalog {
             Some(p) if p.tenant == tenant => Ok(p),
             _ => Err(unknown()),
         }
+    }
+
+    /// Whether anything was ever created in it (a standalone broker's
+    /// catalog that is more than the empty default).
+    pub fn holds_data(&self) -> bool {
+        self.tenants.len() > 1 || self.next_topic_id > 1 || self.next_producer_id > 0 || !self.principals.is_empty()
+    }
+
+    /// Partitions or queues recorded without an owner (only a standalone
+    /// catalog has them; placement gives every new one an owner).
+    pub fn has_ownerless(&self) -> bool {
+        self.tenants.values().any(|t| {
+            t.topics.values().any(|r| (r.owners.len() as u32) < r.partitions)
+                || t.queues.values().any(|q| q.owner.is_none())
+        })
     }
 
     /// How many partitions each broker owns.

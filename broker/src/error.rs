@@ -79,6 +79,12 @@ pub enum BrokerError {
         _ => "no live broker: its owner left the cluster".to_owned(),
     })]
     NotLeader { resource: String, owner: Option<u64>, address: Option<String> },
+    #[error("this broker is standalone: it has no cluster members to change")]
+    NotClustered,
+    #[error("broker {id} is not a member of the cluster")]
+    UnknownBroker { id: u64 },
+    #[error("broker {id} is the cluster's last voter; a cluster cannot remove its last broker")]
+    LastBroker { id: u64 },
 }
 
 impl From<StoreError> for BrokerError {

@@ -207,6 +207,20 @@ impl Client {
         Ok(self.admin_rpc().describe_cluster(self.request(req)).await?.into_inner())
     }
 
+    /// Removes broker `id`, gone for good, from the cluster (cluster admins
+    /// only); the partitions it owned are then reported unowned.
+    ///
+    /// ```no_run
+    /// # async fn f(client: strata_client::Client) -> Result<(), strata_client::Error> {
+    /// client.remove_broker(2).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn remove_broker(&self, id: u64) -> Result<(), Error> {
+        let req = strata_proto::v1::RemoveBrokerRequest { broker_id: id };
+        self.admin_rpc().remove_broker(self.request(req)).await?;
+        Ok(())
+    }
+
     /// Where the tenant's topics (all, or those named) and queues are
     /// served: the brokers and each partition's and queue's owner.
     pub async fn metadata(

@@ -728,6 +728,13 @@ impl Admin for State {
         Err(Status::unimplemented("mock"))
     }
 
+    async fn remove_broker(
+        &self,
+        _request: Request<strata_proto::v1::RemoveBrokerRequest>,
+    ) -> Result<Response<strata_proto::v1::RemoveBrokerResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn get_metadata(
         &self,
         _request: Request<strata_proto::v1::GetMetadataRequest>,

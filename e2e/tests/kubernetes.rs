@@ -194,9 +194,8 @@ print(json.dumps(docs))
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-/// `examples/*.yaml` as objects. The BrokerCluster runs one broker: with
-/// more, each broker is on its own (clustering is not there yet) and the
-/// client Service would send each request to any one of them.
+/// `examples/*.yaml` as objects. The BrokerCluster runs one broker, to keep
+/// the suite light (step `three_brokers` grows a cluster of its own).
 fn examples(dir: &Path) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
@@ -361,56 +360,107 @@ fn tiered_storage(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A `replicas: 3` BrokerCluster forms one cluster: every broker reports
-/// the same three members and one metadata leader, a topic created through
-/// one pod is there on the others, and a changed replica count is refused
-/// (`ScalingBlocked`) while the cluster keeps its size.
+/// A BrokerCluster grows: one broker holding a topic with messages is
+/// scaled to three; the new pods join its cluster, every broker reports the
+/// same three members and one metadata leader, every message reads back,
+/// new partitions go to the new brokers, and a smaller replica count is
+/// refused (`ScalingBlocked`) while the cluster keeps its size.
 fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
+    const KEPT: usize = 300;
     let trio = json!({
         "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
         "metadata": {"name": "trio", "namespace": "strata"},
-        "spec": {"replicas": 3, "storage": {"size": "1Gi"}}
+        "spec": {"replicas": 1, "storage": {"size": "1Gi"}}
     });
     cluster.kubectl_in(&["apply", "-f", "-"], Some(&trio.to_string()))?;
     cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/trio", "--timeout=240s"])?;
-    let servers: Vec<String> = (0..3)
-        .map(|i| pod_ip(cluster, "strata", &format!("trio-{i}")).map(|ip| format!("http://{ip}:7070")))
-        .collect::<anyhow::Result<_>>()?;
-    let mut leaders = BTreeSet::new();
-    for server in &servers {
-        let text =
-            cluster.strata(&["--server", server, "cluster", "describe", "--json"], None, Duration::from_secs(30))?;
-        let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
-        let mut ids: Vec<u64> =
-            view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["id"].as_u64()).collect();
-        ids.sort_unstable();
-        ensure!(ids == [0, 1, 2], "{server} knows brokers {ids:?}: {text}");
-        leaders.insert(view["leader_id"].as_u64().with_context(|| format!("{server} has no metadata leader: {text}"))?);
-    }
-    ensure!(leaders.len() == 1, "the brokers disagree on the metadata leader: {leaders:?}");
-    let leader = leaders.into_iter().next().unwrap_or_default();
+    let first = format!("http://{}:7070", pod_ip(cluster, "strata", "trio-0")?);
     cluster.strata(
-        &["--server", &servers[0], "topic", "create", "spread", "--partitions", "6"],
+        &["--server", &first, "topic", "create", "kept", "--partitions", "3"],
         None,
         Duration::from_secs(30),
     )?;
-    let mut owners = Vec::new();
-    for server in &servers[1..] {
-        let text =
-            cluster.strata(&["--server", server, "topic", "describe", "spread"], None, Duration::from_secs(30))?;
-        // The partition rows: OWNER is the last column.
-        let mut rows: Vec<String> = text
-            .lines()
-            .skip_while(|l| !l.starts_with("PARTITION"))
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-            .collect();
-        rows.sort();
-        ensure!(rows.len() == 6, "topic spread through {server}: {text}");
-        owners.push(rows);
-    }
-    ensure!(owners[0] == owners[1], "trio-1 and trio-2 disagree on the owners: {owners:?}");
-    ensure!(owners[0] == ["0", "0", "1", "1", "2", "2"], "partitions not spread 2/2/2: {:?}", owners[0]);
+    let sent: BTreeSet<String> = (0..KEPT).map(|i| format!("kept-{i}")).collect();
+    let input = sent.iter().map(|m| format!("{m}\n")).collect::<String>();
+    cluster.strata(&["--server", &first, "produce", "kept"], Some(&input), Duration::from_secs(60))?;
+
+    cluster.kubectl(&[
+        "-n",
+        "strata",
+        "patch",
+        "brokercluster",
+        "trio",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ])?;
+    // Every pod of the new revision and ready (trio-0 restarts last, with
+    // the grown seed list).
+    wait_for("StatefulSet trio to roll out three ready brokers", Duration::from_secs(240), || {
+        let sts = cluster.get(&["-n", "strata", "statefulset", "trio"])?;
+        let st = &sts["status"];
+        let done = st["readyReplicas"] == 3
+            && st["updatedReplicas"] == 3
+            && st["currentRevision"] == st["updateRevision"]
+            && st["observedGeneration"] == sts["metadata"]["generation"];
+        Ok(done.then_some(()))
+    })?;
+    let servers: Vec<String> = (0..3)
+        .map(|i| pod_ip(cluster, "strata", &format!("trio-{i}")).map(|ip| format!("http://{ip}:7070")))
+        .collect::<anyhow::Result<_>>()?;
+    let leader = wait_for("every broker to report one cluster of three", Duration::from_secs(90), || {
+        let mut leaders = BTreeSet::new();
+        for server in &servers {
+            // A broker still restarting answers on a later round.
+            let Ok(text) =
+                cluster.strata(&["--server", server, "cluster", "describe", "--json"], None, Duration::from_secs(30))
+            else {
+                return Ok(None);
+            };
+            let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+            let mut ids: Vec<u64> =
+                view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["id"].as_u64()).collect();
+            ids.sort_unstable();
+            let voters = view["brokers"].as_array().into_iter().flatten().all(|b| b["state"] != "learner");
+            match view["leader_id"].as_u64() {
+                Some(l) if ids == [0, 1, 2] && voters => leaders.insert(l),
+                _ => return Ok(None),
+            };
+        }
+        Ok((leaders.len() == 1).then(|| leaders.into_iter().next().unwrap_or_default()))
+    })?;
+    let out = cluster.strata(
+        &["--server", &servers[1], "consume", "kept", "--from", "earliest", "--count", &KEPT.to_string()],
+        None,
+        Duration::from_secs(60),
+    )?;
+    let got: BTreeSet<String> = out.lines().map(str::to_owned).collect();
+    ensure!(
+        got == sent,
+        "after growing, {} of {KEPT} messages read back ({} differ)",
+        got.len(),
+        got.symmetric_difference(&sent).count()
+    );
+    steps.pass(&format!(
+        "BrokerCluster trio grew from 1 to 3 brokers: brokers 0, 1, 2 on every pod, metadata leader {leader}; all {KEPT} messages produced before read back through trio-1"
+    ));
+
+    cluster.strata(
+        &["--server", &servers[2], "topic", "create", "spread", "--partitions", "6"],
+        None,
+        Duration::from_secs(30),
+    )?;
+    let text =
+        cluster.strata(&["--server", &servers[0], "cluster", "describe", "--json"], None, Duration::from_secs(30))?;
+    let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+    let mut owned: Vec<(u64, u64)> = view["brokers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| Some((b["id"].as_u64()?, b["partitions"].as_u64()?)))
+        .collect();
+    owned.sort_unstable();
+    ensure!(owned == [(0, 3), (1, 3), (2, 3)], "partitions per broker after placing 6 more: {owned:?}");
     // The operator reports what the brokers say in the BrokerCluster status.
     let reported = wait_for("BrokerCluster trio's status to show the brokers' view", Duration::from_secs(90), || {
         let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
@@ -419,7 +469,7 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         Ok(matches!(seen, (Some(3), Some(l), Some(0)) if l < 3).then_some(seen))
     })?;
     steps.pass(&format!(
-        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
+        "a 6-partition topic went to the new brokers: partitions per broker {owned:?}; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
     ));
 
     cluster.kubectl(&[
@@ -430,9 +480,9 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         "trio",
         "--type=merge",
         "-p",
-        r#"{"spec":{"replicas":5}}"#,
+        r#"{"spec":{"replicas":2}}"#,
     ])?;
-    let message = wait_for("BrokerCluster trio to refuse the new size", Duration::from_secs(60), || {
+    let message = wait_for("BrokerCluster trio to refuse the smaller size", Duration::from_secs(60), || {
         let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
         let blocked = bc["status"]["conditions"]
             .as_array()
@@ -443,7 +493,7 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     let sts = cluster.get(&["-n", "strata", "statefulset", "trio"])?;
     ensure!(sts["spec"]["replicas"] == 3, "the StatefulSet was resized to {}", sts["spec"]["replicas"]);
     cluster.kubectl(&["-n", "strata", "delete", "brokercluster", "trio", "--timeout=90s"])?;
-    steps.pass(&format!("replicas 3 -> 5 refused: ScalingBlocked ({message}); StatefulSet kept at 3; trio deleted"));
+    steps.pass(&format!("replicas 3 -> 2 refused: ScalingBlocked ({message}); StatefulSet kept at 3; trio deleted"));
     Ok(())
 }
 

@@ -452,7 +452,9 @@ pub fn render_config(name: &str, ns: &str, spec: &BrokerClusterSpec) -> Result<S
     if let Some(t) = &spec.tier {
         root.insert("tier".into(), render_tier(t)?.into());
     }
-    if spec.replicas > 1 {
+    // Always a cluster (of one, at one replica), so it can grow: new pods
+    // join it.
+    {
         let mut cluster = toml::Table::new();
         cluster.insert("broker_id_from_hostname".into(), true.into());
         let peers: Vec<toml::Value> = (0..spec.replicas).map(|i| broker_address(name, ns, i).into()).collect();
@@ -709,7 +711,7 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
     let config = render_config(&name, &ns, spec)?;
     let mut env = pod_env(spec)?;
     let mut args = vec!["--config".to_owned(), format!("{CONFIG_DIR}/{CONFIG_FILE}")];
-    if spec.replicas > 1 {
+    {
         env.insert(
             0,
             EnvVar {
@@ -1026,14 +1028,15 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
     }
     status::remove(&mut st.conditions, status::PAUSED);
 
-    // Brokers cannot yet join or leave a formed cluster (metadata membership
-    // is fixed at formation; moving partitions is the replication issue's):
-    // a changed `spec.replicas` is refused, the cluster kept at its size.
+    // Brokers join a formed cluster (scale-up: the new pods ask the cluster
+    // to admit them); they cannot leave it yet, since the partitions they
+    // own have no other copy until partitions are replicated: a smaller
+    // `spec.replicas` is refused and the cluster kept at its size.
     let formed = previous.replicas;
     let mut sized;
-    let cluster = if formed > 0 && formed != cluster.spec.replicas && cluster.spec.replicas >= 1 {
+    let cluster = if formed > 0 && cluster.spec.replicas < formed && cluster.spec.replicas >= 1 {
         let message = format!(
-            "spec.replicas {} refused: this cluster formed with {formed} brokers, and adding or removing brokers of a formed cluster is not supported yet; kept at {formed}",
+            "spec.replicas {} refused: this cluster has {formed} brokers, and removing brokers is not supported until partitions are replicated (their partitions have no other copy); kept at {formed}",
             cluster.spec.replicas
         );
         if !status::is_true(&previous.conditions, status::SCALING_BLOCKED) {

@@ -7,8 +7,33 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), for a child process
+/// that must be told its port before it starts. It is taken from below the
+/// kernel's ephemeral range, so no other socket of this machine (a port-0
+/// bind, an outgoing connection) can be handed the same port between its
+/// release here and the child's bind; successive calls walk the range from
+/// a random start, so concurrent test processes rarely meet.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|lo| *lo > FIRST + 1_000)
+        .unwrap_or(32_768);
+    let span = below - FIRST;
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        use std::hash::{BuildHasher, RandomState};
+        let start = (RandomState::new().hash_one(std::process::id()) % u64::from(span)) as u32;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -108,6 +108,9 @@ pub struct Broker {
     /// Cluster mode: queues the catalog places on other brokers (and their
     /// owner), for NOT_LEADER answers; follows the catalog.
     remote_queues: RwLock<HashMap<(String, String), Option<u64>>>,
+    /// Bumped whenever `remote_queues` changes (queues that became this
+    /// broker's are opened by the queue manager).
+    queue_owners: watch::Sender<u64>,
     /// Descriptors released to undo a create that ran out of them.
     spare_fds: crate::fds::SpareFds,
     /// Open segment files of every partition and queue, bounded by
@@ -195,6 +198,14 @@ impl Broker {
         self.cluster.get()
     }
 
+    /// Removes broker `id` from the cluster's metadata group.
+    pub async fn remove_broker(&self, id: u64) -> Result<(), BrokerError> {
+        match self.cluster() {
+            Some(c) => c.remove(id).await,
+            None => Err(BrokerError::NotClustered),
+        }
+    }
+
     /// The cluster as this broker sees it (standalone: itself alone), with
     /// each broker's zone and the partitions it owns from the catalog.
     pub async fn describe_cluster(&self) -> crate::cluster::ClusterView {
@@ -242,6 +253,11 @@ impl Broker {
     }
 
     /// A receiver that turns true when the broker starts shutting down.
+    /// Changes whenever the set of queues other brokers serve changes.
+    pub(crate) fn queue_owners_changed(&self) -> watch::Receiver<u64> {
+        self.queue_owners.subscribe()
+    }
+
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }

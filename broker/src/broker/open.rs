@@ -68,6 +68,7 @@ impl Broker {
         let remote_queues = RwLock::new(super::remote_queues(&config, store.catalog()));
         Ok(Arc::new(Broker {
             remote_queues,
+            queue_owners: watch::channel(0).0,
             producer_ids,
             spare_fds: crate::fds::SpareFds::new(),
             segment_files,

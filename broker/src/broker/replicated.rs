@@ -47,7 +47,16 @@ impl Broker {
     /// applies changed settings, and closes and removes topics it no longer
     /// names. Called with the catalog lock held (entries apply in order).
     async fn reconcile(&self, catalog: &Catalog) {
-        *crate::locks::write_lock(&self.remote_queues) = super::remote_queues(&self.config, catalog);
+        let remote = super::remote_queues(&self.config, catalog);
+        let changed = {
+            let mut current = crate::locks::write_lock(&self.remote_queues);
+            let changed = *current != remote;
+            *current = remote;
+            changed
+        };
+        if changed {
+            self.queue_owners.send_modify(|v| *v += 1);
+        }
         let interval = self.config.storage.index_interval_bytes.0;
         let tiered = self.tier.is_some();
         let mut wanted = HashSet::new();
@@ -65,6 +74,25 @@ impl Broker {
                     Some(topic) if topic.id == record.id => {
                         let have = read_lock(&topic.partitions).len() as u32;
                         *write_lock(&topic.owners) = record.owners.clone();
+                        // Partitions that became this broker's (a standalone
+                        // catalog's, adopted by its broker) open now.
+                        let gained: Vec<u32> = {
+                            let slots = read_lock(&topic.partitions);
+                            (0..have).filter(|p| slots[*p as usize].is_none() && self.owns(record.owner(*p))).collect()
+                        };
+                        for p in gained {
+                            let opened = self
+                                .open_partitions(&key, record.id, &dir, p..p + 1, record.settings, &record.owners)
+                                .await;
+                            match opened {
+                                Ok(mut logs) => {
+                                    if let Some(Some(log)) = logs.pop() {
+                                        write_lock(&topic.partitions)[p as usize] = Some(log);
+                                    }
+                                }
+                                Err(e) => log_open_failure(&key, &e),
+                            }
+                        }
                         if record.partitions > have {
                             match self
                                 .open_partitions(

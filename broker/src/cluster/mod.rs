@@ -4,12 +4,14 @@
 //! - `state_machine.rs`: the catalog as the replicated state machine;
 //! - `network.rs`: openraft's RPCs over the internal `strata.v1.Raft`
 //!   service on the brokers' gRPC port (the server side is `grpc/raft.rs`);
-//! - here: the node — writes (forwarded to the leader from a follower),
-//!   safe formation from the seed list, and the cluster view.
+//! - `membership.rs`: formation from the seed list, joining, removal;
+//! - here: the node — writes (forwarded to the leader from a follower)
+//!   and the cluster view.
 //!
 //! See "Cluster metadata" in ARCHITECTURE.md for the rules.
 
 mod log_store;
+pub(crate) mod membership;
 pub(crate) mod network;
 mod state_machine;
 
@@ -123,6 +125,13 @@ pub struct ClusterNode {
     network: network::Network,
     /// Why formation is waiting (shown until the broker is in a cluster).
     formation: std::sync::Mutex<String>,
+    /// The broker whose catalog this node replicates.
+    host: Weak<dyn CatalogHost>,
+    /// The data directory held a standalone broker's catalog at start: this
+    /// broker may only found a cluster (of itself; see `membership.rs`).
+    standalone_data: bool,
+    /// Membership changes one at a time (on the leader).
+    membership_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -138,10 +147,6 @@ pub enum ClusterError {
     Log { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot start the metadata Raft node: {0}")]
     Raft(String),
-    #[error(
-        "data directory {0} holds a standalone broker's catalog; a clustered broker needs an empty data directory (or one it used in cluster mode)"
-    )]
-    StandaloneData(std::path::PathBuf),
 }
 
 impl ClusterNode {
@@ -152,12 +157,9 @@ impl ClusterNode {
         let config = broker_config.cluster.clone();
         let id = config.broker_id.unwrap_or(0) as NodeId;
         let catalog = host.catalog().await;
-        if catalog.raft.is_none()
-            && (catalog.tenants.len() > 1 || catalog.next_topic_id > 1 || catalog.next_producer_id > 0)
-        {
-            // Applying the replicated log on top of it would diverge.
-            return Err(ClusterError::StandaloneData(broker_config.storage.data_dir.clone()));
-        }
+        // A standalone catalog can become a cluster's (see membership.rs);
+        // applying another cluster's log on top of it would diverge.
+        let standalone_data = catalog.raft.is_none() && catalog.holds_data();
         let dir = broker_config.storage.data_dir.join("meta").join("raft");
         let log = log_store::LogStore::open(&dir).map_err(|source| ClusterError::Log { path: dir.clone(), source })?;
         let raft_config = openraft::Config {
@@ -175,7 +177,8 @@ impl ClusterNode {
         let peer_tls = crate::tls::PeerTls::from_config(&broker_config.tls)
             .map_err(|e| ClusterError::Raft(format!("cannot set up TLS to peers: {e}")))?;
         let network = network::Network::new(peer_tls, admin_token.as_deref());
-        let sm = state_machine::StateMachine::new(Arc::downgrade(&host));
+        let weak_host = Arc::downgrade(&host);
+        let sm = state_machine::StateMachine::new(weak_host.clone());
         let raft = Raft::new(id, Arc::new(raft_config), network.clone(), log.clone(), sm)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -187,8 +190,12 @@ impl ClusterNode {
             log,
             network,
             formation: std::sync::Mutex::new("probing the seeds".into()),
+            host: weak_host,
+            standalone_data,
+            membership_lock: tokio::sync::Mutex::new(()),
         });
-        tokio::spawn(form(Arc::downgrade(&node), shutdown));
+        tokio::spawn(membership::form_or_join(Arc::downgrade(&node), shutdown.clone()));
+        tokio::spawn(membership::adopt_standalone_catalog(Arc::downgrade(&node), shutdown));
         tokio::spawn(report_leader_changes(node.raft.metrics(), id));
         Ok(node)
     }
@@ -393,89 +400,6 @@ async fn report_leader_changes(
         }
         if metrics.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// Safe formation (see ARCHITECTURE.md): only a broker with no Raft state,
-/// whose id is the lowest of the seed list, that reached every seed and
-/// found none already in a cluster, initializes the group with every seed
-/// as a voter. Everyone else waits for the leader's first append.
-async fn form(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let Some(n) = node.upgrade() else { return };
-        if n.has_state() {
-            return;
-        }
-        let why = match n.try_bootstrap().await {
-            Bootstrap::Done => return,
-            Bootstrap::NotMine(why) => {
-                n.set_formation(format!("waiting: {why}"));
-                return;
-            }
-            Bootstrap::Wait(why) => why,
-        };
-        tracing::info!(reason = %why, "cluster formation: waiting");
-        n.set_formation(format!("waiting: {why}"));
-        drop(n);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-enum Bootstrap {
-    Done,
-    /// Another broker (the lowest id) forms the cluster, or one exists.
-    NotMine(String),
-    Wait(String),
-}
-
-impl ClusterNode {
-    async fn try_bootstrap(&self) -> Bootstrap {
-        let seeds = self.config.members();
-        let mut found: BTreeMap<u64, String> = BTreeMap::new();
-        for addr in &seeds {
-            if addr.eq_ignore_ascii_case(&self.address) {
-                found.insert(self.id, self.address.clone());
-                continue;
-            }
-            match self.network.hello(addr, self.id, &self.address).await {
-                Ok(h) => {
-                    if h.initialized {
-                        return Bootstrap::NotMine(format!("{addr} is in a cluster; its leader adds this broker"));
-                    }
-                    if let Some(other) = found.insert(h.broker_id, addr.clone()) {
-                        return Bootstrap::Wait(format!(
-                            "brokers {other} and {addr} both have id {}; ids must be unique",
-                            h.broker_id
-                        ));
-                    }
-                }
-                Err(e) => return Bootstrap::Wait(format!("seed {addr} is not reachable yet: {e}")),
-            }
-        }
-        let lowest = *found.keys().next().expect("contains this broker");
-        if lowest != self.id {
-            return Bootstrap::NotMine(format!("broker {lowest} (the lowest id) forms the cluster"));
-        }
-        if self.has_state() {
-            return Bootstrap::NotMine("this broker already has Raft state".into());
-        }
-        let members: BTreeMap<NodeId, BasicNode> =
-            found.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-        match self.raft.initialize(members.clone()).await {
-            Ok(()) => {
-                tracing::info!(?members, "formed the metadata cluster");
-                Bootstrap::Done
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "not initializing the metadata cluster");
-                Bootstrap::NotMine(format!("initialize refused: {e}"))
-            }
         }
     }
 }

@@ -24,6 +24,8 @@ use crate::catalog::CatalogCommand;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A join waits for the new broker to catch up on the leader.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// Connections to peers by address (shared by every openraft client).
 #[derive(Clone, Default)]
@@ -94,6 +96,20 @@ impl Network {
         let mut req = self.request(HelloRequest { from_id, from_address: from.to_owned() });
         req.set_timeout(PROBE_TIMEOUT);
         Ok(client.hello(req).await?.into_inner())
+    }
+
+    /// Sends a membership request to the broker at `addr`; the answer is
+    /// the request's reply type (see `membership.rs`).
+    pub(crate) async fn membership(
+        &self,
+        addr: &str,
+        req: &super::membership::MembershipRequest,
+    ) -> Result<serde_json::Value, TransportError> {
+        let mut client = self.client(addr)?;
+        let mut request = self.request(encode(req)?);
+        request.set_timeout(MEMBERSHIP_TIMEOUT);
+        let reply = client.membership(request).await?.into_inner();
+        Ok(decode(&reply)?)
     }
 
     /// Sends a catalog command to the leader at `addr`.

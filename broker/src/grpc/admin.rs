@@ -259,6 +259,16 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn remove_broker(
+        &self,
+        request: Request<pb::RemoveBrokerRequest>,
+    ) -> Result<Response<pb::RemoveBrokerResponse>, Status> {
+        let (caller, r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.broker.remove_broker(r.broker_id).await.map_err(to_status)?;
+        Ok(Response::new(pb::RemoveBrokerResponse {}))
+    }
+
     async fn get_metadata(
         &self,
         request: Request<pb::GetMetadataRequest>,

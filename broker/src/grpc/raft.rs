@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, Auth, Operation, Resource};
 use crate::catalog::CatalogCommand;
 use crate::cluster::ClusterNode;
+use crate::cluster::membership::MembershipRequest;
 use crate::cluster::network::{decode, encode};
 
 pub(crate) struct RaftService {
@@ -59,6 +60,19 @@ impl Raft for RaftService {
         let cmd: CatalogCommand = decode(request.get_ref()).map_err(bad_payload)?;
         let deadline = self.node.forward_deadline();
         reply(&self.node.write_as_leader(&cmd, deadline).await)
+    }
+
+    async fn membership(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        // Only brokers (holding the admin token) change the membership.
+        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        let req: MembershipRequest = decode(request.get_ref()).map_err(bad_payload)?;
+        let answer = match req {
+            MembershipRequest::Join(join) => serde_json::to_value(self.node.handle_join(join).await),
+            MembershipRequest::Remove { broker_id, forwarded } => {
+                serde_json::to_value(self.node.handle_remove(broker_id, forwarded).await)
+            }
+        };
+        reply(&answer.map_err(|e| Status::internal(format!("cannot encode a membership reply: {e}")))?)
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {

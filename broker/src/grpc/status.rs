@@ -130,6 +130,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         // Not a transient failure of this broker: the request belongs
         // elsewhere (the details say where), so a precondition, not UNAVAILABLE.
         BrokerError::NotLeader { resource, .. } => (Code::FailedPrecondition, E::NotLeader, resource.clone()),
+        BrokerError::NotClustered => (Code::FailedPrecondition, E::InvalidRequest, String::new()),
+        BrokerError::UnknownBroker { id } => (Code::NotFound, E::UnknownBroker, format!("broker/{id}")),
+        BrokerError::LastBroker { id } => (Code::FailedPrecondition, E::LastBroker, format!("broker/{id}")),
     }
 }
 

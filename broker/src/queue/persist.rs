@@ -22,6 +22,10 @@ impl QueueManager {
         for (tenant, t) in &catalog.tenants {
             for (name, record) in &t.queues {
                 let dir = queue_dir(&data, tenant, name, record.id);
+                // Its directory stays even while another broker (or, in a
+                // cluster grown from this standalone broker, nobody yet)
+                // serves it: it may become this broker's.
+                expected.insert(dir.clone());
                 if broker.cluster().is_some() && !broker.owns(record.owner) {
                     // Cluster mode: another broker serves it (a temporary
                     // one is deleted by its owner when that one restarts).
@@ -34,7 +38,6 @@ impl QueueManager {
                     let _ = std::fs::remove_dir_all(&dir);
                     continue;
                 }
-                expected.insert(dir.clone());
                 let q = mgr.open_queue(tenant, name, record).await?;
                 write_lock(&mgr.queues).insert((tenant.clone(), name.clone()), q);
             }
@@ -48,7 +51,49 @@ impl QueueManager {
                 }
             }
         }
+        if broker.cluster().is_some() {
+            tokio::spawn(mgr.clone().follow_ownership());
+        }
         Ok(mgr)
+    }
+
+    /// Cluster mode: opens the queues that become this broker's (those of a
+    /// standalone catalog its broker adopted) as the catalog says so.
+    async fn follow_ownership(self: Arc<Self>) {
+        let mut owners = self.broker.queue_owners_changed();
+        let mut shutdown = self.broker.shutdown_signal();
+        loop {
+            tokio::select! {
+                changed = owners.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let catalog = self.broker.catalog_snapshot().await;
+            for (tenant, t) in &catalog.tenants {
+                for (name, record) in &t.queues {
+                    let key = (tenant.clone(), name.clone());
+                    if record.temporary || !self.broker.owns(record.owner) || read_lock(&self.queues).contains_key(&key)
+                    {
+                        continue;
+                    }
+                    let _admin = self.admin.lock().await;
+                    if read_lock(&self.queues).contains_key(&key) {
+                        continue;
+                    }
+                    match self.open_queue(tenant, name, record).await {
+                        Ok(q) => {
+                            write_lock(&self.queues).insert(key, q.clone());
+                            tokio::spawn(self.clone().run_timer(q));
+                            for b in &record.bindings {
+                                self.start_router(tenant, name, b.clone());
+                            }
+                            tracing::info!(queue = %format!("{tenant}/{name}"), "serving a queue that became this broker's");
+                        }
+                        Err(e) => tracing::error!(queue = %format!("{tenant}/{name}"), error = %e,
+                            "cannot open a queue that became this broker's"),
+                    }
+                }
+            }
+        }
     }
 
     pub(super) async fn open_queue(

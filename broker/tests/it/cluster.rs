@@ -22,12 +22,12 @@ use tonic::transport::Channel;
 
 use crate::harness::{BrokerProcess, Proxy, broker_bin, log_client, now_ms, produce_req};
 
-struct Member {
-    id: u64,
+pub(crate) struct Member {
+    pub(crate) id: u64,
     port: u16,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     process: Option<BrokerProcess>,
-    http: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
     write_timeout: &'static str,
     snapshot_every: &'static str,
     /// Where peers reach this broker (a proxy in front of it), when not its
@@ -36,7 +36,7 @@ struct Member {
 }
 
 impl Member {
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
@@ -48,7 +48,7 @@ impl Member {
         self.process.as_ref().unwrap().child.id()
     }
 
-    fn start(&mut self, peers: &str) {
+    pub(crate) fn start(&mut self, peers: &str) {
         let listen = self.addr().to_string();
         let advertised = self.advertised().to_string();
         let mut child = Command::new(broker_bin())
@@ -76,13 +76,13 @@ impl Member {
         self.process = Some(BrokerProcess { child, addr: self.addr() });
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.kill9();
         }
     }
 
-    fn topic_dirs(&self, topic: &str) -> Vec<String> {
+    pub(crate) fn topic_dirs(&self, topic: &str) -> Vec<String> {
         let dir = self.dir.path().join("topics").join("default");
         let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
         let mut found = Vec::new();
@@ -102,7 +102,7 @@ impl Member {
     }
 }
 
-fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
+pub(crate) fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
     (1..=n)
         .map(|id| Member {
             id,
@@ -117,18 +117,18 @@ fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
         .collect()
 }
 
-async fn admin(addr: SocketAddr) -> Option<AdminClient<Channel>> {
+pub(crate) async fn admin(addr: SocketAddr) -> Option<AdminClient<Channel>> {
     let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect_timeout(Duration::from_secs(1));
     ch.connect().await.ok().map(AdminClient::new)
 }
 
-async fn describe(addr: SocketAddr) -> Option<DescribeClusterResponse> {
+pub(crate) async fn describe(addr: SocketAddr) -> Option<DescribeClusterResponse> {
     let mut c = admin(addr).await?;
     c.describe_cluster(DescribeClusterRequest {}).await.ok().map(|r| r.into_inner())
 }
 
 /// (leader, sorted (id, address, state)) as one broker reports it.
-type Summary = (u64, Vec<(u64, String, String)>);
+pub(crate) type Summary = (u64, Vec<(u64, String, String)>);
 
 fn summary(v: &DescribeClusterResponse) -> Option<Summary> {
     let mut brokers: Vec<_> = v.brokers.iter().map(|b| (b.id, b.address.clone(), b.state.clone())).collect();
@@ -137,7 +137,7 @@ fn summary(v: &DescribeClusterResponse) -> Option<Summary> {
 }
 
 /// Waits until every running member reports the same leader and `n` brokers.
-async fn agreed(members: &[&Member], n: usize, timeout: Duration) -> Summary {
+pub(crate) async fn agreed(members: &[&Member], n: usize, timeout: Duration) -> Summary {
     eventually("the brokers to agree on one cluster with a leader", timeout, || async {
         let mut seen: Option<Summary> = None;
         for m in members {
@@ -155,20 +155,20 @@ async fn agreed(members: &[&Member], n: usize, timeout: Duration) -> Summary {
     .await
 }
 
-async fn create_topic(addr: SocketAddr, name: &str, partitions: u32) -> Result<(), tonic::Status> {
+pub(crate) async fn create_topic(addr: SocketAddr, name: &str, partitions: u32) -> Result<(), tonic::Status> {
     let mut c = admin(addr).await.ok_or_else(|| tonic::Status::unavailable("connect"))?;
     c.create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() }).await.map(|_| ())
 }
 
 /// Each partition's owner id, as broker `addr` reports it (metadata RPC).
-async fn owners(addr: SocketAddr, topic: &str) -> Option<Vec<(Option<u64>, String)>> {
+pub(crate) async fn owners(addr: SocketAddr, topic: &str) -> Option<Vec<(Option<u64>, String)>> {
     let mut c = admin(addr).await?;
     let req = GetMetadataRequest { topics: vec![topic.into()], ..Default::default() };
     let m = c.get_metadata(req).await.ok()?.into_inner();
     Some(m.topics.first()?.partitions.iter().map(|p| (p.owner_id, p.owner_address.clone())).collect())
 }
 
-async fn topic_partitions(addr: SocketAddr, name: &str) -> Option<u32> {
+pub(crate) async fn topic_partitions(addr: SocketAddr, name: &str) -> Option<u32> {
     let mut c = admin(addr).await?;
     let r = c.describe_topic(DescribeTopicRequest { name: name.into(), ..Default::default() }).await.ok()?;
     Some(r.into_inner().partitions)

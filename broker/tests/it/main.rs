@@ -6,6 +6,7 @@ mod api;
 mod cluster;
 mod hardening;
 mod harness;
+mod membership;
 mod metrics;
 mod process;
 mod queue;

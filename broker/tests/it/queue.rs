@@ -15,28 +15,28 @@ use tonic::transport::Channel;
 
 use crate::harness::*;
 
-async fn queues(addr: std::net::SocketAddr) -> QueuesClient<Channel> {
+pub(crate) async fn queues(addr: std::net::SocketAddr) -> QueuesClient<Channel> {
     QueuesClient::new(channel(addr).await)
 }
 
-fn create_request(name: &str, config: QueueConfig) -> CreateQueueRequest {
+pub(crate) fn create_request(name: &str, config: QueueConfig) -> CreateQueueRequest {
     CreateQueueRequest { tenant: String::new(), name: name.into(), config: Some(config), if_not_exists: false }
 }
 
-async fn create(c: &mut QueuesClient<Channel>, name: &str, config: QueueConfig) -> QueueDescription {
+pub(crate) async fn create(c: &mut QueuesClient<Channel>, name: &str, config: QueueConfig) -> QueueDescription {
     c.create_queue(create_request(name, config)).await.unwrap().into_inner()
 }
 
-fn text(body: &str) -> OutgoingMessage {
+pub(crate) fn text(body: &str) -> OutgoingMessage {
     OutgoingMessage { body: Bytes::from(body.to_owned()), ..Default::default() }
 }
 
-async fn send(c: &mut QueuesClient<Channel>, queue: &str, messages: Vec<OutgoingMessage>) -> Vec<u64> {
+pub(crate) async fn send(c: &mut QueuesClient<Channel>, queue: &str, messages: Vec<OutgoingMessage>) -> Vec<u64> {
     let r = c.send(SendRequest { tenant: String::new(), queue: queue.into(), messages }).await.unwrap().into_inner();
     r.results.iter().map(|r| r.message_id).collect()
 }
 
-async fn receive(
+pub(crate) async fn receive(
     c: &mut QueuesClient<Channel>,
     queue: &str,
     max: u32,
@@ -57,7 +57,7 @@ async fn receive(
     .messages
 }
 
-async fn ack(c: &mut QueuesClient<Channel>, queue: &str, msgs: &[ReceivedMessage]) {
+pub(crate) async fn ack(c: &mut QueuesClient<Channel>, queue: &str, msgs: &[ReceivedMessage]) {
     let receipts: Vec<Receipt> = msgs.iter().map(|m| m.receipt.unwrap()).collect();
     let r = c.ack(AckRequest { tenant: String::new(), queue: queue.into(), receipts }).await.unwrap().into_inner();
     assert!(r.failed.is_empty(), "acks failed: {:?}", r.failed);
@@ -67,7 +67,7 @@ async fn describe(c: &mut QueuesClient<Channel>, queue: &str) -> QueueDescriptio
     c.describe_queue(DescribeQueueRequest { tenant: String::new(), name: queue.into() }).await.unwrap().into_inner()
 }
 
-fn body(m: &ReceivedMessage) -> String {
+pub(crate) fn body(m: &ReceivedMessage) -> String {
     String::from_utf8(m.body.to_vec()).unwrap()
 }
 

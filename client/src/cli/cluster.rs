@@ -1,4 +1,5 @@
-//! `strata cluster describe [--json]`: the brokers of the cluster.
+//! `strata cluster describe [--json]`: the brokers of the cluster;
+//! `strata cluster remove-broker ID`.
 
 use strata_client::Client;
 use strata_proto::v1::DescribeClusterResponse;
@@ -15,6 +16,10 @@ pub(crate) async fn run(client: &Client, cmd: ClusterCommand) -> anyhow::Result<
             } else {
                 print!("{}", render(&view));
             }
+        }
+        ClusterCommand::RemoveBroker { id } => {
+            client.remove_broker(id).await?;
+            println!("removed broker {id}");
         }
     }
     Ok(())

@@ -118,6 +118,12 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a broker that is gone for good from the cluster (cluster
+    /// admins). The partitions and queues it owned are reported unowned.
+    RemoveBroker {
+        /// The broker's id.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

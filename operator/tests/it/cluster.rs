@@ -264,7 +264,9 @@ async fn tier_telemetry_and_placement_reach_the_pods_and_the_brokers_own_config_
 
     // The rendered file, read back by the broker's real config parser.
     let config = pod_config(&env, "main-0");
-    assert!(!config.cluster.is_clustered(), "one replica runs standalone");
+    // One replica is a cluster of one (so it can grow), seeded by itself.
+    assert!(config.cluster.is_clustered());
+    assert_eq!(config.cluster.peers, std::slice::from_ref(&config.cluster.advertised_address));
     assert_eq!(config.tier.cold_store, "s3://strata-cold/prod");
     assert_eq!(config.tier.s3.endpoint, "http://minio.storage:9000");
     assert_eq!(config.tier.s3.region, "eu-west-1");
@@ -360,7 +362,7 @@ async fn a_monitor_without_the_prometheus_operator_is_reported_not_fatal() {
 }
 
 #[tokio::test]
-async fn a_formed_cluster_is_kept_at_its_size_and_the_refused_scale_is_reported() {
+async fn a_cluster_grows_by_new_brokers_joining_and_a_shrink_is_refused() {
     let env = TestEnv::without_broker().await;
     env.fake.insert(json!({
         "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
@@ -372,22 +374,39 @@ async fn a_formed_cluster_is_kept_at_its_size_and_the_refused_scale_is_reported(
     sts["status"] = json!({"replicas": 3, "readyReplicas": 3});
     env.fake.insert(sts);
     reconcile(&env).await;
-    let seeds_before = pod_config(&env, "main-0").cluster.peers;
+    assert_eq!(pod_config(&env, "main-0").cluster.peers.len(), 3);
 
+    // Growing: five pods, every one with the five seeds (the new ones ask
+    // the formed cluster to admit them).
     env.fake.update_spec(&cluster_path("main"), json!({"replicas": 5}));
     reconcile(&env).await;
-    assert_eq!(env.fake.get(&sts_path()).unwrap()["spec"]["replicas"], 3, "the StatefulSet keeps its size");
-    assert_eq!(pod_config(&env, "main-0").cluster.peers, seeds_before, "the seeds do not change");
+    assert_eq!(env.fake.get(&sts_path()).unwrap()["spec"]["replicas"], 5);
+    let grown = pod_config(&env, "main-4").cluster.peers;
+    assert_eq!(grown.len(), 5, "{grown:?}");
+    assert_eq!(pod_config(&env, "main-0").cluster.peers, grown);
+    let obj = env.fake.get(&cluster_path("main")).unwrap();
+    assert!(obj["status"]["conditions"].as_array().unwrap().iter().all(|c| c["type"] != "ScalingBlocked"));
+    let mut sts = env.fake.get(&sts_path()).unwrap();
+    sts["status"] = json!({"replicas": 5, "readyReplicas": 5});
+    env.fake.insert(sts);
+    reconcile(&env).await;
+
+    // Shrinking would lose the partitions the removed brokers own: refused,
+    // the cluster kept at five.
+    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 2}));
+    reconcile(&env).await;
+    assert_eq!(env.fake.get(&sts_path()).unwrap()["spec"]["replicas"], 5, "the StatefulSet keeps its size");
+    assert_eq!(pod_config(&env, "main-0").cluster.peers, grown, "the seeds do not change");
     let obj = env.fake.get(&cluster_path("main")).unwrap();
     let conditions = obj["status"]["conditions"].as_array().unwrap();
     let blocked = conditions.iter().find(|c| c["type"] == "ScalingBlocked").expect("a ScalingBlocked condition");
     assert_eq!((blocked["status"].as_str(), blocked["reason"].as_str()), (Some("True"), Some("Unsupported")));
-    assert!(blocked["message"].as_str().unwrap().contains("formed with 3 brokers"), "{blocked}");
+    assert!(blocked["message"].as_str().unwrap().contains("has 5 brokers"), "{blocked}");
     assert_eq!(env.ready(&cluster_path("main")).0, "True", "the brokers themselves are fine");
     assert_eq!(events_with_reason(&env, "ScalingBlocked").len(), 1);
 
-    // Back to the formed size: the condition goes away.
-    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 3}));
+    // Back to its size: the condition goes away.
+    env.fake.update_spec(&cluster_path("main"), json!({"replicas": 5}));
     reconcile(&env).await;
     let obj = env.fake.get(&cluster_path("main")).unwrap();
     assert!(obj["status"]["conditions"].as_array().unwrap().iter().all(|c| c["type"] != "ScalingBlocked"));
