@@ -157,6 +157,7 @@ fn scenario(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
 
     tiered_storage(cluster, steps)?;
     three_brokers(cluster, steps)?;
+    growing_cluster(cluster, steps)?;
 
     // RBAC exercised for real: nothing the operator did was forbidden.
     let logs = cluster.container_logs(OPERATOR_NS)?;
@@ -195,7 +196,7 @@ print(json.dumps(docs))
 }
 
 /// `examples/*.yaml` as objects. The BrokerCluster runs one broker, to keep
-/// the suite light (step `three_brokers` grows a cluster of its own).
+/// the suite light (steps `three_brokers` and `growing_cluster` run clusters of their own).
 fn examples(dir: &Path) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
@@ -360,21 +361,85 @@ fn tiered_storage(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `replicas: 3` BrokerCluster forms one cluster: every broker reports
+/// the same three members and one metadata leader, and a topic created
+/// through one pod is there on the others, spread 2/2/2.
+fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
+    let trio = json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "trio", "namespace": "strata"},
+        "spec": {"replicas": 3, "storage": {"size": "1Gi"}}
+    });
+    cluster.kubectl_in(&["apply", "-f", "-"], Some(&trio.to_string()))?;
+    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/trio", "--timeout=240s"])?;
+    let servers: Vec<String> = (0..3)
+        .map(|i| pod_ip(cluster, "strata", &format!("trio-{i}")).map(|ip| format!("http://{ip}:7070")))
+        .collect::<anyhow::Result<_>>()?;
+    let mut leaders = BTreeSet::new();
+    for server in &servers {
+        let text =
+            cluster.strata(&["--server", server, "cluster", "describe", "--json"], None, Duration::from_secs(30))?;
+        let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+        let mut ids: Vec<u64> =
+            view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["id"].as_u64()).collect();
+        ids.sort_unstable();
+        ensure!(ids == [0, 1, 2], "{server} knows brokers {ids:?}: {text}");
+        leaders.insert(view["leader_id"].as_u64().with_context(|| format!("{server} has no metadata leader: {text}"))?);
+    }
+    ensure!(leaders.len() == 1, "the brokers disagree on the metadata leader: {leaders:?}");
+    let leader = leaders.into_iter().next().unwrap_or_default();
+    cluster.strata(
+        &["--server", &servers[0], "topic", "create", "spread", "--partitions", "6"],
+        None,
+        Duration::from_secs(30),
+    )?;
+    let mut owners = Vec::new();
+    for server in &servers[1..] {
+        let text =
+            cluster.strata(&["--server", server, "topic", "describe", "spread"], None, Duration::from_secs(30))?;
+        // The partition rows: OWNER is the last column.
+        let mut rows: Vec<String> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("PARTITION"))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .collect();
+        rows.sort();
+        ensure!(rows.len() == 6, "topic spread through {server}: {text}");
+        owners.push(rows);
+    }
+    ensure!(owners[0] == owners[1], "trio-1 and trio-2 disagree on the owners: {owners:?}");
+    ensure!(owners[0] == ["0", "0", "1", "1", "2", "2"], "partitions not spread 2/2/2: {:?}", owners[0]);
+    // The operator reports what the brokers say in the BrokerCluster status.
+    let reported = wait_for("BrokerCluster trio's status to show the brokers' view", Duration::from_secs(90), || {
+        let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
+        let st = &bc["status"];
+        let seen = (st["brokers"].as_u64(), st["metadataLeader"].as_u64(), st["unownedPartitions"].as_u64());
+        Ok(matches!(seen, (Some(3), Some(l), Some(0)) if l < 3).then_some(seen))
+    })?;
+    steps.pass(&format!(
+        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
+    ));
+
+    cluster.kubectl(&["-n", "strata", "delete", "brokercluster", "trio", "--timeout=90s"])?;
+    Ok(())
+}
+
 /// A BrokerCluster grows: one broker holding a topic with messages is
 /// scaled to three; the new pods join its cluster, every broker reports the
 /// same three members and one metadata leader, every message reads back,
 /// new partitions go to the new brokers, and a smaller replica count is
 /// refused (`ScalingBlocked`) while the cluster keeps its size.
-fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
+fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     const KEPT: usize = 300;
-    let trio = json!({
+    let grow = json!({
         "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
-        "metadata": {"name": "trio", "namespace": "strata"},
+        "metadata": {"name": "grow", "namespace": "strata"},
         "spec": {"replicas": 1, "storage": {"size": "1Gi"}}
     });
-    cluster.kubectl_in(&["apply", "-f", "-"], Some(&trio.to_string()))?;
-    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/trio", "--timeout=240s"])?;
-    let first = format!("http://{}:7070", pod_ip(cluster, "strata", "trio-0")?);
+    cluster.kubectl_in(&["apply", "-f", "-"], Some(&grow.to_string()))?;
+    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/grow", "--timeout=240s"])?;
+    let first = format!("http://{}:7070", pod_ip(cluster, "strata", "grow-0")?);
     cluster.strata(
         &["--server", &first, "topic", "create", "kept", "--partitions", "3"],
         None,
@@ -389,15 +454,15 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         "strata",
         "patch",
         "brokercluster",
-        "trio",
+        "grow",
         "--type=merge",
         "-p",
         r#"{"spec":{"replicas":3}}"#,
     ])?;
-    // Every pod of the new revision and ready (trio-0 restarts last, with
+    // Every pod of the new revision and ready (grow-0 restarts last, with
     // the grown seed list).
-    wait_for("StatefulSet trio to roll out three ready brokers", Duration::from_secs(240), || {
-        let sts = cluster.get(&["-n", "strata", "statefulset", "trio"])?;
+    wait_for("StatefulSet grow to roll out three ready brokers", Duration::from_secs(240), || {
+        let sts = cluster.get(&["-n", "strata", "statefulset", "grow"])?;
         let st = &sts["status"];
         let done = st["readyReplicas"] == 3
             && st["updatedReplicas"] == 3
@@ -406,7 +471,7 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         Ok(done.then_some(()))
     })?;
     let servers: Vec<String> = (0..3)
-        .map(|i| pod_ip(cluster, "strata", &format!("trio-{i}")).map(|ip| format!("http://{ip}:7070")))
+        .map(|i| pod_ip(cluster, "strata", &format!("grow-{i}")).map(|ip| format!("http://{ip}:7070")))
         .collect::<anyhow::Result<_>>()?;
     let leader = wait_for("every broker to report one cluster of three", Duration::from_secs(90), || {
         let mut leaders = BTreeSet::new();
@@ -442,7 +507,7 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         got.symmetric_difference(&sent).count()
     );
     steps.pass(&format!(
-        "BrokerCluster trio grew from 1 to 3 brokers: brokers 0, 1, 2 on every pod, metadata leader {leader}; all {KEPT} messages produced before read back through trio-1"
+        "BrokerCluster grow grew from 1 to 3 brokers: brokers 0, 1, 2 on every pod, metadata leader {leader}; all {KEPT} messages produced before read back through grow-1"
     ));
 
     cluster.strata(
@@ -462,8 +527,8 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     owned.sort_unstable();
     ensure!(owned == [(0, 3), (1, 3), (2, 3)], "partitions per broker after placing 6 more: {owned:?}");
     // The operator reports what the brokers say in the BrokerCluster status.
-    let reported = wait_for("BrokerCluster trio's status to show the brokers' view", Duration::from_secs(90), || {
-        let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
+    let reported = wait_for("BrokerCluster grow's status to show the brokers' view", Duration::from_secs(90), || {
+        let bc = cluster.get(&["-n", "strata", "brokercluster", "grow"])?;
         let st = &bc["status"];
         let seen = (st["brokers"].as_u64(), st["metadataLeader"].as_u64(), st["unownedPartitions"].as_u64());
         Ok(matches!(seen, (Some(3), Some(l), Some(0)) if l < 3).then_some(seen))
@@ -477,23 +542,23 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         "strata",
         "patch",
         "brokercluster",
-        "trio",
+        "grow",
         "--type=merge",
         "-p",
         r#"{"spec":{"replicas":2}}"#,
     ])?;
-    let message = wait_for("BrokerCluster trio to refuse the smaller size", Duration::from_secs(60), || {
-        let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
+    let message = wait_for("BrokerCluster grow to refuse the smaller size", Duration::from_secs(60), || {
+        let bc = cluster.get(&["-n", "strata", "brokercluster", "grow"])?;
         let blocked = bc["status"]["conditions"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["type"] == "ScalingBlocked" && c["status"] == "True"))
             .cloned();
         Ok(blocked.and_then(|c| c["message"].as_str().map(str::to_owned)))
     })?;
-    let sts = cluster.get(&["-n", "strata", "statefulset", "trio"])?;
+    let sts = cluster.get(&["-n", "strata", "statefulset", "grow"])?;
     ensure!(sts["spec"]["replicas"] == 3, "the StatefulSet was resized to {}", sts["spec"]["replicas"]);
-    cluster.kubectl(&["-n", "strata", "delete", "brokercluster", "trio", "--timeout=90s"])?;
-    steps.pass(&format!("replicas 3 -> 2 refused: ScalingBlocked ({message}); StatefulSet kept at 3; trio deleted"));
+    cluster.kubectl(&["-n", "strata", "delete", "brokercluster", "grow", "--timeout=90s"])?;
+    steps.pass(&format!("replicas 3 -> 2 refused: ScalingBlocked ({message}); StatefulSet kept at 3; grow deleted"));
     Ok(())
 }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A three-broker cluster against a standalone broker on the same machine
+# (release build, fsync durability, 1 KiB messages, 2 producers, 6
+# partitions), in alternating rounds so both see the same machine; the
+# disk's O_DSYNC write rate is measured in the same run. The cluster's
+# producers bootstrap from all three brokers and send each partition's
+# batches to its owner (partitions are not replicated yet: each has one
+# copy, on its owner).
+#
+#   cargo build --release --bins
+#   scripts/bench-cluster.sh [DURATION] [ROUNDS]
+set -euo pipefail
+DURATION=${1:-10s}
+ROUNDS=${2:-3}
+BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-cluster.XXXXXX")
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() {
+  for _ in $(seq 1 600); do curl -sf "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done
+  echo "broker at $1 not ready" >&2; exit 1
+}
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+  rm -rf "$WORK"/data*
+}
+rate() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_sec"]))' "$1"; }
+p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("latency_ms",{}).get("p99","-"))' "$1"; }
+
+standalone() { # -> servers
+  local g h
+  g=$(free_port); h=$(free_port)
+  "$BIN/strata-broker" --data-dir "$WORK/data" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn >>"$WORK/broker.log" 2>&1 &
+  PIDS+=($!)
+  wait_ready "127.0.0.1:$h"
+  SERVERS="http://127.0.0.1:$g"
+}
+trio() { # -> servers
+  local g=() h=() peers="" i
+  for i in 0 1 2; do g+=("$(free_port)"); h+=("$(free_port)"); done
+  peers="127.0.0.1:${g[0]},127.0.0.1:${g[1]},127.0.0.1:${g[2]}"
+  for i in 0 1 2; do
+    "$BIN/strata-broker" --data-dir "$WORK/data$i" --listen "127.0.0.1:${g[$i]}" --http-listen "127.0.0.1:${h[$i]}" \
+      --broker-id "$i" --advertised-address "127.0.0.1:${g[$i]}" --peers "$peers" --log-level warn >>"$WORK/broker.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in 0 1 2; do wait_ready "127.0.0.1:${h[$i]}"; done
+  SERVERS="http://127.0.0.1:${g[0]},http://127.0.0.1:${g[1]},http://127.0.0.1:${g[2]}"
+}
+bench() { # name -> json file
+  "$BIN/strata" --server "$SERVERS" bench produce --size 1024 --producers 2 --partitions 6 --duration "$DURATION" --json >"$WORK/$1.json"
+}
+
+dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
+rm -f "$WORK/dd"
+printf '%-6s %14s %10s %14s %10s %7s\n' round standalone p99_ms cluster_of_3 p99_ms ratio
+for r in $(seq 1 "$ROUNDS"); do
+  standalone; bench "s$r"; stop_all
+  trio; bench "c$r"; stop_all
+  s=$(rate "$WORK/s$r.json"); c=$(rate "$WORK/c$r.json")
+  printf '%-6s %14s %10s %14s %10s %7s\n' "$r" "$s" "$(p99 "$WORK/s$r.json")" "$c" "$(p99 "$WORK/c$r.json")" \
+    "$(python3 -c "print(f'{$c/$s:.3f}')")"
+done
