@@ -34,7 +34,7 @@ stop_all() {
   rm -rf "$WORK"/data*
 }
 rate() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_sec"]))' "$1"; }
-p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("latency_ms",{}).get("p99","-"))' "$1"; }
+p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("p99_ms","-"))' "$1"; }
 
 standalone() { # -> servers
   local g h
@@ -56,17 +56,21 @@ trio() { # -> servers
   for i in 0 1 2; do wait_ready "127.0.0.1:${h[$i]}"; done
   SERVERS="http://127.0.0.1:${g[0]},http://127.0.0.1:${g[1]},http://127.0.0.1:${g[2]}"
 }
-bench() { # name -> json file
+bench() { # name -> json files (produce, then consume of a filled topic)
   "$BIN/strata" --server "$SERVERS" bench produce --size 1024 --producers 2 --partitions 6 --duration "$DURATION" --json >"$WORK/$1.json"
+  "$BIN/strata" --server "$SERVERS" bench consume --size 1024 --partitions 6 --count 300000 --json >"$WORK/$1-consume.json"
 }
 
 dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
 rm -f "$WORK/dd"
-printf '%-6s %14s %10s %14s %10s %7s\n' round standalone p99_ms cluster_of_3 p99_ms ratio
+printf '%-6s %-8s %14s %10s %14s %10s %7s\n' round bench standalone p99_ms cluster_of_3 p99_ms ratio
 for r in $(seq 1 "$ROUNDS"); do
   standalone; bench "s$r"; stop_all
   trio; bench "c$r"; stop_all
-  s=$(rate "$WORK/s$r.json"); c=$(rate "$WORK/c$r.json")
-  printf '%-6s %14s %10s %14s %10s %7s\n' "$r" "$s" "$(p99 "$WORK/s$r.json")" "$c" "$(p99 "$WORK/c$r.json")" \
-    "$(python3 -c "print(f'{$c/$s:.3f}')")"
+  for kind in produce consume; do
+    f=""; [ "$kind" = consume ] && f="-consume"
+    s=$(rate "$WORK/s$r$f.json"); c=$(rate "$WORK/c$r$f.json")
+    printf '%-6s %-8s %14s %10s %14s %10s %7s\n' "$r" "$kind" "$s" "$(p99 "$WORK/s$r$f.json")" "$c" "$(p99 "$WORK/c$r$f.json")" \
+      "$(python3 -c "print(f'{$c/$s:.3f}')")"
+  done
 done

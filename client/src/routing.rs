@@ -77,6 +77,14 @@ pub(crate) struct Router {
     /// Brokers to ask for metadata: the bootstrap list first, then those
     /// metadata named. The first one is the one that answered last.
     known: RwLock<Vec<Arc<str>>>,
+    /// The bootstrap URLs not yet identified (which broker answers there),
+    /// with the failed attempts so far (given up after three).
+    unidentified: Mutex<Vec<(Arc<str>, u8)>>,
+    /// A broker's advertised address → the bootstrap URL the user gave for
+    /// the same broker. Advertised names (a pod's DNS name) often resolve
+    /// only inside the cluster's network, while the user's URL (a pod IP, a
+    /// port-forward) is known to work from here.
+    aliases: RwLock<HashMap<String, Arc<str>>>,
     pool: Mutex<HashMap<Arc<str>, Channel>>,
     table: RwLock<Table>,
 }
@@ -102,7 +110,9 @@ impl Router {
             options,
             scheme,
             credentials,
+            unidentified: Mutex::new(known.iter().map(|u| (u.clone(), 0)).collect()),
             known: RwLock::new(known),
+            aliases: RwLock::new(HashMap::new()),
             pool: Mutex::new(HashMap::from([first])),
             table: RwLock::new(Table::default()),
         }
@@ -209,9 +219,40 @@ impl Router {
     }
 
     /// The URL of a broker's advertised `host:port`, with the bootstrap
-    /// URL's scheme.
+    /// URL's scheme; the user's own URL for a broker given at bootstrap.
     pub(crate) fn url_of(&self, address: &str) -> Arc<str> {
+        if let Some(url) = read(&self.aliases).get(address) {
+            return url.clone();
+        }
         if address.contains("://") { address.into() } else { format!("{}://{address}", self.scheme).into() }
+    }
+
+    /// Asks each bootstrap URL not identified yet which broker it reaches
+    /// (`DescribeCluster.answered_by`), so that broker is reached at the
+    /// user's URL rather than at its advertised address.
+    async fn identify_bootstrap(&self, timeout: Duration) {
+        let pending = std::mem::take(&mut *self.unidentified.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut still = Vec::new();
+        for (url, attempts) in pending {
+            let mut rpc = AdminClient::new(self.channel(&url));
+            let mut req = tonic::Request::new(strata_proto::v1::DescribeClusterRequest {});
+            req.set_timeout(timeout);
+            match tokio::time::timeout(timeout, rpc.describe_cluster(req)).await {
+                Ok(Ok(view)) => {
+                    let view = view.into_inner();
+                    let me = view.brokers.iter().find(|b| b.id == view.answered_by);
+                    if let Some(b) = me.filter(|b| !b.address.is_empty() && self.url_of(&b.address) != url) {
+                        write(&self.aliases).insert(b.address.clone(), url.clone());
+                    }
+                }
+                // A broker from before clustering, or one that refuses:
+                // nothing to learn there.
+                Ok(Err(status)) if !Error::from(status.clone()).is_retryable() => {}
+                _ if attempts < 2 => still.push((url, attempts + 1)),
+                _ => {}
+            }
+        }
+        self.unidentified.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(still);
     }
 
     /// Asks the brokers in turn (the last one that answered first) for the
@@ -222,6 +263,7 @@ impl Router {
         request: GetMetadataRequest,
         timeout: Duration,
     ) -> Result<GetMetadataResponse, Error> {
+        self.identify_bootstrap(timeout).await;
         let mut last_error = None;
         for url in self.known() {
             let mut rpc = AdminClient::new(self.channel(&url));

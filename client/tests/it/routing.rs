@@ -427,3 +427,42 @@ async fn the_cli_bootstraps_from_a_list_and_reaches_every_owner() {
     assert_ne!(code, 0);
     assert!(!err.contains("served by broker") && !out.contains("served by broker"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_advertised_name_does_not_resolve_here_is_reached_at_the_bootstrap_url() {
+    // A cluster of one advertising a name only its own network resolves (a
+    // pod's DNS name seen from outside the cluster): clients given its IP
+    // reach it there for every partition, queue and group it owns.
+    let Some(bin) = binary_or_skip() else { return };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let advertised = format!("broker-0.nowhere.invalid:{port}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = ["--broker-id", "0", "--advertised-address", &advertised, "--peers", &advertised];
+    let _broker = BrokerProcess::start(&bin, dir.path(), &listen, &args, &[]);
+    let url = format!("http://{listen}");
+    eventually("the cluster of one to have a leader", DEADLINE, || {
+        let url = url.clone();
+        async move { Client::connect(&url).await.ok()?.describe_cluster().await.ok()?.leader_id }
+    })
+    .await;
+    let c = Client::connect(&url).await.expect("connect");
+    let m = c.metadata(&[], false).await.expect("metadata");
+    assert!(m.clustered);
+    assert_eq!(m.brokers.first().map(|b| b.address.as_str()), Some(advertised.as_str()));
+
+    c.create_topic("far", 2, TopicOptions::default()).await.expect("topic");
+    let input: String = (0..200).map(|i| format!("far {i}\n")).collect();
+    let (code, _, err) = crate::strata(&url, &["produce", "far"], input.as_bytes()).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = crate::strata(&url, &["consume", "far", "--from", "earliest", "--count", "200"], b"").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<BTreeSet<_>>(), input.lines().collect::<BTreeSet<_>>());
+    let (code, _, err) = crate::strata(&url, &["queue", "create", "jobs"], b"").await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = crate::strata(&url, &["send", "jobs"], b"job one\n").await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = crate::strata(&url, &["receive", "jobs", "--count", "1"], b"").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("job one"), "{out}");
+}
