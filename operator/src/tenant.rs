@@ -59,18 +59,18 @@ pub struct TenantSpec {
     /// Secret `strata-<tenant>-<principal>` (keys `token`, `tenant`,
     /// `principal`, `server`, and `ca.crt` with TLS) in each of its
     /// namespaces; its ACL on the broker is exactly `acls`.
+    /// Names are unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("principal names are unique"))]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub principals: Vec<PrincipalSpec>,
 }
 
 /// A principal of the tenant.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrincipalSpec {
     /// The principal's name on the broker (unique in the cluster).
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("principal names are DNS labels"))]
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: String,
     /// Namespaces that get the token Secret: each must be the Tenant's own
     /// or allowed by `allowedNamespaces`. Empty: the Tenant's own namespace.
