@@ -134,7 +134,10 @@ impl ServerTls {
     pub(crate) fn load(config: &TlsConfig) -> Result<Arc<ServerTls>, TlsError> {
         let ck = load_certified_key(&config.cert, &config.key)?;
         let resolver = Arc::new(ReloadingCert { current: RwLock::new(ck) });
-        let build = |alpn: &[&[u8]]| -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        // `require`: whether a client certificate is mandatory. The HTTP
+        // listener never requires one: its probes stay open (kubelets and
+        // load balancers present none), `/metrics` has its own token check.
+        let build = |alpn: &[&[u8]], require: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
             let builder = rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| TlsError::Setup(e.to_string()))?;
@@ -151,7 +154,7 @@ impl ServerTls {
                     })?;
                 }
                 let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-                let verifier = if config.require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+                let verifier = if require { verifier } else { verifier.allow_unauthenticated() };
                 builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Setup(e.to_string()))?)
             };
             let mut server = builder.with_cert_resolver(resolver.clone());
@@ -161,8 +164,8 @@ impl ServerTls {
         Ok(Arc::new(ServerTls {
             cert_path: config.cert.clone(),
             key_path: config.key.clone(),
-            grpc: build(&[b"h2"])?,
-            http: build(&[b"http/1.1"])?,
+            grpc: build(&[b"h2"], config.require_client_cert)?,
+            http: build(&[b"http/1.1"], false)?,
             resolver,
             reload_interval: config.reload_interval.0,
         }))

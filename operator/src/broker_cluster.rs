@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Secret, SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Toleration, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,7 +25,7 @@ use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::context::{Context, MANAGER};
+use crate::context::{Access, Context, MANAGER, TlsAccess};
 use crate::error::Error;
 use crate::resource::{apply_status, is_paused};
 use crate::status::{self, Condition, Reason};
@@ -36,6 +37,16 @@ pub const HTTP_PORT: u16 = 7071;
 const DATA_DIR: &str = "/var/lib/strata";
 const CONFIG_DIR: &str = "/etc/strata";
 const CONFIG_FILE: &str = "strata.toml";
+/// Where the admin-token Secret is mounted (its key `token`).
+const AUTH_DIR: &str = "/etc/strata-auth";
+/// Where the TLS Secret is mounted (`tls.crt`, `tls.key`, `ca.crt`).
+const TLS_DIR: &str = "/etc/strata-tls";
+/// The key of the admin-token Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Keys of a `kubernetes.io/tls` Secret.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const TLS_CA_KEY: &str = "ca.crt";
 
 /// A Strata broker cluster: a StatefulSet of broker pods with their storage,
 /// Services and configuration.
@@ -90,6 +101,68 @@ pub struct BrokerClusterSpec {
     /// Where and how the broker pods run.
     #[serde(default)]
     pub pod: PodSpecOverrides,
+    /// Authentication of the brokers' callers, and the cluster-admin token
+    /// the operator itself uses.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// TLS on the brokers' gRPC and HTTP listeners, from a
+    /// `kubernetes.io/tls` Secret (cert-manager's layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// Authentication of the brokers (`[auth]` of their config).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `required` (default): every call needs a bearer token or a client
+    /// certificate naming a principal. `anonymous`: callers without
+    /// credentials act as cluster admins.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// A Secret in the cluster's namespace whose key `token` is the
+    /// cluster-admin token (mounted into the pods as `--admin-token-file`;
+    /// the operator authenticates with it). Unset: the operator creates
+    /// `<cluster>-admin-token` with a random token, owned by the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_secret: Option<String>,
+}
+
+/// Whether the brokers' callers must authenticate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Anonymous,
+}
+
+/// TLS of the brokers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret in the cluster's namespace with `tls.crt`, `tls.key` and
+    /// (optional unless `clientAuth: require`) `ca.crt`. Mounted as a
+    /// volume: a certificate rotated in place reaches the brokers without a
+    /// restart. Its certificate must name the client Service
+    /// (`<cluster>.<namespace>.svc`) and the pods
+    /// (`*.<cluster>-headless.<namespace>.svc`).
+    pub secret_name: String,
+    /// `none` (default): clients need no certificate (one presented is
+    /// verified against `ca.crt` when the Secret has one). `require`: every
+    /// gRPC connection presents a certificate signed by `ca.crt` (mTLS); the
+    /// operator presents the Secret's own certificate.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// Client-certificate verification of the brokers' gRPC listener.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Require,
 }
 
 /// The cold tier of the brokers.
@@ -409,7 +482,10 @@ pub fn broker_address(name: &str, ns: &str, ordinal: i32) -> String {
 /// (each broker's address under the headless Service) and takes its id
 /// from its pod name's ordinal; its own address comes from the container's
 /// `--advertised-address $(POD_NAME)…` argument.
-pub fn render_config(name: &str, ns: &str, spec: &BrokerClusterSpec) -> Result<String, InvalidSpec> {
+///
+/// `tls_has_ca`: whether the TLS Secret holds `ca.crt` (then the brokers
+/// verify client certificates against it, and trust it for each other).
+pub fn render_config(name: &str, ns: &str, spec: &BrokerClusterSpec, tls_has_ca: bool) -> Result<String, InvalidSpec> {
     let mut root = toml::Table::new();
     let mut server = toml::Table::new();
     server.insert("listen".into(), format!("0.0.0.0:{GRPC_PORT}").into());
@@ -460,6 +536,31 @@ pub fn render_config(name: &str, ns: &str, spec: &BrokerClusterSpec) -> Result<S
         let peers: Vec<toml::Value> = (0..spec.replicas).map(|i| broker_address(name, ns, i).into()).collect();
         cluster.insert("peers".into(), peers.into());
         root.insert("cluster".into(), cluster.into());
+    }
+    // The admin token is always mounted: it is how the operator (and the
+    // brokers, to each other) authenticate, in either mode.
+    let mut auth = toml::Table::new();
+    let mode = match spec.auth.mode {
+        AuthMode::Required => "required",
+        AuthMode::Anonymous => "anonymous",
+    };
+    auth.insert("mode".into(), mode.into());
+    auth.insert("admin_token_file".into(), format!("{AUTH_DIR}/{ADMIN_TOKEN_KEY}").into());
+    root.insert("auth".into(), auth.into());
+    if let Some(t) = &spec.tls {
+        if t.secret_name.trim().is_empty() {
+            return Err(InvalidSpec { field: "spec.tls.secretName", message: "must name a Secret".into() });
+        }
+        let mut tls = toml::Table::new();
+        tls.insert("cert".into(), format!("{TLS_DIR}/{TLS_CERT_KEY}").into());
+        tls.insert("key".into(), format!("{TLS_DIR}/{TLS_KEY_KEY}").into());
+        if tls_has_ca || t.client_auth == ClientAuth::Require {
+            tls.insert("client_ca".into(), format!("{TLS_DIR}/{TLS_CA_KEY}").into());
+        }
+        if t.client_auth == ClientAuth::Require {
+            tls.insert("require_client_cert".into(), true.into());
+        }
+        root.insert("tls".into(), tls.into());
     }
     let mut log = toml::Table::new();
     log.insert("format".into(), "json".into());
@@ -615,6 +716,7 @@ fn monitor_object(
     ns: &str,
     owner: &OwnerReference,
     metrics: &MetricsSpec,
+    tls: Option<(&TlsSpec, bool)>,
 ) -> Result<Option<serde_json::Value>, InvalidSpec> {
     let interval = metrics.interval.clone().unwrap_or_else(|| "30s".into());
     if humantime::parse_duration(interval.trim()).is_err() {
@@ -622,7 +724,20 @@ fn monitor_object(
     }
     let mut labels = metrics.labels.clone();
     labels.extend(self::labels(cluster_name));
-    let endpoint = serde_json::json!({ "port": "http", "path": "/metrics", "interval": interval.trim() });
+    let mut endpoint = serde_json::json!({ "port": "http", "path": "/metrics", "interval": interval.trim() });
+    // With TLS `/metrics` is HTTPS: trust the Secret's CA for the client
+    // Service's name (or, without a CA, skip verification).
+    if let Some((t, has_ca)) = tls {
+        endpoint["scheme"] = "https".into();
+        endpoint["tlsConfig"] = if has_ca {
+            serde_json::json!({
+                "ca": { "secret": { "name": t.secret_name.trim(), "key": TLS_CA_KEY } },
+                "serverName": format!("{cluster_name}.{ns}.svc"),
+            })
+        } else {
+            serde_json::json!({ "insecureSkipVerify": true })
+        };
+    }
     let (kind, spec) = match metrics.monitor {
         Monitor::None => return Ok(None),
         Monitor::PodMonitor => (
@@ -670,11 +785,14 @@ fn port(name: &str, port: u16) -> ServicePort {
     }
 }
 
-fn probe(path: &str, period: i32, failures: i32) -> Probe {
+fn probe(path: &str, period: i32, failures: i32, https: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
+            // With TLS the HTTP listener serves HTTPS too; kubelets do not
+            // verify a probe's certificate, and it never needs a client one.
+            scheme: https.then(|| "HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -695,8 +813,19 @@ fn config_hash(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// Builds every child object of `cluster`. Pure: no I/O.
-pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
+/// The name of the Secret holding the cluster-admin token (key `token`):
+/// `spec.auth.adminTokenSecret`, else `<cluster>-admin-token` (made by the
+/// operator).
+pub fn admin_token_secret(cluster: &BrokerCluster) -> String {
+    match &cluster.spec.auth.admin_token_secret {
+        Some(s) => s.clone(),
+        None => format!("{}-admin-token", cluster.name_any()),
+    }
+}
+
+/// Builds every child object of `cluster`. Pure: no I/O. `tls_has_ca`:
+/// whether the TLS Secret holds `ca.crt` (see [`render_config`]).
+pub fn build(cluster: &BrokerCluster, tls_has_ca: bool) -> Result<Children, InvalidSpec> {
     let name = cluster.name_any();
     let ns = cluster.namespace().unwrap_or_else(|| "default".into());
     let owner =
@@ -708,7 +837,7 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
             message: format!("must be at least 1, got {}", spec.replicas),
         });
     }
-    let config = render_config(&name, &ns, spec)?;
+    let config = render_config(&name, &ns, spec, tls_has_ca)?;
     let mut env = pod_env(spec)?;
     let mut args = vec!["--config".to_owned(), format!("{CONFIG_DIR}/{CONFIG_FILE}")];
     {
@@ -726,7 +855,7 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         // `$(POD_NAME)` is expanded by the kubelet.
         args.extend(["--advertised-address".to_owned(), format!("$(POD_NAME).{name}-headless.{ns}.svc:{GRPC_PORT}")]);
     }
-    let monitor = monitor_object(&name, &ns, &owner, &spec.metrics)?;
+    let monitor = monitor_object(&name, &ns, &owner, &spec.metrics, spec.tls.as_ref().map(|t| (t, tls_has_ca)))?;
     let sel = selector_labels(&name);
     let headless = format!("{name}-headless");
     let config_name = format!("{name}-config");
@@ -763,6 +892,19 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
         }),
         ..Service::default()
     };
+    // The admin token and the TLS Secret, as Secret volumes: the kubelet
+    // updates their files in place when the Secret changes (what the
+    // broker's certificate reload watches).
+    let https = spec.tls.is_some();
+    let secret_volume = |volume: &str, secret: String| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource { secret_name: Some(secret), ..SecretVolumeSource::default() }),
+        ..Volume::default()
+    };
+    let mut secret_volumes = vec![(secret_volume("admin-token", admin_token_secret(cluster)), AUTH_DIR)];
+    if let Some(t) = &spec.tls {
+        secret_volumes.push((secret_volume("tls", t.secret_name.trim().to_owned()), TLS_DIR));
+    }
     let container = Container {
         name: "broker".into(),
         image: Some(spec.image.clone()),
@@ -781,18 +923,28 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(probe("/readyz", 5, 3)),
-        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 5, 3, https)),
+        liveness_probe: Some(probe("/healthz", 10, 6, https)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
+        volume_mounts: Some(
+            vec![
+                VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
+                VolumeMount {
+                    name: "config".into(),
+                    mount_path: CONFIG_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(secret_volumes.iter().map(|(v, dir)| VolumeMount {
+                name: v.name.clone(),
+                mount_path: (*dir).into(),
                 read_only: Some(true),
                 ..VolumeMount::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         ..Container::default()
     };
     let pod = &spec.pod;
@@ -815,11 +967,15 @@ pub fn build(cluster: &BrokerCluster) -> Result<Children, InvalidSpec> {
             // SIGTERM drains and flushes; give it time.
             termination_grace_period_seconds: Some(60),
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource { name: config_name, ..ConfigMapVolumeSource::default() }),
-                ..Volume::default()
-            }]),
+            volumes: Some(
+                std::iter::once(Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource { name: config_name, ..ConfigMapVolumeSource::default() }),
+                    ..Volume::default()
+                })
+                .chain(secret_volumes.into_iter().map(|(v, _)| v))
+                .collect(),
+            ),
             topology_spread_constraints: Some(vec![
                 TopologySpreadConstraint {
                     max_skew: 1,
@@ -947,35 +1103,139 @@ async fn not_ready(
     Ok(Action::requeue(ctx.backoff.failure(&format!("BrokerCluster/{name}"))))
 }
 
-/// Whether the credentials Secret exists with every key the pods read:
-/// `None` when it does, else the reason and a message naming what is missing.
 /// The cluster as its brokers describe it; `None` when none answers (the
 /// reason is logged, not fatal: pods may still be starting).
-async fn cluster_view(ctx: &Context, ns: &str, name: &str) -> Option<strata_proto::v1::DescribeClusterResponse> {
-    let described = match ctx.broker(ns, name).await {
+async fn cluster_view(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    access: &Access,
+) -> Option<strata_proto::v1::DescribeClusterResponse> {
+    let described = match ctx.broker(ns, name, access).await {
         Ok(client) => client.describe_cluster().await,
         Err(e) => Err(e),
     };
     described.map_err(|e| tracing::debug!(cluster = %name, namespace = %ns, error = %e, "cluster not described")).ok()
 }
 
-async fn check_secret(ctx: &Context, ns: &str, c: &CredentialsSecret) -> Result<Option<(Reason, String)>, Error> {
+/// A Secret's data when it exists with every key in `keys`; else the reason
+/// and a message naming `field`, the Secret and what is missing. The one
+/// check of every Secret a BrokerCluster names (cold-store credentials,
+/// admin token, TLS): a Secret that is not there would leave pods failing
+/// to start (CreateContainerConfigError) or the operator locked out.
+pub async fn read_secret(
+    ctx: &Context,
+    ns: &str,
+    field: &str,
+    name: &str,
+    keys: &[&str],
+) -> Result<Result<BTreeMap<String, ByteString>, (Reason, String)>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(secret) = secrets.get_opt(&c.name).await? else {
-        return Ok(Some((
-            Reason::SecretNotFound,
-            format!("spec.tier.credentialsSecret: Secret {ns}/{} not found; waiting for it", c.name),
-        )));
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Ok(Err((Reason::SecretNotFound, format!("{field}: Secret {ns}/{name} not found; waiting for it"))));
     };
     let data = secret.data.unwrap_or_default();
-    let missing: Vec<&str> = c.env_keys().into_iter().map(|(_, k)| k).filter(|k| !data.contains_key(*k)).collect();
+    let missing: Vec<&str> = keys.iter().copied().filter(|k| !data.contains_key(*k)).collect();
     if missing.is_empty() {
-        return Ok(None);
+        return Ok(Ok(data));
     }
-    Ok(Some((
-        Reason::SecretKeyNotFound,
-        format!("spec.tier.credentialsSecret: Secret {ns}/{} has no key {}", c.name, missing.join(", ")),
-    )))
+    Ok(Err((Reason::SecretKeyNotFound, format!("{field}: Secret {ns}/{name} has no key {}", missing.join(", ")))))
+}
+
+async fn check_secret(ctx: &Context, ns: &str, c: &CredentialsSecret) -> Result<Option<(Reason, String)>, Error> {
+    let keys: Vec<&str> = c.env_keys().into_iter().map(|(_, k)| k).collect();
+    Ok(read_secret(ctx, ns, "spec.tier.credentialsSecret", &c.name, &keys).await?.err())
+}
+
+/// A new token in the broker's format: `strata_` and 43 base64url
+/// characters of 32 random bytes (what the broker's `Token::generate`
+/// makes, so the admin token is as strong as any issued one).
+pub fn generate_token() -> Result<String, getrandom::Error> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("strata_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// Without `spec.auth.adminTokenSecret`: creates `<cluster>-admin-token`
+/// with a random token, owned by the cluster, unless it exists (an existing
+/// token is never replaced: the running brokers read it at start).
+async fn ensure_admin_token(ctx: &Context, cluster: &BrokerCluster, ns: &str) -> Result<(), Error> {
+    if cluster.spec.auth.admin_token_secret.is_some() {
+        return Ok(());
+    }
+    let name = admin_token_secret(cluster);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let Some(owner) = cluster.controller_owner_ref(&()) else { return Ok(()) };
+    let token = generate_token().map_err(|e| Error::Random(e.to_string()))?;
+    let secret = Secret {
+        metadata: meta(name.clone(), ns, &cluster.name_any(), &owner),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(ADMIN_TOKEN_KEY.to_owned(), ByteString(token.into_bytes()))])),
+        ..Secret::default()
+    };
+    match secrets.create(&kube::api::PostParams::default(), &secret).await {
+        Ok(_) => {
+            ctx.event(
+                cluster,
+                false,
+                "AdminTokenCreated",
+                "Reconcile",
+                format!("created Secret {ns}/{name} with a new cluster-admin token"),
+            )
+            .await;
+            Ok(())
+        }
+        // Made by a concurrent reconcile: use that one.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How the operator reaches `cluster`: its admin token and, with TLS, the
+/// CA of the TLS Secret (and its certificate as the operator's client
+/// certificate under `clientAuth: require`). `Err` inside: the Secret or key
+/// that is missing.
+pub async fn access(ctx: &Context, cluster: &BrokerCluster) -> Result<Result<Access, (Reason, String)>, Error> {
+    let ns = cluster.namespace().unwrap_or_else(|| "default".into());
+    let field = if cluster.spec.auth.admin_token_secret.is_some() {
+        "spec.auth.adminTokenSecret"
+    } else {
+        "the generated admin token"
+    };
+    let data = match read_secret(ctx, &ns, field, &admin_token_secret(cluster), &[ADMIN_TOKEN_KEY]).await? {
+        Ok(d) => d,
+        Err(why) => return Ok(Err(why)),
+    };
+    let token = String::from_utf8_lossy(&data[ADMIN_TOKEN_KEY].0).trim().to_owned();
+    if token.is_empty() {
+        return Ok(Err((
+            Reason::SecretKeyNotFound,
+            format!("{field}: Secret {ns}/{} has an empty key {ADMIN_TOKEN_KEY}", admin_token_secret(cluster)),
+        )));
+    }
+    let tls = match &cluster.spec.tls {
+        None => None,
+        Some(t) => {
+            let require = t.client_auth == ClientAuth::Require;
+            let mut keys = vec![TLS_CERT_KEY, TLS_KEY_KEY];
+            if require {
+                keys.push(TLS_CA_KEY);
+            }
+            let mut data = match read_secret(ctx, &ns, "spec.tls.secretName", t.secret_name.trim(), &keys).await? {
+                Ok(d) => d,
+                Err(why) => return Ok(Err(why)),
+            };
+            let mut take = |k: &str| data.remove(k).map(|b| b.0);
+            let ca_pem = take(TLS_CA_KEY);
+            let identity = if require { take(TLS_CERT_KEY).zip(take(TLS_KEY_KEY)) } else { None };
+            Some(TlsAccess { ca_pem, identity })
+        }
+    };
+    Ok(Ok(Access { token: Some(token), tls }))
 }
 
 /// Applies the PodMonitor/ServiceMonitor. A cluster without the Prometheus
@@ -1051,18 +1311,24 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
         cluster
     };
 
-    let children = match build(cluster) {
-        Ok(c) => c,
-        Err(e) => return not_ready(cluster, ctx, &api, &previous, st, Reason::InvalidSpec, e.to_string()).await,
-    };
-    // Credentials from a Secret that is not there would leave every pod
-    // failing to start (CreateContainerConfigError): check first, and apply
-    // nothing until it is there.
+    // Secrets the pods mount or read that are not there would leave every
+    // pod failing to start (CreateContainerConfigError): check first, and
+    // apply nothing until they are there.
     if let Some(c) = cluster.spec.tier.as_ref().and_then(|t| t.credentials_secret.as_ref())
         && let Some((reason, message)) = check_secret(ctx, &ns, c).await?
     {
         return not_ready(cluster, ctx, &api, &previous, st, reason, message).await;
     }
+    ensure_admin_token(ctx, cluster, &ns).await?;
+    let access = match access(ctx, cluster).await? {
+        Ok(a) => a,
+        Err((reason, message)) => return not_ready(cluster, ctx, &api, &previous, st, reason, message).await,
+    };
+    let tls_has_ca = access.tls.as_ref().is_some_and(|t| t.ca_pem.is_some());
+    let children = match build(cluster, tls_has_ca) {
+        Ok(c) => c,
+        Err(e) => return not_ready(cluster, ctx, &api, &previous, st, Reason::InvalidSpec, e.to_string()).await,
+    };
     // Applying every child on each resync is what corrects drift: server-side
     // apply with force takes back the fields this manager owns.
     apply(ctx, &ns, &children.service_account).await?;
@@ -1085,12 +1351,12 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
     let ready = sts.get_opt(&name).await?.and_then(|s| s.status).and_then(|s| s.ready_replicas).unwrap_or(0);
     st.replicas = cluster.spec.replicas;
     st.ready_replicas = ready;
-    st.client_url = Some(crate::context::ServiceDns.url_for(&ns, &name));
+    st.client_url = Some(access.url(&crate::context::ServiceDns.url_for(&ns, &name)));
     st.ready_text = Some(format!("{ready}/{}", cluster.spec.replicas));
     st.observed_generation = generation;
     // What the brokers themselves say: members, metadata leader, partitions
     // left without an owner. Unknown (unset) while no broker answers.
-    let view = if ready > 0 { cluster_view(ctx, &ns, &name).await } else { None };
+    let view = if ready > 0 { cluster_view(ctx, &ns, &name, &access).await } else { None };
     st.brokers = view.as_ref().map(|v| v.brokers.len() as u32);
     st.metadata_leader = view.as_ref().and_then(|v| v.leader_id);
     st.unowned_partitions = view.as_ref().map(|v| v.unowned_partitions);
@@ -1150,6 +1416,8 @@ pub(crate) mod tests {
                 telemetry: None,
                 metrics: MetricsSpec::default(),
                 pod: PodSpecOverrides::default(),
+                auth: AuthSpec::default(),
+                tls: None,
             },
         );
         c.metadata.namespace = Some("strata".into());
@@ -1157,9 +1425,114 @@ pub(crate) mod tests {
         c
     }
 
+    fn pod(ch: &Children) -> (PodSpec, Container) {
+        let pod = ch.stateful_set.spec.template.spec.clone().unwrap();
+        let c = pod.containers[0].clone();
+        (pod, c)
+    }
+
+    fn config(ch: &Children) -> toml::Table {
+        ch.config_map.data.as_ref().unwrap()[CONFIG_FILE].parse().unwrap()
+    }
+
+    fn mount(c: &Container, volume: &str) -> Option<String> {
+        c.volume_mounts.as_ref()?.iter().find(|m| m.name == volume).map(|m| m.mount_path.clone())
+    }
+
+    fn secret_of(pod: &PodSpec, volume: &str) -> Option<String> {
+        pod.volumes.as_ref()?.iter().find(|v| v.name == volume)?.secret.as_ref()?.secret_name.clone()
+    }
+
+    #[test]
+    fn auth_is_required_by_default_with_the_generated_admin_token_mounted() {
+        let c = cluster();
+        let ch = build(&c, false).unwrap();
+        let (pod, container) = pod(&ch);
+        assert_eq!(secret_of(&pod, "admin-token").as_deref(), Some("main-admin-token"));
+        assert_eq!(mount(&container, "admin-token").as_deref(), Some(AUTH_DIR));
+        let conf = config(&ch);
+        assert_eq!(conf["auth"]["mode"].as_str(), Some("required"));
+        assert_eq!(conf["auth"]["admin_token_file"].as_str(), Some("/etc/strata-auth/token"));
+        assert!(conf.get("tls").is_none());
+        assert!(secret_of(&pod, "tls").is_none());
+        // Probes stay plain HTTP without TLS.
+        assert_eq!(container.readiness_probe.unwrap().http_get.unwrap().scheme, None);
+
+        // A named Secret, and anonymous mode.
+        let mut c = cluster();
+        c.spec.auth = AuthSpec { mode: AuthMode::Anonymous, admin_token_secret: Some("ops-token".into()) };
+        let ch = build(&c, false).unwrap();
+        assert_eq!(secret_of(&pod_of(&ch), "admin-token").as_deref(), Some("ops-token"));
+        assert_eq!(config(&ch)["auth"]["mode"].as_str(), Some("anonymous"));
+        assert_eq!(admin_token_secret(&c), "ops-token");
+    }
+
+    fn pod_of(ch: &Children) -> PodSpec {
+        pod(ch).0
+    }
+
+    #[test]
+    fn tls_mounts_the_secret_configures_the_broker_and_probes_https() {
+        let mut c = cluster();
+        c.spec.tls = Some(TlsSpec { secret_name: "main-tls".into(), client_auth: ClientAuth::None });
+        // Without ca.crt: server TLS only.
+        let ch = build(&c, false).unwrap();
+        let (pod, container) = pod(&ch);
+        assert_eq!(secret_of(&pod, "tls").as_deref(), Some("main-tls"));
+        assert_eq!(mount(&container, "tls").as_deref(), Some(TLS_DIR));
+        let conf = config(&ch);
+        assert_eq!(conf["tls"]["cert"].as_str(), Some("/etc/strata-tls/tls.crt"));
+        assert_eq!(conf["tls"]["key"].as_str(), Some("/etc/strata-tls/tls.key"));
+        assert!(conf["tls"].get("client_ca").is_none());
+        assert!(conf["tls"].get("require_client_cert").is_none());
+        for probe in [container.readiness_probe.unwrap(), container.liveness_probe.unwrap()] {
+            assert_eq!(probe.http_get.unwrap().scheme.as_deref(), Some("HTTPS"));
+        }
+        // With ca.crt: client certificates are verified when presented.
+        let conf = config(&build(&c, true).unwrap());
+        assert_eq!(conf["tls"]["client_ca"].as_str(), Some("/etc/strata-tls/ca.crt"));
+        assert!(conf["tls"].get("require_client_cert").is_none());
+        // mTLS required.
+        c.spec.tls.as_mut().unwrap().client_auth = ClientAuth::Require;
+        let ch = build(&c, true).unwrap();
+        let conf = config(&ch);
+        assert_eq!(conf["tls"]["client_ca"].as_str(), Some("/etc/strata-tls/ca.crt"));
+        assert_eq!(conf["tls"]["require_client_cert"].as_bool(), Some(true));
+        // The config hash rolls the pods when TLS changes.
+        let hash = |ch: &Children| ch.stateful_set.spec.template.metadata.as_ref().unwrap().annotations.clone();
+        assert_ne!(hash(&ch), hash(&build(&cluster(), false).unwrap()));
+        // An empty Secret name is refused.
+        c.spec.tls.as_mut().unwrap().secret_name = " ".into();
+        assert_eq!(build(&c, false).unwrap_err().field, "spec.tls.secretName");
+    }
+
+    #[test]
+    fn tls_makes_the_monitor_scrape_https_with_the_secrets_ca() {
+        let mut c = cluster();
+        c.spec.metrics.monitor = Monitor::PodMonitor;
+        c.spec.tls = Some(TlsSpec { secret_name: "main-tls".into(), client_auth: ClientAuth::None });
+        let m = build(&c, true).unwrap().monitor.unwrap();
+        let ep = &m["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(ep["scheme"], "https");
+        assert_eq!(ep["tlsConfig"]["ca"]["secret"]["name"], "main-tls");
+        assert_eq!(ep["tlsConfig"]["serverName"], "main.strata.svc");
+    }
+
+    #[test]
+    fn generated_tokens_have_the_brokers_format() {
+        use base64::Engine as _;
+        let a = generate_token().unwrap();
+        let b = generate_token().unwrap();
+        assert_ne!(a, b);
+        let body = a.strip_prefix("strata_").unwrap();
+        assert_eq!(body.len(), 43);
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).unwrap();
+        assert_eq!(bytes.len(), 32);
+    }
+
     #[test]
     fn statefulset_has_storage_probes_spread_and_owner() {
-        let ch = build(&cluster()).unwrap();
+        let ch = build(&cluster(), false).unwrap();
         let sts = ch.stateful_set;
         let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("BrokerCluster", "main", Some(true)));
@@ -1181,7 +1554,7 @@ pub(crate) mod tests {
 
     #[test]
     fn services_pdb_and_config_map() {
-        let ch = build(&cluster()).unwrap();
+        let ch = build(&cluster(), false).unwrap();
         let headless = ch.headless_service.spec.unwrap();
         assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
         assert_eq!(headless.ports.unwrap().len(), 2);
@@ -1195,10 +1568,10 @@ pub(crate) mod tests {
 
     #[test]
     fn config_changes_change_the_pod_template() {
-        let a = build(&cluster()).unwrap().stateful_set;
+        let a = build(&cluster(), false).unwrap().stateful_set;
         let mut c = cluster();
         c.spec.config.log_level = Some("info".into());
-        let b = build(&c).unwrap().stateful_set;
+        let b = build(&c, false).unwrap().stateful_set;
         let hash = |s: &StatefulSet| s.spec.template.metadata.as_ref().unwrap().annotations.clone();
         assert_ne!(hash(&a), hash(&b));
     }
@@ -1207,10 +1580,10 @@ pub(crate) mod tests {
     fn bad_spec_is_an_error_not_a_panic() {
         let mut c = cluster();
         c.spec.config.default_retention = Some("forever-ish".into());
-        let e = build(&c).unwrap_err();
+        let e = build(&c, false).unwrap_err();
         assert_eq!(e.field, "spec.config.defaultRetention");
         let mut c = cluster();
         c.spec.replicas = 0;
-        assert_eq!(build(&c).unwrap_err().field, "spec.replicas");
+        assert_eq!(build(&c, false).unwrap_err().field, "spec.replicas");
     }
 }

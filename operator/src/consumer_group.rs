@@ -227,7 +227,7 @@ impl BrokerResource for ConsumerGroup {
         Ok(report)
     }
 
-    async fn delete(&self, broker: &strata_client::Client) -> Result<(), Blocked> {
+    async fn delete(&self, broker: &strata_client::Client, _ctx: &Context) -> Result<(), Blocked> {
         let group = self.broker_name();
         match broker.delete_group(&group).await {
             Ok(()) => Ok(()),

@@ -49,6 +49,60 @@ impl BrokerDirectory for FixedAddress {
     }
 }
 
+/// How the operator authenticates to one cluster: the cluster-admin token
+/// and, with TLS, the CA it trusts and the certificate it presents (mTLS).
+/// Read from the cluster's Secrets on each reconcile (`broker_cluster::access`).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    pub token: Option<String>,
+    /// `Some`: the cluster serves TLS (`https://`).
+    pub tls: Option<TlsAccess>,
+}
+
+/// The TLS side of [`Access`].
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct TlsAccess {
+    /// PEM CA certificates (the Secret's `ca.crt`); `None`: system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key (PEM), when the brokers require one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.as_ref().map(|t| (t.ca_pem.is_some(), t.identity.is_some())))
+            .finish()
+    }
+}
+
+impl Access {
+    /// `url` with the scheme this access needs (`https://` with TLS).
+    pub fn url(&self, url: &str) -> String {
+        match (&self.tls, url.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => url.to_owned(),
+        }
+    }
+
+    fn options(&self) -> strata_client::ConnectOptions {
+        let mut o = strata_client::ConnectOptions::new();
+        if let Some(t) = &self.token {
+            o = o.token(t.clone());
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(ca) = &tls.ca_pem {
+                o = o.ca_pem(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.identity {
+                o = o.identity_pem(cert.clone(), key.clone());
+            }
+        }
+        o
+    }
+}
+
 /// Exponential backoff per object: 1 s, 2 s, 4 s ... capped at `max`,
 /// reset by a successful reconcile.
 ///
@@ -157,7 +211,8 @@ pub struct Context {
     pub settings: Settings,
     pub backoff: Backoff,
     pub drift: DriftMemory,
-    connections: tokio::sync::Mutex<HashMap<String, strata_client::Client>>,
+    /// Per URL: the credentials a client was made with, and the client.
+    connections: tokio::sync::Mutex<HashMap<String, (Access, strata_client::Client)>>,
 }
 
 impl Context {
@@ -181,17 +236,26 @@ impl Context {
         }
     }
 
-    /// A client for the broker cluster `name` in `namespace`; connections
-    /// are cached per address (a client is an HTTP/2 channel that reconnects
-    /// by itself).
-    pub async fn broker(&self, namespace: &str, name: &str) -> Result<strata_client::Client, strata_client::Error> {
-        let url = self.brokers.url(namespace, name);
+    /// A client for the broker cluster `name` in `namespace`, authenticated
+    /// with `access`. Cached per address and credentials (a client is an
+    /// HTTP/2 channel that reconnects by itself); changed credentials (a
+    /// rotated admin token or CA) replace the cached client.
+    pub async fn broker(
+        &self,
+        namespace: &str,
+        name: &str,
+        access: &Access,
+    ) -> Result<strata_client::Client, strata_client::Error> {
+        let url = access.url(&self.brokers.url(namespace, name));
         let mut connections = self.connections.lock().await;
-        if let Some(c) = connections.get(&url) {
+        if let Some((a, c)) = connections.get(&url)
+            && a == access
+        {
             return Ok(c.clone());
         }
-        let client = strata_client::Client::connect(&url).await?.with_timeout(Duration::from_secs(15));
-        connections.insert(url, client.clone());
+        let client =
+            strata_client::Client::connect_with(&url, access.options()).await?.with_timeout(Duration::from_secs(15));
+        connections.insert(url, (access.clone(), client.clone()));
         Ok(client)
     }
 

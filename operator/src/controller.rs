@@ -260,6 +260,7 @@ mod tests {
                 cluster_ref: ClusterRef { name: "main".into(), namespace: None },
                 allowed_namespaces: vec!["*".into()],
                 deletion_policy: DeletionPolicy::Retain,
+                principals: Vec::new(),
             },
         );
         t.metadata.namespace = Some("strata".into());

@@ -15,6 +15,8 @@ pub enum Error {
     },
     #[error("{kind} {name} has no namespace")]
     MissingNamespace { kind: &'static str, name: String },
+    #[error("no randomness for a new token: {0}")]
+    Random(String),
     #[error("leader election: {0}")]
     Lease(String),
     #[error("cannot serve HTTP on {addr}: {source}")]
@@ -33,6 +35,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Serialize { .. } => "serialize",
             Error::MissingNamespace { .. } => "missing_namespace",
+            Error::Random(_) => "random",
             Error::Lease(_) => "lease",
             Error::Listen { .. } => "listen",
         }

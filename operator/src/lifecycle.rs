@@ -11,12 +11,13 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use crate::broker_cluster::BrokerCluster;
+use crate::broker_cluster::{self, BrokerCluster};
 use crate::context::Context;
 use crate::error::Error;
 use crate::resource::{Blocked, BrokerResource, CommonStatus, DeletionPolicy, FINALIZER, apply_status, is_paused};
 use crate::status::{self, Reason};
 use crate::tenant::Tenant;
+pub use crate::tenant::tenant_allows;
 
 fn has_finalizer<K: Resource>(obj: &K) -> bool {
     obj.meta().finalizers.as_ref().is_some_and(|f| f.iter().any(|x| x == FINALIZER))
@@ -35,15 +36,6 @@ async fn set_finalizer<K: BrokerResource>(api: &Api<K>, obj: &K, present: bool) 
     });
     api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
-}
-
-/// Whether `namespace` may use `tenant`.
-pub fn tenant_allows(tenant: &Tenant, namespace: &str) -> bool {
-    let own = tenant.namespace();
-    if own.as_deref() == Some(namespace) {
-        return true;
-    }
-    tenant.spec.allowed_namespaces.iter().any(|n| n == "*" || n == namespace)
 }
 
 /// The driver: one reconcile of a broker-side resource.
@@ -119,12 +111,11 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
     // The cluster. When it is gone nothing can be cleaned up on the broker
     // side, so a deletion releases the finalizer rather than hang forever.
     let clusters: Api<BrokerCluster> = Api::namespaced(ctx.client.clone(), &cluster_ns);
-    let cluster = clusters.get_opt(&cluster_name).await?;
-    let cluster_alive = cluster.as_ref().is_some_and(|c| c.meta().deletion_timestamp.is_none());
+    let cluster = clusters.get_opt(&cluster_name).await?.filter(|c| c.meta().deletion_timestamp.is_none());
     if deleting && !has_finalizer(obj) {
         return Ok(Action::await_change());
     }
-    if !cluster_alive {
+    let Some(cluster) = cluster else {
         let message = format!("BrokerCluster {cluster_ns}/{cluster_name} not found");
         if deleting {
             set_finalizer(&api, obj, false).await?;
@@ -147,7 +138,7 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
             Blocked::new(Reason::ClusterNotFound, format!("{message}; waiting for it")),
         )
         .await;
-    }
+    };
 
     if deleting {
         if placement.deletion_policy == DeletionPolicy::Retain {
@@ -156,11 +147,11 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
                 .await;
             return Ok(Action::await_change());
         }
-        let broker = match connect(ctx, &cluster_ns, &cluster_name, placement.tenant).await {
+        let broker = match connect(ctx, &cluster, placement.tenant).await? {
             Ok(b) => b,
             Err(b) => return blocked(obj, ctx, &api, previous, st, b).await,
         };
-        return match obj.delete(&broker).await {
+        return match obj.delete(&broker, ctx).await {
             Ok(()) => {
                 set_finalizer(&api, obj, false).await?;
                 ctx.event(obj, false, "Deleted", "Delete", "deleted on the broker".into()).await;
@@ -196,7 +187,7 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
         set_finalizer(&api, obj, true).await?;
     }
 
-    let broker = match connect(ctx, &cluster_ns, &cluster_name, placement.tenant).await {
+    let broker = match connect(ctx, &cluster, placement.tenant).await? {
         Ok(b) => b,
         Err(b) => return blocked(obj, ctx, &api, previous, st, b).await,
     };
@@ -252,20 +243,30 @@ async fn reconcile_inner<K: BrokerResource>(obj: &K, ctx: &Context) -> Result<Ac
     }
 }
 
-async fn connect(
+/// A client of `cluster`, authenticated as its admin (the token from its
+/// Secret) and scoped to `tenant`. `Err` inside: a missing Secret or a
+/// broker that cannot be reached.
+pub(crate) async fn connect(
     ctx: &Context,
-    ns: &str,
-    cluster: &str,
+    cluster: &BrokerCluster,
     tenant: Option<&str>,
-) -> Result<strata_client::Client, Blocked> {
-    let client = ctx
-        .broker(ns, cluster)
-        .await
-        .map_err(|e| Blocked::from_client(&format!("BrokerCluster {ns}/{cluster}"), &e))?;
-    Ok(match tenant {
+) -> Result<Result<strata_client::Client, Blocked>, Error> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let access = match broker_cluster::access(ctx, cluster).await? {
+        Ok(a) => a,
+        Err((reason, message)) => {
+            return Ok(Err(Blocked::new(reason, format!("BrokerCluster {ns}/{name}: {message}"))));
+        }
+    };
+    let client = match ctx.broker(&ns, &name, &access).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(Blocked::from_client(&format!("BrokerCluster {ns}/{name}"), &e))),
+    };
+    Ok(Ok(match tenant {
         Some(t) => client.with_tenant(t),
         None => client,
-    })
+    }))
 }
 
 /// Records `Ready=False` with the reason, publishes a Warning event when the
@@ -307,6 +308,7 @@ mod tests {
                 cluster_ref: ClusterRef { name: "main".into(), namespace: None },
                 allowed_namespaces: vec!["apps".into()],
                 deletion_policy: DeletionPolicy::Retain,
+                principals: Vec::new(),
             },
         );
         t.metadata.namespace = Some("strata".into());

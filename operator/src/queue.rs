@@ -450,7 +450,7 @@ impl BrokerResource for Queue {
         Ok(report)
     }
 
-    async fn delete(&self, broker: &strata_client::Client) -> Result<(), Blocked> {
+    async fn delete(&self, broker: &strata_client::Client, _ctx: &Context) -> Result<(), Blocked> {
         let name = self.broker_name();
         match broker.delete_queue(&name, !force_delete(self)).await {
             Ok(()) => Ok(()),

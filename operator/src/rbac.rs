@@ -69,10 +69,17 @@ pub const PERMISSIONS: &[Permission] = &[
         resources: &["poddisruptionbudgets"],
         verbs: &["list", "watch", "create", "patch"],
     },
-    // A BrokerCluster's cold-store credentials Secret is read before its pods
-    // are made, so a missing Secret or key is a condition, not pods failing
-    // to start. (RBAC cannot narrow `get` to metadata: this reads Secrets.)
-    Permission { scope: Scope::Cluster, api_group: "", resources: &["secrets"], verbs: &["get"] },
+    // A BrokerCluster's Secrets (cold-store credentials, admin token, TLS)
+    // are read before its pods are made, so a missing Secret or key is a
+    // condition, not pods failing to start; the operator authenticates with
+    // the admin token and creates it when none is named. A Tenant's
+    // principals get token Secrets in their namespaces (written, deleted).
+    Permission {
+        scope: Scope::Cluster,
+        api_group: "",
+        resources: &["secrets"],
+        verbs: &["get", "create", "patch", "delete"],
+    },
     // `spec.metrics.monitor`: a PodMonitor or ServiceMonitor, server-side applied.
     Permission {
         scope: Scope::Cluster,
@@ -137,7 +144,7 @@ mod tests {
     /// creatable, or the first reconcile of every cluster is forbidden.
     #[test]
     fn every_child_the_broker_cluster_applies_may_be_created_and_patched() {
-        let c = crate::broker_cluster::build(&crate::broker_cluster::tests::cluster()).unwrap();
+        let c = crate::broker_cluster::build(&crate::broker_cluster::tests::cluster(), false).unwrap();
         let kinds = [
             group_and_plural(&c.service_account),
             group_and_plural(&c.config_map),

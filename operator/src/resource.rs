@@ -177,8 +177,10 @@ pub trait BrokerResource:
     ) -> impl Future<Output = Result<Report, Blocked>> + Send;
 
     /// Deletes the broker-side object (policy `Delete`), honouring the
-    /// guard against deleting data. Already gone is success.
-    fn delete(&self, broker: &strata_client::Client) -> impl Future<Output = Result<(), Blocked>> + Send;
+    /// guard against deleting data, and what the operator made for it in
+    /// Kubernetes (a Tenant's token Secrets). Already gone is success.
+    fn delete(&self, broker: &strata_client::Client, ctx: &Context)
+    -> impl Future<Output = Result<(), Blocked>> + Send;
 }
 
 /// Whether the pause annotation is set to `"true"`.

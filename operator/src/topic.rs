@@ -338,7 +338,7 @@ impl BrokerResource for Topic {
         Ok(report)
     }
 
-    async fn delete(&self, broker: &strata_client::Client) -> Result<(), Blocked> {
+    async fn delete(&self, broker: &strata_client::Client, _ctx: &Context) -> Result<(), Blocked> {
         let name = self.broker_name();
         let desc = match broker.describe_topic(&name).await {
             Ok(d) => d,

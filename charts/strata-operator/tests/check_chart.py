@@ -21,7 +21,11 @@ kubernetes-validate:
 6. `brokerCluster.enabled` renders a BrokerCluster that validates against
    its CRD's schema (unknown fields refused), with the one image tag; the
    operator's own OTLP settings become OTEL_* variables.
-7. The GitOps examples (examples/gitops/): the team's manifests validate
+7. With `brokerCluster.tls.certManager.enabled`, a cert-manager Certificate
+   writes the Secret the BrokerCluster's spec.tls names (cert-manager's CRD
+   schema is not in kubernetes-validate: its required fields and enums are
+   checked by hand); without an issuer name the chart refuses to render.
+8. The GitOps examples (examples/gitops/): the team's manifests validate
    against the CRDs; the Argo CD Application and Flux Kustomization have
    their required fields.
 
@@ -110,6 +114,46 @@ def validate_service_monitor(doc: dict) -> None:
         check(e.get("port") == "http", "ServiceMonitor scrapes the http port")
 
 
+CERT_MANAGER_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+}
+
+
+def validate_certificate(doc: dict) -> None:
+    """cert-manager.io/v1 Certificate: its CRD schema is not in
+    kubernetes-validate, so its required fields and enums are checked here
+    (spec.secretName and spec.issuerRef.name are required; usages and the
+    private key algorithm are enums; durations are Go durations)."""
+    import re
+    name = doc.get("metadata", {}).get("name")
+    spec = doc.get("spec") or {}
+    check(doc.get("apiVersion") == "cert-manager.io/v1", f"Certificate {name}: apiVersion cert-manager.io/v1")
+    check(bool(name) and bool(doc.get("metadata", {}).get("namespace")), "Certificate needs a name and a namespace")
+    known = {"secretName", "issuerRef", "duration", "renewBefore", "commonName", "dnsNames", "ipAddresses",
+             "uris", "emailAddresses", "usages", "privateKey", "subject", "isCA", "secretTemplate",
+             "revisionHistoryLimit", "keystores", "literalSubject", "nameConstraints", "otherNames",
+             "encodeUsagesInRequest", "additionalOutputFormats", "renewBeforePercentage"}
+    check(set(spec) <= known, f"Certificate {name}: unknown spec fields {set(spec) - known}")
+    check(isinstance(spec.get("secretName"), str) and spec["secretName"] != "", f"Certificate {name}: spec.secretName is required")
+    issuer = spec.get("issuerRef") or {}
+    check(isinstance(issuer.get("name"), str) and issuer["name"] != "", f"Certificate {name}: spec.issuerRef.name is required")
+    check(set(issuer) <= {"name", "kind", "group"}, f"Certificate {name}: issuerRef fields {set(issuer)}")
+    check(bool(spec.get("dnsNames") or spec.get("commonName") or spec.get("ipAddresses") or spec.get("uris")),
+          f"Certificate {name}: at least one of commonName, dnsNames, ipAddresses, uris")
+    check(all(isinstance(d, str) and d for d in spec.get("dnsNames", [])), f"Certificate {name}: dnsNames are strings")
+    check(set(spec.get("usages", [])) <= CERT_MANAGER_USAGES, f"Certificate {name}: unknown usages {spec.get('usages')}")
+    go_duration = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+    for field in ("duration", "renewBefore"):
+        if field in spec:
+            check(bool(go_duration.match(str(spec[field]))), f"Certificate {name}: {field} {spec[field]!r} is no Go duration")
+    key = spec.get("privateKey") or {}
+    check(key.get("algorithm", "RSA") in {"RSA", "ECDSA", "Ed25519"}, f"Certificate {name}: privateKey.algorithm")
+    check(key.get("rotationPolicy", "Never") in {"Never", "Always"}, f"Certificate {name}: privateKey.rotationPolicy")
+
+
 def crd_schema(kind: str) -> dict | None:
     """The openAPIV3Schema of a Strata kind, from the chart's CRDs."""
     for f in (CHART / "crds").glob("*.yaml"):
@@ -147,6 +191,10 @@ def validate(doc: dict) -> None:
         if schema:
             validate_custom(doc, schema)
             print(f"  {kind}: validated against its CRD's openAPIV3Schema (unknown fields refused)")
+        return
+    if kind == "Certificate":
+        print("  Certificate: required fields and enums checked by hand (cert-manager's CRD schema is not in kubernetes-validate)")
+        validate_certificate(doc)
         return
     if kind == "ServiceMonitor":
         print("  ServiceMonitor: validated against a minimal schema (a CRD kind; kubernetes-validate has no schema for it)")
@@ -270,6 +318,45 @@ def main() -> int:
     for d in render(bad):
         validate(d)
     check(len(FAILURES) == before + 1, "a misspelt BrokerCluster field is caught by the schema check")
+    del FAILURES[before:]
+
+    # TLS from a cert-manager Certificate: the Secret it writes is the one
+    # the BrokerCluster names, and it names the client Service and the pods.
+    with_tls = dict(with_cluster, brokerCluster=dict(
+        with_cluster["brokerCluster"],
+        auth={"mode": "required", "adminTokenSecret": "strata-admin"},
+        tls={"enabled": True, "clientAuth": "require",
+             "certManager": {"enabled": True, "issuerRef": {"name": "strata-ca", "kind": "ClusterIssuer"}}},
+    ))
+    print("BrokerCluster with TLS from cert-manager:")
+    lint(with_tls)
+    docs = render(with_tls)
+    for d in docs:
+        validate(d)
+    certs = [d for d in docs if d["kind"] == "Certificate"]
+    bc = next(d for d in docs if d["kind"] == "BrokerCluster")
+    check(len(certs) == 1, "tls.certManager.enabled renders one Certificate")
+    check(bc["spec"].get("tls") == {"secretName": "main-tls", "clientAuth": "require"}, f"BrokerCluster tls: {bc['spec'].get('tls')}")
+    check(bc["spec"].get("auth") == {"mode": "required", "adminTokenSecret": "strata-admin"}, f"BrokerCluster auth: {bc['spec'].get('auth')}")
+    for cert in certs:
+        check(cert["spec"]["secretName"] == bc["spec"]["tls"]["secretName"], "the Certificate writes the Secret the BrokerCluster uses")
+        check(cert["metadata"]["namespace"] == bc["metadata"]["namespace"], "the Certificate is in the cluster's namespace")
+        names = cert["spec"]["dnsNames"]
+        check("main.strata-system.svc" in names and "*.main-headless.strata-system.svc" in names, f"dnsNames: {names}")
+        check({"server auth", "client auth"} <= set(cert["spec"]["usages"]), "server and client usages")
+        check(cert["spec"]["issuerRef"] == {"name": "strata-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}, "issuerRef from values")
+        print(f"  Certificate {cert['metadata']['name']} -> Secret {cert['spec']['secretName']} ({len(names)} DNS names)")
+    check(not any(d["kind"] == "Certificate" for d in render(with_cluster)), "no Certificate without tls.certManager.enabled")
+    no_issuer = dict(with_tls, brokerCluster=dict(with_tls["brokerCluster"], tls={"enabled": True, "certManager": {"enabled": True}}))
+    try:
+        render(no_issuer)
+        FAILURES.append("certManager.enabled without issuerRef.name must fail to render")
+    except helm.HelmError as e:
+        check("issuerRef.name" in str(e), f"a clear render error: {e}")
+    broken = dict(certs[0], spec={k: v for k, v in certs[0]["spec"].items() if k != "secretName"}) if certs else {}
+    before = len(FAILURES)
+    validate_certificate(broken)
+    check(len(FAILURES) > before, "a Certificate without secretName is caught")
     del FAILURES[before:]
 
     # The GitOps examples (README): Argo CD and Flux objects (CRD kinds

@@ -335,3 +335,59 @@ async fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// `tls.require_client_cert`: a gRPC connection without a client
+/// certificate is refused by the handshake, one with a certificate of the CA
+/// is served; the HTTP listener never requires one, so probes stay open
+/// (what a BrokerCluster with `clientAuth: require` relies on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_client_certificates_guard_grpc_but_not_the_probes() {
+    let Some(bin) = binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca();
+    let (cert_pem, key_pem, _) = leaf(&ca, "broker", &["localhost", "127.0.0.1"], 1, true);
+    let (cert, key, ca_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("ca.crt"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let admin_file = write_admin_token(dir.path());
+    let broker = start(
+        &bin,
+        &dir.path().join("data"),
+        &["--auth", "required", "--admin-token-file", admin_file.to_str().unwrap()],
+        // All of [tls] from the environment: the configuration is checked
+        // before command-line flags are applied.
+        &[
+            ("STRATA_TLS_CERT", cert.to_str().unwrap()),
+            ("STRATA_TLS_KEY", key.to_str().unwrap()),
+            ("STRATA_TLS_CLIENT_CA", ca_file.to_str().unwrap()),
+            ("STRATA_TLS_REQUIRE_CLIENT_CERT", "true"),
+        ],
+    );
+    let url = format!("https://{}", broker.grpc);
+
+    let without = async {
+        Client::connect_with(&url, ConnectOptions::new().ca_pem(ca.pem.clone()).token(ADMIN_TOKEN))
+            .await?
+            .list_tenants()
+            .await
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(15), without).await.expect("the attempt ends");
+    assert!(refused.is_err(), "a gRPC client without a certificate must be refused: {refused:?}");
+
+    let (client_cert, client_key, _) = leaf(&ca, "operator", &[], 2, false);
+    let with = Client::connect_with(
+        &url,
+        ConnectOptions::new().ca_pem(ca.pem.clone()).identity_pem(client_cert, client_key).token(ADMIN_TOKEN),
+    )
+    .await
+    .unwrap();
+    assert!(with.list_tenants().await.unwrap().iter().any(|t| t.name == "default"));
+
+    // The probes: HTTPS without a client certificate.
+    let (mut tls, _) = tls_connect(&broker.http, &ca.pem, b"http/1.1").await;
+    tls.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

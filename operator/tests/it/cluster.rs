@@ -411,3 +411,32 @@ async fn a_cluster_grows_by_new_brokers_joining_and_a_shrink_is_refused() {
     let obj = env.fake.get(&cluster_path("main")).unwrap();
     assert!(obj["status"]["conditions"].as_array().unwrap().iter().all(|c| c["type"] != "ScalingBlocked"));
 }
+
+#[tokio::test]
+async fn auth_and_tls_reach_the_brokers_own_config_parser() {
+    let env = TestEnv::without_broker().await;
+    env.fake.insert(crate::secret_json(
+        CLUSTER_NS,
+        "main-tls",
+        &[("tls.crt", "c"), ("tls.key", "k"), ("ca.crt", "ca")],
+    ));
+    env.fake.insert(json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "main", "namespace": CLUSTER_NS},
+        "spec": {"replicas": 3, "tls": {"secretName": "main-tls", "clientAuth": "require"}}
+    }));
+    reconcile(&env).await;
+    let config = pod_config(&env, "main-1");
+    assert_eq!(config.auth.mode, strata_broker::config::AuthMode::Required);
+    assert_eq!(config.auth.admin_token_file, std::path::Path::new("/etc/strata-auth/token"));
+    assert_eq!(config.tls.cert, std::path::Path::new("/etc/strata-tls/tls.crt"));
+    assert_eq!(config.tls.key, std::path::Path::new("/etc/strata-tls/tls.key"));
+    assert_eq!(config.tls.client_ca, std::path::Path::new("/etc/strata-tls/ca.crt"));
+    assert!(config.tls.require_client_cert);
+    let sts = env.fake.get(&sts_path()).unwrap();
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let mounts: Vec<&str> =
+        container["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    assert!(mounts.contains(&"/etc/strata-auth") && mounts.contains(&"/etc/strata-tls"), "{mounts:?}");
+}

@@ -122,7 +122,7 @@ fn every_example_parses_into_its_crd_type() {
     let dir = root().join("examples");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let c: BrokerCluster = serde_yaml::from_str(&read("broker-cluster.yaml")).unwrap();
-    assert!(strata_operator::broker_cluster::render_config("main", "default", &c.spec).is_ok());
+    assert!(strata_operator::broker_cluster::render_config("main", "default", &c.spec, false).is_ok());
     let _: Tenant = serde_yaml::from_str(&read("tenant.yaml")).unwrap();
     let t: Topic = serde_yaml::from_str(&read("topic.yaml")).unwrap();
     assert!(strata_operator::topic::desired_options(&t.spec).is_ok());

@@ -8,6 +8,7 @@ mod crds;
 mod fake_api;
 mod leader;
 mod queue;
+mod security;
 mod tenant;
 mod topic;
 
@@ -32,6 +33,9 @@ pub struct TestEnv {
     pub fake: FakeApi,
     pub ctx: Arc<Context>,
     pub broker: Option<strata_broker::RunningBroker>,
+    /// The cluster-admin token: the broker's `--admin-token-file`, and the
+    /// Secret `main-admin-token` the operator authenticates with.
+    pub admin_token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -50,30 +54,50 @@ impl TestEnv {
         let dir = tempfile::tempdir().unwrap();
         // Bind and drop to get a port nothing listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::build(format!("http://127.0.0.1:{port}"), None, dir)
+        let token = strata_operator::broker_cluster::generate_token().unwrap();
+        Self::build(format!("http://127.0.0.1:{port}"), None, dir, token)
     }
 
+    /// With a real broker on loopback that requires authentication (as a
+    /// BrokerCluster's brokers do by default); its admin token is in the
+    /// Secret `main-admin-token`.
     pub async fn with_broker() -> TestEnv {
         let dir = tempfile::tempdir().unwrap();
+        let token = strata_operator::broker_cluster::generate_token().unwrap();
+        let token_file = dir.path().join("admin.token");
+        std::fs::write(&token_file, &token).unwrap();
         let mut config = strata_broker::Config::default();
-        config.storage.data_dir = dir.path().to_path_buf();
+        config.storage.data_dir = dir.path().join("data");
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.server.http_listen = "127.0.0.1:0".parse().unwrap();
+        config.auth.mode = strata_broker::config::AuthMode::Required;
+        config.auth.admin_token_file = token_file;
         let broker = strata_broker::start(config).await.unwrap();
         let url = format!("http://{}", broker.grpc_addr());
-        Self::build(url, Some(broker), dir)
+        Self::build(url, Some(broker), dir, token)
     }
 
-    fn build(url: String, broker: Option<strata_broker::RunningBroker>, dir: tempfile::TempDir) -> TestEnv {
+    fn build(
+        url: String,
+        broker: Option<strata_broker::RunningBroker>,
+        dir: tempfile::TempDir,
+        token: String,
+    ) -> TestEnv {
         let (client, fake) = FakeApi::start();
         let ctx = Arc::new(Context::new(client, Arc::new(FixedAddress(url)), Arc::new(Metrics::new()), settings()));
-        TestEnv { fake, ctx, broker, _dir: dir }
+        fake.insert(secret_json(CLUSTER_NS, "main-admin-token", &[("token", &token)]));
+        TestEnv { fake, ctx, broker, admin_token: token, _dir: dir }
     }
 
-    /// A `strata-client` for the loopback broker.
+    /// The loopback broker's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.broker.as_ref().expect("a broker").grpc_addr())
+    }
+
+    /// A `strata-client` for the loopback broker, as the cluster admin.
     pub async fn client(&self) -> strata_client::Client {
-        let addr = self.broker.as_ref().expect("a broker").grpc_addr();
-        strata_client::Client::connect(&format!("http://{addr}")).await.unwrap()
+        let options = strata_client::ConnectOptions::new().token(self.admin_token.clone());
+        strata_client::Client::connect_with(&self.url(), options).await.unwrap()
     }
 
     /// Reads the object at `path` from the fake API and reconciles it once.
@@ -129,6 +153,21 @@ pub fn tenant_json(name: &str, allowed: &[&str]) -> Value {
         "metadata": {"name": name, "namespace": CLUSTER_NS},
         "spec": {"clusterRef": {"name": "main"}, "allowedNamespaces": allowed, "deletionPolicy": "Retain"}
     })
+}
+
+/// A Secret as the API server would hold it (`data` base64).
+pub fn secret_json(ns: &str, name: &str, data: &[(&str, &str)]) -> Value {
+    use base64::Engine as _;
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let data: serde_json::Map<String, Value> = data.iter().map(|(k, v)| ((*k).to_owned(), json!(b64(v)))).collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "type": "Opaque", "data": data})
+}
+
+/// A Secret's `data` key, decoded.
+pub fn secret_value(secret: &Value, key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let v = secret["data"][key].as_str()?;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).ok()?).ok()
 }
 
 pub fn cluster_path(name: &str) -> String {
