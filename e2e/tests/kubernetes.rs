@@ -540,14 +540,19 @@ fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     cluster.kubectl_in(&["apply", "-f", "-"], Some(&grow.to_string()))?;
     cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/grow", "--timeout=240s"])?;
     let first = format!("http://{}:7070", pod_ip(cluster, "strata", "grow-0")?);
+    let token = admin_token(cluster, "grow")?;
     cluster.strata(
-        &["--server", &first, "topic", "create", "kept", "--partitions", "3"],
+        &["--server", &first, "--token", &token, "topic", "create", "kept", "--partitions", "3"],
         None,
         Duration::from_secs(30),
     )?;
     let sent: BTreeSet<String> = (0..KEPT).map(|i| format!("kept-{i}")).collect();
     let input = sent.iter().map(|m| format!("{m}\n")).collect::<String>();
-    cluster.strata(&["--server", &first, "produce", "kept"], Some(&input), Duration::from_secs(60))?;
+    cluster.strata(
+        &["--server", &first, "--token", &token, "produce", "kept"],
+        Some(&input),
+        Duration::from_secs(60),
+    )?;
 
     cluster.kubectl(&[
         "-n",
@@ -577,9 +582,11 @@ fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         let mut leaders = BTreeSet::new();
         for server in &servers {
             // A broker still restarting answers on a later round.
-            let Ok(text) =
-                cluster.strata(&["--server", server, "cluster", "describe", "--json"], None, Duration::from_secs(30))
-            else {
+            let Ok(text) = cluster.strata(
+                &["--server", server, "--token", &token, "cluster", "describe", "--json"],
+                None,
+                Duration::from_secs(30),
+            ) else {
                 return Ok(None);
             };
             let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
@@ -599,7 +606,7 @@ fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     // each broker at the one it was given.
     let all = servers.join(",");
     let out = cluster.strata(
-        &["--server", &all, "consume", "kept", "--from", "earliest", "--count", &KEPT.to_string()],
+        &["--server", &all, "--token", &token, "consume", "kept", "--from", "earliest", "--count", &KEPT.to_string()],
         None,
         Duration::from_secs(60),
     )?;
@@ -615,12 +622,15 @@ fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     ));
 
     cluster.strata(
-        &["--server", &servers[2], "topic", "create", "spread", "--partitions", "6"],
+        &["--server", &servers[2], "--token", &token, "topic", "create", "spread", "--partitions", "6"],
         None,
         Duration::from_secs(30),
     )?;
-    let text =
-        cluster.strata(&["--server", &servers[0], "cluster", "describe", "--json"], None, Duration::from_secs(30))?;
+    let text = cluster.strata(
+        &["--server", &servers[0], "--token", &token, "cluster", "describe", "--json"],
+        None,
+        Duration::from_secs(30),
+    )?;
     let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
     let mut owned: Vec<(u64, u64)> = view["brokers"]
         .as_array()
