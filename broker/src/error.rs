@@ -79,6 +79,8 @@ pub enum BrokerError {
         _ => "no live broker: its owner left the cluster".to_owned(),
     })]
     NotLeader { resource: String, owner: Option<u64>, address: Option<String> },
+    #[error(transparent)]
+    Quota(#[from] crate::quota::QuotaExceeded),
 }
 
 impl From<StoreError> for BrokerError {

@@ -9,4 +9,5 @@ mod harness;
 mod metrics;
 mod process;
 mod queue;
+mod quotas;
 mod tier;
