@@ -15,9 +15,10 @@
 //!   GCRA limiters (a burst of one second of the rate). A request over a
 //!   rate waits until the limiter lets it through, up to
 //!   `quotas.max_throttle`; one that would wait longer is refused with a
-//!   `retry_after`. Consumed bytes are only known after a read: they are
-//!   charged to the next consume request of the tenant (Kafka delays the
-//!   next response the same way).
+//!   `retry_after`. A request is charged at most one second of the rate at
+//!   once; the rest, and consumed bytes (known only after a read), are owed
+//!   and paid first by the tenant's next request (Kafka delays the next
+//!   response the same way), so large batches cannot exceed the rate.
 //! - Connections: the first call of a connection authenticated as one of the
 //!   tenant's principals registers the connection with the tenant (the
 //!   anonymous caller counts for `default`, the cluster admin never); the
@@ -160,6 +161,10 @@ struct Rate {
     /// Cells per second (also the burst).
     burst: u32,
     limit: u64,
+    /// Admitted but not charged yet: the part of a request beyond one
+    /// second of the rate, and consumed bytes (known only after the read).
+    /// The tenant's next request pays it first.
+    owed: AtomicU64,
 }
 
 impl Rate {
@@ -168,11 +173,16 @@ impl Rate {
         let burst = u32::try_from((per_second / unit).max(1)).unwrap_or(u32::MAX);
         let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = governor::Quota::per_second(burst_nz);
-        Rate { limiter: governor::RateLimiter::direct_with_clock(quota, clock), unit, burst, limit: per_second }
+        Rate {
+            limiter: governor::RateLimiter::direct_with_clock(quota, clock),
+            unit,
+            burst,
+            limit: per_second,
+            owed: AtomicU64::new(0),
+        }
     }
 
-    /// Cells for `amount`: at least one, at most a burst (a request larger
-    /// than one second of the rate is charged one second).
+    /// Cells for `amount`: at least one, at most a burst (the rest is owed).
     fn cells(&self, amount: u64) -> NonZeroU32 {
         let cells = amount.div_ceil(self.unit).clamp(1, u64::from(self.burst));
         NonZeroU32::new(cells as u32).unwrap_or(NonZeroU32::MIN)
@@ -195,8 +205,6 @@ struct TenantRates {
     produce: Option<Rate>,
     consume: Option<Rate>,
     requests: Option<Rate>,
-    /// Consumed bytes not charged yet (charged to the next consume request).
-    consume_owed: AtomicU64,
 }
 
 impl TenantRates {
@@ -206,7 +214,6 @@ impl TenantRates {
             produce: quotas.produce_bytes_per_second.map(|r| Rate::new(r, clock)),
             consume: quotas.consume_bytes_per_second.map(|r| Rate::new(r, clock)),
             requests: quotas.requests_per_second.map(|r| Rate::new(u64::from(r), clock)),
-            consume_owed: AtomicU64::new(0),
         }
     }
 
@@ -328,11 +335,26 @@ impl Quotas {
     pub(crate) async fn admit(&self, tenant: &str, quota: Quota, amount: u64) -> Result<Duration, QuotaExceeded> {
         let Some(rates) = self.rates(tenant) else { return Ok(Duration::ZERO) };
         let Some(rate) = rates.rate(quota) else { return Ok(Duration::ZERO) };
-        let cells = rate.cells(amount);
+        // What earlier requests left unpaid comes first.
+        let owed = rate.owed.load(Ordering::Acquire);
+        let total = amount.saturating_add(owed);
+        if total == 0 {
+            return Ok(Duration::ZERO);
+        }
+        let cells = rate.cells(total);
+        let charged = u64::from(cells.get()).saturating_mul(rate.unit).min(total);
         let mut waited = Duration::ZERO;
         loop {
             match rate.try_take(cells, &self.clock) {
-                Ok(()) => break,
+                Ok(()) => {
+                    // Paid what was owed (up to the burst); the rest of this
+                    // request beyond one second of the rate is owed now.
+                    let left = total - charged;
+                    let _ = rate.owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                        Some(now.saturating_sub(owed).saturating_add(left))
+                    });
+                    break;
+                }
                 Err(wait) if waited + wait <= self.max_throttle => {
                     tokio::time::sleep(wait).await;
                     waited += wait;
@@ -365,18 +387,7 @@ impl Quotas {
     /// Before a consume request: pays the bytes earlier reads of the tenant
     /// owe (throttled or refused like [`Quotas::admit`]).
     pub(crate) async fn admit_consume(&self, tenant: &str) -> Result<Duration, QuotaExceeded> {
-        let Some(rates) = self.rates(tenant) else { return Ok(Duration::ZERO) };
-        if rates.consume.is_none() {
-            return Ok(Duration::ZERO);
-        }
-        let owed = rates.consume_owed.load(Ordering::Acquire);
-        if owed == 0 {
-            return Ok(Duration::ZERO);
-        }
-        let waited = self.admit(tenant, Quota::ConsumeBytesPerSecond, owed).await?;
-        // Paid (a request is charged at most one second of the rate).
-        let _ = rates.consume_owed.fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| Some(o.saturating_sub(owed)));
-        Ok(waited)
+        self.admit(tenant, Quota::ConsumeBytesPerSecond, 0).await
     }
 
     /// After a consume request: records the bytes it returned.
@@ -385,9 +396,9 @@ impl Quotas {
             return;
         }
         if let Some(rates) = self.rates(tenant)
-            && rates.consume.is_some()
+            && let Some(rate) = &rates.consume
         {
-            rates.consume_owed.fetch_add(bytes, Ordering::AcqRel);
+            rate.owed.fetch_add(bytes, Ordering::AcqRel);
         }
     }
 
@@ -550,6 +561,21 @@ mod tests {
         assert!(m.contains(r#"strata_quota_rejections_total{tenant="a",quota="produce_bytes_per_second"} 1"#), "{m}");
         assert!(m.contains(r#"strata_quota_throttle_seconds_total{tenant="a",quota="produce_bytes_per_second"} 0.2"#));
         assert!(m.contains(r#"strata_tenant_quota{tenant="a",quota="produce_bytes_per_second"} 1000"#));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_over_one_second_of_the_rate_is_owed_by_the_next() {
+        let q = quotas(1500, TenantQuotas { produce_bytes_per_second: Some(1000), ..Default::default() });
+        // 3 s worth at once: one second charged now, two owed.
+        assert_eq!(q.admit("a", Quota::ProduceBytesPerSecond, 3000).await.unwrap(), Duration::ZERO);
+        // The next tiny request pays 1 s of the debt (and waits for it).
+        let waited = q.admit("a", Quota::ProduceBytesPerSecond, 1).await.unwrap();
+        assert!(waited >= Duration::from_millis(999), "{waited:?}");
+        let waited = q.admit("a", Quota::ProduceBytesPerSecond, 1).await.unwrap();
+        assert!(waited >= Duration::from_millis(999), "{waited:?}");
+        // Debt paid: 1 byte waits only its own share.
+        let waited = q.admit("a", Quota::ProduceBytesPerSecond, 1).await.unwrap();
+        assert!(waited <= Duration::from_millis(3), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
