@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::{Durability, LogConfig};
 use crate::names::DEFAULT_TENANT;
+use crate::quota::{Quota, TenantQuotas};
 
 /// Where the catalog stands in the metadata Raft log (cluster mode): the
 /// last entry applied and the membership. The catalog is the replicated
@@ -158,6 +159,30 @@ pub struct TenantRecord {
     pub topics: BTreeMap<String, TopicRecord>,
     #[serde(default)]
     pub queues: BTreeMap<String, QueueRecord>,
+    /// Aggregate limits (`crate::quota`); absent in older catalogs: none.
+    #[serde(default, skip_serializing_if = "TenantQuotas::is_unlimited")]
+    pub quotas: TenantQuotas,
+}
+
+impl TenantRecord {
+    /// Partitions over all the tenant's topics.
+    pub fn partition_count(&self) -> u64 {
+        self.topics.values().map(|t| u64::from(t.partitions)).sum()
+    }
+
+    /// Refuses adding `adding` to `usage` when that would exceed `quota`.
+    fn check_quota(&self, tenant: &str, quota: Quota, usage: u64, adding: u64) -> Result<(), CatalogError> {
+        let limit = self.quotas.entries().into_iter().find(|(q, _)| *q == quota).and_then(|(_, l)| l);
+        match limit {
+            Some(limit) if adding > 0 && usage + adding > limit => Err(CatalogError::QuotaExceeded {
+                tenant: tenant.to_owned(),
+                quota: quota.name().to_owned(),
+                limit,
+                usage,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What happens to a message whose time to live ran out.
@@ -338,6 +363,13 @@ pub enum CatalogCommand {
     CreateTenant {
         name: String,
         at_ms: i64,
+        #[serde(default)]
+        quotas: TenantQuotas,
+    },
+    /// Replaces the tenant's quotas.
+    UpdateTenant {
+        name: String,
+        quotas: TenantQuotas,
     },
     DeleteTenant {
         name: String,
@@ -455,6 +487,8 @@ pub enum CatalogError {
     UnknownToken { principal: String, id: String },
     #[error("tenant {tenant:?} has no ACL granting {}", .binding.describe())]
     UnknownAcl { tenant: String, binding: Box<crate::acl::AclBinding> },
+    #[error("tenant {tenant:?} is at its {quota} quota: {usage} used, limit {limit}")]
+    QuotaExceeded { tenant: String, quota: String, limit: u64, usage: u64 },
 }
 
 /// What applying a command changed, for the broker to act on.
@@ -480,7 +514,12 @@ impl Default for Catalog {
         let mut tenants = BTreeMap::new();
         tenants.insert(
             DEFAULT_TENANT.to_owned(),
-            TenantRecord { created_at_ms: 0, topics: BTreeMap::new(), queues: BTreeMap::new() },
+            TenantRecord {
+                created_at_ms: 0,
+                topics: BTreeMap::new(),
+                queues: BTreeMap::new(),
+                quotas: TenantQuotas::default(),
+            },
         );
         Catalog {
             version: CATALOG_VERSION,
@@ -562,14 +601,23 @@ impl Catalog {
                 }
                 Ok(Applied::Token { id: id.clone() })
             }
-            CatalogCommand::CreateTenant { name, at_ms } => {
+            CatalogCommand::CreateTenant { name, at_ms, quotas } => {
                 if self.tenants.contains_key(name) {
                     return Err(CatalogError::TenantExists(name.clone()));
                 }
                 self.tenants.insert(
                     name.clone(),
-                    TenantRecord { created_at_ms: *at_ms, topics: BTreeMap::new(), queues: BTreeMap::new() },
+                    TenantRecord {
+                        created_at_ms: *at_ms,
+                        topics: BTreeMap::new(),
+                        queues: BTreeMap::new(),
+                        quotas: *quotas,
+                    },
                 );
+                Ok(Applied::Tenant)
+            }
+            CatalogCommand::UpdateTenant { name, quotas } => {
+                self.tenant_mut(name)?.quotas = *quotas;
                 Ok(Applied::Tenant)
             }
             CatalogCommand::DeleteTenant { name } => {
@@ -596,6 +644,8 @@ impl Catalog {
                 if t.topics.contains_key(name) {
                     return Err(CatalogError::TopicExists { tenant: tenant.clone(), name: name.clone() });
                 }
+                t.check_quota(tenant, Quota::MaxTopics, t.topics.len() as u64, 1)?;
+                t.check_quota(tenant, Quota::MaxPartitions, t.partition_count(), u64::from(*partitions))?;
                 let owners = self.place(&[], *partitions as usize);
                 let t = self.tenant_mut(tenant)?;
                 t.topics.insert(
@@ -617,6 +667,8 @@ impl Catalog {
                 }
                 let mut owners = topic.owners.clone();
                 let (from, id) = (topic.partitions, topic.id);
+                let t = &self.tenants[tenant];
+                t.check_quota(tenant, Quota::MaxPartitions, t.partition_count(), u64::from(*partitions - from))?;
                 if self.raft.is_some() && (owners.len() as u32) < *partitions {
                     let more = self.place(&owners, *partitions as usize - owners.len());
                     owners.extend(more);
@@ -669,6 +721,7 @@ impl Catalog {
                 if t.queues.contains_key(name) {
                     return Err(CatalogError::QueueExists { tenant: tenant.clone(), name: name.clone() });
                 }
+                t.check_quota(tenant, Quota::MaxQueues, t.queues.len() as u64, 1)?;
                 check_dead_letter(t, tenant, name, settings)?;
                 let owner =
                     if self.raft.is_some() { owner.or_else(|| self.place(&[], 1).first().copied()) } else { None };
@@ -937,6 +990,8 @@ pub struct CatalogStore {
     /// Rebuilt whenever the principals change (every apply path goes
     /// through this store: commits, replicated entries, snapshots).
     credentials: Option<std::sync::Arc<dyn PrincipalIndex>>,
+    /// The broker's quota state, kept in step with the tenants' quotas.
+    quotas: Option<std::sync::Arc<crate::quota::Quotas>>,
     fs: crate::fs::Fs,
 }
 
@@ -973,7 +1028,7 @@ impl CatalogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Catalog::default(),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let store = CatalogStore { path, catalog, credentials: None, fs };
+        let store = CatalogStore { path, catalog, credentials: None, quotas: None, fs };
         store.persist(&store.catalog)?;
         Ok(store)
     }
@@ -988,12 +1043,28 @@ impl CatalogStore {
         self.credentials = Some(credentials);
     }
 
-    /// Makes `next` the catalog, refreshing the credentials if principals changed.
+    /// Keeps the broker's quota state in step with the tenants' quotas.
+    pub(crate) fn follow_quotas(&mut self, quotas: std::sync::Arc<crate::quota::Quotas>) {
+        quotas.set_limits(self.catalog.tenants.iter().map(|(n, t)| (n, &t.quotas)));
+        self.quotas = Some(quotas);
+    }
+
+    /// Makes `next` the catalog, refreshing the credentials if principals
+    /// changed and the quota state if tenants did.
     fn replace_catalog(&mut self, next: Catalog) {
         let changed = next.principals != self.catalog.principals || next.acls != self.catalog.acls;
+        let tenants_changed = next.tenants.len() != self.catalog.tenants.len()
+            || next
+                .tenants
+                .iter()
+                .zip(self.catalog.tenants.iter())
+                .any(|((a, x), (b, y))| a != b || x.quotas != y.quotas);
         self.catalog = next;
         if changed && let Some(c) = &self.credentials {
             c.rebuild(&self.catalog);
+        }
+        if tenants_changed && let Some(q) = &self.quotas {
+            q.set_limits(self.catalog.tenants.iter().map(|(n, t)| (n, &t.quotas)));
         }
     }
 
@@ -1100,7 +1171,7 @@ mod tests {
     #[test]
     fn tenants_must_be_empty_to_delete() {
         let mut c = Catalog::default();
-        c.apply(&CatalogCommand::CreateTenant { name: "team".into(), at_ms: 1 }).unwrap();
+        c.apply(&CatalogCommand::CreateTenant { quotas: Default::default(), name: "team".into(), at_ms: 1 }).unwrap();
         c.apply(&CatalogCommand::CreateTopic {
             tenant: "team".into(),
             name: "t".into(),
@@ -1184,6 +1255,91 @@ mod tests {
         assert_eq!(group_coordinator("default", "g", &[]), None);
     }
 
+    fn queue(name: &str) -> CatalogCommand {
+        CatalogCommand::CreateQueue {
+            tenant: "t".into(),
+            name: name.into(),
+            settings: QueueSettings::defaults(Durability::Fsync),
+            temporary: false,
+            at_ms: 1,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn count_quotas_refuse_creates_with_the_quota_named_and_leave_nothing() {
+        let mut c = Catalog::default();
+        let quotas =
+            TenantQuotas { max_topics: Some(2), max_partitions: Some(4), max_queues: Some(1), ..Default::default() };
+        c.apply(&CatalogCommand::CreateTenant { name: "t".into(), at_ms: 1, quotas }).unwrap();
+        let topic = |name: &str, partitions| CatalogCommand::CreateTopic {
+            tenant: "t".into(),
+            name: name.into(),
+            partitions,
+            settings: settings(),
+            at_ms: 1,
+        };
+        c.apply(&topic("a", 3)).unwrap();
+        // Partitions: 3 + 2 > 4.
+        let before = c.clone();
+        let e = c.apply(&topic("b", 2)).unwrap_err();
+        assert_eq!(
+            e,
+            CatalogError::QuotaExceeded { tenant: "t".into(), quota: "max_partitions".into(), limit: 4, usage: 3 }
+        );
+        assert_eq!(c, before, "nothing half-made");
+        c.apply(&topic("b", 1)).unwrap();
+        // Topics: 2 of 2.
+        let e = c.apply(&topic("c", 1)).unwrap_err();
+        assert!(
+            matches!(e, CatalogError::QuotaExceeded { ref quota, limit: 2, usage: 2, .. } if quota == "max_topics")
+        );
+        // AddPartitions counts the partitions added.
+        let grow = |partitions| CatalogCommand::AddPartitions { tenant: "t".into(), name: "a".into(), partitions };
+        let e = c.apply(&grow(5)).unwrap_err();
+        assert!(matches!(e, CatalogError::QuotaExceeded { ref quota, usage: 4, .. } if quota == "max_partitions"));
+        assert_eq!(c.tenants["t"].topics["a"].partitions, 3);
+        c.apply(&grow(3)).unwrap(); // no change, no refusal
+        c.apply(&queue("q1")).unwrap();
+        let e = c.apply(&queue("q2")).unwrap_err();
+        assert!(matches!(e, CatalogError::QuotaExceeded { ref quota, .. } if quota == "max_queues"));
+        // Raising the quota (UpdateTenant replaces the set) lets it through;
+        // clearing one makes it unlimited.
+        let raised = TenantQuotas { max_topics: Some(3), max_queues: Some(2), ..Default::default() };
+        c.apply(&CatalogCommand::UpdateTenant { name: "t".into(), quotas: raised }).unwrap();
+        c.apply(&queue("q2")).unwrap();
+        c.apply(&topic("c", 10)).unwrap(); // max_partitions cleared
+        assert!(c.apply(&CatalogCommand::UpdateTenant { name: "nope".into(), quotas: raised }).is_err());
+        // Other tenants are not limited.
+        c.apply(&create("x", 100)).unwrap();
+    }
+
+    #[test]
+    fn quotas_survive_reopen_and_old_catalogs_load_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let quotas =
+            TenantQuotas { max_stored_bytes: Some(1 << 30), requests_per_second: Some(10), ..Default::default() };
+        {
+            let mut s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
+            s.commit(&CatalogCommand::CreateTenant { name: "t".into(), at_ms: 1, quotas }).unwrap();
+        }
+        let s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
+        assert_eq!(s.catalog().tenants["t"].quotas, quotas);
+        assert_eq!(s.catalog().tenants["default"].quotas, TenantQuotas::default());
+        // A catalog written before quotas existed: no `quotas` key anywhere,
+        // and a replicated CreateTenant entry without one.
+        let old = r#"{"version":1,"next_topic_id":1,"tenants":{"default":{"created_at_ms":0,"topics":{}},
+            "t":{"created_at_ms":5,"topics":{},"queues":{}}}}"#;
+        std::fs::write(dir.path().join("meta/catalog.json"), old).unwrap();
+        let s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
+        assert!(s.catalog().tenants["t"].quotas.is_unlimited());
+        let cmd: CatalogCommand = serde_json::from_str(r#"{"CreateTenant":{"name":"n","at_ms":3}}"#).unwrap();
+        assert_eq!(cmd, CatalogCommand::CreateTenant { name: "n".into(), at_ms: 3, quotas: TenantQuotas::default() });
+        // Unlimited tenants write no `quotas` key (old brokers read new files).
+        let json = serde_json::to_string(&Catalog::default()).unwrap();
+        assert!(!json.contains("quotas"), "{json}");
+    }
+
     #[test]
     fn store_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1243,7 +1399,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = CatalogStore::open_in(crate::fs::real(), dir.path()).unwrap();
-            s.commit(&CatalogCommand::CreateTenant { name: "t".into(), at_ms: 0 }).unwrap();
+            s.commit(&CatalogCommand::CreateTenant { quotas: Default::default(), name: "t".into(), at_ms: 0 }).unwrap();
             let e = s.commit(&add("alice")).unwrap_err();
             assert!(matches!(e, StoreError::Catalog(CatalogError::UnknownPrincipal { .. })), "{e}");
             s.commit(&CatalogCommand::CreatePrincipal { tenant: "t".into(), name: "alice".into(), at_ms: 0 }).unwrap();

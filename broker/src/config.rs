@@ -169,6 +169,23 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub quotas: QuotasConfig,
+}
+
+/// Tenant rate quotas (`[quotas]`; the quotas themselves are per tenant in
+/// the catalog). A request over a rate is delayed until the rate allows it,
+/// up to `max_throttle`; one that would need longer is refused with
+/// RESOURCE_EXHAUSTED / QUOTA_EXCEEDED and a `retry_after_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    pub max_throttle: HumanDuration,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        QuotasConfig { max_throttle: HumanDuration(Duration::from_secs(1)) }
+    }
 }
 
 /// TLS on the gRPC and HTTP listeners (DESIGN §4.5). Off while `cert` is
@@ -677,7 +694,7 @@ impl Default for LogConfig {
 
 // Longer names first: `tier_s3_endpoint` must match `tier_s3`, not `tier`.
 const SECTIONS: &[&str] =
-    &["topic_defaults", "tier_s3", "server", "storage", "limits", "log", "tier", "cluster", "tls", "auth"];
+    &["topic_defaults", "tier_s3", "server", "storage", "limits", "log", "tier", "cluster", "tls", "auth", "quotas"];
 
 /// Environment variables of the `strata` CLI that look like broker settings.
 const CLIENT_ONLY_ENV: &[&str] = &["STRATA_TLS_CA"];

@@ -85,6 +85,8 @@ pub enum BrokerError {
     UnknownBroker { id: u64 },
     #[error("broker {id} is the cluster's last voter; a cluster cannot remove its last broker")]
     LastBroker { id: u64 },
+    #[error(transparent)]
+    Quota(#[from] crate::quota::QuotaExceeded),
 }
 
 impl From<StoreError> for BrokerError {

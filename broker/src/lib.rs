@@ -24,6 +24,7 @@ mod names;
 mod partition;
 mod producer_ids;
 mod queue;
+mod quota;
 mod security;
 mod telemetry;
 mod tier;

@@ -53,6 +53,20 @@ pub(crate) struct RejectLabels {
     pub reason: &'static str,
 }
 
+/// A tenant quota (`crate::quota::Quota::name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QuotaLabels {
+    pub tenant: String,
+    pub quota: &'static str,
+}
+
+/// What a tenant uses: topics, queues, partitions, stored_bytes, connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UsageLabels {
+    pub tenant: String,
+    pub resource: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct BuildInfoLabels {
     pub version: &'static str,
@@ -97,6 +111,11 @@ pub(crate) struct Metrics {
     pub group_lag: Family<GroupLabels, Gauge>,
     pub rpc_duration: HistogramFamily,
     pub rejections: Family<RejectLabels, Counter>,
+    /// Tenant quotas: refusals, time spent throttled, usage and limits.
+    pub quota_rejections: Family<QuotaLabels, Counter>,
+    pub quota_throttle: Family<QuotaLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub tenant_usage: Family<UsageLabels, Gauge>,
+    pub tenant_quota: Family<QuotaLabels, Gauge>,
     pub tier_uploaded_segments: Family<TopicLabels, Counter>,
     pub tier_uploaded_bytes: Family<TopicLabels, Counter>,
     pub tier_upload_failures: Family<TopicLabels, Counter>,
@@ -137,6 +156,10 @@ impl Metrics {
             group_lag: Family::default(),
             rpc_duration: Family::new_with_constructor(rpc_histogram),
             rejections: Family::default(),
+            quota_rejections: Family::default(),
+            quota_throttle: Family::default(),
+            tenant_usage: Family::default(),
+            tenant_quota: Family::default(),
             tier_uploaded_segments: Family::default(),
             tier_uploaded_bytes: Family::default(),
             tier_upload_failures: Family::default(),
@@ -186,7 +209,20 @@ impl Metrics {
             Unit::Seconds,
             m.rpc_duration.clone(),
         );
-        r.register("quota_rejections", "Requests refused for a resource limit", m.rejections.clone());
+        r.register("limit_rejections", "Requests refused for a broker limit ([limits])", m.rejections.clone());
+        r.register("quota_rejections", "Requests refused for a tenant quota", m.quota_rejections.clone());
+        r.register_with_unit(
+            "quota_throttle",
+            "Time requests were delayed for a tenant rate quota",
+            Unit::Seconds,
+            m.quota_throttle.clone(),
+        );
+        r.register(
+            "tenant_usage",
+            "What a tenant uses (catalog counts; bytes and connections of this broker)",
+            m.tenant_usage.clone(),
+        );
+        r.register("tenant_quota", "A tenant's quota limits (unset quotas are absent)", m.tenant_quota.clone());
         r.register(
             "tier_uploaded_segments",
             "Sealed segments uploaded to the cold tier",

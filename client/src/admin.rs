@@ -196,8 +196,31 @@ impl Client {
 
     /// Creates a tenant; fails with `ALREADY_EXISTS` when it exists.
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, Error> {
-        let req = CreateTenantRequest { name: name.to_owned(), if_not_exists: false };
+        self.create_tenant_with_quotas(name, strata_proto::v1::TenantQuotas::default()).await
+    }
+
+    /// Creates a tenant with quotas (unset ones are unlimited). Cluster
+    /// admins only.
+    pub async fn create_tenant_with_quotas(
+        &self,
+        name: &str,
+        quotas: strata_proto::v1::TenantQuotas,
+    ) -> Result<Tenant, Error> {
+        let req = CreateTenantRequest { name: name.to_owned(), if_not_exists: false, quotas: Some(quotas) };
         Ok(self.admin_rpc().create_tenant(self.request(req)).await?.into_inner())
+    }
+
+    /// Replaces a tenant's quotas with `quotas` (a quota left unset becomes
+    /// unlimited). Cluster admins only.
+    pub async fn update_tenant(&self, name: &str, quotas: strata_proto::v1::TenantQuotas) -> Result<Tenant, Error> {
+        let req = strata_proto::v1::UpdateTenantRequest { name: name.to_owned(), quotas: Some(quotas) };
+        Ok(self.admin_rpc().update_tenant(self.request(req)).await?.into_inner())
+    }
+
+    /// A tenant with its quotas and usage (empty name: the caller's own).
+    pub async fn describe_tenant(&self, name: &str) -> Result<Tenant, Error> {
+        let req = strata_proto::v1::DescribeTenantRequest { name: name.to_owned() };
+        Ok(self.admin_rpc().describe_tenant(self.request(req)).await?.into_inner())
     }
 
     /// The brokers of the cluster as the broker this client talks to knows

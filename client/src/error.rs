@@ -286,6 +286,20 @@ impl Error {
         }
     }
 
+    /// How long the broker asked to wait before retrying (a tenant rate
+    /// quota refused the request: `retry_after_ms` in its details).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let s = self.server_error()?;
+        s.metadata.get("retry_after_ms")?.parse().ok().map(std::time::Duration::from_millis)
+    }
+
+    /// The tenant quota that refused the call (`max_topics`,
+    /// `produce_bytes_per_second`, ...), when one did.
+    pub fn quota(&self) -> Option<&str> {
+        let s = self.server_error().filter(|s| s.error_code == ErrorCode::QuotaExceeded)?;
+        s.metadata.get("quota").map(String::as_str)
+    }
+
     /// Whether the resource named in the call does not exist.
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(tonic::Code::NotFound)
@@ -303,6 +317,12 @@ impl Error {
                 // A request over a size or count limit fails again the same way.
                 if matches!(s.error_code, ErrorCode::BatchTooLarge | ErrorCode::LimitExceeded) {
                     return false;
+                }
+                // A tenant quota: a rate quota says when to retry (wait that
+                // long, nothing was stored); a count or storage quota fails
+                // again until an administrator or retention changes it.
+                if s.error_code == ErrorCode::QuotaExceeded {
+                    return self.retry_after().is_some();
                 }
                 match s.code {
                     tonic::Code::Unavailable
@@ -372,6 +392,29 @@ mod tests {
             info: Some(ErrorInfo { code: ErrorCode::ShuttingDown as i32, ..Default::default() }),
         });
         assert!(shutting_down.is_retryable());
+    }
+
+    #[test]
+    fn a_rate_quota_is_retryable_after_retry_after_a_count_quota_is_not() {
+        let quota = |name: &str, retry: Option<&str>| {
+            let mut info = ErrorInfo { code: ErrorCode::QuotaExceeded as i32, ..Default::default() };
+            info.metadata.insert("quota".into(), name.into());
+            if let Some(ms) = retry {
+                info.metadata.insert("retry_after_ms".into(), ms.into());
+            }
+            Error::from(strata_proto::status_with_info(tonic::Code::ResourceExhausted, "over", info))
+        };
+        let rate = quota("produce_bytes_per_second", Some("250"));
+        assert!(rate.is_retryable());
+        assert_eq!(rate.kind(), ErrorKind::Retryable);
+        assert_eq!(rate.retry_after(), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(rate.quota(), Some("produce_bytes_per_second"));
+        let count = quota("max_topics", None);
+        assert!(!count.is_retryable());
+        assert_eq!(count.kind(), ErrorKind::Fatal);
+        assert_eq!(count.retry_after(), None);
+        let stored = quota("max_stored_bytes", None);
+        assert!(!stored.is_retryable());
     }
 
     #[test]

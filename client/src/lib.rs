@@ -59,5 +59,5 @@ pub use retry::RetryConfig;
 pub use strata_proto::v1::{
     Acl, AclOperation, AclPatternType, AclResourceKind, Binding, Durability, ErrorCode, GroupDescription, GroupMember,
     GroupSummary, PartitionDescription, PartitionLag, QueueConfig, QueueDescription, QueueStats, ServerInfo, Tenant,
-    TopicConfig, TopicDescription, TopicPartitions, TopicSummary, TtlAction,
+    TenantQuotas, TenantUsage, TopicConfig, TopicDescription, TopicPartitions, TopicSummary, TtlAction,
 };

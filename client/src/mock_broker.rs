@@ -273,6 +273,7 @@ impl State {
             log_append_time_ms: 0,
             duplicate,
             error: None,
+            throttle_ms: 0,
         })
     }
 
@@ -523,6 +524,7 @@ impl Log for State {
                     high_watermark: hwm,
                     log_start_offset: 0,
                     next_offset: next,
+                    throttle_ms: 0,
                 };
                 if tx.send(Ok(response)).await.is_err() || !req.follow {
                     return;
@@ -586,6 +588,20 @@ impl Log for State {
 #[tonic::async_trait]
 impl Admin for State {
     async fn create_tenant(&self, _: Request<CreateTenantRequest>) -> Result<Response<Tenant>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn update_tenant(
+        &self,
+        _: Request<strata_proto::v1::UpdateTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
+    async fn describe_tenant(
+        &self,
+        _: Request<strata_proto::v1::DescribeTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
         Err(Status::unimplemented("mock"))
     }
 

@@ -78,6 +78,13 @@ pub(crate) fn positive_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A byte rate: a positive size per second, `10MiB` or `10MiB/s`.
+pub(crate) fn rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    positive_size(t).map_err(|e| format!("{e} (a rate is bytes per second, e.g. 10MiB/s)"))
+}
+
 /// Retention by size: a positive size, or `infinite` (-1 on the wire).
 pub(crate) fn retention_bytes(s: &str) -> Result<i64, String> {
     if is_unlimited(s.trim()) {

@@ -31,6 +31,8 @@ impl Broker {
             }
         })
         .await;
+        // The stored-bytes quota follows retention from here.
+        self.refresh_stored_usage();
     }
 
     /// Periodic maintenance until shutdown.

@@ -118,6 +118,12 @@ pub struct Broker {
     segment_files: Arc<crate::fs::SegmentFiles>,
     /// The admin token and the catalog's principals and token hashes.
     credentials: Arc<crate::security::Credentials>,
+    /// Tenant quotas: limits (from the catalog), rates, stored bytes and
+    /// connections on this broker.
+    quotas: Arc<crate::quota::Quotas>,
+    /// The bytes each tenant's queues store (set by the queue manager), for
+    /// the stored-bytes quota.
+    queue_usage: std::sync::OnceLock<Box<dyn Fn() -> HashMap<String, u64> + Send + Sync>>,
     _dir_lock: std::fs::File,
 }
 
@@ -169,6 +175,26 @@ impl Broker {
 
     pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.metrics
+    }
+
+    pub(crate) fn quotas(&self) -> &Arc<crate::quota::Quotas> {
+        &self.quotas
+    }
+
+    /// Tells the broker how to count the bytes of each tenant's queues
+    /// (once, by the queue manager).
+    pub(crate) fn set_queue_usage(&self, f: Box<dyn Fn() -> HashMap<String, u64> + Send + Sync>) {
+        let _ = self.queue_usage.set(f);
+    }
+
+    /// Recomputes each tenant's stored bytes on this broker from its
+    /// partitions' stats (hot + cold) and its queues' logs.
+    pub(crate) fn refresh_stored_usage(&self) {
+        let mut usage: HashMap<String, u64> = self.queue_usage.get().map(|f| f()).unwrap_or_default();
+        for (tenant, _, parts) in self.partition_stats() {
+            *usage.entry(tenant).or_default() += parts.iter().map(|(s, _)| s.size_bytes).sum::<u64>();
+        }
+        self.quotas.set_stored(&usage);
     }
 
     /// Every topic's partitions with their stats and bytes waiting for

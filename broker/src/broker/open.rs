@@ -65,6 +65,9 @@ impl Broker {
         let mut store = store;
         let credentials = Arc::new(crate::security::Credentials::load(&config.auth.admin_token_file, store.catalog())?);
         store.follow_credentials(credentials.clone());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let quotas = Arc::new(crate::quota::Quotas::new(config.quotas.max_throttle.0, metrics.clone()));
+        store.follow_quotas(quotas.clone());
         let remote_queues = RwLock::new(super::remote_queues(&config, store.catalog()));
         Ok(Arc::new(Broker {
             remote_queues,
@@ -80,7 +83,9 @@ impl Broker {
             topics: RwLock::new(topics),
             shutdown,
             ready: AtomicBool::new(true),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
+            quotas,
+            queue_usage: std::sync::OnceLock::new(),
             tier,
             cluster: std::sync::OnceLock::new(),
             _dir_lock: lock,

@@ -56,6 +56,8 @@ impl Broker {
     ) -> Result<PendingAppend, BrokerError> {
         self.check_running()?;
         let part = self.partition(tenant, topic, partition)?;
+        let labels = part.labels();
+        self.quotas.check_stored(&labels.tenant)?;
         if let Some(tier) = &self.tier
             && tier.backlog() > tier.budget()
             && part.config().tiered
@@ -78,7 +80,6 @@ impl Broker {
             .acquire_many_owned(batch.len().max(1) as u32)
             .await
             .map_err(|_| BrokerError::ShuttingDown)?;
-        let labels = part.labels();
         let limits = Limits {
             max_record_bytes: self.config.limits.max_record_bytes.0 as usize,
             max_uncompressed_bytes: self.config.limits.max_uncompressed_batch_bytes.0 as usize,
@@ -123,6 +124,7 @@ impl Broker {
             let n = appended.last_offset - appended.base_offset + 1;
             self.metrics.messages_in.get_or_create(&labels).inc_by(n);
             self.metrics.bytes_in.get_or_create(&labels).inc_by(bytes_len);
+            self.quotas.add_stored(&labels.tenant, bytes_len);
         }
         Ok(PendingAppend {
             partition: part,

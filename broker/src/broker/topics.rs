@@ -48,30 +48,66 @@ pub struct TenantView {
     pub name: String,
     pub created_at_ms: i64,
     pub topic_count: u32,
+    pub quotas: crate::quota::TenantQuotas,
+    pub usage: TenantUsage,
+}
+
+/// What a tenant uses: counts from the catalog; stored bytes and
+/// connections as this broker sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    pub topics: u32,
+    pub queues: u32,
+    pub partitions: u32,
+    pub stored_bytes: u64,
+    pub connections: u32,
 }
 
 impl Broker {
-    pub async fn create_tenant(&self, name: &str, if_not_exists: bool) -> Result<TenantView, BrokerError> {
+    fn tenant_view(&self, name: &str, t: &crate::catalog::TenantRecord) -> TenantView {
+        let usage = TenantUsage {
+            topics: t.topics.len() as u32,
+            queues: t.queues.len() as u32,
+            partitions: t.partition_count().min(u64::from(u32::MAX)) as u32,
+            stored_bytes: self.quotas.stored(name),
+            connections: self.quotas.connections(name),
+        };
+        for (resource, v) in [
+            ("topics", u64::from(usage.topics)),
+            ("queues", u64::from(usage.queues)),
+            ("partitions", u64::from(usage.partitions)),
+        ] {
+            self.metrics
+                .tenant_usage
+                .get_or_create(&crate::metrics::UsageLabels { tenant: name.to_owned(), resource })
+                .set(v as i64);
+        }
+        TenantView {
+            name: name.to_owned(),
+            created_at_ms: t.created_at_ms,
+            topic_count: t.topics.len() as u32,
+            quotas: t.quotas,
+            usage,
+        }
+    }
+
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        if_not_exists: bool,
+        quotas: crate::quota::TenantQuotas,
+    ) -> Result<TenantView, BrokerError> {
         self.check_running()?;
         let name = TenantName::parse(name)?;
-        let cmd = CatalogCommand::CreateTenant { name: name.to_string(), at_ms: self.now_ms() };
+        quotas.validate().map_err(BrokerError::InvalidRequest)?;
+        let cmd = CatalogCommand::CreateTenant { name: name.to_string(), at_ms: self.now_ms(), quotas };
         if let Some(c) = self.cluster() {
             match c.write(&cmd).await {
                 Ok(_) => {}
                 Err(BrokerError::Catalog(CatalogError::TenantExists(_))) if if_not_exists => {}
                 Err(e) => return Err(e),
             }
-            let store = self.catalog.lock().await;
-            let t = store
-                .catalog()
-                .tenants
-                .get(name.as_str())
-                .ok_or_else(|| CatalogError::UnknownTenant(name.to_string()))?;
-            return Ok(TenantView {
-                name: name.to_string(),
-                created_at_ms: t.created_at_ms,
-                topic_count: t.topics.len() as u32,
-            });
+            return self.describe_tenant(name.as_str()).await;
         }
         let mut store = self.catalog.lock().await;
         let res = store.commit(&cmd);
@@ -81,22 +117,34 @@ impl Broker {
                 if if_not_exists => {}
             Err(e) => return Err(e.into()),
         }
-        let t = &store.catalog().tenants[name.as_str()];
-        Ok(TenantView { name: name.to_string(), created_at_ms: t.created_at_ms, topic_count: t.topics.len() as u32 })
+        Ok(self.tenant_view(name.as_str(), &store.catalog().tenants[name.as_str()]))
+    }
+
+    /// Replaces a tenant's quotas (through the catalog, so every broker of a
+    /// cluster enforces them).
+    pub async fn update_tenant(
+        &self,
+        name: &str,
+        quotas: crate::quota::TenantQuotas,
+    ) -> Result<TenantView, BrokerError> {
+        let name = TenantName::parse(name)?;
+        quotas.validate().map_err(BrokerError::InvalidRequest)?;
+        self.commit_catalog(&CatalogCommand::UpdateTenant { name: name.to_string(), quotas }).await?;
+        self.describe_tenant(name.as_str()).await
+    }
+
+    /// One tenant with its quotas and usage.
+    pub async fn describe_tenant(&self, name: &str) -> Result<TenantView, BrokerError> {
+        let name = TenantName::resolve(name)?;
+        let store = self.catalog.lock().await;
+        let t =
+            store.catalog().tenants.get(name.as_str()).ok_or_else(|| CatalogError::UnknownTenant(name.to_string()))?;
+        Ok(self.tenant_view(name.as_str(), t))
     }
 
     pub async fn list_tenants(&self) -> Vec<TenantView> {
         let store = self.catalog.lock().await;
-        store
-            .catalog()
-            .tenants
-            .iter()
-            .map(|(name, t)| TenantView {
-                name: name.clone(),
-                created_at_ms: t.created_at_ms,
-                topic_count: t.topics.len() as u32,
-            })
-            .collect()
+        store.catalog().tenants.iter().map(|(name, t)| self.tenant_view(name, t)).collect()
     }
 
     pub async fn delete_tenant(&self, name: &str) -> Result<(), BrokerError> {

@@ -282,6 +282,7 @@ mod tests {
             payload: EntryPayload::Normal(MetaRequest::Catalog(CatalogCommand::CreateTenant {
                 name: format!("t{index}"),
                 at_ms: 1,
+                quotas: Default::default(),
             })),
         }
     }

@@ -19,6 +19,7 @@ use crate::acl::{AclBinding, AclOperation, PatternType, ResourceKind};
 use crate::broker::{Broker, PrincipalView, TenantView, TopicOverrides, TopicView};
 use crate::catalog::TopicSettings;
 use crate::log::Durability;
+use crate::quota::TenantQuotas;
 
 pub(crate) struct AdminService {
     broker: Arc<Broker>,
@@ -130,15 +131,74 @@ fn principal_to_pb(p: PrincipalView) -> pb::Principal {
 }
 
 fn tenant_to_pb(t: TenantView) -> pb::Tenant {
-    pb::Tenant { name: t.name, created_at_ms: t.created_at_ms, topic_count: t.topic_count }
+    let u = t.usage;
+    pb::Tenant {
+        name: t.name,
+        created_at_ms: t.created_at_ms,
+        topic_count: t.topic_count,
+        quotas: Some(quotas_to_pb(t.quotas)),
+        usage: Some(pb::TenantUsage {
+            topics: u.topics,
+            queues: u.queues,
+            partitions: u.partitions,
+            stored_bytes: u.stored_bytes,
+            connections: u.connections,
+        }),
+    }
+}
+
+fn quotas_to_pb(q: TenantQuotas) -> pb::TenantQuotas {
+    pb::TenantQuotas {
+        max_topics: q.max_topics,
+        max_queues: q.max_queues,
+        max_partitions: q.max_partitions,
+        max_stored_bytes: q.max_stored_bytes,
+        produce_bytes_per_second: q.produce_bytes_per_second,
+        consume_bytes_per_second: q.consume_bytes_per_second,
+        requests_per_second: q.requests_per_second,
+        max_connections: q.max_connections,
+    }
+}
+
+fn quotas_from_pb(q: Option<pb::TenantQuotas>) -> TenantQuotas {
+    let q = q.unwrap_or_default();
+    TenantQuotas {
+        max_topics: q.max_topics,
+        max_queues: q.max_queues,
+        max_partitions: q.max_partitions,
+        max_stored_bytes: q.max_stored_bytes,
+        produce_bytes_per_second: q.produce_bytes_per_second,
+        consume_bytes_per_second: q.consume_bytes_per_second,
+        requests_per_second: q.requests_per_second,
+        max_connections: q.max_connections,
+    }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn create_tenant(&self, request: Request<CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.name, Resource::Tenant)?;
-        let t = self.broker.create_tenant(&r.name, r.if_not_exists).await.map_err(to_status)?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.name, Resource::Tenant).await?;
+        let t =
+            self.broker.create_tenant(&r.name, r.if_not_exists, quotas_from_pb(r.quotas)).await.map_err(to_status)?;
+        Ok(Response::new(tenant_to_pb(t)))
+    }
+
+    async fn update_tenant(&self, request: Request<pb::UpdateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Admin, &mut r.name, Resource::Tenant).await?;
+        let t = self.broker.update_tenant(&r.name, quotas_from_pb(r.quotas)).await.map_err(to_status)?;
+        Ok(Response::new(tenant_to_pb(t)))
+    }
+
+    async fn describe_tenant(
+        &self,
+        request: Request<pb::DescribeTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        // A principal may describe its own tenant (an empty name is it).
+        let (caller, mut r) = auth::split(request);
+        self.auth.authorize(&caller, Operation::Describe, &mut r.name, Resource::Tenant).await?;
+        let t = self.broker.describe_tenant(&r.name).await.map_err(to_status)?;
         Ok(Response::new(tenant_to_pb(t)))
     }
 
@@ -165,14 +225,14 @@ impl Admin for AdminService {
         request: Request<DeleteTenantRequest>,
     ) -> Result<Response<DeleteTenantResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.name, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.name, Resource::Tenant).await?;
         self.broker.delete_tenant(&r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTenantResponse {}))
     }
 
     async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicDescription>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name)).await?;
         let o = overrides(r.config)?;
         let t =
             self.broker.create_topic(&r.tenant, &r.name, r.partitions, o, r.if_not_exists).await.map_err(to_status)?;
@@ -183,7 +243,7 @@ impl Admin for AdminService {
         // Only the topics the caller may describe (as Kafka).
         let caller = self.auth.session(auth::Caller::of(&request))?;
         let mut r = request.into_inner();
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant).await?;
         let topics = self.broker.list_topics(&r.tenant).await.map_err(to_status)?;
         Ok(Response::new(ListTopicsResponse {
             topics: topics
@@ -204,7 +264,7 @@ impl Admin for AdminService {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.name))?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.name)).await?;
         let t = self.broker.describe_topic(&r.tenant, &r.name).map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
@@ -214,7 +274,7 @@ impl Admin for AdminService {
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name)).await?;
         let t = self.broker.add_partitions(&r.tenant, &r.name, r.partitions).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
     }
@@ -224,7 +284,7 @@ impl Admin for AdminService {
         request: Request<UpdateTopicConfigRequest>,
     ) -> Result<Response<TopicDescription>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name)).await?;
         let o = overrides(r.config)?;
         let t = self.broker.update_topic(&r.tenant, &r.name, o).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))
@@ -235,7 +295,7 @@ impl Admin for AdminService {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name)).await?;
         self.broker.delete_topic(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
@@ -246,7 +306,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::DescribeClusterResponse>, Status> {
         // Any authenticated caller: where the brokers are.
         let (caller, _) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Describe, &mut String::new(), Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Describe, &mut String::new(), Resource::Tenant).await?;
         let v = self.broker.describe_cluster().await;
         Ok(Response::new(pb::DescribeClusterResponse {
             clustered: v.clustered,
@@ -264,7 +324,7 @@ impl Admin for AdminService {
         request: Request<pb::RemoveBrokerRequest>,
     ) -> Result<Response<pb::RemoveBrokerResponse>, Status> {
         let (caller, r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut String::new(), Resource::Tenant).await?;
         self.broker.remove_broker(r.broker_id).await.map_err(to_status)?;
         Ok(Response::new(pb::RemoveBrokerResponse {}))
     }
@@ -276,9 +336,9 @@ impl Admin for AdminService {
         // Named topics must each be describable; listings show only those.
         let caller = self.auth.session(auth::Caller::of(&request))?;
         let mut r = request.into_inner();
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant).await?;
         for t in &r.topics {
-            self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(t))?;
+            self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(t)).await?;
         }
         let mut m = self.broker.metadata(&r.tenant, &r.topics, r.queues, &r.groups).await.map_err(to_status)?;
         m.topics.retain(|t| self.auth.permits(&caller, Operation::Describe, Resource::Topic(&t.name)));
@@ -325,7 +385,7 @@ impl Admin for AdminService {
         request: Request<pb::GetServerInfoRequest>,
     ) -> Result<Response<pb::ServerInfo>, Status> {
         let (caller, _) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Describe, &mut String::new(), Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Describe, &mut String::new(), Resource::Tenant).await?;
         Ok(Response::new(pb::ServerInfo {
             version: crate::metrics::VERSION.to_owned(),
             api_version: "v1".to_owned(),
@@ -339,7 +399,7 @@ impl Admin for AdminService {
         request: Request<pb::CreatePrincipalRequest>,
     ) -> Result<Response<pb::Principal>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         let p = self.broker.create_principal(&r.tenant, &r.name, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(principal_to_pb(p)))
     }
@@ -349,7 +409,7 @@ impl Admin for AdminService {
         request: Request<pb::ListPrincipalsRequest>,
     ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         let principals = self.broker.list_principals(&r.tenant).await.map_err(to_status)?;
         Ok(Response::new(pb::ListPrincipalsResponse {
             principals: principals.into_iter().map(principal_to_pb).collect(),
@@ -361,7 +421,7 @@ impl Admin for AdminService {
         request: Request<pb::DeletePrincipalRequest>,
     ) -> Result<Response<pb::DeletePrincipalResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         self.broker.delete_principal(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(pb::DeletePrincipalResponse {}))
     }
@@ -371,7 +431,7 @@ impl Admin for AdminService {
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         let t = self.broker.issue_token(&r.tenant, &r.principal).await.map_err(to_status)?;
         Ok(Response::new(pb::IssueTokenResponse { token: t.token, id: t.id }))
     }
@@ -381,14 +441,14 @@ impl Admin for AdminService {
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         self.broker.revoke_token(&r.tenant, &r.principal, &r.token).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 
     async fn add_acl(&self, request: Request<pb::AddAclRequest>) -> Result<Response<pb::AddAclResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         let binding = acl_from_pb(r.acl)?;
         self.broker.add_acl(&r.tenant, binding).await.map_err(to_status)?;
         Ok(Response::new(pb::AddAclResponse {}))
@@ -396,7 +456,7 @@ impl Admin for AdminService {
 
     async fn list_acls(&self, request: Request<pb::ListAclsRequest>) -> Result<Response<pb::ListAclsResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         let acls = self.broker.list_acls(&r.tenant, &r.principal).await.map_err(to_status)?;
         Ok(Response::new(pb::ListAclsResponse { acls: acls.into_iter().map(|(t, b)| acl_to_pb(t, b)).collect() }))
     }
@@ -406,7 +466,7 @@ impl Admin for AdminService {
         request: Request<pb::RemoveAclRequest>,
     ) -> Result<Response<pb::RemoveAclResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Cluster, &mut r.tenant, Resource::Tenant).await?;
         let binding = acl_from_pb(r.acl)?;
         self.broker.remove_acl(&r.tenant, binding).await.map_err(to_status)?;
         Ok(Response::new(pb::RemoveAclResponse {}))

@@ -26,7 +26,9 @@ use rustls_pki_types::CertificateDer;
 use strata_proto::v1::{ErrorCode, ErrorInfo};
 use tonic::{Code, Request, Status};
 
+use super::status::quota_status;
 use crate::acl::{AclOperation, ResourceKind};
+use crate::quota::{Quota, Quotas};
 use crate::security::{Credentials, Identity};
 
 /// What a call does, as ACLs name it.
@@ -170,6 +172,13 @@ pub(crate) trait Authorizer: Send + Sync + 'static {
     /// (`None`: every tenant).
     fn visible_tenant(&self, _caller: &Caller) -> Result<Option<String>, Status> {
         Ok(None)
+    }
+
+    /// The tenant whose `max_connections` the caller's connection counts
+    /// for: its principal's, `default` for anonymous callers, `None` for the
+    /// cluster admin (never counted).
+    fn connection_tenant(&self, _caller: &Caller) -> Option<String> {
+        None
     }
 }
 
@@ -347,10 +356,106 @@ impl Authorizer for CredentialAuthorizer {
             _ => None,
         })
     }
+
+    fn connection_tenant(&self, caller: &Caller) -> Option<String> {
+        match self.who(caller) {
+            Ok(None) => Some(crate::names::DEFAULT_TENANT.to_owned()),
+            Ok(Some(Identity::Principal { tenant, .. })) => Some(tenant),
+            Ok(Some(Identity::ClusterAdmin)) | Err(_) => None,
+        }
+    }
 }
 
-/// The authoriser every service shares.
-pub(crate) type Auth = Arc<dyn Authorizer>;
+/// The authoriser with the tenant quotas every call meets after it: the
+/// connection count, requests/s (throttled, then refused) and, called by
+/// the data-plane handlers, the byte rates (`crate::quota`).
+pub(crate) struct Gate {
+    authz: Arc<dyn Authorizer>,
+    quotas: Option<Arc<Quotas>>,
+}
+
+/// The gate every service shares.
+pub(crate) type Auth = Arc<Gate>;
+
+impl Gate {
+    pub(crate) fn new(authz: Arc<dyn Authorizer>, quotas: Option<Arc<Quotas>>) -> Auth {
+        Arc::new(Gate { authz, quotas })
+    }
+
+    /// [`Authorizer::authorize`], then the quotas of the call: the caller's
+    /// connection (its first call registers it with its tenant) and the
+    /// requests/s of the tenant acted on (the call waits up to
+    /// `quotas.max_throttle`, or is refused). Cluster administration is
+    /// never charged.
+    pub(crate) async fn authorize(
+        &self,
+        caller: &Caller,
+        op: Operation,
+        tenant: &mut String,
+        resource: Resource<'_>,
+    ) -> Result<(), Status> {
+        self.authz.authorize(caller, op, tenant, resource)?;
+        if op == Operation::Cluster {
+            return Ok(());
+        }
+        let Some(q) = &self.quotas else { return Ok(()) };
+        self.connection(q, caller)?;
+        q.admit(Self::tenant(tenant), Quota::RequestsPerSecond, 1).await.map_err(quota_status)?;
+        Ok(())
+    }
+
+    fn connection(&self, q: &Quotas, caller: &Caller) -> Result<(), Status> {
+        if let Some(peer) = caller.peer
+            && !q.is_registered(peer)
+        {
+            q.connection(Some(peer), self.authz.connection_tenant(caller).as_deref()).map_err(quota_status)?;
+        }
+        Ok(())
+    }
+
+    fn tenant(tenant: &str) -> &str {
+        if tenant.is_empty() { crate::names::DEFAULT_TENANT } else { tenant }
+    }
+
+    /// [`Authorizer::session`], then the connection quota.
+    pub(crate) fn session(&self, caller: Caller) -> Result<Caller, Status> {
+        let caller = self.authz.session(caller)?;
+        if let Some(q) = &self.quotas {
+            self.connection(q, &caller)?;
+        }
+        Ok(caller)
+    }
+
+    pub(crate) fn permits(&self, caller: &Caller, op: Operation, resource: Resource<'_>) -> bool {
+        self.authz.permits(caller, op, resource)
+    }
+
+    pub(crate) fn visible_tenant(&self, caller: &Caller) -> Result<Option<String>, Status> {
+        self.authz.visible_tenant(caller)
+    }
+
+    /// Produced (or sent) bytes of `tenant`: the delay they waited.
+    pub(crate) async fn produce_bytes(&self, tenant: &str, bytes: u64) -> Result<u32, Status> {
+        let Some(q) = &self.quotas else { return Ok(0) };
+        let waited = q.admit(Self::tenant(tenant), Quota::ProduceBytesPerSecond, bytes).await.map_err(quota_status)?;
+        Ok(waited.as_millis().min(u128::from(u32::MAX)) as u32)
+    }
+
+    /// Before a fetch or receive of `tenant`: pays for the bytes earlier
+    /// reads returned (the delay waited).
+    pub(crate) async fn before_consume(&self, tenant: &str) -> Result<u32, Status> {
+        let Some(q) = &self.quotas else { return Ok(0) };
+        let waited = q.admit_consume(Self::tenant(tenant)).await.map_err(quota_status)?;
+        Ok(waited.as_millis().min(u128::from(u32::MAX)) as u32)
+    }
+
+    /// After a fetch or receive: the bytes it returned.
+    pub(crate) fn consumed(&self, tenant: &str, bytes: u64) {
+        if let Some(q) = &self.quotas {
+            q.consumed(Self::tenant(tenant), bytes);
+        }
+    }
+}
 
 /// The caller and the message of a unary request: the handlers' first
 /// line, before [`Authorizer::authorize`] (which may fill in the tenant).
@@ -369,7 +474,7 @@ mod tests {
     fn authorizer() -> CredentialAuthorizer {
         let mut catalog = Catalog::default();
         for t in ["a", "b"] {
-            catalog.apply(&C::CreateTenant { name: t.into(), at_ms: 0 }).unwrap();
+            catalog.apply(&C::CreateTenant { name: t.into(), at_ms: 0, quotas: Default::default() }).unwrap();
         }
         catalog.apply(&C::CreatePrincipal { tenant: "a".into(), name: "p".into(), at_ms: 0 }).unwrap();
         catalog.apply(&C::CreatePrincipal { tenant: "b".into(), name: "q".into(), at_ms: 0 }).unwrap();

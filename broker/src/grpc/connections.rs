@@ -16,11 +16,21 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::metrics::Metrics;
+use crate::quota::Quotas;
 
 /// An accepted connection and its permit (returned when it closes).
 pub(crate) struct Limited {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// The connection leaves its tenant's connection count when it closes.
+    peer: std::net::SocketAddr,
+    quotas: Arc<Quotas>,
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        self.quotas.disconnected(self.peer);
+    }
 }
 
 impl Connected for Limited {
@@ -71,29 +81,36 @@ pub(crate) fn limited(
     listener: tokio::net::TcpListener,
     max: usize,
     metrics: Arc<Metrics>,
+    quotas: Arc<Quotas>,
 ) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(max));
-    futures::stream::unfold((listener, slots, metrics), move |(listener, slots, metrics)| async move {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    // EMFILE and the like: give descriptors a moment to free.
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            match slots.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let _ = stream.set_nodelay(true);
-                    let conn = Limited { stream, _permit: permit };
-                    return Some((Ok(conn), (listener, slots, metrics)));
-                }
-                Err(_) => {
-                    metrics.rejections.get_or_create(&crate::metrics::RejectLabels { reason: "max_connections" }).inc();
-                    tracing::warn!(%peer, limit = max, "connection refused: limits.max_connections reached");
-                    drop(stream);
+    futures::stream::unfold((listener, slots, metrics), move |(listener, slots, metrics)| {
+        let quotas = quotas.clone();
+        async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        // EMFILE and the like: give descriptors a moment to free.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        let conn = Limited { stream, _permit: permit, peer, quotas };
+                        return Some((Ok(conn), (listener, slots, metrics)));
+                    }
+                    Err(_) => {
+                        metrics
+                            .rejections
+                            .get_or_create(&crate::metrics::RejectLabels { reason: "max_connections" })
+                            .inc();
+                        tracing::warn!(%peer, limit = max, "connection refused: limits.max_connections reached");
+                        drop(stream);
+                    }
                 }
             }
         }

@@ -78,10 +78,10 @@ impl Groups for GroupsService {
         let Some(member_message::Kind::Join(mut join)) = first.kind else {
             return Err(invalid("the first message of a Join stream must be `join`"));
         };
-        self.auth.authorize(&caller, Operation::Consume, &mut join.tenant, Resource::Group(&join.group))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut join.tenant, Resource::Group(&join.group)).await?;
         // Members learn the subscribed topics' partitions.
         for topic in &join.topics {
-            self.auth.authorize(&caller, Operation::Describe, &mut join.tenant, Resource::Topic(topic))?;
+            self.auth.authorize(&caller, Operation::Describe, &mut join.tenant, Resource::Topic(topic)).await?;
         }
         let session_timeout = match join.session_timeout_ms {
             0 => DEFAULT_SESSION_TIMEOUT,
@@ -126,9 +126,9 @@ impl Groups for GroupsService {
         // Kafka's rule: READ on the group and on each committed topic.
         let caller = self.auth.session(auth::Caller::of(&request))?;
         let mut r = request.into_inner();
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Group(&r.group))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Group(&r.group)).await?;
         for o in &r.offsets {
-            self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&o.topic))?;
+            self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&o.topic)).await?;
         }
         let offsets = r
             .offsets
@@ -145,7 +145,7 @@ impl Groups for GroupsService {
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let caller = self.auth.session(auth::Caller::of(&request))?;
         let mut r = request.into_inner();
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Group(&r.group))?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Group(&r.group)).await?;
         let wanted: std::collections::HashSet<(String, u32)> =
             r.partitions.iter().flat_map(|tp| tp.partitions.iter().map(|p| (tp.topic.clone(), *p))).collect();
         let offsets = self
@@ -165,7 +165,7 @@ impl Groups for GroupsService {
     async fn list_groups(&self, request: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
         let caller = self.auth.session(auth::Caller::of(&request))?;
         let mut r = request.into_inner();
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant).await?;
         let groups = self
             .coordinator
             .list(&r.tenant)
@@ -183,7 +183,7 @@ impl Groups for GroupsService {
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupDescription>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Group(&r.group))?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Group(&r.group)).await?;
         let v = self.coordinator.describe(&r.tenant, &r.group).await.map_err(to_status)?;
         Ok(Response::new(GroupDescription {
             tenant: v.tenant,
@@ -221,9 +221,9 @@ impl Groups for GroupsService {
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         let caller = self.auth.session(auth::Caller::of(&request))?;
         let mut r = request.into_inner();
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Group(&r.group))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Group(&r.group)).await?;
         if !r.topic.is_empty() {
-            self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.topic))?;
+            self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.topic)).await?;
         }
         let to = match r.to {
             None => return Err(invalid("reset needs a target: earliest, latest, an offset or a timestamp")),
@@ -251,7 +251,7 @@ impl Groups for GroupsService {
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Group(&r.group))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Group(&r.group)).await?;
         self.coordinator.delete(&r.tenant, &r.group).await.map_err(to_status)?;
         Ok(Response::new(DeleteGroupResponse {}))
     }

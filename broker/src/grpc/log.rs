@@ -39,6 +39,7 @@ fn produce_response(request_id: u64, partition: u32, p: Produced) -> ProduceResp
         log_append_time_ms: p.append_time_ms,
         duplicate: p.duplicate,
         error: None,
+        throttle_ms: 0,
     }
 }
 
@@ -48,12 +49,13 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl Log for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic))?;
+        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic)).await?;
         if let Some(e) = oversize_error(&self.broker, &r) {
             return Err(to_status(e));
         }
+        let throttle_ms = self.auth.produce_bytes(&r.tenant, r.batch.len() as u64).await?;
         let produced = self.broker.produce(&r.tenant, &r.topic, r.partition, r.batch).await.map_err(to_status)?;
-        Ok(Response::new(produce_response(r.request_id, r.partition, produced)))
+        Ok(Response::new(ProduceResponse { throttle_ms, ..produce_response(r.request_id, r.partition, produced) }))
     }
 
     type ProduceStreamStream = BoxStream<ProduceResponse>;
@@ -88,7 +90,7 @@ impl Log for LogService {
                     }
                 };
                 if let Err(status) =
-                    authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic))
+                    authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Topic(&r.topic)).await
                 {
                     let refused = status_response(r.request_id, r.partition, &status);
                     if tx.send(Ok(refused)).await.is_err() {
@@ -102,6 +104,17 @@ impl Log for LogService {
                     }
                     continue;
                 }
+                // The tenant's byte rate: the stream waits (its later
+                // batches with it) or this batch is refused.
+                let throttle_ms = match authz.produce_bytes(&r.tenant, r.batch.len() as u64).await {
+                    Ok(ms) => ms,
+                    Err(status) => {
+                        if tx.send(Ok(status_response(r.request_id, r.partition, &status))).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 // Appends happen here, in stream order; only the durability
                 // wait runs concurrently, so pipelined batches share fsyncs.
                 match broker.append(&r.tenant, &r.topic, r.partition, r.batch).await {
@@ -109,7 +122,9 @@ impl Log for LogService {
                         let tx = tx.clone();
                         tokio::spawn(async move {
                             let resp = match pending.wait().await {
-                                Ok(p) => produce_response(r.request_id, r.partition, p),
+                                Ok(p) => {
+                                    ProduceResponse { throttle_ms, ..produce_response(r.request_id, r.partition, p) }
+                                }
                                 Err(e) => error_response(r.request_id, r.partition, e),
                             };
                             let _ = tx.send(Ok(resp)).await;
@@ -130,7 +145,7 @@ impl Log for LogService {
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&r.topic))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&r.topic)).await?;
         let start = match r.start {
             None => return Err(invalid("fetch needs a start: an offset, a timestamp or a position")),
             Some(fetch_request::Start::Offset(o)) => StartAt::Offset(o),
@@ -142,16 +157,34 @@ impl Log for LogService {
             },
         };
         let options = FetchOptions { start, max_bytes: r.max_bytes, max_wait_ms: r.max_wait_ms, follow: r.follow };
+        // The tenant's consume rate: what earlier reads returned is paid
+        // before this one starts, and before each later response of a
+        // following fetch.
+        let first_throttle = self.auth.before_consume(&r.tenant).await?;
         let rx = self.broker.fetch(&r.tenant, &r.topic, r.partition, options).await.map_err(to_status)?;
-        let responses = ReceiverStream::new(rx).map(|item| {
-            item.map(|f| FetchResponse {
-                partition: f.partition,
-                records: f.records,
-                high_watermark: f.high_watermark,
-                log_start_offset: f.log_start,
-                next_offset: f.next_offset,
-            })
-            .map_err(to_status)
+        let gate = self.auth.clone();
+        let tenant = r.tenant;
+        let mut first = Some(first_throttle);
+        let responses = ReceiverStream::new(rx).then(move |item| {
+            let gate = gate.clone();
+            let tenant = tenant.clone();
+            let paid = first.take();
+            async move {
+                let f = item.map_err(to_status)?;
+                let throttle_ms = match paid {
+                    Some(ms) => ms,
+                    None => gate.before_consume(&tenant).await?,
+                };
+                gate.consumed(&tenant, f.records.len() as u64);
+                Ok(FetchResponse {
+                    partition: f.partition,
+                    records: f.records,
+                    high_watermark: f.high_watermark,
+                    log_start_offset: f.log_start,
+                    next_offset: f.next_offset,
+                    throttle_ms,
+                })
+            }
         });
         Ok(Response::new(Box::pin(responses)))
     }
@@ -163,7 +196,7 @@ impl Log for LogService {
         // Kafka's rule: an idempotent producer initialises with WRITE on
         // any topic (each batch is then checked against its own topic).
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::AnyTopic)?;
+        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::AnyTopic).await?;
         let (producer_id, epoch) = self.broker.init_producer(&r.tenant, &r.producer_name).await.map_err(to_status)?;
         Ok(Response::new(InitProducerResponse { producer_id, producer_epoch: i32::from(epoch) }))
     }
@@ -173,7 +206,7 @@ impl Log for LogService {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let (caller, mut r) = auth::split(request);
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.topic))?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Topic(&r.topic)).await?;
         let mut queries = Vec::with_capacity(r.queries.len());
         for q in r.queries {
             let query = match q.spec {

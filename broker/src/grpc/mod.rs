@@ -54,7 +54,8 @@ pub(crate) async fn serve(
     // Credentials and the tenant rule (DESIGN §4.5); anonymous callers are
     // allowed unless `auth.mode = required`.
     let required = broker.config().auth.mode == crate::config::AuthMode::Required;
-    let auth: auth::Auth = Arc::new(auth::CredentialAuthorizer::new(broker.credentials().clone(), required));
+    let authz = Arc::new(auth::CredentialAuthorizer::new(broker.credentials().clone(), required));
+    let auth: auth::Auth = auth::Gate::new(authz, Some(broker.quotas().clone()));
     let limits = &broker.config().limits;
     let max_in = (limits.max_batch_bytes.0 + 1024 * 1024) as usize;
     let max_out = (limits.max_fetch_bytes.0 + 1024 * 1024) as usize;
@@ -102,7 +103,12 @@ pub(crate) async fn serve(
     // Every accepted socket gets `TCP_NODELAY` (the builder's setting only
     // applies to listeners tonic binds itself; without it small responses
     // wait for Nagle + delayed ACK, ~40 ms) and a connection permit.
-    let incoming = connections::limited(listener.tcp, limits.max_connections as usize, broker.metrics().clone());
+    let incoming = connections::limited(
+        listener.tcp,
+        limits.max_connections as usize,
+        broker.metrics().clone(),
+        broker.quotas().clone(),
+    );
     match listener.tls {
         Some(tls) => router.serve_with_incoming_shutdown(tls.grpc_incoming(incoming), stop_reporting).await,
         None => router.serve_with_incoming_shutdown(incoming, stop_reporting).await,

@@ -147,7 +147,7 @@ type SendResponses = Pin<Box<dyn Stream<Item = Result<SendStreamResponse, Status
 impl Queues for QueuesService {
     async fn create_queue(&self, req: Request<CreateQueueRequest>) -> Result<Response<QueueDescription>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name)).await?;
         let o = overrides(r.config)?;
         let v = self.queues.create_queue(&r.tenant, &r.name, o, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(view_to_pb(v)))
@@ -155,7 +155,7 @@ impl Queues for QueuesService {
 
     async fn update_queue(&self, req: Request<pb::UpdateQueueRequest>) -> Result<Response<QueueDescription>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name)).await?;
         let o = overrides(r.config)?;
         let v = self.queues.update_queue(&r.tenant, &r.name, o).await.map_err(to_status)?;
         Ok(Response::new(view_to_pb(v)))
@@ -165,7 +165,7 @@ impl Queues for QueuesService {
         // Only the queues the caller may describe.
         let caller = self.auth.session(auth::Caller::of(&req))?;
         let mut r = req.into_inner();
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant)?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Tenant).await?;
         let list = self.queues.list_queues(&r.tenant).await.map_err(to_status)?;
         let queues = list
             .into_iter()
@@ -177,54 +177,56 @@ impl Queues for QueuesService {
 
     async fn describe_queue(&self, req: Request<DescribeQueueRequest>) -> Result<Response<QueueDescription>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Queue(&r.name))?;
+        self.auth.authorize(&caller, Operation::Describe, &mut r.tenant, Resource::Queue(&r.name)).await?;
         let v = self.queues.describe_queue_full(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(view_to_pb(v)))
     }
 
     async fn delete_queue(&self, req: Request<DeleteQueueRequest>) -> Result<Response<DeleteQueueResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name)).await?;
         self.queues.delete_queue(&r.tenant, &r.name, r.if_empty).await.map_err(to_status)?;
         Ok(Response::new(DeleteQueueResponse {}))
     }
 
     async fn purge_queue(&self, req: Request<PurgeQueueRequest>) -> Result<Response<PurgeQueueResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.name)).await?;
         let purged = self.queues.purge(&r.tenant, &r.name).await.map_err(to_status)?;
         Ok(Response::new(PurgeQueueResponse { purged }))
     }
 
     async fn redrive(&self, req: Request<RedriveRequest>) -> Result<Response<RedriveResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.dead_letter_queue))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.dead_letter_queue)).await?;
         let moved = self.queues.redrive(&r.tenant, &r.dead_letter_queue, r.max_messages).await.map_err(to_status)?;
         Ok(Response::new(RedriveResponse { moved }))
     }
 
     async fn bind(&self, req: Request<BindRequest>) -> Result<Response<pb::Binding>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.queue)).await?;
         // A binding copies the topic's messages into the queue: reading them.
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&r.topic))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Topic(&r.topic)).await?;
         let b = self.queues.bind(&r.tenant, &r.queue, &r.topic, filter_from_pb(r.filter)).await.map_err(to_status)?;
         Ok(Response::new(binding_to_pb(&b)))
     }
 
     async fn unbind(&self, req: Request<UnbindRequest>) -> Result<Response<UnbindResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Queue(&r.queue)).await?;
         self.queues.unbind(&r.tenant, &r.queue, &r.topic, filter_from_pb(r.filter)).await.map_err(to_status)?;
         Ok(Response::new(UnbindResponse {}))
     }
 
     async fn send(&self, req: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue)).await?;
+        let throttle_ms = self.auth.produce_bytes(&r.tenant, outgoing_bytes(&r.messages)).await?;
         let sent = self.queues.send(&r.tenant, &r.queue, r.messages).await.map_err(to_status)?;
         Ok(Response::new(SendResponse {
             results: sent.into_iter().map(|s| SendResult { message_id: s.id, duplicate: s.duplicate }).collect(),
+            throttle_ms,
         }))
     }
 
@@ -268,9 +270,14 @@ impl Queues for QueuesService {
                     Err(e) => SendStreamResponse { request_id, results: Vec::new(), error: Some(to_item_error(e)) },
                 };
                 let mut r = r;
-                if let Err(status) =
-                    authz.authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue))
+                let gate = match authz
+                    .authorize(&caller, Operation::Produce, &mut r.tenant, Resource::Queue(&r.queue))
+                    .await
                 {
+                    Ok(()) => authz.produce_bytes(&r.tenant, outgoing_bytes(&r.messages)).await.map(|_| ()),
+                    Err(status) => Err(status),
+                };
+                if let Err(status) = gate {
                     let resp = SendStreamResponse {
                         request_id,
                         results: Vec::new(),
@@ -305,27 +312,31 @@ impl Queues for QueuesService {
 
     async fn receive(&self, req: Request<ReceiveRequest>) -> Result<Response<ReceiveResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue)).await?;
         non_negative("wait_ms", r.wait_ms)?;
         let wait = Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
+        // The tenant's consume rate: earlier receives are paid first (a
+        // refusal here leases nothing).
+        let throttle_ms = self.auth.before_consume(&r.tenant).await?;
         let messages = self
             .queues
             .receive(&r.tenant, &r.queue, r.max_messages as usize, wait, r.visibility_timeout_ms, r.auto_ack)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(ReceiveResponse { messages }))
+        self.auth.consumed(&r.tenant, messages.iter().map(|m| (m.body.len() + m.key.len()) as u64).sum());
+        Ok(Response::new(ReceiveResponse { messages, throttle_ms }))
     }
 
     async fn ack(&self, req: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue)).await?;
         let f = self.queues.ack(&r.tenant, &r.queue, &r.receipts).await.map_err(to_status)?;
         Ok(Response::new(AckResponse { failed: failed(f) }))
     }
 
     async fn nack(&self, req: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue)).await?;
         let f = self.queues.nack(&r.tenant, &r.queue, &r.receipts, r.delay_ms).await.map_err(to_status)?;
         Ok(Response::new(NackResponse { failed: failed(f) }))
     }
@@ -335,7 +346,7 @@ impl Queues for QueuesService {
         req: Request<ExtendVisibilityRequest>,
     ) -> Result<Response<ExtendVisibilityResponse>, Status> {
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue)).await?;
         let f = self.queues.extend(&r.tenant, &r.queue, &r.receipts, r.visibility_timeout_ms).map_err(to_status)?;
         Ok(Response::new(ExtendVisibilityResponse { failed: failed(f) }))
     }
@@ -343,7 +354,7 @@ impl Queues for QueuesService {
     async fn peek(&self, req: Request<PeekRequest>) -> Result<Response<PeekResponse>, Status> {
         let (caller, mut r) = auth::split(req);
         // Peeking reads messages: consume, not describe.
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue))?;
+        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(&r.queue)).await?;
         let messages = self.queues.peek(&r.tenant, &r.queue, r.max_messages as usize).await.map_err(to_status)?;
         Ok(Response::new(PeekResponse { messages }))
     }
@@ -357,7 +368,9 @@ impl Queues for QueuesService {
         // Reply queues are named `reply-…`: consuming them takes an ACL
         // matching that prefix (or every queue).
         let (caller, mut r) = auth::split(req);
-        self.auth.authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(crate::queue::REPLY_PREFIX))?;
+        self.auth
+            .authorize(&caller, Operation::Consume, &mut r.tenant, Resource::Queue(crate::queue::REPLY_PREFIX))
+            .await?;
         let name = self.queues.create_reply_queue(&r.tenant).await.map_err(to_status)?;
         let (tx, rx) = mpsc::channel(16);
         let queues = self.queues.clone();
@@ -396,4 +409,9 @@ impl Queues for QueuesService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as ReplyStream))
     }
+}
+
+/// The bytes a send carries, for the tenant's produce rate.
+fn outgoing_bytes(messages: &[strata_proto::v1::OutgoingMessage]) -> u64 {
+    messages.iter().map(|m| (m.body.len() + m.key.len()) as u64).sum()
 }

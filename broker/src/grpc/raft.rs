@@ -35,28 +35,36 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.auth
+            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
+            .await?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.auth
+            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
+            .await?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.auth
+            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
+            .await?;
         let rpc = decode(request.get_ref()).map_err(bad_payload)?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) speak Raft.
-        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.auth
+            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
+            .await?;
         let cmd: CatalogCommand = decode(request.get_ref()).map_err(bad_payload)?;
         let deadline = self.node.forward_deadline();
         reply(&self.node.write_as_leader(&cmd, deadline).await)
@@ -64,7 +72,9 @@ impl Raft for RaftService {
 
     async fn membership(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         // Only brokers (holding the admin token) change the membership.
-        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.auth
+            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
+            .await?;
         let req: MembershipRequest = decode(request.get_ref()).map_err(bad_payload)?;
         let answer = match req {
             MembershipRequest::Join(join) => serde_json::to_value(self.node.handle_join(join).await),
@@ -76,7 +86,9 @@ impl Raft for RaftService {
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        self.auth.authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)?;
+        self.auth
+            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
+            .await?;
         Ok(Response::new(HelloResponse {
             broker_id: self.node.id(),
             advertised_address: self.node.address().to_owned(),

@@ -62,7 +62,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             CatalogError::UnknownAcl { tenant, binding } => {
                 (Code::NotFound, E::UnknownAcl, format!("{tenant}/{}", binding.principal))
             }
+            CatalogError::QuotaExceeded { tenant, .. } => (Code::ResourceExhausted, E::QuotaExceeded, tenant.clone()),
         },
+        BrokerError::Quota(q) => (Code::ResourceExhausted, E::QuotaExceeded, q.tenant.clone()),
         BrokerError::UnknownPartition { tenant, topic, partition, .. } => {
             (Code::NotFound, E::UnknownPartition, format!("{tenant}/{topic}/{partition}"))
         }
@@ -186,9 +188,31 @@ pub(crate) fn to_status(e: BrokerError) -> Status {
             info.metadata.insert("log_start_offset".into(), start.to_string());
             info.metadata.insert("high_watermark".into(), end.to_string());
         }
+        BrokerError::Catalog(CatalogError::QuotaExceeded { quota, limit, usage, .. }) => {
+            info.metadata.insert("quota".into(), quota.clone());
+            info.metadata.insert("limit".into(), limit.to_string());
+            info.metadata.insert("usage".into(), usage.to_string());
+        }
+        BrokerError::Quota(q) => quota_metadata(&mut info, q),
         _ => {}
     }
     strata_proto::status_with_info(code, message, info)
+}
+
+/// The details of a quota refusal: which quota, its limit and the usage,
+/// and for a rate when to retry.
+fn quota_metadata(info: &mut ErrorInfo, q: &crate::quota::QuotaExceeded) {
+    info.metadata.insert("quota".into(), q.quota.name().into());
+    info.metadata.insert("limit".into(), q.limit.to_string());
+    info.metadata.insert("usage".into(), q.usage.to_string());
+    if let Some(after) = q.retry_after {
+        info.metadata.insert("retry_after_ms".into(), after.as_millis().max(1).to_string());
+    }
+}
+
+/// The status of a quota refusal (for the gRPC layer's own checks).
+pub(crate) fn quota_status(q: crate::quota::QuotaExceeded) -> Status {
+    to_status(BrokerError::Quota(q))
 }
 
 /// The message a client reads. Storage failures name the resource and the

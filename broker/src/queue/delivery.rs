@@ -14,6 +14,7 @@ impl QueueManager {
         messages: Vec<OutgoingMessage>,
     ) -> Result<PendingSend, BrokerError> {
         let q = self.queue(tenant, queue)?;
+        self.broker.quotas().check_stored(&q.tenant)?;
         if messages.is_empty() {
             return Ok(PendingSend { q, results: Vec::new(), written: None, clock: self.broker.clock().clone() });
         }
@@ -28,7 +29,10 @@ impl QueueManager {
                 })?,
             );
         }
-        self.append(&q, batch).await
+        let bytes = batch.iter().map(|m| (m.body.len() + m.key.as_ref().map_or(0, |k| k.len())) as u64).sum();
+        let pending = self.append(&q, batch).await?;
+        self.broker.quotas().add_stored(&q.tenant, bytes);
+        Ok(pending)
     }
 
     /// Validates and enqueues messages; answers once they are durable.

@@ -54,7 +54,20 @@ impl QueueManager {
         if broker.cluster().is_some() {
             tokio::spawn(mgr.clone().follow_ownership());
         }
+        // The stored-bytes quota counts the queues' logs too.
+        let weak = Arc::downgrade(&mgr);
+        broker.set_queue_usage(Box::new(move || weak.upgrade().map(|m| m.stored_bytes()).unwrap_or_default()));
+        broker.refresh_stored_usage();
         Ok(mgr)
+    }
+
+    /// Bytes of each tenant's queue logs (messages and journal) on this broker.
+    pub(crate) fn stored_bytes(&self) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for ((tenant, _), q) in read_lock(&self.queues).iter() {
+            *out.entry(tenant.clone()).or_default() += q.messages.stats().size_bytes + q.journal.stats().size_bytes;
+        }
+        out
     }
 
     /// Cluster mode: opens the queues that become this broker's (those of a

@@ -256,7 +256,10 @@ async fn topic_administration() {
 async fn tenants_isolate_topics() {
     let b = TestBroker::start().await;
     let mut admin = b.admin().await;
-    admin.create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false }).await.unwrap();
+    admin
+        .create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false, ..Default::default() })
+        .await
+        .unwrap();
     admin
         .create_topic(CreateTopicRequest {
             tenant: "team-a".into(),
@@ -272,8 +275,10 @@ async fn tenants_isolate_topics() {
     assert_status(err, Code::FailedPrecondition, ErrorCode::TenantNotEmpty, "team-a");
     let err = admin.delete_tenant(DeleteTenantRequest { name: "default".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err =
-        admin.create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false }).await.unwrap_err();
+    let err = admin
+        .create_tenant(CreateTenantRequest { name: "team-a".into(), if_not_exists: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_status(err, Code::AlreadyExists, ErrorCode::TenantExists, "team-a");
     let err = admin
         .create_topic(CreateTopicRequest {
@@ -337,8 +342,10 @@ async fn bad_admin_input_gets_precise_errors() {
     let err =
         admin.describe_topic(DescribeTopicRequest { name: "missing".into(), ..Default::default() }).await.unwrap_err();
     assert_status(err, Code::NotFound, ErrorCode::UnknownTopic, "default/missing");
-    let err =
-        admin.create_tenant(CreateTenantRequest { name: "Bad_Tenant".into(), if_not_exists: false }).await.unwrap_err();
+    let err = admin
+        .create_tenant(CreateTenantRequest { name: "Bad_Tenant".into(), if_not_exists: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_status(err, Code::InvalidArgument, ErrorCode::InvalidName, "invalid tenant name");
 }
 

@@ -498,7 +498,7 @@ async fn refused_while_isolated(addr: SocketAddr, topic: &str) {
     assert!(waited < Duration::from_secs(6), "waited {waited:?}");
     let mut c = admin(addr).await.unwrap();
     let started = Instant::now();
-    let req = CreateTenantRequest { name: format!("{topic}-tenant"), if_not_exists: false };
+    let req = CreateTenantRequest { name: format!("{topic}-tenant"), if_not_exists: false, ..Default::default() };
     let err = c.create_tenant(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(strata_proto::error_code(&err), ErrorCode::NoMetadataQuorum, "{err:?}");
@@ -635,4 +635,46 @@ async fn an_isolated_broker_refuses_metadata_writes_and_rejoins_without_divergen
             .await;
         }
     }
+}
+
+/// A quota set through one broker is enforced by another: UpdateTenant is a
+/// catalog command, replicated like every other, and the count check runs
+/// where the entry is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_set_on_one_broker_is_enforced_by_another() {
+    use strata_proto::v1::{DescribeTenantRequest, TenantQuotas, UpdateTenantRequest};
+    let mut members = members(3, "5s");
+    let peers = members.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",");
+    for m in members.iter_mut() {
+        m.start(&peers);
+    }
+    let all: Vec<&Member> = members.iter().collect();
+    agreed(&all, 3, Duration::from_secs(30)).await;
+    let (a, b) = (members[0].addr(), members[1].addr());
+    let mut on_a = admin(a).await.unwrap();
+    on_a.create_tenant(CreateTenantRequest { name: "q".into(), ..Default::default() }).await.unwrap();
+    let quotas = TenantQuotas { max_topics: Some(1), ..Default::default() };
+    on_a.update_tenant(UpdateTenantRequest { name: "q".into(), quotas: Some(quotas) }).await.unwrap();
+    eventually("broker 2 to know tenant q's quota", Duration::from_secs(10), || async move {
+        let mut c = admin(b).await?;
+        let t = c.describe_tenant(DescribeTenantRequest { name: "q".into() }).await.ok()?.into_inner();
+        (t.quotas == Some(quotas)).then_some(())
+    })
+    .await;
+    let mut on_b = admin(b).await.unwrap();
+    let topic =
+        |name: &str| CreateTopicRequest { tenant: "q".into(), name: name.into(), partitions: 1, ..Default::default() };
+    on_b.create_topic(topic("first")).await.unwrap();
+    let err = on_b.create_topic(topic("second")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(strata_proto::error_code(&err), ErrorCode::QuotaExceeded, "{err:?}");
+    assert_eq!(strata_proto::error_info(&err).unwrap().metadata["quota"], "max_topics");
+    // The third broker agrees: nothing of the refused create exists.
+    let c = members[2].addr();
+    wait_until("broker 3 to list exactly the first topic", Duration::from_secs(10), || async move {
+        let Some(mut c) = admin(c).await else { return false };
+        let Ok(r) = c.list_topics(ListTopicsRequest { tenant: "q".into() }).await else { return false };
+        r.into_inner().topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>() == ["first"]
+    })
+    .await;
 }

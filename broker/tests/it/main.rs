@@ -10,4 +10,5 @@ mod membership;
 mod metrics;
 mod process;
 mod queue;
+mod quotas;
 mod tier;

@@ -157,7 +157,7 @@ async fn metrics_match_a_known_workload() {
     assert_eq!(get(&m, &format!("strata_queue_messages_sent_total{jq}")), 7.0);
     assert_eq!(get(&m, &format!("strata_queue_deliveries_total{jq}")), 8.0);
     assert_eq!(get(&m, &format!("strata_queue_redeliveries_total{jq}")), 1.0);
-    assert_eq!(get(&m, r#"strata_quota_rejections_total{reason="queue_full"}"#), 1.0);
+    assert_eq!(get(&m, r#"strata_limit_rejections_total{reason="queue_full"}"#), 1.0);
     assert_eq!(get(&m, &format!("strata_queue_messages_acked_total{jq}")), 4.0);
     assert_eq!(get(&m, &format!("strata_queue_in_flight_messages{jq}")), 3.0);
     assert_eq!(get(&m, &format!("strata_queue_visible_messages{jq}")), 0.0);

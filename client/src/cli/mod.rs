@@ -271,18 +271,74 @@ pub(crate) struct ResetGroupArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantCommand {
-    /// Create a tenant.
+    /// Create a tenant, optionally with quotas (unset ones are unlimited).
     Create {
         /// Tenant name.
         name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
     },
-    /// List tenants: name, topic count, creation time.
+    /// Change a tenant's quotas: the flags given replace those quotas,
+    /// `--clear-quota` makes one unlimited, the others stay.
+    Update {
+        /// Tenant name.
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+        /// Remove a quota (unlimited again), by its name: max_topics,
+        /// max_queues, max_partitions, max_stored_bytes,
+        /// produce_bytes_per_second, consume_bytes_per_second,
+        /// requests_per_second, max_connections. Repeatable.
+        #[arg(long = "clear-quota", value_parser = tenant::quota_name)]
+        clear: Vec<String>,
+    },
+    /// Show a tenant's quotas and usage.
+    Describe {
+        /// Tenant name.
+        name: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants: name, usage (topics, queues, partitions, stored bytes,
+    /// connections), creation time.
     List,
     /// Delete an empty tenant.
     Delete {
         /// Tenant name.
         name: String,
     },
+}
+
+/// Tenant quotas (`strata tenant create|update`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct QuotaArgs {
+    /// Most topics the tenant may have.
+    #[arg(long)]
+    pub(crate) max_topics: Option<u32>,
+    /// Most queues the tenant may have.
+    #[arg(long)]
+    pub(crate) max_queues: Option<u32>,
+    /// Most partitions over all the tenant's topics.
+    #[arg(long)]
+    pub(crate) max_partitions: Option<u32>,
+    /// Most bytes stored (hot + cold) by the tenant's topics and queues,
+    /// e.g. 10GiB.
+    #[arg(long, value_parser = parse::size)]
+    pub(crate) max_stored_bytes: Option<u64>,
+    /// Produce (and queue send) bytes per second, e.g. 10MiB or 10MiB/s;
+    /// enforced per broker.
+    #[arg(long, value_parser = parse::rate)]
+    pub(crate) produce_rate: Option<u64>,
+    /// Consume (fetch and queue receive) bytes per second; per broker.
+    #[arg(long, value_parser = parse::rate)]
+    pub(crate) consume_rate: Option<u64>,
+    /// Requests per second; per broker.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) requests_per_second: Option<u32>,
+    /// Most open connections of the tenant's principals; per broker.
+    #[arg(long)]
+    pub(crate) max_connections: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -628,6 +628,7 @@ mod tests {
             high_watermark: 5,
             log_start_offset: 0,
             next_offset: 5,
+            throttle_ms: 0,
         };
         let topic: Arc<str> = "t".into();
         let decoded = fetcher::decode_response(&topic, 3, response(records.clone()), Some(3)).unwrap();

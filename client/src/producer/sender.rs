@@ -644,6 +644,8 @@ impl SenderTask {
             let retry = self.config.retry;
             let backoff = state.backoff.get_or_insert_with(|| retry.backoff());
             if let Some(delay) = backoff.next() {
+                // A tenant rate quota says how long to wait at least.
+                let delay = delay.max(error.retry_after().unwrap_or_default());
                 tracing::debug!(
                     partition = batch.partition,
                     ?delay,

@@ -744,6 +744,8 @@ impl Task {
         if error.server_error().is_some_and(transient_refusal) {
             let retry = self.config.retry;
             if let Some(delay) = batch.backoff.get_or_insert_with(|| retry.backoff()).next() {
+                // A tenant rate quota says how long to wait at least.
+                let delay = delay.max(error.retry_after().unwrap_or_default());
                 tracing::debug!(queue = %self.queue, %error, ?delay, "retrying queue send");
                 batch.not_before = Some(Instant::now() + delay);
                 self.requeue(batch);

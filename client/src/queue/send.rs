@@ -128,6 +128,11 @@ fn server_stored_nothing(s: &ServerError) -> bool {
 /// requests being all-or-nothing, stored nothing).
 pub(crate) fn transient_refusal(s: &ServerError) -> bool {
     use strata_proto::v1::ErrorCode;
+    if s.error_code == ErrorCode::QuotaExceeded {
+        // A tenant rate quota says when to retry; count and storage quotas
+        // refuse again.
+        return s.metadata.contains_key("retry_after_ms");
+    }
     s.error_code == ErrorCode::ShuttingDown
         || (matches!(s.code, tonic::Code::Unavailable | tonic::Code::ResourceExhausted)
             && !matches!(s.error_code, ErrorCode::BatchTooLarge | ErrorCode::LimitExceeded))

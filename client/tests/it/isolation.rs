@@ -242,6 +242,10 @@ fn matrix(raw: &Raw) -> Vec<(&'static str, &'static str, Call)> {
         }
     });
     row!("Admin", "DeleteTenant", admin, |c| unary(c.delete_tenant(pb::DeleteTenantRequest { name: b() }).await));
+    row!("Admin", "UpdateTenant", admin, |c| unary(
+        c.update_tenant(pb::UpdateTenantRequest { name: b(), quotas: Some(pb::TenantQuotas::default()) }).await
+    ));
+    row!("Admin", "DescribeTenant", admin, |c| unary(c.describe_tenant(pb::DescribeTenantRequest { name: b() }).await));
     row!("Admin", "CreateTopic", admin, |c| unary(
         c.create_topic(pb::CreateTopicRequest { tenant: b(), name: "new".into(), partitions: 1, ..Default::default() })
             .await
@@ -261,6 +265,7 @@ fn matrix(raw: &Raw) -> Vec<(&'static str, &'static str, Call)> {
     ));
     row!("Admin", "GetServerInfo", admin, |c| unary(c.get_server_info(pb::GetServerInfoRequest {}).await));
     row!("Admin", "DescribeCluster", admin, |c| unary(c.describe_cluster(pb::DescribeClusterRequest {}).await));
+    row!("Admin", "RemoveBroker", admin, |c| unary(c.remove_broker(pb::RemoveBrokerRequest { broker_id: 0 }).await));
     row!("Admin", "CreatePrincipal", admin, |c| unary(
         c.create_principal(pb::CreatePrincipalRequest { tenant: b(), name: "intruder".into(), if_not_exists: false })
             .await
@@ -498,6 +503,12 @@ async fn isolation_matrix_every_rpc_of_every_service() {
         a.admin.get_metadata(pb::GetMetadataRequest { queues: true, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(meta.topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a-topic"]);
     assert_eq!(meta.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(), ["a-queue"]);
+    // Its own tenant: described (quotas and usage), never updated (the
+    // cluster admin's).
+    let own = a.admin.describe_tenant(pb::DescribeTenantRequest::default()).await.unwrap().into_inner();
+    assert_eq!((own.name.as_str(), own.usage.unwrap().topics), ("a", 1));
+    let update = pb::UpdateTenantRequest { name: "a".into(), quotas: None };
+    assert_eq!(a.admin.update_tenant(update).await.unwrap_err().code(), Code::PermissionDenied);
     // And the empty tenant reaches a's own data (the default tenant is not a's).
     let fetched = a
         .log

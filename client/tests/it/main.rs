@@ -12,6 +12,7 @@ mod isolation;
 mod process;
 mod queue_producer;
 mod queues;
+mod quotas;
 mod routing;
 mod security;
 mod tier;
