@@ -261,6 +261,7 @@ mod tests {
                 allowed_namespaces: vec!["*".into()],
                 deletion_policy: DeletionPolicy::Retain,
                 principals: Vec::new(),
+                quotas: None,
             },
         );
         t.metadata.namespace = Some("strata".into());

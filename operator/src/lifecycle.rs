@@ -309,6 +309,7 @@ mod tests {
                 allowed_namespaces: vec!["apps".into()],
                 deletion_policy: DeletionPolicy::Retain,
                 principals: Vec::new(),
+                quotas: None,
             },
         );
         t.metadata.namespace = Some("strata".into());

@@ -63,6 +63,67 @@ pub struct TenantSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub principals: Vec<PrincipalSpec>,
+    /// Aggregate limits over all of the tenant's topics, queues and
+    /// connections, enforced by the brokers; an unset field is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<TenantQuotasSpec>,
+}
+
+/// A tenant's quotas (the broker's `TenantQuotas`). Sizes and rates are
+/// bytes: a number, or one with `KiB`, `MiB`, `GiB`, `TiB` (`Ki`... too).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantQuotasSpec {
+    /// Topics of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_topics: Option<u32>,
+    /// Queues of the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queues: Option<u32>,
+    /// Partitions over all its topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_partitions: Option<u32>,
+    /// Hot + cold bytes of its topics and queues (`50GiB`); produce and send
+    /// are refused at the limit until retention frees space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stored_bytes: Option<String>,
+    /// Bytes produced (and sent to queues) per second, per broker (`10MiB`);
+    /// throttled, then refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produce_bytes_per_second: Option<String>,
+    /// Bytes consumed (and received from queues) per second, per broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consume_bytes_per_second: Option<String>,
+    /// Requests per second, per broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// Open connections of the tenant's principals, per broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+impl TenantQuotasSpec {
+    /// The broker's form; a size that does not parse names its field.
+    pub fn to_proto(&self) -> Result<strata_proto::v1::TenantQuotas, String> {
+        let bytes = |field: &str, v: &Option<String>| -> Result<Option<u64>, String> {
+            v.as_deref()
+                .map(|t| {
+                    crate::broker_cluster::parse_bytes(t)
+                        .ok_or_else(|| format!("spec.quotas.{field}: {t:?} is not a byte size (e.g. 10MiB)"))
+                })
+                .transpose()
+        };
+        Ok(strata_proto::v1::TenantQuotas {
+            max_topics: self.max_topics,
+            max_queues: self.max_queues,
+            max_partitions: self.max_partitions,
+            max_stored_bytes: bytes("maxStoredBytes", &self.max_stored_bytes)?,
+            produce_bytes_per_second: bytes("produceBytesPerSecond", &self.produce_bytes_per_second)?,
+            consume_bytes_per_second: bytes("consumeBytesPerSecond", &self.consume_bytes_per_second)?,
+            requests_per_second: self.requests_per_second,
+            max_connections: self.max_connections,
+        })
+    }
 }
 
 /// A principal of the tenant.
@@ -576,13 +637,30 @@ impl BrokerResource for Tenant {
         ctx: &Context,
     ) -> Result<Report, Blocked> {
         let name = self.name_any();
+        let quotas = self
+            .spec
+            .quotas
+            .as_ref()
+            .map(TenantQuotasSpec::to_proto)
+            .transpose()
+            .map_err(|m| Blocked::new(Reason::InvalidSpec, m))?
+            .unwrap_or_default();
         let tenants = broker.list_tenants().await.map_err(|e| Blocked::from_client("list tenants", &e))?;
         let mut report = Report::default();
         match tenants.iter().find(|t| t.name == name) {
-            Some(t) => status.topic_count = t.topic_count,
+            Some(t) => {
+                status.topic_count = t.topic_count;
+                if t.quotas.clone().unwrap_or_default() != quotas {
+                    broker
+                        .update_tenant(&name, quotas)
+                        .await
+                        .map_err(|e| Blocked::from_client(&format!("set the quotas of tenant {name}"), &e))?;
+                    report.changes.push(format!("set the quotas of tenant {name}"));
+                }
+            }
             None => {
                 broker
-                    .create_tenant(&name)
+                    .create_tenant_with_quotas(&name, quotas)
                     .await
                     .map_err(|e| Blocked::from_client(&format!("create tenant {name}"), &e))?;
                 if status.created {

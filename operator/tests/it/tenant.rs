@@ -40,3 +40,42 @@ async fn tenants_are_created_kept_and_deleted_by_policy() {
     assert!(env.fake.get(&path).is_none());
     assert!(!client.list_tenants().await.unwrap().iter().any(|t| t.name == "team-a"));
 }
+
+#[tokio::test]
+async fn a_tenants_quotas_reach_the_broker_and_follow_the_spec() {
+    let env = TestEnv::with_broker().await;
+    env.fake.insert(crate::cluster_json("main"));
+    let mut t = crate::tenant_json("team-q", &["apps"]);
+    t["spec"]["quotas"] = json!({"maxTopics": 2, "produceBytesPerSecond": "1MiB", "maxStoredBytes": "2GiB"});
+    env.fake.insert(t);
+    let path = path_of("strata.dev/v1alpha1", "Tenant", CLUSTER_NS, "team-q");
+    env.reconcile::<Tenant>(&path).await;
+    assert_eq!(env.ready(&path).0, "True");
+    let client = env.client().await;
+    let q = client.describe_tenant("team-q").await.unwrap().quotas.unwrap();
+    assert_eq!((q.max_topics, q.produce_bytes_per_second, q.max_stored_bytes), (Some(2), Some(1 << 20), Some(2 << 30)));
+    assert_eq!((q.max_queues, q.requests_per_second), (None, None), "unset means unlimited");
+    // The broker enforces them: a third topic is refused.
+    let tenant = client.with_tenant("team-q");
+    for name in ["one", "two"] {
+        tenant.create_topic(name, 1, TopicOptions::default()).await.unwrap();
+    }
+    let e = tenant.create_topic("three", 1, TopicOptions::default()).await.unwrap_err();
+    assert!(e.to_string().contains("max_topics"), "{e}");
+
+    // A changed spec replaces the set; a quota left out is lifted.
+    env.fake
+        .update_spec(&path, json!({"quotas": {"maxTopics": 3, "produceBytesPerSecond": null, "maxStoredBytes": null}}));
+    env.reconcile::<Tenant>(&path).await;
+    let q = client.describe_tenant("team-q").await.unwrap().quotas.unwrap();
+    assert_eq!((q.max_topics, q.produce_bytes_per_second, q.max_stored_bytes), (Some(3), None, None));
+    tenant.create_topic("three", 1, TopicOptions::default()).await.unwrap();
+
+    // A size that is no size: InvalidSpec naming the field; the broker keeps the last good set.
+    env.fake.update_spec(&path, json!({"quotas": {"maxTopics": 3, "maxStoredBytes": "lots"}}));
+    env.reconcile::<Tenant>(&path).await;
+    let (status, reason, message) = env.ready(&path);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("spec.quotas.maxStoredBytes"), "{message}");
+    assert_eq!(client.describe_tenant("team-q").await.unwrap().quotas.unwrap().max_topics, Some(3));
+}
