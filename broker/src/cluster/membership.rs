@@ -251,7 +251,7 @@ impl ClusterNode {
 
 /// Formation, then joining: runs at start until this broker is a voter.
 pub(super) async fn form_or_join(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff(Duration::from_millis(100));
     loop {
         let Some(n) = node.upgrade() else { return };
         if n.is_voter() {
@@ -276,18 +276,16 @@ pub(super) async fn form_or_join(node: Weak<ClusterNode>, mut shutdown: tokio::s
         tracing::info!(reason = %why, "cluster formation: waiting");
         n.set_formation(format!("waiting: {why}"));
         drop(n);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        if !backoff.wait(&mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
     join(node, shutdown).await;
 }
 
 /// Asks the seeds to admit this broker until it is a voter.
 async fn join(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff(Duration::from_millis(200));
     loop {
         let Some(n) = node.upgrade() else { return };
         if n.is_voter() {
@@ -307,11 +305,24 @@ async fn join(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receive
             }
         }
         drop(n);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        if !backoff.wait(&mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Retry pacing of the membership loops: doubling up to 2 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    /// Waits out the current step; false once the broker is shutting down.
+    async fn wait(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+        let step = self.0;
+        self.0 = (step * 2).min(Duration::from_secs(2));
+        tokio::select! {
+            _ = tokio::time::sleep(step) => true,
+            _ = shutdown.wait_for(|s| *s) => false,
+        }
     }
 }
 
@@ -427,7 +438,7 @@ pub(super) async fn adopt_standalone_catalog(
     node: Weak<ClusterNode>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff(Duration::from_millis(100));
     loop {
         let Some(n) = node.upgrade() else { return };
         if n.leader().is_some() {
@@ -437,11 +448,9 @@ pub(super) async fn adopt_standalone_catalog(
             }
         }
         drop(n);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        if !backoff.wait(&mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
