@@ -650,7 +650,7 @@ impl BrokerResource for Tenant {
         match tenants.iter().find(|t| t.name == name) {
             Some(t) => {
                 status.topic_count = t.topic_count;
-                if t.quotas.clone().unwrap_or_default() != quotas {
+                if t.quotas.unwrap_or_default() != quotas {
                     broker
                         .update_tenant(&name, quotas)
                         .await
