@@ -510,18 +510,30 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     }
     ensure!(owners[0] == owners[1], "trio-1 and trio-2 disagree on the owners: {owners:?}");
     ensure!(owners[0] == ["0", "0", "1", "1", "2", "2"], "partitions not spread 2/2/2: {:?}", owners[0]);
-    // The operator reports what the brokers say in the BrokerCluster status.
-    let reported = wait_for("BrokerCluster trio's status to show the brokers' view", Duration::from_secs(90), || {
-        let bc = cluster.get(&["-n", "strata", "brokercluster", "trio"])?;
-        let st = &bc["status"];
-        let seen = (st["brokers"].as_u64(), st["metadataLeader"].as_u64(), st["unownedPartitions"].as_u64());
-        Ok(matches!(seen, (Some(3), Some(l), Some(0)) if l < 3).then_some(seen))
-    })?;
+    let reported = three_brokers_reported(cluster, "trio")?;
     steps.pass(&format!(
         "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
     ));
 
     cluster.kubectl(&["-n", "strata", "delete", "brokercluster", "trio", "--timeout=90s"])?;
+    Ok(())
+}
+
+/// Waits until BrokerCluster `name`'s status shows what its brokers say:
+/// three members, a metadata leader among them, no unowned partitions.
+fn three_brokers_reported(cluster: &Cluster, name: &str) -> anyhow::Result<(Option<u64>, Option<u64>, Option<u64>)> {
+    wait_for(&format!("BrokerCluster {name}'s status to show the brokers' view"), Duration::from_secs(90), || {
+        let bc = cluster.get(&["-n", "strata", "brokercluster", name])?;
+        let st = &bc["status"];
+        let seen = (st["brokers"].as_u64(), st["metadataLeader"].as_u64(), st["unownedPartitions"].as_u64());
+        Ok(matches!(seen, (Some(3), Some(l), Some(0)) if l < 3).then_some(seen))
+    })
+}
+
+/// Sets BrokerCluster `name`'s `spec.replicas`.
+fn scale(cluster: &Cluster, name: &str, replicas: u32) -> anyhow::Result<()> {
+    let patch = json!({"spec": {"replicas": replicas}}).to_string();
+    cluster.kubectl(&["-n", "strata", "patch", "brokercluster", name, "--type=merge", "-p", &patch])?;
     Ok(())
 }
 
@@ -554,16 +566,7 @@ fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         Duration::from_secs(60),
     )?;
 
-    cluster.kubectl(&[
-        "-n",
-        "strata",
-        "patch",
-        "brokercluster",
-        "grow",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"replicas":3}}"#,
-    ])?;
+    scale(cluster, "grow", 3)?;
     // Every pod of the new revision and ready (grow-0 restarts last, with
     // the grown seed list).
     wait_for("StatefulSet grow to roll out three ready brokers", Duration::from_secs(240), || {
@@ -640,27 +643,12 @@ fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         .collect();
     owned.sort_unstable();
     ensure!(owned == [(0, 3), (1, 3), (2, 3)], "partitions per broker after placing 6 more: {owned:?}");
-    // The operator reports what the brokers say in the BrokerCluster status.
-    let reported = wait_for("BrokerCluster grow's status to show the brokers' view", Duration::from_secs(90), || {
-        let bc = cluster.get(&["-n", "strata", "brokercluster", "grow"])?;
-        let st = &bc["status"];
-        let seen = (st["brokers"].as_u64(), st["metadataLeader"].as_u64(), st["unownedPartitions"].as_u64());
-        Ok(matches!(seen, (Some(3), Some(l), Some(0)) if l < 3).then_some(seen))
-    })?;
+    let reported = three_brokers_reported(cluster, "grow")?;
     steps.pass(&format!(
         "a 6-partition topic went to the new brokers: partitions per broker {owned:?}; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
     ));
 
-    cluster.kubectl(&[
-        "-n",
-        "strata",
-        "patch",
-        "brokercluster",
-        "grow",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"replicas":2}}"#,
-    ])?;
+    scale(cluster, "grow", 2)?;
     let message = wait_for("BrokerCluster grow to refuse the smaller size", Duration::from_secs(60), || {
         let bc = cluster.get(&["-n", "strata", "brokercluster", "grow"])?;
         let blocked = bc["status"]["conditions"]
