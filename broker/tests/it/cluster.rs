@@ -136,13 +136,17 @@ fn summary(v: &DescribeClusterResponse) -> Option<Summary> {
     Some((v.leader_id?, brokers))
 }
 
-/// Waits until every running member reports the same leader and `n` brokers.
+/// Waits until every running member reports the same leader and `n` voting
+/// brokers.
 pub(crate) async fn agreed(members: &[&Member], n: usize, timeout: Duration) -> Summary {
     eventually("the brokers to agree on one cluster with a leader", timeout, || async {
         let mut seen: Option<Summary> = None;
         for m in members {
             let s = summary(&describe(m.addr()).await?)?;
-            if s.1.len() != n || s.1.iter().filter(|b| b.2 == "leader").count() != 1 {
+            // One leader, and every other broker a voting follower (a broker
+            // just admitted is a learner until the leader promotes it).
+            let voters = s.1.iter().all(|b| b.2 == "leader" || b.2 == "follower");
+            if s.1.len() != n || !voters || s.1.iter().filter(|b| b.2 == "leader").count() != 1 {
                 return None;
             }
             match &seen {
