@@ -312,9 +312,13 @@ pub struct ClusterConfig {
     /// Snapshot the catalog and purge the Raft log every this many entries
     /// (a lagging broker then catches up from the snapshot).
     pub snapshot_every: u64,
-    /// This broker's failure zone (the operator fills it from the pod's
-    /// topology label); placement spreads partitions over zones.
+    /// This broker's failure zone; placement spreads partitions over zones.
     pub zone: String,
+    /// A file holding this broker's zone, read at start and every few
+    /// seconds after (a change is registered in the catalog). The operator
+    /// mounts the pod's `strata.dev/zone` annotation here, which it copies
+    /// from the node's `topology.kubernetes.io/zone` label. Instead of `zone`.
+    pub zone_file: PathBuf,
 }
 
 impl Default for ClusterConfig {
@@ -327,6 +331,7 @@ impl Default for ClusterConfig {
             write_timeout: HumanDuration(Duration::from_secs(5)),
             snapshot_every: 5000,
             zone: String::new(),
+            zone_file: PathBuf::new(),
         }
     }
 }
@@ -408,6 +413,16 @@ impl ClusterConfig {
         Ok(())
     }
 
+    /// This broker's zone now: the trimmed content of `zone_file` when one
+    /// is set (empty while the file is missing or unreadable: the zone is
+    /// not known yet), else `zone`.
+    pub fn current_zone(&self) -> String {
+        if self.zone_file.as_os_str().is_empty() {
+            return self.zone.clone();
+        }
+        std::fs::read_to_string(&self.zone_file).map(|z| z.trim().to_owned()).unwrap_or_default()
+    }
+
     fn validate(&self) -> Result<(), String> {
         if let Some(id) = self.broker_id
             && !(0..=MAX_BROKER_ID).contains(&id)
@@ -422,6 +437,9 @@ impl ClusterConfig {
         }
         if self.snapshot_every == 0 {
             return Err("cluster.snapshot_every must be positive".into());
+        }
+        if !self.zone.is_empty() && !self.zone_file.as_os_str().is_empty() {
+            return Err("cluster.zone and cluster.zone_file: set one of them".into());
         }
         if self.peers.is_empty() {
             return Ok(());
@@ -1003,6 +1021,8 @@ mod tests {
             ("STRATA_CLUSTER_PEERS", "b:2,b:2"),
         ]);
         assert!(e.contains("names b:2 twice"), "{e}");
+        let e = err(&[("STRATA_CLUSTER_ZONE", "a"), ("STRATA_CLUSTER_ZONE_FILE", "/etc/strata/zone/zone")]);
+        assert!(e.contains("cluster.zone and cluster.zone_file"), "{e}");
         let e = err(&[("STRATA_CLUSTER_BROKER_ID", "70000")]);
         assert!(e.contains("between 0 and 65535"), "{e}");
         let from_host = |host: &str| {

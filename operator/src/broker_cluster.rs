@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, Service, ServiceAccount, ServicePort,
-    ServiceSpec, Toleration, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Node, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, Pod, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretKeySelector,
+    SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, TopologySpreadConstraint,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -41,6 +42,15 @@ const CONFIG_FILE: &str = "strata.toml";
 const AUTH_DIR: &str = "/etc/strata-auth";
 /// Where the TLS Secret is mounted (`tls.crt`, `tls.key`, `ca.crt`).
 const TLS_DIR: &str = "/etc/strata-tls";
+/// Where the pod's zone annotation is mounted (downward API, file `zone`):
+/// the broker's `cluster.zone_file`.
+const ZONE_DIR: &str = "/etc/strata-zone";
+/// The pod annotation holding its broker's zone, copied by the operator from
+/// its node's zone label (a pod cannot read its node's labels itself).
+pub const ZONE_ANNOTATION: &str = "strata.dev/zone";
+/// Node labels naming a node's zone: the well-known one, then the
+/// deprecated one older clusters still set.
+const NODE_ZONE_LABELS: [&str; 2] = ["topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone"];
 /// The key of the admin-token Secret.
 pub const ADMIN_TOKEN_KEY: &str = "token";
 /// Keys of a `kubernetes.io/tls` Secret.
@@ -533,6 +543,7 @@ pub fn render_config(name: &str, ns: &str, spec: &BrokerClusterSpec, tls_has_ca:
     {
         let mut cluster = toml::Table::new();
         cluster.insert("broker_id_from_hostname".into(), true.into());
+        cluster.insert("zone_file".into(), format!("{ZONE_DIR}/zone").into());
         let peers: Vec<toml::Value> = (0..spec.replicas).map(|i| broker_address(name, ns, i).into()).collect();
         cluster.insert("peers".into(), peers.into());
         root.insert("cluster".into(), cluster.into());
@@ -935,6 +946,12 @@ pub fn build(cluster: &BrokerCluster, tls_has_ca: bool) -> Result<Children, Inva
                     read_only: Some(true),
                     ..VolumeMount::default()
                 },
+                VolumeMount {
+                    name: "zone".into(),
+                    mount_path: ZONE_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
             ]
             .into_iter()
             .chain(secret_volumes.iter().map(|(v, dir)| VolumeMount {
@@ -968,11 +985,34 @@ pub fn build(cluster: &BrokerCluster, tls_has_ca: bool) -> Result<Children, Inva
             termination_grace_period_seconds: Some(60),
             containers: vec![container],
             volumes: Some(
-                std::iter::once(Volume {
-                    name: "config".into(),
-                    config_map: Some(ConfigMapVolumeSource { name: config_name, ..ConfigMapVolumeSource::default() }),
-                    ..Volume::default()
-                })
+                [
+                    Volume {
+                        name: "config".into(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: config_name,
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    // The zone annotation as a file the kubelet keeps up to
+                    // date (empty until the operator has set it).
+                    Volume {
+                        name: "zone".into(),
+                        downward_api: Some(DownwardAPIVolumeSource {
+                            items: Some(vec![DownwardAPIVolumeFile {
+                                path: "zone".into(),
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: format!("metadata.annotations['{ZONE_ANNOTATION}']"),
+                                    ..ObjectFieldSelector::default()
+                                }),
+                                ..DownwardAPIVolumeFile::default()
+                            }]),
+                            ..DownwardAPIVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                ]
+                .into_iter()
                 .chain(secret_volumes.into_iter().map(|(v, _)| v))
                 .collect(),
             ),
@@ -1060,6 +1100,42 @@ where
     value["apiVersion"] = K::api_version(&()).into();
     value["kind"] = K::kind(&()).into();
     api.patch(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&value)).await?;
+    Ok(())
+}
+
+/// A node's zone from its labels (empty when it has none).
+pub fn node_zone(node: &Node) -> &str {
+    let labels = node.metadata.labels.as_ref();
+    NODE_ZONE_LABELS.iter().find_map(|k| labels?.get(*k)).map_or("", String::as_str)
+}
+
+/// Copies each scheduled broker pod's node zone into the pod's
+/// `strata.dev/zone` annotation, which the kubelet mounts as the broker's
+/// zone file (the broker re-registers when it changes): placement then
+/// spreads partitions over zones. Pods on nodes without a zone label are
+/// left alone.
+async fn annotate_zones(ctx: &Context, ns: &str, name: &str) -> Result<(), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let selector = selector_labels(name).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let mut zones: BTreeMap<String, String> = BTreeMap::new();
+    for pod in pods.list(&kube::api::ListParams::default().labels(&selector)).await? {
+        let ours = selector_labels(name).iter().all(|(k, v)| pod.labels().get(k) == Some(v));
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|_| ours) else { continue };
+        let zone = match zones.get(&node) {
+            Some(z) => z.clone(),
+            None => {
+                let z = nodes.get_opt(&node).await?.as_ref().map(node_zone).unwrap_or_default().to_owned();
+                zones.insert(node, z.clone());
+                z
+            }
+        };
+        if zone.is_empty() || pod.annotations().get(ZONE_ANNOTATION) == Some(&zone) {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {ZONE_ANNOTATION: zone}}});
+        pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
     Ok(())
 }
 
@@ -1337,6 +1413,7 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
     apply(ctx, &ns, &children.client_service).await?;
     apply(ctx, &ns, &children.stateful_set).await?;
     apply(ctx, &ns, &children.pod_disruption_budget).await?;
+    annotate_zones(ctx, &ns, &name).await?;
     st.monitor_problem = match &children.monitor {
         Some(m) => apply_monitor(ctx, &ns, m).await?,
         None => None,

@@ -80,6 +80,11 @@ pub const PERMISSIONS: &[Permission] = &[
         resources: &["secrets"],
         verbs: &["get", "create", "patch", "delete"],
     },
+    // A broker pod's zone: the operator reads its node's zone label and
+    // copies it into an annotation of the pod (merge patch), which the
+    // kubelet mounts as the broker's zone file.
+    Permission { scope: Scope::Cluster, api_group: "", resources: &["pods"], verbs: &["list", "patch"] },
+    Permission { scope: Scope::Cluster, api_group: "", resources: &["nodes"], verbs: &["get"] },
     // `spec.metrics.monitor`: a PodMonitor or ServiceMonitor, server-side applied.
     Permission {
         scope: Scope::Cluster,

@@ -102,37 +102,55 @@ impl Broker {
     }
 
     /// Cluster mode: records this broker's address and zone in the catalog
-    /// once there is a leader (again whenever they change), so placement
-    /// knows its zone and every broker can report it. Retries until done or
-    /// shutdown.
+    /// once there is a leader, and again whenever they differ from what the
+    /// catalog holds (a zone file whose content changed, a registration
+    /// lost), so placement knows its zone and every broker can report it.
+    /// With a fixed zone it ends once registered; with `cluster.zone_file`
+    /// it re-reads the file every few seconds until shutdown.
     pub(crate) async fn register_in_catalog(self: Arc<Self>) {
+        const ZONE_FILE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
         let Some(c) = self.cluster().cloned() else { return };
         let id = c.id();
-        let cmd = CatalogCommand::RegisterBroker {
-            id,
-            address: self.config.cluster.advertised_address.clone(),
-            zone: self.config.cluster.zone.clone(),
-        };
+        let cluster = &self.config.cluster;
+        let follows_file = !cluster.zone_file.as_os_str().is_empty();
         let mut shutdown = self.shutdown_signal();
-        let mut backoff = std::time::Duration::from_millis(100);
+        const FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+        let mut backoff = crate::cluster::membership::Backoff(FIRST_RETRY);
         loop {
-            let current = self.catalog_snapshot().await.brokers.get(&id).cloned();
-            if current.is_some_and(|r| {
-                r.address == self.config.cluster.advertised_address && r.zone == self.config.cluster.zone
-            }) {
-                return;
-            }
-            if c.leader().is_some() {
+            let zone = cluster.current_zone();
+            let mut registered = self
+                .catalog_snapshot()
+                .await
+                .brokers
+                .get(&id)
+                .is_some_and(|r| r.address == cluster.advertised_address && r.zone == zone);
+            if !registered && c.leader().is_some() {
+                let cmd = CatalogCommand::RegisterBroker {
+                    id,
+                    address: cluster.advertised_address.clone(),
+                    zone: zone.clone(),
+                };
                 match c.write(&cmd).await {
-                    Ok(_) => return,
+                    Ok(_) => {
+                        tracing::info!(zone = %zone, "registered this broker's address and zone in the catalog");
+                        registered = true;
+                    }
                     Err(e) => tracing::debug!(error = %e, "registering this broker in the catalog; retrying"),
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+            if registered {
+                if !follows_file {
+                    return;
+                }
+                backoff = crate::cluster::membership::Backoff(FIRST_RETRY);
+                tokio::select! {
+                    _ = tokio::time::sleep(ZONE_FILE_POLL) => continue,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
             }
-            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+            if !backoff.wait(&mut shutdown).await {
+                return;
+            }
         }
     }
 }

@@ -260,7 +260,7 @@ impl Broker {
             brokers: vec![crate::cluster::BrokerInfo {
                 id,
                 address,
-                zone: self.config.cluster.zone.clone(),
+                zone: self.config.cluster.current_zone(),
                 state: "standalone".into(),
                 leader: true,
                 partitions,

@@ -311,12 +311,13 @@ async fn join(node: Weak<ClusterNode>, mut shutdown: tokio::sync::watch::Receive
     }
 }
 
-/// Retry pacing of the membership loops: doubling up to 2 s.
-struct Backoff(Duration);
+/// Retry pacing of the cluster's background loops (membership, broker
+/// registration): doubling up to 2 s.
+pub(crate) struct Backoff(pub(crate) Duration);
 
 impl Backoff {
     /// Waits out the current step; false once the broker is shutting down.
-    async fn wait(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    pub(crate) async fn wait(&mut self, shutdown: &mut tokio::sync::watch::Receiver<bool>) -> bool {
         let step = self.0;
         self.0 = (step * 2).min(Duration::from_secs(2));
         tokio::select! {

@@ -33,6 +33,8 @@ pub(crate) struct Member {
     /// Where peers reach this broker (a proxy in front of it), when not its
     /// own port.
     advertise: Option<SocketAddr>,
+    /// `cluster.zone_file`, when set.
+    pub(crate) zone_file: Option<std::path::PathBuf>,
 }
 
 impl Member {
@@ -58,6 +60,7 @@ impl Member {
             .env("STRATA_LOG_LEVEL", "warn")
             .env("STRATA_CLUSTER_WRITE_TIMEOUT", self.write_timeout)
             .env("STRATA_CLUSTER_SNAPSHOT_EVERY", self.snapshot_every)
+            .envs(self.zone_file.iter().map(|f| ("STRATA_CLUSTER_ZONE_FILE", f.as_os_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -113,6 +116,7 @@ pub(crate) fn members(n: u64, write_timeout: &'static str) -> Vec<Member> {
             write_timeout,
             snapshot_every: "5000",
             advertise: None,
+            zone_file: None,
         })
         .collect()
 }

@@ -18,7 +18,6 @@ fn seeds(ms: &[Member]) -> String {
     ms.iter().map(|m| m.addr().to_string()).collect::<Vec<_>>().join(",")
 }
 
-/// Every broker listed is a voter (leader or follower), none a learner.
 /// The set of owners of `topic`'s partitions as broker `at` reports them.
 async fn owner_ids(at: std::net::SocketAddr, topic: &str) -> Option<BTreeSet<u64>> {
     owners(at, topic).await?.into_iter().map(|(o, _)| o).collect()
@@ -146,4 +145,40 @@ async fn a_broker_joins_a_formed_cluster_and_one_gone_for_good_is_removed() {
     let e = a.remove_broker(RemoveBrokerRequest { broker_id: 9 }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert_eq!(strata_proto::error_code(&e), ErrorCode::UnknownBroker, "{e:?}");
+}
+
+/// A broker's zone comes from its zone file (where the operator mounts the
+/// pod's zone annotation, copied from its node's topology label) and follows
+/// it: a file that appears or changes is registered in the catalog, and
+/// every broker reports the new zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brokers_zone_follows_its_zone_file() {
+    let zones = tempfile::tempdir().unwrap();
+    let file = zones.path().join("zone");
+    let mut ms = members(2, "5s");
+    ms[1].zone_file = Some(file.clone());
+    let peers = seeds(&ms);
+    for m in ms.iter_mut() {
+        m.start(&peers);
+    }
+    let all: Vec<&Member> = ms.iter().collect();
+    agreed(&all, 2, Duration::from_secs(30)).await;
+    let at = ms[0].addr();
+    let zone_of_2 = || async move {
+        let d = describe(at).await?;
+        d.brokers.iter().find(|b| b.id == 2).map(|b| b.zone.clone())
+    };
+    // No file yet: the zone is not known.
+    assert_eq!(zone_of_2().await.as_deref(), Some(""));
+    for zone in ["zone-a", "zone-b"] {
+        std::fs::write(&file, format!("{zone}\n")).unwrap();
+        wait_until(&format!("broker 1 to report broker 2 in {zone}"), Duration::from_secs(20), || async {
+            zone_of_2().await.as_deref() == Some(zone)
+        })
+        .await;
+    }
+    // The other broker has no zone file and no zone.
+    let d = describe(ms[1].addr()).await.unwrap();
+    let zones: Vec<(u64, String)> = d.brokers.iter().map(|b| (b.id, b.zone.clone())).collect();
+    assert_eq!(zones, [(1, String::new()), (2, "zone-b".to_owned())]);
 }

@@ -440,3 +440,63 @@ async fn auth_and_tls_reach_the_brokers_own_config_parser() {
         container["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
     assert!(mounts.contains(&"/etc/strata-auth") && mounts.contains(&"/etc/strata-tls"), "{mounts:?}");
 }
+
+/// Each broker pod gets its node's zone as the `strata.dev/zone` annotation
+/// (the broker reads it through the downward-API file its config names);
+/// a pod on a node without a zone label, or of another cluster, is left
+/// alone, and a node moved to another zone moves the annotation with it.
+#[tokio::test]
+async fn broker_pods_are_annotated_with_their_nodes_zone() {
+    let env = TestEnv::without_broker().await;
+    env.fake.insert(json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": "main", "namespace": CLUSTER_NS},
+        "spec": {"replicas": 3, "storage": {"size": "1Gi"}}
+    }));
+    let node = |name: &str, labels: serde_json::Value| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}});
+    env.fake.insert(node("n1", json!({"topology.kubernetes.io/zone": "eu-1a"})));
+    env.fake.insert(node("n2", json!({"failure-domain.beta.kubernetes.io/zone": "eu-1b"})));
+    env.fake.insert(node("n3", json!({"kubernetes.io/hostname": "n3"})));
+    let pod = |name: &str, instance: &str, node: Option<&str>| {
+        let mut labels = broker_cluster::selector_labels(instance);
+        labels.insert("apps.kubernetes.io/pod-index".into(), name.rsplit('-').next().unwrap().into());
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": CLUSTER_NS, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "broker"}]}
+        })
+    };
+    env.fake.insert(pod("main-0", "main", Some("n1")));
+    env.fake.insert(pod("main-1", "main", Some("n2")));
+    env.fake.insert(pod("main-2", "main", Some("n3")));
+    env.fake.insert(pod("main-3", "main", None));
+    env.fake.insert(pod("other-0", "other", Some("n1")));
+    reconcile(&env).await;
+
+    let zone = |pod: &str| {
+        let p = env.fake.get(&path_of("v1", "Pod", CLUSTER_NS, pod)).unwrap();
+        p["metadata"]["annotations"][broker_cluster::ZONE_ANNOTATION].as_str().map(str::to_owned)
+    };
+    assert_eq!(zone("main-0").as_deref(), Some("eu-1a"));
+    assert_eq!(zone("main-1").as_deref(), Some("eu-1b"), "the deprecated label is read too");
+    assert_eq!(zone("main-2"), None, "a node without a zone label");
+    assert_eq!(zone("main-3"), None, "not scheduled yet");
+    assert_eq!(zone("other-0"), None, "another cluster's pod");
+
+    // The broker reads the annotation from the file its config names, which
+    // the pod template mounts from the downward API.
+    let config = pod_config(&env, "main-0");
+    let file = config.cluster.zone_file.display().to_string();
+    let sts = env.fake.get(&sts_path()).unwrap();
+    let spec = &sts["spec"]["template"]["spec"];
+    let mount = spec["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "zone").unwrap();
+    let volume = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "zone").unwrap();
+    let item = &volume["downwardAPI"]["items"][0];
+    assert_eq!(format!("{}/{}", mount["mountPath"].as_str().unwrap(), item["path"].as_str().unwrap()), file);
+    assert_eq!(item["fieldRef"]["fieldPath"], "metadata.annotations['strata.dev/zone']");
+
+    // The node is relabelled: the next reconcile follows it.
+    env.fake.insert(node("n1", json!({"topology.kubernetes.io/zone": "eu-1c"})));
+    reconcile(&env).await;
+    assert_eq!(zone("main-0").as_deref(), Some("eu-1c"));
+}

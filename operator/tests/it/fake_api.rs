@@ -47,6 +47,12 @@ pub fn path_of(api_version: &str, kind: &str, ns: &str, name: &str) -> String {
     format!("{prefix}/namespaces/{ns}/{}/{name}", plural(kind))
 }
 
+/// A cluster-scoped object's path, e.g. `/api/v1/nodes/n`.
+pub fn cluster_scoped_path(api_version: &str, kind: &str, name: &str) -> String {
+    let prefix = if api_version.contains('/') { format!("/apis/{api_version}") } else { format!("/api/{api_version}") };
+    format!("{prefix}/{}/{name}", plural(kind))
+}
+
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code})
 }
@@ -105,12 +111,15 @@ impl FakeApi {
     /// Stores an object as if a user had applied it.
     pub fn insert(&self, obj: Value) -> Value {
         let mut obj = obj;
-        let key = path_of(
+        let (api_version, kind, name) = (
             obj["apiVersion"].as_str().unwrap(),
             obj["kind"].as_str().unwrap(),
-            obj["metadata"]["namespace"].as_str().unwrap(),
             obj["metadata"]["name"].as_str().unwrap(),
         );
+        let key = match obj["metadata"]["namespace"].as_str() {
+            Some(ns) => path_of(api_version, kind, ns, name),
+            None => cluster_scoped_path(api_version, kind, name),
+        };
         let mut st = self.state.lock().unwrap();
         st.next_rv += 1;
         let rv = st.next_rv;
