@@ -62,6 +62,28 @@ pub(crate) fn message_span<'a>(
     Some(telemetry::start(name, Kind::Server, &cx, a))
 }
 
+/// Marks what happened to a stored queue message, `operation` (`deliver`,
+/// `redeliver`, `dead_letter`) of its `deliveries`-th delivery: a span
+/// that starts and ends at once, when the message's context is sampled.
+/// `detail` goes between the delivery count and the operation name.
+pub(crate) fn stored_message_event(
+    record: &Record,
+    operation: &'static str,
+    queue: &str,
+    id: u64,
+    deliveries: u32,
+    detail: Option<Attribute>,
+) {
+    let mut attributes = vec![
+        Attribute::new(attr::MESSAGE_ID, id.to_string()),
+        Attribute::new(attr::DELIVERY_COUNT, i64::from(deliveries)),
+    ];
+    attributes.extend(detail);
+    attributes.push(Attribute::new(attr::OPERATION_NAME, operation));
+    let headers = record.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default()));
+    drop(message_span(headers, format!("{operation} {queue}"), queue, attributes));
+}
+
 /// Ends `publish` spans after durability, with a `persist` child covering
 /// the wait for fsync.
 pub(crate) struct Published {

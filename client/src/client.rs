@@ -301,6 +301,49 @@ impl Client {
         }
         call(url).await
     }
+
+    /// One RPC at the broker serving `target`, as [`routed`](Self::routed):
+    /// `call` gets the service's stub ([`Queues`], [`Groups`]) for that
+    /// broker and the request (a copy of `req` per attempt, with this
+    /// client's timeout); the answer's body.
+    pub(crate) async fn rpc<S: Stub, Req, Resp, Fut>(
+        &self,
+        target: Target<'_>,
+        req: Req,
+        call: impl Fn(S, tonic::Request<Req>) -> Fut,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.routed(target, |url| {
+            let answer = call(S::at(self, &url), self.request(req.clone()));
+            async move { answer.await.map(tonic::Response::into_inner).map_err(Error::from) }
+        })
+        .await
+    }
+}
+
+/// The `Queues` service's stub.
+pub(crate) type Queues = QueuesClient<Transport>;
+/// The `Groups` service's stub.
+pub(crate) type Groups = GroupsClient<Transport>;
+
+/// A service stub [`Client::rpc`] makes for the broker it calls.
+pub(crate) trait Stub {
+    fn at(client: &Client, url: &Arc<str>) -> Self;
+}
+
+impl Stub for Queues {
+    fn at(client: &Client, url: &Arc<str>) -> Self {
+        client.queues_rpc_at(url)
+    }
+}
+
+impl Stub for Groups {
+    fn at(client: &Client, url: &Arc<str>) -> Self {
+        client.groups_rpc_at(url)
+    }
 }
 
 /// Per-client state kept by other modules, one value per type (today the

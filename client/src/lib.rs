@@ -34,6 +34,7 @@ mod consumer;
 mod error;
 mod group;
 mod partitioner;
+mod pipeline;
 mod producer;
 mod queue;
 mod retry;

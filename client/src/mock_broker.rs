@@ -66,6 +66,35 @@ pub(crate) struct Faults {
     pub(crate) store_then_fail: VecDeque<(tonic::Code, ErrorCode)>,
 }
 
+/// One step of a fault's countdown (`*_after`): true when it reaches zero,
+/// which also disarms it.
+fn fires(countdown: &mut Option<usize>) -> bool {
+    match countdown {
+        Some(0) => {
+            *countdown = None;
+            true
+        }
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+        None => false,
+    }
+}
+
+impl Inner {
+    /// Whether an open stream breaks now: the broker is down, or the
+    /// fault's countdown ran out (a down broker also disarms it).
+    fn stream_breaks(&mut self, countdown: impl FnOnce(&mut Faults) -> &mut Option<usize>) -> bool {
+        let down = self.down;
+        let countdown = countdown(&mut self.faults);
+        if down {
+            *countdown = Some(0);
+        }
+        fires(countdown)
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     topics: HashMap<String, Vec<Partition>>,
@@ -405,20 +434,7 @@ impl Log for State {
                 let broken = {
                     let mut inner = state.lock();
                     inner.batches_received += 1;
-                    if inner.down {
-                        inner.faults.break_produce_after = Some(0);
-                    }
-                    match &mut inner.faults.break_produce_after {
-                        Some(0) => {
-                            inner.faults.break_produce_after = None;
-                            true
-                        }
-                        Some(n) => {
-                            *n -= 1;
-                            false
-                        }
-                        None => false,
-                    }
+                    inner.stream_breaks(|f| &mut f.break_produce_after)
                 };
                 if broken {
                     let _ = tx.send(Err(Status::unavailable("injected stream break"))).await;
@@ -426,17 +442,7 @@ impl Log for State {
                 }
                 let lose_ack = {
                     let mut inner = state.lock();
-                    match &mut inner.faults.lose_ack_after {
-                        Some(0) => {
-                            inner.faults.lose_ack_after = None;
-                            true
-                        }
-                        Some(n) => {
-                            *n -= 1;
-                            false
-                        }
-                        None => false,
-                    }
+                    fires(&mut inner.faults.lose_ack_after)
                 };
                 if lose_ack {
                     let _ = state.append(&req);
@@ -496,23 +502,7 @@ impl Log for State {
                 {
                     continue;
                 }
-                let broken = {
-                    let mut inner = state.lock();
-                    if inner.down {
-                        inner.faults.break_fetch_after = Some(0);
-                    }
-                    match &mut inner.faults.break_fetch_after {
-                        Some(0) => {
-                            inner.faults.break_fetch_after = None;
-                            true
-                        }
-                        Some(n) => {
-                            *n -= 1;
-                            false
-                        }
-                        None => false,
-                    }
-                };
+                let broken = state.lock().stream_breaks(|f| &mut f.break_fetch_after);
                 if broken {
                     let _ = tx.send(Err(Status::unavailable("injected fetch break"))).await;
                     return;

@@ -18,6 +18,15 @@ pub struct RetryConfig {
     pub max_retries: usize,
 }
 
+#[cfg(test)]
+impl RetryConfig {
+    /// The tests' policy: 1 ms first, at most `max_delay_ms` between
+    /// attempts, `max_retries` retries.
+    pub(crate) fn fast(max_delay_ms: u64, max_retries: usize) -> Self {
+        RetryConfig { min_delay: Duration::from_millis(1), max_delay: Duration::from_millis(max_delay_ms), max_retries }
+    }
+}
+
 impl Default for RetryConfig {
     /// 50 ms doubling up to 5 s, 10 retries: about 20 s of trying.
     fn default() -> Self {

@@ -1,18 +1,20 @@
 //! Wiring: one kube-rs `Controller` per kind, the HTTP endpoints, and leader
 //! election around the controllers. [`run`] is what the binary calls.
 
+use std::fmt::Debug;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -96,17 +98,37 @@ pub fn waiting_for_tenant<K: BrokerResource>(objs: &[Arc<K>], tenant: &Tenant) -
         .collect()
 }
 
-async fn run_kind<K>(ctx: Arc<Context>, stop: watch::Receiver<bool>)
+/// The objects of kind `K` a controller reconciles: their cache, and the
+/// stream of the changes that need a reconcile (not status-only writes).
+fn own_objects<K>(
+    client: &kube::Client,
+) -> (reflector::Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
-    K: BrokerResource + kube::Resource<DynamicType = ()>,
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let client = ctx.client.clone();
     let (reader, writer) = reflector::store();
     let own = watcher(Api::<K>::all(client.clone()), watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
         .predicate_filter(reconcile_trigger, Default::default());
+    (reader, own)
+}
+
+/// A controller's outcome: failures are retried by its error policy and
+/// only logged here.
+async fn log_event<T, E: std::fmt::Display>(res: Result<T, E>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "controller event");
+    }
+}
+
+async fn run_kind<K>(ctx: Arc<Context>, stop: watch::Receiver<bool>)
+where
+    K: BrokerResource + kube::Resource<DynamicType = ()>,
+{
+    let client = ctx.client.clone();
+    let (reader, own) = own_objects::<K>(&client);
     let (by_cluster, by_tenant) = (reader.clone(), reader.clone());
     Controller::for_stream(own, reader)
         .watches(Api::<BrokerCluster>::all(client.clone()), watcher::Config::default(), move |c| {
@@ -117,23 +139,14 @@ where
         })
         .graceful_shutdown_on(shutdown_signal(&stop))
         .run(lifecycle::reconcile::<K>, lifecycle::error_policy::<K>, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
+        .for_each(log_event)
         .await;
 }
 
 /// Runs every controller until `stop` turns true.
 pub async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let client = ctx.client.clone();
-    let (reader, writer) = reflector::store();
-    let own = watcher(Api::<BrokerCluster>::all(client.clone()), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(reconcile_trigger, Default::default());
+    let (reader, own) = own_objects::<BrokerCluster>(&client);
     let clusters = Controller::for_stream(own, reader)
         .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
@@ -142,11 +155,7 @@ pub async fn run_controllers(ctx: Arc<Context>, stop: watch::Receiver<bool>) {
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(shutdown_signal(&stop))
         .run(broker_cluster::reconcile, broker_cluster::error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        });
+        .for_each(log_event);
     tokio::join!(
         clusters,
         run_kind::<Tenant>(ctx.clone(), stop.clone()),
@@ -207,7 +216,6 @@ mod tests {
     use crate::broker_cluster::tests::cluster;
     use crate::resource::{ClusterRef, DeletionPolicy};
     use crate::status::{Condition, Reason};
-    use crate::tenant::TenantSpec;
     use crate::topic::{Topic, TopicSpec};
 
     fn topic(name: &str, ns: &str, tenant: &str, cluster_ns: Option<&str>) -> Arc<Topic> {
@@ -254,17 +262,7 @@ mod tests {
         c.status = Some(crate::broker_cluster::BrokerClusterStatus { conditions: ready(), ..Default::default() });
         assert_eq!(names(waiting_for_cluster(&topics, &c)), ["apps/a", "apps/b", "strata/c"]);
 
-        let mut t = Tenant::new(
-            "default",
-            TenantSpec {
-                cluster_ref: ClusterRef { name: "main".into(), namespace: None },
-                allowed_namespaces: vec!["*".into()],
-                deletion_policy: DeletionPolicy::Retain,
-                principals: Vec::new(),
-                quotas: None,
-            },
-        );
-        t.metadata.namespace = Some("strata".into());
+        let mut t = crate::tenant::tests::tenant("default", &["*"]);
         assert!(waiting_for_tenant(&topics, &t).is_empty());
         t.status = Some(crate::tenant::TenantStatus { conditions: ready(), ..Default::default() });
         assert_eq!(names(waiting_for_tenant(&topics, &t)), ["apps/a", "strata/c"]);

@@ -297,22 +297,10 @@ async fn blocked<K: BrokerResource>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::ClusterRef;
-    use crate::tenant::TenantSpec;
 
     #[test]
     fn tenants_allow_their_own_and_listed_namespaces() {
-        let mut t = Tenant::new(
-            "team-a",
-            TenantSpec {
-                cluster_ref: ClusterRef { name: "main".into(), namespace: None },
-                allowed_namespaces: vec!["apps".into()],
-                deletion_policy: DeletionPolicy::Retain,
-                principals: Vec::new(),
-                quotas: None,
-            },
-        );
-        t.metadata.namespace = Some("strata".into());
+        let mut t = crate::tenant::tests::tenant("team-a", &["apps"]);
         assert!(tenant_allows(&t, "strata"));
         assert!(tenant_allows(&t, "apps"));
         assert!(!tenant_allows(&t, "other"));

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use strata_client::{BindingFilter, ErrorCode, QueueConfig, QueueOptions};
 
 use crate::context::Context;
-use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Report, force_delete};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Diffs, Report, force_delete};
 use crate::status::{Condition, Reason};
 
 /// A work queue of a tenant on a `BrokerCluster`.
@@ -274,17 +274,9 @@ pub fn desired_bindings(spec: &QueueSpec) -> Vec<(String, BindingFilter)> {
 /// corrects them. `fifo` is not here: it cannot change. Pure.
 pub fn differences(want: &QueueOptions, actual: &QueueConfig) -> (Vec<String>, QueueOptions) {
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let mut diffs = Vec::new();
+    let mut diffs = Diffs::default();
     let mut fix = QueueOptions::default();
-    let mut check = |name: &str, want: Option<i64>, have: Option<i64>| -> bool {
-        match want {
-            Some(w) if have != Some(w) => {
-                diffs.push(format!("{name} {} -> {w}", have.map_or_else(|| "unset".into(), |h| h.to_string())));
-                true
-            }
-            _ => false,
-        }
-    };
+    let mut check = |name: &str, want: Option<i64>, have: Option<i64>| diffs.check(name, want, have);
     if check("visibility_timeout_ms", want.visibility_timeout.map(ms), actual.visibility_timeout_ms) {
         fix.visibility_timeout = want.visibility_timeout;
     }
@@ -317,10 +309,10 @@ pub fn differences(want: &QueueOptions, actual: &QueueConfig) -> (Vec<String>, Q
     if let Some(dlq) = &want.dead_letter_queue
         && *dlq != have_dlq
     {
-        diffs.push(format!("dead_letter_queue {have_dlq:?} -> {dlq:?}"));
+        diffs.0.push(format!("dead_letter_queue {have_dlq:?} -> {dlq:?}"));
         fix.dead_letter_queue = Some(dlq.clone());
     }
-    (diffs, fix)
+    (diffs.0, fix)
 }
 
 /// Follows dead-letter links from `start` through `links` (queue → its

@@ -102,6 +102,25 @@ pub struct Report {
     pub drift: Vec<String>,
 }
 
+/// The settings a spec asks for that the broker does not have, in words:
+/// `name actual -> wanted` (`unset` for a missing value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diffs(pub Vec<String>);
+
+impl Diffs {
+    /// Whether `want` is set and `have` differs from it; notes it if so.
+    pub fn check<T: PartialEq + std::fmt::Display>(&mut self, name: &str, want: Option<T>, have: Option<T>) -> bool {
+        match want {
+            Some(w) if have.as_ref() != Some(&w) => {
+                let have = have.map_or_else(|| "unset".to_owned(), |h| h.to_string());
+                self.0.push(format!("{name} {have} -> {w}"));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The common part of every status: conditions and `observedGeneration`.
 pub trait CommonStatus: Serialize + Default + Clone + Debug + PartialEq + Send + Sync {
     fn conditions(&self) -> &[Condition];

@@ -697,3 +697,25 @@ impl BrokerResource for Tenant {
         Ok(())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A tenant of cluster `main` in namespace `strata` (policy `Retain`,
+    /// no principals, no quotas) allowing the `allowed` namespaces.
+    pub(crate) fn tenant(name: &str, allowed: &[&str]) -> Tenant {
+        let mut t = Tenant::new(
+            name,
+            TenantSpec {
+                cluster_ref: ClusterRef { name: "main".into(), namespace: None },
+                allowed_namespaces: allowed.iter().map(|n| (*n).to_owned()).collect(),
+                deletion_policy: DeletionPolicy::Retain,
+                principals: Vec::new(),
+                quotas: None,
+            },
+        );
+        t.metadata.namespace = Some("strata".into());
+        t
+    }
+}

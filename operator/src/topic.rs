@@ -9,7 +9,7 @@ use strata_client::{ErrorCode, Retention, TopicConfig, TopicOptions};
 
 use crate::broker_cluster::Durability;
 use crate::context::Context;
-use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Report, force_delete};
+use crate::resource::{Blocked, BrokerResource, ClusterRef, DeletionPolicy, Diffs, Report, force_delete};
 use crate::status::{self, Condition, Reason};
 
 /// A topic of a tenant on a `BrokerCluster`.
@@ -195,57 +195,38 @@ pub fn desired_options(spec: &TopicSpec) -> Result<TopicOptions, Blocked> {
 /// The settings in `want` that `actual` does not match, as
 /// `(description, correction)`. Pure.
 pub fn differences(want: &TopicOptions, actual: &TopicConfig) -> (Vec<String>, TopicOptions) {
-    let mut diffs = Vec::new();
+    let mut diffs = Diffs::default();
     let mut fix = TopicOptions::default();
-    if let Some(r) = want.retention {
-        let want_ms = match r {
-            Retention::Infinite => -1,
-            Retention::Time(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        };
-        if actual.retention_ms != Some(want_ms) {
-            diffs.push(format!("retention_ms {} -> {want_ms}", show(actual.retention_ms)));
-            fix.retention = Some(r);
-        }
+    if diffs.check("retention_ms", want.retention.map(retention_ms), actual.retention_ms) {
+        fix.retention = want.retention;
     }
-    if let Some(b) = want.retention_bytes
-        && actual.retention_bytes != Some(b)
-    {
-        diffs.push(format!("retention_bytes {} -> {b}", show(actual.retention_bytes)));
-        fix.retention_bytes = Some(b);
+    if diffs.check("retention_bytes", want.retention_bytes, actual.retention_bytes) {
+        fix.retention_bytes = want.retention_bytes;
     }
-    if let Some(b) = want.segment_bytes
-        && actual.segment_bytes != Some(b)
-    {
-        diffs.push(format!("segment_bytes {} -> {b}", show(actual.segment_bytes)));
-        fix.segment_bytes = Some(b);
+    if diffs.check("segment_bytes", want.segment_bytes, actual.segment_bytes) {
+        fix.segment_bytes = want.segment_bytes;
     }
-    if let Some(r) = want.local_retention {
-        let want_ms = match r {
-            Retention::Infinite => -1,
-            Retention::Time(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        };
-        if actual.local_retention_ms != Some(want_ms) {
-            diffs.push(format!("local_retention_ms {} -> {want_ms}", show(actual.local_retention_ms)));
-            fix.local_retention = Some(r);
-        }
+    if diffs.check("local_retention_ms", want.local_retention.map(retention_ms), actual.local_retention_ms) {
+        fix.local_retention = want.local_retention;
     }
-    if let Some(b) = want.local_retention_bytes
-        && actual.local_retention_bytes != Some(b)
-    {
-        diffs.push(format!("local_retention_bytes {} -> {b}", show(actual.local_retention_bytes)));
-        fix.local_retention_bytes = Some(b);
+    if diffs.check("local_retention_bytes", want.local_retention_bytes, actual.local_retention_bytes) {
+        fix.local_retention_bytes = want.local_retention_bytes;
     }
     if let Some(d) = want.durability
         && actual.durability != d as i32
     {
-        diffs.push(format!("durability {} -> {}", actual.durability, d.as_str_name()));
+        diffs.0.push(format!("durability {} -> {}", actual.durability, d.as_str_name()));
         fix.durability = Some(d);
     }
-    (diffs, fix)
+    (diffs.0, fix)
 }
 
-fn show<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "unset".to_owned(), |v| v.to_string())
+/// A retention as the broker states it: milliseconds, `-1` for infinite.
+fn retention_ms(r: Retention) -> i64 {
+    match r {
+        Retention::Infinite => -1,
+        Retention::Time(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+    }
 }
 
 fn unknown_topic(e: &strata_client::Error) -> bool {

@@ -109,6 +109,16 @@ impl Moto {
         }
     }
 
+    /// [`Moto::start`], saying on stdout that the test is skipped when
+    /// `moto_server` is not installed.
+    pub fn start_or_skip() -> Option<Moto> {
+        let moto = Moto::start();
+        if moto.is_none() {
+            println!("skipped: moto_server not installed");
+        }
+        moto
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -125,6 +135,17 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket (no HTTP client dependency):
+/// the whole response, status line, headers and body.
+pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 /// Sends one bodiless HTTP request; returns the status line.

@@ -143,22 +143,30 @@ impl FaultFs {
 
     /// Power loss: everything not fsynced is gone; open handles are dead.
     pub fn power_loss(&self) {
-        let mut st = self.lock();
-        st.generation += 1;
-        st.live = st.durable.clone();
-        for node in st.nodes.values_mut() {
-            node.data = node.synced.clone();
-        }
-        st.gc();
+        self.restart(false);
     }
 
     /// A killed process: what was written stays; open handles are dead.
     pub fn process_crash(&self) {
+        self.restart(true);
+    }
+
+    /// Open handles die; what was written but not fsynced becomes durable
+    /// (`written_stays`) or is lost.
+    fn restart(&self, written_stays: bool) {
         let mut st = self.lock();
         st.generation += 1;
-        st.durable = st.live.clone();
+        if written_stays {
+            st.durable = st.live.clone();
+        } else {
+            st.live = st.durable.clone();
+        }
         for node in st.nodes.values_mut() {
-            node.synced = node.data.clone();
+            if written_stays {
+                node.synced = node.data.clone();
+            } else {
+                node.data = node.synced.clone();
+            }
         }
         st.gc();
     }

@@ -120,13 +120,20 @@ fn assert_partitioned(members: &[&TestMember], total: usize) {
 
 const SESSION: Duration = Duration::from_secs(10);
 
+/// Three members of group `g` on topic `t`, joined one after the other
+/// and settled.
+async fn three_settled_members(f: &Fixture) -> [TestMember; 3] {
+    let mut a = TestMember::join(f, &["t"], SESSION).await;
+    let mut b = TestMember::join(f, &["t"], SESSION).await;
+    let mut c = TestMember::join(f, &["t"], SESSION).await;
+    settle(f, &mut [&mut a, &mut b, &mut c]).await;
+    [a, b, c]
+}
+
 #[tokio::test(start_paused = true)]
 async fn three_members_share_six_partitions_two_each() {
     let f = fixture(&[("t", 6)]).await;
-    let mut a = TestMember::join(&f, &["t"], SESSION).await;
-    let mut b = TestMember::join(&f, &["t"], SESSION).await;
-    let mut c = TestMember::join(&f, &["t"], SESSION).await;
-    settle(&f, &mut [&mut a, &mut b, &mut c]).await;
+    let [a, b, c] = three_settled_members(&f).await;
     assert_eq!((a.owned.len(), b.owned.len(), c.owned.len()), (2, 2, 2));
     assert_partitioned(&[&a, &b, &c], 6);
 }
@@ -134,10 +141,7 @@ async fn three_members_share_six_partitions_two_each() {
 #[tokio::test(start_paused = true)]
 async fn a_joining_member_moves_only_what_it_takes_and_nothing_is_held_twice() {
     let f = fixture(&[("t", 12)]).await;
-    let mut a = TestMember::join(&f, &["t"], SESSION).await;
-    let mut b = TestMember::join(&f, &["t"], SESSION).await;
-    let mut c = TestMember::join(&f, &["t"], SESSION).await;
-    settle(&f, &mut [&mut a, &mut b, &mut c]).await;
+    let [mut a, mut b, mut c] = three_settled_members(&f).await;
     let before: Vec<BTreeSet<Tp>> = vec![a.owned.clone(), b.owned.clone(), c.owned.clone()];
     let mut d = TestMember::join(&f, &["t"], SESSION).await;
     // First the old members are asked to give one each; d gets nothing yet.

@@ -15,10 +15,10 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, Auth, Operation, Resource};
 use super::status::{invalid, to_status};
+use super::wire::{durability_from_pb, durability_to_pb};
 use crate::acl::{AclBinding, AclOperation, PatternType, ResourceKind};
 use crate::broker::{Broker, PrincipalView, TenantView, TopicOverrides, TopicView};
 use crate::catalog::TopicSettings;
-use crate::log::Durability;
 use crate::quota::TenantQuotas;
 
 pub(crate) struct AdminService {
@@ -37,21 +37,9 @@ impl AdminService {
     }
 }
 
-fn durability_to_pb(d: Durability) -> i32 {
-    match d {
-        Durability::Fsync => pb::Durability::Fsync as i32,
-        Durability::None => pb::Durability::None as i32,
-    }
-}
-
 fn overrides(config: Option<TopicConfig>) -> Result<TopicOverrides, Status> {
     let Some(c) = config else { return Ok(TopicOverrides::default()) };
-    let durability = match pb::Durability::try_from(c.durability) {
-        Ok(pb::Durability::Unspecified) => None,
-        Ok(pb::Durability::Fsync) => Some(Durability::Fsync),
-        Ok(pb::Durability::None) => Some(Durability::None),
-        Err(_) => return Err(invalid(format!("unknown durability {}", c.durability))),
-    };
+    let durability = durability_from_pb(c.durability)?;
     Ok(TopicOverrides {
         retention_ms: c.retention_ms,
         retention_bytes: c.retention_bytes,

@@ -10,6 +10,7 @@ mod oversize;
 mod queue;
 mod raft;
 pub(crate) mod status;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;

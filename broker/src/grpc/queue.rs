@@ -20,9 +20,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self, Auth, Operation, Resource};
 use super::status::{invalid, status_to_item_error, to_item_error, to_status};
+use super::wire::{durability_from_pb, durability_to_pb};
 use crate::catalog::{BindingFilter, BindingRecord, TtlAction};
 use crate::error::BrokerError;
-use crate::log::Durability;
 use crate::queue::{QueueManager, QueueOverrides, QueueView};
 
 /// Requests of one `SendStream` being handled at once; beyond it the stream
@@ -45,12 +45,7 @@ impl QueuesService {
 
 fn overrides(c: Option<QueueConfig>) -> Result<QueueOverrides, Status> {
     let Some(c) = c else { return Ok(QueueOverrides::default()) };
-    let durability = match pb::Durability::try_from(c.durability) {
-        Ok(pb::Durability::Unspecified) => None,
-        Ok(pb::Durability::Fsync) => Some(Durability::Fsync),
-        Ok(pb::Durability::None) => Some(Durability::None),
-        Err(_) => return Err(invalid(format!("unknown durability {}", c.durability))),
-    };
+    let durability = durability_from_pb(c.durability)?;
     let ttl_action = match pb::TtlAction::try_from(c.ttl_action) {
         Ok(pb::TtlAction::Unspecified) => None,
         Ok(pb::TtlAction::Drop) => Some(TtlAction::Drop),
@@ -111,10 +106,7 @@ fn view_to_pb(v: QueueView) -> QueueDescription {
             fifo: Some(s.fifo),
             dedup_window_ms: Some(s.dedup_window_ms),
             priorities: Some(s.priorities),
-            durability: match s.durability {
-                Durability::Fsync => pb::Durability::Fsync as i32,
-                Durability::None => pb::Durability::None as i32,
-            },
+            durability: durability_to_pb(s.durability),
         }),
         created_at_ms: v.created_at_ms,
         stats: Some(QueueStats {

@@ -21,6 +21,18 @@ impl RaftService {
     pub fn new(node: Arc<ClusterNode>, auth: Auth) -> Self {
         RaftService { node, auth }
     }
+
+    /// Only brokers (holding the admin token) speak Raft and change the
+    /// membership.
+    async fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.auth.authorize(&auth::Caller::of(request), Operation::Cluster, &mut String::new(), Resource::Tenant).await
+    }
+
+    /// The payload of an admitted caller.
+    async fn payload<T: serde::de::DeserializeOwned>(&self, request: &Request<RaftPayload>) -> Result<T, Status> {
+        self.admit(request).await?;
+        decode(request.get_ref()).map_err(bad_payload)
+    }
 }
 
 fn bad_payload(e: serde_json::Error) -> Status {
@@ -34,48 +46,28 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        // Only brokers (holding the admin token) speak Raft.
-        self.auth
-            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
-            .await?;
-        let rpc = decode(request.get_ref()).map_err(bad_payload)?;
+        let rpc = self.payload(&request).await?;
         reply(&self.node.raft().append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        // Only brokers (holding the admin token) speak Raft.
-        self.auth
-            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
-            .await?;
-        let rpc = decode(request.get_ref()).map_err(bad_payload)?;
+        let rpc = self.payload(&request).await?;
         reply(&self.node.raft().vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        // Only brokers (holding the admin token) speak Raft.
-        self.auth
-            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
-            .await?;
-        let rpc = decode(request.get_ref()).map_err(bad_payload)?;
+        let rpc = self.payload(&request).await?;
         reply(&self.node.raft().install_snapshot(rpc).await)
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        // Only brokers (holding the admin token) speak Raft.
-        self.auth
-            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
-            .await?;
-        let cmd: CatalogCommand = decode(request.get_ref()).map_err(bad_payload)?;
+        let cmd: CatalogCommand = self.payload(&request).await?;
         let deadline = self.node.forward_deadline();
         reply(&self.node.write_as_leader(&cmd, deadline).await)
     }
 
     async fn membership(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        // Only brokers (holding the admin token) change the membership.
-        self.auth
-            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
-            .await?;
-        let req: MembershipRequest = decode(request.get_ref()).map_err(bad_payload)?;
+        let req: MembershipRequest = self.payload(&request).await?;
         let answer = match req {
             MembershipRequest::Join(join) => serde_json::to_value(self.node.handle_join(join).await),
             MembershipRequest::Remove { broker_id, forwarded } => {
@@ -86,9 +78,7 @@ impl Raft for RaftService {
     }
 
     async fn hello(&self, request: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
-        self.auth
-            .authorize(&auth::Caller::of(&request), Operation::Cluster, &mut String::new(), Resource::Tenant)
-            .await?;
+        self.admit(&request).await?;
         Ok(Response::new(HelloResponse {
             broker_id: self.node.id(),
             advertised_address: self.node.address().to_owned(),

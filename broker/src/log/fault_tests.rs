@@ -15,17 +15,7 @@ use crate::fs::fault::FaultFs;
 const LIMITS: Limits = Limits::new(1 << 20);
 
 fn config(segment_bytes: u64) -> LogConfig {
-    LogConfig {
-        segment_bytes,
-        segment_ms: i64::MAX / 2,
-        retention_ms: -1,
-        retention_bytes: -1,
-        durability: Durability::Fsync,
-        index_interval_bytes: 256,
-        local_retention_ms: -1,
-        local_retention_bytes: -1,
-        tiered: false,
-    }
+    LogConfig::for_tests(segment_bytes, Durability::Fsync)
 }
 
 fn batch(values: &[String]) -> (Vec<u8>, BatchHeader) {

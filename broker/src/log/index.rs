@@ -221,38 +221,30 @@ impl IndexFile {
 
     /// Byte position of the last indexed batch starting at or before `rel`.
     pub fn position_for(&self, rel: u32) -> io::Result<Option<u32>> {
-        // Binary search for the first entry with rel_offset > rel.
-        let (mut lo, mut hi) = (0u32, self.header.offset_entries);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.offset_entry(mid)?.rel_offset <= rel {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        match lo.checked_sub(1) {
-            Some(i) => Ok(Some(self.offset_entry(i)?.position)),
-            None => Ok(None),
-        }
+        let last = last_where(self.header.offset_entries, |i| Ok(self.offset_entry(i)?.rel_offset <= rel))?;
+        last.map(|i| Ok(self.offset_entry(i)?.position)).transpose()
     }
 
     /// Relative offset of the last time entry with a timestamp below `ts`.
     pub fn rel_offset_before_time(&self, ts: i64) -> io::Result<Option<u32>> {
-        let (mut lo, mut hi) = (0u32, self.header.time_entries);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.time_entry(mid)?.timestamp < ts {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        match lo.checked_sub(1) {
-            Some(i) => Ok(Some(self.time_entry(i)?.rel_offset)),
-            None => Ok(None),
+        let last = last_where(self.header.time_entries, |i| Ok(self.time_entry(i)?.timestamp < ts))?;
+        last.map(|i| Ok(self.time_entry(i)?.rel_offset)).transpose()
+    }
+}
+
+/// Binary search over entries `0..len` ordered so that `holds` is true up
+/// to some entry and false after it: the last entry where it holds.
+fn last_where(len: u32, holds: impl Fn(u32) -> io::Result<bool>) -> io::Result<Option<u32>> {
+    let (mut lo, mut hi) = (0u32, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if holds(mid)? {
+            lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
+    Ok(lo.checked_sub(1))
 }
 
 #[cfg(test)]

@@ -74,6 +74,25 @@ pub struct LogConfig {
     pub tiered: bool,
 }
 
+#[cfg(test)]
+impl LogConfig {
+    /// The tests' log: segments of `segment_bytes`, no retention, no
+    /// time-based roll, an index entry every 256 bytes, not tiered.
+    pub(crate) fn for_tests(segment_bytes: u64, durability: Durability) -> LogConfig {
+        LogConfig {
+            segment_bytes,
+            segment_ms: i64::MAX / 2,
+            retention_ms: -1,
+            retention_bytes: -1,
+            durability,
+            index_interval_bytes: 256,
+            local_retention_ms: -1,
+            local_retention_bytes: -1,
+            tiered: false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("offset {requested} is out of range: the partition holds offsets {start} to {end}")]

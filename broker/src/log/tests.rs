@@ -9,17 +9,7 @@ use strata_proto::batch::{BatchBuilder, Compression, Limits, validate};
 const LIMITS: Limits = Limits::new(1 << 20);
 
 fn config(segment_bytes: u64, durability: Durability) -> LogConfig {
-    LogConfig {
-        segment_bytes,
-        segment_ms: i64::MAX / 2,
-        retention_ms: -1,
-        retention_bytes: -1,
-        durability,
-        index_interval_bytes: 256,
-        local_retention_ms: -1,
-        local_retention_bytes: -1,
-        tiered: false,
-    }
+    LogConfig::for_tests(segment_bytes, durability)
 }
 
 fn batch(values: &[&str], ts: i64) -> (Vec<u8>, BatchHeader) {

@@ -25,17 +25,8 @@ impl QueueManager {
                 meta.dedup_id.clear();
                 if strata_telemetry::enabled() {
                     use strata_telemetry::{Attribute, attr};
-                    drop(crate::telemetry::message_span(
-                        r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())),
-                        format!("dead_letter {}", q.name),
-                        &q.name,
-                        vec![
-                            Attribute::new(attr::MESSAGE_ID, d.id.to_string()),
-                            Attribute::new(attr::DELIVERY_COUNT, i64::from(d.deliveries)),
-                            Attribute::new(attr::DEAD_LETTER_REASON, d.reason.clone()),
-                            Attribute::new(attr::OPERATION_NAME, "dead_letter"),
-                        ],
-                    ));
+                    let reason = Attribute::new(attr::DEAD_LETTER_REASON, d.reason.clone());
+                    crate::telemetry::stored_message_event(r, "dead_letter", &q.name, d.id, d.deliveries, Some(reason));
                 }
                 let mut headers = user_headers(r);
                 headers.retain(|(k, _)| {

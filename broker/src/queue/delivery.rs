@@ -263,19 +263,9 @@ impl QueueManager {
                 for l in leases {
                     let Some(r) = records.get(&l.id) else { continue };
                     if strata_telemetry::enabled() {
-                        use strata_telemetry::{Attribute, attr};
                         let verb = if l.deliveries > 1 { "redeliver" } else { "deliver" };
                         // Ends at once: the span marks the hand-over.
-                        drop(crate::telemetry::message_span(
-                            r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref().unwrap_or_default())),
-                            format!("{verb} {}", q.name),
-                            &q.name,
-                            vec![
-                                Attribute::new(attr::MESSAGE_ID, l.id.to_string()),
-                                Attribute::new(attr::DELIVERY_COUNT, i64::from(l.deliveries)),
-                                Attribute::new(attr::OPERATION_NAME, verb),
-                            ],
-                        ));
+                        crate::telemetry::stored_message_event(r, verb, &q.name, l.id, l.deliveries, None);
                     }
                     let mut m = to_received(r);
                     m.receipt = Some(Receipt { message_id: l.id, delivery_count: l.deliveries });

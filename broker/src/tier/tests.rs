@@ -19,17 +19,13 @@ use crate::partition::{Partition, PartitionId, TopicRef};
 
 const LIMITS: Limits = Limits::new(1 << 20);
 
+/// A tiered log whose local copies go as soon as they are uploaded.
 fn log_config(segment_bytes: u64) -> LogConfig {
     LogConfig {
-        segment_bytes,
-        segment_ms: i64::MAX / 2,
-        retention_ms: -1,
-        retention_bytes: -1,
-        durability: Durability::None,
         index_interval_bytes: 512,
         local_retention_ms: 0,
-        local_retention_bytes: -1,
         tiered: true,
+        ..LogConfig::for_tests(segment_bytes, Durability::None)
     }
 }
 
@@ -221,10 +217,7 @@ async fn conformance_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_s3_moto() {
-    let Some(moto) = Moto::start() else {
-        println!("skipped: moto_server not installed");
-        return;
-    };
+    let Some(moto) = Moto::start_or_skip() else { return };
     moto.create_bucket("strata-conformance");
     let mut cfg = tier_config();
     configure_for_moto(&moto, &mut cfg);

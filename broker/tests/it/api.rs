@@ -9,6 +9,7 @@ use strata_proto::v1::{
     DescribeTopicRequest, ErrorCode, FetchRequest, ListOffsetsRequest, ListTopicsRequest, ProduceRequest,
     StartPosition, TopicConfig, UpdateTopicConfigRequest, fetch_request, list_offsets_request,
 };
+use strata_testkit::http_get;
 use tonic::Code;
 
 use crate::harness::*;
@@ -19,9 +20,7 @@ fn values(n: usize, prefix: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_then_fetch_returns_records_in_order() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "orders", 3).await;
-    let mut log = b.log().await;
+    let (b, mut log) = TestBroker::with_topic("orders", 3).await;
     let mut expected = Vec::new();
     for i in 0..20 {
         let vals = values(5, &format!("b{i}"));
@@ -66,9 +65,7 @@ async fn data_survives_a_graceful_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_following_fetch_long_polls_until_data_arrives() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "live", 1).await;
-    let mut log = b.log().await;
+    let (b, mut log) = TestBroker::with_topic("live", 1).await;
     let mut req = fetch_req("live", 0, 0);
     req.max_wait_ms = 60_000;
     let mut stream = log.fetch(req).await.unwrap().into_inner();
@@ -82,9 +79,7 @@ async fn a_following_fetch_long_polls_until_data_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_at_the_end_without_follow_returns_an_empty_response_after_max_wait() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "quiet", 1).await;
-    let mut log = b.log().await;
+    let (_b, mut log) = TestBroker::with_topic("quiet", 1).await;
     let mut req = fetch_req("quiet", 0, 0);
     req.follow = false;
     req.max_wait_ms = 10;
@@ -97,9 +92,7 @@ async fn fetch_at_the_end_without_follow_returns_an_empty_response_after_max_wai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_produce_stream_keeps_order_and_echoes_request_ids() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "pipe", 2).await;
-    let mut log = b.log().await;
+    let (_b, mut log) = TestBroker::with_topic("pipe", 2).await;
     let reqs: Vec<ProduceRequest> = (0..200u64)
         .map(|i| ProduceRequest {
             topic: "pipe".into(),
@@ -127,9 +120,7 @@ async fn pipelined_produce_stream_keeps_order_and_echoes_request_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_stream_reports_a_bad_batch_and_keeps_going() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "mixed", 1).await;
-    let mut log = b.log().await;
+    let (_b, mut log) = TestBroker::with_topic("mixed", 1).await;
     let reqs = vec![
         ProduceRequest { topic: "mixed".into(), batch: batch_of(&["a".into()]), request_id: 1, ..Default::default() },
         ProduceRequest { topic: "nope".into(), batch: batch_of(&["b".into()]), request_id: 2, ..Default::default() },
@@ -150,9 +141,7 @@ async fn produce_stream_reports_a_bad_batch_and_keeps_going() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_and_list_offsets_by_timestamp() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "timed", 1).await;
-    let mut log = b.log().await;
+    let (_b, mut log) = TestBroker::with_topic("timed", 1).await;
     for i in 0..10i64 {
         let mut bb = BatchBuilder::new(Compression::Lz4);
         bb.push(1_000 * i, None, Some(format!("t{i}").as_bytes()), &[]);
@@ -391,9 +380,7 @@ async fn bad_produce_input_gets_precise_errors_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_fetch_input_gets_precise_errors() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "f", 1).await;
-    let mut log = b.log().await;
+    let (_b, mut log) = TestBroker::with_topic("f", 1).await;
     log.produce(produce_req("f", 0, batch_of(&values(4, "v")))).await.unwrap();
     let err = log.fetch(fetch_req("f", 0, 5)).await.unwrap_err();
     assert_status(
@@ -464,21 +451,9 @@ async fn health_reflection_and_probes_answer() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
 }
 
-/// A minimal HTTP/1.1 GET over a raw socket (no extra client dependency).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producers_store_retries_once_and_fence_zombies() {
-    let b = TestBroker::start().await;
-    create_topic(&b, "idem", 1).await;
-    let mut log = b.log().await;
+    let (_b, mut log) = TestBroker::with_topic("idem", 1).await;
     let init = |name: &str| strata_proto::v1::InitProducerRequest { tenant: String::new(), producer_name: name.into() };
     let a = log.init_producer(init("")).await.unwrap().into_inner();
     let a2 = log.init_producer(init("")).await.unwrap().into_inner();

@@ -49,6 +49,14 @@ impl TestBroker {
         log_client(self.addr()).await
     }
 
+    /// A started broker with topic `name` of `partitions`, and a log client.
+    pub async fn with_topic(name: &str, partitions: u32) -> (TestBroker, LogClient<Channel>) {
+        let b = TestBroker::start().await;
+        create_topic(&b, name, partitions).await;
+        let log = b.log().await;
+        (b, log)
+    }
+
     pub async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(channel(self.addr()).await)
     }
@@ -136,6 +144,13 @@ pub fn broker_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata-broker")
 }
 
+/// Runs the broker binary to its exit (a refused configuration, a bad
+/// flag); (success, stderr).
+pub fn run_broker(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(broker_bin()).args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 impl BrokerProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> BrokerProcess {
         Self::spawn(Command::new(broker_bin()), data_dir, extra)
@@ -155,6 +170,17 @@ impl BrokerProcess {
         let mut command = Command::new(broker_bin());
         command.envs(envs.iter().copied());
         Self::spawn(command, data_dir, &[])
+    }
+
+    /// Starts the broker on `data_dir`, creates topic `name` of
+    /// `partitions`; the process and a log client of it.
+    pub async fn with_topic(data_dir: &Path, name: &str, partitions: u32) -> (BrokerProcess, LogClient<Channel>) {
+        let broker = BrokerProcess::start(data_dir, &[]);
+        let mut admin = AdminClient::new(channel(broker.addr).await);
+        let topic = strata_proto::v1::CreateTopicRequest { name: name.into(), partitions, ..Default::default() };
+        admin.create_topic(topic).await.unwrap();
+        let log = log_client(broker.addr).await;
+        (broker, log)
     }
 
     /// Descriptors the broker process holds open right now.

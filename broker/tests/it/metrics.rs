@@ -8,8 +8,8 @@ use strata_proto::v1::{
     ResetOffsetsRequest, SendRequest, groups_client::GroupsClient, queues_client::QueuesClient, reset_offsets_request,
 };
 
-use crate::api::http_get;
 use crate::harness::*;
+use strata_testkit::http_get;
 
 fn recv(queue: &str, max_messages: u32) -> ReceiveRequest {
     ReceiveRequest {

@@ -3,7 +3,7 @@
 //! errors printed as one line.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -93,10 +93,7 @@ async fn sigkill_while_producing_loses_no_acknowledged_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_segment_tail_is_cut_at_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(dir.path(), &[]);
-    let mut admin = AdminClient::new(channel(broker.addr).await);
-    admin.create_topic(CreateTopicRequest { name: "torn".into(), partitions: 1, ..Default::default() }).await.unwrap();
-    let mut log = log_client(broker.addr).await;
+    let (mut broker, mut log) = BrokerProcess::with_topic(dir.path(), "torn", 1).await;
     for i in 0..5 {
         log.produce(produce_req("torn", 0, batch_of(&[format!("ok-{i}")]))).await.unwrap();
     }
@@ -128,10 +125,7 @@ async fn committed_offsets_survive_sigkill() {
         CommitOffsetsRequest, DescribeGroupRequest, FetchOffsetsRequest, PartitionOffset, groups_client::GroupsClient,
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(dir.path(), &[]);
-    let mut admin = AdminClient::new(channel(broker.addr).await);
-    admin.create_topic(CreateTopicRequest { name: "paid".into(), partitions: 2, ..Default::default() }).await.unwrap();
-    let mut log = log_client(broker.addr).await;
+    let (mut broker, mut log) = BrokerProcess::with_topic(dir.path(), "paid", 2).await;
     for p in 0..2 {
         log.produce(produce_req("paid", p, batch_of(&(0..5).map(|i| format!("v{i}")).collect::<Vec<_>>())))
             .await
@@ -181,10 +175,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = BrokerProcess::start(dir.path(), &[]);
-    let mut admin = AdminClient::new(channel(broker.addr).await);
-    admin.create_topic(CreateTopicRequest { name: "term".into(), partitions: 1, ..Default::default() }).await.unwrap();
-    let mut log = log_client(broker.addr).await;
+    let (mut broker, mut log) = BrokerProcess::with_topic(dir.path(), "term", 1).await;
     log.produce(produce_req("term", 0, batch_of(&["before".into()]))).await.unwrap();
     // A following fetch stream must not keep the broker from stopping.
     let _stream = log.fetch(fetch_req("term", 0, 0)).await.unwrap().into_inner();
@@ -195,11 +186,6 @@ async fn sigterm_drains_and_exits_cleanly() {
     let broker = BrokerProcess::start(dir.path(), &[]);
     let mut log = log_client(broker.addr).await;
     assert_eq!(read_partition(&mut log, "term", 0, 0).await.len(), 1);
-}
-
-fn run_broker(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(broker_bin()).args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]

@@ -27,6 +27,15 @@ pub(crate) async fn create(c: &mut QueuesClient<Channel>, name: &str, config: Qu
     c.create_queue(create_request(name, config)).await.unwrap().into_inner()
 }
 
+/// Creates dead-letter queue `dlq`, then `name` whose messages go there
+/// after `max_deliveries`.
+async fn create_with_dead_letters(c: &mut QueuesClient<Channel>, name: &str, dlq: &str, max_deliveries: u32) {
+    create(c, dlq, QueueConfig::default()).await;
+    let config =
+        QueueConfig { max_deliveries: Some(max_deliveries), dead_letter_queue: Some(dlq.into()), ..Default::default() };
+    create(c, name, config).await;
+}
+
 pub(crate) fn text(body: &str) -> OutgoingMessage {
     OutgoingMessage { body: Bytes::from(body.to_owned()), ..Default::default() }
 }
@@ -188,13 +197,7 @@ async fn a_message_reads_back_the_same_from_the_cache_and_from_the_log() {
 async fn exhausted_messages_go_to_the_dead_letter_queue_and_redrive_brings_them_back() {
     let b = TestBroker::start().await;
     let mut c = queues(b.addr()).await;
-    create(&mut c, "jobs-dlq", QueueConfig::default()).await;
-    create(
-        &mut c,
-        "jobs",
-        QueueConfig { max_deliveries: Some(2), dead_letter_queue: Some("jobs-dlq".into()), ..Default::default() },
-    )
-    .await;
+    create_with_dead_letters(&mut c, "jobs", "jobs-dlq", 2).await;
     let mut poison = text("poison");
     poison.headers.push(MessageHeader { key: "tenant-id".into(), value: Bytes::from_static(b"42") });
     send(&mut c, "jobs", vec![poison, text("fine")]).await;
@@ -489,13 +492,7 @@ async fn sigkill_with_messages_in_flight_acked_and_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = BrokerProcess::start(dir.path(), &[]);
     let mut c = queues(p.addr).await;
-    create(&mut c, "dlq", QueueConfig::default()).await;
-    create(
-        &mut c,
-        "work",
-        QueueConfig { max_deliveries: Some(1), dead_letter_queue: Some("dlq".into()), ..Default::default() },
-    )
-    .await;
+    create_with_dead_letters(&mut c, "work", "dlq", 1).await;
     send(&mut c, "work", (0..300).map(|i| text(&i.to_string())).collect()).await;
     // 100 acked, 100 in flight, 50 nacked into the DLQ, 50 never received.
     let got = receive(&mut c, "work", 250, 1000, Some(600_000)).await;

@@ -13,8 +13,8 @@ use strata_proto::v1::{
 };
 use strata_testkit::eventually;
 
-use crate::api::http_get;
 use crate::harness::{TestBroker, batch_of, channel};
+use strata_testkit::http_get;
 
 fn quota_of(err: &tonic::Status) -> (ErrorCode, String, String, String) {
     let info = strata_proto::error_info(err).unwrap_or_default();

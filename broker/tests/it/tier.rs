@@ -11,11 +11,18 @@ use std::time::{Duration, Instant};
 
 use strata_proto::v1::{
     CreateTopicRequest, DescribeTopicRequest, ListOffsetsRequest, PartitionDescription, StartPosition, TopicConfig,
-    admin_client::AdminClient, list_offsets_request,
+    admin_client::AdminClient, list_offsets_request, log_client::LogClient,
 };
 use tonic::transport::Channel;
 
 use crate::harness::*;
+
+/// Creates tiered topic `name` on `broker`; an admin and a log client.
+async fn create_tiered(broker: &TestBroker, name: &str) -> (AdminClient<Channel>, LogClient<Channel>) {
+    let mut admin = broker.admin().await;
+    admin.create_topic(tiered_topic(name)).await.unwrap();
+    (admin, broker.log().await)
+}
 
 fn tiered_topic(name: &str) -> CreateTopicRequest {
     CreateTopicRequest {
@@ -192,10 +199,7 @@ async fn sigkill_during_an_upload_loses_no_segment_and_leaves_no_orphan() {
 /// catch up by themselves and the local disk drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_store_outage_fills_the_budget_then_uploads_catch_up() {
-    let Some(moto) = Moto::start() else {
-        println!("skipped: moto_server not installed");
-        return;
-    };
+    let Some(moto) = Moto::start_or_skip() else { return };
     moto.create_bucket("outage");
     let proxy = Proxy::start(moto.addr).await;
     let budget = 32 * 1024;
@@ -215,9 +219,7 @@ async fn an_object_store_outage_fills_the_budget_then_uploads_catch_up() {
         c.storage.maintenance_interval = strata_broker::config::HumanDuration(Duration::from_millis(50));
     })
     .await;
-    let mut admin = broker.admin().await;
-    admin.create_topic(tiered_topic("out")).await.unwrap();
-    let mut log = broker.log().await;
+    let (mut admin, mut log) = create_tiered(&broker, "out").await;
     let mut acked = 0u64;
     for _ in 0..10 {
         log.produce(produce_req("out", 0, batch_of(&values("o", acked)))).await.unwrap();
@@ -287,9 +289,7 @@ async fn remote_reads_offsets_timestamps_and_corruption() {
         c.storage.maintenance_interval = strata_broker::config::HumanDuration(Duration::from_millis(50));
     })
     .await;
-    let mut admin = broker.admin().await;
-    admin.create_topic(tiered_topic("cold")).await.unwrap();
-    let mut log = broker.log().await;
+    let (admin, mut log) = create_tiered(&broker, "cold").await;
     let mut first_ts = 0;
     for i in 0..30u64 {
         let resp = log.produce(produce_req("cold", 0, batch_of(&values("k", i * 10)))).await.unwrap().into_inner();
@@ -362,11 +362,6 @@ async fn remote_reads_offsets_timestamps_and_corruption() {
     // Data past the corrupt segment is still served.
     let tail = read_partition(&mut log, "cold", 0, 250).await;
     assert_eq!(tail.len(), 50);
-}
-
-fn run_broker(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(broker_bin()).args(args).envs(envs.iter().copied()).stdin(Stdio::null()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// An invalid cold-store URL, an unreachable endpoint, a missing bucket:

@@ -21,6 +21,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use strata_client::{Client, Durability, QueueMessage, QueueOptions, QueueProducerConfig};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use super::{LoadStats, Report, micros, new_histogram, payload, random_topic_name};
 use crate::parse;
@@ -109,6 +110,14 @@ struct Shared {
     failed: AtomicBool,
 }
 
+impl Shared {
+    /// Whether a producer sends more: messages left (`None`: no count),
+    /// time left, and no task failed.
+    fn may_send(&self, remaining: Option<u64>, deadline: Option<Instant>) -> bool {
+        remaining != Some(0) && deadline.is_none_or(|d| Instant::now() < d) && !self.failed.load(Ordering::Acquire)
+    }
+}
+
 pub(crate) async fn bench_queue(client: &Client, args: BenchQueueArgs) -> anyhow::Result<Report> {
     if args.size < 8 {
         bail!("--size must be at least 8 bytes (each body carries its send timestamp)");
@@ -192,28 +201,10 @@ async fn run_load(client: &Client, queue: &str, args: &BenchQueueArgs) -> anyhow
         };
         producers.push(task);
     }
-    let mut send_latency = new_histogram()?;
     let mut first_error = None;
-    for task in producers {
-        match task.await.context("producer task")? {
-            Ok(h) => send_latency.add(&h).context("merging latency histograms")?,
-            Err(e) => {
-                shared.failed.store(true, Ordering::Release);
-                first_error.get_or_insert(e);
-            }
-        }
-    }
+    let send_latency = join_latencies(producers, "producer task", &shared, &mut first_error).await?;
     shared.producers_done.store(true, Ordering::Release);
-    let mut e2e = new_histogram()?;
-    for task in consumers {
-        match task.await.context("consumer task")? {
-            Ok(h) => e2e.add(&h).context("merging latency histograms")?,
-            Err(e) => {
-                shared.failed.store(true, Ordering::Release);
-                first_error.get_or_insert(e);
-            }
-        }
-    }
+    let e2e = join_latencies(consumers, "consumer task", &shared, &mut first_error).await?;
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -224,6 +215,27 @@ async fn run_load(client: &Client, queue: &str, args: &BenchQueueArgs) -> anyhow
     }
     let elapsed = Duration::from_nanos(shared.last_ack_ns.load(Ordering::Acquire));
     Ok((LoadStats { messages, bytes: messages * args.size, elapsed, latency: send_latency }, e2e))
+}
+
+/// Waits for every task and merges their latencies. The first failure is
+/// kept in `first_error` (the others stop meanwhile).
+async fn join_latencies(
+    tasks: Vec<JoinHandle<anyhow::Result<Histogram<u64>>>>,
+    what: &'static str,
+    shared: &Shared,
+    first_error: &mut Option<anyhow::Error>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut merged = new_histogram()?;
+    for task in tasks {
+        match task.await.context(what)? {
+            Ok(h) => merged.add(&h).context("merging latency histograms")?,
+            Err(e) => {
+                shared.failed.store(true, Ordering::Release);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// A client with its own HTTP/2 connection, so producers and consumers do
@@ -274,9 +286,7 @@ async fn produce(
     let mut in_flight = FuturesUnordered::new();
     let mut remaining = count;
     loop {
-        let more = remaining != Some(0)
-            && deadline.is_none_or(|d| Instant::now() < d)
-            && !shared.failed.load(Ordering::Acquire);
+        let more = shared.may_send(remaining, deadline);
         if !more && in_flight.is_empty() {
             break;
         }
@@ -333,9 +343,7 @@ async fn produce_per_message(
     let mut in_flight = FuturesUnordered::new();
     let mut remaining = count;
     loop {
-        let more = remaining != Some(0)
-            && deadline.is_none_or(|d| Instant::now() < d)
-            && !shared.failed.load(Ordering::Acquire);
+        let more = shared.may_send(remaining, deadline);
         if !more {
             break;
         }

@@ -515,11 +515,7 @@ mod tests {
         let config = ConsumerConfig {
             start: StartFrom::Earliest,
             max_bytes: 1,
-            retry: RetryConfig {
-                min_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(5),
-                max_retries: 5,
-            },
+            retry: RetryConfig::fast(5, 5),
             ..ConsumerConfig::default()
         };
         let mut consumer = client.consumer("t", config).await.unwrap();
@@ -535,11 +531,7 @@ mod tests {
         let config = ConsumerConfig {
             start: StartFrom::Earliest,
             max_wait: Duration::from_millis(10),
-            retry: RetryConfig {
-                min_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(2),
-                max_retries: 2,
-            },
+            retry: RetryConfig::fast(2, 2),
             ..ConsumerConfig::default()
         };
         let mut consumer = client.consumer("t", config).await.unwrap();

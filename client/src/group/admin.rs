@@ -9,7 +9,7 @@ use strata_proto::v1::{
     reset_offsets_request,
 };
 
-use crate::client::{Client, MAX_MESSAGE_BYTES};
+use crate::client::{Client, Groups, MAX_MESSAGE_BYTES};
 use crate::consumer::StartFrom;
 use crate::error::Error;
 use crate::routing::Target;
@@ -62,13 +62,7 @@ impl Client {
     /// members nor committed offsets.
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, Error> {
         let req = DescribeGroupRequest { tenant: self.tenant().to_owned(), group: group.to_owned() };
-        Ok(self
-            .routed(Target::Group(group), |url| {
-                let req = req.clone();
-                async move { self.groups_rpc_at(&url).describe_group(self.request(req)).await.map_err(Error::from) }
-            })
-            .await?
-            .into_inner())
+        self.rpc(Target::Group(group), req, |mut c: Groups, r| async move { c.describe_group(r).await }).await
     }
 
     /// Moves a group's committed offsets of `topic` (of `partitions`, or of
@@ -99,12 +93,8 @@ impl Client {
             partitions: partitions.to_vec(),
         };
         let offsets = self
-            .routed(Target::Group(group), |url| {
-                let req = req.clone();
-                async move { self.groups_rpc_at(&url).reset_offsets(self.request(req)).await.map_err(Error::from) }
-            })
+            .rpc(Target::Group(group), req, |mut c: Groups, r| async move { c.reset_offsets(r).await })
             .await?
-            .into_inner()
             .offsets;
         Ok(offsets.into_iter().map(CommittedOffset::from).collect())
     }
@@ -112,11 +102,7 @@ impl Client {
     /// Deletes a group's committed offsets; refused while it has members.
     pub async fn delete_group(&self, group: &str) -> Result<(), Error> {
         let req = DeleteGroupRequest { tenant: self.tenant().to_owned(), group: group.to_owned() };
-        self.routed(Target::Group(group), |url| {
-            let req = req.clone();
-            async move { self.groups_rpc_at(&url).delete_group(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?;
+        self.rpc(Target::Group(group), req, |mut c: Groups, r| async move { c.delete_group(r).await }).await?;
         Ok(())
     }
 
@@ -135,12 +121,8 @@ impl Client {
             partitions: topic_partitions(partitions.iter().copied()),
         };
         let offsets = self
-            .routed(Target::Group(group), |url| {
-                let req = req.clone();
-                async move { self.groups_rpc_at(&url).fetch_offsets(self.request(req)).await.map_err(Error::from) }
-            })
+            .rpc(Target::Group(group), req, |mut c: Groups, r| async move { c.fetch_offsets(r).await })
             .await?
-            .into_inner()
             .offsets;
         Ok(offsets.into_iter().map(CommittedOffset::from).collect())
     }
@@ -164,11 +146,7 @@ impl Client {
                 })
                 .collect(),
         };
-        self.routed(Target::Group(group), |url| {
-            let req = req.clone();
-            async move { self.groups_rpc_at(&url).commit_offsets(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?;
+        self.rpc(Target::Group(group), req, |mut c: Groups, r| async move { c.commit_offsets(r).await }).await?;
         Ok(())
     }
 }

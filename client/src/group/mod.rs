@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 pub use admin::CommittedOffset;
 
-use crate::client::Client;
+use crate::client::{Client, Groups};
 use crate::consumer::{ConsumedRecord, FetchFailure, FetchSet, FetchSettings, StartFrom, TopicPartition};
 use crate::error::Error;
 use crate::retry::RetryConfig;
@@ -725,12 +725,8 @@ impl GroupConsumer {
                 })
                 .collect(),
         };
-        let client = &self.client;
-        client
-            .routed(Target::Group(&self.group), |url| {
-                let request = request.clone();
-                async move { client.groups_rpc_at(&url).commit_offsets(client.request(request)).await.map_err(Error::from) }
-            })
+        self.client
+            .rpc(Target::Group(&self.group), request, |mut c: Groups, r| async move { c.commit_offsets(r).await })
             .await?;
         for (tp, offset) in offsets {
             self.committed.insert(tp, offset);

@@ -184,31 +184,16 @@ impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let out = Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::ProducerClosed)));
-        if let Poll::Ready(r) = &out
-            && let Some(mut span) = self.span.take()
-        {
-            use strata_telemetry::{Attribute, Span, SpanStatus, attr};
-            match r {
-                Ok(m) => {
-                    span.set_attribute(Attribute::new(attr::PARTITION, m.partition.to_string()));
-                    span.set_attribute(Attribute::new(attr::MESSAGE_ID, m.offset.to_string()));
-                }
-                Err(e) => span.set_status(SpanStatus::error(e.to_string())),
-            }
-            span.end();
-        }
-        out
+        let this = &mut *self;
+        crate::pipeline::poll_answer(&mut this.rx, &mut this.span, cx, |m, span| {
+            use strata_telemetry::{Attribute, Span, attr};
+            span.set_attribute(Attribute::new(attr::PARTITION, m.partition.to_string()));
+            span.set_attribute(Attribute::new(attr::MESSAGE_ID, m.offset.to_string()));
+        })
     }
 }
 
-// `Send` is the hot variant: boxing it would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Command {
-    Send(PendingMessage),
-    Flush(oneshot::Sender<()>),
-    Close(oneshot::Sender<()>),
-}
+pub(crate) type Command = crate::pipeline::Command<PendingMessage>;
 
 /// The id and epoch an idempotent producer got from `InitProducer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,22 +361,14 @@ impl Producer {
     /// waits until each is acknowledged or failed (outcomes are reported
     /// through their own futures).
     pub async fn flush(&self) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.shared.commands.send(Command::Flush(tx)).map_err(|_| Error::ProducerClosed)?;
-        rx.await.map_err(|_| Error::ProducerClosed)
+        crate::pipeline::flush(&self.shared.commands).await
     }
 
     /// Flushes, then stops the producer (and every clone of it). Messages
     /// enqueued after this fail with [`Error::ProducerClosed`]. Closing twice
     /// is harmless.
     pub async fn close(&self) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        if self.shared.commands.send(Command::Close(tx)).is_err() {
-            return Ok(());
-        }
-        // The task dropping the sender also means it is done.
-        let _ = rx.await;
-        Ok(())
+        crate::pipeline::close(&self.shared.commands).await
     }
 }
 
@@ -440,15 +417,7 @@ mod tests {
     }
 
     fn small_batches() -> ProducerConfig {
-        ProducerConfig {
-            batch_bytes: 200,
-            retry: RetryConfig {
-                min_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(5),
-                max_retries: 5,
-            },
-            ..ProducerConfig::default()
-        }
+        ProducerConfig { batch_bytes: 200, retry: RetryConfig::fast(5, 5), ..ProducerConfig::default() }
     }
 
     async fn produce_all(producer: &Producer, messages: Vec<Message>) -> Vec<Result<RecordMetadata, Error>> {

@@ -45,17 +45,15 @@ use std::time::Instant;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use strata_proto::v1::{ErrorCode, ProduceRequest, ProduceResponse};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::Streaming;
 
 use super::accumulator::{Accumulator, PendingMessage, SealedBatch, Stamp};
 use super::{Command, Identity, ProducerConfig};
 use crate::client::Client;
 use crate::error::{Error, ServerError};
 use crate::partitioner::Partitioner;
+use crate::pipeline::conn_event;
 use crate::routing::{Learned, MAX_REDIRECTS, Target};
 
 /// How many queued commands are handled before timers and the stream get a
@@ -102,48 +100,9 @@ struct PartitionState {
     redirects: usize,
 }
 
-type StreamResult = Result<Streaming<ProduceResponse>, Error>;
-
-enum Conn {
-    /// No stream; one is opened when there is something to send.
-    Idle,
-    /// Waiting before reconnecting.
-    Backoff(Instant),
-    /// Opening. Requests may already be queued on `tx`.
-    Connecting {
-        tx: mpsc::Sender<ProduceRequest>,
-        open: BoxFuture<'static, StreamResult>,
-    },
-    Up {
-        tx: mpsc::Sender<ProduceRequest>,
-        rx: Box<Streaming<ProduceResponse>>,
-    },
-}
-
-impl Conn {
-    fn sender(&self) -> Option<&mpsc::Sender<ProduceRequest>> {
-        match self {
-            Conn::Connecting { tx, .. } | Conn::Up { tx, .. } => Some(tx),
-            Conn::Idle | Conn::Backoff(_) => None,
-        }
-    }
-}
-
-enum ConnEvent {
-    Opened(StreamResult),
-    Response(Result<Option<ProduceResponse>, tonic::Status>),
-}
-
-/// Waits for the next thing the connection has to say; pending forever when
-/// it has nothing. Cancel-safe: the opening future lives in `conn`, and
-/// `Streaming::message` loses nothing when dropped.
-async fn conn_event(conn: &mut Conn) -> ConnEvent {
-    match conn {
-        Conn::Connecting { open, .. } => ConnEvent::Opened(open.await),
-        Conn::Up { rx, .. } => ConnEvent::Response(rx.message().await),
-        Conn::Idle | Conn::Backoff(_) => std::future::pending().await,
-    }
-}
+type Conn = crate::pipeline::Conn<ProduceRequest, ProduceResponse>;
+type ConnEvent = crate::pipeline::ConnEvent<ProduceResponse>;
+type StreamResult = crate::pipeline::StreamResult<ProduceResponse>;
 
 /// The next event of any link, with the broker it came from. Cancel-safe
 /// like [`conn_event`]. One link (standalone, or a topic on one broker) is
@@ -923,18 +882,13 @@ fn unreachable_broker(topic: &str, url: &str, error: Error) -> Error {
 /// Opens a produce stream to `url`.
 fn open_stream(client: &Client, url: &Arc<str>, config: &ProducerConfig) -> Conn {
     // Never more than max_in_flight_batches requests are queued.
-    let (tx, rx) = mpsc::channel(config.max_in_flight_batches);
     let mut rpc = client.log_rpc_at(url);
-    let timeout = config.request_timeout;
-    let open = async move {
-        match tokio::time::timeout(timeout, rpc.produce_stream(ReceiverStream::new(rx))).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(Error::from(status)),
-            Err(_) => Err(Error::Timeout { operation: "opening the produce stream", timeout }),
-        }
-    }
-    .boxed();
-    Conn::Connecting { tx, open }
+    Conn::connecting(
+        config.max_in_flight_batches,
+        config.request_timeout,
+        "opening the produce stream",
+        |requests| async move { rpc.produce_stream(requests).await },
+    )
 }
 
 async fn sleep_until(t: Instant) {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::message::Receipt;
-use crate::client::Client;
+use crate::client::{Client, Queues};
 use crate::error::{Error, ServerError};
 use crate::routing::Target;
 
@@ -101,16 +101,11 @@ async fn send(client: Client, queue: String, batch: Vec<(Receipt, Waiter)>) {
         queue,
         receipts: batch.iter().map(|(r, _)| pb::Receipt::from(*r)).collect(),
     };
-    let acked = client
-        .routed(Target::Queue(&req.queue), |url| {
-            let req = req.clone();
-            let client = &client;
-            async move { client.queues_rpc_at(&url).ack(client.request(req)).await.map_err(Error::from) }
-        })
-        .await;
+    let queue = req.queue.clone();
+    let acked = client.rpc(Target::Queue(&queue), req, |mut c: Queues, r| async move { c.ack(r).await }).await;
     match acked {
         Ok(resp) => {
-            let mut failed: Vec<pb::FailedReceipt> = resp.into_inner().failed;
+            let mut failed: Vec<pb::FailedReceipt> = resp.failed;
             for (receipt, waiter) in batch {
                 let refusal = failed.iter().position(|f| {
                     f.receipt.is_some_and(|r| {

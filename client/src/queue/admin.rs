@@ -8,7 +8,7 @@ use strata_proto::v1 as pb;
 use strata_proto::v1::{Durability, QueueConfig, QueueDescription, TtlAction};
 
 use super::millis;
-use crate::client::Client;
+use crate::client::{Client, Queues};
 use crate::error::Error;
 use crate::routing::Target;
 
@@ -271,25 +271,13 @@ impl Client {
             name: name.to_owned(),
             config: Some(options.to_config()),
         };
-        Ok(self
-            .routed(Target::Queue(name), |url| {
-                let req = req.clone();
-                async move { self.queues_rpc_at(&url).update_queue(self.request(req)).await.map_err(Error::from) }
-            })
-            .await?
-            .into_inner())
+        self.rpc(Target::Queue(name), req, |mut c: Queues, r| async move { c.update_queue(r).await }).await
     }
 
     /// A queue's settings, message counts and bindings.
     pub async fn describe_queue(&self, name: &str) -> Result<QueueDescription, Error> {
         let req = pb::DescribeQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
-        Ok(self
-            .routed(Target::Queue(name), |url| {
-                let req = req.clone();
-                async move { self.queues_rpc_at(&url).describe_queue(self.request(req)).await.map_err(Error::from) }
-            })
-            .await?
-            .into_inner())
+        self.rpc(Target::Queue(name), req, |mut c: Queues, r| async move { c.describe_queue(r).await }).await
     }
 
     /// The tenant's queues (temporary reply queues included, marked
@@ -304,11 +292,7 @@ impl Client {
     /// (`QUEUE_IN_USE`) while another queue uses it as dead-letter queue.
     pub async fn delete_queue(&self, name: &str, if_empty: bool) -> Result<(), Error> {
         let req = pb::DeleteQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned(), if_empty };
-        self.routed(Target::Queue(name), |url| {
-            let req = req.clone();
-            async move { self.queues_rpc_at(&url).delete_queue(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?;
+        self.rpc(Target::Queue(name), req, |mut c: Queues, r| async move { c.delete_queue(r).await }).await?;
         Ok(())
     }
 
@@ -322,14 +306,7 @@ impl Client {
     /// returns how many.
     pub async fn purge_queue(&self, name: &str) -> Result<u64, Error> {
         let req = pb::PurgeQueueRequest { tenant: self.tenant().to_owned(), name: name.to_owned() };
-        Ok(self
-            .routed(Target::Queue(name), |url| {
-                let req = req.clone();
-                async move { self.queues_rpc_at(&url).purge_queue(self.request(req)).await.map_err(Error::from) }
-            })
-            .await?
-            .into_inner()
-            .purged)
+        Ok(self.rpc(Target::Queue(name), req, |mut c: Queues, r| async move { c.purge_queue(r).await }).await?.purged)
     }
 
     /// Moves messages of a dead-letter queue back to the queues they came
@@ -341,12 +318,8 @@ impl Client {
             max_messages: max.unwrap_or(0),
         };
         Ok(self
-            .routed(Target::Queue(dead_letter_queue), |url| {
-                let req = req.clone();
-                async move { self.queues_rpc_at(&url).redrive(self.request(req)).await.map_err(Error::from) }
-            })
+            .rpc(Target::Queue(dead_letter_queue), req, |mut c: Queues, r| async move { c.redrive(r).await })
             .await?
-            .into_inner()
             .moved)
     }
 
@@ -359,13 +332,7 @@ impl Client {
             topic: topic.to_owned(),
             filter: Some(filter.to_proto()),
         };
-        Ok(self
-            .routed(Target::Queue(queue), |url| {
-                let req = req.clone();
-                async move { self.queues_rpc_at(&url).bind(self.request(req)).await.map_err(Error::from) }
-            })
-            .await?
-            .into_inner())
+        self.rpc(Target::Queue(queue), req, |mut c: Queues, r| async move { c.bind(r).await }).await
     }
 
     /// Removes the binding with exactly this topic and filter
@@ -377,11 +344,7 @@ impl Client {
             topic: topic.to_owned(),
             filter: Some(filter.to_proto()),
         };
-        self.routed(Target::Queue(queue), |url| {
-            let req = req.clone();
-            async move { self.queues_rpc_at(&url).unbind(self.request(req)).await.map_err(Error::from) }
-        })
-        .await?;
+        self.rpc(Target::Queue(queue), req, |mut c: Queues, r| async move { c.unbind(r).await }).await?;
         Ok(())
     }
 }

@@ -32,17 +32,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use backon::ExponentialBackoff;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use strata_proto::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::codec::Streaming;
 
 use super::message::QueueMessage;
 use super::send::{SendResult, stored_nothing, transient_refusal};
 use crate::client::{Client, MAX_MESSAGE_BYTES};
 use crate::error::Error;
+use crate::pipeline::conn_event;
 use crate::retry::RetryConfig;
 use crate::routing::{Learned, MAX_REDIRECTS, Target};
 
@@ -127,18 +124,11 @@ impl Future for SendFuture {
     type Output = Result<SendResult, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let out = Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::ProducerClosed)));
-        if let Poll::Ready(r) = &out
-            && let Some(mut span) = self.span.take()
-        {
-            use strata_telemetry::{Attribute, Span, SpanStatus, attr};
-            match r {
-                Ok(s) => span.set_attribute(Attribute::new(attr::MESSAGE_ID, s.message_id.to_string())),
-                Err(e) => span.set_status(SpanStatus::error(e.to_string())),
-            }
-            span.end();
-        }
-        out
+        let this = &mut *self;
+        crate::pipeline::poll_answer(&mut this.rx, &mut this.span, cx, |s, span| {
+            use strata_telemetry::{Attribute, Span, attr};
+            span.set_attribute(Attribute::new(attr::MESSAGE_ID, s.message_id.to_string()));
+        })
     }
 }
 
@@ -151,13 +141,7 @@ struct Pending {
     size: usize,
 }
 
-// `Send` is the hot variant: boxing it would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
-enum Command {
-    Send(Pending),
-    Flush(oneshot::Sender<()>),
-    Close(oneshot::Sender<()>),
-}
+type Command = crate::pipeline::Command<Pending>;
 
 /// Sends messages to one queue, batching and pipelining them. Cheap to
 /// clone; clones share the batches and the stream. Made by
@@ -308,21 +292,14 @@ impl QueueProducer {
     /// Sends every message enqueued so far without waiting for `linger`, and
     /// waits until each has its answer (reported through its own future).
     pub async fn flush(&self) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.shared.commands.send(Command::Flush(tx)).map_err(|_| Error::ProducerClosed)?;
-        rx.await.map_err(|_| Error::ProducerClosed)
+        crate::pipeline::flush(&self.shared.commands).await
     }
 
     /// Sends what is pending, waits for the answers and stops the
     /// background task; later sends fail with [`Error::ProducerClosed`].
     /// Closing twice is fine.
     pub async fn close(&self) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        if self.shared.commands.send(Command::Close(tx)).is_err() {
-            return Ok(());
-        }
-        let _ = rx.await;
-        Ok(())
+        crate::pipeline::close(&self.shared.commands).await
     }
 
     /// Bytes of messages enqueued and not yet answered.
@@ -386,29 +363,9 @@ impl Batch {
     }
 }
 
-type StreamResult = Result<Streaming<pb::SendStreamResponse>, Error>;
-
-enum Conn {
-    Idle,
-    Backoff(Instant),
-    Connecting { tx: mpsc::Sender<pb::SendStreamRequest>, open: BoxFuture<'static, StreamResult> },
-    Up { tx: mpsc::Sender<pb::SendStreamRequest>, rx: Box<Streaming<pb::SendStreamResponse>> },
-}
-
-enum ConnEvent {
-    Opened(StreamResult),
-    Response(Result<Option<pb::SendStreamResponse>, tonic::Status>),
-}
-
-/// The next thing the connection has to say; pending forever when idle.
-/// Cancel-safe: the opening future lives in `conn`.
-async fn conn_event(conn: &mut Conn) -> ConnEvent {
-    match conn {
-        Conn::Connecting { open, .. } => ConnEvent::Opened(open.await),
-        Conn::Up { rx, .. } => ConnEvent::Response(rx.message().await),
-        Conn::Idle | Conn::Backoff(_) => std::future::pending().await,
-    }
-}
+type Conn = crate::pipeline::Conn<pb::SendStreamRequest, pb::SendStreamResponse>;
+type ConnEvent = crate::pipeline::ConnEvent<pb::SendStreamResponse>;
+type StreamResult = crate::pipeline::StreamResult<pb::SendStreamResponse>;
 
 struct Task {
     client: Client,
@@ -663,7 +620,6 @@ impl Task {
     }
 
     fn open_stream(&mut self) {
-        let (tx, rx) = mpsc::channel(self.max_in_flight);
         // The queue's owner when known; else a bootstrap broker, whose
         // NOT_LEADER answer names the owner (and a look-up runs meanwhile).
         let target = Target::Queue(&self.queue);
@@ -677,15 +633,10 @@ impl Task {
         let mut rpc = self.client.queues_rpc_at(&url);
         self.conn_url = Some(url);
         let timeout = self.config.request_timeout;
-        let open = async move {
-            match tokio::time::timeout(timeout, rpc.send_stream(ReceiverStream::new(rx))).await {
-                Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(Error::from(status)),
-                Err(_) => Err(Error::Timeout { operation: "opening the queue send stream", timeout }),
-            }
-        }
-        .boxed();
-        self.conn = Conn::Connecting { tx, open };
+        self.conn =
+            Conn::connecting(self.max_in_flight, timeout, "opening the queue send stream", |requests| async move {
+                rpc.send_stream(requests).await
+            });
     }
 
     fn on_opened(&mut self, result: StreamResult) {

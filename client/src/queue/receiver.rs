@@ -10,7 +10,7 @@ use strata_proto::v1 as pb;
 use super::acker::Acker;
 use super::message::{Delivery, Receipt};
 use super::millis;
-use crate::client::Client;
+use crate::client::{Client, Queues};
 use crate::error::{Error, RejectedReceipt, ServerError};
 use crate::routing::Target;
 
@@ -217,12 +217,8 @@ impl Receiver {
         };
         let failed = self
             .client
-            .routed(Target::Queue(&self.queue), |url| {
-                let req = req.clone();
-                async move { self.client.queues_rpc_at(&url).ack(self.client.request(req)).await.map_err(Error::from) }
-            })
+            .rpc(Target::Queue(&self.queue), req, |mut c: Queues, r| async move { c.ack(r).await })
             .await?
-            .into_inner()
             .failed;
         rejected(failed)
     }
@@ -246,12 +242,8 @@ impl Receiver {
         };
         let failed = self
             .client
-            .routed(Target::Queue(&self.queue), |url| {
-                let req = req.clone();
-                async move { self.client.queues_rpc_at(&url).nack(self.client.request(req)).await.map_err(Error::from) }
-            })
+            .rpc(Target::Queue(&self.queue), req, |mut c: Queues, r| async move { c.nack(r).await })
             .await?
-            .into_inner()
             .failed;
         rejected(failed)
     }
@@ -274,18 +266,8 @@ impl Receiver {
         };
         let failed = self
             .client
-            .routed(Target::Queue(&self.queue), |url| {
-                let req = req.clone();
-                async move {
-                    self.client
-                        .queues_rpc_at(&url)
-                        .extend_visibility(self.client.request(req))
-                        .await
-                        .map_err(Error::from)
-                }
-            })
+            .rpc(Target::Queue(&self.queue), req, |mut c: Queues, r| async move { c.extend_visibility(r).await })
             .await?
-            .into_inner()
             .failed;
         rejected(failed)
     }
@@ -299,12 +281,8 @@ impl Receiver {
         };
         let messages = self
             .client
-            .routed(Target::Queue(&self.queue), |url| {
-                let req = req.clone();
-                async move { self.client.queues_rpc_at(&url).peek(self.client.request(req)).await.map_err(Error::from) }
-            })
+            .rpc(Target::Queue(&self.queue), req, |mut c: Queues, r| async move { c.peek(r).await })
             .await?
-            .into_inner()
             .messages;
         Ok(messages.into_iter().map(|m| Delivery::from_proto(&self.queue, m)).collect())
     }

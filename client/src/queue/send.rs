@@ -16,7 +16,7 @@
 use strata_proto::v1 as pb;
 
 use super::message::QueueMessage;
-use crate::client::Client;
+use crate::client::{Client, Queues};
 use crate::error::{Error, ServerError};
 use crate::retry::RetryConfig;
 use crate::routing::Target;
@@ -63,15 +63,11 @@ impl Client {
         loop {
             // The request is cloned per attempt: cheap, since bodies are
             // `Bytes`. NOT_LEADER (nothing stored) is followed to the owner.
-            let sent = self
-                .routed(Target::Queue(queue), |url| {
-                    let req = req.clone();
-                    async move { self.queues_rpc_at(&url).send(self.request(req)).await.map_err(Error::from) }
-                })
-                .await;
+            let sent =
+                self.rpc(Target::Queue(queue), req.clone(), |mut c: Queues, r| async move { c.send(r).await }).await;
             let err = match sent {
                 Ok(resp) => {
-                    let results = resp.into_inner().results;
+                    let results = resp.results;
                     if results.len() != expected {
                         return Err(Error::Unsupported(format!(
                             "the broker answered a send of {expected} messages with {} results",

@@ -3,15 +3,15 @@
 //! three CLI processes, one of which is killed with SIGKILL mid-stream.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use strata_client::Message;
 use strata_proto::v1::{DescribeGroupRequest, GroupDescription, groups_client::GroupsClient};
 
 use crate::TestBroker;
+use crate::process::LineCollector;
 
 fn strata(url: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
@@ -120,55 +120,8 @@ async fn cli_errors_are_one_line_and_a_failure_exit() {
 }
 
 /// A `strata consume --group` child process whose printed lines are collected.
-struct GroupConsumerProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl GroupConsumerProcess {
-    fn start(url: &str, topic: &str, group: &str) -> GroupConsumerProcess {
-        let mut child = strata(url)
-            .args(["consume", topic, "--group", group, "--from", "earliest"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("strata consume runs");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(l) => sink.lock().unwrap().push(l),
-                    Err(_) => break,
-                }
-            }
-        });
-        GroupConsumerProcess { child, lines, reader: Some(reader) }
-    }
-
-    fn count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    /// SIGKILL, then wait for every line it printed.
-    fn kill9(&mut self) -> Vec<String> {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for GroupConsumerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn group_consumer(url: &str, topic: &str, group: &str) -> LineCollector {
+    LineCollector::spawn(strata(url).args(["consume", topic, "--group", group, "--from", "earliest"]))
 }
 
 async fn describe(url: &str, group: &str) -> Option<GroupDescription> {
@@ -193,8 +146,7 @@ async fn a_sigkilled_group_member_loses_nothing_and_only_uncommitted_messages_re
     let url = broker.url.clone();
     let (ok, _, err) = run(&url, &["topic", "create", "jobs", "--partitions", "6"], None).await;
     assert!(ok, "{err}");
-    let mut consumers: Vec<GroupConsumerProcess> =
-        (0..3).map(|_| GroupConsumerProcess::start(&url, "jobs", "workers")).collect();
+    let mut consumers: Vec<LineCollector> = (0..3).map(|_| group_consumer(&url, "jobs", "workers")).collect();
     wait_for("three members with two partitions each", Duration::from_secs(60), || {
         let url = url.clone();
         async move {
@@ -222,7 +174,7 @@ async fn a_sigkilled_group_member_loses_nothing_and_only_uncommitted_messages_re
     // Kill the first process while it consumes, once it has committed
     // something, so the test can tell committed (never redelivered) from
     // uncommitted (redelivered) messages.
-    let victim = format!("strata-cli/{}", consumers[0].child.id());
+    let victim = format!("strata-cli/{}", consumers[0].id());
     wait_for("the victim to consume and commit", Duration::from_secs(60), || {
         let url = url.clone();
         let victim = victim.clone();
@@ -250,7 +202,7 @@ async fn a_sigkilled_group_member_loses_nothing_and_only_uncommitted_messages_re
     wait_for("every message to be consumed", Duration::from_secs(120), || {
         let mut seen: BTreeSet<String> = killed_lines.iter().cloned().collect();
         for c in &consumers[1..] {
-            seen.extend(c.lines.lock().unwrap().iter().cloned());
+            seen.extend(c.lines());
         }
         let done = seen.len() == TOTAL;
         async move { done }
@@ -262,7 +214,7 @@ async fn a_sigkilled_group_member_loses_nothing_and_only_uncommitted_messages_re
     let mut printed_by: HashMap<String, usize> = HashMap::new();
     let mut seen = BTreeSet::new();
     for c in &consumers[1..] {
-        let lines = c.lines.lock().unwrap().clone();
+        let lines = c.lines();
         let distinct: BTreeSet<&String> = lines.iter().collect();
         assert_eq!(distinct.len(), lines.len(), "a survivor never repeats a message");
         for l in lines {

@@ -46,9 +46,8 @@ fn rows(out: &str) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_with_a_group_resumes_where_the_previous_run_stopped() {
-    let broker = TestBroker::start().await;
+    let (broker, client) = TestBroker::with_client().await;
     let url = broker.url.clone();
-    let client = broker.client().await;
     fill(&client, "cg").await;
     let consume = ["consume", "cg", "--group", "readers", "--from", "earliest", "--count", "4"];
     assert_eq!(ok(&url, &consume).await, lines(&["v0", "v1", "v2", "v3"]));
@@ -66,9 +65,8 @@ async fn consume_with_a_group_resumes_where_the_previous_run_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_list_describe_reset_and_delete() {
-    let broker = TestBroker::start().await;
+    let (broker, client) = TestBroker::with_client().await;
     let url = broker.url.clone();
-    let client = broker.client().await;
     fill(&client, "orders").await;
     let consume = |n: &'static str| ["consume", "orders", "--group", "billing", "--from", "earliest", "--count", n];
     assert_eq!(ok(&url, &consume("3")).await, lines(&["v0", "v1", "v2"]));
@@ -126,9 +124,8 @@ async fn group_list_describe_reset_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_group_input_is_a_one_line_error() {
-    let broker = TestBroker::start().await;
+    let (broker, client) = TestBroker::with_client().await;
     let url = broker.url.clone();
-    let client = broker.client().await;
     fill(&client, "t").await;
     fails(&url, &["group", "describe", "nobody"]).await;
     fails(&url, &["group", "delete", "nobody"]).await;

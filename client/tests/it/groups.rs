@@ -242,8 +242,7 @@ async fn wait_for_group(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_share_six_partitions_two_each() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("six", 6, TopicOptions::default()).await.unwrap();
     let observed = Observed::new();
     let names = ["a", "b", "c"];
@@ -271,8 +270,7 @@ async fn three_members_share_six_partitions_two_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_member_takes_one_partition_from_each_and_the_rest_keep_flowing() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("twelve", 12, TopicOptions::default()).await.unwrap();
     let observed = Observed::new();
     let old = ["a", "b", "c"];
@@ -361,8 +359,7 @@ async fn a_fourth_member_takes_one_partition_from_each_and_the_rest_keep_flowing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_survive_members_and_describe_shows_no_lag_once_all_is_consumed() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("ledger", 3, TopicOptions::default()).await.unwrap();
     for p in 0..3 {
         produce_to(&client, "ledger", p, (0..10).map(|i| format!("old-{p}-{i}"))).await;
@@ -417,8 +414,7 @@ async fn commits_survive_members_and_describe_shows_no_lag_once_all_is_consumed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_offset_out_of_range_falls_back_to_auto_offset_reset() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("phoenix", 1, TopicOptions::default()).await.unwrap();
     produce_to(&client, "phoenix", 0, (0..10).map(|i| format!("v{i}"))).await;
     client
@@ -446,8 +442,7 @@ async fn a_committed_offset_out_of_range_falls_back_to_auto_offset_reset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_with_an_unknown_topic_or_a_bad_group_name_fails() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     let err = client.group_consumer("g", ["missing"], GroupConsumerConfig::default()).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
     client.create_topic("t", 1, TopicOptions::default()).await.unwrap();
@@ -460,8 +455,7 @@ async fn joining_with_an_unknown_topic_or_a_bad_group_name_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_removed_by_a_forced_reset_rejoins_and_reads_from_the_new_offsets() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("rewind", 1, TopicOptions::default()).await.unwrap();
     produce_to(&client, "rewind", 0, (0..5).map(|i| format!("v{i}"))).await;
     let observed = Observed::new();
@@ -499,8 +493,7 @@ async fn a_member_removed_by_a_forced_reset_rejoins_and_reads_from_the_new_offse
 /// and an empty topic answers an empty batch once the timeout passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_returns_batches_up_to_max_and_an_empty_one_after_its_timeout() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("polled", 2, TopicOptions::default()).await.unwrap();
     for p in 0..2 {
         produce_to(&client, "polled", p, (0..25).map(|i| format!("{p}-{i}"))).await;

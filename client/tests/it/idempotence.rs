@@ -10,8 +10,7 @@ use crate::{TestBroker, read};
 
 #[tokio::test]
 async fn a_newer_producer_with_the_same_name_fences_the_older_one() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("fenced", 1, TopicOptions::default()).await.unwrap();
     let named = ProducerConfig { producer_name: Some("invoice-writer".into()), ..ProducerConfig::default() };
 
@@ -45,8 +44,7 @@ async fn a_newer_producer_with_the_same_name_fences_the_older_one() {
 
 #[tokio::test]
 async fn unnamed_producers_get_distinct_identities() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("ids", 2, TopicOptions::default()).await.unwrap();
     let a = client.producer("ids").await.unwrap();
     let b = client.producer("ids").await.unwrap();

@@ -50,6 +50,13 @@ impl TestBroker {
         Client::connect(&self.url).await.expect("connect")
     }
 
+    /// A started broker and a client of it.
+    async fn with_client() -> (TestBroker, Client) {
+        let broker = TestBroker::start().await;
+        let client = broker.client().await;
+        (broker, client)
+    }
+
     async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
@@ -72,8 +79,7 @@ async fn read(consumer: &mut Consumer, n: usize) -> Vec<ConsumedRecord> {
 
 #[tokio::test]
 async fn admin_calls_round_trip_and_errors_keep_their_codes() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     let options = TopicOptions {
         retention: Some(Retention::Time(Duration::from_secs(3600))),
         retention_bytes: Some(-1),
@@ -111,8 +117,7 @@ async fn admin_calls_round_trip_and_errors_keep_their_codes() {
 
 #[tokio::test]
 async fn produced_messages_are_consumed_in_key_order_with_headers() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("events", 3, TopicOptions::default()).await.unwrap();
     let producer = client.producer("events").await.unwrap();
     let mut acks = Vec::new();
@@ -148,8 +153,7 @@ async fn produced_messages_are_consumed_in_key_order_with_headers() {
 
 #[tokio::test]
 async fn consumers_start_at_offsets_and_timestamps() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("log", 1, TopicOptions::default()).await.unwrap();
     let producer = client.producer("log").await.unwrap();
     for i in 0..20i64 {
@@ -168,8 +172,7 @@ async fn consumers_start_at_offsets_and_timestamps() {
 
 #[tokio::test]
 async fn unknown_partitions_are_rejected_per_message() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_topic("p", 2, TopicOptions::default()).await.unwrap();
     let producer = client.producer("p").await.unwrap();
     let err = producer.send(Message::new("x").with_partition(7)).await.unwrap_err();
@@ -178,16 +181,21 @@ async fn unknown_partitions_are_rejected_per_message() {
     broker.stop().await;
 }
 
+/// The `strata` binary with `args`, pointed at `url` through
+/// `STRATA_SERVER` (the test's own `STRATA_TENANT` cleared).
+fn strata_command(url: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command.args(args).env("STRATA_SERVER", url).env_remove("STRATA_TENANT");
+    command
+}
+
 /// Runs the `strata` binary with `stdin`, returning (exit code, stdout, stderr).
 async fn strata(url: &str, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
     let url = url.to_owned();
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     let stdin = stdin.to_vec();
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(&args)
-            .env("STRATA_SERVER", &url)
-            .env_remove("STRATA_TENANT")
+        let mut child = strata_command(&url, &args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

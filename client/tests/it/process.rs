@@ -4,6 +4,8 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// The broker binary built next to the CLI (by `cargo test --workspace`).
 /// Runs the `strata` CLI against `url` with these environment variables
@@ -81,6 +83,71 @@ impl BrokerProcess {
 }
 
 impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process (a `strata consume` or `receive`) whose stdout lines are
+/// collected as they come; killed (SIGKILL) when dropped.
+pub struct LineCollector {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl LineCollector {
+    /// Spawns `command` with stdin closed, stdout collected and stderr
+    /// passed through.
+    pub fn spawn(command: &mut Command) -> LineCollector {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the child process runs");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => sink.lock().unwrap().push(l),
+                    Err(_) => break,
+                }
+            }
+        });
+        LineCollector { child, lines, reader: Some(reader) }
+    }
+
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The lines printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many lines were printed so far.
+    pub fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// SIGKILL, then wait for every line it printed and return them all.
+    pub fn kill9(&mut self) -> Vec<String> {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.lines()
+    }
+}
+
+impl Drop for LineCollector {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

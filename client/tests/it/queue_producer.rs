@@ -35,8 +35,7 @@ async fn drain(client: &Client, queue: &str, n: usize) -> BTreeMap<String, usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_per_call_is_batched_and_every_answer_arrives() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_queue("work", QueueOptions::new()).await.unwrap();
     let producer = client.queue_producer("work").await.unwrap();
     assert!(!producer.resends_are_exact(), "no dedup window: broken streams are not resent");
@@ -67,8 +66,7 @@ async fn one_message_per_call_is_batched_and_every_answer_arrives() {
 /// producer's task cannot send, so only the memory limit can stop `enqueue`.
 #[tokio::test]
 async fn back_pressure_bounds_the_bytes_held_by_the_producer() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_queue("bounded", QueueOptions::new()).await.unwrap();
     let limit = 64 * 1024;
     let config = QueueProducerConfig { max_in_flight_bytes: limit, ..QueueProducerConfig::default() };
@@ -101,8 +99,7 @@ async fn back_pressure_bounds_the_bytes_held_by_the_producer() {
 /// group is received in the order the application enqueued it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_keep_the_order_of_every_fifo_group() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_queue("ordered", QueueOptions::new().fifo(true)).await.unwrap();
     // One message per request: the most requests in flight at once.
     let config = QueueProducerConfig { batch_messages: 1, ..QueueProducerConfig::default() };

@@ -5,14 +5,12 @@
 //! consumers, a SIGKILLed consumer, bad input, `bench queue`).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_client::{BindingFilter, Client, Delivery, Error, ErrorCode, QueueMessage, QueueOptions, TopicOptions};
 
-use crate::{TestBroker, strata};
+use crate::process::LineCollector;
+use crate::{TestBroker, strata, strata_command};
 
 use strata_testkit::eventually;
 
@@ -63,8 +61,7 @@ async fn receive_n(receiver: &strata_client::Receiver, n: usize) -> Vec<Delivery
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_round_trip_and_refusals_keep_their_codes() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_queue("jobs-dlq", QueueOptions::new()).await.unwrap();
     let options = QueueOptions::new()
         .visibility_timeout(Duration::from_secs(45))
@@ -131,8 +128,7 @@ async fn admin_calls_round_trip_and_refusals_keep_their_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_expire_and_stale_receipts_are_typed_errors() {
-    let broker = TestBroker::start().await;
-    let client = broker.client().await;
+    let (broker, client) = TestBroker::with_client().await;
     client.create_queue("work", QueueOptions::new()).await.unwrap();
     let sent = client.send_batch("work", [QueueMessage::new("one").header("h", "v"), QueueMessage::new("two")]).await;
     assert_eq!(sent.unwrap().len(), 2);
@@ -303,9 +299,8 @@ async fn cli_send_receive_and_describe_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_dead_letters_redrives_and_binds() {
-    let broker = TestBroker::start().await;
+    let (broker, client) = TestBroker::with_client().await;
     let url = broker.url.clone();
-    let client = broker.client().await;
     ok(&url, &["queue", "create", "jobs-dlq"], b"").await;
     ok(&url, &["queue", "create", "jobs", "--max-deliveries", "1", "--dead-letter", "jobs-dlq"], b"").await;
     ok(&url, &["send", "jobs"], b"poison\n").await;
@@ -370,69 +365,21 @@ async fn competing_cli_consumers_receive_disjoint_sets_that_cover_everything() {
 }
 
 /// A `strata receive` child whose stdout lines are collected as they come.
-struct ReceiveProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ReceiveProcess {
-    fn start(url: &str, args: &[&str]) -> ReceiveProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(args)
-            .env("STRATA_SERVER", url)
-            .env_remove("STRATA_TENANT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("strata receive runs");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                match line {
-                    Ok(l) => sink.lock().unwrap().push(l),
-                    Err(_) => break,
-                }
-            }
-        });
-        ReceiveProcess { child, lines, reader: Some(reader) }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for ReceiveProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn receive_process(url: &str, args: &[&str]) -> LineCollector {
+    LineCollector::spawn(&mut strata_command(url, args))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_consumer_loses_nothing_its_messages_come_back_after_the_timeout() {
-    let broker = TestBroker::start().await;
+    let (broker, client) = TestBroker::with_client().await;
     let url = broker.url.clone();
-    let client = broker.client().await;
     ok(&url, &["queue", "create", "tasks", "--visibility-timeout", "1s"], b"").await;
     let input = numbered(50);
     ok(&url, &["send", "tasks"], input.as_bytes()).await;
 
     // The victim leases everything, prints it, never acks, and is killed
     // while it still holds the leases (waiting for more).
-    let mut victim = ReceiveProcess::start(&url, &["receive", "tasks", "--no-ack", "--wait", "60s", "--batch", "50"]);
+    let mut victim = receive_process(&url, &["receive", "tasks", "--no-ack", "--wait", "60s", "--batch", "50"]);
     let expected = set(&input);
     let held = eventually("the victim to print every message", Duration::from_secs(30), || {
         let lines = victim.lines();

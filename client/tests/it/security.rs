@@ -13,6 +13,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SerialNumber,
 };
 use strata_client::{Client, ConnectOptions, ErrorCode, Message, TopicOptions};
+use strata_testkit::http_get;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::process::{BrokerProcess, binary_or_skip as binary, run_cli as cli};
@@ -50,6 +51,18 @@ fn leaf(ca: &Ca, cn: &str, names: &[&str], serial: u64, server: bool) -> (String
 
 fn start(bin: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> BrokerProcess {
     BrokerProcess::start(bin, data, "127.0.0.1:0", args, env)
+}
+
+/// A broker certificate (of `localhost` and `127.0.0.1`, signed by `ca`)
+/// written to `dir` as `tls.crt` and `tls.key`, next to `ca.crt`: their
+/// paths, and the certificate's DER.
+fn write_broker_tls(dir: &Path, ca: &Ca) -> (PathBuf, PathBuf, PathBuf, Vec<u8>) {
+    let (cert_pem, key_pem, der) = leaf(ca, "broker", &["localhost", "127.0.0.1"], 1, true);
+    let (cert, key, ca_file) = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    (cert, key, ca_file, der)
 }
 
 fn write_admin_token(dir: &Path) -> PathBuf {
@@ -104,11 +117,7 @@ async fn tls_mtls_principals_and_certificate_reload() {
     let Some(bin) = binary() else { return };
     let dir = tempfile::tempdir().unwrap();
     let ca = ca();
-    let (cert_pem, key_pem, first_der) = leaf(&ca, "broker", &["localhost", "127.0.0.1"], 1, true);
-    let (cert, key, ca_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("ca.crt"));
-    std::fs::write(&cert, &cert_pem).unwrap();
-    std::fs::write(&key, &key_pem).unwrap();
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (cert, key, ca_file, first_der) = write_broker_tls(dir.path(), &ca);
     let admin_file = write_admin_token(dir.path());
     let data = dir.path().join("data");
     let broker = start(
@@ -328,14 +337,6 @@ async fn tokens_authenticate_and_rotate_under_a_running_producer() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
 }
 
-async fn http_get(addr: &str, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// `tls.require_client_cert`: a gRPC connection without a client
 /// certificate is refused by the handshake, one with a certificate of the CA
 /// is served; the HTTP listener never requires one, so probes stay open
@@ -345,11 +346,7 @@ async fn required_client_certificates_guard_grpc_but_not_the_probes() {
     let Some(bin) = binary() else { return };
     let dir = tempfile::tempdir().unwrap();
     let ca = ca();
-    let (cert_pem, key_pem, _) = leaf(&ca, "broker", &["localhost", "127.0.0.1"], 1, true);
-    let (cert, key, ca_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("ca.crt"));
-    std::fs::write(&cert, &cert_pem).unwrap();
-    std::fs::write(&key, &key_pem).unwrap();
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (cert, key, ca_file, _) = write_broker_tls(dir.path(), &ca);
     let admin_file = write_admin_token(dir.path());
     let broker = start(
         &bin,

@@ -2,7 +2,7 @@
 //! declarative offset reset applied once per change, deletion by policy.
 
 use serde_json::{Value, json};
-use strata_client::{CommittedOffset, Message, TopicOptions};
+use strata_client::{CommittedOffset, Message};
 use strata_operator::consumer_group::ConsumerGroup;
 
 use crate::{CLUSTER_NS, NS, TestEnv, path_of};
@@ -20,10 +20,7 @@ async fn committed(client: &strata_client::Client) -> u64 {
 
 #[tokio::test]
 async fn lag_is_reported_and_a_reset_is_applied_once_per_change() {
-    let env = TestEnv::with_broker().await;
-    env.insert_cluster_and_tenant();
-    let client = env.client().await;
-    client.create_topic("orders", 1, TopicOptions::default()).await.unwrap();
+    let (env, client) = TestEnv::with_topic("orders", 1).await;
     let producer = client.producer("orders").await.unwrap();
     for i in 0..10 {
         producer.send(Message::new(format!("m{i}"))).await.unwrap();

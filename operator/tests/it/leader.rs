@@ -19,12 +19,26 @@ fn config(identity: &str) -> LeaseConfig {
     }
 }
 
+/// The path of the operator's lease.
+fn lease_path() -> String {
+    path_of("coordination.k8s.io/v1", "Lease", "ops", "strata-operator")
+}
+
+/// The operator's lease with this `spec`.
+fn lease(spec: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "strata-operator", "namespace": "ops"},
+        "spec": spec
+    })
+}
+
 #[tokio::test]
 async fn one_leader_at_a_time_and_takeover_after_expiry() {
     let (client, fake) = FakeApi::start();
     let a = LeaseLock::new(client.clone(), config("a"));
     let b = LeaseLock::new(client, config("b"));
-    let path = path_of("coordination.k8s.io/v1", "Lease", "ops", "strata-operator");
+    let path = lease_path();
     let t0 = Timestamp::now();
 
     assert!(a.try_acquire(t0).await.unwrap(), "a creates the lease");
@@ -44,12 +58,8 @@ async fn one_leader_at_a_time_and_takeover_after_expiry() {
 #[tokio::test]
 async fn a_stale_update_loses_the_race() {
     let (client, fake) = FakeApi::start();
-    let path = path_of("coordination.k8s.io/v1", "Lease", "ops", "strata-operator");
-    fake.insert(json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "strata-operator", "namespace": "ops"},
-        "spec": {"holderIdentity": "", "leaseDurationSeconds": 15}
-    }));
+    let path = lease_path();
+    fake.insert(lease(json!({"holderIdentity": "", "leaseDurationSeconds": 15})));
     let a = LeaseLock::new(client, config("a"));
     assert!(a.try_acquire(Timestamp::now()).await.unwrap());
     // Everyone's PUTs carry the resourceVersion they read: the fake answers
@@ -62,13 +72,10 @@ async fn a_stale_update_loses_the_race() {
 #[tokio::test(start_paused = true)]
 async fn run_elected_runs_the_work_only_while_leading() {
     let (client, fake) = FakeApi::start();
-    let path = path_of("coordination.k8s.io/v1", "Lease", "ops", "strata-operator");
+    let path = lease_path();
     // Someone else holds a fresh lease.
-    fake.insert(json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "strata-operator", "namespace": "ops"},
-        "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15, "renewTime": Timestamp::now().to_string()}
-    }));
+    let renewed = Timestamp::now().to_string();
+    fake.insert(lease(json!({"holderIdentity": "other", "leaseDurationSeconds": 15, "renewTime": renewed})));
     let lock = LeaseLock::new(client, config("a"));
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -137,6 +137,16 @@ impl TestEnv {
         self.fake.insert(cluster_json("main"));
         self.fake.insert(tenant_json("default", &[NS]));
     }
+
+    /// A broker with its cluster and tenant in the API and topic `name` of
+    /// `partitions`; the environment and a client of the broker.
+    pub async fn with_topic(name: &str, partitions: u32) -> (TestEnv, strata_client::Client) {
+        let env = TestEnv::with_broker().await;
+        env.insert_cluster_and_tenant();
+        let client = env.client().await;
+        client.create_topic(name, partitions, strata_client::TopicOptions::default()).await.unwrap();
+        (env, client)
+    }
 }
 
 pub fn cluster_json(name: &str) -> Value {

@@ -3,7 +3,7 @@
 //! and bindings reverted and reported, deletion by policy with the guard.
 
 use serde_json::{Value, json};
-use strata_client::{BindingFilter, QueueMessage, QueueOptions, TopicOptions};
+use strata_client::{BindingFilter, QueueMessage, QueueOptions};
 use strata_operator::queue::Queue;
 
 use crate::{CLUSTER_NS, NS, TestEnv, path_of};
@@ -46,10 +46,7 @@ async fn dead_letter_loops_and_bad_durations_are_refused_precisely() {
 
 #[tokio::test]
 async fn queues_converge_drift_is_reverted_and_deletion_is_guarded() {
-    let env = TestEnv::with_broker().await;
-    env.insert_cluster_and_tenant();
-    let client = env.client().await;
-    client.create_topic("orders", 1, TopicOptions::default()).await.unwrap();
+    let (env, client) = TestEnv::with_topic("orders", 1).await;
     let mail = queue_path("mail");
     env.fake.insert(queue_json(
         "mail",

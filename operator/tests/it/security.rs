@@ -18,6 +18,16 @@ fn tenant_path() -> String {
     path_of("strata.dev/v1alpha1", "Tenant", CLUSTER_NS, "team-a")
 }
 
+/// A broker with cluster `main` and tenant `team-a` (principal in
+/// `namespaces`) in the API, the tenant reconciled once.
+async fn reconciled_tenant(namespaces: &[&str]) -> TestEnv {
+    let env = TestEnv::with_broker().await;
+    env.fake.insert(crate::cluster_json("main"));
+    env.fake.insert(tenant(namespaces));
+    env.reconcile::<Tenant>(&tenant_path()).await;
+    env
+}
+
 fn secret_path(ns: &str, principal: &str) -> String {
     path_of("v1", "Secret", ns, &format!("strata-team-a-{principal}"))
 }
@@ -55,10 +65,7 @@ fn status_principals(env: &TestEnv) -> serde_json::Value {
 
 #[tokio::test]
 async fn principals_get_a_token_secret_per_namespace_and_exactly_their_acls() {
-    let env = TestEnv::with_broker().await;
-    env.fake.insert(crate::cluster_json("main"));
-    env.fake.insert(tenant(&["apps", "web"]));
-    env.reconcile::<Tenant>(&tenant_path()).await;
+    let env = reconciled_tenant(&["apps", "web"]).await;
     assert_eq!(env.ready(&tenant_path()).0, "True", "{:?}", env.ready(&tenant_path()));
 
     // One token, in a Secret in each namespace.
@@ -130,10 +137,7 @@ async fn principals_get_a_token_secret_per_namespace_and_exactly_their_acls() {
 
 #[tokio::test]
 async fn a_namespace_the_tenant_does_not_allow_gets_no_secret_and_a_condition() {
-    let env = TestEnv::with_broker().await;
-    env.fake.insert(crate::cluster_json("main"));
-    env.fake.insert(tenant(&["apps", "elsewhere"]));
-    env.reconcile::<Tenant>(&tenant_path()).await;
+    let env = reconciled_tenant(&["apps", "elsewhere"]).await;
     let (status, reason, message) = env.ready(&tenant_path());
     assert_eq!((status.as_str(), reason.as_str()), ("False", "NamespaceNotAllowed"), "{message}");
     assert!(message.contains("principal orders-app: elsewhere"), "{message}");
@@ -152,10 +156,7 @@ async fn a_namespace_the_tenant_does_not_allow_gets_no_secret_and_a_condition() 
 
 #[tokio::test]
 async fn rotation_issues_a_new_token_updates_the_secrets_then_revokes_the_old_one() {
-    let env = TestEnv::with_broker().await;
-    env.fake.insert(crate::cluster_json("main"));
-    env.fake.insert(tenant(&["apps", "web"]));
-    env.reconcile::<Tenant>(&tenant_path()).await;
+    let env = reconciled_tenant(&["apps", "web"]).await;
     let old = token_in(&env, "apps", "orders-app");
     let old_id = status_principals(&env)[0]["tokenId"].as_str().unwrap().to_owned();
     let admin = env.client().await;

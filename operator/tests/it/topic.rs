@@ -144,10 +144,7 @@ async fn counts_refresh_well_before_the_resync_and_unchanged_status_is_not_rewri
 
 #[tokio::test]
 async fn a_partition_decrease_is_refused_with_a_clear_condition() {
-    let env = TestEnv::with_broker().await;
-    env.insert_cluster_and_tenant();
-    let client = env.client().await;
-    client.create_topic("orders", 4, TopicOptions::default()).await.unwrap();
+    let (env, client) = TestEnv::with_topic("orders", 4).await;
     let path = topic_path("orders");
     env.fake.insert(topic_json("orders", 2, json!({})));
     let action = env.reconcile::<Topic>(&path).await;
