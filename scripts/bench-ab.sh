@@ -11,39 +11,29 @@
 #   cargo build --release --bins
 #   A=/tmp/base-target/release scripts/bench-ab.sh [DURATION] [ROUNDS]
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 DURATION=${1:-10s}
 ROUNDS=${2:-3}
 B=${B:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 A=${A:?set A to the release directory of the build to compare against}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-ab.XXXXXX")
-PID=""
-cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir ab
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rate() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_sec"]))' "$1"; }
-p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("p99_ms","-"))' "$1"; }
 
 run() { # bin-dir name -> json files
   local bin=$1 name=$2 g h
   g=$(free_port); h=$(free_port)
   "$bin/strata-broker" --data-dir "$WORK/data" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn >>"$WORK/broker.log" 2>&1 &
-  PID=$!
+  PIDS=($!)
   for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
   "$bin/strata" --server "http://127.0.0.1:$g" bench produce --size 1024 --producers 2 --partitions 6 --duration "$DURATION" --json >"$WORK/$name.json"
   "$bin/strata" --server "http://127.0.0.1:$g" bench consume --size 1024 --partitions 6 --count 300000 --json >"$WORK/$name-consume.json"
-  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+  stop_all
   rm -rf "$WORK/data"
 }
 
 echo "A: $A"
 echo "B: $B"
-dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
-rm -f "$WORK/dd"
+dsync_rate "$WORK"
 printf '%-6s %-8s %12s %8s %12s %8s %7s\n' round bench A p99_ms B p99_ms B/A
 for r in $(seq 1 "$ROUNDS"); do
   # Alternate which build goes first, so neither always runs on a warmer machine.

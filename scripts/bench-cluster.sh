@@ -10,31 +10,16 @@
 #   cargo build --release --bins
 #   scripts/bench-cluster.sh [DURATION] [ROUNDS]
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 DURATION=${1:-10s}
 ROUNDS=${2:-3}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-cluster.XXXXXX")
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir cluster
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 1 600); do curl -sf "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "broker at $1 not ready" >&2; exit 1
-}
-stop_all() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
+stop_brokers() {
+  stop_all
   rm -rf "$WORK"/data*
 }
-rate() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_sec"]))' "$1"; }
-p99() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("p99_ms","-"))' "$1"; }
 
 standalone() { # -> servers
   local g h
@@ -61,12 +46,11 @@ bench() { # name -> json files (produce, then consume of a filled topic)
   "$BIN/strata" --server "$SERVERS" bench consume --size 1024 --partitions 6 --count 300000 --json >"$WORK/$1-consume.json"
 }
 
-dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
-rm -f "$WORK/dd"
+dsync_rate "$WORK"
 printf '%-6s %-8s %14s %10s %14s %10s %7s\n' round bench standalone p99_ms cluster_of_3 p99_ms ratio
 for r in $(seq 1 "$ROUNDS"); do
-  standalone; bench "s$r"; stop_all
-  trio; bench "c$r"; stop_all
+  standalone; bench "s$r"; stop_brokers
+  trio; bench "c$r"; stop_brokers
   for kind in produce consume; do
     f=""; [ "$kind" = consume ] && f="-consume"
     s=$(rate "$WORK/s$r$f.json"); c=$(rate "$WORK/c$r$f.json")

@@ -12,6 +12,7 @@
 # Release binaries from target/release (or $BIN), a fresh standalone broker
 # with durability none (so the disk does not dominate), 1 KiB messages.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 DURATION=${1:-10s}
 B_RATE=${2:-5000}
 A_QUOTA=${3:-1MiB/s}
@@ -29,11 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 1 400); do curl -sf "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "broker at $1 not ready" >&2; exit 1
-}
 PORT=$(free_port); HTTP=$(free_port)
 "$BIN/strata-broker" --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$HTTP" \
   --log-level warn >>"$WORK/broker.log" 2>&1 &

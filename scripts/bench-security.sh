@@ -8,21 +8,12 @@
 #   cargo build --release --bins
 #   scripts/bench-security.sh [DURATION] [ROUNDS]
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 DURATION=${1:-10s}
 ROUNDS=${2:-3}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-security.XXXXXX")
-PID=""
-cleanup() {
-  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+bench_workdir security
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rate() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_sec"]))' "$1"; }
-p99() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("p99_ms","-"))' "$1"; }
 
 # A CA and a server certificate for 127.0.0.1.
 (
@@ -45,14 +36,14 @@ start() { # mode -> SERVER, CLIENT_ARGS
     "$BIN/strata-broker" --data-dir "$WORK/data" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn \
       --tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key" --auth required --admin-token-file "$WORK/admin.token" \
       >>"$WORK/broker.log" 2>&1 &
-    PID=$!
+    PIDS=($!)
     SERVER="https://127.0.0.1:$g"
     CLIENT_ARGS=(--tls-ca "$WORK/ca.crt" --token "$(cat "$WORK/admin.token")")
     for _ in $(seq 1 400); do curl -sfk "https://127.0.0.1:$h/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done
   else
     "$BIN/strata-broker" --data-dir "$WORK/data" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn \
       >>"$WORK/broker.log" 2>&1 &
-    PID=$!
+    PIDS=($!)
     SERVER="http://127.0.0.1:$g"
     CLIENT_ARGS=()
     for _ in $(seq 1 400); do curl -sf "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done
@@ -60,16 +51,14 @@ start() { # mode -> SERVER, CLIENT_ARGS
   echo "broker ($1) not ready; see $WORK/broker.log" >&2
   exit 1
 }
-stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""; }
 bench() { # mode
   start "$1"
   "$BIN/strata" --server "$SERVER" "${CLIENT_ARGS[@]}" bench produce --size 1024 --producers 2 --duration "$DURATION" --json \
     >"$WORK/$1-$r.json"
-  stop
+  stop_all
 }
 
-dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
-rm -f "$WORK/dd"
+dsync_rate "$WORK"
 printf '%-6s %16s %8s %16s %8s %7s\n' round plain_anonymous p99_ms tls_and_token p99_ms ratio
 for r in $(seq 1 "$ROUNDS"); do
   bench plain

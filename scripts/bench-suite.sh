@@ -12,6 +12,7 @@
 # Prints one line per benchmark and writes the JSON reports to $OUT
 # (default: a temporary folder, removed at the end).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 DURATION=${1:-10s}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-suite.XXXXXX")
@@ -27,11 +28,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 1 400); do curl -sf "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "broker at $1 not ready" >&2; exit 1
-}
 start_broker() {
   rm -rf "$WORK/data"
   local h
@@ -61,8 +57,7 @@ print(f"{name:<28} " + " ".join(fmt(k, flat[k]) for k in keep))
 PY
 }
 
-dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
-rm -f "$WORK/dd"
+dsync_rate "$WORK"
 
 start_broker
 strata bench produce --size 1024 --producers 2 --duration "$DURATION" --json >"$OUT/produce.json"

@@ -15,6 +15,7 @@
 #   CONTROL=1        the "on" side untraced too (an A/A run: the noise floor)
 #   BROKER_TRACED=0  only the producing CLI traces (the client's share)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 ROUNDS=${1:-5}
 DURATION=${2:-5s}
 RATIO=${3:-0.01}
@@ -29,11 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() {
-  for _ in $(seq 1 400); do curl -sf "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done
-  echo "broker at $1 not ready" >&2; exit 1
-}
 
 SINK=$(free_port)
 "$BIN/examples/otlp_sink" "127.0.0.1:$SINK" >"$WORK/sink.log" 2>&1 &
@@ -43,8 +39,7 @@ OTEL=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK" OTEL_TRACES_SAMPLER=p
 BROKER_OTEL=("${OTEL[@]}")
 [ "${BROKER_TRACED:-1}" = 0 ] && BROKER_OTEL=(OTEL_SDK_DISABLED=true)
 
-dd if=/dev/zero of="$WORK/dd" bs=1M count=256 oflag=dsync 2>&1 | tail -1 | sed 's/^/dd 1 MiB O_DSYNC: /'
-rm -f "$WORK/dd"
+dsync_rate "$WORK"
 
 start_broker() { # traced(0/1) dir -> "pid grpc-port"
   local g h
@@ -67,7 +62,6 @@ bench() { # traced(0/1) port out-file
   fi
 }
 
-rate() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["msgs_per_sec"]))' "$1"; }
 
 # MODE=concurrent (default): each round runs an untraced and a traced pair
 # (broker + bench) at the same time, so both see the same machine: the
