@@ -39,7 +39,8 @@ fn pod_config(env: &TestEnv, pod: &str) -> strata_broker::Config {
     strata_broker::Config::load(Some(&file), &vars).unwrap()
 }
 
-async fn reconcile(env: &TestEnv) {
+/// One reconcile of BrokerCluster `main`.
+pub(crate) async fn reconcile(env: &TestEnv) {
     let obj: BrokerCluster = serde_json::from_value(env.fake.get(&cluster_path("main")).unwrap()).unwrap();
     broker_cluster::reconcile(Arc::new(obj), env.ctx.clone()).await.unwrap();
 }

@@ -5,13 +5,11 @@
 //! removing a principal, a namespace or the Tenant removes what was made.
 //! BrokerCluster: the generated admin token, and missing Secrets reported.
 
-use std::sync::Arc;
-
 use serde_json::json;
 use strata_client::{ConnectOptions, Message, TopicOptions};
-use strata_operator::broker_cluster::{self, BrokerCluster};
 use strata_operator::tenant::Tenant;
 
+use crate::cluster::reconcile;
 use crate::{CLUSTER_NS, TestEnv, cluster_path, path_of, secret_json, secret_value};
 
 fn tenant_path() -> String {
@@ -246,18 +244,13 @@ async fn removing_a_namespace_a_principal_or_the_tenant_removes_what_was_made() 
     assert_eq!(err.code(), Some(tonic::Code::Unauthenticated), "{err}");
 }
 
-async fn reconcile_cluster(env: &TestEnv) {
-    let obj: BrokerCluster = serde_json::from_value(env.fake.get(&cluster_path("main")).unwrap()).unwrap();
-    broker_cluster::reconcile(Arc::new(obj), env.ctx.clone()).await.unwrap();
-}
-
 #[tokio::test]
 async fn the_admin_token_secret_is_generated_once_and_owned_by_the_cluster() {
     let env = TestEnv::without_broker().await;
     let admin_path = path_of("v1", "Secret", CLUSTER_NS, "main-admin-token");
     env.fake.remove(&admin_path);
     env.fake.insert(crate::cluster_json("main"));
-    reconcile_cluster(&env).await;
+    reconcile(&env).await;
     let secret = env.fake.get(&admin_path).expect("the generated admin token");
     let token = secret_value(&secret, "token").unwrap();
     assert!(token.starts_with("strata_") && token.len() == "strata_".len() + 43, "{token}");
@@ -269,7 +262,7 @@ async fn the_admin_token_secret_is_generated_once_and_owned_by_the_cluster() {
     let volumes = sts["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
     assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "main-admin-token"), "{volumes:?}");
     // Never replaced.
-    reconcile_cluster(&env).await;
+    reconcile(&env).await;
     assert_eq!(secret_value(&env.fake.get(&admin_path).unwrap(), "token").unwrap(), token);
 }
 
@@ -279,7 +272,7 @@ async fn missing_user_named_secrets_are_reported_and_nothing_is_applied() {
     let mut c = crate::cluster_json("main");
     c["spec"]["auth"] = json!({"adminTokenSecret": "ops-token"});
     env.fake.insert(c);
-    reconcile_cluster(&env).await;
+    reconcile(&env).await;
     let (status, reason, message) = env.ready(&cluster_path("main"));
     assert_eq!((status.as_str(), reason.as_str()), ("False", "SecretNotFound"), "{message}");
     assert!(message.contains("spec.auth.adminTokenSecret: Secret strata/ops-token not found"), "{message}");
@@ -292,19 +285,19 @@ async fn missing_user_named_secrets_are_reported_and_nothing_is_applied() {
     // under clientAuth: require.
     env.fake.insert(secret_json(CLUSTER_NS, "ops-token", &[("token", "strata_ops")]));
     env.fake.update_spec(&cluster_path("main"), json!({"tls": {"secretName": "main-tls", "clientAuth": "require"}}));
-    reconcile_cluster(&env).await;
+    reconcile(&env).await;
     let (_, reason, message) = env.ready(&cluster_path("main"));
     assert_eq!(reason, "SecretNotFound", "{message}");
     assert!(message.contains("spec.tls.secretName: Secret strata/main-tls not found"), "{message}");
     env.fake.insert(secret_json(CLUSTER_NS, "main-tls", &[("tls.crt", "cert"), ("tls.key", "key")]));
-    reconcile_cluster(&env).await;
+    reconcile(&env).await;
     let (_, reason, message) = env.ready(&cluster_path("main"));
     assert_eq!(reason, "SecretKeyNotFound", "{message}");
     assert!(message.ends_with("has no key ca.crt"), "{message}");
     assert!(env.fake.get(&sts).is_none());
 
     env.fake.insert(secret_json(CLUSTER_NS, "main-tls", &[("tls.crt", "c"), ("tls.key", "k"), ("ca.crt", "ca")]));
-    reconcile_cluster(&env).await;
+    reconcile(&env).await;
     let sts = env.fake.get(&sts).expect("applied once every Secret is there");
     let volumes = sts["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
     assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "ops-token"));
