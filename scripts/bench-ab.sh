@@ -2,7 +2,8 @@
 # Standalone broker, build A against build B on the same machine, in
 # alternating rounds so both see the same machine (release builds, fsync
 # durability, 1 KiB messages, 2 producers, 6 partitions; then a consume of
-# the filled topic). Each build is benchmarked with its own `strata` CLI.
+# the filled topic). Each build is benchmarked with its own `strata` CLI, or
+# both with the CLI in the directory $CLI (to compare brokers alone).
 # The disk's O_DSYNC write rate is measured in the same run.
 #
 # Typical use: B is this checkout, A an older commit built elsewhere:
@@ -25,14 +26,15 @@ run() { # bin-dir name -> json files
   "$bin/strata-broker" --data-dir "$WORK/data" --listen "127.0.0.1:$g" --http-listen "127.0.0.1:$h" --log-level warn >>"$WORK/broker.log" 2>&1 &
   PIDS=($!)
   for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
-  "$bin/strata" --server "http://127.0.0.1:$g" bench produce --size 1024 --producers 2 --partitions 6 --duration "$DURATION" --json >"$WORK/$name.json"
-  "$bin/strata" --server "http://127.0.0.1:$g" bench consume --size 1024 --partitions 6 --count 300000 --json >"$WORK/$name-consume.json"
+  "${CLI:-$bin}/strata" --server "http://127.0.0.1:$g" bench produce --size 1024 --producers 2 --partitions 6 --duration "$DURATION" --json >"$WORK/$name.json"
+  "${CLI:-$bin}/strata" --server "http://127.0.0.1:$g" bench consume --size 1024 --partitions 6 --count 300000 --json >"$WORK/$name-consume.json"
   stop_all
   rm -rf "$WORK/data"
 }
 
 echo "A: $A"
 echo "B: $B"
+echo "CLI: ${CLI:-the one of each build}"
 dsync_rate "$WORK"
 printf '%-6s %-8s %12s %8s %12s %8s %7s\n' round bench A p99_ms B p99_ms B/A
 for r in $(seq 1 "$ROUNDS"); do
