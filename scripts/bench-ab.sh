@@ -36,14 +36,9 @@ echo "A: $A"
 echo "B: $B"
 echo "CLI: ${CLI:-the one of each build}"
 dsync_rate "$WORK"
-printf '%-6s %-8s %12s %8s %12s %8s %7s\n' round bench A p99_ms B p99_ms B/A
+printf '%-6s %-8s %14s %10s %14s %10s %7s\n' round bench A p99_ms B p99_ms B/A
 for r in $(seq 1 "$ROUNDS"); do
   # Alternate which build goes first, so neither always runs on a warmer machine.
   if [ $((r % 2)) -eq 1 ]; then run "$A" "a$r"; run "$B" "b$r"; else run "$B" "b$r"; run "$A" "a$r"; fi
-  for kind in produce consume; do
-    f=""; [ "$kind" = consume ] && f="-consume"
-    a=$(rate "$WORK/a$r$f.json"); b=$(rate "$WORK/b$r$f.json")
-    printf '%-6s %-8s %12s %8s %12s %8s %7s\n' "$r" "$kind" "$a" "$(p99 "$WORK/a$r$f.json")" "$b" "$(p99 "$WORK/b$r$f.json")" \
-      "$(python3 -c "print(f'{$b/$a:.3f}')")"
-  done
+  pair_rows "$r" "a$r" "b$r"
 done

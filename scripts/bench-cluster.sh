@@ -51,10 +51,5 @@ printf '%-6s %-8s %14s %10s %14s %10s %7s\n' round bench standalone p99_ms clust
 for r in $(seq 1 "$ROUNDS"); do
   standalone; bench "s$r"; stop_brokers
   trio; bench "c$r"; stop_brokers
-  for kind in produce consume; do
-    f=""; [ "$kind" = consume ] && f="-consume"
-    s=$(rate "$WORK/s$r$f.json"); c=$(rate "$WORK/c$r$f.json")
-    printf '%-6s %-8s %14s %10s %14s %10s %7s\n' "$r" "$kind" "$s" "$(p99 "$WORK/s$r$f.json")" "$c" "$(p99 "$WORK/c$r$f.json")" \
-      "$(python3 -c "print(f'{$c/$s:.3f}')")"
-  done
+  pair_rows "$r" "s$r" "c$r"
 done

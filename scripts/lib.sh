@@ -39,3 +39,16 @@ stop_all() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
+
+# One round's rows of a two-sided bench: `pair_rows ROUND A B` reads
+# $WORK/A.json and $WORK/A-consume.json (and B's) and prints, for produce
+# and consume, both rates and p99s and the ratio B/A.
+pair_rows() {
+  local kind f a b
+  for kind in produce consume; do
+    f=""; [ "$kind" = consume ] && f="-consume"
+    a=$(rate "$WORK/$2$f.json"); b=$(rate "$WORK/$3$f.json")
+    printf '%-6s %-8s %14s %10s %14s %10s %7s\n' "$1" "$kind" "$a" "$(p99 "$WORK/$2$f.json")" "$b" "$(p99 "$WORK/$3$f.json")" \
+      "$(python3 -c "print(f'{$b/$a:.3f}')")"
+  done
+}
