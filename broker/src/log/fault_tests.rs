@@ -295,3 +295,39 @@ proptest! {
         }
     }
 }
+
+/// A lazy append asks for no fsync of its own: its bytes stay above the
+/// high watermark (and a power loss may take them) until the next append
+/// that asks for one, whose group commit makes both durable.
+#[tokio::test]
+async fn a_lazy_append_becomes_durable_with_the_next_synced_one() {
+    let fs = FaultFs::new();
+    let (log, _) = open(&fs, "/data/j-0", 1 << 20);
+    tokio::spawn(log.clone().run_syncer());
+    let a = try_append(&log, &["a"]).unwrap();
+    log.wait_durable(a.last_offset + 1).await.unwrap();
+    let syncs = fs.stats().syncs;
+
+    let (mut bytes, header) = batch(&["lazy".to_owned()]);
+    let lazy = log.append_lazily(&mut bytes, &header, 1000).unwrap();
+    assert_eq!(lazy.base_offset, 1);
+    assert_eq!(log.high_watermark(), 1, "not published before it is durable");
+    assert_eq!(fs.stats().syncs, syncs, "no fsync asked for");
+
+    // Power loss now may lose it, and loses nothing else.
+    log.close();
+    fs.power_loss();
+    let (log, _) = open(&fs, "/data/j-0", 1 << 20);
+    tokio::spawn(log.clone().run_syncer());
+    assert_eq!(values(&log), ["a"]);
+
+    // A lazy append followed by a synced one: one group commit covers both.
+    let (mut bytes, header) = batch(&["lazy".to_owned()]);
+    log.append_lazily(&mut bytes, &header, 1000).unwrap();
+    let c = try_append(&log, &["c"]).unwrap();
+    log.wait_durable(c.last_offset + 1).await.unwrap();
+    log.close();
+    fs.power_loss();
+    let (log, _) = open(&fs, "/data/j-0", 1 << 20);
+    assert_eq!(values(&log), ["a", "lazy", "c"]);
+}

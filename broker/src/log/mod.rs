@@ -394,6 +394,25 @@ impl PartitionLog {
     /// Blocking (file I/O). In `fsync` mode the caller must then wait with
     /// [`PartitionLog::wait_durable`] before acknowledging.
     pub fn append(&self, batch: &mut [u8], header: &BatchHeader, now_ms: i64) -> Result<Appended, LogError> {
+        self.append_with(batch, header, now_ms, true)
+    }
+
+    /// Appends like [`PartitionLog::append`], but does not ask the group
+    /// commit to run: the bytes become durable with the next append that
+    /// does (or at a flush, a roll or shutdown). For records a crash may
+    /// lose without breaking a promise (a queue's delivery counts); nobody
+    /// may wait for them to become durable on their own.
+    pub fn append_lazily(&self, batch: &mut [u8], header: &BatchHeader, now_ms: i64) -> Result<Appended, LogError> {
+        self.append_with(batch, header, now_ms, false)
+    }
+
+    fn append_with(
+        &self,
+        batch: &mut [u8],
+        header: &BatchHeader,
+        now_ms: i64,
+        sync: bool,
+    ) -> Result<Appended, LogError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
@@ -444,7 +463,8 @@ impl PartitionLog {
                 st.active.release();
                 self.hw.send_replace(st.visible_end);
             }
-            Durability::Fsync => self.sync_needed.notify_one(),
+            Durability::Fsync if sync => self.sync_needed.notify_one(),
+            Durability::Fsync => {}
         }
         Ok(Appended { base_offset: base, last_offset: stamped.last_offset(), append_time_ms: now_ms, duplicate: false })
     }

@@ -234,9 +234,15 @@ impl QueueManager {
                             entry.delivered_counts.push(l.deliveries);
                         }
                     }
-                    // Delivery counts need not be durable before delivering
-                    // (a crash may under-count one delivery); acks are.
-                    q.journal(&mut inner, &entry)?;
+                    // Delivery counts need not be durable before delivering,
+                    // nor on their own (a crash may under-count one
+                    // delivery): they ride on the next fsync of the journal.
+                    // Acks are made durable.
+                    if auto_ack {
+                        q.journal(&mut inner, &entry)?;
+                    } else {
+                        q.journal_lazily(&mut inner, &entry)?;
+                    }
                 }
                 (leases, outcome)
             };

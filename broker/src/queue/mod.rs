@@ -158,6 +158,18 @@ impl Queue {
     /// taken under the lock match the journal exactly). Returns the offset
     /// after it, to wait for durability.
     fn journal(&self, inner: &mut Inner, entry: &JournalEntry) -> Result<u64, BrokerError> {
+        self.journal_with(inner, entry, true)
+    }
+
+    /// Journals an entry without asking for an fsync of its own: it becomes
+    /// durable with the next journal write that asks (an ack, a nack, a
+    /// timer's outcome) or at a flush. For delivery counts only: a crash may
+    /// under-count a delivery, never lose an ack.
+    fn journal_lazily(&self, inner: &mut Inner, entry: &JournalEntry) -> Result<u64, BrokerError> {
+        self.journal_with(inner, entry, false)
+    }
+
+    fn journal_with(&self, inner: &mut Inner, entry: &JournalEntry, sync: bool) -> Result<u64, BrokerError> {
         if entry.is_empty() {
             return Ok(0);
         }
@@ -167,7 +179,12 @@ impl Queue {
         let header = strata_proto::batch::BatchHeader::parse(&batch)
             .map_err(|source| BrokerError::Batch { resource: self.label(), source })?;
         let mut owned = batch.to_vec();
-        let appended = self.journal.append(&mut owned, &header, now_ms()).map_err(|e| self.log_error(e))?;
+        let appended = if sync {
+            self.journal.append(&mut owned, &header, now_ms())
+        } else {
+            self.journal.append_lazily(&mut owned, &header, now_ms())
+        }
+        .map_err(|e| self.log_error(e))?;
         inner.since_snapshot += 1;
         Ok(appended.last_offset + 1)
     }
