@@ -27,6 +27,21 @@
 
 #![warn(missing_docs)]
 
+/// Builder setters: `name(arg: Type, ...) => field = value;` makes
+/// `pub fn name(mut self, arg: Type, ...) -> Self { self.field = value; self }`,
+/// with the doc comments written above each line.
+macro_rules! setters {
+    ($($(#[$attr:meta])* $name:ident($($arg:ident: $ty:ty),+) => $field:ident = $value:expr;)*) => {
+        $(
+            $(#[$attr])*
+            pub fn $name(mut self, $($arg: $ty),+) -> Self {
+                self.$field = $value;
+                self
+            }
+        )*
+    };
+}
+
 mod admin;
 mod client;
 mod connect;

@@ -129,16 +129,11 @@ impl Message {
         self
     }
 
-    /// Sets the timestamp, in milliseconds since the Unix epoch.
-    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
-        self.timestamp = Some(timestamp_ms);
-        self
-    }
-
-    /// Sends to this partition, overriding the key hash.
-    pub fn with_partition(mut self, partition: u32) -> Self {
-        self.partition = Some(partition);
-        self
+    setters! {
+        /// Sets the timestamp, in milliseconds since the Unix epoch.
+        with_timestamp(timestamp_ms: i64) => timestamp = Some(timestamp_ms);
+        /// Sends to this partition, overriding the key hash.
+        with_partition(partition: u32) => partition = Some(partition);
     }
 
     /// Bytes the message takes in a batch, with its trace context.

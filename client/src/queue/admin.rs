@@ -62,70 +62,29 @@ impl QueueOptions {
         Self::default()
     }
 
-    /// How long a received message stays invisible to other receivers before it is delivered again.
-    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
-        self.visibility_timeout = Some(timeout);
-        self
-    }
-
-    /// Deliveries after which a message goes to the dead-letter queue (or is dropped).
-    pub fn max_deliveries(mut self, n: u32) -> Self {
-        self.max_deliveries = Some(n);
-        self
-    }
-
-    /// The queue that takes messages after `max_deliveries`.
-    pub fn dead_letter_queue(mut self, queue: impl Into<String>) -> Self {
-        self.dead_letter_queue = Some(queue.into());
-        self
-    }
-
-    /// Delay before a nacked message is delivered again, growing from `min` to `max`.
-    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.retry_backoff = Some((min, max));
-        self
-    }
-
-    /// Default delay before a sent message becomes visible.
-    pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
-        self
-    }
-
-    /// Default time to live of a message.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// What happens to a message whose time to live ran out.
-    pub fn ttl_action(mut self, action: TtlAction) -> Self {
-        self.ttl_action = Some(action);
-        self
-    }
-
-    /// FIFO: messages of one group are delivered one at a time, in order.
-    pub fn fifo(mut self, fifo: bool) -> Self {
-        self.fifo = Some(fifo);
-        self
-    }
-
-    /// How long a dedup id is remembered.
-    pub fn dedup_window(mut self, window: Duration) -> Self {
-        self.dedup_window = Some(window);
-        self
-    }
-
-    /// Number of priority levels (`0..levels`).
-    pub fn priorities(mut self, levels: u32) -> Self {
-        self.priorities = Some(levels);
-        self
-    }
-
-    /// When a sent message counts as stored (fsync or not).
-    pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = Some(durability);
-        self
+    setters! {
+        /// How long a received message stays invisible to other receivers before it is delivered again.
+        visibility_timeout(timeout: Duration) => visibility_timeout = Some(timeout);
+        /// Deliveries after which a message goes to the dead-letter queue (or is dropped).
+        max_deliveries(n: u32) => max_deliveries = Some(n);
+        /// The queue that takes messages after `max_deliveries`.
+        dead_letter_queue(queue: impl Into<String>) => dead_letter_queue = Some(queue.into());
+        /// Delay before a nacked message is delivered again, growing from `min` to `max`.
+        retry_backoff(min: Duration, max: Duration) => retry_backoff = Some((min, max));
+        /// Default delay before a sent message becomes visible.
+        delay(delay: Duration) => delay = Some(delay);
+        /// Default time to live of a message.
+        ttl(ttl: Duration) => ttl = Some(ttl);
+        /// What happens to a message whose time to live ran out.
+        ttl_action(action: TtlAction) => ttl_action = Some(action);
+        /// FIFO: messages of one group are delivered one at a time, in order.
+        fifo(fifo: bool) => fifo = Some(fifo);
+        /// How long a dedup id is remembered.
+        dedup_window(window: Duration) => dedup_window = Some(window);
+        /// Number of priority levels (`0..levels`).
+        priorities(levels: u32) => priorities = Some(levels);
+        /// When a sent message counts as stored (fsync or not).
+        durability(durability: Durability) => durability = Some(durability);
     }
 
     /// The wire form: unset fields stay unset.

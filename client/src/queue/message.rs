@@ -55,34 +55,17 @@ impl QueueMessage {
         QueueMessage { body: body.into(), ..Self::default() }
     }
 
-    /// Sets the priority (higher is received first).
-    pub fn priority(mut self, priority: u32) -> Self {
-        self.priority = priority;
-        self
-    }
-
-    /// Delivers the message no earlier than `delay` from now.
-    pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
-        self
-    }
-
-    /// Sets the time to live (the queue's TTL action applies after it).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// Sets the FIFO group (order is kept within a group).
-    pub fn group(mut self, group: impl Into<String>) -> Self {
-        self.group = Some(group.into());
-        self
-    }
-
-    /// Sets the deduplication id: a second send with it within the queue's dedup window is not stored.
-    pub fn dedup_id(mut self, id: impl Into<String>) -> Self {
-        self.dedup_id = Some(id.into());
-        self
+    setters! {
+        /// Sets the priority (higher is received first).
+        priority(priority: u32) => priority = priority;
+        /// Delivers the message no earlier than `delay` from now.
+        delay(delay: Duration) => delay = Some(delay);
+        /// Sets the time to live (the queue's TTL action applies after it).
+        ttl(ttl: Duration) => ttl = Some(ttl);
+        /// Sets the FIFO group (order is kept within a group).
+        group(group: impl Into<String>) => group = Some(group.into());
+        /// Sets the deduplication id: a second send with it within the queue's dedup window is not stored.
+        dedup_id(id: impl Into<String>) => dedup_id = Some(id.into());
     }
 
     /// Adds a header (repeatable).
@@ -91,22 +74,13 @@ impl QueueMessage {
         self
     }
 
-    /// Sets the key (used by bindings' key filters).
-    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Request-reply: the queue the receiver should answer on.
-    pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
-        self.reply_to = Some(queue.into());
-        self
-    }
-
-    /// Request-reply: the id that pairs an answer with its request.
-    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.correlation_id = Some(id.into());
-        self
+    setters! {
+        /// Sets the key (used by bindings' key filters).
+        key(key: impl Into<Bytes>) => key = Some(key.into());
+        /// Request-reply: the queue the receiver should answer on.
+        reply_to(queue: impl Into<String>) => reply_to = Some(queue.into());
+        /// Request-reply: the id that pairs an answer with its request.
+        correlation_id(id: impl Into<String>) => correlation_id = Some(id.into());
     }
 
     pub(crate) fn into_proto(self) -> pb::OutgoingMessage {

@@ -73,30 +73,17 @@ impl Client {
 }
 
 impl Receiver {
-    /// Up to this many messages per [`receive`](Self::receive) (1 to 1000).
-    pub fn max_messages(mut self, n: u32) -> Self {
-        self.max_messages = n.clamp(1, MAX_RECEIVE_MESSAGES);
-        self
-    }
-
-    /// How long `receive` waits for a first message (zero: not at all).
-    pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
-        self
-    }
-
-    /// Lease received messages for this long instead of the queue's
-    /// visibility timeout.
-    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
-        self.visibility_timeout = Some(timeout);
-        self
-    }
-
-    /// Acknowledge messages as they are delivered: at-most-once (a message
-    /// is lost if the application fails after receiving it).
-    pub fn auto_ack(mut self, auto_ack: bool) -> Self {
-        self.auto_ack = auto_ack;
-        self
+    setters! {
+        /// Up to this many messages per [`receive`](Self::receive) (1 to 1000).
+        max_messages(n: u32) => max_messages = n.clamp(1, MAX_RECEIVE_MESSAGES);
+        /// How long `receive` waits for a first message (zero: not at all).
+        wait(wait: Duration) => wait = wait;
+        /// Lease received messages for this long instead of the queue's
+        /// visibility timeout.
+        visibility_timeout(timeout: Duration) => visibility_timeout = Some(timeout);
+        /// Acknowledge messages as they are delivered: at-most-once (a message
+        /// is lost if the application fails after receiving it).
+        auto_ack(auto_ack: bool) => auto_ack = auto_ack;
     }
 
     /// Ends the previous batch's `process` spans and starts this batch's.
