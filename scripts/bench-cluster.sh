@@ -13,7 +13,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 DURATION=${1:-10s}
 ROUNDS=${2:-3}
-BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 bench_workdir cluster
 
 stop_brokers() {

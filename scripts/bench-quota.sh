@@ -19,7 +19,6 @@ B_RATE=${2:-5000}
 A_QUOTA=${3:-1MiB/s}
 A_PRODUCERS=${A_PRODUCERS:-8}
 ROUNDS=${ROUNDS:-5}
-BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-quota.XXXXXX")
 BROKER_PID=""
 A_PID=""

@@ -14,7 +14,6 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 DURATION=${1:-10s}
-BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-suite.XXXXXX")
 OUT=${OUT:-$WORK/out}
 mkdir -p "$OUT"

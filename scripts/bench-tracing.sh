@@ -19,7 +19,6 @@ set -euo pipefail
 ROUNDS=${1:-5}
 DURATION=${2:-5s}
 RATIO=${3:-0.01}
-BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/strata-bench-tracing.XXXXXX")
 SINK_PID=""
 BROKER_PID=""

@@ -1,5 +1,9 @@
 # Shared helpers of the bench scripts: `. "$(dirname "$0")/lib.sh"`.
 
+# The release binaries (`cargo build --release --bins`), unless BIN names
+# another folder.
+BIN=${BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release}
+
 # A free loopback port (the kernel picks it).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -896,6 +896,11 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// The error of loading the defaults with this one environment variable set.
+    fn env_error(key: &str, value: &str) -> String {
+        Config::load(None, &env(&[(key, value)])).unwrap_err().to_string()
+    }
+
     #[test]
     fn defaults_match_the_documented_standalone_setup() {
         let c = Config::load(None, &HashMap::new()).unwrap();
@@ -951,9 +956,9 @@ mod tests {
         assert!(c.tier.s3.allow_http);
         let d = Config::default();
         assert!(d.tier.cold_store_url(Path::new("/var/lib/strata")).starts_with("file:///var/lib/strata/cold"));
-        let err = Config::load(None, &env(&[("STRATA_TIER_S3_NOPE", "1")])).unwrap_err().to_string();
+        let err = env_error("STRATA_TIER_S3_NOPE", "1");
         assert!(err.contains("nope"), "{err}");
-        let err = Config::load(None, &env(&[("STRATA_TIER_UPLOAD_CONCURRENCY", "0")])).unwrap_err().to_string();
+        let err = env_error("STRATA_TIER_UPLOAD_CONCURRENCY", "0");
         assert!(err.contains("upload_concurrency"), "{err}");
     }
 
@@ -966,17 +971,17 @@ mod tests {
         assert!(err.contains("data_dri"), "{err}");
         std::fs::write(&path, "[stroage]\n").unwrap();
         assert!(Config::load(Some(&path), &HashMap::new()).is_err());
-        let err = Config::load(None, &env(&[("STRATA_STORAGE_NOPE", "1")])).unwrap_err().to_string();
+        let err = env_error("STRATA_STORAGE_NOPE", "1");
         assert!(err.contains("nope"), "{err}");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        let err = Config::load(None, &env(&[("STRATA_LIMITS_MAX_RECORD_BYTES", "lots")])).unwrap_err().to_string();
+        let err = env_error("STRATA_LIMITS_MAX_RECORD_BYTES", "lots");
         assert!(err.contains("not a size"), "{err}");
-        let err = Config::load(None, &env(&[("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "10")])).unwrap_err().to_string();
+        let err = env_error("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "10");
         assert!(err.contains("segment_bytes"), "{err}");
-        let err = Config::load(None, &env(&[("STRATA_LIMITS_MAX_BATCH_BYTES", "1KiB")])).unwrap_err().to_string();
+        let err = env_error("STRATA_LIMITS_MAX_BATCH_BYTES", "1KiB");
         assert!(err.contains("max_batch_bytes"), "{err}");
     }
 

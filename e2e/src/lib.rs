@@ -45,14 +45,9 @@ impl Prerequisites {
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let repo = repo.canonicalize().unwrap_or(repo);
         let k8s_dir = std::env::var_os("STRATA_K8S_DIR").map_or_else(|| repo.join("../shared/k8s"), PathBuf::from);
-        for f in ["start-control-plane.sh", "stop-control-plane.sh", "kubesim/kubesim.py"] {
-            if !k8s_dir.join(f).is_file() {
-                return Err(format!(
-                    "no Kubernetes control plane: {} is missing (set STRATA_K8S_DIR to the shared/k8s folder)",
-                    k8s_dir.join(f).display()
-                ));
-            }
-        }
+        require_files(&k8s_dir, &["start-control-plane.sh", "stop-control-plane.sh", "kubesim/kubesim.py"], |f| {
+            format!("no Kubernetes control plane: {f} is missing (set STRATA_K8S_DIR to the shared/k8s folder)")
+        })?;
         let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
         if uid.ok().as_deref() != Some("0") {
             return Err("kubesim needs root (it creates network namespaces)".into());
@@ -79,15 +74,18 @@ impl Prerequisites {
             );
         }
         let bin_dir = std::env::var_os("STRATA_E2E_BIN_DIR").map_or_else(|| repo.join("target/release"), PathBuf::from);
-        for b in ["strata-broker", "strata", "strata-operator"] {
-            if !bin_dir.join(b).is_file() {
-                return Err(format!(
-                    "{} is missing (cargo xtask e2e builds it, or set STRATA_E2E_BIN_DIR)",
-                    bin_dir.join(b).display()
-                ));
-            }
-        }
+        require_files(&bin_dir, &["strata-broker", "strata", "strata-operator"], |b| {
+            format!("{b} is missing (cargo xtask e2e builds it, or set STRATA_E2E_BIN_DIR)")
+        })?;
         Ok(Prerequisites { repo, k8s_dir, bin_dir })
+    }
+}
+
+/// `Err(missing(path))` for the first of `names` in `dir` that is not a file.
+fn require_files(dir: &Path, names: &[&str], missing: impl Fn(std::path::Display<'_>) -> String) -> Result<(), String> {
+    match names.iter().map(|n| dir.join(n)).find(|p| !p.is_file()) {
+        Some(path) => Err(missing(path.display())),
+        None => Ok(()),
     }
 }
 

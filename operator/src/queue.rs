@@ -418,20 +418,19 @@ impl BrokerResource for Queue {
             .iter()
             .map(|b| (b.topic.clone(), b.filter.clone().map(BindingFilter::from).unwrap_or_default()))
             .collect();
-        for (topic, filter) in wanted.iter().filter(|w| !present.contains(w)) {
-            broker
-                .bind(&name, topic, filter.clone())
-                .await
-                .map_err(|e| Blocked::from_client(&format!("bind queue {name} to topic {topic}"), &e))?;
-            let what = format!("queue {name}: binding to {topic} ({filter}) added");
-            if was_in_sync { report.drift.push(what) } else { report.changes.push(what) }
-        }
-        for (topic, filter) in present.iter().filter(|p| !wanted.contains(p)) {
-            broker
-                .unbind(&name, topic, filter.clone())
-                .await
-                .map_err(|e| Blocked::from_client(&format!("unbind queue {name} from topic {topic}"), &e))?;
-            let what = format!("queue {name}: binding to {topic} ({filter}) removed");
+        // Missing bindings are added first, then stray ones removed.
+        let added = wanted.iter().filter(|w| !present.contains(w)).map(|b| (b, true));
+        let removed = present.iter().filter(|p| !wanted.contains(p)).map(|b| (b, false));
+        for ((topic, filter), add) in added.chain(removed) {
+            let (result, doing, done) = if add {
+                let r = broker.bind(&name, topic, filter.clone()).await.map(drop);
+                (r, format!("bind queue {name} to topic {topic}"), "added")
+            } else {
+                let r = broker.unbind(&name, topic, filter.clone()).await;
+                (r, format!("unbind queue {name} from topic {topic}"), "removed")
+            };
+            result.map_err(|e| Blocked::from_client(&doing, &e))?;
+            let what = format!("queue {name}: binding to {topic} ({filter}) {done}");
             if was_in_sync { report.drift.push(what) } else { report.changes.push(what) }
         }
         let stats = desc.stats.unwrap_or_default();

@@ -14,14 +14,9 @@ pub(crate) async fn run(client: &Client, cmd: GroupCommand) -> anyhow::Result<()
             groups.sort_by(|a, b| a.group.cmp(&b.group));
             let rows: Vec<Vec<String>> =
                 groups.iter().map(|g| vec![g.group.clone(), g.members.to_string(), g.state.clone()]).collect();
-            print!("{}", table(&rows));
-            Ok(())
+            super::show(table(&rows))
         }
-        GroupCommand::Describe { group } => {
-            let description = client.describe_group(&group).await?;
-            print!("{}", describe(&description));
-            Ok(())
-        }
+        GroupCommand::Describe { group } => super::show(describe(&client.describe_group(&group).await?)),
         GroupCommand::Reset(args) => reset(client, args).await,
         GroupCommand::Delete { group } => {
             client.delete_group(&group).await.map_err(|e| with_hint(e, "stop its consumers first"))?;
@@ -36,8 +31,7 @@ async fn reset(client: &Client, args: ResetGroupArgs) -> anyhow::Result<()> {
         .reset_group_offsets(&args.group, &args.topic, args.to, &args.partitions, args.force)
         .await
         .map_err(|e| with_hint(e, "stop its consumers or pass --force"))?;
-    print!("{}", offsets_table(&offsets));
-    Ok(())
+    super::show(offsets_table(&offsets))
 }
 
 /// Adds what to do to a "group has members" refusal.

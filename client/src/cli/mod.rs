@@ -492,6 +492,12 @@ pub(crate) fn one_line_parse_error(err: &clap::Error) -> String {
     one_line(text)
 }
 
+/// Prints a rendered table or description (it ends with its own newline).
+pub(crate) fn show(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    print!("{text}");
+    Ok(())
+}
+
 /// Collapses whitespace (newlines included) into single spaces.
 pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")

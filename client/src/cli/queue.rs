@@ -209,14 +209,9 @@ pub(crate) async fn run(client: &Client, cmd: QueueCommand) -> anyhow::Result<()
         QueueCommand::List => {
             let mut queues = client.list_queues().await?;
             queues.sort_by(|a, b| a.name.cmp(&b.name));
-            print!("{}", list(&queues));
-            Ok(())
+            super::show(list(&queues))
         }
-        QueueCommand::Describe { name } => {
-            let d = client.describe_queue(&name).await?;
-            print!("{}", describe(&d));
-            Ok(())
-        }
+        QueueCommand::Describe { name } => super::show(describe(&client.describe_queue(&name).await?)),
         QueueCommand::Delete { name, if_empty } => {
             // (A QUEUE_IN_USE refusal already says what to change.)
             client.delete_queue(&name, if_empty).await.map_err(|e| match e.error_code() {

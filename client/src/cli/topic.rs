@@ -17,14 +17,9 @@ pub(crate) async fn run(client: &Client, cmd: TopicCommand) -> anyhow::Result<()
                 .iter()
                 .map(|t| vec![t.name.clone(), t.partitions.to_string(), durability_name(t.durability).to_owned()])
                 .collect();
-            print!("{}", table(&rows));
-            Ok(())
+            super::show(table(&rows))
         }
-        TopicCommand::Describe { name } => {
-            let description = client.describe_topic(&name).await?;
-            print!("{}", describe(&description));
-            Ok(())
-        }
+        TopicCommand::Describe { name } => super::show(describe(&client.describe_topic(&name).await?)),
         TopicCommand::AddPartitions { name, partitions } => {
             let d = client.add_partitions(&name, partitions).await?;
             println!("topic {} now has {} partitions", d.name, d.partitions);

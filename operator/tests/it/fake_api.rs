@@ -138,23 +138,25 @@ impl FakeApi {
 
     /// Changes an object's spec like `kubectl apply` would: bumps its generation.
     pub fn update_spec(&self, path: &str, patch: Value) {
-        let mut st = self.state.lock().unwrap();
-        st.next_rv += 1;
-        let rv = st.next_rv;
-        let obj = st.objects.get_mut(path).expect("object exists");
-        merge(&mut obj["spec"], &patch);
-        let generation = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
-        obj["metadata"]["generation"] = json!(generation);
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.update(path, "spec", patch, true);
     }
 
     /// Sets metadata fields (annotations, ...) without a generation change.
     pub fn update_meta(&self, path: &str, patch: Value) {
+        self.update(path, "metadata", patch, false);
+    }
+
+    /// Merges `patch` into the object's `field` under a new resource version.
+    fn update(&self, path: &str, field: &str, patch: Value, new_generation: bool) {
         let mut st = self.state.lock().unwrap();
         st.next_rv += 1;
         let rv = st.next_rv;
         let obj = st.objects.get_mut(path).expect("object exists");
-        merge(&mut obj["metadata"], &patch);
+        merge(&mut obj[field], &patch);
+        if new_generation {
+            let generation = obj["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            obj["metadata"]["generation"] = json!(generation);
+        }
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
     }
 
