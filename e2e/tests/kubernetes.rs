@@ -274,6 +274,30 @@ fn consume_all(cluster: &Cluster, server: &str, token: &str) -> anyhow::Result<B
     consume(cluster, server, token, "orders", MESSAGES)
 }
 
+/// `strata cluster describe --json` answered by `server`.
+fn cluster_view(cluster: &Cluster, server: &str, token: &str) -> anyhow::Result<Value> {
+    let text = cluster.strata(
+        &["--server", server, "--token", token, "cluster", "describe", "--json"],
+        None,
+        Duration::from_secs(30),
+    )?;
+    serde_json::from_str(&text).with_context(|| text.clone())
+}
+
+/// Applies a BrokerCluster `name` in namespace strata (`replicas` brokers
+/// with 1Gi volumes) and waits until it is Ready.
+fn apply_broker_cluster(cluster: &Cluster, name: &str, replicas: u32) -> anyhow::Result<()> {
+    let spec = json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
+        "metadata": {"name": name, "namespace": "strata"},
+        "spec": {"replicas": replicas, "storage": {"size": "1Gi"}}
+    });
+    cluster.kubectl_in(&["apply", "-f", "-"], Some(&spec.to_string()))?;
+    let resource = format!("brokercluster/{name}");
+    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", &resource, "--timeout=240s"])?;
+    Ok(())
+}
+
 /// The cluster-admin token of BrokerCluster `name` (the Secret the operator
 /// generated, key `token`).
 fn admin_token(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
@@ -460,13 +484,7 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     // The node is in a zone: the operator copies it into each broker pod's
     // annotation, which the broker reads as its zone file.
     cluster.kubectl(&["label", "node", NODE, &format!("topology.kubernetes.io/zone={ZONE}"), "--overwrite"])?;
-    let trio = json!({
-        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
-        "metadata": {"name": "trio", "namespace": "strata"},
-        "spec": {"replicas": 3, "storage": {"size": "1Gi"}}
-    });
-    cluster.kubectl_in(&["apply", "-f", "-"], Some(&trio.to_string()))?;
-    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/trio", "--timeout=240s"])?;
+    apply_broker_cluster(cluster, "trio", 3)?;
     // Auth required: the brokers authenticate to each other with the admin token too.
     let token = admin_token(cluster, "trio")?;
     let servers: Vec<String> = (0..3)
@@ -474,17 +492,12 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut leaders = BTreeSet::new();
     for server in &servers {
-        let text = cluster.strata(
-            &["--server", server, "--token", &token, "cluster", "describe", "--json"],
-            None,
-            Duration::from_secs(30),
-        )?;
-        let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+        let view = cluster_view(cluster, server, &token)?;
         let mut ids: Vec<u64> =
             view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["id"].as_u64()).collect();
         ids.sort_unstable();
-        ensure!(ids == [0, 1, 2], "{server} knows brokers {ids:?}: {text}");
-        leaders.insert(view["leader_id"].as_u64().with_context(|| format!("{server} has no metadata leader: {text}"))?);
+        ensure!(ids == [0, 1, 2], "{server} knows brokers {ids:?}: {view}");
+        leaders.insert(view["leader_id"].as_u64().with_context(|| format!("{server} has no metadata leader: {view}"))?);
     }
     ensure!(leaders.len() == 1, "the brokers disagree on the metadata leader: {leaders:?}");
     let leader = leaders.into_iter().next().unwrap_or_default();
@@ -518,12 +531,7 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
     ));
     wait_for(&format!("every broker of trio to report zone {ZONE}"), Duration::from_secs(90), || {
-        let text = cluster.strata(
-            &["--server", &servers[2], "--token", &token, "cluster", "describe", "--json"],
-            None,
-            Duration::from_secs(30),
-        )?;
-        let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+        let view = cluster_view(cluster, &servers[2], &token)?;
         let zones: Vec<&str> =
             view["brokers"].as_array().into_iter().flatten().filter_map(|b| b["zone"].as_str()).collect();
         Ok((zones == [ZONE; 3]).then_some(()))
@@ -666,13 +674,7 @@ fn scale(cluster: &Cluster, name: &str, replicas: u32) -> anyhow::Result<()> {
 /// refused (`ScalingBlocked`) while the cluster keeps its size.
 fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
     const KEPT: usize = 300;
-    let grow = json!({
-        "apiVersion": "strata.dev/v1alpha1", "kind": "BrokerCluster",
-        "metadata": {"name": "grow", "namespace": "strata"},
-        "spec": {"replicas": 1, "storage": {"size": "1Gi"}}
-    });
-    cluster.kubectl_in(&["apply", "-f", "-"], Some(&grow.to_string()))?;
-    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/grow", "--timeout=240s"])?;
+    apply_broker_cluster(cluster, "grow", 1)?;
     let first = format!("http://{}:7070", pod_ip(cluster, "strata", "grow-0")?);
     let token = admin_token(cluster, "grow")?;
     cluster.strata(
@@ -751,12 +753,7 @@ fn growing_cluster(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
         None,
         Duration::from_secs(30),
     )?;
-    let text = cluster.strata(
-        &["--server", &servers[0], "--token", &token, "cluster", "describe", "--json"],
-        None,
-        Duration::from_secs(30),
-    )?;
-    let view: Value = serde_json::from_str(&text).with_context(|| text.clone())?;
+    let view = cluster_view(cluster, &servers[0], &token)?;
     let mut owned: Vec<(u64, u64)> = view["brokers"]
         .as_array()
         .into_iter()

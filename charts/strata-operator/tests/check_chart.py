@@ -206,6 +206,16 @@ def validate(doc: dict) -> None:
         FAILURES.append(f"{kind} {doc.get('metadata', {}).get('name')}: {e}")
 
 
+def lint_render_validate(values: dict) -> list[dict]:
+    """Lints the chart with `values`, renders it and validates every
+    manifest: the rendered manifests."""
+    lint(values)
+    docs = render(values)
+    for d in docs:
+        validate(d)
+    return docs
+
+
 def normalise(rules: list[dict]) -> list[dict]:
     return [{k: sorted(r[k]) for k in ("apiGroups", "resources", "verbs")} for r in rules]
 
@@ -295,10 +305,7 @@ def main() -> int:
         "telemetry": {"otlpEndpoint": "http://otel-collector.observability:4317", "sampler": "parentbased_traceidratio", "samplerArg": "0.1"},
     }
     print("BrokerCluster + operator telemetry:")
-    lint(with_cluster)
-    docs = render(with_cluster)
-    for d in docs:
-        validate(d)
+    docs = lint_render_validate(with_cluster)
     clusters = [d for d in docs if d["kind"] == "BrokerCluster"]
     check(len(clusters) == 1, "brokerCluster.enabled renders one BrokerCluster")
     for bc in clusters:
@@ -329,10 +336,7 @@ def main() -> int:
              "certManager": {"enabled": True, "issuerRef": {"name": "strata-ca", "kind": "ClusterIssuer"}}},
     ))
     print("BrokerCluster with TLS from cert-manager:")
-    lint(with_tls)
-    docs = render(with_tls)
-    for d in docs:
-        validate(d)
+    docs = lint_render_validate(with_tls)
     certs = [d for d in docs if d["kind"] == "Certificate"]
     bc = next(d for d in docs if d["kind"] == "BrokerCluster")
     check(len(certs) == 1, "tls.certManager.enabled renders one Certificate")

@@ -9,7 +9,7 @@ use strata_client::{BindingFilter, Client, Durability, ErrorCode, QueueDescripti
 
 use super::DurabilityArg;
 use super::parse;
-use super::topic::table;
+use super::topic::{durability_name, table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum QueueCommand {
@@ -278,15 +278,6 @@ fn opt_ms(v: Option<i64>, zero: &str) -> String {
         None => "-".into(),
         Some(0) => zero.into(),
         Some(v) => ms(v),
-    }
-}
-
-fn durability_name(d: i32) -> &'static str {
-    match Durability::try_from(d) {
-        Ok(Durability::Fsync) => "fsync",
-        Ok(Durability::None) => "none",
-        Ok(Durability::Unspecified) => "default",
-        Err(_) => "unknown",
     }
 }
 

@@ -47,7 +47,8 @@ async fn create(client: &Client, args: CreateTopicArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn durability_name(d: i32) -> &'static str {
+/// The name of a wire durability (topics and queues).
+pub(crate) fn durability_name(d: i32) -> &'static str {
     match Durability::try_from(d) {
         Ok(Durability::Fsync) => "fsync",
         Ok(Durability::None) => "none",

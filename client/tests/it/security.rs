@@ -65,6 +65,27 @@ fn write_broker_tls(dir: &Path, ca: &Ca) -> (PathBuf, PathBuf, PathBuf, Vec<u8>)
     (cert, key, ca_file, der)
 }
 
+/// The files of a TLS broker with a required admin token: a temporary
+/// folder, a CA, the broker certificate of [`write_broker_tls`] and the
+/// admin token file.
+struct TlsSetup {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    cert: PathBuf,
+    key: PathBuf,
+    ca_file: PathBuf,
+    first_der: Vec<u8>,
+    admin_file: PathBuf,
+}
+
+fn tls_setup() -> TlsSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca();
+    let (cert, key, ca_file, first_der) = write_broker_tls(dir.path(), &ca);
+    let admin_file = write_admin_token(dir.path());
+    TlsSetup { dir, ca, cert, key, ca_file, first_der, admin_file }
+}
+
 fn write_admin_token(dir: &Path) -> PathBuf {
     let p = dir.join("admin-token");
     std::fs::write(&p, format!("{ADMIN_TOKEN}\n")).unwrap();
@@ -115,10 +136,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_mtls_principals_and_certificate_reload() {
     let Some(bin) = binary() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca();
-    let (cert, key, ca_file, first_der) = write_broker_tls(dir.path(), &ca);
-    let admin_file = write_admin_token(dir.path());
+    let TlsSetup { dir, ca, cert, key, ca_file, first_der, admin_file } = tls_setup();
     let data = dir.path().join("data");
     let broker = start(
         &bin,
@@ -344,10 +362,7 @@ async fn tokens_authenticate_and_rotate_under_a_running_producer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_client_certificates_guard_grpc_but_not_the_probes() {
     let Some(bin) = binary() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let ca = ca();
-    let (cert, key, ca_file, _) = write_broker_tls(dir.path(), &ca);
-    let admin_file = write_admin_token(dir.path());
+    let TlsSetup { dir, ca, cert, key, ca_file, admin_file, .. } = tls_setup();
     let broker = start(
         &bin,
         &dir.path().join("data"),
