@@ -34,6 +34,12 @@ fn try_append(log: &PartitionLog, values: &[&str]) -> Result<Appended, LogError>
     log.append(&mut bytes, &header, 1000)
 }
 
+/// Appends `values` as one batch and flushes: they are durable (or the test fails).
+fn append_flushed(log: &PartitionLog, values: &[&str]) {
+    try_append(log, values).unwrap();
+    log.flush().unwrap();
+}
+
 fn open(fs: &FaultFs, dir: &str, segment_bytes: u64) -> (Arc<PartitionLog>, RecoveryReport) {
     // A small cache: the tests also exercise evicted and reopened handles.
     let files = crate::fs::SegmentFiles::new(fs.fs(), 2);
@@ -116,8 +122,7 @@ async fn a_failed_fsync_poisons_the_partition_and_loses_nothing_acknowledged() {
 fn a_failed_fsync_while_sealing_a_segment_poisons_too() {
     let fs = FaultFs::new();
     let (log, _) = open(&fs, "/data/t-0", 300);
-    try_append(&log, &["first"]).unwrap();
-    log.flush().unwrap();
+    append_flushed(&log, &["first"]);
     try_append(&log, &[&"x".repeat(100)]).unwrap();
     fs.set_faults(|f| f.fail_sync = Some("00000000000000000000.log".into()));
     // This append rolls: sealing fsyncs the old segment, which fails.
@@ -161,8 +166,7 @@ async fn a_producer_waiting_on_a_segment_whose_seal_fails_gets_an_error() {
 fn a_short_write_is_not_acknowledged_and_recovery_cuts_a_torn_tail() {
     let fs = FaultFs::new();
     let (log, _) = open(&fs, "/data/t-0", 1 << 20);
-    try_append(&log, &["a"]).unwrap();
-    log.flush().unwrap();
+    append_flushed(&log, &["a"]);
 
     // A short write the log can undo: refused, cut back, the next one works.
     fs.set_faults(|f| f.short_write = Some(".log".into()));
@@ -172,8 +176,7 @@ fn a_short_write_is_not_acknowledged_and_recovery_cuts_a_torn_tail() {
     assert_eq!(log.end_offset(), 1, "no offset was taken by the failed batch");
     let seg = segment::log_path(Path::new("/data/t-0"), 0);
     let len_before = fs.contents(&seg).unwrap().len();
-    try_append(&log, &["c"]).unwrap();
-    log.flush().unwrap();
+    append_flushed(&log, &["c"]);
     assert_eq!(values(&log), ["a", "c"]);
     assert!(fs.contents(&seg).unwrap().len() > len_before);
 
@@ -192,8 +195,7 @@ fn a_short_write_is_not_acknowledged_and_recovery_cuts_a_torn_tail() {
     let (log, report) = open(&fs, "/data/t-0", 1 << 20);
     assert_eq!(report.truncated.len(), 1, "{:?}", report.truncated);
     assert_eq!(values(&log), ["a", "c"]);
-    try_append(&log, &["f"]).unwrap();
-    log.flush().unwrap();
+    append_flushed(&log, &["f"]);
     assert_eq!(values(&log), ["a", "c", "f"]);
 }
 
@@ -201,8 +203,7 @@ fn a_short_write_is_not_acknowledged_and_recovery_cuts_a_torn_tail() {
 fn a_full_disk_is_resource_exhausted_and_produce_resumes_when_space_returns() {
     let fs = FaultFs::new();
     let (log, _) = open(&fs, "/data/t-0", 1200);
-    try_append(&log, &["a"]).unwrap();
-    log.flush().unwrap();
+    append_flushed(&log, &["a"]);
     let used = fs.used();
     fs.set_faults(|f| f.capacity = Some(used + 100));
     let err = try_append(&log, &[&"b".repeat(500)]).unwrap_err();
@@ -215,8 +216,7 @@ fn a_full_disk_is_resource_exhausted_and_produce_resumes_when_space_returns() {
 
     // Space returns: produce works again without a reopen.
     fs.clear_faults();
-    try_append(&log, &[&"c".repeat(500)]).unwrap();
-    log.flush().unwrap();
+    append_flushed(&log, &[&"c".repeat(500)]);
 
     // Full again at a roll (new segment, producer snapshot): refused, and
     // the roll is retried once space returns.
@@ -224,8 +224,7 @@ fn a_full_disk_is_resource_exhausted_and_produce_resumes_when_space_returns() {
     let err = try_append(&log, &[&"d".repeat(900)]).unwrap_err();
     assert!(matches!(&err, LogError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull), "{err}");
     fs.clear_faults();
-    try_append(&log, &[&"e".repeat(900)]).unwrap();
-    log.flush().unwrap();
+    append_flushed(&log, &[&"e".repeat(900)]);
     assert!(log.stats().segments >= 2, "{:?}", log.stats());
     let got = values(&log);
     assert_eq!(got.len(), 3);

@@ -418,6 +418,11 @@ mod tests {
     use strata_proto::batch::{BatchBuilder, Compression};
     use strata_proto::v1::FetchResponse;
 
+    /// A consumer from `start` whose fetches wait at most 10 ms.
+    fn short_waits(start: StartFrom) -> ConsumerConfig {
+        ConsumerConfig { start, max_wait: Duration::from_millis(10), ..ConsumerConfig::default() }
+    }
+
     async fn setup(partitions: u32) -> (MockBroker, Client) {
         MockBroker::with_topic(partitions).await
     }
@@ -528,12 +533,7 @@ mod tests {
     async fn an_outage_longer_than_the_retries_is_reported_and_then_survived() {
         let (broker, client) = setup(1).await;
         produce(&client, 0, &values("a", 3), 3).await;
-        let config = ConsumerConfig {
-            start: StartFrom::Earliest,
-            max_wait: Duration::from_millis(10),
-            retry: RetryConfig::fast(2, 2),
-            ..ConsumerConfig::default()
-        };
+        let config = ConsumerConfig { retry: RetryConfig::fast(2, 2), ..short_waits(StartFrom::Earliest) };
         let mut consumer = client.consumer("t", config).await.unwrap();
         assert_eq!(read(&mut consumer, 3).await.len(), 3);
         broker.take_down();
@@ -556,11 +556,7 @@ mod tests {
     async fn latest_reads_only_new_records() {
         let (_broker, client) = setup(1).await;
         produce(&client, 0, &values("old", 5), 5).await;
-        let config = ConsumerConfig {
-            start: StartFrom::Latest,
-            max_wait: Duration::from_millis(10),
-            ..ConsumerConfig::default()
-        };
+        let config = short_waits(StartFrom::Latest);
         let mut consumer = client.consumer("t", config).await.unwrap();
         // Wait for the first (empty) response, which fixes the position.
         while consumer.progress().all(|p| p.position.is_none()) {
@@ -587,11 +583,7 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_topic_is_reported_once_and_the_stream_ends() {
         let (_broker, client) = setup(1).await;
-        let config = ConsumerConfig {
-            start: StartFrom::Offset(0),
-            max_wait: Duration::from_millis(10),
-            ..ConsumerConfig::default()
-        };
+        let config = short_waits(StartFrom::Offset(0));
         let mut consumer = client.consumer("t", config).await.unwrap();
         client.delete_topic("t").await.unwrap();
         // The mock ends streams of a deleted topic with NOT_FOUND.
