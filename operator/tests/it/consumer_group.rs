@@ -73,7 +73,5 @@ async fn a_reset_without_the_fields_it_needs_is_invalid() {
     let path = path_of("strata.dev/v1alpha1", "ConsumerGroup", NS, "billing");
     env.fake.insert(group_json(json!({"offsetReset": {"to": "Timestamp"}})));
     env.reconcile::<ConsumerGroup>(&path).await;
-    let (status, reason, message) = env.ready(&path);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
-    assert!(message.contains("timestampMs"), "{message}");
+    env.assert_not_ready(&path, "InvalidSpec", "timestampMs");
 }

@@ -111,6 +111,15 @@ impl TestEnv {
         self.condition(path, "Ready").unwrap_or_default()
     }
 
+    /// Asserts that the Ready condition is `False` for `reason`, with a
+    /// message that contains `text`.
+    #[track_caller]
+    pub fn assert_not_ready(&self, path: &str, reason: &str, text: &str) {
+        let (status, actual, message) = self.ready(path);
+        assert_eq!((status.as_str(), actual.as_str()), ("False", reason));
+        assert!(message.contains(text), "{message}");
+    }
+
     pub fn condition(&self, path: &str, type_: &str) -> Option<(String, String, String)> {
         let obj = self.fake.get(path)?;
         obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {

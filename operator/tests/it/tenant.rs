@@ -30,9 +30,7 @@ async fn tenants_are_created_kept_and_deleted_by_policy() {
     client.with_tenant("team-a").create_topic("t", 1, TopicOptions::default()).await.unwrap();
     env.fake.delete(&path);
     env.reconcile::<Tenant>(&path).await;
-    let (status, reason, message) = env.ready(&path);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "DeletionBlocked"));
-    assert!(message.contains("still owns resources"), "{message}");
+    env.assert_not_ready(&path, "DeletionBlocked", "still owns resources");
     assert!(env.fake.get(&path).is_some());
 
     client.with_tenant("team-a").delete_topic("t").await.unwrap();
@@ -74,8 +72,6 @@ async fn a_tenants_quotas_reach_the_broker_and_follow_the_spec() {
     // A size that is no size: InvalidSpec naming the field; the broker keeps the last good set.
     env.fake.update_spec(&path, json!({"quotas": {"maxTopics": 3, "maxStoredBytes": "lots"}}));
     env.reconcile::<Tenant>(&path).await;
-    let (status, reason, message) = env.ready(&path);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
-    assert!(message.contains("spec.quotas.maxStoredBytes"), "{message}");
+    env.assert_not_ready(&path, "InvalidSpec", "spec.quotas.maxStoredBytes");
     assert_eq!(client.describe_tenant("team-q").await.unwrap().quotas.unwrap().max_topics, Some(3));
 }

@@ -29,9 +29,7 @@ async fn a_topic_applied_before_its_cluster_waits_then_converges() {
 
     // No cluster yet: a clear condition, an event, a requeue, no finalizer.
     let action = env.reconcile::<Topic>(&path).await;
-    let (status, reason, message) = env.ready(&path);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "ClusterNotFound"));
-    assert!(message.contains("strata/main"), "{message}");
+    env.assert_not_ready(&path, "ClusterNotFound", "strata/main");
     assert!(env.fake.event_reasons().contains(&"ClusterNotFound".to_owned()));
     assert!(format!("{action:?}").contains("requeue_after: Some"), "{action:?}");
     assert!(env.finalizers(&path).is_empty());
@@ -148,9 +146,7 @@ async fn a_partition_decrease_is_refused_with_a_clear_condition() {
     let path = topic_path("orders");
     env.fake.insert(topic_json("orders", 2, json!({})));
     let action = env.reconcile::<Topic>(&path).await;
-    let (status, reason, message) = env.ready(&path);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "PartitionDecreaseRefused"));
-    assert!(message.contains("spec.partitions is 2 but topic orders has 4 partitions"), "{message}");
+    env.assert_not_ready(&path, "PartitionDecreaseRefused", "spec.partitions is 2 but topic orders has 4 partitions");
     assert!(env.fake.event_reasons().contains(&"PartitionDecreaseRefused".to_owned()));
     assert!(format!("{action:?}").contains("requeue_after: Some"));
     assert_eq!(client.describe_topic("orders").await.unwrap().partitions, 4);
@@ -263,9 +259,7 @@ async fn delete_policy_delete_guards_data_and_honours_force() {
 
     env.fake.delete(&path);
     env.reconcile::<Topic>(&path).await;
-    let (status, reason, message) = env.ready(&path);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "DeletionBlocked"));
-    assert!(message.contains("still holds 1 messages"), "{message}");
+    env.assert_not_ready(&path, "DeletionBlocked", "still holds 1 messages");
     assert!(env.fake.get(&path).is_some(), "the finalizer holds the resource");
     assert!(client.describe_topic("orders").await.is_ok());
 
@@ -334,7 +328,5 @@ async fn local_retention_reaches_the_broker_and_status_shows_local_and_remote_ra
     // Longer than the total retention: refused precisely, nothing changed.
     env.fake.update_spec(&path, json!({"localRetention": "30d"}));
     env.reconcile::<Topic>(&path).await;
-    let (status, reason, message) = env.ready(&path);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
-    assert!(message.contains("spec.localRetention (30d) is longer than spec.retention (7d)"), "{message}");
+    env.assert_not_ready(&path, "InvalidSpec", "spec.localRetention (30d) is longer than spec.retention (7d)");
 }
