@@ -896,9 +896,12 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    /// The error of loading the defaults with this one environment variable set.
-    fn env_error(key: &str, value: &str) -> String {
-        Config::load(None, &env(&[(key, value)])).unwrap_err().to_string()
+    /// Loading the defaults with this one environment variable set fails
+    /// with an error that mentions `expected`.
+    #[track_caller]
+    fn assert_env_error(key: &str, value: &str, expected: &str) {
+        let err = Config::load(None, &env(&[(key, value)])).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
     }
 
     #[test]
@@ -956,10 +959,8 @@ mod tests {
         assert!(c.tier.s3.allow_http);
         let d = Config::default();
         assert!(d.tier.cold_store_url(Path::new("/var/lib/strata")).starts_with("file:///var/lib/strata/cold"));
-        let err = env_error("STRATA_TIER_S3_NOPE", "1");
-        assert!(err.contains("nope"), "{err}");
-        let err = env_error("STRATA_TIER_UPLOAD_CONCURRENCY", "0");
-        assert!(err.contains("upload_concurrency"), "{err}");
+        assert_env_error("STRATA_TIER_S3_NOPE", "1", "nope");
+        assert_env_error("STRATA_TIER_UPLOAD_CONCURRENCY", "0", "upload_concurrency");
     }
 
     #[test]
@@ -971,18 +972,14 @@ mod tests {
         assert!(err.contains("data_dri"), "{err}");
         std::fs::write(&path, "[stroage]\n").unwrap();
         assert!(Config::load(Some(&path), &HashMap::new()).is_err());
-        let err = env_error("STRATA_STORAGE_NOPE", "1");
-        assert!(err.contains("nope"), "{err}");
+        assert_env_error("STRATA_STORAGE_NOPE", "1", "nope");
     }
 
     #[test]
     fn bad_values_are_explained() {
-        let err = env_error("STRATA_LIMITS_MAX_RECORD_BYTES", "lots");
-        assert!(err.contains("not a size"), "{err}");
-        let err = env_error("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "10");
-        assert!(err.contains("segment_bytes"), "{err}");
-        let err = env_error("STRATA_LIMITS_MAX_BATCH_BYTES", "1KiB");
-        assert!(err.contains("max_batch_bytes"), "{err}");
+        assert_env_error("STRATA_LIMITS_MAX_RECORD_BYTES", "lots", "not a size");
+        assert_env_error("STRATA_TOPIC_DEFAULTS_SEGMENT_BYTES", "10", "segment_bytes");
+        assert_env_error("STRATA_LIMITS_MAX_BATCH_BYTES", "1KiB", "max_batch_bytes");
     }
 
     #[test]
