@@ -434,9 +434,25 @@ fn tiered_storage(cluster: &Cluster, steps: &mut Steps, token: &str) -> anyhow::
         "--from-literal=AWS_ACCESS_KEY_ID=e2e",
         "--from-literal=AWS_SECRET_ACCESS_KEY=e2e-secret",
     ])?;
-    cluster.kubectl(&["-n", "strata", "rollout", "status", "statefulset/main", "--timeout=180s"])?;
+    // The operator updates the StatefulSet only once it sees the Secret, so
+    // `rollout status` right now may still report the old revision: wait for
+    // main-0 of the revision that names the Secret (the pod may be gone for
+    // a moment while the StatefulSet replaces it).
+    wait_for("main-0 Ready on the StatefulSet revision with the cold store", Duration::from_secs(240), || {
+        let sts = cluster.get(&["-n", "strata", "statefulset", "main"])?;
+        let applied = sts["spec"]["template"].to_string().contains("cold-store")
+            && sts["status"]["observedGeneration"] == sts["metadata"]["generation"];
+        let revision = sts["status"]["updateRevision"].clone();
+        let pods = cluster.get(&["-n", "strata", "pods", "--field-selector", "metadata.name=main-0"])?;
+        let ready = pods["items"].as_array().and_then(|i| i.first()).is_some_and(|pod| {
+            pod["metadata"]["labels"]["controller-revision-hash"] == revision
+                && pod["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        });
+        Ok((applied && ready).then_some(()))
+    })?;
     cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "brokercluster/main", "--timeout=180s"])?;
-    cluster.kubectl(&["-n", "strata", "wait", "--for=condition=Ready", "pod/main-0", "--timeout=120s"])?;
     steps.pass("cold store Secret missing: BrokerCluster Ready=False (SecretNotFound) with an Event; Secret created: pods rolled onto the S3 tier");
 
     let topic = json!({
