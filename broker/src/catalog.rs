@@ -133,12 +133,39 @@ pub struct TopicRecord {
     /// standalone broker itself, and "unowned" in cluster mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<u64>,
+    /// Replicated topics (replication factor > 1): each partition's replicas
+    /// (index = partition), the first being its owner in `owners`. Empty for
+    /// unreplicated topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<u64>>,
 }
 
 impl TopicRecord {
     /// The owner of `partition`, if placement assigned one.
     pub fn owner(&self, partition: u32) -> Option<u64> {
         self.owners.get(partition as usize).copied()
+    }
+
+    /// Copies of each partition (1: unreplicated).
+    pub fn replication_factor(&self) -> u32 {
+        self.replicas.first().map_or(1, |r| r.len() as u32)
+    }
+
+    /// The log settings of this topic's partitions: a replicated topic's
+    /// logs always run in `fsync` mode (the applied marker of replication
+    /// may only name data a power loss cannot take).
+    pub(crate) fn log_config(&self, index_interval_bytes: u64, tier_enabled: bool) -> LogConfig {
+        let mut config = self.settings.log_config(index_interval_bytes, tier_enabled);
+        if !self.replicas.is_empty() {
+            config.durability = crate::log::Durability::Fsync;
+        }
+        config
+    }
+
+    /// The replicas of a replicated topic's `partition` (`None` when the
+    /// topic is unreplicated).
+    pub fn replicas_of(&self, partition: u32) -> Option<&[u64]> {
+        self.replicas.get(partition as usize).map(Vec::as_slice)
     }
 }
 
@@ -380,6 +407,9 @@ pub enum CatalogCommand {
         partitions: u32,
         settings: TopicSettings,
         at_ms: i64,
+        /// Copies of each partition; 0 and 1 mean unreplicated.
+        #[serde(default, skip_serializing_if = "is_unreplicated")]
+        replication_factor: u32,
     },
     AddPartitions {
         tenant: String,
@@ -463,6 +493,10 @@ pub enum CatalogError {
     TopicExists { tenant: String, name: String },
     #[error("topic {tenant}/{name} has {current} partitions; partitions can only grow (asked for {requested})")]
     PartitionsCannotShrink { tenant: String, name: String, current: u32, requested: u32 },
+    #[error(
+        "replication factor {requested} for topic {tenant}/{name} needs {requested} brokers; the cluster has {brokers}"
+    )]
+    ReplicationFactorTooLarge { tenant: String, name: String, requested: u32, brokers: u32 },
     #[error("queue {tenant}/{name} does not exist")]
     UnknownQueue { tenant: String, name: String },
     #[error("queue {tenant}/{name} already exists")]
@@ -638,7 +672,7 @@ impl Catalog {
                 self.acls.remove(name);
                 Ok(Applied::Tenant)
             }
-            CatalogCommand::CreateTopic { tenant, name, partitions, settings, at_ms } => {
+            CatalogCommand::CreateTopic { tenant, name, partitions, settings, at_ms, replication_factor } => {
                 let id = self.next_topic_id;
                 let t = self.tenant_mut(tenant)?;
                 if t.topics.contains_key(name) {
@@ -646,11 +680,33 @@ impl Catalog {
                 }
                 t.check_quota(tenant, Quota::MaxTopics, t.topics.len() as u64, 1)?;
                 t.check_quota(tenant, Quota::MaxPartitions, t.partition_count(), u64::from(*partitions))?;
-                let owners = self.place(&[], *partitions as usize);
+                let rf = (*replication_factor).max(1);
+                let brokers = self.members().len().max(1) as u32;
+                if rf > brokers {
+                    return Err(CatalogError::ReplicationFactorTooLarge {
+                        tenant: tenant.clone(),
+                        name: name.clone(),
+                        requested: rf,
+                        brokers,
+                    });
+                }
+                let (owners, replicas) = if rf > 1 {
+                    let replicas = self.place_replicas(*partitions as usize, rf as usize);
+                    (replicas.iter().map(|r| r[0]).collect(), replicas)
+                } else {
+                    (self.place(&[], *partitions as usize), Vec::new())
+                };
                 let t = self.tenant_mut(tenant)?;
                 t.topics.insert(
                     name.clone(),
-                    TopicRecord { id, partitions: *partitions, settings: *settings, created_at_ms: *at_ms, owners },
+                    TopicRecord {
+                        id,
+                        partitions: *partitions,
+                        settings: *settings,
+                        created_at_ms: *at_ms,
+                        owners,
+                        replicas,
+                    },
                 );
                 self.next_topic_id += 1;
                 Ok(Applied::Topic { id })
@@ -666,16 +722,23 @@ impl Catalog {
                     });
                 }
                 let mut owners = topic.owners.clone();
+                let mut replicas = topic.replicas.clone();
+                let rf = topic.replication_factor() as usize;
                 let (from, id) = (topic.partitions, topic.id);
                 let t = &self.tenants[tenant];
                 t.check_quota(tenant, Quota::MaxPartitions, t.partition_count(), u64::from(*partitions - from))?;
-                if self.raft.is_some() && (owners.len() as u32) < *partitions {
+                if rf > 1 {
+                    let more = self.place_replicas(*partitions as usize - replicas.len(), rf);
+                    owners.extend(more.iter().map(|r| r[0]));
+                    replicas.extend(more);
+                } else if self.raft.is_some() && (owners.len() as u32) < *partitions {
                     let more = self.place(&owners, *partitions as usize - owners.len());
                     owners.extend(more);
                 }
                 let topic = self.topic_mut(tenant, name)?;
                 topic.partitions = *partitions;
                 topic.owners = owners;
+                topic.replicas = replicas;
                 Ok(Applied::PartitionsAdded { id, from, to: *partitions })
             }
             CatalogCommand::UpdateTopic { tenant, name, settings } => {
@@ -890,19 +953,7 @@ impl Catalog {
         if members.is_empty() || n == 0 {
             return Vec::new();
         }
-        let mut load: BTreeMap<u64, usize> = members.iter().map(|m| (*m, 0)).collect();
-        for t in self.tenants.values() {
-            let owned = t
-                .topics
-                .values()
-                .flat_map(|r| r.owners.iter())
-                .chain(t.queues.values().filter_map(|q| q.owner.as_ref()));
-            for o in owned {
-                if let Some(l) = load.get_mut(o) {
-                    *l += 1;
-                }
-            }
-        }
+        let mut load = self.load(&members);
         let zone = |b: u64| self.brokers.get(&b).map(|r| r.zone.as_str()).unwrap_or("");
         let mut in_zone: BTreeMap<&str, usize> = BTreeMap::new();
         for s in siblings {
@@ -917,6 +968,68 @@ impl Catalog {
             *load.get_mut(&best).expect("a member") += 1;
             *in_zone.entry(zone(best)).or_default() += 1;
             out.push(best);
+        }
+        out
+    }
+
+    /// Partitions (every replica counts) and queues each member holds.
+    fn load(&self, members: &[u64]) -> BTreeMap<u64, usize> {
+        let mut load: BTreeMap<u64, usize> = members.iter().map(|m| (*m, 0)).collect();
+        for t in self.tenants.values() {
+            let held = t
+                .topics
+                .values()
+                .flat_map(|r| if r.replicas.is_empty() { r.owners.clone() } else { r.replicas.concat() })
+                .chain(t.queues.values().filter_map(|q| q.owner));
+            for o in held {
+                if let Some(l) = load.get_mut(&o) {
+                    *l += 1;
+                }
+            }
+        }
+        load
+    }
+
+    /// Replicas for `n` new partitions, `rf` distinct members each: every
+    /// replica goes to the least-loaded member not yet holding the
+    /// partition, ties broken by the zone holding fewest of its replicas,
+    /// then by the lowest id. The first replica is the partition's owner
+    /// (its preferred leader); owners rotate with the load, so leaders
+    /// spread. Pure and deterministic, like `place`. The caller checked
+    /// that `rf` members exist.
+    fn place_replicas(&self, n: usize, rf: usize) -> Vec<Vec<u64>> {
+        let members = self.members();
+        let mut load = self.load(&members);
+        // Leaders (owners) are spread on their own count.
+        let owned = self.owned_partitions();
+        let mut leading: BTreeMap<u64, usize> =
+            members.iter().map(|m| (*m, owned.get(m).copied().unwrap_or(0) as usize)).collect();
+        let zone = |b: u64| self.brokers.get(&b).map(|r| r.zone.as_str()).unwrap_or("");
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut replicas: Vec<u64> = Vec::with_capacity(rf);
+            let mut in_zone: BTreeMap<&str, usize> = BTreeMap::new();
+            for _ in 0..rf.min(members.len()) {
+                let first = replicas.is_empty();
+                let Some(best) = members
+                    .iter()
+                    .filter(|b| !replicas.contains(b))
+                    .min_by_key(|b| {
+                        let lead = if first { leading[*b] } else { 0 };
+                        (lead, in_zone.get(zone(**b)).copied().unwrap_or(0), load[*b], **b)
+                    })
+                    .copied()
+                else {
+                    break;
+                };
+                if first {
+                    *leading.get_mut(&best).expect("a member") += 1;
+                }
+                *load.get_mut(&best).expect("a member") += 1;
+                *in_zone.entry(zone(best)).or_default() += 1;
+                replicas.push(best);
+            }
+            out.push(replicas);
         }
         out
     }
@@ -938,6 +1051,10 @@ impl Catalog {
 /// coordinator is a pure function of the name and the membership
 /// (CRC32C of "tenant/group" over the sorted voter ids), the same on
 /// every broker. `None` standalone (no members).
+fn is_unreplicated(replication_factor: &u32) -> bool {
+    *replication_factor <= 1
+}
+
 pub fn group_coordinator(tenant: &str, group: &str, members: &[u64]) -> Option<u64> {
     let mut members = members.to_vec();
     members.sort_unstable();
@@ -1145,6 +1262,7 @@ mod tests {
             partitions,
             settings: settings(),
             at_ms: 5,
+            replication_factor: 1,
         }
     }
 
@@ -1178,6 +1296,7 @@ mod tests {
             partitions: 1,
             settings: settings(),
             at_ms: 1,
+            replication_factor: 1,
         })
         .unwrap();
         assert!(matches!(
@@ -1278,6 +1397,7 @@ mod tests {
             partitions,
             settings: settings(),
             at_ms: 1,
+            replication_factor: 1,
         };
         c.apply(&topic("a", 3)).unwrap();
         // Partitions: 3 + 2 > 4.

@@ -74,6 +74,10 @@ pub enum BrokerError {
         "no metadata leader with a majority answered within {waited_ms} ms; the change may or may not have been made, retry it"
     )]
     NoMetadataQuorum { waited_ms: u64 },
+    #[error(
+        "{resource}: no leader with a majority of the replicas committed the batch within {waited_ms} ms ({why}); it may or may not be stored, retry it (an idempotent producer's retry is answered as a duplicate)"
+    )]
+    NoPartitionQuorum { resource: String, waited_ms: u64, why: String },
     #[error("{resource} is served by {}", match (owner, address) {
         (Some(id), Some(a)) => format!("broker {id} at {a}"),
         _ => "no live broker: its owner left the cluster".to_owned(),

@@ -25,6 +25,7 @@ mod partition;
 mod producer_ids;
 mod queue;
 mod quota;
+mod replication;
 mod security;
 mod telemetry;
 mod tier;
@@ -141,6 +142,7 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         })
         .await?;
         broker.set_cluster(node.clone());
+        broker.start_replica_groups().await;
         tokio::spawn(broker.clone().register_in_catalog());
         Some(node)
     } else {

@@ -46,6 +46,10 @@ pub struct TopicOptions {
     pub local_retention: Option<Retention>,
     /// Tiered storage: local bytes kept per partition; `-1` means no limit.
     pub local_retention_bytes: Option<i64>,
+    /// Copies of each partition on distinct brokers (create only; `None`:
+    /// the broker default, 1). A produce to a replicated partition is
+    /// acknowledged once a majority of its replicas has it durable.
+    pub replication_factor: Option<u32>,
 }
 
 impl TopicOptions {
@@ -131,6 +135,7 @@ impl Client {
             partitions,
             config: Some(options.to_config()),
             if_not_exists,
+            replication_factor: options.replication_factor.unwrap_or(0),
         };
         Ok(self.admin_rpc().create_topic(self.request(req)).await?.into_inner())
     }
@@ -444,6 +449,7 @@ mod tests {
             durability: Some(Durability::None),
             local_retention: Some(Retention::Time(Duration::from_secs(3600))),
             local_retention_bytes: Some(1 << 30),
+            replication_factor: Some(3),
         }
         .to_config();
         assert_eq!(cfg.local_retention_ms, Some(3_600_000));

@@ -767,6 +767,7 @@ impl State {
             partitions: parts.len() as u32,
             config: Some(TopicConfig::default()),
             created_at_ms: 0,
+            replication_factor: 1,
             partition_details: parts
                 .iter()
                 .enumerate()

@@ -189,6 +189,8 @@ pub fn desired_options(spec: &TopicSpec) -> Result<TopicOptions, Blocked> {
         }),
         local_retention,
         local_retention_bytes: spec.local_retention_bytes,
+        // Not in the Topic CRD yet: the broker default (unreplicated).
+        replication_factor: None,
     })
 }
 

@@ -96,8 +96,15 @@ impl Broker {
                 },
                 _ = self.until_shutdown() => return,
             }
-            let logs: Vec<Arc<Partition>> =
-                self.all_partitions().into_iter().filter(|p| p.config().tiered && p.remote().is_some()).collect();
+            // A replicated partition is uploaded by its leader only (its
+            // followers keep their segments until local retention, which
+            // waits for the upload they do not see: see ARCHITECTURE.md).
+            let logs: Vec<Arc<Partition>> = self
+                .all_partitions()
+                .into_iter()
+                .filter(|p| p.config().tiered && p.remote().is_some())
+                .filter(|p| self.replica_group(p).is_none_or(|g| g.is_leader()))
+                .collect();
             tier.set_backlog(logs.iter().map(|l| l.pending_upload_bytes()).sum());
             let now = tokio::time::Instant::now();
             for log in logs {

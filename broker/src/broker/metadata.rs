@@ -75,7 +75,7 @@ impl Broker {
             out.push(TopicOwners {
                 name: name.clone(),
                 epoch: r.id,
-                partitions: (0..r.partitions).map(|p| owned(r.owner(p))).collect(),
+                partitions: (0..r.partitions).map(|p| owned(self.partition_leader(r, p))).collect(),
             });
         }
         for name in topics {

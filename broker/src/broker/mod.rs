@@ -24,6 +24,7 @@ mod metadata;
 mod open;
 mod principals;
 mod produce;
+mod replicas;
 mod replicated;
 mod topics;
 
@@ -66,6 +67,8 @@ pub(crate) struct Topic {
     pub partitions: RwLock<Vec<Option<Arc<Partition>>>>,
     /// The catalog's owners (empty standalone).
     pub owners: RwLock<Vec<u64>>,
+    /// Replicated topics: each partition's replicas (from the catalog).
+    pub replicas: RwLock<Vec<Vec<u64>>>,
 }
 
 /// The queues of `catalog` another broker serves, with their owner.
@@ -82,6 +85,16 @@ pub(crate) fn remote_queues(
         }
     }
     out
+}
+
+/// Whether a broker with `config` holds partition `p` of a topic placed on
+/// `owners` / `replicas`: one of its replicas when the topic is replicated,
+/// else its owner.
+pub(crate) fn holds(config: &Config, owners: &[u64], replicas: &[Vec<u64>], p: u32) -> bool {
+    match replicas.get(p as usize) {
+        Some(r) => config.cluster.is_clustered() && r.contains(&(config.cluster.broker_id.unwrap_or(0) as u64)),
+        None => owns(config, owners.get(p as usize).copied()),
+    }
 }
 
 /// Whether a broker with `config` serves a resource placed on `owner`:
@@ -309,6 +322,9 @@ impl Broker {
 
     /// Flushes every partition to disk and closes it (after `shutdown`).
     pub async fn close(&self) {
+        // Replicated partitions' Raft nodes stop first: nothing applies to a
+        // closed log.
+        self.stop_replica_groups().await;
         let partitions = self.all_partitions();
         let _ = tokio::task::spawn_blocking(move || {
             for p in partitions {

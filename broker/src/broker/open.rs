@@ -115,13 +115,13 @@ fn open_blocking(config: &Config, files: &Arc<SegmentFiles>, now_ms: i64) -> Res
             expected_dirs.insert(dir.clone());
             let mut partitions = Vec::with_capacity(record.partitions as usize);
             for p in 0..record.partitions {
-                if !super::owns(config, record.owner(p)) {
+                if !super::holds(config, &record.owners, &record.replicas, p) {
                     partitions.push(None);
                     continue;
                 }
                 let pdir = dir.join(p.to_string());
                 let id = PartitionId::new(key.clone(), record.id, p);
-                let config = record.settings.log_config(interval, config.tier.enabled());
+                let config = record.log_config(interval, config.tier.enabled());
                 let (partition, report) = Partition::open(files, &pdir, id, config, now_ms)
                     .map_err(|source| OpenError::Recovery { path: pdir.clone(), source })?;
                 for why in &report.truncated {
@@ -138,6 +138,7 @@ fn open_blocking(config: &Config, files: &Arc<SegmentFiles>, now_ms: i64) -> Res
                     settings: RwLock::new(record.settings),
                     partitions: RwLock::new(partitions),
                     owners: RwLock::new(record.owners.clone()),
+                    replicas: RwLock::new(record.replicas.clone()),
                 }),
             );
         }

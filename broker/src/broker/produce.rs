@@ -23,24 +23,78 @@ pub struct Produced {
     pub duplicate: bool,
 }
 
-/// A produced batch written to the log, waiting to become durable.
+/// A produced batch written to the log (or proposed to its replicas),
+/// waiting to become durable.
 pub struct PendingAppend {
     partition: Arc<Partition>,
-    produced: Produced,
+    state: Pending,
     _permit: OwnedSemaphorePermit,
     /// Spans of the batch's sampled messages (tracing on).
     traced: Option<crate::telemetry::Published>,
 }
 
+enum Pending {
+    /// Appended to the local log: durable once the log's durability allows.
+    Local(Produced),
+    /// Proposed to the partition's Raft group: stored once committed (on a
+    /// majority) and applied here, which gives the offsets.
+    Replicated(Box<ReplicatedAppend>),
+}
+
+struct ReplicatedAppend {
+    proposal: crate::replication::Proposal,
+    timeout: std::time::Duration,
+    broker: Arc<crate::metrics::Metrics>,
+    quotas: Arc<crate::quota::Quotas>,
+    bytes: u64,
+    /// NOT_LEADER answers name this broker's view of the leader.
+    not_leader: Box<dyn Fn(Option<u64>) -> BrokerError + Send + Sync>,
+}
+
 impl PendingAppend {
-    /// Resolves once the batch is durable per the topic's durability mode.
+    /// Resolves once the batch is durable per the topic's durability mode
+    /// (replicated: committed on a majority of its replicas).
     pub async fn wait(self) -> Result<Produced, BrokerError> {
-        let result = self.partition.wait_durable(self.produced.last_offset + 1).await;
+        let result = match self.state {
+            Pending::Local(produced) => self.partition.wait_durable(produced.last_offset + 1).await.map(|()| produced),
+            Pending::Replicated(r) => replicated_outcome(&self.partition, *r).await,
+        };
         if let Some(t) = self.traced {
             t.finish(result.as_ref().err().map(|e| e.to_string()).as_deref());
         }
-        result?;
-        Ok(self.produced)
+        result
+    }
+}
+
+async fn replicated_outcome(partition: &Partition, r: ReplicatedAppend) -> Result<Produced, BrokerError> {
+    use crate::replication::{PartitionResponse, WriteError};
+    let resource = || partition.id().to_string();
+    let no_quorum = |why: String| BrokerError::NoPartitionQuorum {
+        resource: resource(),
+        waited_ms: r.timeout.as_millis() as u64,
+        why,
+    };
+    let outcome = tokio::time::timeout(r.timeout, crate::replication::outcome(r.proposal))
+        .await
+        .map_err(|_| no_quorum("timed out".into()))?;
+    match outcome {
+        Ok(PartitionResponse::Appended { base_offset, last_offset, append_time_ms, duplicate }) => {
+            if !duplicate {
+                let labels = partition.labels();
+                r.broker.messages_in.get_or_create(&labels).inc_by(last_offset - base_offset + 1);
+                r.broker.bytes_in.get_or_create(&labels).inc_by(r.bytes);
+                r.quotas.add_stored(&labels.tenant, r.bytes);
+            }
+            Ok(Produced { base_offset, last_offset, append_time_ms, duplicate })
+        }
+        Ok(PartitionResponse::Refused(source)) => {
+            Err(BrokerError::Log { resource: resource(), source: crate::log::LogError::Sequence(source) })
+        }
+        Ok(PartitionResponse::Nothing) => {
+            Err(BrokerError::Internal(format!("{}: a batch applied as nothing", resource())))
+        }
+        Err(WriteError::NotLeader(leader)) => Err((r.not_leader)(leader)),
+        Err(WriteError::Stopped(why)) => Err(no_quorum(why)),
     }
 }
 
@@ -56,6 +110,13 @@ impl Broker {
     ) -> Result<PendingAppend, BrokerError> {
         self.check_running()?;
         let part = self.partition(tenant, topic, partition)?;
+        // A replicated partition takes produces on its leader only.
+        let group = self.replica_group(&part);
+        if let Some(g) = &group
+            && !g.is_leader()
+        {
+            return Err(self.not_leader(part.id().to_string(), g.leader()));
+        }
         let labels = part.labels();
         self.quotas.check_stored(&labels.tenant)?;
         if let Some(tier) = &self.tier
@@ -96,6 +157,7 @@ impl Broker {
             let deadline = tokio::time::Instant::now() + self.config.cluster.write_timeout.0;
             producer_ids.wait_issued(h.producer_id, h.producer_epoch, deadline).await;
         }
+        let replicated = group.is_some();
         let (appended, traced) = tokio::task::spawn_blocking(move || {
             let header = batch::validate(&batch, limits)
                 .map_err(|source| BrokerError::Batch { resource: part2.id().to_string(), source })?;
@@ -108,11 +170,54 @@ impl Broker {
             // once the batch is known to be well-formed.
             let traced = (strata_telemetry::enabled() && header.is_traced())
                 .then(|| crate::telemetry::batch_spans(&batch, "publish", &topic_label, partition));
+            if replicated {
+                // Appended when the entry applies, on every replica.
+                return Ok((Err(batch), traced));
+            }
             let mut owned = batch.to_vec();
-            part2.append(&mut owned, &header, now).map(|appended| (appended, traced))
+            part2.append(&mut owned, &header, now).map(|appended| (Ok(appended), traced))
         })
         .await
         .map_err(|source| BrokerError::TaskFailed { what: "append", source })??;
+        let appended = match (appended, group) {
+            (Ok(a), _) => a,
+            (Err(batch), Some(g)) => {
+                let entry = crate::replication::PartitionEntry { batch, at_ms: now };
+                let proposal = g.propose(entry).await.map_err(|e| match e {
+                    crate::replication::WriteError::NotLeader(l) => self.not_leader(part.id().to_string(), l),
+                    crate::replication::WriteError::Stopped(why) => {
+                        BrokerError::NoPartitionQuorum { resource: part.id().to_string(), waited_ms: 0, why }
+                    }
+                })?;
+                let traced = traced.filter(|s| !s.is_empty()).map(|spans| {
+                    crate::telemetry::Published::new(spans.into_iter().map(|(_, s)| s).collect(), &labels.topic)
+                });
+                let resource = part.id().to_string();
+                let cluster = self.cluster().cloned();
+                let not_leader = move |leader: Option<u64>| {
+                    let address = leader.and_then(|l| cluster.as_ref().and_then(|c| c.address_of(l)));
+                    BrokerError::NotLeader {
+                        resource: resource.clone(),
+                        owner: leader.filter(|_| address.is_some()),
+                        address,
+                    }
+                };
+                return Ok(PendingAppend {
+                    partition: part,
+                    state: Pending::Replicated(Box::new(ReplicatedAppend {
+                        proposal,
+                        timeout: self.config.cluster.write_timeout.0,
+                        broker: self.metrics.clone(),
+                        quotas: self.quotas.clone(),
+                        bytes: bytes_len,
+                        not_leader: Box::new(not_leader),
+                    })),
+                    _permit: permit,
+                    traced,
+                });
+            }
+            (Err(_), None) => return Err(BrokerError::Internal("a local append was not made".into())),
+        };
         let traced = traced.filter(|s| !s.is_empty()).map(|mut spans| {
             use strata_telemetry::{Attribute, Span, attr};
             for (delta, span) in &mut spans {
@@ -128,12 +233,12 @@ impl Broker {
         }
         Ok(PendingAppend {
             partition: part,
-            produced: Produced {
+            state: Pending::Local(Produced {
                 base_offset: appended.base_offset,
                 last_offset: appended.last_offset,
                 append_time_ms: appended.append_time_ms,
                 duplicate: appended.duplicate,
-            },
+            }),
             _permit: permit,
             traced,
         })

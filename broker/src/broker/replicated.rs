@@ -74,16 +74,20 @@ impl Broker {
                     Some(topic) if topic.id == record.id => {
                         let have = read_lock(&topic.partitions).len() as u32;
                         *write_lock(&topic.owners) = record.owners.clone();
+                        *write_lock(&topic.replicas) = record.replicas.clone();
                         // Partitions that became this broker's (a standalone
                         // catalog's, adopted by its broker) open now.
                         let gained: Vec<u32> = {
                             let slots = read_lock(&topic.partitions);
-                            (0..have).filter(|p| slots[*p as usize].is_none() && self.owns(record.owner(*p))).collect()
+                            (0..have)
+                                .filter(|p| {
+                                    slots[*p as usize].is_none()
+                                        && super::holds(&self.config, &record.owners, &record.replicas, *p)
+                                })
+                                .collect()
                         };
                         for p in gained {
-                            let opened = self
-                                .open_partitions(&key, record.id, &dir, p..p + 1, record.settings, &record.owners)
-                                .await;
+                            let opened = self.open_partitions(&key, record, &dir, p..p + 1).await;
                             match opened {
                                 Ok(mut logs) => {
                                     if let Some(Some(log)) = logs.pop() {
@@ -94,17 +98,7 @@ impl Broker {
                             }
                         }
                         if record.partitions > have {
-                            match self
-                                .open_partitions(
-                                    &key,
-                                    record.id,
-                                    &dir,
-                                    have..record.partitions,
-                                    record.settings,
-                                    &record.owners,
-                                )
-                                .await
-                            {
+                            match self.open_partitions(&key, record, &dir, have..record.partitions).await {
                                 Ok(logs) => write_lock(&topic.partitions).extend(logs),
                                 Err(e) => log_open_failure(&key, &e),
                             }
@@ -113,21 +107,12 @@ impl Broker {
                         if changed {
                             *write_lock(&topic.settings) = record.settings;
                             for log in read_lock(&topic.partitions).iter().flatten() {
-                                log.set_config(record.settings.log_config(interval, tiered));
+                                log.set_config(record.log_config(interval, tiered));
                             }
                         }
                     }
                     _ => {
-                        let opened = self
-                            .open_partitions(
-                                &key,
-                                record.id,
-                                &dir,
-                                0..record.partitions,
-                                record.settings,
-                                &record.owners,
-                            )
-                            .await;
+                        let opened = self.open_partitions(&key, record, &dir, 0..record.partitions).await;
                         match opened {
                             Ok(logs) => {
                                 let topic = Arc::new(Topic {
@@ -137,6 +122,7 @@ impl Broker {
                                     settings: RwLock::new(record.settings),
                                     partitions: RwLock::new(logs),
                                     owners: RwLock::new(record.owners.clone()),
+                                    replicas: RwLock::new(record.replicas.clone()),
                                 });
                                 // A same-named topic with another id was
                                 // deleted and created again: discard the old one.

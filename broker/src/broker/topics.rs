@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{Broker, Topic};
-use crate::catalog::{Applied, CatalogCommand, CatalogError, TopicSettings, topic_dir};
+use crate::catalog::{Applied, CatalogCommand, CatalogError, TopicRecord, TopicSettings, topic_dir};
 use crate::config::{Limit, MIN_SEGMENT_BYTES};
 use crate::error::BrokerError;
 use crate::locks::{read_lock, write_lock};
@@ -26,6 +26,18 @@ pub struct TopicOverrides {
     pub durability: Option<Durability>,
     pub local_retention_ms: Option<i64>,
     pub local_retention_bytes: Option<i64>,
+    /// Copies of each partition (create only; `None`: the default, 1).
+    pub replication_factor: Option<u32>,
+}
+
+/// A replicated partition's replicas as this broker sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// The current leader, when this broker holds a replica and knows one.
+    pub leader: Option<u64>,
+    pub replicas: Vec<u64>,
+    /// In-sync replicas (see `ReplicaGroup::in_sync`).
+    pub in_sync: Vec<u64>,
 }
 
 /// A topic as clients see it.
@@ -41,6 +53,9 @@ pub struct TopicView {
     pub partition_stats: Vec<Option<LogStats>>,
     /// Per partition, the owning broker (cluster mode; `None` standalone).
     pub owners: Vec<Option<u64>>,
+    pub replication_factor: u32,
+    /// Per partition of a replicated topic (empty otherwise).
+    pub replicas: Vec<ReplicaView>,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +261,7 @@ impl Broker {
             partitions,
             settings,
             at_ms: self.now_ms(),
+            replication_factor: overrides.replication_factor.unwrap_or(1),
         };
         if let Some(c) = self.cluster() {
             self.check_limits(&self.catalog_snapshot().await, &cmd)?;
@@ -274,7 +290,7 @@ impl Broker {
         let record = store.catalog().tenants[tenant.as_str()].topics[name.as_str()].clone();
         let dir = topic_dir(&self.config.storage.data_dir, tenant.as_str(), name.as_str(), id);
         let key = TopicRef::new(tenant.clone(), name.clone());
-        let logs = match self.open_partitions(&key, id, &dir, 0..partitions, settings, &record.owners).await {
+        let logs = match self.open_partitions(&key, &record, &dir, 0..partitions).await {
             Ok(logs) => logs,
             Err(e) => {
                 // All or nothing: a create refused here (out of file
@@ -310,6 +326,7 @@ impl Broker {
             settings: RwLock::new(settings),
             partitions: RwLock::new(logs),
             owners: RwLock::new(record.owners.clone()),
+            replicas: RwLock::new(record.replicas.clone()),
         });
         write_lock(&self.topics).insert(key, state);
         drop(store);
@@ -326,17 +343,18 @@ impl Broker {
         Ok(())
     }
 
+    /// Opens partitions `range` of the topic `record` describes, those this
+    /// broker holds (standalone: all of them); a replicated partition's
+    /// replica also starts its Raft node (cluster mode).
     pub(super) async fn open_partitions(
         &self,
         topic: &TopicRef,
-        topic_id: u64,
+        record: &TopicRecord,
         dir: &Path,
         range: Range<u32>,
-        settings: TopicSettings,
-        owners: &[u64],
     ) -> Result<Vec<Option<Arc<Partition>>>, BrokerError> {
-        // Only the partitions this broker owns (standalone: all of them).
-        let mine: Vec<bool> = range.clone().map(|p| self.owns(owners.get(p as usize).copied())).collect();
+        let mine: Vec<bool> =
+            range.clone().map(|p| super::holds(&self.config, &record.owners, &record.replicas, p)).collect();
         let mine2 = mine.clone();
         let dir = dir.to_path_buf();
         let interval = self.config.storage.index_interval_bytes.0;
@@ -344,6 +362,8 @@ impl Broker {
         let now = self.now_ms();
         let topic2 = topic.clone();
         let files = self.segment_files.clone();
+        let topic_id = record.id;
+        let log_config = record.log_config(interval, tiered);
         let partitions = tokio::task::spawn_blocking(move || {
             range
                 .zip(mine2)
@@ -351,7 +371,7 @@ impl Broker {
                 .map(|(p, _)| {
                     let id = PartitionId::new(topic2.clone(), topic_id, p);
                     let resource = id.to_string();
-                    Partition::open(&files, &dir.join(p.to_string()), id, settings.log_config(interval, tiered), now)
+                    Partition::open(&files, &dir.join(p.to_string()), id, log_config, now)
                         .map(|(partition, _)| partition)
                         .map_err(|source| BrokerError::Log { resource, source })
                 })
@@ -369,6 +389,11 @@ impl Broker {
         }
         for p in &partitions {
             tokio::spawn(p.log().clone().run_syncer());
+        }
+        for p in &partitions {
+            if let Some(replicas) = record.replicas_of(p.id().index()) {
+                self.start_replica_group(p, replicas).await;
+            }
         }
         let mut opened = partitions.into_iter();
         Ok(mine.iter().map(|m| if *m { opened.next() } else { None }).collect())
@@ -393,6 +418,8 @@ impl Broker {
                 created_at_ms: r.created_at_ms,
                 partition_stats: Vec::new(),
                 owners: Vec::new(),
+                replication_factor: r.replication_factor(),
+                replicas: Vec::new(),
             })
             .collect())
     }
@@ -401,7 +428,12 @@ impl Broker {
         let t = self.topic(tenant, name)?;
         let stats = read_lock(&t.partitions).iter().map(|l| l.as_ref().map(|l| l.stats())).collect::<Vec<_>>();
         let owners = read_lock(&t.owners).clone();
+        let replicas = read_lock(&t.replicas).clone();
+        let replication_factor = replicas.first().map_or(1, |r| r.len() as u32);
+        let replicas = replicas.iter().enumerate().map(|(p, r)| self.replica_view(t.id, p as u32, r)).collect();
         Ok(TopicView {
+            replication_factor,
+            replicas,
             tenant: t.name.tenant.to_string(),
             name: t.name.topic.to_string(),
             id: t.id,
@@ -443,8 +475,8 @@ impl Broker {
             && to > from
         {
             let dir = topic_dir(&self.config.storage.data_dir, t.name.tenant.as_str(), t.name.topic.as_str(), t.id);
-            let settings = *read_lock(&t.settings);
-            let logs = self.open_partitions(&t.name, t.id, &dir, from..to, settings, &[]).await?;
+            let record = store.catalog().tenants[t.name.tenant.as_str()].topics[t.name.topic.as_str()].clone();
+            let logs = self.open_partitions(&t.name, &record, &dir, from..to).await?;
             write_lock(&t.partitions).extend(logs);
         }
         drop(store);
@@ -497,6 +529,7 @@ impl Broker {
     /// Closes a topic the catalog no longer names and removes its files
     /// (local and, best effort, remote).
     pub(super) async fn discard_topic(&self, t: &Topic) {
+        self.stop_topic_groups(t).await;
         for log in read_lock(&t.partitions).iter().flatten() {
             log.close();
         }

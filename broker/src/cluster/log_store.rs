@@ -1,4 +1,6 @@
-//! The metadata Raft log and vote, durable under `<data>/meta/raft/`.
+//! A durable Raft log and vote in one directory: the metadata group's under
+//! `<data>/meta/raft/`, each replicated partition's under its partition
+//! directory (`replication/`). Generic over the group's type config.
 //!
 //! `log`: a file that starts with a magic number and a version, then
 //! records `[len u32 LE][crc32c u32 LE][JSON]`, each an appended entry, a
@@ -20,42 +22,56 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, TypeConfig};
+use openraft::{BasicNode, RaftTypeConfig};
 
-type Entry = openraft::Entry<TypeConfig>;
+use super::NodeId;
+
+/// The type configs a [`LogStore`] serves: openraft's own entry type, ids
+/// and nodes as the brokers use them.
+pub(crate) trait StoreTypes:
+    RaftTypeConfig<NodeId = NodeId, Node = BasicNode, Entry = openraft::Entry<Self>, D: Clone>
+{
+}
+impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode, Entry = openraft::Entry<C>, D: Clone>> StoreTypes for C {}
 
 const MAGIC: &[u8; 8] = b"STRRAFT\0";
 const VERSION: u32 = 1;
 const HEADER_LEN: u64 = 12;
 
 #[derive(Serialize, Deserialize)]
-enum Record {
-    Append(Entry),
+#[serde(bound = "")]
+enum Record<C: StoreTypes> {
+    Append(openraft::Entry<C>),
     /// Entries at and after this index are gone.
     TruncateFrom(u64),
     /// Entries up to and including this id are gone (covered by the state machine).
     PurgeUpTo(LogId<NodeId>),
 }
 
-struct Inner {
+struct Inner<C: StoreTypes> {
     dir: PathBuf,
     file: File,
-    entries: BTreeMap<u64, Entry>,
+    entries: BTreeMap<u64, openraft::Entry<C>>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
 }
 
 /// The log store; clones share one state (the log reader is a clone).
-#[derive(Clone)]
-pub(crate) struct LogStore {
-    inner: Arc<Mutex<Inner>>,
+pub(crate) struct LogStore<C: StoreTypes> {
+    inner: Arc<Mutex<Inner<C>>>,
+}
+
+impl<C: StoreTypes> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore { inner: self.inner.clone() }
+    }
 }
 
 fn io_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     StorageIOError::write_logs(openraft::AnyError::new(&e)).into()
 }
 
-fn frame(record: &Record) -> std::io::Result<Vec<u8>> {
+fn frame<C: StoreTypes>(record: &Record<C>) -> std::io::Result<Vec<u8>> {
     let payload = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -84,9 +100,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-impl LogStore {
+impl<C: StoreTypes> LogStore<C> {
     /// Opens (or creates) the log under `dir`, replaying it.
-    pub(crate) fn open(dir: &Path) -> std::io::Result<LogStore> {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<LogStore<C>> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("log");
         let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
@@ -120,7 +136,7 @@ impl LogStore {
                 if crc32c::crc32c(payload) != crc {
                     break;
                 }
-                let Ok(record) = serde_json::from_slice::<Record>(payload) else { break };
+                let Ok(record) = serde_json::from_slice::<Record<C>>(payload) else { break };
                 match record {
                     Record::Append(e) => {
                         entries.insert(e.log_id.index, e);
@@ -152,7 +168,7 @@ impl LogStore {
         Ok(LogStore { inner: Arc::new(Mutex::new(Inner { dir: dir.to_path_buf(), file, entries, last_purged, vote })) })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<C>> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -163,8 +179,8 @@ impl LogStore {
     }
 }
 
-impl Inner {
-    fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
+impl<C: StoreTypes> Inner<C> {
+    fn write(&mut self, records: &[Record<C>]) -> std::io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
             buf.extend(frame(r)?);
@@ -179,7 +195,7 @@ impl Inner {
         let tmp = self.dir.join("log.tmp");
         let mut buf = header();
         if let Some(p) = self.last_purged {
-            buf.extend(frame(&Record::PurgeUpTo(p))?);
+            buf.extend(frame(&Record::<C>::PurgeUpTo(p))?);
         }
         for e in self.entries.values() {
             buf.extend(frame(&Record::Append(e.clone()))?);
@@ -197,19 +213,19 @@ impl Inner {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: StoreTypes> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+    ) -> Result<Vec<openraft::Entry<C>>, StorageError<NodeId>> {
         Ok(self.lock().entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C: StoreTypes> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<NodeId>> {
         let inner = self.lock();
         let last = inner.entries.values().next_back().map(|e| e.log_id).or(inner.last_purged);
         Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id: last })
@@ -232,14 +248,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<NodeId>>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = openraft::Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<openraft::Entry<C>> = entries.into_iter().collect();
         let mut inner = self.lock();
-        let records: Vec<Record> = entries.iter().cloned().map(Record::Append).collect();
+        let records: Vec<Record<C>> = entries.iter().cloned().map(Record::Append).collect();
         let res = inner.write(&records);
         if res.is_ok() {
             for e in entries {
@@ -253,14 +269,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut inner = self.lock();
-        inner.write(&[Record::TruncateFrom(log_id.index)]).map_err(io_err)?;
+        inner.write(&[Record::<C>::TruncateFrom(log_id.index)]).map_err(io_err)?;
         inner.entries.split_off(&log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut inner = self.lock();
-        inner.write(&[Record::PurgeUpTo(log_id)]).map_err(io_err)?;
+        inner.write(&[Record::<C>::PurgeUpTo(log_id)]).map_err(io_err)?;
         inner.entries = inner.entries.split_off(&(log_id.index + 1));
         inner.last_purged = Some(log_id);
         inner.compact().map_err(io_err)?;
@@ -274,7 +290,10 @@ mod tests {
 
     use super::*;
     use crate::catalog::CatalogCommand;
-    use crate::cluster::MetaRequest;
+    use crate::cluster::{MetaRequest, TypeConfig};
+
+    type Entry = openraft::Entry<TypeConfig>;
+    type LogStore = super::LogStore<TypeConfig>;
 
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
@@ -287,7 +306,7 @@ mod tests {
         }
     }
 
-    fn write_raw(store: &LogStore, records: &[Record]) {
+    fn write_raw(store: &LogStore, records: &[Record<TypeConfig>]) {
         store.lock().write(records).unwrap();
         let mut inner = store.lock();
         for r in records {

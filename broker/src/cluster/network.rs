@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::{BasicNode, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata_proto::v1::raft_client::RaftClient;
@@ -49,7 +49,7 @@ pub(crate) enum TransportError {
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, serde_json::Error> {
-    Ok(RaftPayload { json: serde_json::to_vec(v)?.into() })
+    Ok(RaftPayload { json: serde_json::to_vec(v)?.into(), group: String::new() })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_json::Error> {
@@ -63,9 +63,14 @@ impl Network {
     }
 
     fn client(&self, addr: &str) -> Result<RaftClient<Channel>, TransportError> {
+        self.channel(addr).map(RaftClient::new)
+    }
+
+    /// The (lazily connecting) channel to the broker at `addr`.
+    fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(c) = channels.get(addr) {
-            return Ok(RaftClient::new(c.clone()));
+            return Ok(c.clone());
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -78,7 +83,48 @@ impl Network {
         }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
-        Ok(RaftClient::new(channel))
+        Ok(channel)
+    }
+
+    /// Reads the stored batches of partition `id` from offset `from` (up to
+    /// before `to`) from the broker at `addr`, through its public Fetch with
+    /// the admin token: a replica installing a snapshot fetches what it
+    /// lacks. Returns at least one batch unless the broker has none there.
+    pub(crate) async fn fetch_batches(
+        &self,
+        addr: &str,
+        id: &crate::partition::PartitionId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<bytes::Bytes>, TransportError> {
+        use strata_proto::v1::fetch_request::Start;
+        let mut client = strata_proto::v1::log_client::LogClient::new(self.channel(addr)?)
+            .max_decoding_message_size(64 * 1024 * 1024);
+        let mut request = self.request(strata_proto::v1::FetchRequest {
+            tenant: id.tenant().to_string(),
+            topic: id.topic().to_string(),
+            partition: id.index(),
+            start: Some(Start::Offset(from)),
+            max_bytes: 4 * 1024 * 1024,
+            max_wait_ms: 1,
+            follow: false,
+        });
+        request.set_timeout(MEMBERSHIP_TIMEOUT);
+        let mut stream = client.fetch(request).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(resp) = stream.message().await? {
+            let mut records = resp.records;
+            while let Ok(h) = strata_proto::batch::BatchHeader::parse(&records) {
+                if h.total_len() > records.len() || h.base_offset >= to {
+                    break;
+                }
+                out.push(records.split_to(h.total_len()));
+            }
+            if !out.is_empty() || resp.next_offset >= to {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// A request carrying the admin token, when there is one.
@@ -121,23 +167,45 @@ impl Network {
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Connection;
+    type Network = Connection<TypeConfig>;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        Connection { target, addr: node.addr.clone(), network: self.clone() }
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection<TypeConfig> {
+        Connection::new(self.clone(), Arc::from(""), target, node)
     }
 }
 
-/// openraft's view of one peer.
-pub(crate) struct Connection {
+/// The network of one replicated partition's group: the brokers' shared
+/// connections, every message tagged with the group.
+#[derive(Clone)]
+pub(crate) struct GroupNetwork {
+    pub network: Network,
+    pub group: Arc<str>,
+}
+
+impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode>> RaftNetworkFactory<C> for GroupNetwork {
+    type Network = Connection<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection<C> {
+        Connection::new(self.network.clone(), self.group.clone(), target, node)
+    }
+}
+
+/// openraft's view of one peer, for one group.
+pub(crate) struct Connection<C> {
     target: NodeId,
     addr: String,
     network: Network,
+    group: Arc<str>,
+    _types: std::marker::PhantomData<fn() -> C>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
-impl Connection {
+impl<C> Connection<C> {
+    fn new(network: Network, group: Arc<str>, target: NodeId, node: &BasicNode) -> Self {
+        Connection { target, addr: node.addr.clone(), network, group, _types: std::marker::PhantomData }
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         req: &Req,
@@ -153,7 +221,8 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let client = self.network.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        payload.group = self.group.to_string();
         let mut request = self.network.request(payload);
         request.set_timeout(option.hard_ttl());
         let reply = rpc(client, request).await.map_err(|s| {
@@ -173,10 +242,10 @@ impl Connection {
     }
 }
 
-impl RaftNetwork<TypeConfig> for Connection {
+impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode>> RaftNetwork<C> for Connection<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await).await
@@ -184,7 +253,7 @@ impl RaftNetwork<TypeConfig> for Connection {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         self.call(&rpc, &option, async |mut c, r| c.install_snapshot(r).await).await

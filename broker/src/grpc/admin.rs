@@ -48,6 +48,7 @@ fn overrides(config: Option<TopicConfig>) -> Result<TopicOverrides, Status> {
         durability,
         local_retention_ms: c.local_retention_ms,
         local_retention_bytes: c.local_retention_bytes,
+        replication_factor: None,
     })
 }
 
@@ -85,6 +86,7 @@ fn describe_to_pb(t: TopicView) -> TopicDescription {
         partitions: t.partitions,
         config: Some(config_to_pb(&t.settings)),
         created_at_ms: t.created_at_ms,
+        replication_factor: t.replication_factor,
         partition_details: t
             .partition_stats
             .iter()
@@ -93,6 +95,18 @@ fn describe_to_pb(t: TopicView) -> TopicDescription {
             .map(|(p, s, elsewhere)| PartitionDescription {
                 partition: p as u32,
                 owner: t.owners.get(p).copied().flatten(),
+                leader: match t.replicas.get(p) {
+                    Some(r) => r.leader,
+                    None => t.owners.get(p).copied().flatten(),
+                },
+                replicas: match t.replicas.get(p) {
+                    Some(r) => r.replicas.clone(),
+                    None => t.owners.get(p).copied().flatten().into_iter().collect(),
+                },
+                isr: match t.replicas.get(p) {
+                    Some(r) => r.in_sync.clone(),
+                    None => t.owners.get(p).copied().flatten().into_iter().collect(),
+                },
                 elsewhere,
                 start_offset: s.start_offset,
                 end_offset: s.high_watermark,
@@ -221,7 +235,8 @@ impl Admin for AdminService {
     async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicDescription>, Status> {
         let (caller, mut r) = auth::split(request);
         self.auth.authorize(&caller, Operation::Admin, &mut r.tenant, Resource::Topic(&r.name)).await?;
-        let o = overrides(r.config)?;
+        let mut o = overrides(r.config)?;
+        o.replication_factor = (r.replication_factor > 0).then_some(r.replication_factor);
         let t =
             self.broker.create_topic(&r.tenant, &r.name, r.partitions, o, r.if_not_exists).await.map_err(to_status)?;
         Ok(Response::new(describe_to_pb(t)))

@@ -11,6 +11,7 @@ use crate::catalog::CatalogCommand;
 use crate::cluster::ClusterNode;
 use crate::cluster::membership::MembershipRequest;
 use crate::cluster::network::{decode, encode};
+use crate::replication::ReplicaGroup;
 
 pub(crate) struct RaftService {
     node: Arc<ClusterNode>,
@@ -43,21 +44,38 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     encode(v).map(Response::new).map_err(|e| Status::internal(format!("cannot encode a Raft reply: {e}")))
 }
 
+/// The replicated partition a message is for (`None`: the metadata group).
+/// A group this broker does not run (yet, or any more) answers UNAVAILABLE,
+/// which the sender treats as an unreachable peer and retries.
+fn partition_group(node: &ClusterNode, request: &Request<RaftPayload>) -> Result<Option<Arc<ReplicaGroup>>, Status> {
+    let group = &request.get_ref().group;
+    if group.is_empty() {
+        return Ok(None);
+    }
+    node.groups().get(group).map(Some).ok_or_else(|| Status::unavailable(format!("no replica of group {group} here")))
+}
+
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.payload(&request).await?;
-        reply(&self.node.raft().append_entries(rpc).await)
+        match partition_group(&self.node, &request)? {
+            None => reply(&self.node.raft().append_entries(self.payload(&request).await?).await),
+            Some(g) => reply(&g.raft().append_entries(self.payload(&request).await?).await),
+        }
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.payload(&request).await?;
-        reply(&self.node.raft().vote(rpc).await)
+        match partition_group(&self.node, &request)? {
+            None => reply(&self.node.raft().vote(self.payload(&request).await?).await),
+            Some(g) => reply(&g.raft().vote(self.payload(&request).await?).await),
+        }
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = self.payload(&request).await?;
-        reply(&self.node.raft().install_snapshot(rpc).await)
+        match partition_group(&self.node, &request)? {
+            None => reply(&self.node.raft().install_snapshot(self.payload(&request).await?).await),
+            Some(g) => reply(&g.raft().install_snapshot(self.payload(&request).await?).await),
+        }
     }
 
     async fn forward(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -28,6 +28,9 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
             CatalogError::PartitionsCannotShrink { tenant, name, .. } => {
                 (Code::FailedPrecondition, E::PartitionsCannotShrink, format!("{tenant}/{name}"))
             }
+            CatalogError::ReplicationFactorTooLarge { tenant, name, .. } => {
+                (Code::FailedPrecondition, E::InvalidReplicationFactor, format!("{tenant}/{name}"))
+            }
             CatalogError::UnknownQueue { tenant, name } => {
                 (Code::NotFound, E::UnknownQueue, format!("{tenant}/{name}"))
             }
@@ -129,6 +132,7 @@ fn classify(e: &BrokerError) -> (Code, ErrorCode, String) {
         BrokerError::QueueNotEmpty { queue, .. } => (Code::FailedPrecondition, E::QueueNotEmpty, queue.clone()),
         BrokerError::StaleReceipt { queue, .. } => (Code::FailedPrecondition, E::StaleReceipt, queue.clone()),
         BrokerError::NoMetadataQuorum { .. } => (Code::Unavailable, E::NoMetadataQuorum, String::new()),
+        BrokerError::NoPartitionQuorum { resource, .. } => (Code::Unavailable, E::NoPartitionQuorum, resource.clone()),
         // Not a transient failure of this broker: the request belongs
         // elsewhere (the details say where), so a precondition, not UNAVAILABLE.
         BrokerError::NotLeader { resource, .. } => (Code::FailedPrecondition, E::NotLeader, resource.clone()),

@@ -39,7 +39,7 @@ pub(crate) enum Check {
     Duplicate(BatchMeta),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum SequenceError {
     #[error("producer {producer_id} is fenced: epoch {epoch} is older than the current epoch {current}")]
     Fenced { producer_id: i64, epoch: i16, current: i16 },

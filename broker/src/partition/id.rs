@@ -51,6 +51,12 @@ impl PartitionId {
         self.index
     }
 
+    /// The name of the partition's Raft group when it is replicated
+    /// (`<topic id>/<partition>`, unique over the catalog's lifetime).
+    pub(crate) fn group_key(&self) -> String {
+        format!("{}/{}", self.topic_id, self.index)
+    }
+
     /// The cold-tier key prefix: the remote layout mirrors the local one.
     pub(crate) fn remote_prefix(&self) -> object_store::path::Path {
         crate::tier::manifest::partition_prefix(

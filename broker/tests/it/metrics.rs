@@ -58,6 +58,7 @@ async fn metrics_match_a_known_workload() {
             partitions: 2,
             config: None,
             if_not_exists: false,
+            replication_factor: 0,
         })
         .await
         .unwrap();

@@ -261,6 +261,7 @@ async fn bindings_route_exactly_the_matching_topic_messages() {
             partitions: 2,
             config: None,
             if_not_exists: false,
+            replication_factor: 0,
         })
         .await
         .unwrap();

@@ -181,6 +181,10 @@ pub(crate) struct CreateTopicArgs {
     /// broker's disk (e.g. 1GiB). Makes the topic tiered.
     #[arg(long, value_parser = parse::retention_bytes)]
     pub(crate) local_retention_bytes: Option<i64>,
+    /// Copies of each partition, on distinct brokers; a produce is
+    /// acknowledged once a majority of them has it durable [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) replication_factor: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]

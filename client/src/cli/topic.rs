@@ -41,6 +41,7 @@ async fn create(client: &Client, args: CreateTopicArgs) -> anyhow::Result<()> {
         durability: args.durability.map(Durability::from),
         local_retention: args.local_retention,
         local_retention_bytes: args.local_retention_bytes,
+        replication_factor: args.replication_factor,
     };
     let d = client.create_topic(&args.name, args.partitions, options).await?;
     println!("created topic {} with {} partitions", d.name, d.partitions);
@@ -95,6 +96,7 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
         ("tenant", d.tenant.clone()),
         ("id", d.topic_id.clone()),
         ("partitions", d.partitions.to_string()),
+        ("replication", d.replication_factor.max(1).to_string()),
         ("durability", durability_name(config.durability).to_owned()),
         ("retention", ms_setting(config.retention_ms)),
         ("retention bytes", bytes_setting(config.retention_bytes)),
@@ -121,6 +123,9 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
         "REMOTE_BYTES".to_owned(),
         // Last, so scripts reading the earlier columns by position keep working.
         "OWNER".to_owned(),
+        "LEADER".to_owned(),
+        "REPLICAS".to_owned(),
+        "ISR".to_owned(),
     ]];
     let mut parts = d.partition_details.clone();
     parts.sort_by_key(|p| p.partition);
@@ -136,10 +141,18 @@ pub(crate) fn describe(d: &TopicDescription) -> String {
             range(p.remote_start_offset, p.remote_end_offset),
             p.remote_size_bytes.to_string(),
             p.owner.map_or_else(|| "unowned".to_owned(), |o| o.to_string()),
+            p.leader.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            ids(&p.replicas),
+            ids(&p.isr),
         ]);
     }
     out.push_str(&table(&rows));
     out
+}
+
+/// Broker ids `1,2,3`, or `-` when none.
+fn ids(ids: &[u64]) -> String {
+    if ids.is_empty() { "-".into() } else { ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",") }
 }
 
 /// An offset range `start..end`, or `-` when empty.
@@ -191,6 +204,7 @@ mod tests {
                 local_retention_bytes: Some(-1),
             }),
             created_at_ms: 1_700_000_000_000,
+            replication_factor: 3,
             partition_details: vec![
                 PartitionDescription {
                     partition: 1,
@@ -206,6 +220,9 @@ mod tests {
                     remote_segment_count: 2,
                     owner: Some(2),
                     elsewhere: false,
+                    leader: Some(1),
+                    replicas: vec![2, 1, 3],
+                    isr: vec![1, 2],
                 },
                 PartitionDescription { partition: 0, ..Default::default() },
             ],
@@ -221,12 +238,13 @@ mod tests {
         assert!(text.contains("local bytes:     same as retention bytes"), "{text}");
         assert_eq!(
             lines[header + 1].split_whitespace().collect::<Vec<_>>(),
-            ["0", "0", "0", "0", "0", "-", "0", "-", "0", "unowned"]
+            ["0", "0", "0", "0", "0", "-", "0", "-", "0", "unowned", "-", "-", "-"]
         );
         assert_eq!(
             lines[header + 2].split_whitespace().collect::<Vec<_>>(),
-            ["1", "0", "12345", "999", "3", "10000..12345", "300", "0..11000", "800", "2"]
+            ["1", "0", "12345", "999", "3", "10000..12345", "300", "0..11000", "800", "2", "1", "2,1,3", "1,2"]
         );
+        assert!(text.contains("replication:     3"), "{text}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod process;
 mod queue_producer;
 mod queues;
 mod quotas;
+mod replication;
 mod routing;
 mod security;
 mod tier;

@@ -27,25 +27,31 @@ use crate::process::{BrokerProcess, binary_or_skip};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Three broker processes forming one cluster on free loopback ports.
-struct Trio {
+pub(crate) struct Trio {
     brokers: Vec<Option<BrokerProcess>>,
     /// `http://127.0.0.1:PORT` of broker 1, 2 and 3.
-    urls: Vec<String>,
-    _dirs: Vec<tempfile::TempDir>,
+    pub(crate) urls: Vec<String>,
+    dirs: Vec<tempfile::TempDir>,
+    bin: std::path::PathBuf,
+    peers: Vec<String>,
 }
 
 impl Trio {
-    async fn start(bin: &Path) -> Trio {
+    fn spawn(bin: &Path, dir: &Path, peers: &[String], i: usize) -> BrokerProcess {
+        let id = (i + 1).to_string();
+        let peer_list = peers.join(",");
+        let args = ["--broker-id", &id, "--advertised-address", &peers[i], "--peers", &peer_list];
+        BrokerProcess::start(bin, dir, &peers[i], &args, &[])
+    }
+
+    pub(crate) async fn start(bin: &Path) -> Trio {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let peer_list = peers.join(",");
         let mut brokers = Vec::new();
         let mut dirs = Vec::new();
-        for (i, addr) in peers.iter().enumerate() {
+        for i in 0..peers.len() {
             let dir = tempfile::tempdir().expect("temp dir");
-            let id = (i + 1).to_string();
-            let args = ["--broker-id", &id, "--advertised-address", addr, "--peers", &peer_list];
-            brokers.push(Some(BrokerProcess::start(bin, dir.path(), addr, &args, &[])));
+            brokers.push(Some(Trio::spawn(bin, dir.path(), &peers, i)));
             dirs.push(dir);
         }
         let urls: Vec<String> = peers.iter().map(|p| format!("http://{p}")).collect();
@@ -60,18 +66,25 @@ impl Trio {
             })
             .await;
         }
-        Trio { brokers, urls, _dirs: dirs }
+        Trio { brokers, urls, dirs, bin: bin.to_path_buf(), peers }
     }
 
     /// The broker id (1-3) behind a URL.
-    fn id_of(&self, url: &str) -> u64 {
+    pub(crate) fn id_of(&self, url: &str) -> u64 {
         self.urls.iter().position(|u| u == url).expect("a broker URL") as u64 + 1
     }
 
-    fn kill9(&mut self, id: u64) {
+    pub(crate) fn kill9(&mut self, id: u64) {
         if let Some(mut b) = self.brokers[id as usize - 1].take() {
             b.kill9();
         }
+    }
+
+    /// Starts broker `id` again on its data directory (after `kill9`).
+    pub(crate) fn restart(&mut self, id: u64) {
+        let i = id as usize - 1;
+        assert!(self.brokers[i].is_none(), "broker {id} is running");
+        self.brokers[i] = Some(Trio::spawn(&self.bin, self.dirs[i].path(), &self.peers, i));
     }
 
     /// Creates a topic through broker 1 and waits until every broker knows

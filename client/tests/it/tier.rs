@@ -55,7 +55,7 @@ async fn consume_from_earliest_reads_across_the_cold_tier_without_a_gap() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let p = loop {
         let d = client.describe_topic("events").await.expect("describe");
-        let p = d.partition_details[0];
+        let p = d.partition_details[0].clone();
         if p.end_offset == 5000 && p.local_start_offset >= 4000 && p.remote_end_offset == p.local_start_offset {
             break p;
         }

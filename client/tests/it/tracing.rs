@@ -310,7 +310,7 @@ async fn a_message_read_back_from_the_cold_tier_keeps_its_trace() {
     let client = strata_client::Client::connect(&url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let p = client.describe_topic("events").await.unwrap().partition_details[0];
+        let p = client.describe_topic("events").await.unwrap().partition_details[0].clone();
         if p.local_start_offset > 200 && p.remote_start_offset == 0 {
             break;
         }

@@ -1,0 +1,310 @@
+//! Replicated partitions (DESIGN §4.6; "Partition replication" in
+//! ARCHITECTURE.md): a topic with a replication factor above 1 gets one
+//! openraft group per partition, its members the partition's replicas.
+//!
+//! - Each replica keeps a Raft log next to the partition log (the metadata
+//!   group's `LogStore`, under `<partition dir>/replication/`), fsynced
+//!   before openraft is told; the partition log is the state machine
+//!   (`state_machine.rs`).
+//! - A produce on the leader validates the batch and proposes it; it is
+//!   answered once the entry is committed (durable on a majority) and
+//!   applied on the leader, which assigns the offsets. Followers answer
+//!   NOT_LEADER naming the leader.
+//! - Messages travel over the internal `strata.v1.Raft` service tagged with
+//!   the group (`<topic id>/<partition>`); `grpc/raft.rs` routes them here
+//!   through the [`Groups`] registry the cluster node holds.
+
+pub(crate) mod state_machine;
+
+use std::collections::{BTreeMap, HashMap};
+// `declare_raft_types!` names `Cursor` for the snapshot data.
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::NodeId;
+use crate::cluster::log_store::LogStore;
+use crate::cluster::network::{GroupNetwork, Network};
+use crate::log::SequenceError;
+use crate::partition::Partition;
+
+openraft::declare_raft_types!(
+    /// A replicated partition's group types.
+    pub(crate) PartitionTypes:
+        D = PartitionEntry,
+        R = PartitionResponse,
+        NodeId = NodeId,
+        Node = BasicNode,
+);
+
+pub(crate) type PartitionRaft = openraft::Raft<PartitionTypes>;
+
+/// One proposed batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PartitionEntry {
+    /// The batch as the producer sent it (validated by the leader).
+    #[serde(with = "base64_bytes")]
+    pub batch: Bytes,
+    /// The leader's clock when it proposed the batch: every replica appends
+    /// with this time, so they roll and index alike.
+    pub at_ms: i64,
+}
+
+/// What applying an entry gave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum PartitionResponse {
+    /// A blank or membership entry, or one re-applied after a restart that
+    /// had been refused.
+    Nothing,
+    Appended {
+        base_offset: u64,
+        last_offset: u64,
+        append_time_ms: i64,
+        duplicate: bool,
+    },
+    /// An idempotent producer's batch refused (the same on every replica).
+    Refused(SequenceError),
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map(Bytes::from).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Raft timing for partition groups: a heartbeat every 250 ms and an
+/// election after 1–2 s without one (a new leader about 1.5–3 s after the
+/// old one dies), snapshots (the applied marker) every 256 entries.
+fn raft_config() -> Result<openraft::Config, String> {
+    openraft::Config {
+        cluster_name: "strata-partition".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 30_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(256),
+        max_in_snapshot_log_to_keep: 64,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())
+}
+
+/// A replica other than the first initializes a new group itself when no
+/// leader appeared within this long.
+const INITIALIZE_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A follower whose matched entry is this far behind the leader's last
+/// entry is out of sync.
+const IN_SYNC_MAX_LAG: u64 = 128;
+
+/// This broker's replica of one partition: its Raft node.
+pub(crate) struct ReplicaGroup {
+    key: Arc<str>,
+    me: NodeId,
+    raft: PartitionRaft,
+}
+
+impl std::fmt::Debug for ReplicaGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaGroup").field("key", &self.key).field("me", &self.me).finish()
+    }
+}
+
+/// Why a proposal was not applied.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// Another replica leads (if known).
+    NotLeader(Option<NodeId>),
+    /// The node stopped (shutdown or a storage failure).
+    Stopped(String),
+}
+
+/// What starting a replica takes.
+pub(crate) struct GroupSetup {
+    pub partition: Arc<Partition>,
+    /// The replicas and their advertised addresses.
+    pub replicas: Vec<(NodeId, String)>,
+    pub me: NodeId,
+    pub me_addr: String,
+    pub network: Network,
+}
+
+impl ReplicaGroup {
+    /// Opens the replica's Raft log and state machine and starts its node;
+    /// a replica with no Raft state yet (the partition was just created)
+    /// initializes the group with all replicas (every replica does the
+    /// same, which openraft allows).
+    pub(crate) async fn start(setup: GroupSetup) -> Result<Arc<ReplicaGroup>, String> {
+        let GroupSetup { partition, replicas, me, me_addr, network } = setup;
+        let key: Arc<str> = Arc::from(partition.id().group_key());
+        let dir = partition.dir().join("replication");
+        let part = partition.clone();
+        let net = network.clone();
+        let (log, sm) = tokio::task::spawn_blocking(move || {
+            let log = LogStore::<PartitionTypes>::open(&dir)?;
+            let sm = state_machine::PartitionStateMachine::open(part, &dir, me_addr, net)?;
+            Ok::<_, std::io::Error>((log, sm))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open the replication state of {}: {e}", partition.id()))?;
+        let fresh = !log.has_state();
+        let config = Arc::new(raft_config()?);
+        let raft = PartitionRaft::new(me, config, GroupNetwork { network, group: key.clone() }, log, sm)
+            .await
+            .map_err(|e| format!("cannot start the Raft node of {}: {e}", partition.id()))?;
+        if fresh {
+            // The first replica (the preferred leader, placement spreads
+            // them) initializes the group at once and so usually leads;
+            // the others only if no leader showed up within a while (the
+            // first replica's broker is down), which openraft allows as the
+            // membership is the same.
+            let members: BTreeMap<NodeId, BasicNode> =
+                replicas.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+            let preferred = replicas.first().map(|(id, _)| *id) == Some(me);
+            let raft = raft.clone();
+            let id = partition.id().to_string();
+            let init = async move {
+                if !preferred {
+                    let mut metrics = raft.metrics();
+                    let led = metrics.wait_for(|m| m.current_leader.is_some() || m.last_log_index.is_some());
+                    if tokio::time::timeout(INITIALIZE_FALLBACK, led).await.is_ok() {
+                        return;
+                    }
+                }
+                match raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => {
+                        tracing::error!(partition = %id, error = %e, "cannot initialize the partition's Raft group")
+                    }
+                }
+            };
+            if preferred {
+                init.await;
+            } else {
+                tokio::spawn(init);
+            }
+        }
+        Ok(Arc::new(ReplicaGroup { key, me, raft }))
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn raft(&self) -> &PartitionRaft {
+        &self.raft
+    }
+
+    /// The current leader, if known.
+    pub(crate) fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.me)
+    }
+
+    /// In-sync replicas: on the leader, itself and every follower whose
+    /// matched entry is within [`IN_SYNC_MAX_LAG`] of its last entry; a
+    /// follower knows only that it follows a leader (itself and that
+    /// leader), nothing while there is none.
+    pub(crate) fn in_sync(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        match (&m.replication, m.current_leader) {
+            (Some(followers), _) => {
+                let last = m.last_log_index.unwrap_or(0);
+                let mut isr = vec![self.me];
+                for (id, matched) in followers.iter() {
+                    let at = matched.map_or(0, |l| l.index);
+                    if *id != self.me && at + IN_SYNC_MAX_LAG >= last {
+                        isr.push(*id);
+                    }
+                }
+                isr.sort_unstable();
+                isr
+            }
+            (None, Some(leader)) => {
+                let mut isr = vec![leader, self.me];
+                isr.sort_unstable();
+                isr.dedup();
+                isr
+            }
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// Proposes `entry` (in call order with other proposals); the receiver
+    /// resolves once it is committed and applied here.
+    pub(crate) async fn propose(&self, entry: PartitionEntry) -> Result<Proposal, WriteError> {
+        self.raft.client_write_ff(entry).await.map_err(|e| WriteError::Stopped(e.to_string()))
+    }
+
+    /// Stops the node (the partition closes or the broker shuts down).
+    pub(crate) async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// The replicated partitions this broker holds a replica of, by group.
+#[derive(Default)]
+pub(crate) struct Groups {
+    groups: RwLock<HashMap<Arc<str>, Arc<ReplicaGroup>>>,
+}
+
+impl Groups {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<ReplicaGroup>> {
+        crate::locks::read_lock(&self.groups).get(key).cloned()
+    }
+
+    pub(crate) fn insert(&self, group: Arc<ReplicaGroup>) -> Option<Arc<ReplicaGroup>> {
+        crate::locks::write_lock(&self.groups).insert(group.key.clone(), group)
+    }
+
+    pub(crate) fn remove(&self, key: &str) -> Option<Arc<ReplicaGroup>> {
+        crate::locks::write_lock(&self.groups).remove(key)
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<ReplicaGroup>> {
+        crate::locks::read_lock(&self.groups).values().cloned().collect()
+    }
+}
+
+/// A proposed entry's outcome, once committed and applied (or refused).
+pub(crate) type Proposal = tokio::sync::oneshot::Receiver<
+    Result<openraft::raft::ClientWriteResponse<PartitionTypes>, ClientWriteError<NodeId, BasicNode>>,
+>;
+
+/// Waits for a proposal's outcome.
+pub(crate) async fn outcome(proposal: Proposal) -> Result<PartitionResponse, WriteError> {
+    match proposal.await {
+        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Err(e)) => Err(write_error(e)),
+        Err(_) => Err(WriteError::Stopped("the partition's Raft node stopped".into())),
+    }
+}
+
+/// A client write that failed: not the leader, or stopped.
+fn write_error(e: ClientWriteError<NodeId, BasicNode>) -> WriteError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => WriteError::NotLeader(f.leader_id),
+        ClientWriteError::ChangeMembershipError(e) => WriteError::Stopped(e.to_string()),
+    }
+}

@@ -1,0 +1,140 @@
+//! Replicated partitions (RF 3) across three real `strata-broker` processes:
+//! SIGKILL the leader of a partition under load, and an independent check
+//! of every acknowledgement against what a consumer reads back afterwards.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesOrdered;
+use strata_client::{Client, ConsumerConfig, Message, StartFrom, TopicOptions};
+use strata_testkit::eventually;
+
+use crate::process::binary_or_skip;
+use crate::routing::Trio;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const PARTITIONS: u32 = 3;
+
+/// Each partition's leader as broker `url` reports it (all known).
+async fn leaders(url: &str, topic: &str) -> Option<Vec<u64>> {
+    let c = Client::connect(url).await.ok()?;
+    let d = c.describe_topic(topic).await.ok()?;
+    let mut parts = d.partition_details.clone();
+    parts.sort_by_key(|p| p.partition);
+    parts.iter().map(|p| p.leader).collect()
+}
+
+/// Sends messages `from..to` (partition = i % 3), `window` in flight, and
+/// returns each acknowledged one's (partition, offset) by message number.
+async fn produce(
+    producer: &strata_client::Producer,
+    from: usize,
+    to: usize,
+    window: usize,
+) -> BTreeMap<usize, (u32, u64)> {
+    let mut acked = BTreeMap::new();
+    let mut in_flight = FuturesOrdered::new();
+    for i in from..to {
+        let msg = Message::new(i.to_string()).with_partition(i as u32 % PARTITIONS);
+        let ack = producer.enqueue(msg).await.expect("enqueued");
+        in_flight.push_back(async move { (i, ack.await) });
+        if in_flight.len() >= window
+            && let Some((i, r)) = in_flight.next().await
+        {
+            let meta = r.unwrap_or_else(|e| panic!("message {i} not acknowledged: {e}"));
+            acked.insert(i, (meta.partition, meta.offset));
+        }
+    }
+    while let Some((i, r)) = in_flight.next().await {
+        let meta = r.unwrap_or_else(|e| panic!("message {i} not acknowledged: {e}"));
+        acked.insert(i, (meta.partition, meta.offset));
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing() {
+    let Some(bin) = binary_or_skip() else { return };
+    let mut trio = Trio::start(&bin).await;
+    let c1 = Client::connect(&trio.urls[0]).await.expect("connect");
+    let options = TopicOptions { replication_factor: Some(3), ..TopicOptions::default() };
+    let d = c1.create_topic("replicated", PARTITIONS, options).await.expect("topic created");
+    assert_eq!(d.replication_factor, 3);
+    for p in &d.partition_details {
+        assert_eq!(p.replicas.len(), 3, "three replicas on distinct brokers: {p:?}");
+        assert_eq!(p.replicas.iter().collect::<HashSet<_>>().len(), 3, "{p:?}");
+    }
+    let before = eventually("every partition has a leader", DEADLINE, || leaders(&trio.urls[0], "replicated")).await;
+
+    // Load through a client that knows every broker.
+    let client = Client::connect(&trio.urls.join(",")).await.expect("connect");
+    let producer = client.producer("replicated").await.expect("idempotent producer");
+    assert!(producer.producer_id().is_some(), "idempotence is on by default");
+    let mut acked = produce(&producer, 0, 3_000, 64).await;
+
+    // SIGKILL partition 0's leader while a second run is in flight.
+    let victim = before[0];
+    let survivor = trio.urls[(victim as usize) % 3].clone();
+    let load = {
+        let producer = producer.clone();
+        tokio::spawn(async move { produce(&producer, 3_000, 9_000, 64).await })
+    };
+    trio.kill9(victim);
+    let killed = Instant::now();
+    let after = eventually("a new leader for every partition", DEADLINE, || {
+        let survivor = survivor.clone();
+        async move { leaders(&survivor, "replicated").await.filter(|l| !l.contains(&victim)) }
+    })
+    .await;
+    let failover = killed.elapsed();
+    println!("partition leaders {before:?} -> {after:?}: new leaders {failover:?} after the SIGKILL");
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    acked.extend(tokio::time::timeout(DEADLINE, load).await.expect("load ends").expect("load task"));
+    acked.extend(produce(&producer, 9_000, 10_000, 64).await);
+    producer.close().await.expect("producer closes");
+    assert_eq!(acked.len(), 10_000, "every message acknowledged");
+
+    // The killed broker comes back and catches up; then read everything
+    // back through the broker that was never killed.
+    trio.restart(victim);
+    let reader = Client::connect(&survivor).await.expect("connect");
+    let config = ConsumerConfig { start: StartFrom::Earliest, ..ConsumerConfig::default() };
+    let mut consumer = reader.consumer("replicated", config).await.expect("consumer");
+    let mut seen: HashMap<(u32, u64), usize> = HashMap::new();
+    let mut numbers = HashSet::new();
+    while seen.len() < acked.len() {
+        let r = tokio::time::timeout(DEADLINE, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} records read back", seen.len(), acked.len()))
+            .expect("open")
+            .expect("ok");
+        let i: usize = std::str::from_utf8(&r.value).expect("utf-8").parse().expect("a number");
+        assert!(numbers.insert(i), "message {i} stored twice (at {}/{})", r.partition, r.offset);
+        seen.insert((r.partition, r.offset), i);
+    }
+    for (i, at) in &acked {
+        assert_eq!(seen.get(at), Some(i), "message {i} acknowledged at {at:?}");
+    }
+    // Each partition holds exactly its acknowledged messages: offsets 0..n.
+    let ends = reader.list_offsets("replicated", Vec::new()).await.expect("offsets");
+    for p in 0..PARTITIONS {
+        let n = acked.values().filter(|(q, _)| *q == p).count() as u64;
+        assert!(ends.iter().any(|e| e.partition == p && e.high_watermark == n), "partition {p}: {ends:?}");
+    }
+    // The restarted replica catches up: it reports the same end offsets.
+    let victim_url = trio.urls[victim as usize - 1].clone();
+    eventually("the restarted replica caught up", DEADLINE, || {
+        let url = victim_url.clone();
+        let acked = &acked;
+        async move {
+            let c = Client::connect(&url).await.ok()?;
+            let d = c.describe_topic("replicated").await.ok()?;
+            d.partition_details
+                .iter()
+                .all(|p| p.end_offset == acked.values().filter(|(q, _)| *q == p.partition).count() as u64)
+                .then_some(())
+        }
+    })
+    .await;
+}
