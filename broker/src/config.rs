@@ -1011,17 +1011,17 @@ mod tests {
         assert_eq!(c.cluster.members(), ["b:2", "c:3", "a:1"]);
         assert!(!Config::default().cluster.is_clustered());
         let err = |pairs: &[(&str, &str)]| Config::load(None, &env(pairs)).unwrap_err().to_string();
-        let e = err(&[
-            ("STRATA_CLUSTER_BROKER_ID", "1"),
-            ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
-            ("STRATA_CLUSTER_PEERS", "a:1,b:2,a:1"),
-        ]);
+        // Broker 1 at a:1 with these peers.
+        let peers_err = |peers: &str| {
+            err(&[
+                ("STRATA_CLUSTER_BROKER_ID", "1"),
+                ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
+                ("STRATA_CLUSTER_PEERS", peers),
+            ])
+        };
+        let e = peers_err("a:1,b:2,a:1");
         assert!(e.contains("own address a:1 twice"), "{e}");
-        let e = err(&[
-            ("STRATA_CLUSTER_BROKER_ID", "1"),
-            ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
-            ("STRATA_CLUSTER_PEERS", "b:2,b:2"),
-        ]);
+        let e = peers_err("b:2,b:2");
         assert!(e.contains("names b:2 twice"), "{e}");
         let e = err(&[("STRATA_CLUSTER_ZONE", "a"), ("STRATA_CLUSTER_ZONE_FILE", "/etc/strata/zone/zone")]);
         assert!(e.contains("cluster.zone and cluster.zone_file"), "{e}");
@@ -1049,11 +1049,7 @@ mod tests {
         assert!(e.contains("needs cluster.advertised_address"), "{e}");
         let e = err(&[("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"), ("STRATA_CLUSTER_PEERS", "b:2")]);
         assert!(e.contains("needs cluster.broker_id"), "{e}");
-        let e = err(&[
-            ("STRATA_CLUSTER_BROKER_ID", "1"),
-            ("STRATA_CLUSTER_ADVERTISED_ADDRESS", "a:1"),
-            ("STRATA_CLUSTER_PEERS", "b"),
-        ]);
+        let e = peers_err("b");
         assert!(e.contains("not HOST:PORT"), "{e}");
     }
 

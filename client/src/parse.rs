@@ -164,73 +164,82 @@ impl From<DurabilityArg> for Durability {
 mod tests {
     use super::*;
 
+    /// Asserts that `parse` reads each input of `cases` as its value.
+    fn parses<T: std::fmt::Debug + PartialEq>(parse: impl Fn(&str) -> Result<T, String>, cases: &[(&str, T)]) {
+        for (input, want) in cases {
+            assert_eq!(parse(input).as_ref(), Ok(want), "{input:?}");
+        }
+    }
+
+    /// Asserts that `parse` refuses each of `inputs`.
+    fn refused<T: std::fmt::Debug>(parse: impl Fn(&str) -> Result<T, String>, inputs: &[&str]) {
+        for input in inputs {
+            assert!(parse(input).is_err(), "{input:?} was accepted: {:?}", parse(input));
+        }
+    }
+
     #[test]
     fn durations() {
-        assert_eq!(duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(duration("7x").is_err());
-        assert!(duration("").is_err());
-        assert!(duration("0s").is_err());
-        assert_eq!(retention("infinite"), Ok(Retention::Infinite));
-        assert_eq!(retention("1h"), Ok(Retention::Time(Duration::from_secs(3600))));
-        assert!(retention("soon").is_err());
+        parses(duration, &[("7d", Duration::from_secs(7 * 86400)), ("500ms", Duration::from_millis(500))]);
+        refused(duration, &["7x", "", "0s"]);
+        parses(retention, &[("infinite", Retention::Infinite), ("1h", Retention::Time(Duration::from_secs(3600)))]);
+        refused(retention, &["soon"]);
     }
 
     #[test]
     fn queue_durations() {
-        assert_eq!(ttl("forever"), Ok(Duration::ZERO));
-        assert_eq!(ttl("0"), Ok(Duration::ZERO));
-        assert_eq!(ttl("1h"), Ok(Duration::from_secs(3600)));
-        assert!(ttl("-1s").is_err());
-        assert!(ttl("later").is_err());
-        assert_eq!(retry_backoff("1s..60s"), Ok((Duration::from_secs(1), Duration::from_secs(60))));
-        assert_eq!(retry_backoff("0s..0s"), Ok((Duration::ZERO, Duration::ZERO)));
-        assert_eq!(retry_backoff("500ms..2m"), Ok((Duration::from_millis(500), Duration::from_secs(120))));
+        parses(ttl, &[("forever", Duration::ZERO), ("0", Duration::ZERO), ("1h", Duration::from_secs(3600))]);
+        refused(ttl, &["-1s", "later"]);
+        parses(
+            retry_backoff,
+            &[
+                ("1s..60s", (Duration::from_secs(1), Duration::from_secs(60))),
+                ("0s..0s", (Duration::ZERO, Duration::ZERO)),
+                ("500ms..2m", (Duration::from_millis(500), Duration::from_secs(120))),
+            ],
+        );
         assert!(retry_backoff("60s..1s").unwrap_err().contains("minimum"));
         assert!(retry_backoff("1s").unwrap_err().contains("MIN..MAX"));
-        assert!(retry_backoff("1s..").is_err());
-        assert!(retry_backoff("a..b").is_err());
-        assert!(duration_or_zero("-5s").is_err());
+        refused(retry_backoff, &["1s..", "a..b"]);
+        refused(duration_or_zero, &["-5s"]);
     }
 
     #[test]
     fn sizes() {
-        assert_eq!(size("1024"), Ok(1024));
-        assert_eq!(size("64MiB"), Ok(64 << 20));
-        assert_eq!(size("10GiB"), Ok(10 << 30));
-        assert_eq!(size("1KB"), Ok(1000));
-        assert!(size("ten").is_err());
-        assert!(size("10 parsecs").is_err());
-        assert!(size("-5").is_err());
-        assert!(positive_size("0").is_err());
-        assert_eq!(retention_bytes("infinite"), Ok(-1));
-        assert_eq!(retention_bytes("1GiB"), Ok(1 << 30));
-        assert!(retention_bytes("0").is_err());
+        parses(size, &[("1024", 1024), ("64MiB", 64 << 20), ("10GiB", 10 << 30), ("1KB", 1000)]);
+        refused(size, &["ten", "10 parsecs", "-5"]);
+        refused(positive_size, &["0"]);
+        parses(retention_bytes, &[("infinite", -1), ("1GiB", 1 << 30)]);
+        refused(retention_bytes, &["0"]);
     }
 
     #[test]
     fn start_positions() {
-        assert_eq!(start_from("earliest"), Ok(StartFrom::Earliest));
-        assert_eq!(start_from("LATEST"), Ok(StartFrom::Latest));
-        assert_eq!(start_from("42"), Ok(StartFrom::Offset(42)));
-        assert_eq!(start_from("2023-11-14T22:13:20Z"), Ok(StartFrom::Timestamp(1_700_000_000_000)));
-        assert_eq!(start_from("@1700000000000"), Ok(StartFrom::Timestamp(1_700_000_000_000)));
-        assert!(start_from("yesterday").is_err());
-        assert!(start_from("-3").is_err());
-        assert!(start_from("2023-13-45T99:00:00Z").is_err());
-        assert!(start_from("@soon").is_err());
-        assert!(start_from("99999999999999999999999").is_err());
+        parses(
+            start_from,
+            &[
+                ("earliest", StartFrom::Earliest),
+                ("LATEST", StartFrom::Latest),
+                ("42", StartFrom::Offset(42)),
+                ("2023-11-14T22:13:20Z", StartFrom::Timestamp(1_700_000_000_000)),
+                ("@1700000000000", StartFrom::Timestamp(1_700_000_000_000)),
+            ],
+        );
+        refused(start_from, &["yesterday", "-3", "2023-13-45T99:00:00Z", "@soon", "99999999999999999999999"]);
     }
 
     #[test]
     fn headers() {
-        assert_eq!(header("a=b"), Ok(("a".into(), Bytes::from_static(b"b"))));
-        assert_eq!(header("a=b=c"), Ok(("a".into(), Bytes::from_static(b"b=c"))));
-        assert_eq!(header("a="), Ok(("a".into(), Bytes::new())));
-        assert!(header("=b").is_err());
-        assert!(header("ab").is_err());
-        assert_eq!(text_header("region=eu"), Ok(("region".into(), "eu".into())));
-        assert!(text_header("=eu").is_err());
-        assert!(text_header("region").is_err());
+        parses(
+            header,
+            &[
+                ("a=b", ("a".into(), Bytes::from_static(b"b"))),
+                ("a=b=c", ("a".into(), Bytes::from_static(b"b=c"))),
+                ("a=", ("a".into(), Bytes::new())),
+            ],
+        );
+        refused(header, &["=b", "ab"]);
+        parses(text_header, &[("region=eu", ("region".into(), "eu".into()))]);
+        refused(text_header, &["=eu", "region"]);
     }
 }

@@ -365,17 +365,28 @@ pub(crate) trait RecordSource {
     fn deferred(&mut self) -> &mut Option<Error>;
 }
 
-impl RecordSource for Consumer {
-    fn next(&mut self) -> impl std::future::Future<Output = Option<Result<ConsumedRecord, Error>>> + Send {
-        Consumer::next(self)
-    }
-    fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
-        Consumer::try_next(self)
-    }
-    fn deferred(&mut self) -> &mut Option<Error> {
-        &mut self.deferred
-    }
+/// Implements [`RecordSource`] for a consumer type by its own `next` and
+/// `try_next` and its `deferred` field.
+macro_rules! record_source {
+    ($consumer:ty) => {
+        impl $crate::consumer::RecordSource for $consumer {
+            fn next(
+                &mut self,
+            ) -> impl std::future::Future<Output = Option<Result<$crate::ConsumedRecord, $crate::Error>>> + Send {
+                <$consumer>::next(self)
+            }
+            fn try_next(&mut self) -> Option<Result<$crate::ConsumedRecord, $crate::Error>> {
+                <$consumer>::try_next(self)
+            }
+            fn deferred(&mut self) -> &mut Option<$crate::Error> {
+                &mut self.deferred
+            }
+        }
+    };
 }
+pub(crate) use record_source;
+
+record_source!(Consumer);
 
 /// `poll` of every consumer: waits up to `timeout` for a first record, then
 /// takes what is already here, up to `max`. An error after the first record

@@ -765,14 +765,4 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-impl crate::consumer::RecordSource for GroupConsumer {
-    fn next(&mut self) -> impl std::future::Future<Output = Option<Result<ConsumedRecord, Error>>> + Send {
-        GroupConsumer::next(self)
-    }
-    fn try_next(&mut self) -> Option<Result<ConsumedRecord, Error>> {
-        GroupConsumer::try_next(self)
-    }
-    fn deferred(&mut self) -> &mut Option<Error> {
-        &mut self.deferred
-    }
-}
+crate::consumer::record_source!(GroupConsumer);

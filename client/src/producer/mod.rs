@@ -659,15 +659,28 @@ mod tests {
         producer.close().await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_transient_failure_ahead_of_batches_in_flight_keeps_their_order() {
+    /// A producer of small batches has stored "first"; the broker refuses
+    /// its next batch with `code` and `error` while `n` numbered messages go
+    /// out. The broker, the producer and the outcomes of those messages.
+    async fn after_a_refusal(
+        code: tonic::Code,
+        error: ErrorCode,
+        n: usize,
+    ) -> (MockBroker, Producer, Vec<Result<RecordMetadata, Error>>) {
         let (broker, client) = setup(1).await;
         let producer = client.producer_with_config("t", small_batches()).await.unwrap();
         producer.send(Message::new("first")).await.unwrap();
+        broker.faults(|f| f.item_errors.push_back((code, error)));
+        let results = outcomes(&producer, numbered(n)).await;
+        (broker, producer, results)
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_ahead_of_batches_in_flight_keeps_their_order() {
         // The next batch fails transiently while later ones are in flight:
         // the broker refuses those (sequence gap) and they follow it again.
-        broker.faults(|f| f.item_errors.push_back((tonic::Code::Unavailable, ErrorCode::ShuttingDown)));
-        let results = outcomes(&producer, numbered(200)).await;
+        let (broker, _producer, results) =
+            after_a_refusal(tonic::Code::Unavailable, ErrorCode::ShuttingDown, 200).await;
         let offsets: Vec<u64> = results.into_iter().map(|r| r.unwrap().offset).collect();
         assert_eq!(offsets, (1..201).collect::<Vec<u64>>());
         let mut expected = vec!["first".to_owned()];
@@ -678,11 +691,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_refused_for_good_does_not_leave_a_hole_in_the_sequence() {
-        let (broker, client) = setup(1).await;
-        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
-        producer.send(Message::new("first")).await.unwrap();
-        broker.faults(|f| f.item_errors.push_back((tonic::Code::InvalidArgument, ErrorCode::CorruptBatch)));
-        let results = outcomes(&producer, numbered(200)).await;
+        let (broker, producer, results) =
+            after_a_refusal(tonic::Code::InvalidArgument, ErrorCode::CorruptBatch, 200).await;
         let failed: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_err()).map(|(i, _)| i).collect();
         assert!(!failed.is_empty() && failed.len() < 200, "only the refused batch fails: {failed:?}");
         assert_eq!(failed, (0..failed.len()).collect::<Vec<_>>(), "it was the first batch");
@@ -701,11 +711,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unexplained_sequence_gap_fails_the_partitions_pending_batches_then_recovers() {
-        let (broker, client) = setup(1).await;
-        let producer = client.producer_with_config("t", small_batches()).await.unwrap();
-        producer.send(Message::new("first")).await.unwrap();
-        broker.faults(|f| f.item_errors.push_back((tonic::Code::FailedPrecondition, ErrorCode::OutOfOrderSequence)));
-        let results = outcomes(&producer, numbered(100)).await;
+        let (broker, producer, results) =
+            after_a_refusal(tonic::Code::FailedPrecondition, ErrorCode::OutOfOrderSequence, 100).await;
         let first_error = results.iter().find_map(|r| r.as_ref().err()).expect("the gap fails messages");
         assert_eq!(first_error.error_code(), ErrorCode::OutOfOrderSequence);
         assert!(results[0].is_err(), "the refused batch fails");

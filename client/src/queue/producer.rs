@@ -222,7 +222,30 @@ impl QueueProducer {
         let memory = Arc::new(Semaphore::new(memory_limit));
         let (commands, rx) = mpsc::unbounded_channel();
         let max_in_flight = if fifo { 1 } else { config.max_in_flight_requests };
-        let task = Task::new(client.clone(), queue.to_owned(), config, max_in_flight, dedup_window, rx, memory.clone());
+        let task = Task {
+            client: client.clone(),
+            queue: queue.to_owned(),
+            config,
+            max_in_flight,
+            dedup_window,
+            commands: rx,
+            commands_open: true,
+            memory: memory.clone(),
+            open: Vec::new(),
+            open_bytes: 0,
+            open_since: None,
+            ready: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            conn: Conn::Idle,
+            conn_url: None,
+            redirects: 0,
+            conn_backoff: None,
+            next_request_id: 0,
+            next_seq: 0,
+            flush_waiters: Vec::new(),
+            close_waiters: Vec::new(),
+            closing: false,
+        };
         tokio::spawn(task.run());
         Ok(QueueProducer {
             shared: Arc::new(Shared {
@@ -396,41 +419,6 @@ struct Task {
 }
 
 impl Task {
-    fn new(
-        client: Client,
-        queue: String,
-        config: QueueProducerConfig,
-        max_in_flight: usize,
-        dedup_window: bool,
-        commands: mpsc::UnboundedReceiver<Command>,
-        memory: Arc<Semaphore>,
-    ) -> Self {
-        Task {
-            client,
-            queue,
-            config,
-            max_in_flight,
-            dedup_window,
-            commands,
-            commands_open: true,
-            memory,
-            open: Vec::new(),
-            open_bytes: 0,
-            open_since: None,
-            ready: VecDeque::new(),
-            in_flight: BTreeMap::new(),
-            conn: Conn::Idle,
-            conn_url: None,
-            redirects: 0,
-            conn_backoff: None,
-            next_request_id: 0,
-            next_seq: 0,
-            flush_waiters: Vec::new(),
-            close_waiters: Vec::new(),
-            closing: false,
-        }
-    }
-
     async fn run(mut self) {
         loop {
             let now = Instant::now();

@@ -194,20 +194,9 @@ impl Receiver {
 
     /// [`ack_all`](Self::ack_all) by receipts.
     pub async fn ack_receipts(&self, receipts: &[Receipt]) -> Result<(), Error> {
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        let req = pb::AckRequest {
-            tenant: self.client.tenant().to_owned(),
-            queue: self.queue.to_string(),
-            receipts: receipts.iter().copied().map(pb::Receipt::from).collect(),
-        };
-        let failed = self
-            .client
-            .rpc(Target::Queue(&self.queue), req, |mut c: Queues, r| async move { c.ack(r).await })
-            .await?
-            .failed;
-        rejected(failed)
+        let receipts = receipts.iter().copied().map(pb::Receipt::from).collect();
+        let request = |tenant, queue, receipts| pb::AckRequest { tenant, queue, receipts };
+        self.settle(receipts, request, |mut c: Queues, r| async move { c.ack(r).await }).await
     }
 
     /// Returns a message to the queue: visible again after `delay`, or after
@@ -218,21 +207,9 @@ impl Receiver {
 
     /// [`nack`](Self::nack) for several messages in one call.
     pub async fn nack_all(&self, deliveries: &[Delivery], delay: Option<Duration>) -> Result<(), Error> {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
-        let req = pb::NackRequest {
-            tenant: self.client.tenant().to_owned(),
-            queue: self.queue.to_string(),
-            receipts: deliveries.iter().map(|d| pb::Receipt::from(d.receipt)).collect(),
-            delay_ms: delay.map(millis),
-        };
-        let failed = self
-            .client
-            .rpc(Target::Queue(&self.queue), req, |mut c: Queues, r| async move { c.nack(r).await })
-            .await?
-            .failed;
-        rejected(failed)
+        let delay_ms = delay.map(millis);
+        let request = |tenant, queue, receipts| pb::NackRequest { tenant, queue, receipts, delay_ms };
+        self.settle(receipts_of(deliveries), request, |mut c: Queues, r| async move { c.nack(r).await }).await
     }
 
     /// Keeps a message leased until now + `timeout`.
@@ -242,21 +219,31 @@ impl Receiver {
 
     /// [`extend`](Self::extend) for several messages in one call.
     pub async fn extend_all(&self, deliveries: &[Delivery], timeout: Duration) -> Result<(), Error> {
-        if deliveries.is_empty() {
+        let visibility_timeout_ms = millis(timeout);
+        let request =
+            |tenant, queue, receipts| pb::ExtendVisibilityRequest { tenant, queue, receipts, visibility_timeout_ms };
+        self.settle(receipts_of(deliveries), request, |mut c: Queues, r| async move { c.extend_visibility(r).await })
+            .await
+    }
+
+    /// One settle request (ack, nack or extend) to the queue's owner, made
+    /// by `request` of the tenant, the queue and the receipts and sent by
+    /// `call`; none when there are no receipts. Refused receipts are an
+    /// error ([`Error::ReceiptsRejected`]).
+    async fn settle<Req: Clone, Resp: Settled, Fut>(
+        &self,
+        receipts: Vec<pb::Receipt>,
+        request: impl FnOnce(String, String, Vec<pb::Receipt>) -> Req,
+        call: impl Fn(Queues, tonic::Request<Req>) -> Fut,
+    ) -> Result<(), Error>
+    where
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        if receipts.is_empty() {
             return Ok(());
         }
-        let req = pb::ExtendVisibilityRequest {
-            tenant: self.client.tenant().to_owned(),
-            queue: self.queue.to_string(),
-            receipts: deliveries.iter().map(|d| pb::Receipt::from(d.receipt)).collect(),
-            visibility_timeout_ms: millis(timeout),
-        };
-        let failed = self
-            .client
-            .rpc(Target::Queue(&self.queue), req, |mut c: Queues, r| async move { c.extend_visibility(r).await })
-            .await?
-            .failed;
-        rejected(failed)
+        let req = request(self.client.tenant().to_owned(), self.queue.to_string(), receipts);
+        rejected(self.client.rpc(Target::Queue(&self.queue), req, call).await?.failed())
     }
 
     /// Visible messages in delivery order, without leasing them.
@@ -276,6 +263,27 @@ impl Receiver {
 }
 
 /// The refused receipts of a settle call as an error, if any.
+fn receipts_of(deliveries: &[Delivery]) -> Vec<pb::Receipt> {
+    deliveries.iter().map(|d| pb::Receipt::from(d.receipt)).collect()
+}
+
+/// The answer to a settle request: the receipts it refused.
+trait Settled {
+    fn failed(self) -> Vec<pb::FailedReceipt>;
+}
+
+macro_rules! settled {
+    ($($response:ty),*) => {
+        $(impl Settled for $response {
+            fn failed(self) -> Vec<pb::FailedReceipt> {
+                self.failed
+            }
+        })*
+    };
+}
+
+settled!(pb::AckResponse, pb::NackResponse, pb::ExtendVisibilityResponse);
+
 fn rejected(failed: Vec<pb::FailedReceipt>) -> Result<(), Error> {
     if failed.is_empty() {
         return Ok(());

@@ -48,13 +48,19 @@ async fn run(url: &str, args: &[&str], stdin: Option<Vec<u8>>) -> (bool, String,
     .expect("join")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_flow_with_100000_messages_keeps_per_partition_order() {
+/// A broker with a topic the CLI created; the broker and its URL.
+async fn broker_with_topic(topic: &str, partitions: &str) -> (TestBroker, String) {
     let broker = TestBroker::start().await;
     let url = broker.url.clone();
-    let (ok, out, err) = run(&url, &["topic", "create", "orders", "--partitions", "3"], None).await;
+    let (ok, out, err) = run(&url, &["topic", "create", topic, "--partitions", partitions], None).await;
     assert!(ok, "{err}");
-    assert!(out.contains("orders"), "{out}");
+    assert!(out.contains(topic), "{out}");
+    (broker, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_flow_with_100000_messages_keeps_per_partition_order() {
+    let (broker, url) = broker_with_topic("orders", "3").await;
 
     let input: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
     let (ok, _, err) = run(&url, &["produce", "orders"], Some(input.into_bytes())).await;
@@ -88,9 +94,7 @@ async fn readme_flow_with_100000_messages_keeps_per_partition_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_errors_are_one_line_and_a_failure_exit() {
-    let broker = TestBroker::start().await;
-    let url = broker.url.clone();
-    run(&url, &["topic", "create", "t", "--partitions", "1"], None).await;
+    let (broker, url) = broker_with_topic("t", "1").await;
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["topic", "create", "bad name", "--partitions", "1"], "invalid topic name"),
         (vec!["topic", "create", "zero", "--partitions", "0"], "0"),
@@ -142,10 +146,7 @@ fn owned_counts(d: &GroupDescription) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_group_member_loses_nothing_and_only_uncommitted_messages_repeat() {
-    let broker = TestBroker::start().await;
-    let url = broker.url.clone();
-    let (ok, _, err) = run(&url, &["topic", "create", "jobs", "--partitions", "6"], None).await;
-    assert!(ok, "{err}");
+    let (broker, url) = broker_with_topic("jobs", "6").await;
     let mut consumers: Vec<LineCollector> = (0..3).map(|_| group_consumer(&url, "jobs", "workers")).collect();
     wait_for("three members with two partitions each", Duration::from_secs(60), || {
         let url = url.clone();

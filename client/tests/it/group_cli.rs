@@ -18,6 +18,15 @@ async fn fill(client: &Client, topic: &str) {
     producer.close().await.unwrap();
 }
 
+/// A broker whose topic holds `v0` to `v9` (see [`fill`]), a client and the
+/// broker's URL.
+async fn broker_with(topic: &str) -> (TestBroker, Client, String) {
+    let (broker, client) = TestBroker::with_client().await;
+    let url = broker.url.clone();
+    fill(&client, topic).await;
+    (broker, client, url)
+}
+
 fn lines(values: &[&str]) -> String {
     values.iter().map(|v| format!("{v}\n")).collect()
 }
@@ -46,9 +55,7 @@ fn rows(out: &str) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_with_a_group_resumes_where_the_previous_run_stopped() {
-    let (broker, client) = TestBroker::with_client().await;
-    let url = broker.url.clone();
-    fill(&client, "cg").await;
+    let (broker, _client, url) = broker_with("cg").await;
     let consume = ["consume", "cg", "--group", "readers", "--from", "earliest", "--count", "4"];
     assert_eq!(ok(&url, &consume).await, lines(&["v0", "v1", "v2", "v3"]));
     assert_eq!(ok(&url, &consume).await, lines(&["v4", "v5", "v6", "v7"]));
@@ -65,9 +72,7 @@ async fn consume_with_a_group_resumes_where_the_previous_run_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_list_describe_reset_and_delete() {
-    let (broker, client) = TestBroker::with_client().await;
-    let url = broker.url.clone();
-    fill(&client, "orders").await;
+    let (broker, client, url) = broker_with("orders").await;
     let consume = |n: &'static str| ["consume", "orders", "--group", "billing", "--from", "earliest", "--count", n];
     assert_eq!(ok(&url, &consume("3")).await, lines(&["v0", "v1", "v2"]));
 
@@ -124,9 +129,7 @@ async fn group_list_describe_reset_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_group_input_is_a_one_line_error() {
-    let (broker, client) = TestBroker::with_client().await;
-    let url = broker.url.clone();
-    fill(&client, "t").await;
+    let (broker, _client, url) = broker_with("t").await;
     fails(&url, &["group", "describe", "nobody"]).await;
     fails(&url, &["group", "delete", "nobody"]).await;
     let err = fails(&url, &["group", "reset", "g", "--topic", "missing", "--to", "earliest"]).await;

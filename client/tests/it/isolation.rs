@@ -133,6 +133,16 @@ fn start_broker(bin: &std::path::Path, dir: &std::path::Path) -> BrokerProcess {
     )
 }
 
+/// [`start_broker`] in a temporary directory; the broker's URL and a client
+/// with the admin token.
+async fn admin_broker(bin: &std::path::Path) -> (tempfile::TempDir, BrokerProcess, String, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(bin, dir.path());
+    let url = format!("http://{}", broker.grpc);
+    let admin = Client::connect_with(&url, ConnectOptions::new().token(ADMIN_TOKEN)).await.unwrap();
+    (dir, broker, url, admin)
+}
+
 fn acl(principal: &str, kind: AclResourceKind, pattern: AclPatternType, name: &str, op: AclOperation) -> Acl {
     Acl {
         tenant: String::new(),
@@ -179,6 +189,10 @@ fn matrix(raw: &Raw) -> Vec<(&'static str, &'static str, Call)> {
     let queue = || "b-queue".to_owned();
     let group = || "b-group".to_owned();
     let receipt = || vec![pb::Receipt::default()];
+    let message = || vec![pb::OutgoingMessage { body: "x".into(), ..Default::default() }];
+    // An ACL allowing everything on every topic of `b`.
+    let all_topics =
+        |principal| Some(acl(principal, AclResourceKind::Topic, AclPatternType::Literal, "*", AclOperation::All));
     let mut rows: Vec<(&'static str, &'static str, Call)> = Vec::new();
     macro_rules! row {
         ($svc:literal, $method:literal, $client:ident, |$c:ident| $body:expr) => {{
@@ -283,21 +297,13 @@ fn matrix(raw: &Raw) -> Vec<(&'static str, &'static str, Call)> {
         c.revoke_token(pb::RevokeTokenRequest { tenant: b(), principal: "p-b".into(), token: "x".into() }).await
     ));
     row!("Admin", "AddAcl", admin, |c| unary(
-        c.add_acl(pb::AddAclRequest {
-            tenant: b(),
-            acl: Some(acl("p-a", AclResourceKind::Topic, AclPatternType::Literal, "*", AclOperation::All)),
-        })
-        .await
+        c.add_acl(pb::AddAclRequest { tenant: b(), acl: all_topics("p-a") }).await
     ));
     row!("Admin", "ListAcls", admin, |c| unary(
         c.list_acls(pb::ListAclsRequest { tenant: b(), principal: String::new() }).await
     ));
     row!("Admin", "RemoveAcl", admin, |c| unary(
-        c.remove_acl(pb::RemoveAclRequest {
-            tenant: b(),
-            acl: Some(acl("p-b", AclResourceKind::Topic, AclPatternType::Literal, "*", AclOperation::All)),
-        })
-        .await
+        c.remove_acl(pb::RemoveAclRequest { tenant: b(), acl: all_topics("p-b") }).await
     ));
     row!("Admin", "GetMetadata", admin, |c| unary(
         c.get_metadata(pb::GetMetadataRequest { tenant: b(), topics: vec![], queues: true, groups: vec![group()] })
@@ -330,20 +336,10 @@ fn matrix(raw: &Raw) -> Vec<(&'static str, &'static str, Call)> {
         c.unbind(pb::UnbindRequest { tenant: b(), queue: queue(), topic: topic(), filter: None }).await
     ));
     row!("Queues", "Send", queues, |c| unary(
-        c.send(pb::SendRequest {
-            tenant: b(),
-            queue: queue(),
-            messages: vec![pb::OutgoingMessage { body: "x".into(), ..Default::default() }],
-        })
-        .await
+        c.send(pb::SendRequest { tenant: b(), queue: queue(), messages: message() }).await
     ));
     row!("Queues", "SendStream", queues, |c| {
-        let req = pb::SendStreamRequest {
-            tenant: b(),
-            queue: queue(),
-            messages: vec![pb::OutgoingMessage { body: "x".into(), ..Default::default() }],
-            request_id: 1,
-        };
+        let req = pb::SendStreamRequest { tenant: b(), queue: queue(), messages: message(), request_id: 1 };
         match c.send_stream(tokio_stream::iter(vec![req])).await {
             Err(s) => refused(s),
             Ok(resp) => match resp.into_inner().message().await {
@@ -441,10 +437,7 @@ const TENANTLESS: [&str; 2] = ["Admin/GetServerInfo", "Admin/DescribeCluster"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_matrix_every_rpc_of_every_service() {
     let Some(bin) = binary() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(&bin, dir.path());
-    let url = format!("http://{}", broker.grpc);
-    let admin = Client::connect_with(&url, ConnectOptions::new().token(ADMIN_TOKEN)).await.unwrap();
+    let (_dir, _broker, url, admin) = admin_broker(&bin).await;
     let mut as_admin = Raw::connect(&url, ADMIN_TOKEN).await;
     let token_a = tenant_with_data(&admin, &mut as_admin, "a").await;
     tenant_with_data(&admin, &mut as_admin, "b").await;
@@ -546,10 +539,7 @@ fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_acl_grants_produce_only_and_its_removal_refuses_the_next_request() {
     let Some(bin) = binary() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(&bin, dir.path());
-    let url = format!("http://{}", broker.grpc);
-    let admin = Client::connect_with(&url, ConnectOptions::new().token(ADMIN_TOKEN)).await.unwrap();
+    let (dir, broker, url, admin) = admin_broker(&bin).await;
     admin.create_tenant("shop").await.unwrap();
     let shop = admin.with_tenant("shop");
     for t in ["orders.eu", "payments"] {
