@@ -116,6 +116,9 @@ pub struct Broker {
     tier: Option<Arc<Tier>>,
     /// Cluster mode: the metadata Raft node (catalog writes go through it).
     cluster: std::sync::OnceLock<Arc<crate::cluster::ClusterNode>>,
+    /// Cluster mode: the Raft groups of the replicated partitions this
+    /// broker holds a replica of.
+    groups: Arc<crate::replication::Groups>,
     /// Issued producer ids and the latest epoch of each named producer.
     producer_ids: Arc<crate::producer_ids::ProducerRegistry>,
     /// Cluster mode: queues the catalog places on other brokers (and their

@@ -72,6 +72,7 @@ impl Broker {
         Ok(Arc::new(Broker {
             remote_queues,
             queue_owners: watch::channel(0).0,
+            groups: Default::default(),
             producer_ids,
             spare_fds: crate::fds::SpareFds::new(),
             segment_files,

@@ -18,8 +18,8 @@ impl Broker {
     /// metadata node yet (start-up), `start_replica_groups` does it later.
     pub(super) async fn start_replica_group(&self, partition: &Arc<Partition>, replicas: &[u64]) {
         let Some(c) = self.cluster() else { return };
-        let _one_at_a_time = c.group_start_lock().await;
-        if c.groups().get(&partition.id().group_key()).is_some() {
+        let _one_at_a_time = self.groups.start_lock().await;
+        if self.groups.get(&partition.id().group_key()).is_some() {
             return;
         }
         // Replicas are placed on members, whose addresses the metadata
@@ -35,7 +35,7 @@ impl Broker {
         };
         match ReplicaGroup::start(setup).await {
             Ok(g) => {
-                c.groups().insert(g);
+                self.groups.insert(g);
             }
             Err(e) => tracing::error!(partition = %partition.id(), error = %e, "cannot start the partition's replica"),
         }
@@ -58,10 +58,9 @@ impl Broker {
 
     /// Stops the groups of `topic`'s partitions (it is being discarded).
     pub(super) async fn stop_topic_groups(&self, topic: &Topic) {
-        let Some(c) = self.cluster() else { return };
         let partitions = read_lock(&topic.partitions).clone();
         for p in partitions.iter().flatten() {
-            if let Some(g) = c.groups().remove(&p.id().group_key()) {
+            if let Some(g) = self.groups.remove(&p.id().group_key()) {
                 g.shutdown().await;
             }
         }
@@ -69,9 +68,8 @@ impl Broker {
 
     /// Stops every group (broker shutdown), before the logs close.
     pub(super) async fn stop_replica_groups(&self) {
-        let Some(c) = self.cluster() else { return };
-        for g in c.groups().all() {
-            c.groups().remove(g.key());
+        for g in self.groups.all() {
+            self.groups.remove(g.key());
             g.shutdown().await;
         }
     }
@@ -79,7 +77,7 @@ impl Broker {
     /// The group of `partition` if it is replicated and this broker holds a
     /// replica.
     pub(crate) fn replica_group(&self, partition: &Partition) -> Option<Arc<ReplicaGroup>> {
-        self.cluster().and_then(|c| c.groups().get(&partition.id().group_key()))
+        self.groups.get(&partition.id().group_key())
     }
 
     /// Where clients send partition `p` of `record`: a replicated
@@ -88,16 +86,21 @@ impl Broker {
     /// owner.
     pub(super) fn partition_leader(&self, record: &crate::catalog::TopicRecord, p: u32) -> Option<u64> {
         if record.replicas_of(p).is_some()
-            && let Some(g) = self.cluster().and_then(|c| c.groups().get(&format!("{}/{p}", record.id)))
+            && let Some(g) = self.groups.get(&format!("{}/{p}", record.id))
         {
             return g.leader();
         }
         record.owner(p)
     }
 
+    /// The replicated partitions' groups on this broker.
+    pub(crate) fn replica_groups(&self) -> &Arc<crate::replication::Groups> {
+        &self.groups
+    }
+
     /// What `describe` shows about partition `p` of topic `topic_id`.
     pub(super) fn replica_view(&self, topic_id: u64, p: u32, replicas: &[u64]) -> ReplicaView {
-        let group = self.cluster().and_then(|c| c.groups().get(&format!("{topic_id}/{p}")));
+        let group = self.groups.get(&format!("{topic_id}/{p}"));
         ReplicaView {
             leader: group.as_ref().and_then(|g| g.leader()),
             replicas: replicas.to_vec(),

@@ -132,11 +132,6 @@ pub struct ClusterNode {
     standalone_data: bool,
     /// Membership changes one at a time (on the leader).
     membership_lock: tokio::sync::Mutex<()>,
-    /// The Raft groups of the replicated partitions this broker holds.
-    groups: crate::replication::Groups,
-    /// Group starts one at a time (a catalog apply and the start-up pass
-    /// may both find a partition without its group).
-    group_starts: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -198,8 +193,6 @@ impl ClusterNode {
             host: weak_host,
             standalone_data,
             membership_lock: tokio::sync::Mutex::new(()),
-            groups: Default::default(),
-            group_starts: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(membership::form_or_join(Arc::downgrade(&node), shutdown.clone()));
         tokio::spawn(membership::adopt_standalone_catalog(Arc::downgrade(&node), shutdown));
@@ -217,16 +210,6 @@ impl ClusterNode {
 
     pub(crate) fn raft(&self) -> &Raft {
         &self.raft
-    }
-
-    /// The replicated partitions' groups on this broker.
-    pub(crate) fn groups(&self) -> &crate::replication::Groups {
-        &self.groups
-    }
-
-    /// Held while a partition's group starts.
-    pub(crate) async fn group_start_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.group_starts.lock().await
     }
 
     /// The connections to peers (shared by every group).
@@ -258,11 +241,8 @@ impl ClusterNode {
         self.raft.metrics().borrow().current_leader
     }
 
-    /// Stops the Raft nodes, partitions' and metadata (on broker shutdown).
+    /// Stops the Raft node (on broker shutdown).
     pub(crate) async fn shutdown(&self) {
-        for g in self.groups.all() {
-            g.shutdown().await;
-        }
         let _ = self.raft.shutdown().await;
     }
 

@@ -87,9 +87,13 @@ pub(crate) async fn serve(
         .add_service(groups_service)
         .add_service(queues_service)
         .add_optional_service(cluster.map(|node| {
-            strata_proto::v1::raft_server::RaftServer::new(raft::RaftService::new(node, auth.clone()))
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024)
+            strata_proto::v1::raft_server::RaftServer::new(raft::RaftService::new(
+                node,
+                broker.replica_groups().clone(),
+                auth.clone(),
+            ))
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
         }));
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);

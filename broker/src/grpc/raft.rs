@@ -11,16 +11,18 @@ use crate::catalog::CatalogCommand;
 use crate::cluster::ClusterNode;
 use crate::cluster::membership::MembershipRequest;
 use crate::cluster::network::{decode, encode};
-use crate::replication::ReplicaGroup;
+use crate::replication::{Groups, ReplicaGroup};
 
 pub(crate) struct RaftService {
     node: Arc<ClusterNode>,
+    /// The replicated partitions' groups on this broker.
+    groups: Arc<Groups>,
     auth: Auth,
 }
 
 impl RaftService {
-    pub fn new(node: Arc<ClusterNode>, auth: Auth) -> Self {
-        RaftService { node, auth }
+    pub fn new(node: Arc<ClusterNode>, groups: Arc<Groups>, auth: Auth) -> Self {
+        RaftService { node, groups, auth }
     }
 
     /// Only brokers (holding the admin token) speak Raft and change the
@@ -47,32 +49,32 @@ fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
 /// The replicated partition a message is for (`None`: the metadata group).
 /// A group this broker does not run (yet, or any more) answers UNAVAILABLE,
 /// which the sender treats as an unreachable peer and retries.
-fn partition_group(node: &ClusterNode, request: &Request<RaftPayload>) -> Result<Option<Arc<ReplicaGroup>>, Status> {
+fn partition_group(groups: &Groups, request: &Request<RaftPayload>) -> Result<Option<Arc<ReplicaGroup>>, Status> {
     let group = &request.get_ref().group;
     if group.is_empty() {
         return Ok(None);
     }
-    node.groups().get(group).map(Some).ok_or_else(|| Status::unavailable(format!("no replica of group {group} here")))
+    groups.get(group).map(Some).ok_or_else(|| Status::unavailable(format!("no replica of group {group} here")))
 }
 
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        match partition_group(&self.node, &request)? {
+        match partition_group(&self.groups, &request)? {
             None => reply(&self.node.raft().append_entries(self.payload(&request).await?).await),
             Some(g) => reply(&g.raft().append_entries(self.payload(&request).await?).await),
         }
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        match partition_group(&self.node, &request)? {
+        match partition_group(&self.groups, &request)? {
             None => reply(&self.node.raft().vote(self.payload(&request).await?).await),
             Some(g) => reply(&g.raft().vote(self.payload(&request).await?).await),
         }
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        match partition_group(&self.node, &request)? {
+        match partition_group(&self.groups, &request)? {
             None => reply(&self.node.raft().install_snapshot(self.payload(&request).await?).await),
             Some(g) => reply(&g.raft().install_snapshot(self.payload(&request).await?).await),
         }

@@ -263,13 +263,22 @@ impl ReplicaGroup {
     }
 }
 
-/// The replicated partitions this broker holds a replica of, by group.
+/// The replicated partitions this broker holds a replica of, by group
+/// (the broker keeps it; `grpc/raft.rs` routes messages through it).
 #[derive(Default)]
 pub(crate) struct Groups {
     groups: RwLock<HashMap<Arc<str>, Arc<ReplicaGroup>>>,
+    /// Group starts one at a time (a catalog apply and the start-up pass
+    /// may both find a partition without its group).
+    starts: tokio::sync::Mutex<()>,
 }
 
 impl Groups {
+    /// Held while a partition's group starts.
+    pub(crate) async fn start_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.starts.lock().await
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<Arc<ReplicaGroup>> {
         crate::locks::read_lock(&self.groups).get(key).cloned()
     }

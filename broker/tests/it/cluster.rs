@@ -32,7 +32,7 @@ pub(crate) struct Member {
     snapshot_every: &'static str,
     /// Where peers reach this broker (a proxy in front of it), when not its
     /// own port.
-    advertise: Option<SocketAddr>,
+    pub(crate) advertise: Option<SocketAddr>,
     /// `cluster.zone_file`, when set.
     pub(crate) zone_file: Option<std::path::PathBuf>,
 }
@@ -42,11 +42,11 @@ impl Member {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    fn advertised(&self) -> SocketAddr {
+    pub(crate) fn advertised(&self) -> SocketAddr {
         self.advertise.unwrap_or(self.addr())
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.process.as_ref().unwrap().child.id()
     }
 
@@ -515,7 +515,7 @@ async fn refused_while_isolated(addr: SocketAddr, topic: &str) {
 
 /// Isolates `members[x]` (it stays up): its proxy refuses every peer, and
 /// the other brokers' proxies refuse it. The test still reaches it directly.
-fn isolate(members: &[Member], proxies: &[Proxy], x: usize) {
+pub(crate) fn isolate(members: &[Member], proxies: &[Proxy], x: usize) {
     let pid = members[x].pid();
     for (i, p) in proxies.iter().enumerate() {
         if i == x { p.cut() } else { p.cut_from(pid) }

@@ -11,4 +11,5 @@ mod metrics;
 mod process;
 mod queue;
 mod quotas;
+mod replication;
 mod tier;
