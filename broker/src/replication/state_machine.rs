@@ -270,6 +270,8 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         let target = data.applied.next_offset;
         let id = self.partition.id().clone();
         let mut end = self.partition.log().end_offset();
+        tracing::info!(partition = %id, from = end, to = target, sender = %data.sender_addr,
+            "installing a snapshot: fetching the batches this replica lacks");
         // Fetch the committed batches this replica lacks from the sender
         // and append them unchanged (their offsets must follow on).
         while end < target {
