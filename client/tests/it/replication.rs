@@ -53,10 +53,8 @@ async fn produce(
     acked
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing() {
-    let Some(bin) = binary_or_skip() else { return };
-    let mut trio = Trio::start(&bin).await;
+/// Creates the RF 3 topic through broker 1 and waits for its leaders.
+async fn replicated_topic(trio: &Trio) -> Vec<u64> {
     let c1 = Client::connect(&trio.urls[0]).await.expect("connect");
     let options = TopicOptions { replication_factor: Some(3), ..TopicOptions::default() };
     let d = c1.create_topic("replicated", PARTITIONS, options).await.expect("topic created");
@@ -65,7 +63,70 @@ async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing()
         assert_eq!(p.replicas.len(), 3, "three replicas on distinct brokers: {p:?}");
         assert_eq!(p.replicas.iter().collect::<HashSet<_>>().len(), 3, "{p:?}");
     }
-    let before = eventually("every partition has a leader", DEADLINE, || leaders(&trio.urls[0], "replicated")).await;
+    eventually("every partition has a leader", DEADLINE, || leaders(&trio.urls[0], "replicated")).await
+}
+
+/// Waits until broker `url` reports a leader for every partition, none of
+/// them `dead`; returns how long that took from `since`.
+async fn new_leaders(url: &str, dead: u64, since: Instant) -> (Vec<u64>, Duration) {
+    let after = eventually("a new leader for every partition", DEADLINE, || {
+        let url = url.to_owned();
+        async move { leaders(&url, "replicated").await.filter(|l| !l.contains(&dead)) }
+    })
+    .await;
+    (after, since.elapsed())
+}
+
+/// The independent check: reads every partition from the start through
+/// `url` (each batch CRC-checked by the client) and compares with every
+/// acknowledgement: each acknowledged message at its offset, none twice,
+/// nothing else stored.
+async fn check_everything_acknowledged_is_stored_once(url: &str, acked: &BTreeMap<usize, (u32, u64)>) {
+    let reader = Client::connect(url).await.expect("connect");
+    let config = ConsumerConfig { start: StartFrom::Earliest, ..ConsumerConfig::default() };
+    let mut consumer = reader.consumer("replicated", config).await.expect("consumer");
+    let mut seen: HashMap<(u32, u64), usize> = HashMap::new();
+    let mut numbers = HashSet::new();
+    while seen.len() < acked.len() {
+        let r = tokio::time::timeout(DEADLINE, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} records read back", seen.len(), acked.len()))
+            .expect("open")
+            .expect("ok");
+        let i: usize = std::str::from_utf8(&r.value).expect("utf-8").parse().expect("a number");
+        assert!(numbers.insert(i), "message {i} stored twice (at {}/{})", r.partition, r.offset);
+        seen.insert((r.partition, r.offset), i);
+    }
+    for (i, at) in acked {
+        assert_eq!(seen.get(at), Some(i), "message {i} acknowledged at {at:?}");
+    }
+    // Each partition holds exactly its acknowledged messages: offsets 0..n.
+    let ends = reader.list_offsets("replicated", Vec::new()).await.expect("offsets");
+    for p in 0..PARTITIONS {
+        let n = acked.values().filter(|(q, _)| *q == p).count() as u64;
+        assert!(ends.iter().any(|e| e.partition == p && e.high_watermark == n), "partition {p}: {ends:?}");
+    }
+}
+
+/// Waits until broker `url` reports every partition's end offset as the
+/// acknowledged count (a restarted replica caught up).
+async fn caught_up(url: &str, acked: &BTreeMap<usize, (u32, u64)>) {
+    eventually("the restarted replica caught up", DEADLINE, || async move {
+        let c = Client::connect(url).await.ok()?;
+        let d = c.describe_topic("replicated").await.ok()?;
+        d.partition_details
+            .iter()
+            .all(|p| p.end_offset == acked.values().filter(|(q, _)| *q == p.partition).count() as u64)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing() {
+    let Some(bin) = binary_or_skip() else { return };
+    let mut trio = Trio::start(&bin).await;
+    let before = replicated_topic(&trio).await;
 
     // Load through a client that knows every broker.
     let client = Client::connect(&trio.urls.join(",")).await.expect("connect");
@@ -81,13 +142,7 @@ async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing()
         tokio::spawn(async move { produce(&producer, 3_000, 9_000, 64).await })
     };
     trio.kill9(victim);
-    let killed = Instant::now();
-    let after = eventually("a new leader for every partition", DEADLINE, || {
-        let survivor = survivor.clone();
-        async move { leaders(&survivor, "replicated").await.filter(|l| !l.contains(&victim)) }
-    })
-    .await;
-    let failover = killed.elapsed();
+    let (after, failover) = new_leaders(&survivor, victim, Instant::now()).await;
     println!("partition leaders {before:?} -> {after:?}: new leaders {failover:?} after the SIGKILL");
     assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
     acked.extend(tokio::time::timeout(DEADLINE, load).await.expect("load ends").expect("load task"));
@@ -95,46 +150,63 @@ async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing()
     producer.close().await.expect("producer closes");
     assert_eq!(acked.len(), 10_000, "every message acknowledged");
 
-    // The killed broker comes back and catches up; then read everything
-    // back through the broker that was never killed.
+    // The killed broker comes back and catches up; everything is read back
+    // through the broker that was never killed.
     trio.restart(victim);
-    let reader = Client::connect(&survivor).await.expect("connect");
-    let config = ConsumerConfig { start: StartFrom::Earliest, ..ConsumerConfig::default() };
-    let mut consumer = reader.consumer("replicated", config).await.expect("consumer");
-    let mut seen: HashMap<(u32, u64), usize> = HashMap::new();
-    let mut numbers = HashSet::new();
-    while seen.len() < acked.len() {
-        let r = tokio::time::timeout(DEADLINE, consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {} records read back", seen.len(), acked.len()))
-            .expect("open")
-            .expect("ok");
-        let i: usize = std::str::from_utf8(&r.value).expect("utf-8").parse().expect("a number");
-        assert!(numbers.insert(i), "message {i} stored twice (at {}/{})", r.partition, r.offset);
-        seen.insert((r.partition, r.offset), i);
+    check_everything_acknowledged_is_stored_once(&survivor, &acked).await;
+    caught_up(&trio.urls[victim as usize - 1], &acked).await;
+}
+
+/// Many SIGKILLs of random brokers under load (`STRATA_KILL_ROUNDS`, default
+/// 100; several minutes, so not in the default run:
+/// `cargo test -p strata-client --test it -- --ignored random_sigkills`).
+/// Each round kills a random broker, waits for leaders among the others,
+/// produces, restarts it. At the end every acknowledged message is read back
+/// once, at its offset, from every broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "several minutes: run with --ignored"]
+async fn random_sigkills_under_load_lose_and_duplicate_nothing() {
+    let Some(bin) = binary_or_skip() else { return };
+    let rounds: usize = std::env::var("STRATA_KILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(100);
+    let seed = std::env::var("STRATA_KILL_SEED").ok().and_then(|r| r.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    println!("{rounds} rounds, seed {seed} (STRATA_KILL_SEED to repeat)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut trio = Trio::start(&bin).await;
+    replicated_topic(&trio).await;
+    let client = Client::connect(&trio.urls.join(",")).await.expect("connect");
+    let producer = client.producer("replicated").await.expect("idempotent producer");
+    let mut acked = BTreeMap::new();
+    let mut next = 0;
+    let mut failovers = Vec::new();
+    for round in 0..rounds {
+        let victim = rng.u64(1..=3);
+        let survivor = trio.urls[(victim as usize) % 3].clone();
+        let load = {
+            let producer = producer.clone();
+            tokio::spawn(async move { produce(&producer, next, next + 500, 32).await })
+        };
+        // Kill at a random point of the run.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..200))).await;
+        trio.kill9(victim);
+        let (_, failover) = new_leaders(&survivor, victim, Instant::now()).await;
+        failovers.push(failover);
+        acked.extend(tokio::time::timeout(DEADLINE, load).await.expect("load ends").expect("load task"));
+        next += 500;
+        trio.restart(victim);
+        println!(
+            "round {round}: killed broker {victim}, leaders again after {failover:?}, {} acknowledged",
+            acked.len()
+        );
     }
-    for (i, at) in &acked {
-        assert_eq!(seen.get(at), Some(i), "message {i} acknowledged at {at:?}");
+    producer.close().await.expect("producer closes");
+    failovers.sort();
+    println!(
+        "failover: median {:?}, max {:?} over {rounds} kills",
+        failovers[failovers.len() / 2],
+        failovers.last().expect("a round")
+    );
+    for url in &trio.urls {
+        caught_up(url, &acked).await;
+        check_everything_acknowledged_is_stored_once(url, &acked).await;
     }
-    // Each partition holds exactly its acknowledged messages: offsets 0..n.
-    let ends = reader.list_offsets("replicated", Vec::new()).await.expect("offsets");
-    for p in 0..PARTITIONS {
-        let n = acked.values().filter(|(q, _)| *q == p).count() as u64;
-        assert!(ends.iter().any(|e| e.partition == p && e.high_watermark == n), "partition {p}: {ends:?}");
-    }
-    // The restarted replica catches up: it reports the same end offsets.
-    let victim_url = trio.urls[victim as usize - 1].clone();
-    eventually("the restarted replica caught up", DEADLINE, || {
-        let url = victim_url.clone();
-        let acked = &acked;
-        async move {
-            let c = Client::connect(&url).await.ok()?;
-            let d = c.describe_topic("replicated").await.ok()?;
-            d.partition_details
-                .iter()
-                .all(|p| p.end_offset == acked.values().filter(|(q, _)| *q == p.partition).count() as u64)
-                .then_some(())
-        }
-    })
-    .await;
 }
