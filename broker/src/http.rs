@@ -70,6 +70,21 @@ async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> a
             }
         }
     }
+    for g in [&m.partition_leader, &m.partition_under_replicated, &m.partition_replication_lag] {
+        g.clear();
+    }
+    for g in s.broker.replica_groups().all() {
+        let id = g.partition_id();
+        let l =
+            PartitionLabels { tenant: id.tenant().to_string(), topic: id.topic().to_string(), partition: id.index() };
+        let leads = g.is_leader();
+        m.partition_leader.get_or_create(&l).set(i64::from(leads));
+        if leads {
+            let under = g.in_sync().len() < g.replica_count();
+            m.partition_under_replicated.get_or_create(&l).set(i64::from(under));
+            m.partition_replication_lag.get_or_create(&l).set(g.max_lag().unwrap_or(0) as i64);
+        }
+    }
     s.queues.refresh_metrics();
     m.group_lag.clear();
     for tenant in s.broker.list_tenants().await {

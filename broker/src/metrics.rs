@@ -122,6 +122,12 @@ pub(crate) struct Metrics {
     pub tier_upload_lag: Family<PartitionLabels, Gauge>,
     pub tier_remote_bytes: Family<PartitionLabels, Gauge>,
     pub tier_remote_end_offset: Family<PartitionLabels, Gauge>,
+    /// Replicated partitions (reported by each replica; the lag and the
+    /// under-replication by the leader only).
+    pub partition_leader: Family<PartitionLabels, Gauge>,
+    pub partition_under_replicated: Family<PartitionLabels, Gauge>,
+    pub partition_replication_lag: Family<PartitionLabels, Gauge>,
+    pub partition_leader_changes: Family<PartitionLabels, Counter>,
     /// Always 1; the labels carry the version (Prometheus' build-info idiom).
     pub build_info: Family<BuildInfoLabels, Gauge>,
 }
@@ -166,6 +172,10 @@ impl Metrics {
             tier_upload_lag: Family::default(),
             tier_remote_bytes: Family::default(),
             tier_remote_end_offset: Family::default(),
+            partition_leader: Family::default(),
+            partition_under_replicated: Family::default(),
+            partition_replication_lag: Family::default(),
+            partition_leader_changes: Family::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -246,6 +256,26 @@ impl Metrics {
             "tier_remote_end_offset",
             "End of the offsets held in the cold tier",
             m.tier_remote_end_offset.clone(),
+        );
+        r.register(
+            "partition_leader",
+            "1 where this broker leads the replicated partition, else 0",
+            m.partition_leader.clone(),
+        );
+        r.register(
+            "partition_under_replicated",
+            "1 where fewer replicas are in sync than the partition has (reported by its leader)",
+            m.partition_under_replicated.clone(),
+        );
+        r.register(
+            "partition_replication_lag",
+            "Raft entries the slowest follower is behind the leader (reported by the leader)",
+            m.partition_replication_lag.clone(),
+        );
+        r.register(
+            "partition_leader_changes",
+            "Times this replica saw the partition's leader change",
+            m.partition_leader_changes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -32,6 +32,7 @@ impl Broker {
             me: c.id(),
             me_addr: c.address().to_owned(),
             network: c.network().clone(),
+            metrics: self.metrics.clone(),
         };
         match ReplicaGroup::start(setup).await {
             Ok(g) => {

@@ -115,6 +115,7 @@ const IN_SYNC_MAX_LAG: u64 = 128;
 /// This broker's replica of one partition: its Raft node.
 pub(crate) struct ReplicaGroup {
     key: Arc<str>,
+    id: crate::partition::PartitionId,
     me: NodeId,
     raft: PartitionRaft,
 }
@@ -142,6 +143,7 @@ pub(crate) struct GroupSetup {
     pub me: NodeId,
     pub me_addr: String,
     pub network: Network,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ReplicaGroup {
@@ -150,7 +152,7 @@ impl ReplicaGroup {
     /// initializes the group with all replicas (every replica does the
     /// same, which openraft allows).
     pub(crate) async fn start(setup: GroupSetup) -> Result<Arc<ReplicaGroup>, String> {
-        let GroupSetup { partition, replicas, me, me_addr, network } = setup;
+        let GroupSetup { partition, replicas, me, me_addr, network, metrics } = setup;
         let key: Arc<str> = Arc::from(partition.id().group_key());
         let dir = partition.dir().join("replication");
         let part = partition.clone();
@@ -200,11 +202,36 @@ impl ReplicaGroup {
                 tokio::spawn(init);
             }
         }
-        Ok(Arc::new(ReplicaGroup { key, me, raft }))
+        tokio::spawn(count_leader_changes(raft.metrics(), metrics, partition.id().clone()));
+        Ok(Arc::new(ReplicaGroup { key, id: partition.id().clone(), me, raft }))
     }
 
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    pub(crate) fn partition_id(&self) -> &crate::partition::PartitionId {
+        &self.id
+    }
+
+    /// The number of voting replicas.
+    pub(crate) fn replica_count(&self) -> usize {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().count()
+    }
+
+    /// On the leader: how many entries the slowest follower is behind.
+    pub(crate) fn max_lag(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let followers = m.replication?;
+        Some(
+            followers
+                .iter()
+                .filter(|(id, _)| **id != self.me)
+                .map(|(_, matched)| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                .max()
+                .unwrap_or(0),
+        )
     }
 
     pub(crate) fn raft(&self) -> &PartitionRaft {
@@ -260,6 +287,32 @@ impl ReplicaGroup {
     /// Stops the node (the partition closes or the broker shuts down).
     pub(crate) async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Counts the leader changes this replica sees, until its node stops.
+async fn count_leader_changes(
+    mut raft_metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    id: crate::partition::PartitionId,
+) {
+    let labels = crate::metrics::PartitionLabels {
+        tenant: id.tenant().to_string(),
+        topic: id.topic().to_string(),
+        partition: id.index(),
+    };
+    let mut last = None;
+    loop {
+        let leader = raft_metrics.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            if last.is_some() {
+                metrics.partition_leader_changes.get_or_create(&labels).inc();
+            }
+            last = leader;
+        }
+        if raft_metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -9,12 +9,22 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use strata_proto::v1::{CreateTopicRequest, DescribeTopicRequest, ErrorCode};
-use strata_testkit::eventually;
+use strata_testkit::{eventually, http_get};
 
 use crate::cluster::{Member, admin, agreed, isolate, members};
 use crate::harness::{Proxy, batch_of, log_client, produce_req, read_partition, value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The value of the sample `name{...partition 0 of rep...}` in broker
+/// `http`'s /metrics, if exported.
+async fn sample(http: SocketAddr, name: &str) -> Option<i64> {
+    let body = http_get(http, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("topic=\"rep\"") && l.contains("partition=\"0\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
 
 /// Partition 0's leader as broker `addr` reports it, and its end offset.
 async fn leader(addr: SocketAddr, topic: &str) -> Option<(u64, u64)> {
@@ -87,6 +97,14 @@ async fn an_isolated_partition_leader_stops_acknowledging_and_its_tail_is_droppe
         acked.extend(v);
     }
 
+    // The new leader reports the old one out of sync (800 entries behind),
+    // and a leader change.
+    let http_y = members[y].http.expect("http");
+    assert_eq!(sample(http_y, "strata_partition_leader").await, Some(1));
+    assert_eq!(sample(http_y, "strata_partition_under_replicated").await, Some(1));
+    assert!(sample(http_y, "strata_partition_replication_lag").await.is_some_and(|l| l > 128));
+    assert!(sample(http_y, "strata_partition_leader_changes_total").await.is_some_and(|n| n >= 1));
+
     // Heal: the old leader follows the new one and holds exactly the
     // acknowledged records, in order, like every replica.
     for p in &proxies {
@@ -103,4 +121,10 @@ async fn an_isolated_partition_leader_stops_acknowledging_and_its_tail_is_droppe
         let got: Vec<String> = read_partition(&mut client, "rep", 0, 0).await.iter().map(value).collect();
         assert_eq!(got, acked, "broker {}: the acknowledged records only", m.id);
     }
+    eventually("every replica in sync again", DEADLINE, || async move {
+        (sample(http_y, "strata_partition_under_replicated").await == Some(0)
+            && sample(http_y, "strata_partition_replication_lag").await == Some(0))
+        .then_some(())
+    })
+    .await;
 }
