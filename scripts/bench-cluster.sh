@@ -4,8 +4,8 @@
 # partitions), in alternating rounds so both see the same machine; the
 # disk's O_DSYNC write rate is measured in the same run. The cluster's
 # producers bootstrap from all three brokers and send each partition's
-# batches to its owner (partitions are not replicated yet: each has one
-# copy, on its owner).
+# batches to its owner (the topic is unreplicated: one copy each, on its
+# owner; scripts/bench-replication.sh compares replication factors).
 #
 #   cargo build --release --bins
 #   scripts/bench-cluster.sh [DURATION] [ROUNDS]
@@ -27,18 +27,6 @@ standalone() { # -> servers
   PIDS+=($!)
   wait_ready "127.0.0.1:$h"
   SERVERS="http://127.0.0.1:$g"
-}
-trio() { # -> servers
-  local g=() h=() peers="" i
-  for i in 0 1 2; do g+=("$(free_port)"); h+=("$(free_port)"); done
-  peers="127.0.0.1:${g[0]},127.0.0.1:${g[1]},127.0.0.1:${g[2]}"
-  for i in 0 1 2; do
-    "$BIN/strata-broker" --data-dir "$WORK/data$i" --listen "127.0.0.1:${g[$i]}" --http-listen "127.0.0.1:${h[$i]}" \
-      --broker-id "$i" --advertised-address "127.0.0.1:${g[$i]}" --peers "$peers" --log-level warn >>"$WORK/broker.log" 2>&1 &
-    PIDS+=($!)
-  done
-  for i in 0 1 2; do wait_ready "127.0.0.1:${h[$i]}"; done
-  SERVERS="http://127.0.0.1:${g[0]},http://127.0.0.1:${g[1]},http://127.0.0.1:${g[2]}"
 }
 bench() { # name -> json files (produce, then consume of a filled topic)
   "$BIN/strata" --server "$SERVERS" bench produce --size 1024 --producers 2 --partitions 6 --duration "$DURATION" --json >"$WORK/$1.json"

@@ -48,11 +48,31 @@ stop_all() {
 # $WORK/A.json and $WORK/A-consume.json (and B's) and prints, for produce
 # and consume, both rates and p99s and the ratio B/A.
 pair_rows() {
-  local kind f a b
+  local kind f
   for kind in produce consume; do
     f=""; [ "$kind" = consume ] && f="-consume"
-    a=$(rate "$WORK/$2$f.json"); b=$(rate "$WORK/$3$f.json")
-    printf '%-6s %-8s %14s %10s %14s %10s %7s\n' "$1" "$kind" "$a" "$(p99 "$WORK/$2$f.json")" "$b" "$(p99 "$WORK/$3$f.json")" \
-      "$(python3 -c "print(f'{$b/$a:.3f}')")"
+    row "$1" "$kind" "$WORK/$2$f.json" "$WORK/$3$f.json"
   done
+}
+# One row: `row ROUND KIND A.json B.json` — both rates and p99s, B/A.
+row() {
+  local a b
+  a=$(rate "$3"); b=$(rate "$4")
+  printf '%-6s %-8s %14s %10s %14s %10s %7s\n' "$1" "$2" "$a" "$(p99 "$3")" "$b" "$(p99 "$4")" \
+    "$(python3 -c "print(f'{$b/$a:.3f}')")"
+}
+
+# Starts three brokers forming one cluster (data in $WORK/data0..2) and
+# sets SERVERS to their gRPC URLs.
+trio() {
+  local g=() h=() peers="" i
+  for i in 0 1 2; do g+=("$(free_port)"); h+=("$(free_port)"); done
+  peers="127.0.0.1:${g[0]},127.0.0.1:${g[1]},127.0.0.1:${g[2]}"
+  for i in 0 1 2; do
+    "$BIN/strata-broker" --data-dir "$WORK/data$i" --listen "127.0.0.1:${g[$i]}" --http-listen "127.0.0.1:${h[$i]}" \
+      --broker-id "$i" --advertised-address "127.0.0.1:${g[$i]}" --peers "$peers" --log-level warn >>"$WORK/broker.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in 0 1 2; do wait_ready "127.0.0.1:${h[$i]}"; done
+  SERVERS="http://127.0.0.1:${g[0]},http://127.0.0.1:${g[1]},http://127.0.0.1:${g[2]}"
 }

@@ -96,6 +96,10 @@ pub(crate) struct BenchProduceArgs {
     /// Durability of the topic when it is created [default: the broker's].
     #[arg(long, value_enum)]
     pub(crate) durability: Option<DurabilityArg>,
+    /// Replication factor of the topic when it is created [default: the
+    /// broker's].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) replication_factor: Option<u32>,
     /// Producer batch size.
     #[arg(long, default_value = "128KiB", value_parser = parse::positive_size)]
     pub(crate) batch_bytes: u64,
@@ -329,7 +333,11 @@ async fn bench_produce(client: &Client, args: BenchProduceArgs) -> anyhow::Resul
         Some(t) => (t, false),
         None => (random_topic_name(), true),
     };
-    let options = TopicOptions { durability: args.durability.map(Durability::from), ..TopicOptions::default() };
+    let options = TopicOptions {
+        durability: args.durability.map(Durability::from),
+        replication_factor: args.replication_factor,
+        ..TopicOptions::default()
+    };
     client.ensure_topic(&topic, args.partitions, options).await.with_context(|| format!("creating topic {topic}"))?;
     let plan = match (args.count, args.duration) {
         (Some(n), _) => Plan::Count(n),
