@@ -2,7 +2,8 @@
 # Standalone broker, build A against build B on the same machine, in
 # alternating rounds so both see the same machine (release builds, fsync
 # durability, 1 KiB messages, 2 producers, 6 partitions; then a consume of
-# the filled topic). Each build is benchmarked with its own `strata` CLI, or
+# the filled topic; then `bench queue`: 1 KiB messages sent and received
+# with acks). Each build is benchmarked with its own `strata` CLI, or
 # both with the CLI in the directory $CLI (to compare brokers alone).
 # The disk's O_DSYNC write rate is measured in the same run.
 #
@@ -28,6 +29,7 @@ run() { # bin-dir name -> json files
   for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$h/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
   "${CLI:-$bin}/strata" --server "http://127.0.0.1:$g" bench produce --size 1024 --producers 2 --partitions 6 --duration "$DURATION" --json >"$WORK/$name.json"
   "${CLI:-$bin}/strata" --server "http://127.0.0.1:$g" bench consume --size 1024 --partitions 6 --count 300000 --json >"$WORK/$name-consume.json"
+  "${CLI:-$bin}/strata" --server "http://127.0.0.1:$g" bench queue --size 1024 --duration "$DURATION" --json >"$WORK/$name-queue.json"
   stop_all
   rm -rf "$WORK/data"
 }
@@ -41,4 +43,5 @@ for r in $(seq 1 "$ROUNDS"); do
   # Alternate which build goes first, so neither always runs on a warmer machine.
   if [ $((r % 2)) -eq 1 ]; then run "$A" "a$r"; run "$B" "b$r"; else run "$B" "b$r"; run "$A" "a$r"; fi
   pair_rows "$r" "a$r" "b$r"
+  row "$r" queue "$WORK/a$r-queue.json" "$WORK/b$r-queue.json"
 done
