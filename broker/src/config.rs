@@ -319,6 +319,9 @@ pub struct ClusterConfig {
     /// mounts the pod's `strata.dev/zone` annotation here, which it copies
     /// from the node's `topology.kubernetes.io/zone` label. Instead of `zone`.
     pub zone_file: PathBuf,
+    /// Replication factor of topics created without one; 0 means min(3,
+    /// the cluster's brokers when the topic is created).
+    pub default_replication_factor: u32,
 }
 
 impl Default for ClusterConfig {
@@ -332,6 +335,7 @@ impl Default for ClusterConfig {
             snapshot_every: 5000,
             zone: String::new(),
             zone_file: PathBuf::new(),
+            default_replication_factor: 0,
         }
     }
 }

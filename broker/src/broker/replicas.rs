@@ -81,6 +81,18 @@ impl Broker {
         self.groups.get(&partition.id().group_key())
     }
 
+    /// The replication factor of a topic created without one: the
+    /// configured default, else min(3, the cluster's voters); 1 standalone.
+    pub(super) fn default_replication_factor(&self) -> u32 {
+        match self.cluster() {
+            None => 1,
+            Some(_) if self.config.cluster.default_replication_factor > 0 => {
+                self.config.cluster.default_replication_factor
+            }
+            Some(c) => (c.voters().len() as u32).clamp(1, 3),
+        }
+    }
+
     /// Where clients send partition `p` of `record`: a replicated
     /// partition's current leader when this broker holds a replica (none
     /// while leaderless: clients wait and ask again), else the catalog's

@@ -261,7 +261,7 @@ impl Broker {
             partitions,
             settings,
             at_ms: self.now_ms(),
-            replication_factor: overrides.replication_factor.unwrap_or(1),
+            replication_factor: overrides.replication_factor.unwrap_or_else(|| self.default_replication_factor()),
         };
         if let Some(c) = self.cluster() {
             self.check_limits(&self.catalog_snapshot().await, &cmd)?;

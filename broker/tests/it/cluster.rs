@@ -163,9 +163,12 @@ pub(crate) async fn agreed(members: &[&Member], n: usize, timeout: Duration) -> 
     .await
 }
 
+/// Creates an unreplicated topic (these tests are about the catalog and
+/// placement; `replication.rs` covers replicated partitions).
 pub(crate) async fn create_topic(addr: SocketAddr, name: &str, partitions: u32) -> Result<(), tonic::Status> {
     let mut c = admin(addr).await.ok_or_else(|| tonic::Status::unavailable("connect"))?;
-    c.create_topic(CreateTopicRequest { name: name.into(), partitions, ..Default::default() }).await.map(|_| ())
+    let req = CreateTopicRequest { name: name.into(), partitions, replication_factor: 1, ..Default::default() };
+    c.create_topic(req).await.map(|_| ())
 }
 
 /// Each partition's owner id, as broker `addr` reports it (metadata RPC).

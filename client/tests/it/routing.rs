@@ -87,11 +87,15 @@ impl Trio {
         self.brokers[i] = Some(Trio::spawn(&self.bin, self.dirs[i].path(), &self.peers, i));
     }
 
-    /// Creates a topic through broker 1 and waits until every broker knows
-    /// it with every partition owned; returns each partition's owner URL.
+    /// Creates an unreplicated topic through broker 1 and waits until every
+    /// broker knows it with every partition owned; returns each partition's
+    /// owner URL.
     async fn topic(&self, name: &str, partitions: u32) -> Vec<String> {
         let c1 = Client::connect(&self.urls[0]).await.expect("connect");
-        c1.create_topic(name, partitions, TopicOptions::default()).await.expect("topic created");
+        // Unreplicated: these tests are about owners and NOT_LEADER (a
+        // replicated partition's followers serve reads themselves).
+        let options = TopicOptions { replication_factor: Some(1), ..TopicOptions::default() };
+        c1.create_topic(name, partitions, options).await.expect("topic created");
         let mut owners = Vec::new();
         for url in &self.urls {
             owners = eventually("the topic on every broker, every partition owned", DEADLINE, || {
