@@ -529,22 +529,30 @@ fn three_brokers(cluster: &Cluster, steps: &mut Steps) -> anyhow::Result<()> {
             None,
             Duration::from_secs(30),
         )?;
-        // The partition rows: OWNER is the last column.
-        let mut rows: Vec<String> = text
-            .lines()
-            .skip_while(|l| !l.starts_with("PARTITION"))
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-            .collect();
+        let mut rows: Vec<String> = partition_columns(&text, "OWNER").into_iter().map(|(_, owner)| owner).collect();
         rows.sort();
         ensure!(rows.len() == 6, "topic spread through {server}: {text}");
+        ensure!(
+            partition_columns(&text, "REPLICAS").iter().all(|(_, r)| r.split(',').count() == 3),
+            "topic spread is not replicated 3 times by default in a cluster of 3: {text}"
+        );
         owners.push(rows);
     }
     ensure!(owners[0] == owners[1], "trio-1 and trio-2 disagree on the owners: {owners:?}");
     ensure!(owners[0] == ["0", "0", "1", "1", "2", "2"], "partitions not spread 2/2/2: {:?}", owners[0]);
+    // Every partition's Raft group elects a leader.
+    let leaders = wait_for("a leader for every partition of spread", Duration::from_secs(90), || {
+        let text = cluster.strata(
+            &["--server", &servers[2], "--token", &token, "topic", "describe", "spread"],
+            None,
+            Duration::from_secs(30),
+        )?;
+        let leaders: Vec<String> = partition_columns(&text, "LEADER").into_iter().map(|(_, l)| l).collect();
+        Ok((leaders.len() == 6 && leaders.iter().all(|l| l != "-")).then_some(leaders))
+    })?;
     let reported = three_brokers_reported(cluster, "trio")?;
     steps.pass(&format!(
-        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is owned 2/2/2, as trio-1 and trio-2 both report; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
+        "BrokerCluster trio (replicas 3) formed one cluster: brokers 0, 1, 2 on every pod, metadata leader {leader}; a 6-partition topic created through trio-0 is replicated on all three (the default factor) with owners 2/2/2, as trio-1 and trio-2 both report, and partition leaders {leaders:?}; status (brokers, metadataLeader, unownedPartitions) = {reported:?}"
     ));
     wait_for(&format!("every broker of trio to report zone {ZONE}"), Duration::from_secs(90), || {
         let view = cluster_view(cluster, &servers[2], &token)?;
@@ -575,15 +583,22 @@ fn topic_rows(cluster: &Cluster, server: &str, token: &str) -> anyhow::Result<Ve
         None,
         Duration::from_secs(30),
     )?;
-    Ok(text
-        .lines()
-        .skip_while(|l| !l.starts_with("PARTITION"))
-        .skip(1)
+    Ok(partition_columns(&text, "OWNER"))
+}
+
+/// (partition, the `column` named) of each row of `strata topic describe`'s
+/// partition table.
+fn partition_columns(text: &str, column: &str) -> Vec<(String, String)> {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("PARTITION"));
+    let Some(index) = lines.next().and_then(|h| h.split_whitespace().position(|c| c == column)) else {
+        return Vec::new();
+    };
+    lines
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            Some((cols.first()?.to_string(), cols.last()?.to_string()))
+            Some((cols.first()?.to_string(), cols.get(index)?.to_string()))
         })
-        .collect())
+        .collect()
 }
 
 /// The changes and drift the operator reported on Topic `events` (reason,
