@@ -232,6 +232,7 @@ mod tests {
                 durability: None,
                 local_retention: None,
                 local_retention_bytes: None,
+                replication_factor: None,
                 deletion_policy: DeletionPolicy::Delete,
             },
         );

@@ -67,6 +67,13 @@ pub struct TopicSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]
     pub local_retention_bytes: Option<i64>,
+    /// Copies of each partition on distinct brokers (a produce is
+    /// acknowledged once a majority has it durable); unset: the cluster's
+    /// default, min(3, brokers). Fixed when the topic is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 7))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("replicationFactor is fixed when the topic is created"))]
+    pub replication_factor: Option<u32>,
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -189,8 +196,7 @@ pub fn desired_options(spec: &TopicSpec) -> Result<TopicOptions, Blocked> {
         }),
         local_retention,
         local_retention_bytes: spec.local_retention_bytes,
-        // Not in the Topic CRD yet: the broker default (unreplicated).
-        replication_factor: None,
+        replication_factor: spec.replication_factor,
     })
 }
 
@@ -364,6 +370,7 @@ mod tests {
             durability: Some(Durability::Fsync),
             local_retention: None,
             local_retention_bytes: None,
+            replication_factor: None,
             deletion_policy: DeletionPolicy::Delete,
         }
     }
