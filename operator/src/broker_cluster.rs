@@ -1365,14 +1365,15 @@ async fn reconcile_inner(cluster: &BrokerCluster, ctx: &Context) -> Result<Actio
     status::remove(&mut st.conditions, status::PAUSED);
 
     // Brokers join a formed cluster (scale-up: the new pods ask the cluster
-    // to admit them); they cannot leave it yet, since the partitions they
-    // own have no other copy until partitions are replicated: a smaller
-    // `spec.replicas` is refused and the cluster kept at its size.
+    // to admit them); they cannot leave it yet, since replicas are not moved
+    // off a broker (and an unreplicated partition's only copy is on its
+    // owner): a smaller `spec.replicas` is refused and the cluster kept at
+    // its size.
     let formed = previous.replicas;
     let mut sized;
     let cluster = if formed > 0 && cluster.spec.replicas < formed && cluster.spec.replicas >= 1 {
         let message = format!(
-            "spec.replicas {} refused: this cluster has {formed} brokers, and removing brokers is not supported until partitions are replicated (their partitions have no other copy); kept at {formed}",
+            "spec.replicas {} refused: this cluster has {formed} brokers, and removing brokers is not supported until replicas can be moved off a broker (its partitions would lose a copy, or their only one); kept at {formed}",
             cluster.spec.replicas
         );
         if !status::is_true(&previous.conditions, status::SCALING_BLOCKED) {
