@@ -3,8 +3,7 @@
 //! directory (`replication/`). Generic over the group's type config.
 //!
 //! `log`: a file that starts with a magic number and a version, then
-//! records `[len u32 LE][crc32c u32 LE][payload]` (the group's [`Codec`]:
-//! JSON for the metadata group, CBOR for partitions), each an appended entry, a
+//! records `[len u32 LE][crc32c u32 LE][JSON]`, each an appended entry, a
 //! truncation or a purge. Every change is fsynced before openraft is told it
 //! is durable. On open the records are replayed; a torn or corrupt tail (a
 //! crash mid-write) is cut off at the last valid record. A purge rewrites the
@@ -28,49 +27,12 @@ use openraft::{BasicNode, RaftTypeConfig};
 use super::NodeId;
 
 /// The type configs a [`LogStore`] serves: openraft's own entry type, ids
-/// and nodes as the brokers use them, and how the group encodes its log
-/// records and messages.
+/// and nodes as the brokers use them.
 pub(crate) trait StoreTypes:
     RaftTypeConfig<NodeId = NodeId, Node = BasicNode, Entry = openraft::Entry<Self>, D: Clone>
 {
-    type Codec: Codec;
 }
-
-/// A serde format for a group's log records and Raft messages.
-pub(crate) trait Codec {
-    fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>>;
-    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T>;
-}
-
-/// JSON: the metadata group's (readable, and its on-disk format since the
-/// first release).
-pub(crate) struct Json;
-
-impl Codec for Json {
-    fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
-        serde_json::to_vec(value).map_err(std::io::Error::other)
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
-        serde_json::from_slice(bytes).map_err(std::io::Error::other)
-    }
-}
-
-/// CBOR: binary, so record batches travel and are stored as bytes, not
-/// base64 text (replicated partitions).
-pub(crate) struct Cbor;
-
-impl Codec for Cbor {
-    fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        ciborium::into_writer(value, &mut out).map_err(std::io::Error::other)?;
-        Ok(out)
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
-        ciborium::from_reader(bytes).map_err(std::io::Error::other)
-    }
-}
+impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode, Entry = openraft::Entry<C>, D: Clone>> StoreTypes for C {}
 
 const MAGIC: &[u8; 8] = b"STRRAFT\0";
 const VERSION: u32 = 1;
@@ -110,7 +72,7 @@ fn io_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
 }
 
 fn frame<C: StoreTypes>(record: &Record<C>) -> std::io::Result<Vec<u8>> {
-    let payload = C::Codec::encode(record)?;
+    let payload = serde_json::to_vec(record).map_err(std::io::Error::other)?;
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
@@ -174,7 +136,7 @@ impl<C: StoreTypes> LogStore<C> {
                 if crc32c::crc32c(payload) != crc {
                     break;
                 }
-                let Ok(record) = C::Codec::decode::<Record<C>>(payload) else { break };
+                let Ok(record) = serde_json::from_slice::<Record<C>>(payload) else { break };
                 match record {
                     Record::Append(e) => {
                         entries.insert(e.log_id.index, e);

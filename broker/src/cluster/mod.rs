@@ -44,10 +44,6 @@ openraft::declare_raft_types!(
 
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
-impl log_store::StoreTypes for TypeConfig {
-    type Codec = log_store::Json;
-}
-
 /// A replicated command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaRequest {

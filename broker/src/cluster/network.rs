@@ -6,20 +6,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::{BasicNode, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata_proto::v1::raft_client::RaftClient;
 use strata_proto::v1::{HelloRequest, HelloResponse, RaftPayload};
 use tonic::transport::{Channel, Endpoint};
 
-use super::log_store::{Codec, StoreTypes};
 use super::{ForwardReply, NodeId, TypeConfig};
 use crate::catalog::CatalogCommand;
 
@@ -183,7 +182,7 @@ pub(crate) struct GroupNetwork {
     pub group: Arc<str>,
 }
 
-impl<C: StoreTypes> RaftNetworkFactory<C> for GroupNetwork {
+impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode>> RaftNetworkFactory<C> for GroupNetwork {
     type Network = Connection<C>;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection<C> {
@@ -202,7 +201,7 @@ pub(crate) struct Connection<C> {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
-impl<C: StoreTypes> Connection<C> {
+impl<C> Connection<C> {
     fn new(network: Network, group: Arc<str>, target: NodeId, node: &BasicNode) -> Self {
         Connection { target, addr: node.addr.clone(), network, group, _types: std::marker::PhantomData }
     }
@@ -222,8 +221,8 @@ impl<C: StoreTypes> Connection<C> {
         E: std::error::Error + DeserializeOwned,
     {
         let client = self.network.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let json = C::Codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let payload = RaftPayload { json: json.into(), group: self.group.to_string() };
+        let mut payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        payload.group = self.group.to_string();
         let mut request = self.network.request(payload);
         request.set_timeout(option.hard_ttl());
         let reply = rpc(client, request).await.map_err(|s| {
@@ -236,14 +235,14 @@ impl<C: StoreTypes> Connection<C> {
             }
         })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
-            C::Codec::decode(&reply.get_ref().json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            decode(reply.get_ref()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(self.target, BasicNode { addr: self.addr.clone() }, e))
         })
     }
 }
 
-impl<C: StoreTypes> RaftNetwork<C> for Connection<C> {
+impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode>> RaftNetwork<C> for Connection<C> {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,

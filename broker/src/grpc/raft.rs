@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, Auth, Operation, Resource};
 use crate::catalog::CatalogCommand;
 use crate::cluster::ClusterNode;
-use crate::cluster::log_store::{Cbor, Codec};
 use crate::cluster::membership::MembershipRequest;
 use crate::cluster::network::{decode, encode};
 use crate::replication::{Groups, ReplicaGroup};
@@ -37,26 +36,14 @@ impl RaftService {
         self.admit(request).await?;
         decode(request.get_ref()).map_err(bad_payload)
     }
-
-    /// The payload of an admitted caller for a partition group (CBOR).
-    async fn group_payload<T: serde::de::DeserializeOwned>(&self, request: &Request<RaftPayload>) -> Result<T, Status> {
-        self.admit(request).await?;
-        Cbor::decode(&request.get_ref().json).map_err(bad_payload)
-    }
 }
 
-fn bad_payload(e: impl std::fmt::Display) -> Status {
+fn bad_payload(e: serde_json::Error) -> Status {
     Status::invalid_argument(format!("undecodable Raft payload: {e}"))
 }
 
 fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     encode(v).map(Response::new).map_err(|e| Status::internal(format!("cannot encode a Raft reply: {e}")))
-}
-
-/// A partition group's reply, in its codec (CBOR).
-fn group_reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
-    let json = Cbor::encode(v).map_err(|e| Status::internal(format!("cannot encode a Raft reply: {e}")))?;
-    Ok(Response::new(RaftPayload { json: json.into(), group: String::new() }))
 }
 
 /// The replicated partition a message is for (`None`: the metadata group).
@@ -75,21 +62,21 @@ impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         match partition_group(&self.groups, &request)? {
             None => reply(&self.node.raft().append_entries(self.payload(&request).await?).await),
-            Some(g) => group_reply(&g.raft().append_entries(self.group_payload(&request).await?).await),
+            Some(g) => reply(&g.raft().append_entries(self.payload(&request).await?).await),
         }
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         match partition_group(&self.groups, &request)? {
             None => reply(&self.node.raft().vote(self.payload(&request).await?).await),
-            Some(g) => group_reply(&g.raft().vote(self.group_payload(&request).await?).await),
+            Some(g) => reply(&g.raft().vote(self.payload(&request).await?).await),
         }
     }
 
     async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         match partition_group(&self.groups, &request)? {
             None => reply(&self.node.raft().install_snapshot(self.payload(&request).await?).await),
-            Some(g) => group_reply(&g.raft().install_snapshot(self.group_payload(&request).await?).await),
+            Some(g) => reply(&g.raft().install_snapshot(self.payload(&request).await?).await),
         }
     }
 

@@ -43,15 +43,11 @@ openraft::declare_raft_types!(
 
 pub(crate) type PartitionRaft = openraft::Raft<PartitionTypes>;
 
-impl crate::cluster::log_store::StoreTypes for PartitionTypes {
-    type Codec = crate::cluster::log_store::Cbor;
-}
-
 /// One proposed batch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PartitionEntry {
     /// The batch as the producer sent it (validated by the leader).
-    #[serde(with = "raw_bytes")]
+    #[serde(with = "base64_bytes")]
     pub batch: Bytes,
     /// The leader's clock when it proposed the batch: every replica appends
     /// with this time, so they roll and index alike.
@@ -74,57 +70,32 @@ pub(crate) enum PartitionResponse {
     Refused(SequenceError),
 }
 
-/// A batch as a CBOR byte string (not a sequence of numbers).
-mod raw_bytes {
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use bytes::Bytes;
-    use serde::Serializer;
-    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(b)
-    }
-
-    struct BytesVisitor;
-
-    impl<'de> Visitor<'de> for BytesVisitor {
-        type Value = Bytes;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
-            Ok(Bytes::copy_from_slice(v))
-        }
-
-        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-            Ok(Bytes::from(v))
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-            while let Some(b) = seq.next_element::<u8>()? {
-                out.push(b);
-            }
-            Ok(Bytes::from(out))
-        }
+        s.serialize_str(&STANDARD.encode(b))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        d.deserialize_bytes(BytesVisitor)
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map(Bytes::from).map_err(serde::de::Error::custom)
     }
 }
 
-/// Raft timing for partition groups (the metadata group's): a heartbeat
-/// every 200 ms and an election 0.7–1.4 s after the leader's lease (1.4 s)
-/// ran out — a new leader about 2–3 s after the old one dies — and
-/// snapshots (the applied marker) every 256 entries.
+/// Raft timing for partition groups: a heartbeat every 250 ms and an
+/// election 1–2 s after the leader's lease (2 s) ran out — a new leader
+/// about 3–4 s after the old one dies — and snapshots (the applied marker)
+/// every 256 entries.
 fn raft_config() -> Result<openraft::Config, String> {
     openraft::Config {
         cluster_name: "strata-partition".into(),
-        heartbeat_interval: 200,
-        election_timeout_min: 700,
-        election_timeout_max: 1400,
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
         install_snapshot_timeout: 30_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(256),
         max_in_snapshot_log_to_keep: 64,
@@ -269,8 +240,15 @@ impl ReplicaGroup {
     }
 
     /// The current leader, if known.
+    /// (Not this broker while it is still becoming leader: a NOT_LEADER
+    /// answer naming itself would send the client straight back.)
     pub(crate) fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l) if l == self.me && m.state != ServerState::Leader => None,
+            other => other,
+        }
     }
 
     pub(crate) fn is_leader(&self) -> bool {

@@ -558,19 +558,28 @@ impl SenderTask {
             batch.fail(fatal);
             return;
         }
-        if error.error_code() == ErrorCode::NotLeader && state.redirects < MAX_REDIRECTS {
+        if error.error_code() == ErrorCode::NotLeader {
             // Sent to a broker that does not serve the partition: nothing
             // was stored. Back in line (same bytes, same sequence numbers)
             // for the owner the answer names; the partition sends one batch
             // at a time until the owner accepted one, so the batches still
             // on their way to the old broker come back first and keep
-            // their order.
-            state.redirects += 1;
-            state.probing = true;
+            // their order. Redirects to a named owner are bounded (two
+            // brokers disagreeing must not loop); waiting for an owner (a
+            // replicated partition electing its leader) is bounded by the
+            // retry budget.
             let target = Target::Partition(&self.topic, batch.partition);
-            if !matches!(self.client.learn(target, url, &error), Learned::Moved(_)) {
+            let moved = matches!(self.client.learn(target, url, &error), Learned::Moved(_));
+            if moved && state.redirects < MAX_REDIRECTS {
+                state.redirects += 1;
+                state.probing = true;
+                self.ready.insert(batch.seq, batch);
+                return;
+            }
+            if !moved {
                 // No owner named (or the same broker): look it up again
                 // after the partition's backoff.
+                state.probing = true;
                 let retry = self.config.retry;
                 if let Some(delay) = state.backoff.get_or_insert_with(|| retry.backoff()).next() {
                     tracing::debug!(partition = batch.partition, %error, ?delay, "no owner known; retrying");
@@ -585,8 +594,6 @@ impl SenderTask {
                 batch.fail(&error);
                 return;
             }
-            self.ready.insert(batch.seq, batch);
-            return;
         }
         if state.fail_through.is_some_and(|through| batch.seq <= through) {
             batch.fail(&error);
