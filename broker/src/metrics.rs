@@ -257,21 +257,21 @@ impl Metrics {
             "End of the offsets held in the cold tier",
             m.tier_remote_end_offset.clone(),
         );
-        r.register(
-            "partition_leader",
-            "1 where this broker leads the replicated partition, else 0",
-            m.partition_leader.clone(),
-        );
-        r.register(
-            "partition_under_replicated",
-            "1 where fewer replicas are in sync than the partition has (reported by its leader)",
-            m.partition_under_replicated.clone(),
-        );
-        r.register(
-            "partition_replication_lag",
-            "Raft entries the slowest follower is behind the leader (reported by the leader)",
-            m.partition_replication_lag.clone(),
-        );
+        for (name, help, family) in [
+            ("partition_leader", "1 where this broker leads the replicated partition, else 0", &m.partition_leader),
+            (
+                "partition_under_replicated",
+                "1 where fewer replicas are in sync than the partition has (reported by its leader)",
+                &m.partition_under_replicated,
+            ),
+            (
+                "partition_replication_lag",
+                "Raft entries the slowest follower is behind the leader (reported by the leader)",
+                &m.partition_replication_lag,
+            ),
+        ] {
+            r.register(name, help, family.clone());
+        }
         r.register(
             "partition_leader_changes",
             "Times this replica saw the partition's leader change",

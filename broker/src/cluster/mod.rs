@@ -16,7 +16,6 @@ pub(crate) mod network;
 mod state_machine;
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -33,16 +32,33 @@ use crate::error::BrokerError;
 
 pub(crate) type NodeId = u64;
 
-openraft::declare_raft_types!(
-    /// The metadata group's types.
-    pub(crate) TypeConfig:
-        D = MetaRequest,
-        R = MetaResponse,
-        NodeId = NodeId,
-        Node = BasicNode,
-);
+/// A Raft group's type config and its `Raft` alias: the brokers' ids and
+/// nodes, the group's request `D` and response `R`, openraft's defaults
+/// for the rest (snapshots as `Cursor<Vec<u8>>`, tokio).
+macro_rules! raft_group_types {
+    ($(#[$doc:meta])* $config:ident, $raft:ident, $d:ty, $r:ty) => {
+        openraft::declare_raft_types!(
+            $(#[$doc])*
+            pub(crate) $config:
+                D = $d,
+                R = $r,
+                NodeId = $crate::cluster::NodeId,
+                Node = openraft::BasicNode,
+                SnapshotData = std::io::Cursor<Vec<u8>>,
+        );
 
-pub(crate) type Raft = openraft::Raft<TypeConfig>;
+        pub(crate) type $raft = openraft::Raft<$config>;
+    };
+}
+pub(crate) use raft_group_types;
+
+raft_group_types!(
+    /// The metadata group's types.
+    TypeConfig,
+    Raft,
+    MetaRequest,
+    MetaResponse
+);
 
 /// A replicated command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

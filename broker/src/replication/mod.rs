@@ -17,8 +17,6 @@
 pub(crate) mod state_machine;
 
 use std::collections::{BTreeMap, HashMap};
-// `declare_raft_types!` names `Cursor` for the snapshot data.
-use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -32,16 +30,13 @@ use crate::cluster::network::{GroupNetwork, Network};
 use crate::log::SequenceError;
 use crate::partition::Partition;
 
-openraft::declare_raft_types!(
+crate::cluster::raft_group_types!(
     /// A replicated partition's group types.
-    pub(crate) PartitionTypes:
-        D = PartitionEntry,
-        R = PartitionResponse,
-        NodeId = NodeId,
-        Node = BasicNode,
+    PartitionTypes,
+    PartitionRaft,
+    PartitionEntry,
+    PartitionResponse
 );
-
-pub(crate) type PartitionRaft = openraft::Raft<PartitionTypes>;
 
 /// One proposed batch.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -525,13 +525,10 @@ pub(crate) fn isolate(members: &[Member], proxies: &[Proxy], x: usize) {
     }
 }
 
-/// Isolates one broker behind cut proxies, first the metadata leader, then
-/// a follower: it refuses metadata writes with UNAVAILABLE, the majority
-/// elects a leader (timed) and accepts writes; after healing all three
-/// report the same catalog and the refused writes exist nowhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_isolated_broker_refuses_metadata_writes_and_rejoins_without_divergence() {
-    let mut members = members(3, "2s");
+/// Starts `n` brokers (write timeout 2 s) that reach each other only
+/// through a proxy in front of each (see `isolate`).
+pub(crate) async fn behind_proxies(n: u64) -> (Vec<Member>, Vec<Proxy>) {
+    let mut members = members(n, "2s");
     let mut proxies = Vec::new();
     for m in members.iter_mut() {
         let proxy = Proxy::start(m.addr()).await;
@@ -542,6 +539,16 @@ async fn an_isolated_broker_refuses_metadata_writes_and_rejoins_without_divergen
     for m in members.iter_mut() {
         m.start(&peers);
     }
+    (members, proxies)
+}
+
+/// Isolates one broker behind cut proxies, first the metadata leader, then
+/// a follower: it refuses metadata writes with UNAVAILABLE, the majority
+/// elects a leader (timed) and accepts writes; after healing all three
+/// report the same catalog and the refused writes exist nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_broker_refuses_metadata_writes_and_rejoins_without_divergence() {
+    let (members, proxies) = behind_proxies(3).await;
     let all: Vec<&Member> = members.iter().collect();
     let (_, brokers) = agreed(&all, 3, Duration::from_secs(30)).await;
     let advertised: Vec<String> = members.iter().map(|m| m.advertised().to_string()).collect();

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use strata_proto::v1::{CreateTopicRequest, DescribeTopicRequest, ErrorCode};
 use strata_testkit::{eventually, http_get};
 
-use crate::cluster::{Member, admin, agreed, isolate, members};
-use crate::harness::{Proxy, batch_of, log_client, produce_req, read_partition, value};
+use crate::cluster::{Member, admin, agreed, behind_proxies, isolate};
+use crate::harness::{batch_of, log_client, produce_req, read_partition, value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -46,17 +46,7 @@ fn values(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_partition_leader_stops_acknowledging_and_its_tail_is_dropped_on_healing() {
-    let mut members: Vec<Member> = members(3, "2s");
-    let mut proxies = Vec::new();
-    for m in members.iter_mut() {
-        let proxy = Proxy::start(m.addr()).await;
-        m.advertise = Some(proxy.addr);
-        proxies.push(proxy);
-    }
-    let peers = members.iter().map(|m| m.advertised().to_string()).collect::<Vec<_>>().join(",");
-    for m in members.iter_mut() {
-        m.start(&peers);
-    }
+    let (members, proxies) = behind_proxies(3).await;
     let all: Vec<&Member> = members.iter().collect();
     agreed(&all, 3, DEADLINE).await;
     let mut c = admin(members[0].addr()).await.expect("admin");
