@@ -87,6 +87,19 @@ pub(crate) fn remote_queues(
     out
 }
 
+/// The NOT_LEADER answer for a resource owned by `owner`, naming its
+/// advertised address from the metadata membership (none when it is not a
+/// member).
+pub(crate) fn not_leader(
+    cluster: Option<&crate::cluster::ClusterNode>,
+    resource: String,
+    owner: Option<u64>,
+) -> BrokerError {
+    let address = owner.and_then(|o| cluster.and_then(|c| c.address_of(o)));
+    let owner = owner.filter(|_| address.is_some());
+    BrokerError::NotLeader { resource, owner, address }
+}
+
 /// Whether a broker with `config` holds partition `p` of a topic placed on
 /// `owners` / `replicas`: one of its replicas when the topic is replicated,
 /// else its owner.
@@ -418,9 +431,7 @@ impl Broker {
     /// The NOT_LEADER answer for a resource owned by `owner` (its advertised
     /// address from the membership, when it is a member).
     pub(crate) fn not_leader(&self, resource: String, owner: Option<u64>) -> BrokerError {
-        let address = owner.and_then(|o| self.cluster().and_then(|c| c.address_of(o)));
-        let owner = owner.filter(|_| address.is_some());
-        BrokerError::NotLeader { resource, owner, address }
+        not_leader(self.cluster().map(|c| &**c), resource, owner)
     }
 
     // ---- catalog ------------------------------------------------------

@@ -194,14 +194,8 @@ impl Broker {
                 });
                 let resource = part.id().to_string();
                 let cluster = self.cluster().cloned();
-                let not_leader = move |leader: Option<u64>| {
-                    let address = leader.and_then(|l| cluster.as_ref().and_then(|c| c.address_of(l)));
-                    BrokerError::NotLeader {
-                        resource: resource.clone(),
-                        owner: leader.filter(|_| address.is_some()),
-                        address,
-                    }
-                };
+                let not_leader =
+                    move |leader: Option<u64>| super::not_leader(cluster.as_deref(), resource.clone(), leader);
                 return Ok(PendingAppend {
                     partition: part,
                     state: Pending::Replicated(Box::new(ReplicatedAppend {

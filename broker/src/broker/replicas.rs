@@ -78,6 +78,8 @@ impl Broker {
     /// The group of `partition` if it is replicated and this broker holds a
     /// replica.
     pub(crate) fn replica_group(&self, partition: &Partition) -> Option<Arc<ReplicaGroup>> {
+        // On every produce: standalone brokers skip the key and the lookup.
+        self.cluster()?;
         self.groups.get(&partition.id().group_key())
     }
 
@@ -99,7 +101,7 @@ impl Broker {
     /// owner.
     pub(super) fn partition_leader(&self, record: &crate::catalog::TopicRecord, p: u32) -> Option<u64> {
         if record.replicas_of(p).is_some()
-            && let Some(g) = self.groups.get(&format!("{}/{p}", record.id))
+            && let Some(g) = self.groups.get(&crate::partition::group_key(record.id, p))
         {
             return g.leader();
         }
@@ -113,7 +115,7 @@ impl Broker {
 
     /// What `describe` shows about partition `p` of topic `topic_id`.
     pub(super) fn replica_view(&self, topic_id: u64, p: u32, replicas: &[u64]) -> ReplicaView {
-        let group = self.groups.get(&format!("{topic_id}/{p}"));
+        let group = self.groups.get(&crate::partition::group_key(topic_id, p));
         ReplicaView {
             leader: group.as_ref().and_then(|g| g.leader()),
             replicas: replicas.to_vec(),

@@ -54,7 +54,7 @@ impl PartitionId {
     /// The name of the partition's Raft group when it is replicated
     /// (`<topic id>/<partition>`, unique over the catalog's lifetime).
     pub(crate) fn group_key(&self) -> String {
-        format!("{}/{}", self.topic_id, self.index)
+        group_key(self.topic_id, self.index)
     }
 
     /// The cold-tier key prefix: the remote layout mirrors the local one.
@@ -66,6 +66,11 @@ impl PartitionId {
             self.index,
         )
     }
+}
+
+/// The Raft group name of partition `index` of topic `topic_id`.
+pub(crate) fn group_key(topic_id: u64, index: u32) -> String {
+    format!("{topic_id}/{index}")
 }
 
 /// `tenant/topic/partition`: the resource name in errors and logs.

@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use strata_proto::batch::BatchHeader;
 
+pub(crate) use id::group_key;
 pub use id::{Offset, PartitionId, TopicRef};
 
 use crate::error::BrokerError;

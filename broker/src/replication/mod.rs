@@ -12,7 +12,7 @@
 //!   NOT_LEADER naming the leader.
 //! - Messages travel over the internal `strata.v1.Raft` service tagged with
 //!   the group (`<topic id>/<partition>`); `grpc/raft.rs` routes them here
-//!   through the [`Groups`] registry the cluster node holds.
+//!   through the [`Groups`] registry the broker holds.
 
 pub(crate) mod state_machine;
 
@@ -143,10 +143,10 @@ pub(crate) struct GroupSetup {
 }
 
 impl ReplicaGroup {
-    /// Opens the replica's Raft log and state machine and starts its node;
-    /// a replica with no Raft state yet (the partition was just created)
-    /// initializes the group with all replicas (every replica does the
-    /// same, which openraft allows).
+    /// Opens the replica's Raft log and state machine and starts its node.
+    /// A group with no Raft state yet (the partition was just created) is
+    /// initialized with all replicas by the first replica at once, and by
+    /// the others only if no leader appeared within [`INITIALIZE_FALLBACK`].
     pub(crate) async fn start(setup: GroupSetup) -> Result<Arc<ReplicaGroup>, String> {
         let GroupSetup { partition, replicas, me, me_addr, network, metrics } = setup;
         let key: Arc<str> = Arc::from(partition.id().group_key());
