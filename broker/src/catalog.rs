@@ -105,6 +105,7 @@ impl TopicSettings {
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
             durability: self.durability,
+            sync_sealed: false,
             index_interval_bytes,
             local_retention_ms: self.local_retention_ms,
             local_retention_bytes: self.local_retention_bytes,
@@ -151,13 +152,16 @@ impl TopicRecord {
         self.replicas.first().map_or(1, |r| r.len() as u32)
     }
 
-    /// The log settings of this topic's partitions: a replicated topic's
-    /// logs always run in `fsync` mode (the applied marker of replication
-    /// may only name data a power loss cannot take).
+    /// The log settings of this topic's partitions. A replicated topic's
+    /// batches are durable in the replica's Raft log before they are
+    /// applied, so its partition logs append without fsync and are flushed
+    /// (sealed segments included) before the applied marker names their
+    /// data: one fsync per batch, not two.
     pub(crate) fn log_config(&self, index_interval_bytes: u64, tier_enabled: bool) -> LogConfig {
         let mut config = self.settings.log_config(index_interval_bytes, tier_enabled);
         if !self.replicas.is_empty() {
-            config.durability = crate::log::Durability::Fsync;
+            config.durability = crate::log::Durability::None;
+            config.sync_sealed = true;
         }
         config
     }

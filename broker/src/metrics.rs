@@ -128,6 +128,9 @@ pub(crate) struct Metrics {
     pub partition_under_replicated: Family<PartitionLabels, Gauge>,
     pub partition_replication_lag: Family<PartitionLabels, Gauge>,
     pub partition_leader_changes: Family<PartitionLabels, Counter>,
+    /// Snapshots of the cluster metadata this broker installed (it lagged
+    /// behind what the leader's log still held).
+    pub metadata_snapshots_installed: Counter,
     /// Always 1; the labels carry the version (Prometheus' build-info idiom).
     pub build_info: Family<BuildInfoLabels, Gauge>,
 }
@@ -176,6 +179,7 @@ impl Metrics {
             partition_under_replicated: Family::default(),
             partition_replication_lag: Family::default(),
             partition_leader_changes: Family::default(),
+            metadata_snapshots_installed: Counter::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -276,6 +280,11 @@ impl Metrics {
             "partition_leader_changes",
             "Times this replica saw the partition's leader change",
             m.partition_leader_changes.clone(),
+        );
+        r.register(
+            "metadata_snapshots_installed",
+            "Snapshots of the cluster metadata this broker installed from the leader",
+            m.metadata_snapshots_installed.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -37,6 +37,7 @@ impl Broker {
     pub(crate) async fn install_replicated(&self, catalog: Catalog) -> Result<(), StoreError> {
         let mut store = self.catalog.lock().await;
         store.install(catalog)?;
+        self.metrics.metadata_snapshots_installed.inc();
         self.producer_ids.sync(store.catalog());
         let catalog = store.catalog().clone();
         self.reconcile(&catalog).await;

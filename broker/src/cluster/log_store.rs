@@ -2,42 +2,46 @@
 //! `<data>/meta/raft/`, each replicated partition's under its partition
 //! directory (`replication/`). Generic over the group's type config.
 //!
-//! `log`: a file that starts with a magic number and a version, then
-//! records `[len u32 LE][crc32c u32 LE][JSON]`, each an appended entry, a
-//! truncation or a purge. Every change is fsynced before openraft is told it
-//! is durable. On open the records are replayed; a torn or corrupt tail (a
-//! crash mid-write) is cut off at the last valid record. A purge rewrites the
-//! file without the purged entries (temp file, fsync, rename, fsync dir).
+//! `log`, `log.1`, `log.2`, …: files replayed in that order, each starting
+//! with a magic number and a version, then
+//! records `[len u32 LE][crc32c u32 LE][record]`, each an appended entry
+//! (`[1][entry]`, the entry in `codec.rs`'s binary form), a truncation
+//! (`[2][index u64]`) or a purge (`[3][log id]`). Version 1 files (records
+//! in JSON) are read and rewritten in the current version on open. Every change is fsynced before openraft is told it
+//! is durable. On open the records are replayed; a torn or corrupt tail of
+//! the last file (a crash mid-write) is cut off at the last valid record. A
+//! new file starts once the newest holds 16 MiB; a purge record makes the
+//! older files it covers deletable (nothing is rewritten).
 //! `vote.json`: the vote, replaced atomically.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use tokio::sync::{mpsc, oneshot};
+
+use bytes::{Buf, Bytes};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
-use openraft::{BasicNode, RaftTypeConfig};
-
 use super::NodeId;
-
-/// The type configs a [`LogStore`] serves: openraft's own entry type, ids
-/// and nodes as the brokers use them.
-pub(crate) trait StoreTypes:
-    RaftTypeConfig<NodeId = NodeId, Node = BasicNode, Entry = openraft::Entry<Self>, D: Clone>
-{
-}
-impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode, Entry = openraft::Entry<C>, D: Clone>> StoreTypes for C {}
+use super::codec::{self, StoreTypes};
 
 const MAGIC: &[u8; 8] = b"STRRAFT\0";
-const VERSION: u32 = 1;
+/// 2: binary records; 1: JSON records (still read).
+const VERSION: u32 = 2;
 const HEADER_LEN: u64 = 12;
 
+const APPEND: u8 = 1;
+const TRUNCATE: u8 = 2;
+const PURGE: u8 = 3;
+
+/// A change to the log. (Serde: version 1 files stored records as JSON.)
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
 enum Record<C: StoreTypes> {
@@ -48,22 +52,68 @@ enum Record<C: StoreTypes> {
     PurgeUpTo(LogId<NodeId>),
 }
 
-struct Inner<C: StoreTypes> {
-    dir: PathBuf,
-    file: File,
+/// The log as openraft sees it (quick operations only: never held
+/// across file I/O).
+struct State<C: StoreTypes> {
     entries: BTreeMap<u64, openraft::Entry<C>>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
 }
 
+/// The log files; touched only by the writer's blocking tasks (and open).
+/// Appends go to the newest file, a new one starts past [`ROTATE_BYTES`],
+/// and a purge deletes older files whose entries it covers (no rewrite).
+struct Disk {
+    dir: PathBuf,
+    /// The newest file, appended to.
+    file: File,
+    size: u64,
+    /// Every file, oldest first (the newest last).
+    files: Vec<LogFile>,
+}
+
+struct LogFile {
+    seq: u64,
+    /// The highest index an entry written to it had.
+    max_index: Option<u64>,
+}
+
+/// The newest log file is closed and a new one started once it holds this much.
+const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A change for the writer, in the order the state changed.
+enum Job<C: StoreTypes> {
+    /// Appended entries, framed, and the highest index among them.
+    Append(Vec<u8>, u64, Done<C>),
+    /// A truncation record, framed.
+    Truncate(Vec<u8>, Done<C>),
+    /// A purge record, framed, and the index it purges up to.
+    Purge(Vec<u8>, u64, Done<C>),
+}
+
+/// Who is told once a job is durable.
+enum Done<C: StoreTypes> {
+    /// openraft (appends).
+    Flushed(LogFlushed<C>),
+    /// A caller waiting ([`written`]).
+    Reply(oneshot::Sender<Result<(), String>>),
+}
+
 /// The log store; clones share one state (the log reader is a clone).
+///
+/// Changes apply to the in-memory state at once and go to one writer task
+/// in that order; it writes whatever has queued up in one blocking task
+/// with one fsync (group commit), off the async threads, and then tells
+/// openraft the appended entries are durable.
 pub(crate) struct LogStore<C: StoreTypes> {
-    inner: Arc<Mutex<Inner<C>>>,
+    state: Arc<Mutex<State<C>>>,
+    disk: Arc<Mutex<Disk>>,
+    writer: Arc<OnceLock<mpsc::UnboundedSender<Job<C>>>>,
 }
 
 impl<C: StoreTypes> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore { inner: self.inner.clone() }
+        LogStore { state: self.state.clone(), disk: self.disk.clone(), writer: self.writer.clone() }
     }
 }
 
@@ -71,13 +121,48 @@ fn io_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
     StorageIOError::write_logs(openraft::AnyError::new(&e)).into()
 }
 
-fn frame<C: StoreTypes>(record: &Record<C>) -> std::io::Result<Vec<u8>> {
-    let payload = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+/// Appends `record`, framed, to `out`.
+fn frame<C: StoreTypes>(record: &Record<C>, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 8]);
+    match record {
+        Record::Append(e) => {
+            out.push(APPEND);
+            codec::encode_entry(e, out)?;
+        }
+        Record::TruncateFrom(i) => {
+            out.push(TRUNCATE);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        Record::PurgeUpTo(id) => {
+            out.push(PURGE);
+            codec::put_log_id(id, out);
+        }
+    }
+    let payload = &out[at + 8..];
+    let len = u32::try_from(payload.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a Raft log record over 4 GiB"))?;
+    let crc = crc32c::crc32c(payload);
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Decodes a record's payload (`version` of the file).
+fn unframe<C: StoreTypes>(version: u32, mut payload: Bytes) -> std::io::Result<Record<C>> {
+    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    if version == 1 {
+        return serde_json::from_slice(&payload).map_err(|e| invalid(&e.to_string()));
+    }
+    if payload.is_empty() {
+        return Err(invalid("an empty Raft log record"));
+    }
+    match payload.get_u8() {
+        APPEND => Ok(Record::Append(codec::decode_entry(payload)?)),
+        TRUNCATE if payload.len() == 8 => Ok(Record::TruncateFrom(payload.get_u64_le())),
+        PURGE if payload.len() == 24 => Ok(Record::PurgeUpTo(codec::get_log_id(&mut payload))),
+        _ => Err(invalid("an unknown Raft log record")),
+    }
 }
 
 fn header() -> Vec<u8> {
@@ -100,64 +185,128 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-impl<C: StoreTypes> LogStore<C> {
-    /// Opens (or creates) the log under `dir`, replaying it.
-    pub(crate) fn open(dir: &Path) -> std::io::Result<LogStore<C>> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("log");
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let mut entries = BTreeMap::new();
-        let mut last_purged = None;
-        if bytes.is_empty() {
-            file.write_all(&header())?;
-            file.sync_all()?;
-            crate::log::segment::sync_dir(dir)?;
-        } else {
-            if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{} is not a Strata Raft log", path.display()),
-                ));
+/// What replaying one log file found.
+struct FileReplay {
+    version: u32,
+    /// Where the valid records end.
+    valid_len: u64,
+    /// The highest index an entry in this file had.
+    max_index: Option<u64>,
+}
+
+/// Applies the records of one log file (`bytes`) to the replayed state.
+fn replay_file<C: StoreTypes>(
+    path: &Path,
+    bytes: Bytes,
+    entries: &mut BTreeMap<u64, openraft::Entry<C>>,
+    last_purged: &mut Option<LogId<NodeId>>,
+) -> std::io::Result<FileReplay> {
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
+        return Err(invalid(format!("{} is not a Strata Raft log", path.display())));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION && version != 1 {
+        return Err(invalid(format!("{}: unsupported Raft log version {version}", path.display())));
+    }
+    let mut pos = HEADER_LEN as usize;
+    let mut max_index = None;
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
+        let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else { break };
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        let Ok(record) = unframe::<C>(version, bytes.slice(pos + 8..pos + 8 + len)) else { break };
+        match record {
+            Record::Append(e) => {
+                max_index = max_index.max(Some(e.log_id.index));
+                entries.insert(e.log_id.index, e);
             }
-            let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-            if version != VERSION {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: unsupported Raft log version {version}", path.display()),
-                ));
+            Record::TruncateFrom(i) => {
+                entries.split_off(&i);
             }
-            let mut pos = HEADER_LEN as usize;
-            while pos + 8 <= bytes.len() {
-                let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-                let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().expect("4 bytes"));
-                let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else { break };
-                if crc32c::crc32c(payload) != crc {
-                    break;
-                }
-                let Ok(record) = serde_json::from_slice::<Record<C>>(payload) else { break };
-                match record {
-                    Record::Append(e) => {
-                        entries.insert(e.log_id.index, e);
-                    }
-                    Record::TruncateFrom(i) => {
-                        entries.split_off(&i);
-                    }
-                    Record::PurgeUpTo(id) => {
-                        entries = entries.split_off(&(id.index + 1));
-                        last_purged = Some(id);
-                    }
-                }
-                pos += 8 + len;
-            }
-            if pos < bytes.len() {
-                tracing::warn!(log = %path.display(), at = pos, "Raft log has a torn or corrupt tail; truncating it");
-                file.set_len(pos as u64)?;
-                file.sync_all()?;
+            Record::PurgeUpTo(id) => {
+                *entries = entries.split_off(&(id.index + 1));
+                *last_purged = Some(id);
             }
         }
-        file.seek(SeekFrom::End(0))?;
+        pos += 8 + len;
+    }
+    Ok(FileReplay { version, valid_len: pos as u64, max_index })
+}
+
+/// The log files in `dir` by sequence number: `log` is 0, `log.<n>` is n.
+fn log_files(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == "log" {
+            seqs.push(0);
+        } else if let Some(n) = name.strip_prefix("log.").and_then(|n| n.parse::<u64>().ok()) {
+            seqs.push(n);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+fn log_path(dir: &Path, seq: u64) -> PathBuf {
+    if seq == 0 { dir.join("log") } else { dir.join(format!("log.{seq}")) }
+}
+
+/// Creates log file `seq` holding only the header, durably.
+fn create_log_file(dir: &Path, seq: u64) -> std::io::Result<File> {
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(log_path(dir, seq))?;
+    file.write_all(&header())?;
+    file.sync_all()?;
+    crate::log::segment::sync_dir(dir)?;
+    Ok(file)
+}
+
+impl<C: StoreTypes> LogStore<C> {
+    /// Opens (or creates) the log under `dir`, replaying its files in
+    /// order. A torn or corrupt tail of the last file (a crash mid-write)
+    /// is cut off; anywhere else it is an error.
+    pub(crate) fn open(dir: &Path) -> std::io::Result<LogStore<C>> {
+        std::fs::create_dir_all(dir)?;
+        let mut seqs = log_files(dir)?;
+        if seqs.is_empty() {
+            create_log_file(dir, 0)?;
+            seqs.push(0);
+        }
+        let mut entries = BTreeMap::new();
+        let mut last_purged = None;
+        let mut old_version = false;
+        let mut files = Vec::with_capacity(seqs.len());
+        for (i, seq) in seqs.iter().enumerate() {
+            let path = log_path(dir, *seq);
+            let bytes = Bytes::from(std::fs::read(&path)?);
+            let replay = replay_file(&path, bytes.clone(), &mut entries, &mut last_purged)?;
+            if replay.valid_len < bytes.len() as u64 {
+                if i + 1 < seqs.len() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{} is corrupt at byte {} and is not the last log file",
+                            path.display(),
+                            replay.valid_len
+                        ),
+                    ));
+                }
+                tracing::warn!(log = %path.display(), at = replay.valid_len, "Raft log has a torn or corrupt tail; truncating it");
+                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(replay.valid_len)?;
+                f.sync_all()?;
+            }
+            old_version |= replay.version != VERSION;
+            files.push(LogFile { seq: *seq, max_index: replay.max_index });
+        }
+        let last = *seqs.last().expect("at least one file");
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(log_path(dir, last))?;
+        let size = file.seek(SeekFrom::End(0))?;
         let vote = match std::fs::read(dir.join("vote.json")) {
             Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}/vote.json: {e}", dir.display()))
@@ -165,51 +314,158 @@ impl<C: StoreTypes> LogStore<C> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        Ok(LogStore { inner: Arc::new(Mutex::new(Inner { dir: dir.to_path_buf(), file, entries, last_purged, vote })) })
+        let mut disk = Disk { dir: dir.to_path_buf(), file, size, files };
+        if old_version {
+            // Rewritten in the current version (the same records).
+            disk.rewrite(last_purged, entries.values())?;
+        }
+        Ok(LogStore {
+            state: Arc::new(Mutex::new(State { entries, last_purged, vote })),
+            disk: Arc::new(Mutex::new(disk)),
+            writer: Arc::default(),
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<C>> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<C>> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether a vote or any log exists (the broker is or was in a cluster).
     pub(crate) fn has_state(&self) -> bool {
-        let inner = self.lock();
-        inner.vote.is_some() || !inner.entries.is_empty() || inner.last_purged.is_some()
+        let st = self.lock();
+        st.vote.is_some() || !st.entries.is_empty() || st.last_purged.is_some()
+    }
+
+    /// The writer's queue (the writer starts with the first change).
+    fn writer(&self) -> &mpsc::UnboundedSender<Job<C>> {
+        self.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_writer(self.disk.clone(), rx));
+            tx
+        })
+    }
+
+    /// Queues `job` (built under the state lock, so the file sees changes
+    /// in the order the state did).
+    #[allow(clippy::result_large_err)] // openraft's error type
+    fn submit(&self, job: Job<C>) -> Result<(), StorageError<NodeId>> {
+        self.writer().send(job).map_err(|_| io_err(std::io::Error::other("the Raft log writer stopped")))
     }
 }
 
-impl<C: StoreTypes> Inner<C> {
-    fn write(&mut self, records: &[Record<C>]) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        for r in records {
-            buf.extend(frame(r)?);
+/// Writes queued changes in order: everything queued at once in one
+/// blocking task, one fsync for all of it.
+async fn run_writer<C: StoreTypes>(disk: Arc<Mutex<Disk>>, mut rx: mpsc::UnboundedReceiver<Job<C>>) {
+    let mut jobs = Vec::new();
+    while rx.recv_many(&mut jobs, 1024).await > 0 {
+        let disk = disk.clone();
+        let batch = std::mem::take(&mut jobs);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut disk = disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let result = disk.run(&batch).map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+            (batch, result)
+        })
+        .await;
+        let Ok((batch, result)) = done else {
+            tracing::error!("the Raft log writer's task failed");
+            return;
+        };
+        for job in batch {
+            let result = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+            let (Job::Append(_, _, done) | Job::Truncate(_, done) | Job::Purge(_, _, done)) = job;
+            match done {
+                Done::Flushed(flushed) => flushed.log_io_completed(result),
+                Done::Reply(tx) => {
+                    let _ = tx.send(result.map_err(|e| e.to_string()));
+                }
+            }
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()
+    }
+}
+
+impl Disk {
+    /// Writes `jobs` in order with one fsync, then deletes the files a
+    /// purge covers and starts a new file if this one is full.
+    fn run<C: StoreTypes>(&mut self, jobs: &[Job<C>]) -> std::io::Result<()> {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut purged = None;
+        let newest = self.files.last_mut().expect("a log file");
+        for job in jobs {
+            match job {
+                Job::Append(bytes, max, _) => {
+                    pending.extend_from_slice(bytes);
+                    newest.max_index = newest.max_index.max(Some(*max));
+                }
+                Job::Truncate(bytes, _) => pending.extend_from_slice(bytes),
+                Job::Purge(bytes, upto, _) => {
+                    pending.extend_from_slice(bytes);
+                    purged = Some(*upto);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.file.write_all(&pending)?;
+            self.file.sync_data()?;
+            self.size += pending.len() as u64;
+        }
+        if let Some(upto) = purged {
+            // The purge record is durable in the newest file: older files
+            // holding only purged entries are no longer needed.
+            let newest = self.files.len() - 1;
+            let gone = self.files[..newest].iter().take_while(|f| f.max_index.is_none_or(|m| m <= upto)).count();
+            for f in self.files.drain(..gone) {
+                std::fs::remove_file(log_path(&self.dir, f.seq))?;
+            }
+            if gone > 0 {
+                crate::log::segment::sync_dir(&self.dir)?;
+            }
+        }
+        if self.size >= ROTATE_BYTES {
+            let seq = self.files.last().expect("a log file").seq + 1;
+            self.file = create_log_file(&self.dir, seq)?;
+            self.size = HEADER_LEN;
+            self.files.push(LogFile { seq, max_index: None });
+        }
+        Ok(())
     }
 
-    /// Rewrites the file with only the live entries.
-    fn compact(&mut self) -> std::io::Result<()> {
-        let path = self.dir.join("log");
-        let tmp = self.dir.join("log.tmp");
-        let mut buf = header();
-        if let Some(p) = self.last_purged {
-            buf.extend(frame(&Record::<C>::PurgeUpTo(p))?);
+    /// Writes the whole log (`purged`, then `entries`) into a new file and
+    /// deletes the others (an old version's files are upgraded so).
+    fn rewrite<'a, C: StoreTypes>(
+        &mut self,
+        purged: Option<LogId<NodeId>>,
+        entries: impl Iterator<Item = &'a openraft::Entry<C>>,
+    ) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        if let Some(p) = purged {
+            frame(&Record::<C>::PurgeUpTo(p), &mut buf)?;
         }
-        for e in self.entries.values() {
-            buf.extend(frame(&Record::Append(e.clone()))?);
+        let mut max_index = None;
+        for e in entries {
+            max_index = max_index.max(Some(e.log_id.index));
+            frame(&Record::Append(e.clone()), &mut buf)?;
         }
-        let mut f = File::create(&tmp)?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
+        let seq = self.files.last().map_or(0, |f| f.seq + 1);
+        let mut file = create_log_file(&self.dir, seq)?;
+        file.write_all(&buf)?;
+        file.sync_all()?;
+        for f in self.files.drain(..) {
+            std::fs::remove_file(log_path(&self.dir, f.seq))?;
+        }
         crate::log::segment::sync_dir(&self.dir)?;
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
-        file.seek(SeekFrom::End(0))?;
         self.file = file;
+        self.size = HEADER_LEN + buf.len() as u64;
+        self.files.push(LogFile { seq, max_index });
         Ok(())
+    }
+}
+
+/// A writer's answer to a truncation or purge.
+async fn written(rx: oneshot::Receiver<Result<(), String>>) -> Result<(), StorageError<NodeId>> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(io_err(std::io::Error::other(e))),
+        Err(_) => Err(io_err(std::io::Error::other("the Raft log writer stopped"))),
     }
 }
 
@@ -236,11 +492,13 @@ impl<C: StoreTypes> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.lock();
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(openraft::AnyError::new(&e)))?;
-        write_atomic(&inner.dir.join("vote.json"), &bytes)
+        let path = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner).dir.join("vote.json");
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| StorageIOError::write_vote(openraft::AnyError::new(&e)))?
             .map_err(|e| StorageIOError::write_vote(openraft::AnyError::new(&e)))?;
-        inner.vote = Some(*vote);
+        self.lock().vote = Some(*vote);
         Ok(())
     }
 
@@ -253,34 +511,40 @@ impl<C: StoreTypes> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = openraft::Entry<C>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<openraft::Entry<C>> = entries.into_iter().collect();
-        let mut inner = self.lock();
-        let records: Vec<Record<C>> = entries.iter().cloned().map(Record::Append).collect();
-        let res = inner.write(&records);
-        if res.is_ok() {
-            for e in entries {
-                inner.entries.insert(e.log_id.index, e);
-            }
+        let mut bytes = Vec::new();
+        let mut max = 0;
+        let mut st = self.lock();
+        for e in entries {
+            frame(&Record::Append(e.clone()), &mut bytes).map_err(io_err)?;
+            max = max.max(e.log_id.index);
+            st.entries.insert(e.log_id.index, e);
         }
-        let out = res.as_ref().map(|_| ()).map_err(|e| io_err(std::io::Error::new(e.kind(), e.to_string())));
-        callback.log_io_completed(res);
-        out
+        self.submit(Job::Append(bytes, max, Done::Flushed(callback)))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.lock();
-        inner.write(&[Record::<C>::TruncateFrom(log_id.index)]).map_err(io_err)?;
-        inner.entries.split_off(&log_id.index);
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut bytes = Vec::new();
+            frame(&Record::<C>::TruncateFrom(log_id.index), &mut bytes).map_err(io_err)?;
+            let mut st = self.lock();
+            st.entries.split_off(&log_id.index);
+            self.submit(Job::Truncate(bytes, Done::Reply(tx)))?;
+        }
+        written(rx).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let mut inner = self.lock();
-        inner.write(&[Record::<C>::PurgeUpTo(log_id)]).map_err(io_err)?;
-        inner.entries = inner.entries.split_off(&(log_id.index + 1));
-        inner.last_purged = Some(log_id);
-        inner.compact().map_err(io_err)?;
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut bytes = Vec::new();
+            frame(&Record::<C>::PurgeUpTo(log_id), &mut bytes).map_err(io_err)?;
+            let mut st = self.lock();
+            st.entries = st.entries.split_off(&(log_id.index + 1));
+            st.last_purged = Some(log_id);
+            self.submit(Job::Purge(bytes, log_id.index, Done::Reply(tx)))?;
+        }
+        written(rx).await
     }
 }
 
@@ -307,7 +571,13 @@ mod tests {
     }
 
     fn write_raw(store: &LogStore, records: &[Record<TypeConfig>]) {
-        store.lock().write(records).unwrap();
+        let mut bytes = Vec::new();
+        for r in records {
+            frame(r, &mut bytes).unwrap();
+        }
+        let mut disk = store.disk.lock().unwrap();
+        disk.file.write_all(&bytes).unwrap();
+        disk.file.sync_data().unwrap();
         let mut inner = store.lock();
         for r in records {
             match r {
@@ -351,6 +621,97 @@ mod tests {
         let mut s = LogStore::open(dir.path()).unwrap();
         assert_eq!(s.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(5));
         std::fs::write(dir.path().join("log"), b"garbage!!!!!!!").unwrap();
+        assert!(LogStore::open(dir.path()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_version_1_log_is_read_and_rewritten_and_changes_go_through_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        for r in [Record::Append(entry(1, 1)), Record::Append(entry(1, 2)), Record::Append(entry(1, 3))] {
+            let json = serde_json::to_vec(&r).unwrap();
+            old.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            old.extend_from_slice(&crc32c::crc32c(&json).to_le_bytes());
+            old.extend_from_slice(&json);
+        }
+        std::fs::write(dir.path().join("log"), &old).unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log_files(dir.path()).unwrap(), [1], "rewritten into a new file");
+        let bytes = std::fs::read(dir.path().join("log.1")).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), VERSION, "rewritten in the current version");
+        let got = s.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(format!("{got:?}"), format!("{:?}", [entry(1, 1), entry(1, 2), entry(1, 3)]));
+        // A truncation and a purge are durable once they return.
+        s.truncate(entry(1, 3).log_id).await.unwrap();
+        s.purge(entry(1, 1).log_id).await.unwrap();
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let state = s.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(1, 1).log_id));
+        assert_eq!(state.last_log_id, Some(entry(1, 2).log_id));
+        let got = s.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [2]);
+    }
+
+    /// Appends `entries` through the writer's own path (as openraft's
+    /// appends go, with a reply instead of openraft's callback).
+    async fn append_via_writer(s: &LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = oneshot::channel();
+        let mut bytes = Vec::new();
+        let mut max = 0;
+        {
+            let mut st = s.lock();
+            for e in entries {
+                frame(&Record::Append(e.clone()), &mut bytes).unwrap();
+                max = max.max(e.log_id.index);
+                st.entries.insert(e.log_id.index, e);
+            }
+        }
+        s.submit(Job::Append(bytes, max, Done::Reply(tx))).unwrap();
+        written(rx).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_files_rotate_and_a_purge_deletes_the_files_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let big = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(MetaRequest::Catalog(CatalogCommand::CreateTenant {
+                name: "x".repeat(3 * 1024 * 1024),
+                at_ms: 1,
+                quotas: Default::default(),
+            })),
+        };
+        // 3 MiB entries: a new file after every sixth.
+        for i in 1..=14 {
+            append_via_writer(&s, vec![big(i)]).await;
+        }
+        assert_eq!(log_files(dir.path()).unwrap(), [0, 1, 2]);
+        // Purging up to 6 covers the first file only; up to 12 the second too.
+        s.purge(big(6).log_id).await.unwrap();
+        assert_eq!(log_files(dir.path()).unwrap(), [1, 2]);
+        s.purge(big(11).log_id).await.unwrap();
+        assert_eq!(log_files(dir.path()).unwrap(), [1, 2], "file 1 still holds entry 12");
+        s.purge(big(12).log_id).await.unwrap();
+        assert_eq!(log_files(dir.path()).unwrap(), [2]);
+        s.truncate(big(14).log_id).await.unwrap();
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let state = s.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(big(12).log_id));
+        assert_eq!(state.last_log_id, Some(big(13).log_id));
+        let got = s.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [13]);
+        // A corrupt file that is not the last one is an error, not a silent cut.
+        append_via_writer(&s, (15..=20).map(big).collect()).await;
+        drop(s);
+        assert_eq!(log_files(dir.path()).unwrap(), [2, 3]);
+        let mut f = std::fs::OpenOptions::new().write(true).open(dir.path().join("log.2")).unwrap();
+        f.seek(SeekFrom::Start(HEADER_LEN + 10)).unwrap();
+        f.write_all(b"garbage").unwrap();
+        drop(f);
         assert!(LogStore::open(dir.path()).is_err());
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! See "Cluster metadata" in ARCHITECTURE.md for the rules.
 
+pub(crate) mod codec;
 pub(crate) mod log_store;
 pub(crate) mod membership;
 pub(crate) mod network;

@@ -1,24 +1,26 @@
 //! openraft's RPCs (and the formation probe and forwarded writes) over the
 //! internal `strata.v1.Raft` gRPC service. Payloads are openraft's messages
-//! as JSON in `RaftPayload.json`; a reply carries `Result<Response, Error>`.
+//! as JSON in `RaftPayload.json`, except AppendEntries requests, which are
+//! binary (`codec.rs`); a reply carries `Result<Response, Error>` as JSON.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{BasicNode, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata_proto::v1::raft_client::RaftClient;
 use strata_proto::v1::{HelloRequest, HelloResponse, RaftPayload};
 use tonic::transport::{Channel, Endpoint};
 
+use super::codec::StoreTypes;
 use super::{ForwardReply, NodeId, TypeConfig};
 use crate::catalog::CatalogCommand;
 
@@ -182,7 +184,7 @@ pub(crate) struct GroupNetwork {
     pub group: Arc<str>,
 }
 
-impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode>> RaftNetworkFactory<C> for GroupNetwork {
+impl<C: StoreTypes> RaftNetworkFactory<C> for GroupNetwork {
     type Network = Connection<C>;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection<C> {
@@ -220,8 +222,25 @@ impl<C> Connection<C> {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(payload, option, rpc).await
+    }
+
+    /// Sends an encoded request to the peer and decodes its answer.
+    async fn send<Resp, E>(
+        &self,
+        mut payload: RaftPayload,
+        option: &RPCOption,
+        rpc: impl AsyncFnOnce(
+            RaftClient<Channel>,
+            tonic::Request<RaftPayload>,
+        ) -> Result<tonic::Response<RaftPayload>, tonic::Status>,
+    ) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let client = self.network.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         payload.group = self.group.to_string();
         let mut request = self.network.request(payload);
         request.set_timeout(option.hard_ttl());
@@ -242,13 +261,16 @@ impl<C> Connection<C> {
     }
 }
 
-impl<C: RaftTypeConfig<NodeId = NodeId, Node = BasicNode>> RaftNetwork<C> for Connection<C> {
+impl<C: StoreTypes> RaftNetwork<C> for Connection<C> {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(&rpc, &option, async |mut c, r| c.append_entries(r).await).await
+        // Entries travel in binary form (`codec.rs`).
+        let json = super::codec::encode_append(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = RaftPayload { json: json.into(), group: String::new() };
+        self.send(payload, &option, async |mut c, r| c.append_entries(r).await).await
     }
 
     async fn install_snapshot(

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, Auth, Operation, Resource};
 use crate::catalog::CatalogCommand;
 use crate::cluster::ClusterNode;
+use crate::cluster::codec::decode_append;
 use crate::cluster::membership::MembershipRequest;
 use crate::cluster::network::{decode, encode};
 use crate::replication::{Groups, ReplicaGroup};
@@ -38,7 +39,7 @@ impl RaftService {
     }
 }
 
-fn bad_payload(e: serde_json::Error) -> Status {
+fn bad_payload(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("undecodable Raft payload: {e}"))
 }
 
@@ -60,9 +61,12 @@ fn partition_group(groups: &Groups, request: &Request<RaftPayload>) -> Result<Op
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        match partition_group(&self.groups, &request)? {
-            None => reply(&self.node.raft().append_entries(self.payload(&request).await?).await),
-            Some(g) => reply(&g.raft().append_entries(self.payload(&request).await?).await),
+        let group = partition_group(&self.groups, &request)?;
+        self.admit(&request).await?;
+        let bytes = request.into_inner().json;
+        match group {
+            None => reply(&self.node.raft().append_entries(decode_append(bytes).map_err(bad_payload)?).await),
+            Some(g) => reply(&g.raft().append_entries(decode_append(bytes).map_err(bad_payload)?).await),
         }
     }
 

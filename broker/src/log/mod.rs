@@ -63,6 +63,11 @@ pub struct LogConfig {
     /// Keep at most about this many bytes; -1 means unlimited.
     pub retention_bytes: i64,
     pub durability: Durability,
+    /// fsync a segment when it is sealed even in `none` mode: a replicated
+    /// partition's log (appends made durable by the Raft log, the partition
+    /// log fsynced by [`PartitionLog::flush`] before the applied marker
+    /// moves) needs every sealed segment on disk, not only the active one.
+    pub sync_sealed: bool,
     pub index_interval_bytes: u64,
     /// Tiered storage: local copies of uploaded segments are kept this long
     /// (-1: as long as the total retention).
@@ -85,6 +90,7 @@ impl LogConfig {
             retention_ms: -1,
             retention_bytes: -1,
             durability,
+            sync_sealed: false,
             index_interval_bytes: 256,
             local_retention_ms: -1,
             local_retention_bytes: -1,
@@ -472,7 +478,7 @@ impl PartitionLog {
     /// Seals the active segment and starts a new one. Called with the lock held.
     fn roll(&self, st: &mut LogState) -> Result<(), LogError> {
         let next = st.active.next_offset;
-        let sync = st.config.durability == Durability::Fsync;
+        let sync = st.config.durability == Durability::Fsync || st.config.sync_sealed;
         // The snapshot must exist before the segment it belongs to, so that
         // recovery never finds an active segment without its snapshot.
         producers::write_snapshot(&**self.fs(), &self.dir, next, &st.producers, sync)
@@ -577,6 +583,27 @@ impl PartitionLog {
         st.active.release();
         self.hw.send_replace(st.visible_end);
         Ok(())
+    }
+
+    /// fsyncs what was written to the active segment without publishing
+    /// anything or holding the log's lock meanwhile (appends go on). For a
+    /// log whose sealed segments were synced as they were sealed
+    /// (`fsync` mode or `sync_sealed`), everything appended before the call
+    /// is on disk when it returns.
+    pub fn sync_written(&self) -> Result<(), LogError> {
+        let (file, path) = {
+            let mut st = self.lock();
+            if let Some(why) = &st.poisoned {
+                return Err(LogError::Poisoned(why.clone()));
+            }
+            let path = segment::log_path(&self.dir, st.active.base_offset);
+            (st.active.file().map_err(|e| LogError::io(&path, e))?, path)
+        };
+        file.sync_data().map_err(|e| {
+            let mut st = self.lock();
+            self.poison(&mut st, format!("fsync of {} failed: {e}", path.display()));
+            LogError::io(&path, e)
+        })
     }
 
     /// Stops the log: pending waits fail with `Closed`, the syncer exits.

@@ -19,12 +19,13 @@ pub(crate) mod state_machine;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::NodeId;
+use crate::cluster::codec::EntryData;
 use crate::cluster::log_store::LogStore;
 use crate::cluster::network::{GroupNetwork, Network};
 use crate::log::SequenceError;
@@ -38,15 +39,31 @@ crate::cluster::raft_group_types!(
     PartitionResponse
 );
 
-/// One proposed batch.
+/// One proposed batch. Binary in the Raft log and on the wire
+/// (`[at_ms i64 LE][batch]`, see `cluster/codec.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PartitionEntry {
     /// The batch as the producer sent it (validated by the leader).
-    #[serde(with = "base64_bytes")]
     pub batch: Bytes,
     /// The leader's clock when it proposed the batch: every replica appends
     /// with this time, so they roll and index alike.
     pub at_ms: i64,
+}
+
+impl EntryData for PartitionEntry {
+    fn encode_to(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        out.extend_from_slice(&self.at_ms.to_le_bytes());
+        out.extend_from_slice(&self.batch);
+        Ok(())
+    }
+
+    fn decode_from(mut bytes: Bytes) -> std::io::Result<Self> {
+        if bytes.len() < 8 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a partition entry under 8 bytes"));
+        }
+        let at_ms = bytes.get_i64_le();
+        Ok(PartitionEntry { batch: bytes, at_ms })
+    }
 }
 
 /// What applying an entry gave.
@@ -63,22 +80,6 @@ pub(crate) enum PartitionResponse {
     },
     /// An idempotent producer's batch refused (the same on every replica).
     Refused(SequenceError),
-}
-
-mod base64_bytes {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(b))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        let s = String::deserialize(d)?;
-        STANDARD.decode(s).map(Bytes::from).map_err(serde::de::Error::custom)
-    }
 }
 
 /// Raft timing for partition groups: a heartbeat every 250 ms and an

@@ -127,19 +127,23 @@ impl PartitionStateMachine {
 
     /// Makes everything applied durable, then records the marker.
     async fn persist(&self) -> Result<(), StorageError<NodeId>> {
-        let end = self.applied.next_offset;
-        let log = self.partition.log().clone();
-        tokio::task::spawn_blocking(move || if log.high_watermark() < end { log.flush() } else { Ok(()) })
-            .await
-            .map_err(io_err)?
-            .map_err(io_err)?;
-        let bytes = serde_json::to_vec(&self.applied).map_err(io_err)?;
-        let path = self.dir.join(MARKER);
-        tokio::task::spawn_blocking(move || crate::cluster::log_store::write_atomic(&path, &bytes))
-            .await
-            .map_err(io_err)?
-            .map_err(io_err)
+        persist(&self.partition, &self.dir, &self.applied).await
     }
+}
+
+/// Makes everything `applied` names durable, then records it as the marker.
+/// (The log appends without fsync and fsyncs segments as it seals them: a
+/// sync of the active segment covers the rest. It does not hold the log's
+/// lock, so appends go on meanwhile.)
+async fn persist(partition: &Partition, dir: &Path, applied: &AppliedState) -> Result<(), StorageError<NodeId>> {
+    let log = partition.log().clone();
+    tokio::task::spawn_blocking(move || log.sync_written()).await.map_err(io_err)?.map_err(io_err)?;
+    let bytes = serde_json::to_vec(applied).map_err(io_err)?;
+    let path = dir.join(MARKER);
+    tokio::task::spawn_blocking(move || crate::cluster::log_store::write_atomic(&path, &bytes))
+        .await
+        .map_err(io_err)?
+        .map_err(io_err)
 }
 
 /// Applies `entries` to the log (blocking file I/O). Returns the responses
@@ -207,14 +211,23 @@ fn apply_blocking(
     Ok((out, applied))
 }
 
+/// Builds a snapshot of the state applied when it was made: makes it
+/// durable and records the marker (in its own task, while entries go on
+/// being applied).
 pub(crate) struct SnapshotBuilder {
-    snapshot: Result<Snapshot<PartitionTypes>, String>,
+    partition: Arc<Partition>,
+    dir: PathBuf,
+    snapshot: Option<Result<Snapshot<PartitionTypes>, String>>,
+    applied: AppliedState,
 }
 
 impl RaftSnapshotBuilder<PartitionTypes> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<PartitionTypes>, StorageError<NodeId>> {
-        let taken = std::mem::replace(&mut self.snapshot, Err("the snapshot was taken".into()));
-        taken.map_err(io_err)
+        let snapshot = self.snapshot.take().unwrap_or_else(|| Err("the snapshot was taken".into())).map_err(io_err)?;
+        // The marker is written before openraft may purge the entries it
+        // covers (it purges once this returns).
+        persist(&self.partition, &self.dir, &self.applied).await?;
+        Ok(snapshot)
     }
 }
 
@@ -245,13 +258,13 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The marker is written here, before openraft may purge the entries
-        // it covers: build time is the point the applied state is taken.
-        let snapshot = match self.persist().await {
-            Ok(()) => self.snapshot().map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        SnapshotBuilder { snapshot }
+        // The applied state is taken here; the builder makes it durable.
+        SnapshotBuilder {
+            partition: self.partition.clone(),
+            dir: self.dir.clone(),
+            snapshot: Some(self.snapshot().map_err(|e| e.to_string())),
+            applied: self.applied.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
