@@ -67,7 +67,7 @@ impl PendingAppend {
 }
 
 async fn replicated_outcome(partition: &Partition, r: ReplicatedAppend) -> Result<Produced, BrokerError> {
-    use crate::replication::{PartitionResponse, WriteError};
+    use crate::replication::{BatchOutcome, WriteError};
     let resource = || partition.id().to_string();
     let no_quorum = |why: String| BrokerError::NoPartitionQuorum {
         resource: resource(),
@@ -78,7 +78,7 @@ async fn replicated_outcome(partition: &Partition, r: ReplicatedAppend) -> Resul
         .await
         .map_err(|_| no_quorum("timed out".into()))?;
     match outcome {
-        Ok(PartitionResponse::Appended { base_offset, last_offset, append_time_ms, duplicate }) => {
+        Ok(BatchOutcome::Appended { base_offset, last_offset, append_time_ms, duplicate }) => {
             if !duplicate {
                 let labels = partition.labels();
                 r.broker.messages_in.get_or_create(&labels).inc_by(last_offset - base_offset + 1);
@@ -87,12 +87,10 @@ async fn replicated_outcome(partition: &Partition, r: ReplicatedAppend) -> Resul
             }
             Ok(Produced { base_offset, last_offset, append_time_ms, duplicate })
         }
-        Ok(PartitionResponse::Refused(source)) => {
+        Ok(BatchOutcome::Refused(source)) => {
             Err(BrokerError::Log { resource: resource(), source: crate::log::LogError::Sequence(source) })
         }
-        Ok(PartitionResponse::Nothing) => {
-            Err(BrokerError::Internal(format!("{}: a batch applied as nothing", resource())))
-        }
+        Ok(BatchOutcome::Nothing) => Err(BrokerError::Internal(format!("{}: a batch applied as nothing", resource()))),
         Err(WriteError::NotLeader(leader)) => Err((r.not_leader)(leader)),
         Err(WriteError::Stopped(why)) => Err(no_quorum(why)),
     }
@@ -182,13 +180,7 @@ impl Broker {
         let appended = match (appended, group) {
             (Ok(a), _) => a,
             (Err(batch), Some(g)) => {
-                let entry = crate::replication::PartitionEntry { batch, at_ms: now };
-                let proposal = g.propose(entry).await.map_err(|e| match e {
-                    crate::replication::WriteError::NotLeader(l) => self.not_leader(part.id().to_string(), l),
-                    crate::replication::WriteError::Stopped(why) => {
-                        BrokerError::NoPartitionQuorum { resource: part.id().to_string(), waited_ms: 0, why }
-                    }
-                })?;
+                let proposal = g.propose(batch, now);
                 let traced = traced.filter(|s| !s.is_empty()).map(|spans| {
                     crate::telemetry::Published::new(spans.into_iter().map(|(_, s)| s).collect(), &labels.topic)
                 });

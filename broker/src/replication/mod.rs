@@ -19,6 +19,8 @@ pub(crate) mod state_machine;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::{mpsc, oneshot};
+
 use bytes::{Buf, Bytes};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
@@ -39,13 +41,16 @@ crate::cluster::raft_group_types!(
     PartitionResponse
 );
 
-/// One proposed batch. Binary in the Raft log and on the wire
-/// (`[at_ms i64 LE][batch]`, see `cluster/codec.rs`).
+/// One Raft entry: the batches producers sent while the previous entries
+/// were in flight (see [`ReplicaGroup::propose`]). Binary in the Raft log
+/// and on the wire (`[at_ms i64][count u32]` then `[length u32][batch]`
+/// each, little-endian; see `cluster/codec.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PartitionEntry {
-    /// The batch as the producer sent it (validated by the leader).
-    pub batch: Bytes,
-    /// The leader's clock when it proposed the batch: every replica appends
+    /// The batches as the producers sent them (validated by the leader), in
+    /// the order they were proposed.
+    pub batches: Vec<Bytes>,
+    /// The leader's clock when it proposed the entry: every replica appends
     /// with this time, so they roll and index alike.
     pub at_ms: i64,
 }
@@ -53,24 +58,49 @@ pub(crate) struct PartitionEntry {
 impl EntryData for PartitionEntry {
     fn encode_to(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
         out.extend_from_slice(&self.at_ms.to_le_bytes());
-        out.extend_from_slice(&self.batch);
+        out.extend_from_slice(&(self.batches.len() as u32).to_le_bytes());
+        for b in &self.batches {
+            let len = u32::try_from(b.len()).map_err(|_| std::io::Error::other("a batch over 4 GiB"))?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(b);
+        }
         Ok(())
     }
 
     fn decode_from(mut bytes: Bytes) -> std::io::Result<Self> {
-        if bytes.len() < 8 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a partition entry under 8 bytes"));
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        if bytes.len() < 12 {
+            return Err(invalid("a partition entry under 12 bytes"));
         }
         let at_ms = bytes.get_i64_le();
-        Ok(PartitionEntry { batch: bytes, at_ms })
+        let count = bytes.get_u32_le() as usize;
+        let mut batches = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            if bytes.len() < 4 {
+                return Err(invalid("a truncated partition entry"));
+            }
+            let len = bytes.get_u32_le() as usize;
+            if bytes.len() < len {
+                return Err(invalid("a truncated partition entry"));
+            }
+            batches.push(bytes.split_to(len));
+        }
+        if !bytes.is_empty() {
+            return Err(invalid("bytes after a partition entry's batches"));
+        }
+        Ok(PartitionEntry { batches, at_ms })
     }
 }
 
-/// What applying an entry gave.
+/// What applying an entry gave: one outcome per batch, in order (none for
+/// a blank or membership entry).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct PartitionResponse(pub Vec<BatchOutcome>);
+
+/// What applying one batch gave.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) enum PartitionResponse {
-    /// A blank or membership entry, or one re-applied after a restart that
-    /// had been refused.
+pub(crate) enum BatchOutcome {
+    /// Re-applied after a restart, and it had been refused before.
     Nothing,
     Appended {
         base_offset: u64,
@@ -109,12 +139,29 @@ const INITIALIZE_FALLBACK: std::time::Duration = std::time::Duration::from_secs(
 /// entry is out of sync.
 const IN_SYNC_MAX_LAG: u64 = 128;
 
+/// Entries proposed by a leader and not yet applied, at most: batches
+/// produced meanwhile wait and go together in the next entry.
+const MAX_ENTRIES_IN_FLIGHT: usize = 4;
+
+/// An entry carries at most about this many bytes of batches (a larger
+/// single batch goes alone).
+const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
+
 /// This broker's replica of one partition: its Raft node.
 pub(crate) struct ReplicaGroup {
     key: Arc<str>,
     id: crate::partition::PartitionId,
     me: NodeId,
     raft: PartitionRaft,
+    /// The proposer's queue (see [`ReplicaGroup::propose`]).
+    proposals: mpsc::UnboundedSender<Submitted>,
+}
+
+/// A batch waiting to be proposed.
+struct Submitted {
+    batch: Bytes,
+    at_ms: i64,
+    reply: oneshot::Sender<Result<BatchOutcome, WriteError>>,
 }
 
 impl std::fmt::Debug for ReplicaGroup {
@@ -124,7 +171,7 @@ impl std::fmt::Debug for ReplicaGroup {
 }
 
 /// Why a proposal was not applied.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum WriteError {
     /// Another replica leads (if known).
     NotLeader(Option<NodeId>),
@@ -200,7 +247,9 @@ impl ReplicaGroup {
             }
         }
         tokio::spawn(count_leader_changes(raft.metrics(), metrics, partition.id().clone()));
-        Ok(Arc::new(ReplicaGroup { key, id: partition.id().clone(), me, raft }))
+        let (proposals, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_proposer(raft.clone(), rx));
+        Ok(Arc::new(ReplicaGroup { key, id: partition.id().clone(), me, raft, proposals }))
     }
 
     pub(crate) fn key(&self) -> &str {
@@ -282,10 +331,18 @@ impl ReplicaGroup {
         }
     }
 
-    /// Proposes `entry` (in call order with other proposals); the receiver
-    /// resolves once it is committed and applied here.
-    pub(crate) async fn propose(&self, entry: PartitionEntry) -> Result<Proposal, WriteError> {
-        self.raft.client_write_ff(entry).await.map_err(|e| WriteError::Stopped(e.to_string()))
+    /// Proposes `batch` (validated, appended with the time `at_ms` or
+    /// later), in call order with other proposals; the receiver resolves
+    /// once it is committed and applied here. While
+    /// [`MAX_ENTRIES_IN_FLIGHT`] entries are in flight, batches wait and
+    /// then go in one entry: under load, few large entries instead of many
+    /// small ones (each costs fsyncs and messages on every replica).
+    pub(crate) fn propose(&self, batch: Bytes, at_ms: i64) -> Proposal {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(s)) = self.proposals.send(Submitted { batch, at_ms, reply }) {
+            let _ = s.reply.send(Err(WriteError::Stopped("the partition's Raft node stopped".into())));
+        }
+        rx
     }
 
     /// Stops the node (the partition closes or the broker shuts down).
@@ -353,17 +410,83 @@ impl Groups {
     }
 }
 
-/// A proposed entry's outcome, once committed and applied (or refused).
-pub(crate) type Proposal = tokio::sync::oneshot::Receiver<
-    Result<openraft::raft::ClientWriteResponse<PartitionTypes>, ClientWriteError<NodeId, BasicNode>>,
->;
+/// A proposed batch's outcome, once committed and applied (or refused).
+pub(crate) type Proposal = oneshot::Receiver<Result<BatchOutcome, WriteError>>;
 
 /// Waits for a proposal's outcome.
-pub(crate) async fn outcome(proposal: Proposal) -> Result<PartitionResponse, WriteError> {
-    match proposal.await {
-        Ok(Ok(resp)) => Ok(resp.data),
-        Ok(Err(e)) => Err(write_error(e)),
-        Err(_) => Err(WriteError::Stopped("the partition's Raft node stopped".into())),
+pub(crate) async fn outcome(proposal: Proposal) -> Result<BatchOutcome, WriteError> {
+    proposal.await.unwrap_or_else(|_| Err(WriteError::Stopped("the partition's Raft node stopped".into())))
+}
+
+/// Proposes the queued batches in order, as entries of several batches,
+/// with at most [`MAX_ENTRIES_IN_FLIGHT`] entries proposed and not yet
+/// applied; runs until the group stops.
+async fn run_proposer(raft: PartitionRaft, mut rx: mpsc::UnboundedReceiver<Submitted>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+    let mut queued: std::collections::VecDeque<Submitted> = std::collections::VecDeque::new();
+    loop {
+        if queued.is_empty() {
+            match rx.recv().await {
+                Some(s) => queued.push_back(s),
+                None => return,
+            }
+        }
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        // Whatever arrived while waiting for a slot goes too.
+        while let Ok(s) = rx.try_recv() {
+            queued.push_back(s);
+        }
+        let mut bytes = 0;
+        let mut batches = Vec::new();
+        let mut replies = Vec::new();
+        let mut at_ms = i64::MIN;
+        while let Some(s) = queued.front() {
+            if !batches.is_empty() && bytes + s.batch.len() > MAX_ENTRY_BYTES {
+                break;
+            }
+            let s = queued.pop_front().expect("checked");
+            bytes += s.batch.len();
+            at_ms = at_ms.max(s.at_ms);
+            batches.push(s.batch);
+            replies.push(s.reply);
+        }
+        let count = replies.len();
+        let answered = match raft.client_write_ff(PartitionEntry { batches, at_ms }).await {
+            Ok(proposal) => proposal,
+            Err(e) => {
+                let why = e.to_string();
+                for r in replies {
+                    let _ = r.send(Err(WriteError::Stopped(why.clone())));
+                }
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let result = match answered.await {
+                Ok(Ok(resp)) => Ok(resp.data.0),
+                Ok(Err(e)) => Err(write_error(e)),
+                Err(_) => Err(WriteError::Stopped("the partition's Raft node stopped".into())),
+            };
+            drop(slot);
+            match result {
+                Ok(outcomes) if outcomes.len() == count => {
+                    for (r, o) in replies.into_iter().zip(outcomes) {
+                        let _ = r.send(Ok(o));
+                    }
+                }
+                Ok(outcomes) => {
+                    let why = format!("an entry of {count} batches applied as {} outcomes", outcomes.len());
+                    for r in replies {
+                        let _ = r.send(Err(WriteError::Stopped(why.clone())));
+                    }
+                }
+                Err(e) => {
+                    for r in replies {
+                        let _ = r.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -372,5 +495,27 @@ fn write_error(e: ClientWriteError<NodeId, BasicNode>) -> WriteError {
     match e {
         ClientWriteError::ForwardToLeader(f) => WriteError::NotLeader(f.leader_id),
         ClientWriteError::ChangeMembershipError(e) => WriteError::Stopped(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_of_several_batches_round_trip_and_truncation_is_refused() {
+        let entry = PartitionEntry {
+            batches: vec![Bytes::from_static(b"first"), Bytes::new(), Bytes::from_static(b"third batch")],
+            at_ms: -5,
+        };
+        let mut out = Vec::new();
+        entry.encode_to(&mut out).unwrap();
+        let back = PartitionEntry::decode_from(Bytes::from(out.clone())).unwrap();
+        assert_eq!((back.batches, back.at_ms), (entry.batches, entry.at_ms));
+        for cut in [0, 11, 13, out.len() - 1] {
+            assert!(PartitionEntry::decode_from(Bytes::copy_from_slice(&out[..cut])).is_err(), "cut at {cut}");
+        }
+        out.push(0);
+        assert!(PartitionEntry::decode_from(Bytes::from(out)).is_err(), "trailing bytes");
     }
 }

@@ -28,7 +28,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use strata_proto::batch::{self, BatchHeader};
 
-use super::{PartitionResponse, PartitionTypes};
+use super::{BatchOutcome, PartitionResponse, PartitionTypes};
 use crate::cluster::NodeId;
 use crate::cluster::network::Network;
 use crate::log::LogError;
@@ -155,54 +155,27 @@ fn apply_blocking(
     recovered_end: u64,
     entries: Vec<Entry>,
 ) -> Result<(Vec<PartitionResponse>, AppliedState), StorageError<NodeId>> {
-    let log = partition.log();
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let log_id = entry.log_id;
         let response = match entry.payload {
-            EntryPayload::Blank => PartitionResponse::Nothing,
+            EntryPayload::Blank => PartitionResponse::default(),
             EntryPayload::Membership(m) => {
                 applied.membership = StoredMembership::new(Some(log_id), m);
-                PartitionResponse::Nothing
+                PartitionResponse::default()
             }
             EntryPayload::Normal(req) => {
                 let apply_err = |e: String| -> StorageError<NodeId> {
                     StorageIOError::apply(log_id, openraft::AnyError::error(e)).into()
                 };
-                let header = BatchHeader::parse(&req.batch).map_err(|e| apply_err(e.to_string()))?;
-                let expected = applied.next_offset;
-                if expected < recovered_end {
-                    // Applied before a crash (or installed): match it.
-                    let stored = log.read(expected, 1).map_err(|e| apply_err(e.to_string()))?;
-                    match BatchHeader::parse(&stored.records) {
-                        Ok(h) if h.base_offset == expected && same_batch(&h, &header) => {
-                            applied.next_offset = h.next_offset();
-                            PartitionResponse::Appended {
-                                base_offset: expected,
-                                last_offset: h.last_offset(),
-                                append_time_ms: req.at_ms,
-                                duplicate: false,
-                            }
-                        }
-                        _ => PartitionResponse::Nothing,
-                    }
-                } else {
-                    let mut bytes = req.batch.to_vec();
-                    batch::set_leader_epoch(&mut bytes, log_id.leader_id.term as u32);
-                    match log.append(&mut bytes, &header, req.at_ms) {
-                        Ok(a) => {
-                            applied.next_offset = log.end_offset();
-                            PartitionResponse::Appended {
-                                base_offset: a.base_offset,
-                                last_offset: a.last_offset,
-                                append_time_ms: a.append_time_ms,
-                                duplicate: a.duplicate,
-                            }
-                        }
-                        Err(LogError::Sequence(e)) => PartitionResponse::Refused(e),
-                        Err(e) => return Err(apply_err(format!("{}: {e}", partition.id()))),
-                    }
+                let mut outcomes = Vec::with_capacity(req.batches.len());
+                for batch in &req.batches {
+                    let outcome =
+                        apply_batch(partition, &mut applied, recovered_end, batch, req.at_ms, log_id.leader_id.term)
+                            .map_err(apply_err)?;
+                    outcomes.push(outcome);
                 }
+                PartitionResponse(outcomes)
             }
         };
         applied.last_applied = Some(log_id);
@@ -214,6 +187,53 @@ fn apply_blocking(
 /// Builds a snapshot of the state applied when it was made: makes it
 /// durable and records the marker (in its own task, while entries go on
 /// being applied).
+/// Applies one batch of an entry: appended at the next offset (with the
+/// entry's term as leader epoch), or, below the log end found at start-up,
+/// matched with the batch already stored there.
+fn apply_batch(
+    partition: &Partition,
+    applied: &mut AppliedState,
+    recovered_end: u64,
+    batch: &bytes::Bytes,
+    at_ms: i64,
+    term: u64,
+) -> Result<BatchOutcome, String> {
+    let log = partition.log();
+    let header = BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+    let expected = applied.next_offset;
+    if expected < recovered_end {
+        // Applied before a crash (or installed): match it.
+        let stored = log.read(expected, 1).map_err(|e| e.to_string())?;
+        return Ok(match BatchHeader::parse(&stored.records) {
+            Ok(h) if h.base_offset == expected && same_batch(&h, &header) => {
+                applied.next_offset = h.next_offset();
+                BatchOutcome::Appended {
+                    base_offset: expected,
+                    last_offset: h.last_offset(),
+                    append_time_ms: at_ms,
+                    duplicate: false,
+                }
+            }
+            _ => BatchOutcome::Nothing,
+        });
+    }
+    let mut bytes = batch.to_vec();
+    batch::set_leader_epoch(&mut bytes, term as u32);
+    match log.append(&mut bytes, &header, at_ms) {
+        Ok(a) => {
+            applied.next_offset = log.end_offset();
+            Ok(BatchOutcome::Appended {
+                base_offset: a.base_offset,
+                last_offset: a.last_offset,
+                append_time_ms: a.append_time_ms,
+                duplicate: a.duplicate,
+            })
+        }
+        Err(LogError::Sequence(e)) => Ok(BatchOutcome::Refused(e)),
+        Err(e) => Err(format!("{}: {e}", partition.id())),
+    }
+}
+
 pub(crate) struct SnapshotBuilder {
     partition: Arc<Partition>,
     dir: PathBuf,

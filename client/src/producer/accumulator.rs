@@ -210,28 +210,36 @@ impl Accumulator {
         }
     }
 
-    /// Seals every batch whose linger has expired at `now`.
-    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<SealedBatch>) {
+    /// Seals every batch whose linger has expired at `now`, except those of
+    /// partitions `hold` says cannot send now (their pipeline is full): as
+    /// in Kafka's producer, such a batch stays open and keeps filling until
+    /// it can go (the caller asks again when a slot frees) or is full.
+    pub(crate) fn expire(&mut self, now: Instant, hold: impl Fn(u32) -> bool, out: &mut Vec<SealedBatch>) {
+        let mut held = Vec::new();
         while let Some(&(deadline, partition, id)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
             if self.open.get(&partition).is_some_and(|b| b.id == id) {
-                self.seal(partition, out);
+                if hold(partition) {
+                    held.push((deadline, partition, id));
+                } else {
+                    self.seal(partition, out);
+                }
             }
+        }
+        for entry in held.into_iter().rev() {
+            self.deadlines.push_front(entry);
         }
     }
 
-    /// When the oldest open batch's linger expires.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(&(deadline, partition, id)) = self.deadlines.front() {
-            if self.open.get(&partition).is_some_and(|b| b.id == id) {
-                return Some(deadline);
-            }
-            self.deadlines.pop_front();
-        }
-        None
+    /// When the oldest open batch's linger expires, after `now` (batches
+    /// already expired and held wait for a slot, not for a time).
+    pub(crate) fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
+        let open = &self.open;
+        self.deadlines.retain(|(_, partition, id)| open.get(partition).is_some_and(|b| b.id == *id));
+        self.deadlines.iter().map(|(deadline, _, _)| *deadline).find(|d| *d > now)
     }
 
     /// Seals every open batch (flush and close), oldest first.
@@ -346,18 +354,41 @@ mod tests {
         acc.append(1, msg(b"a").0, t0, &mut out);
         acc.append(2, msg(b"b").0, t0 + Duration::from_millis(2), &mut out);
         acc.append(1, msg(b"c").0, t0 + Duration::from_millis(3), &mut out);
-        assert_eq!(acc.next_deadline(), Some(t0 + linger));
-        acc.expire(t0 + Duration::from_millis(4), &mut out);
+        assert_eq!(acc.next_deadline(t0), Some(t0 + linger));
+        acc.expire(t0 + Duration::from_millis(4), |_| false, &mut out);
         assert!(out.is_empty());
-        acc.expire(t0 + linger, &mut out);
+        acc.expire(t0 + linger, |_| false, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].partition, 1);
         assert_eq!(values(&out[0]), vec![b"a".to_vec(), b"c".to_vec()]);
-        assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(7)));
-        acc.expire(t0 + Duration::from_millis(7), &mut out);
+        assert_eq!(acc.next_deadline(t0), Some(t0 + Duration::from_millis(7)));
+        acc.expire(t0 + Duration::from_millis(7), |_| false, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].partition, 2);
-        assert_eq!(acc.next_deadline(), None);
+        assert_eq!(acc.next_deadline(t0), None);
+    }
+
+    #[test]
+    fn a_held_partition_keeps_filling_its_expired_batch_until_released() {
+        let t0 = Instant::now();
+        let linger = Duration::from_millis(5);
+        let mut acc = Accumulator::new(1 << 20, linger, Compression::None, false);
+        let mut out = Vec::new();
+        acc.append(1, msg(b"a").0, t0, &mut out);
+        acc.append(2, msg(b"b").0, t0, &mut out);
+        // Partition 1's pipeline is full: only partition 2's batch goes.
+        acc.expire(t0 + linger, |p| p == 1, &mut out);
+        assert_eq!(out.iter().map(|b| b.partition).collect::<Vec<_>>(), [2]);
+        // Held and expired: no timer for it (a freed slot brings it back).
+        assert_eq!(acc.next_deadline(t0 + linger), None);
+        acc.append(1, msg(b"c").0, t0 + Duration::from_millis(6), &mut out);
+        acc.append(3, msg(b"d").0, t0 + Duration::from_millis(6), &mut out);
+        assert_eq!(acc.next_deadline(t0 + linger), Some(t0 + Duration::from_millis(11)));
+        acc.expire(t0 + Duration::from_millis(7), |_| false, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].partition, 1);
+        assert_eq!(values(&out[1]), vec![b"a".to_vec(), b"c".to_vec()], "one batch, still filled while held");
+        assert_eq!(acc.next_deadline(t0 + Duration::from_millis(7)), Some(t0 + Duration::from_millis(11)));
     }
 
     #[test]
@@ -369,10 +400,10 @@ mod tests {
         // Sealed by size at t0+1; the new open batch lingers until t0+6.
         acc.append(0, msg(&[2; 100]).0, t0 + Duration::from_millis(1), &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(6)));
-        acc.expire(t0 + Duration::from_millis(5), &mut out);
+        assert_eq!(acc.next_deadline(t0), Some(t0 + Duration::from_millis(6)));
+        acc.expire(t0 + Duration::from_millis(5), |_| false, &mut out);
         assert_eq!(out.len(), 1);
-        acc.expire(t0 + Duration::from_millis(6), &mut out);
+        acc.expire(t0 + Duration::from_millis(6), |_| false, &mut out);
         assert_eq!(out.len(), 2);
     }
 
@@ -385,7 +416,7 @@ mod tests {
         let (m2, r2) = msg(b"y");
         acc.append(3, m1, t0, &mut out);
         acc.append(3, m2, t0, &mut out);
-        acc.expire(t0, &mut out);
+        acc.expire(t0, |_| false, &mut out);
         let batch = out.pop().unwrap();
         assert_eq!(batch.partition, 3);
         batch.succeed(40);

@@ -346,7 +346,16 @@ impl SenderTask {
     // ---- timers ------------------------------------------------------------
 
     fn on_timers(&mut self, now: Instant) {
-        self.accumulator.expire(now, &mut self.sealed);
+        // A partition whose batches cannot go now keeps filling its open one.
+        let per_partition = if self.identity.is_some() { MAX_IN_FLIGHT_PER_PARTITION } else { usize::MAX };
+        let full = self.in_flight.len() >= self.config.max_in_flight_batches;
+        let waiting: std::collections::HashSet<u32> = self.ready.values().map(|b| b.partition).collect();
+        let partitions = &self.partitions;
+        let hold = |p: u32| {
+            full || waiting.contains(&p)
+                || partitions.get(&p).is_some_and(|s| (s.probing && s.in_flight > 0) || s.in_flight >= per_partition)
+        };
+        self.accumulator.expire(now, hold, &mut self.sealed);
         self.take_sealed();
         for link in self.links.values_mut() {
             if let Conn::Backoff(until) = link.conn
@@ -379,7 +388,7 @@ impl SenderTask {
     fn next_wakeup(&mut self, now: Instant) -> Instant {
         let mut wake = self.next_refresh;
         let mut consider = |t: Instant| wake = wake.min(t);
-        if let Some(t) = self.accumulator.next_deadline() {
+        if let Some(t) = self.accumulator.next_deadline(now) {
             consider(t);
         }
         if let Some(f) = self.in_flight.values().next() {
