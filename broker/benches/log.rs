@@ -26,7 +26,7 @@ fn config(durability: Durability) -> LogConfig {
         retention_ms: -1,
         retention_bytes: -1,
         durability,
-        sync_sealed: false,
+        replicated: false,
         index_interval_bytes: 4096,
         local_retention_ms: -1,
         local_retention_bytes: -1,

@@ -105,7 +105,7 @@ impl TopicSettings {
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
             durability: self.durability,
-            sync_sealed: false,
+            replicated: false,
             index_interval_bytes,
             local_retention_ms: self.local_retention_ms,
             local_retention_bytes: self.local_retention_bytes,
@@ -161,7 +161,7 @@ impl TopicRecord {
         let mut config = self.settings.log_config(index_interval_bytes, tier_enabled);
         if !self.replicas.is_empty() {
             config.durability = crate::log::Durability::None;
-            config.sync_sealed = true;
+            config.replicated = true;
         }
         config
     }

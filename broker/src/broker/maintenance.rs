@@ -62,6 +62,11 @@ impl Broker {
         let mut running: tokio::task::JoinSet<(PathBuf, Result<(), TierError>)> = tokio::task::JoinSet::new();
         let mut busy: std::collections::HashSet<PathBuf> = Default::default();
         let mut retry: HashMap<PathBuf, (tokio::time::Instant, backon::ExponentialBackoff)> = HashMap::new();
+        // Replicated partitions this broker led at the last pass, and when
+        // each followed one reads its manifest next.
+        let mut led: std::collections::HashSet<PathBuf> = Default::default();
+        let mut followed: HashMap<PathBuf, tokio::time::Instant> = HashMap::new();
+        let follow_every = (tier.config.upload_interval.0 * 10).max(Duration::from_millis(100));
         let backoff = || {
             backon::ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -82,6 +87,8 @@ impl Broker {
                     Ok((dir, Err(e))) => {
                         tracing::warn!(dir = %dir.display(), error = %e, "cold-tier upload failed; will retry");
                         busy.remove(&dir);
+                        // A new leader's manifest read may have failed: read it again.
+                        led.remove(&dir);
                         tier.set_last_error(Some(e.to_string()));
                         let entry = retry.entry(dir).or_insert_with(|| (tokio::time::Instant::now(), backoff()));
                         let delay = entry.1.next().unwrap_or(tier.config.max_retry_backoff.0);
@@ -92,22 +99,45 @@ impl Broker {
                         // lock keeps a second upload of it safe.
                         tracing::error!(error = %e, "upload task failed");
                         busy.clear();
+                        led.clear();
                     }
                 },
                 _ = self.until_shutdown() => return,
             }
-            // A replicated partition is uploaded by its leader only (its
-            // followers keep their segments until local retention, which
-            // waits for the upload they do not see: see ARCHITECTURE.md).
-            let logs: Vec<Arc<Partition>> = self
-                .all_partitions()
-                .into_iter()
-                .filter(|p| p.config().tiered && p.remote().is_some())
-                .filter(|p| self.replica_group(p).is_none_or(|g| g.is_leader()))
-                .collect();
-            tier.set_backlog(logs.iter().map(|l| l.pending_upload_bytes()).sum());
+            // A replicated partition is uploaded by its leader only. A
+            // replica that just became leader reads the manifest again
+            // first (the previous leader published since); followers read
+            // it every so often to learn how far the tier reaches, so that
+            // their local retention frees what it holds.
+            let tiered: Vec<Arc<Partition>> =
+                self.all_partitions().into_iter().filter(|p| p.config().tiered && p.remote().is_some()).collect();
             let now = tokio::time::Instant::now();
-            for log in logs {
+            let mut logs = Vec::new();
+            for p in tiered {
+                match self.replica_group(&p) {
+                    None => logs.push((p, None)),
+                    Some(g) if g.is_leader() => {
+                        let fresh = !led.contains(p.dir());
+                        logs.push((p, Some((g, fresh))));
+                    }
+                    Some(_) => {
+                        let dir = p.dir().to_path_buf();
+                        led.remove(&dir);
+                        if busy.contains(&dir) || followed.get(&dir).is_some_and(|at| *at > now) {
+                            continue;
+                        }
+                        followed.insert(dir.clone(), now + follow_every);
+                        busy.insert(dir.clone());
+                        let clock = self.clock.clone();
+                        running.spawn(async move {
+                            let result = p.follow_tier(clock.as_ref()).await;
+                            (dir, result)
+                        });
+                    }
+                }
+            }
+            tier.set_backlog(logs.iter().map(|(l, _)| l.pending_upload_bytes()).sum());
+            for (log, leader) in logs {
                 if running.len() >= tier.config.upload_concurrency as usize {
                     break;
                 }
@@ -115,15 +145,28 @@ impl Broker {
                 if busy.contains(&dir) || retry.get(&dir).is_some_and(|(at, _)| *at > now) {
                     continue;
                 }
-                if !log.has_upload_pending() {
+                let reload = leader.as_ref().is_some_and(|(_, fresh)| *fresh);
+                if !reload && !log.has_upload_pending() {
                     continue;
                 }
                 busy.insert(dir.clone());
+                if reload {
+                    led.insert(dir.clone());
+                }
                 let limits = tier.limits();
                 let metrics = self.metrics.clone();
                 let clock = self.clock.clone();
+                let group = leader.map(|(g, _)| g);
                 running.spawn(async move {
-                    let result = log.upload_pending(limits, &metrics, clock.as_ref()).await;
+                    let may_upload = move || group.as_ref().is_none_or(|g| g.is_leader());
+                    let result = async {
+                        if reload && let Some(remote) = log.remote() {
+                            remote.reload().await?;
+                            log.log().set_uploaded_end(remote.uploaded_end());
+                        }
+                        log.upload_pending(limits, &metrics, clock.as_ref(), &may_upload).await
+                    }
+                    .await;
                     (dir, result)
                 });
             }

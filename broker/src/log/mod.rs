@@ -63,11 +63,17 @@ pub struct LogConfig {
     /// Keep at most about this many bytes; -1 means unlimited.
     pub retention_bytes: i64,
     pub durability: Durability,
-    /// fsync a segment when it is sealed even in `none` mode: a replicated
-    /// partition's log (appends made durable by the Raft log, the partition
-    /// log fsynced by [`PartitionLog::flush`] before the applied marker
-    /// moves) needs every sealed segment on disk, not only the active one.
-    pub sync_sealed: bool,
+    /// A replicated partition's log (appends are made durable by the Raft
+    /// log, so it runs in `none` mode):
+    /// - a segment is fsynced when it is sealed, so that the sync before the
+    ///   applied marker moves ([`PartitionLog::sync_written`]) covers every
+    ///   segment, not only the active one;
+    /// - segments roll only on appends (by size, or by age as of the
+    ///   appended entry's time, which is the leader's), never because the
+    ///   local clock says the active one is old: every replica rolls at the
+    ///   same offsets, so any of them, once leader, uploads the same
+    ///   segments to the cold tier.
+    pub replicated: bool,
     pub index_interval_bytes: u64,
     /// Tiered storage: local copies of uploaded segments are kept this long
     /// (-1: as long as the total retention).
@@ -90,7 +96,7 @@ impl LogConfig {
             retention_ms: -1,
             retention_bytes: -1,
             durability,
-            sync_sealed: false,
+            replicated: false,
             index_interval_bytes: 256,
             local_retention_ms: -1,
             local_retention_bytes: -1,
@@ -373,7 +379,17 @@ impl PartitionLog {
     pub(crate) fn next_to_upload(&self, after: u64) -> Option<SealedSegment> {
         let end = self.uploaded_end().max(after);
         let st = self.lock();
-        st.sealed.iter().find(|s| s.base_offset >= end && s.next_offset > s.base_offset).cloned()
+        let next = st.sealed.iter().find(|s| s.next_offset > end && s.next_offset > s.base_offset)?;
+        if next.base_offset < end {
+            // The tier ends inside this segment (another replica, leader
+            // before, rolled elsewhere): uploading the next one would leave
+            // a gap. Nothing more is uploaded (and local retention keeps
+            // everything above the tier's end) until an operator acts.
+            tracing::error!(dir = %self.dir.display(), segment = next.base_offset, tier_end = end,
+                "a local segment straddles the end of the cold tier; uploads of this partition stop");
+            return None;
+        }
+        Some(next.clone())
     }
 
     /// Local bytes of a tiered partition that the cold tier does not hold
@@ -478,7 +494,7 @@ impl PartitionLog {
     /// Seals the active segment and starts a new one. Called with the lock held.
     fn roll(&self, st: &mut LogState) -> Result<(), LogError> {
         let next = st.active.next_offset;
-        let sync = st.config.durability == Durability::Fsync || st.config.sync_sealed;
+        let sync = st.config.durability == Durability::Fsync || st.config.replicated;
         // The snapshot must exist before the segment it belongs to, so that
         // recovery never finds an active segment without its snapshot.
         producers::write_snapshot(&**self.fs(), &self.dir, next, &st.producers, sync)
@@ -588,7 +604,7 @@ impl PartitionLog {
     /// fsyncs what was written to the active segment without publishing
     /// anything or holding the log's lock meanwhile (appends go on). For a
     /// log whose sealed segments were synced as they were sealed
-    /// (`fsync` mode or `sync_sealed`), everything appended before the call
+    /// (`fsync` mode or `replicated`), everything appended before the call
     /// is on disk when it returns.
     pub fn sync_written(&self) -> Result<(), LogError> {
         let (file, path) = {
@@ -802,7 +818,10 @@ impl PartitionLog {
                 st.active.release();
             }
             st.producers.expire(now_ms, PRODUCER_EXPIRY_MS);
-            if !st.active.is_empty() && st.active.first_append_ms.is_some_and(|t| now_ms - t >= cfg.segment_ms) {
+            if !cfg.replicated
+                && !st.active.is_empty()
+                && st.active.first_append_ms.is_some_and(|t| now_ms - t >= cfg.segment_ms)
+            {
                 self.roll(&mut st)?;
                 report.rolled = true;
             }

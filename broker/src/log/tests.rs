@@ -378,3 +378,36 @@ proptest! {
         }
     }
 }
+
+/// A replicated partition's log rolls only on appends (so every replica
+/// rolls at the same offsets), and never uploads past a segment the cold
+/// tier ends inside (which would leave a gap).
+#[test]
+fn a_replicated_log_rolls_only_on_appends_and_uploads_leave_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { segment_ms: 1_000, replicated: true, tiered: true, ..config(1 << 20, Durability::None) };
+    let (log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+    append(&log, &["a"], 1_000);
+    // Old by the local clock: a replicated log does not roll on its own.
+    assert!(!log.maintain(10_000).unwrap().rolled);
+    // An append at a later (leader) time rolls it, on every replica alike.
+    append(&log, &["b1", "b2"], 2_000);
+    append(&log, &["c"], 3_000);
+    append(&log, &["d"], 4_000);
+    let ranges: Vec<(u64, u64)> = log.lock().sealed.iter().map(|s| (s.base_offset, s.next_offset)).collect();
+    assert_eq!(ranges, [(0, 1), (1, 3), (3, 4)]);
+    assert_eq!(log.next_to_upload(0).map(|s| s.base_offset), Some(0));
+    // The tier ends inside segment 1..3 (another replica rolled elsewhere):
+    // the next segment is not uploaded, which would leave a gap.
+    log.set_uploaded_end(2);
+    assert!(log.next_to_upload(0).is_none());
+    log.set_uploaded_end(3);
+    assert_eq!(log.next_to_upload(0).map(|s| s.base_offset), Some(3));
+
+    // Unreplicated, the same log rolls on its own clock.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig { segment_ms: 1_000, ..config(1 << 20, Durability::None) };
+    let (log, _) = PartitionLog::open(dir.path(), cfg, 0).unwrap();
+    append(&log, &["a"], 1_000);
+    assert!(log.maintain(10_000).unwrap().rolled);
+}

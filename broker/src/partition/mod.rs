@@ -264,18 +264,24 @@ impl Partition {
     }
 
     /// Uploads the sealed segments the tier lacks, oldest first, then
-    /// applies local retention so uploaded copies past it go at once.
+    /// applies local retention so uploaded copies past it go at once. Each
+    /// segment only while `may_upload` says so (a replicated partition's:
+    /// while this replica leads).
     pub async fn upload_pending(
         self: &Arc<Self>,
         limits: UploadLimits,
         metrics: &Metrics,
         clock: &dyn crate::clock::Clock,
+        may_upload: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<(), TierError> {
         let Some(remote) = self.remote() else { return Ok(()) };
         let labels = self.labels();
         let partition = self.id.index();
         let mut after = 0;
         while let Some(seg) = self.log.next_to_upload(after) {
+            if !may_upload() {
+                break;
+            }
             after = seg.next_offset;
             let mut span = strata_telemetry::enabled().then(|| {
                 use strata_telemetry::{self as t, Attribute, attr};
@@ -311,6 +317,19 @@ impl Partition {
         Ok(())
     }
 
+    /// A follower of a replicated partition: learns from the manifest its
+    /// leader publishes how far the tier reaches, then applies local
+    /// retention (which deletes local copies only below that).
+    pub async fn follow_tier(self: &Arc<Self>, clock: &dyn crate::clock::Clock) -> Result<(), TierError> {
+        let Some(remote) = self.remote() else { return Ok(()) };
+        remote.reload().await?;
+        self.log.set_uploaded_end(remote.uploaded_end());
+        let this = self.clone();
+        let now = clock.now_ms();
+        let _ = tokio::task::spawn_blocking(move || this.maintain(now)).await;
+        Ok(())
+    }
+
     /// Flushes and closes the log (shutdown, topic deletion).
     pub fn close(&self) {
         self.log.close();
@@ -336,11 +355,14 @@ fn tier_to_log_error(e: TierError) -> LogError {
 
 /// Loads every partition's manifest, attaches it and removes orphaned
 /// objects (start-up: nothing uploads yet).
+/// A replicated partition's orphans are left alone: its leader, on another
+/// broker, may be between uploading a segment and publishing the manifest
+/// that names it.
 pub(crate) async fn attach_tiers(tier: &crate::tier::Tier, partitions: &[Arc<Partition>]) -> Result<(), TierError> {
     use futures::StreamExt;
     let mut loads = futures::stream::iter(partitions.iter().map(|p| async move {
         let remote = RemotePartition::load(tier.store.clone(), tier.cache.clone(), p.id.remote_prefix()).await?;
-        let removed = remote.remove_orphans().await?;
+        let removed = if p.config().replicated { Vec::new() } else { remote.remove_orphans().await? };
         if !removed.is_empty() {
             tracing::info!(dir = %p.dir().display(), objects = removed.len(), "removed orphaned cold-tier objects");
         }

@@ -209,7 +209,7 @@ fn log_config(durability: Durability, segment_bytes: u64, interval: u64) -> LogC
         retention_ms: -1,
         retention_bytes: -1,
         durability,
-        sync_sealed: false,
+        replicated: false,
         index_interval_bytes: interval,
         // Queue logs stay local: finished segments are trimmed instead.
         local_retention_ms: -1,

@@ -141,15 +141,7 @@ impl RemotePartition {
         cache: Arc<BlockCache>,
         prefix: Path,
     ) -> Result<RemotePartition, TierError> {
-        let key = manifest_key(&prefix);
-        let manifest = match store.store.head(&key).await {
-            Ok(meta) => {
-                let bytes = store.store.get_range(&key, 0..meta.size).await.map_err(|e| store_error(&key, e))?;
-                Manifest::decode(&bytes).map_err(|reason| TierError::Manifest { key: key.to_string(), reason })?
-            }
-            Err(object_store::Error::NotFound { .. }) => Manifest::empty(),
-            Err(e) => return Err(store_error(&key, e)),
-        };
+        let manifest = read_manifest(&store, &prefix).await?;
         Ok(RemotePartition {
             store,
             cache,
@@ -157,6 +149,16 @@ impl RemotePartition {
             manifest: RwLock::new(Arc::new(manifest)),
             writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Reads the manifest again (a replicated partition's: another replica,
+    /// its leader, publishes it): before this replica uploads as the new
+    /// leader, and as a follower to learn how far the tier reaches.
+    pub(crate) async fn reload(&self) -> Result<(), TierError> {
+        let _w = self.writer.lock().await;
+        let manifest = read_manifest(&self.store, &self.prefix).await?;
+        *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(manifest);
+        Ok(())
     }
 
     pub(crate) fn manifest(&self) -> Arc<Manifest> {
@@ -445,6 +447,19 @@ impl RemotePartition {
             }
         }
         Ok(removed)
+    }
+}
+
+/// The partition's manifest in the store (an absent one: an empty tier).
+async fn read_manifest(store: &ColdStore, prefix: &Path) -> Result<Manifest, TierError> {
+    let key = manifest_key(prefix);
+    match store.store.head(&key).await {
+        Ok(meta) => {
+            let bytes = store.store.get_range(&key, 0..meta.size).await.map_err(|e| store_error(&key, e))?;
+            Manifest::decode(&bytes).map_err(|reason| TierError::Manifest { key: key.to_string(), reason })
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(Manifest::empty()),
+        Err(e) => Err(store_error(&key, e)),
     }
 }
 

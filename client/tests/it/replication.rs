@@ -55,8 +55,13 @@ async fn produce(
 
 /// Creates the RF 3 topic through broker 1 and waits for its leaders.
 async fn replicated_topic(trio: &Trio) -> Vec<u64> {
+    replicated_topic_with(trio, TopicOptions::default()).await
+}
+
+/// [`replicated_topic`] with more `options`.
+async fn replicated_topic_with(trio: &Trio, options: TopicOptions) -> Vec<u64> {
     let c1 = Client::connect(&trio.urls[0]).await.expect("connect");
-    let options = TopicOptions { replication_factor: Some(3), ..TopicOptions::default() };
+    let options = TopicOptions { replication_factor: Some(3), ..options };
     let d = c1.create_topic("replicated", PARTITIONS, options).await.expect("topic created");
     assert_eq!(d.replication_factor, 3);
     for p in &d.partition_details {
@@ -155,6 +160,95 @@ async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing()
     trio.restart(victim);
     check_everything_acknowledged_is_stored_once(&survivor, &acked).await;
     caught_up(&trio.urls[victim as usize - 1], &acked).await;
+}
+
+/// `.log` files under `dir` (segments on a broker's disk, or objects in a
+/// `file://` cold store).
+fn log_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += log_files(&p);
+        } else if p.extension().is_some_and(|x| x == "log") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Waits until broker `url` reports, for every partition, local data only
+/// from where the cold tier ends (its disk freed of everything uploaded),
+/// the tier starting at 0 and reaching at least `min_end`; returns the
+/// tier's segment count over all partitions.
+async fn tiered_everywhere(url: &str, min_end: u64) -> u32 {
+    eventually("the cold tier holds the older data and the disk only the rest", DEADLINE, || async move {
+        let c = Client::connect(url).await.ok()?;
+        let d = c.describe_topic("replicated").await.ok()?;
+        d.partition_details
+            .iter()
+            .all(|p| {
+                p.remote_start_offset == 0
+                    && p.remote_end_offset >= min_end
+                    && p.local_start_offset == p.remote_end_offset
+            })
+            .then(|| d.partition_details.iter().map(|p| p.remote_segment_count).sum())
+    })
+    .await
+}
+
+/// Tiered storage on a replicated topic, the three brokers sharing one cold
+/// store: only the leader uploads, and the followers, reading the manifest
+/// it publishes, free their disks as well. After the leader is SIGKILLed
+/// the new leader goes on with the same manifest: no gap, no second copy of
+/// a segment, and everything reads back from offset 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_replicated_topic_keeps_one_manifest_across_a_failover_and_frees_every_replica() {
+    let Some(bin) = binary_or_skip() else { return };
+    let cold = tempfile::tempdir().expect("cold dir");
+    let store = format!("file://{}", cold.path().display());
+    let env = [
+        ("STRATA_TIER_COLD_STORE", store.as_str()),
+        ("STRATA_TIER_UPLOAD_INTERVAL", "20ms"),
+        ("STRATA_STORAGE_MAINTENANCE_INTERVAL", "50ms"),
+    ];
+    let mut trio = Trio::start_with_env(&bin, &env).await;
+    let options = TopicOptions {
+        segment_bytes: Some(4096),
+        local_retention: Some(strata_client::Retention::Time(Duration::from_millis(1))),
+        ..TopicOptions::default()
+    };
+    let before = replicated_topic_with(&trio, options).await;
+    let client = Client::connect(&trio.urls.join(",")).await.expect("connect");
+    let producer = client.producer("replicated").await.expect("producer");
+    let mut acked = produce(&producer, 0, 3_000, 16).await;
+    // Every replica, followers included, keeps only what the tier lacks.
+    for url in &trio.urls {
+        tiered_everywhere(url, 1).await;
+    }
+    let victim = before[0];
+    let survivor = trio.urls[(victim as usize) % 3].clone();
+    let tiered_before: Vec<u64> = {
+        let c = Client::connect(&survivor).await.expect("connect");
+        let d = c.describe_topic("replicated").await.expect("describe");
+        let mut p = d.partition_details.clone();
+        p.sort_by_key(|p| p.partition);
+        p.iter().map(|p| p.remote_end_offset).collect()
+    };
+    trio.kill9(victim);
+    new_leaders(&survivor, victim, Instant::now()).await;
+    acked.extend(produce(&producer, 3_000, 6_000, 16).await);
+    producer.close().await.expect("producer closes");
+    // The new leaders upload past where the old one stopped, on the same
+    // manifest, and the tier holds exactly the segments it names.
+    let min_end = tiered_before.iter().copied().max().unwrap_or(0) + 1;
+    tiered_everywhere(&survivor, min_end).await;
+    eventually("the store holds exactly the segments the manifests name", DEADLINE, || async {
+        let segments = tiered_everywhere(&survivor, min_end).await;
+        (log_files(cold.path()) as u32 == segments).then_some(())
+    })
+    .await;
+    check_everything_acknowledged_is_stored_once(&survivor, &acked).await;
 }
 
 /// Many SIGKILLs of random brokers under load (`STRATA_KILL_ROUNDS`, default

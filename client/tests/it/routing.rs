@@ -34,28 +34,33 @@ pub(crate) struct Trio {
     dirs: Vec<tempfile::TempDir>,
     bin: std::path::PathBuf,
     peers: Vec<String>,
+    /// Extra environment of every broker (`STRATA_*` settings).
+    env: Vec<(String, String)>,
 }
 
 impl Trio {
-    fn spawn(bin: &Path, dir: &Path, peers: &[String], i: usize) -> BrokerProcess {
+    fn spawn(&self, i: usize) -> BrokerProcess {
         let id = (i + 1).to_string();
-        let peer_list = peers.join(",");
-        let args = ["--broker-id", &id, "--advertised-address", &peers[i], "--peers", &peer_list];
-        BrokerProcess::start(bin, dir, &peers[i], &args, &[])
+        let peer_list = self.peers.join(",");
+        let args = ["--broker-id", &id, "--advertised-address", &self.peers[i], "--peers", &peer_list];
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        BrokerProcess::start(&self.bin, self.dirs[i].path(), &self.peers[i], &args, &env)
     }
 
     pub(crate) async fn start(bin: &Path) -> Trio {
+        Trio::start_with_env(bin, &[]).await
+    }
+
+    /// Starts three brokers with `env` added to each one's environment.
+    pub(crate) async fn start_with_env(bin: &Path, env: &[(&str, &str)]) -> Trio {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut brokers = Vec::new();
-        let mut dirs = Vec::new();
-        for i in 0..peers.len() {
-            let dir = tempfile::tempdir().expect("temp dir");
-            brokers.push(Some(Trio::spawn(bin, dir.path(), &peers, i)));
-            dirs.push(dir);
-        }
+        let dirs = (0..peers.len()).map(|_| tempfile::tempdir().expect("temp dir")).collect();
         let urls: Vec<String> = peers.iter().map(|p| format!("http://{p}")).collect();
-        for url in &urls {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut trio = Trio { brokers: Vec::new(), urls, dirs, bin: bin.to_path_buf(), peers, env };
+        trio.brokers = (0..trio.peers.len()).map(|i| Some(trio.spawn(i))).collect();
+        for url in &trio.urls {
             eventually("every broker sees a leader and three members", DEADLINE, || {
                 let url = url.clone();
                 async move {
@@ -66,7 +71,7 @@ impl Trio {
             })
             .await;
         }
-        Trio { brokers, urls, dirs, bin: bin.to_path_buf(), peers }
+        trio
     }
 
     /// The broker id (1-3) behind a URL.
@@ -84,7 +89,7 @@ impl Trio {
     pub(crate) fn restart(&mut self, id: u64) {
         let i = id as usize - 1;
         assert!(self.brokers[i].is_none(), "broker {id} is running");
-        self.brokers[i] = Some(Trio::spawn(&self.bin, self.dirs[i].path(), &self.peers, i));
+        self.brokers[i] = Some(self.spawn(i));
     }
 
     /// Creates an unreplicated topic through broker 1 and waits until every
