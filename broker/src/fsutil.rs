@@ -1,17 +1,10 @@
 //! Small filesystem helpers shared by every module that persists files: the
-//! one way to replace a file atomically, and directory fsync.
+//! one way to replace a file atomically, on the filesystem seam.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fs::{FileSystem, OpenOptions};
-
-/// fsyncs a directory so that created, renamed or deleted entries persist
-/// (on the real filesystem; components behind the seam use
-/// [`FileSystem::sync_dir`]).
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    crate::fs::RealFs.sync_dir(dir)
-}
 
 /// Whether a replaced file must be on stable storage before the call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -123,6 +123,18 @@ fn log_open_file_limit(limits: Option<(u64, u64, u64)>, config: &Config) {
 
 /// Binds the listeners, opens (recovers) the data directory and serves.
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    start_on(config, Arc::new(clock::SystemClock), fs::real()).await
+}
+
+/// [`start`] with `clock` and with everything the broker persists through
+/// the filesystem seam on `fs` (partition logs, catalog, queues, offsets,
+/// Raft logs and markers; the data directory's lock stays a real file).
+/// For tests: brokers on a fault-injecting filesystem, in process.
+pub(crate) async fn start_on(
+    config: Config,
+    clock: Arc<dyn clock::Clock>,
+    fs: fs::Fs,
+) -> Result<RunningBroker, StartError> {
     let open_files = raise_open_file_limit();
     // TLS files are checked before anything binds or opens.
     let server_tls = if config.tls.enabled() { Some(tls::ServerTls::load(&config.tls)?) } else { None };
@@ -132,11 +144,12 @@ pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
         grpc_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
     let http_addr =
         http_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.http_listen, source })?;
-    let broker = Broker::open(config).await?;
+    let broker = Broker::open_on(config, clock, fs).await?;
     let node = if broker.config().cluster.is_clustered() {
         let node = cluster::ClusterNode::start(cluster::NodeSetup {
             host: broker.clone(),
             config: broker.config(),
+            fs: broker.segment_files().fs().clone(),
             admin_token: broker.admin_token().map(str::to_owned),
             shutdown: broker.shutdown_signal(),
         })

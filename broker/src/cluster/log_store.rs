@@ -13,11 +13,13 @@
 //! new file starts once the newest holds 16 MiB; a purge record makes the
 //! older files it covers deletable (nothing is rewritten).
 //! `vote.json`: the vote, replaced atomically.
+//!
+//! Every file operation goes through the filesystem seam ([`Fs`]), the
+//! broker's (the one its partition logs and catalog use), so the fault tests
+//! can lose power under it.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeId;
 use super::codec::{self, StoreTypes};
+use crate::fs::{FileSystem, Fs, FsFile, OpenOptions};
 
 const MAGIC: &[u8; 8] = b"STRRAFT\0";
 /// 2: binary records; 1: JSON records (still read).
@@ -64,9 +67,10 @@ struct State<C: StoreTypes> {
 /// Appends go to the newest file, a new one starts past [`ROTATE_BYTES`],
 /// and a purge deletes older files whose entries it covers (no rewrite).
 struct Disk {
+    fs: Fs,
     dir: PathBuf,
-    /// The newest file, appended to.
-    file: File,
+    /// The newest file, appended to (at `size`).
+    file: Arc<dyn FsFile>,
     size: u64,
     /// Every file, oldest first (the newest last).
     files: Vec<LogFile>,
@@ -109,11 +113,21 @@ pub(crate) struct LogStore<C: StoreTypes> {
     state: Arc<Mutex<State<C>>>,
     disk: Arc<Mutex<Disk>>,
     writer: Arc<OnceLock<mpsc::UnboundedSender<Job<C>>>>,
+    /// Where `vote.json` is replaced: outside `disk`, so saving a vote never
+    /// waits (on an async thread) for a log write in progress.
+    fs: Fs,
+    dir: Arc<Path>,
 }
 
 impl<C: StoreTypes> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore { state: self.state.clone(), disk: self.disk.clone(), writer: self.writer.clone() }
+        LogStore {
+            state: self.state.clone(),
+            disk: self.disk.clone(),
+            writer: self.writer.clone(),
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+        }
     }
 }
 
@@ -171,20 +185,6 @@ fn header() -> Vec<u8> {
     h
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync dir).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        crate::log::segment::sync_dir(dir)?;
-    }
-    Ok(())
-}
-
 /// What replaying one log file found.
 struct FileReplay {
     version: u32,
@@ -238,11 +238,10 @@ fn replay_file<C: StoreTypes>(
 }
 
 /// The log files in `dir` by sequence number: `log` is 0, `log.<n>` is n.
-fn log_files(dir: &Path) -> std::io::Result<Vec<u64>> {
+fn log_files(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<Vec<u64>> {
     let mut seqs = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for path in fs.read_dir(dir)? {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         if name == "log" {
             seqs.push(0);
         } else if let Some(n) = name.strip_prefix("log.").and_then(|n| n.parse::<u64>().ok()) {
@@ -258,23 +257,23 @@ fn log_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 /// Creates log file `seq` holding only the header, durably.
-fn create_log_file(dir: &Path, seq: u64) -> std::io::Result<File> {
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(log_path(dir, seq))?;
-    file.write_all(&header())?;
+fn create_log_file(fs: &dyn FileSystem, dir: &Path, seq: u64) -> std::io::Result<Arc<dyn FsFile>> {
+    let file = fs.open(&log_path(dir, seq), OpenOptions::CREATE_NEW)?;
+    file.write_all_at(&header(), 0)?;
     file.sync_all()?;
-    crate::log::segment::sync_dir(dir)?;
+    fs.sync_dir(dir)?;
     Ok(file)
 }
 
 impl<C: StoreTypes> LogStore<C> {
-    /// Opens (or creates) the log under `dir`, replaying its files in
-    /// order. A torn or corrupt tail of the last file (a crash mid-write)
-    /// is cut off; anywhere else it is an error.
-    pub(crate) fn open(dir: &Path) -> std::io::Result<LogStore<C>> {
-        std::fs::create_dir_all(dir)?;
-        let mut seqs = log_files(dir)?;
+    /// Opens (or creates) the log under `dir` on `fs`, replaying its files
+    /// in order. A torn or corrupt tail of the last file (a crash mid-write)
+    /// is cut off; anywhere else it is an error. Blocking.
+    pub(crate) fn open(fs: &Fs, dir: &Path) -> std::io::Result<LogStore<C>> {
+        fs.create_dir_all(dir)?;
+        let mut seqs = log_files(&**fs, dir)?;
         if seqs.is_empty() {
-            create_log_file(dir, 0)?;
+            create_log_file(&**fs, dir, 0)?;
             seqs.push(0);
         }
         let mut entries = BTreeMap::new();
@@ -283,7 +282,7 @@ impl<C: StoreTypes> LogStore<C> {
         let mut files = Vec::with_capacity(seqs.len());
         for (i, seq) in seqs.iter().enumerate() {
             let path = log_path(dir, *seq);
-            let bytes = Bytes::from(std::fs::read(&path)?);
+            let bytes = Bytes::from(fs.read(&path)?);
             let replay = replay_file(&path, bytes.clone(), &mut entries, &mut last_purged)?;
             if replay.valid_len < bytes.len() as u64 {
                 if i + 1 < seqs.len() {
@@ -297,7 +296,7 @@ impl<C: StoreTypes> LogStore<C> {
                     ));
                 }
                 tracing::warn!(log = %path.display(), at = replay.valid_len, "Raft log has a torn or corrupt tail; truncating it");
-                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                let f = fs.open(&path, OpenOptions::WRITE)?;
                 f.set_len(replay.valid_len)?;
                 f.sync_all()?;
             }
@@ -305,16 +304,16 @@ impl<C: StoreTypes> LogStore<C> {
             files.push(LogFile { seq: *seq, max_index: replay.max_index });
         }
         let last = *seqs.last().expect("at least one file");
-        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(log_path(dir, last))?;
-        let size = file.seek(SeekFrom::End(0))?;
-        let vote = match std::fs::read(dir.join("vote.json")) {
+        let file = fs.open(&log_path(dir, last), OpenOptions::WRITE)?;
+        let size = file.len()?;
+        let vote = match fs.read(&dir.join("vote.json")) {
             Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}/vote.json: {e}", dir.display()))
             })?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        let mut disk = Disk { dir: dir.to_path_buf(), file, size, files };
+        let mut disk = Disk { fs: fs.clone(), dir: dir.to_path_buf(), file, size, files };
         if old_version {
             // Rewritten in the current version (the same records).
             disk.rewrite(last_purged, entries.values())?;
@@ -323,6 +322,8 @@ impl<C: StoreTypes> LogStore<C> {
             state: Arc::new(Mutex::new(State { entries, last_purged, vote })),
             disk: Arc::new(Mutex::new(disk)),
             writer: Arc::default(),
+            fs: fs.clone(),
+            dir: Arc::from(dir),
         })
     }
 
@@ -404,7 +405,7 @@ impl Disk {
             }
         }
         if !pending.is_empty() {
-            self.file.write_all(&pending)?;
+            self.file.write_all_at(&pending, self.size)?;
             self.file.sync_data()?;
             self.size += pending.len() as u64;
         }
@@ -414,15 +415,15 @@ impl Disk {
             let newest = self.files.len() - 1;
             let gone = self.files[..newest].iter().take_while(|f| f.max_index.is_none_or(|m| m <= upto)).count();
             for f in self.files.drain(..gone) {
-                std::fs::remove_file(log_path(&self.dir, f.seq))?;
+                self.fs.remove_file(&log_path(&self.dir, f.seq))?;
             }
             if gone > 0 {
-                crate::log::segment::sync_dir(&self.dir)?;
+                self.fs.sync_dir(&self.dir)?;
             }
         }
         if self.size >= ROTATE_BYTES {
             let seq = self.files.last().expect("a log file").seq + 1;
-            self.file = create_log_file(&self.dir, seq)?;
+            self.file = create_log_file(&*self.fs, &self.dir, seq)?;
             self.size = HEADER_LEN;
             self.files.push(LogFile { seq, max_index: None });
         }
@@ -446,13 +447,13 @@ impl Disk {
             frame(&Record::Append(e.clone()), &mut buf)?;
         }
         let seq = self.files.last().map_or(0, |f| f.seq + 1);
-        let mut file = create_log_file(&self.dir, seq)?;
-        file.write_all(&buf)?;
+        let file = create_log_file(&*self.fs, &self.dir, seq)?;
+        file.write_all_at(&buf, HEADER_LEN)?;
         file.sync_all()?;
         for f in self.files.drain(..) {
-            std::fs::remove_file(log_path(&self.dir, f.seq))?;
+            self.fs.remove_file(&log_path(&self.dir, f.seq))?;
         }
-        crate::log::segment::sync_dir(&self.dir)?;
+        self.fs.sync_dir(&self.dir)?;
         self.file = file;
         self.size = HEADER_LEN + buf.len() as u64;
         self.files.push(LogFile { seq, max_index });
@@ -493,8 +494,9 @@ impl<C: StoreTypes> RaftLogStorage<C> for LogStore<C> {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(openraft::AnyError::new(&e)))?;
-        let path = self.disk.lock().unwrap_or_else(std::sync::PoisonError::into_inner).dir.join("vote.json");
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+        let path = self.dir.join("vote.json");
+        let fs = self.fs.clone();
+        tokio::task::spawn_blocking(move || crate::fsutil::replace(&*fs, &path, &bytes, crate::fsutil::Sync::Durable))
             .await
             .map_err(|e| StorageIOError::write_vote(openraft::AnyError::new(&e)))?
             .map_err(|e| StorageIOError::write_vote(openraft::AnyError::new(&e)))?;
@@ -552,9 +554,13 @@ impl<C: StoreTypes> RaftLogStorage<C> for LogStore<C> {
 mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
+    use std::io::{Seek, SeekFrom, Write};
+    use std::time::Duration;
+
     use super::*;
     use crate::catalog::CatalogCommand;
     use crate::cluster::{MetaRequest, TypeConfig};
+    use crate::fs::fault::FaultFs;
 
     type Entry = openraft::Entry<TypeConfig>;
     type LogStore = super::LogStore<TypeConfig>;
@@ -576,8 +582,9 @@ mod tests {
             frame(r, &mut bytes).unwrap();
         }
         let mut disk = store.disk.lock().unwrap();
-        disk.file.write_all(&bytes).unwrap();
+        disk.file.write_all_at(&bytes, disk.size).unwrap();
         disk.file.sync_data().unwrap();
+        disk.size += bytes.len() as u64;
         let mut inner = store.lock();
         for r in records {
             match r {
@@ -596,7 +603,7 @@ mod tests {
     async fn log_and_vote_survive_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = LogStore::open(dir.path()).unwrap();
+            let mut s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
             assert!(!s.has_state());
             write_raw(&s, &(1..=5).map(|i| Record::Append(entry(1, i))).collect::<Vec<_>>());
             write_raw(&s, &[Record::TruncateFrom(4), Record::Append(entry(2, 4))]);
@@ -607,7 +614,7 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("log")).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
         assert!(s.has_state());
         assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
         let state = s.get_log_state().await.unwrap();
@@ -618,10 +625,10 @@ mod tests {
         // The tail was cut: new records append cleanly and replay.
         write_raw(&s, &[Record::Append(entry(2, 5))]);
         drop(s);
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
         assert_eq!(s.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(5));
         std::fs::write(dir.path().join("log"), b"garbage!!!!!!!").unwrap();
-        assert!(LogStore::open(dir.path()).is_err());
+        assert!(LogStore::open(&crate::fs::real(), dir.path()).is_err());
     }
 
     #[tokio::test]
@@ -636,8 +643,8 @@ mod tests {
             old.extend_from_slice(&json);
         }
         std::fs::write(dir.path().join("log"), &old).unwrap();
-        let mut s = LogStore::open(dir.path()).unwrap();
-        assert_eq!(log_files(dir.path()).unwrap(), [1], "rewritten into a new file");
+        let mut s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
+        assert_eq!(log_files(&crate::fs::RealFs, dir.path()).unwrap(), [1], "rewritten into a new file");
         let bytes = std::fs::read(dir.path().join("log.1")).unwrap();
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), VERSION, "rewritten in the current version");
         let got = s.try_get_log_entries(0..100).await.unwrap();
@@ -646,7 +653,7 @@ mod tests {
         s.truncate(entry(1, 3).log_id).await.unwrap();
         s.purge(entry(1, 1).log_id).await.unwrap();
         drop(s);
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(entry(1, 1).log_id));
         assert_eq!(state.last_log_id, Some(entry(1, 2).log_id));
@@ -657,6 +664,10 @@ mod tests {
     /// Appends `entries` through the writer's own path (as openraft's
     /// appends go, with a reply instead of openraft's callback).
     async fn append_via_writer(s: &LogStore, entries: Vec<Entry>) {
+        try_append(s, entries).await.unwrap();
+    }
+
+    async fn try_append(s: &LogStore, entries: Vec<Entry>) -> Result<(), StorageError<NodeId>> {
         let (tx, rx) = oneshot::channel();
         let mut bytes = Vec::new();
         let mut max = 0;
@@ -668,14 +679,74 @@ mod tests {
                 st.entries.insert(e.log_id.index, e);
             }
         }
-        s.submit(Job::Append(bytes, max, Done::Reply(tx))).unwrap();
-        written(rx).await.unwrap();
+        s.submit(Job::Append(bytes, max, Done::Reply(tx)))?;
+        written(rx).await
+    }
+
+    async fn indexes(s: &mut LogStore) -> Vec<u64> {
+        s.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn a_power_loss_drops_an_append_whose_fsync_had_not_completed_and_keeps_the_vote() {
+        let disk = FaultFs::new();
+        let dir = Path::new("/data/meta/raft");
+        let s = LogStore::open(&disk.process_fs(), dir).unwrap();
+        append_via_writer(&s, vec![entry(1, 1), entry(1, 2)]).await;
+        // The disk is slow to make the next append durable: it is written,
+        // not acknowledged.
+        disk.set_faults(|f| f.hold_sync = Some("/raft/log".into()));
+        let pending = tokio::spawn({
+            let s = s.clone();
+            async move { try_append(&s, vec![entry(2, 3)]).await }
+        });
+        strata_testkit::eventually("the append written, its fsync held", Duration::from_secs(10), || async {
+            (disk.unsynced_bytes(dir) > 0).then_some(())
+        })
+        .await;
+        // A vote does not wait for the log's writer.
+        let mut voter = s.clone();
+        tokio::time::timeout(Duration::from_secs(10), voter.save_vote(&Vote::new(2, 1))).await.unwrap().unwrap();
+        disk.power_loss();
+        assert!(pending.await.unwrap().is_err(), "the held append is never acknowledged");
+        disk.clear_faults();
+        let mut s = LogStore::open(&disk.process_fs(), dir).unwrap();
+        assert_eq!(indexes(&mut s).await, [1, 2], "the un-fsynced append is gone");
+        assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        // The log goes on from there and survives the next power loss.
+        append_via_writer(&s, vec![entry(2, 3)]).await;
+        disk.power_loss();
+        let mut s = LogStore::open(&disk.process_fs(), dir).unwrap();
+        assert_eq!(indexes(&mut s).await, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_file_is_cut_durably() {
+        let disk = FaultFs::new();
+        let dir = Path::new("/data/topics/t/0/replication");
+        let s = LogStore::open(&disk.process_fs(), dir).unwrap();
+        append_via_writer(&s, vec![entry(1, 1), entry(1, 2)]).await;
+        let intact = disk.contents(&dir.join("log")).unwrap();
+        // A write cut short, then the process dies (what it wrote stays).
+        disk.set_faults(|f| f.short_write = Some("/replication/log".into()));
+        assert!(try_append(&s, vec![entry(1, 3)]).await.is_err());
+        disk.process_crash();
+        let torn = disk.contents(&dir.join("log")).unwrap();
+        assert!(torn.len() > intact.len() && torn.starts_with(&intact), "a torn record at the tail");
+        let mut s = LogStore::open(&disk.process_fs(), dir).unwrap();
+        assert_eq!(indexes(&mut s).await, [1, 2]);
+        assert_eq!(disk.contents(&dir.join("log")).unwrap(), intact, "the tail was cut");
+        // The cut is durable, and appends after it replay.
+        append_via_writer(&s, vec![entry(1, 3)]).await;
+        disk.power_loss();
+        let mut s = LogStore::open(&disk.process_fs(), dir).unwrap();
+        assert_eq!(indexes(&mut s).await, [1, 2, 3]);
     }
 
     #[tokio::test]
     async fn full_files_rotate_and_a_purge_deletes_the_files_it_covers() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
         let big = |index: u64| Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(MetaRequest::Catalog(CatalogCommand::CreateTenant {
@@ -688,17 +759,17 @@ mod tests {
         for i in 1..=14 {
             append_via_writer(&s, vec![big(i)]).await;
         }
-        assert_eq!(log_files(dir.path()).unwrap(), [0, 1, 2]);
+        assert_eq!(log_files(&crate::fs::RealFs, dir.path()).unwrap(), [0, 1, 2]);
         // Purging up to 6 covers the first file only; up to 12 the second too.
         s.purge(big(6).log_id).await.unwrap();
-        assert_eq!(log_files(dir.path()).unwrap(), [1, 2]);
+        assert_eq!(log_files(&crate::fs::RealFs, dir.path()).unwrap(), [1, 2]);
         s.purge(big(11).log_id).await.unwrap();
-        assert_eq!(log_files(dir.path()).unwrap(), [1, 2], "file 1 still holds entry 12");
+        assert_eq!(log_files(&crate::fs::RealFs, dir.path()).unwrap(), [1, 2], "file 1 still holds entry 12");
         s.purge(big(12).log_id).await.unwrap();
-        assert_eq!(log_files(dir.path()).unwrap(), [2]);
+        assert_eq!(log_files(&crate::fs::RealFs, dir.path()).unwrap(), [2]);
         s.truncate(big(14).log_id).await.unwrap();
         drop(s);
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(big(12).log_id));
         assert_eq!(state.last_log_id, Some(big(13).log_id));
@@ -707,11 +778,11 @@ mod tests {
         // A corrupt file that is not the last one is an error, not a silent cut.
         append_via_writer(&s, (15..=20).map(big).collect()).await;
         drop(s);
-        assert_eq!(log_files(dir.path()).unwrap(), [2, 3]);
+        assert_eq!(log_files(&crate::fs::RealFs, dir.path()).unwrap(), [2, 3]);
         let mut f = std::fs::OpenOptions::new().write(true).open(dir.path().join("log.2")).unwrap();
         f.seek(SeekFrom::Start(HEADER_LEN + 10)).unwrap();
         f.write_all(b"garbage").unwrap();
         drop(f);
-        assert!(LogStore::open(dir.path()).is_err());
+        assert!(LogStore::open(&crate::fs::real(), dir.path()).is_err());
     }
 }

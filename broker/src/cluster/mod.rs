@@ -93,6 +93,8 @@ pub(crate) trait CatalogHost: Send + Sync + 'static {
 pub(crate) struct NodeSetup<'a> {
     pub host: Arc<dyn CatalogHost>,
     pub config: &'a Config,
+    /// The broker's filesystem (the metadata Raft log is kept on it).
+    pub fs: crate::fs::Fs,
     /// The cluster-admin token peers present to each other.
     pub admin_token: Option<String>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -170,7 +172,7 @@ impl ClusterNode {
     /// Starts the node for `broker` (clustered config) and, in the
     /// background, the formation check.
     pub(crate) async fn start(setup: NodeSetup<'_>) -> Result<Arc<ClusterNode>, ClusterError> {
-        let NodeSetup { host, config: broker_config, admin_token, shutdown } = setup;
+        let NodeSetup { host, config: broker_config, fs, admin_token, shutdown } = setup;
         let config = broker_config.cluster.clone();
         let id = config.broker_id.unwrap_or(0) as NodeId;
         let catalog = host.catalog().await;
@@ -178,7 +180,8 @@ impl ClusterNode {
         // applying another cluster's log on top of it would diverge.
         let standalone_data = catalog.raft.is_none() && catalog.holds_data();
         let dir = broker_config.storage.data_dir.join("meta").join("raft");
-        let log = log_store::LogStore::open(&dir).map_err(|source| ClusterError::Log { path: dir.clone(), source })?;
+        let log =
+            log_store::LogStore::open(&fs, &dir).map_err(|source| ClusterError::Log { path: dir.clone(), source })?;
         let raft_config = openraft::Config {
             cluster_name: "strata-metadata".into(),
             heartbeat_interval: 150,

@@ -24,6 +24,16 @@
 //!   of all files); a write that grows past it writes what fits and fails
 //!   with ENOSPC. Space returns when files shrink or are removed, or when
 //!   the capacity is raised.
+//! - [`Faults::hold_sync`]: fsync of matching files waits (writes and reads
+//!   go on) until the fault is lifted, then completes, or until the power is
+//!   lost or the process crashes, then fails with EIO: a disk that is slow
+//!   to make data durable, so a test can lose power with bytes written but
+//!   not yet on stable storage at a moment it chooses.
+//! - [`FaultFs::process_fs`]: the filesystem as one run of a process sees
+//!   it. After a power loss or a crash every call through it fails with
+//!   EIO, as its handles do: a thread of the dead process still running (a
+//!   blocking task of a runtime shut down without waiting for it) can change
+//!   nothing on the disk the next run uses, not even by opening a file anew.
 //!
 //! Matching is by substring of the path, so a test can aim at one
 //! partition's directory or one kind of file (`.log`, `catalog.json`).
@@ -31,7 +41,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::{FileSystem, FsFile, OpenOptions};
 
@@ -47,6 +57,7 @@ pub struct Faults {
     pub fail_write: Option<String>,
     pub fail_truncate: Option<String>,
     pub capacity: Option<u64>,
+    pub hold_sync: Option<String>,
 }
 
 /// Counters a test can assert on.
@@ -100,22 +111,53 @@ fn not_found(path: &Path) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file or directory", path.display()))
 }
 
+#[derive(Debug, Default)]
+struct Disk {
+    state: Mutex<State>,
+    /// Signalled when the faults change or the generation does (held
+    /// fsyncs look again).
+    changed: Condvar,
+}
+
 /// The fault-injecting filesystem. Clones share the same disk.
 #[derive(Debug, Clone, Default)]
-pub struct FaultFs(Arc<Mutex<State>>);
+pub struct FaultFs {
+    disk: Arc<Disk>,
+    /// Set on a [`FaultFs::process_fs`]: the generation it belongs to.
+    generation: Option<u64>,
+}
 
 impl FaultFs {
     pub fn new() -> FaultFs {
         FaultFs::default()
     }
 
-    /// This filesystem as the broker's `Fs`.
+    /// This filesystem as the broker's `Fs` (it outlives power losses and
+    /// crashes: for a test that reopens on it from the same thread).
     pub fn fs(&self) -> super::Fs {
-        Arc::new(self.clone())
+        Arc::new(FaultFs { disk: self.disk.clone(), generation: None })
+    }
+
+    /// This filesystem for one run of a process: every call fails with EIO
+    /// once the power is lost or the process crashes (see the module
+    /// comment). The next run takes a new one.
+    pub fn process_fs(&self) -> super::Fs {
+        let generation = self.lock().generation;
+        Arc::new(FaultFs { disk: self.disk.clone(), generation: Some(generation) })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.disk.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The state for an operation through this handle on the filesystem:
+    /// EIO if it belongs to a process that is gone.
+    fn lock_alive(&self) -> io::Result<MutexGuard<'_, State>> {
+        let st = self.lock();
+        match self.generation {
+            Some(g) if g != st.generation => Err(io::Error::from_raw_os_error(EIO)),
+            _ => Ok(st),
+        }
     }
 
     /// Changes the faults in force. The closure runs on a copy, without the
@@ -125,11 +167,31 @@ impl FaultFs {
         let mut faults = self.lock().faults.clone();
         f(&mut faults);
         self.lock().faults = faults;
+        self.disk.changed.notify_all();
     }
 
-    /// Clears every fault (the disk works again, space returns).
+    /// Clears every fault (the disk works again, space returns, held
+    /// fsyncs complete).
     pub fn clear_faults(&self) {
         self.lock().faults = Faults::default();
+        self.disk.changed.notify_all();
+    }
+
+    /// Bytes of the live files under `under` that a power loss now would
+    /// drop: what a file grew by since its last fsync, or all of it when
+    /// its directory entry is not durable. (Bytes rewritten in place are
+    /// not counted.)
+    pub fn unsynced_bytes(&self, under: &Path) -> u64 {
+        let st = self.lock();
+        st.live
+            .iter()
+            .filter(|(p, _)| p.starts_with(under))
+            .filter_map(|(p, id)| {
+                let n = st.nodes.get(id)?;
+                let durable = st.durable.get(p) == Some(id);
+                Some(if durable { n.data.len().saturating_sub(n.synced.len()) as u64 } else { n.data.len() as u64 })
+            })
+            .sum()
     }
 
     pub fn stats(&self) -> FaultStats {
@@ -156,6 +218,7 @@ impl FaultFs {
     fn restart(&self, written_stays: bool) {
         let mut st = self.lock();
         st.generation += 1;
+        self.disk.changed.notify_all();
         if written_stays {
             st.durable = st.live.clone();
         } else {
@@ -191,7 +254,7 @@ impl FaultFs {
 
 impl FileSystem for FaultFs {
     fn open(&self, path: &Path, opts: OpenOptions) -> io::Result<Arc<dyn FsFile>> {
-        let mut st = self.lock();
+        let mut st = self.lock_alive()?;
         let parent = path.parent().unwrap_or(Path::new(""));
         if !st.dirs.contains(parent) {
             return Err(not_found(parent));
@@ -221,7 +284,7 @@ impl FileSystem for FaultFs {
             None => return Err(not_found(path)),
         };
         Ok(Arc::new(FaultFile {
-            fs: self.clone(),
+            fs: FaultFs { disk: self.disk.clone(), generation: None },
             id,
             path: path.to_path_buf(),
             generation: st.generation,
@@ -230,11 +293,12 @@ impl FileSystem for FaultFs {
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.contents(path).ok_or_else(|| not_found(path))
+        let st = self.lock_alive()?;
+        st.live.get(path).and_then(|id| st.nodes.get(id)).map(|n| n.data.clone()).ok_or_else(|| not_found(path))
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_alive()?;
         for p in path.ancestors() {
             if st.live.contains_key(p) {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: a file", p.display())));
@@ -245,7 +309,7 @@ impl FileSystem for FaultFs {
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-        let st = self.lock();
+        let st = self.lock_alive()?;
         if !st.dirs.contains(path) {
             return Err(not_found(path));
         }
@@ -255,7 +319,7 @@ impl FileSystem for FaultFs {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_alive()?;
         if st.live.remove(path).is_none() {
             return Err(not_found(path));
         }
@@ -263,7 +327,7 @@ impl FileSystem for FaultFs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_alive()?;
         if !st.dirs.contains(to.parent().unwrap_or(Path::new(""))) {
             return Err(not_found(to));
         }
@@ -273,7 +337,7 @@ impl FileSystem for FaultFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_alive()?;
         if !st.dirs.contains(dir) {
             return Err(not_found(dir));
         }
@@ -290,7 +354,7 @@ impl FileSystem for FaultFs {
     }
 
     fn len(&self, path: &Path) -> io::Result<u64> {
-        let st = self.lock();
+        let st = self.lock_alive()?;
         if st.dirs.contains(path) {
             return Ok(0);
         }
@@ -320,6 +384,12 @@ impl FaultFile {
 
     fn sync(&self) -> io::Result<()> {
         let mut st = self.state()?;
+        while matches(&st.faults.hold_sync, &self.path) {
+            st = self.fs.disk.changed.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+            if st.generation != self.generation {
+                return Err(io::Error::from_raw_os_error(EIO));
+            }
+        }
         if matches(&st.faults.fail_sync, &self.path) {
             st.stats.failed_syncs += 1;
             return Err(io::Error::from_raw_os_error(EIO));
@@ -453,5 +523,56 @@ mod tests {
         assert_eq!(fs.stats().enospc, 1);
         assert_eq!(fs.stats().short_writes, 1);
         assert_eq!(fs.stats().failed_syncs, 1);
+    }
+    #[test]
+    fn a_process_fs_is_dead_after_a_power_loss_and_a_held_fsync_waits_for_the_fault() {
+        let disk = FaultFs::new();
+        let old = disk.process_fs();
+        let dir = Path::new("/d");
+        old.create_dir_all(dir).unwrap();
+        let f = old.open(&dir.join("raft.log"), OpenOptions::CREATE).unwrap();
+        f.write_all_at(b"durable", 0).unwrap();
+        f.sync_data().unwrap();
+        old.sync_dir(dir).unwrap();
+        assert_eq!(disk.unsynced_bytes(dir), 0);
+
+        // A held fsync waits, in its own thread, until the fault is lifted.
+        disk.set_faults(|f| f.hold_sync = Some("raft".into()));
+        f.write_all_at(b"+held", 7).unwrap();
+        assert_eq!(disk.unsynced_bytes(dir), 5);
+        let held = std::thread::spawn({
+            let f = f.clone();
+            move || f.sync_data()
+        });
+        disk.clear_faults();
+        held.join().unwrap().unwrap();
+        assert_eq!(disk.unsynced_bytes(dir), 0);
+
+        // Held again, then the power goes: the fsync fails, the bytes are
+        // gone, and the old run can neither open nor create anything.
+        disk.set_faults(|f| f.hold_sync = Some("raft".into()));
+        f.write_all_at(b"+lost", 12).unwrap();
+        let held = std::thread::spawn({
+            let f = f.clone();
+            move || f.sync_data()
+        });
+        disk.power_loss();
+        assert_eq!(held.join().unwrap().unwrap_err().raw_os_error(), Some(EIO));
+        assert_eq!(disk.fs().read(&dir.join("raft.log")).unwrap(), b"durable+held");
+        for e in [
+            old.open(&dir.join("raft.log"), OpenOptions::WRITE).unwrap_err(),
+            old.open(&dir.join("new"), OpenOptions::CREATE).unwrap_err(),
+            old.read(&dir.join("raft.log")).unwrap_err(),
+            old.remove_file(&dir.join("raft.log")).unwrap_err(),
+        ] {
+            assert_eq!(e.raw_os_error(), Some(EIO), "{e}");
+        }
+        // The next run works.
+        disk.clear_faults();
+        let new = disk.process_fs();
+        let f = new.open(&dir.join("raft.log"), OpenOptions::WRITE).unwrap();
+        f.write_all_at(b"!", 12).unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(new.read(&dir.join("raft.log")).unwrap(), b"durable+held!");
     }
 }

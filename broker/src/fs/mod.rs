@@ -1,16 +1,17 @@
 //! The filesystem seam: every byte the broker persists for the partition
 //! logs (segments, indexes, producer snapshots), the queue journal and
-//! snapshots, the catalog and the consumer offsets goes through [`FileSystem`]
-//! and the file handles it opens ([`FsFile`]).
+//! snapshots, the catalog, the consumer offsets and the Raft groups (logs,
+//! votes, applied markers) goes through [`FileSystem`] and the file handles
+//! it opens ([`FsFile`]).
 //!
 //! - [`RealFs`] is `std::fs` with positional I/O (`pread`/`pwrite`),
 //!   `fdatasync`/`fsync` and directory fsync: the same system calls the
 //!   broker made before the seam, one dynamic call per operation, no copies.
 //! - [`fault::FaultFs`] (tests, or the `fault-injection` feature) is an
 //!   in-memory filesystem that remembers, per file, what has been fsynced,
-//!   and can fail fsync (EIO), cut a write short, run out of space (ENOSPC)
-//!   and lose power (every byte and directory entry not yet made durable is
-//!   dropped).
+//!   and can fail fsync (EIO), hold it, cut a write short, run out of space
+//!   (ENOSPC) and lose power (every byte and directory entry not yet made
+//!   durable is dropped).
 //! - [`handles::SegmentFiles`] bounds the segment files held open at once
 //!   (`limits.max_open_segments`).
 

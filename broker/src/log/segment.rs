@@ -37,8 +37,6 @@ fn segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
     h
 }
 
-pub(crate) use crate::fsutil::sync_dir;
-
 /// What a scan of a segment found.
 #[derive(Debug, Default)]
 pub(crate) struct ScanOutcome {

@@ -360,7 +360,10 @@ fn tier_to_log_error(e: TierError) -> LogError {
 /// that names it.
 pub(crate) async fn attach_tiers(tier: &crate::tier::Tier, partitions: &[Arc<Partition>]) -> Result<(), TierError> {
     use futures::StreamExt;
-    let mut loads = futures::stream::iter(partitions.iter().map(|p| async move {
+    // Owned partitions: a closure over `&Arc<Partition>` returning a future
+    // makes the caller's future not provably `Send` (so `start` could not
+    // be spawned).
+    let mut loads = futures::stream::iter(partitions.iter().cloned().map(|p| async move {
         let remote = RemotePartition::load(tier.store.clone(), tier.cache.clone(), p.id.remote_prefix()).await?;
         let removed = if p.config().replicated { Vec::new() } else { remote.remove_orphans().await? };
         if !removed.is_empty() {

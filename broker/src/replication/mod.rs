@@ -16,6 +16,9 @@
 
 pub(crate) mod state_machine;
 
+#[cfg(test)]
+mod power_loss_tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -202,7 +205,8 @@ impl ReplicaGroup {
         let part = partition.clone();
         let net = network.clone();
         let (log, sm) = tokio::task::spawn_blocking(move || {
-            let log = LogStore::<PartitionTypes>::open(&dir)?;
+            // On the partition log's filesystem (the broker's).
+            let log = LogStore::<PartitionTypes>::open(part.log().fs(), &dir)?;
             let sm = state_machine::PartitionStateMachine::open(part, &dir, me_addr, net)?;
             Ok::<_, std::io::Error>((log, sm))
         })

@@ -31,6 +31,7 @@ use strata_proto::batch::{self, BatchHeader};
 use super::{BatchOutcome, PartitionResponse, PartitionTypes};
 use crate::cluster::NodeId;
 use crate::cluster::network::Network;
+use crate::fs::FileSystem;
 use crate::log::LogError;
 use crate::partition::Partition;
 
@@ -58,6 +59,7 @@ struct SnapshotData {
 /// The state machine of one replicated partition.
 pub(crate) struct PartitionStateMachine {
     partition: Arc<Partition>,
+    /// Where the marker is, on the partition log's filesystem.
     dir: PathBuf,
     applied: AppliedState,
     /// Below this offset the log already holds batches (found at start-up,
@@ -72,8 +74,8 @@ fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
 }
 
-fn read_marker(dir: &Path) -> std::io::Result<Option<AppliedState>> {
-    match std::fs::read(dir.join(MARKER)) {
+fn read_marker(fs: &dyn FileSystem, dir: &Path) -> std::io::Result<Option<AppliedState>> {
+    match fs.read(&dir.join(MARKER)) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}/{MARKER}: {e}", dir.display()))
         }),
@@ -95,15 +97,16 @@ fn same_batch(stored: &BatchHeader, entry: &BatchHeader) -> bool {
 
 impl PartitionStateMachine {
     /// Opens the state machine over `partition`'s (recovered) log, its
-    /// marker in `dir`. Blocking.
+    /// marker in `dir` (on the log's filesystem). Blocking.
     pub(crate) fn open(
         partition: Arc<Partition>,
         dir: &Path,
         me_addr: String,
         network: Network,
     ) -> std::io::Result<PartitionStateMachine> {
-        std::fs::create_dir_all(dir)?;
-        let applied = read_marker(dir)?.unwrap_or_default();
+        let fs = partition.log().fs();
+        fs.create_dir_all(dir)?;
+        let applied = read_marker(&**fs, dir)?.unwrap_or_default();
         let recovered_end = partition.log().end_offset();
         Ok(PartitionStateMachine { partition, dir: dir.to_path_buf(), applied, recovered_end, me_addr, network })
     }
@@ -140,7 +143,8 @@ async fn persist(partition: &Partition, dir: &Path, applied: &AppliedState) -> R
     tokio::task::spawn_blocking(move || log.sync_written()).await.map_err(io_err)?.map_err(io_err)?;
     let bytes = serde_json::to_vec(applied).map_err(io_err)?;
     let path = dir.join(MARKER);
-    tokio::task::spawn_blocking(move || crate::cluster::log_store::write_atomic(&path, &bytes))
+    let fs = partition.log().fs().clone();
+    tokio::task::spawn_blocking(move || crate::fsutil::replace(&*fs, &path, &bytes, crate::fsutil::Sync::Durable))
         .await
         .map_err(io_err)?
         .map_err(io_err)
@@ -349,7 +353,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<PartitionTypes>>, StorageError<NodeId>> {
-        match read_marker(&self.dir).map_err(io_err)? {
+        match read_marker(&**self.partition.log().fs(), &self.dir).map_err(io_err)? {
             Some(marker) if marker.last_applied.is_some() => {
                 let data = SnapshotData { applied: marker.clone(), sender_addr: self.me_addr.clone() };
                 let bytes = serde_json::to_vec(&data).map_err(io_err)?;
