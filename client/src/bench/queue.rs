@@ -59,7 +59,7 @@ pub(crate) struct BenchQueueArgs {
     /// Messages sent but not yet acknowledged at most; producers wait above
     /// it. By Little's law end-to-end latency ≈ this / throughput: the
     /// default keeps consumers busy without piling up a backlog.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_backlog: u32,
     /// Use (or create) this queue and keep it afterwards.
     #[arg(long)]
@@ -82,6 +82,10 @@ pub(crate) struct BenchQueueArgs {
     /// when nothing is in flight.
     #[arg(long)]
     pub(crate) no_idle_send: bool,
+    /// Per-message mode: the producer's linger under load [default: the
+    /// client's default, `QueueProducerConfig::linger`].
+    #[arg(long, value_parser = parse::duration)]
+    pub(crate) linger: Option<Duration>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -177,7 +181,12 @@ async fn run_load(client: &Client, queue: &str, args: &BenchQueueArgs) -> anyhow
         });
         let task = if args.per_message() {
             let gap = args.rate.map(|r| Duration::from_secs_f64(f64::from(args.producers) / r as f64));
-            let config = QueueProducerConfig { send_when_idle: !args.no_idle_send, ..QueueProducerConfig::default() };
+            let defaults = QueueProducerConfig::default();
+            let config = QueueProducerConfig {
+                send_when_idle: !args.no_idle_send,
+                linger: args.linger.unwrap_or(defaults.linger),
+                ..defaults
+            };
             let work = produce_per_message(
                 connection(client).await?,
                 queue.to_owned(),
