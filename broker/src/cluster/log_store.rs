@@ -687,6 +687,15 @@ mod tests {
         s.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id.index).collect()
     }
 
+    /// Appends entry 3 after entries 1 and 2, loses power and reopens: the
+    /// acknowledged append survived.
+    async fn append_then_lose_power(disk: &FaultFs, dir: &Path, s: &LogStore, third: Entry) {
+        append_via_writer(s, vec![third]).await;
+        disk.power_loss();
+        let mut s = LogStore::open(&disk.process_fs(), dir).unwrap();
+        assert_eq!(indexes(&mut s).await, [1, 2, 3]);
+    }
+
     #[tokio::test]
     async fn a_power_loss_drops_an_append_whose_fsync_had_not_completed_and_keeps_the_vote() {
         let disk = FaultFs::new();
@@ -714,10 +723,7 @@ mod tests {
         assert_eq!(indexes(&mut s).await, [1, 2], "the un-fsynced append is gone");
         assert_eq!(s.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
         // The log goes on from there and survives the next power loss.
-        append_via_writer(&s, vec![entry(2, 3)]).await;
-        disk.power_loss();
-        let mut s = LogStore::open(&disk.process_fs(), dir).unwrap();
-        assert_eq!(indexes(&mut s).await, [1, 2, 3]);
+        append_then_lose_power(&disk, dir, &s, entry(2, 3)).await;
     }
 
     #[tokio::test]
@@ -737,10 +743,7 @@ mod tests {
         assert_eq!(indexes(&mut s).await, [1, 2]);
         assert_eq!(disk.contents(&dir.join("log")).unwrap(), intact, "the tail was cut");
         // The cut is durable, and appends after it replay.
-        append_via_writer(&s, vec![entry(1, 3)]).await;
-        disk.power_loss();
-        let mut s = LogStore::open(&disk.process_fs(), dir).unwrap();
-        assert_eq!(indexes(&mut s).await, [1, 2, 3]);
+        append_then_lose_power(&disk, dir, &s, entry(1, 3)).await;
     }
 
     #[tokio::test]

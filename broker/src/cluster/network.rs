@@ -201,29 +201,19 @@ pub(crate) struct Connection<C> {
     _types: std::marker::PhantomData<fn() -> C>,
 }
 
+/// A request as JSON (all but AppendEntries).
+#[allow(clippy::result_large_err)] // openraft's error type
+fn json_payload<T: Serialize, E: std::error::Error>(
+    req: &T,
+) -> Result<RaftPayload, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+    encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl<C> Connection<C> {
     fn new(network: Network, group: Arc<str>, target: NodeId, node: &BasicNode) -> Self {
         Connection { target, addr: node.addr.clone(), network, group, _types: std::marker::PhantomData }
-    }
-
-    async fn call<Req, Resp, E>(
-        &self,
-        req: &Req,
-        option: &RPCOption,
-        rpc: impl AsyncFnOnce(
-            RaftClient<Channel>,
-            tonic::Request<RaftPayload>,
-        ) -> Result<tonic::Response<RaftPayload>, tonic::Status>,
-    ) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.send(payload, option, rpc).await
     }
 
     /// Sends an encoded request to the peer and decodes its answer.
@@ -278,7 +268,7 @@ impl<C: StoreTypes> RaftNetwork<C> for Connection<C> {
         rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(&rpc, &option, async |mut c, r| c.install_snapshot(r).await).await
+        self.send(json_payload(&rpc)?, &option, async |mut c, r| c.install_snapshot(r).await).await
     }
 
     async fn vote(
@@ -286,6 +276,6 @@ impl<C: StoreTypes> RaftNetwork<C> for Connection<C> {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
-        self.call(&rpc, &option, async |mut c, r| c.vote(r).await).await
+        self.send(json_payload(&rpc)?, &option, async |mut c, r| c.vote(r).await).await
     }
 }

@@ -480,15 +480,21 @@ impl FsFile for FaultFile {
 mod tests {
     use super::*;
 
+    /// Creates `dir/name` holding `bytes`, durably (data and entry synced).
+    fn durable_file(fs: &dyn FileSystem, dir: &Path, name: &str, bytes: &[u8]) -> Arc<dyn FsFile> {
+        fs.create_dir_all(dir).unwrap();
+        let f = fs.open(&dir.join(name), OpenOptions::CREATE).unwrap();
+        f.write_all_at(bytes, 0).unwrap();
+        f.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        f
+    }
+
     #[test]
     fn power_loss_keeps_only_what_was_fsynced_and_dir_synced() {
         let fs = FaultFs::new();
         let dir = Path::new("/d");
-        fs.create_dir_all(dir).unwrap();
-        let a = fs.open(&dir.join("a"), OpenOptions::CREATE).unwrap();
-        a.write_all_at(b"hello", 0).unwrap();
-        a.sync_data().unwrap();
-        fs.sync_dir(dir).unwrap();
+        let a = durable_file(&fs, dir, "a", b"hello");
         a.write_all_at(b" world", 5).unwrap();
         // Synced data but no directory sync: the entry is lost.
         let b = fs.open(&dir.join("b"), OpenOptions::CREATE).unwrap();
@@ -529,11 +535,7 @@ mod tests {
         let disk = FaultFs::new();
         let old = disk.process_fs();
         let dir = Path::new("/d");
-        old.create_dir_all(dir).unwrap();
-        let f = old.open(&dir.join("raft.log"), OpenOptions::CREATE).unwrap();
-        f.write_all_at(b"durable", 0).unwrap();
-        f.sync_data().unwrap();
-        old.sync_dir(dir).unwrap();
+        let f = durable_file(&*old, dir, "raft.log", b"durable");
         assert_eq!(disk.unsynced_bytes(dir), 0);
 
         // A held fsync waits, in its own thread, until the fault is lifted.

@@ -345,13 +345,19 @@ mod tests {
         assert_eq!(values(&out[1]), vec![vec![7u8; 1000]]);
     }
 
-    #[test]
-    fn linger_seals_batches_in_creation_order() {
+    /// A 5 ms linger, and message "a" in partition 1's open batch at `t0`.
+    fn lingering_with_a_on_1() -> (Instant, Duration, Accumulator, Vec<SealedBatch>) {
         let t0 = Instant::now();
         let linger = Duration::from_millis(5);
         let mut acc = Accumulator::new(1 << 20, linger, Compression::None, false);
         let mut out = Vec::new();
         acc.append(1, msg(b"a").0, t0, &mut out);
+        (t0, linger, acc, out)
+    }
+
+    #[test]
+    fn linger_seals_batches_in_creation_order() {
+        let (t0, linger, mut acc, mut out) = lingering_with_a_on_1();
         acc.append(2, msg(b"b").0, t0 + Duration::from_millis(2), &mut out);
         acc.append(1, msg(b"c").0, t0 + Duration::from_millis(3), &mut out);
         assert_eq!(acc.next_deadline(t0), Some(t0 + linger));
@@ -370,11 +376,7 @@ mod tests {
 
     #[test]
     fn a_held_partition_keeps_filling_its_expired_batch_until_released() {
-        let t0 = Instant::now();
-        let linger = Duration::from_millis(5);
-        let mut acc = Accumulator::new(1 << 20, linger, Compression::None, false);
-        let mut out = Vec::new();
-        acc.append(1, msg(b"a").0, t0, &mut out);
+        let (t0, linger, mut acc, mut out) = lingering_with_a_on_1();
         acc.append(2, msg(b"b").0, t0, &mut out);
         // Partition 1's pipeline is full: only partition 2's batch goes.
         acc.expire(t0 + linger, |p| p == 1, &mut out);

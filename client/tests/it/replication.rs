@@ -12,6 +12,7 @@ use strata_testkit::eventually;
 
 use crate::process::binary_or_skip;
 use crate::routing::Trio;
+use crate::tier::count_segments;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const PARTITIONS: u32 = 3;
@@ -162,21 +163,6 @@ async fn sigkill_of_a_partition_leader_under_load_loses_and_duplicates_nothing()
     caught_up(&trio.urls[victim as usize - 1], &acked).await;
 }
 
-/// `.log` files under `dir` (segments on a broker's disk, or objects in a
-/// `file://` cold store).
-fn log_files(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            n += log_files(&p);
-        } else if p.extension().is_some_and(|x| x == "log") {
-            n += 1;
-        }
-    }
-    n
-}
-
 /// Waits until broker `url` reports, for every partition, local data only
 /// from where the cold tier ends (its disk freed of everything uploaded),
 /// the tier starting at 0 and reaching at least `min_end`; returns the
@@ -245,7 +231,7 @@ async fn a_tiered_replicated_topic_keeps_one_manifest_across_a_failover_and_free
     tiered_everywhere(&survivor, min_end).await;
     eventually("the store holds exactly the segments the manifests name", DEADLINE, || async {
         let segments = tiered_everywhere(&survivor, min_end).await;
-        (log_files(cold.path()) as u32 == segments).then_some(())
+        (count_segments(cold.path()) as u32 == segments).then_some(())
     })
     .await;
     check_everything_acknowledged_is_stored_once(&survivor, &acked).await;

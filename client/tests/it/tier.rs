@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::strata;
 
-fn count_segments(dir: &Path) -> usize {
+/// `.log` files under `dir` (segments on a broker's disk, or objects in a
+/// `file://` cold store).
+pub(crate) fn count_segments(dir: &Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
