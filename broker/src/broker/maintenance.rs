@@ -64,7 +64,9 @@ impl Broker {
         let mut retry: HashMap<PathBuf, (tokio::time::Instant, backon::ExponentialBackoff)> = HashMap::new();
         // Replicated partitions this broker led at the last pass, and when
         // each followed one reads its manifest next.
-        let mut led: std::collections::HashSet<PathBuf> = Default::default();
+        // (By term: leadership lost and regained between two passes means a
+        // new term, so the manifest is read again.)
+        let mut led: HashMap<PathBuf, u64> = HashMap::new();
         let mut followed: HashMap<PathBuf, tokio::time::Instant> = HashMap::new();
         let follow_every = (tier.config.upload_interval.0 * 10).max(Duration::from_millis(100));
         let backoff = || {
@@ -117,8 +119,9 @@ impl Broker {
                 match self.replica_group(&p) {
                     None => logs.push((p, None)),
                     Some(g) if g.is_leader() => {
-                        let fresh = !led.contains(p.dir());
-                        logs.push((p, Some((g, fresh))));
+                        let term = g.term();
+                        let fresh = led.get(p.dir()) != Some(&term);
+                        logs.push((p, Some((g, term, fresh))));
                     }
                     Some(_) => {
                         let dir = p.dir().to_path_buf();
@@ -145,20 +148,21 @@ impl Broker {
                 if busy.contains(&dir) || retry.get(&dir).is_some_and(|(at, _)| *at > now) {
                     continue;
                 }
-                let reload = leader.as_ref().is_some_and(|(_, fresh)| *fresh);
+                let reload = leader.as_ref().is_some_and(|(_, _, fresh)| *fresh);
                 if !reload && !log.has_upload_pending() {
                     continue;
                 }
                 busy.insert(dir.clone());
-                if reload {
-                    led.insert(dir.clone());
+                if let Some((_, term, true)) = &leader {
+                    led.insert(dir.clone(), *term);
                 }
                 let limits = tier.limits();
                 let metrics = self.metrics.clone();
                 let clock = self.clock.clone();
-                let group = leader.map(|(g, _)| g);
+                let group = leader.map(|(g, term, _)| (g, term));
                 running.spawn(async move {
-                    let may_upload = move || group.as_ref().is_none_or(|g| g.is_leader());
+                    // Only while it leads in the term whose manifest it read.
+                    let may_upload = move || group.as_ref().is_none_or(|(g, term)| g.is_leader() && g.term() == *term);
                     let result = async {
                         if reload && let Some(remote) = log.remote() {
                             remote.reload().await?;

@@ -218,7 +218,10 @@ fn replay_file<C: StoreTypes>(
         if crc32c::crc32c(payload) != crc {
             break;
         }
-        let Ok(record) = unframe::<C>(version, bytes.slice(pos + 8..pos + 8 + len)) else { break };
+        // A record whose checksum holds was written whole: one that does not
+        // decode is not a torn write but something this version cannot read.
+        let record = unframe::<C>(version, bytes.slice(pos + 8..pos + 8 + len))
+            .map_err(|e| invalid(format!("{}: the record at byte {pos} cannot be read: {e}", path.display())))?;
         match record {
             Record::Append(e) => {
                 max_index = max_index.max(Some(e.log_id.index));
@@ -283,6 +286,20 @@ impl<C: StoreTypes> LogStore<C> {
         for (i, seq) in seqs.iter().enumerate() {
             let path = log_path(dir, *seq);
             let bytes = Bytes::from(fs.read(&path)?);
+            if i + 1 == seqs.len()
+                && bytes.len() < HEADER_LEN as usize
+                && (header().starts_with(&bytes) || bytes.iter().all(|b| *b == 0))
+            {
+                // The newest file's creation was cut short (a crash between
+                // creating it and syncing its header): it holds nothing.
+                tracing::warn!(log = %path.display(), "Raft log file without its header; writing it");
+                let f = fs.open(&path, OpenOptions::WRITE)?;
+                f.set_len(0)?;
+                f.write_all_at(&header(), 0)?;
+                f.sync_all()?;
+                files.push(LogFile { seq: *seq, max_index: None });
+                continue;
+            }
             let replay = replay_file(&path, bytes.clone(), &mut entries, &mut last_purged)?;
             if replay.valid_len < bytes.len() as u64 {
                 if i + 1 < seqs.len() {
@@ -787,5 +804,61 @@ mod tests {
         f.write_all(b"garbage").unwrap();
         drop(f);
         assert!(LogStore::open(&crate::fs::real(), dir.path()).is_err());
+    }
+
+    /// A version 1 partition log (each entry one batch, base64 in JSON) is
+    /// read as entries of one batch, and a record that checksums but does
+    /// not decode is an error, not a torn tail to cut.
+    #[test]
+    fn a_version_1_partition_log_is_upgraded_and_an_unreadable_record_is_an_error() {
+        use crate::replication::{PartitionEntry, PartitionTypes};
+        let dir = tempfile::tempdir().unwrap();
+        let frame_json = |out: &mut Vec<u8>, json: &[u8]| {
+            out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+            out.extend_from_slice(&crc32c::crc32c(json).to_le_bytes());
+            out.extend_from_slice(json);
+        };
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&1u32.to_le_bytes());
+        let v1 = br#"{"Append":{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"payload":{"Normal":{"batch":"YmF0Y2g=","at_ms":5}}}}"#;
+        frame_json(&mut old, v1);
+        std::fs::write(dir.path().join("log"), &old).unwrap();
+        let s = super::LogStore::<PartitionTypes>::open(&crate::fs::real(), dir.path()).unwrap();
+        let got: Vec<PartitionEntry> = s
+            .lock()
+            .entries
+            .values()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].batches.clone(), got[0].at_ms), (vec![bytes::Bytes::from_static(b"batch")], 5));
+        drop(s);
+        // Reopened in the current version: the same entry.
+        let s = super::LogStore::<PartitionTypes>::open(&crate::fs::real(), dir.path()).unwrap();
+        assert_eq!(s.lock().entries.len(), 1);
+        drop(s);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad = MAGIC.to_vec();
+        bad.extend_from_slice(&1u32.to_le_bytes());
+        frame_json(&mut bad, br#"{"Append":{"nonsense":true}}"#);
+        std::fs::write(dir.path().join("log"), &bad).unwrap();
+        let e = super::LogStore::<PartitionTypes>::open(&crate::fs::real(), dir.path()).err().expect("an error");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        assert_eq!(std::fs::read(dir.path().join("log")).unwrap(), bad, "nothing was cut");
+    }
+
+    #[test]
+    fn a_newest_file_without_its_header_is_taken_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LogStore::open(&crate::fs::real(), dir.path()).unwrap());
+        // A crash right after creating the next file, before its header.
+        std::fs::write(dir.path().join("log.1"), b"").unwrap();
+        let s = LogStore::open(&crate::fs::real(), dir.path()).unwrap();
+        assert!(!s.has_state());
+        assert_eq!(std::fs::read(dir.path().join("log.1")).unwrap(), header());
     }
 }

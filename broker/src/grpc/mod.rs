@@ -60,6 +60,9 @@ pub(crate) async fn serve(
     let limits = &broker.config().limits;
     let max_in = (limits.max_batch_bytes.0 + 1024 * 1024) as usize;
     let max_out = (limits.max_fetch_bytes.0 + 1024 * 1024) as usize;
+    // An AppendEntries carries at most `replication::MAX_PAYLOAD_ENTRIES`
+    // entries, each at most one batch or `replication::MAX_ENTRY_BYTES`.
+    let raft_limit = crate::replication::max_append_bytes(limits.max_batch_bytes.0 as usize).max(64 * 1024 * 1024);
     let log_service = LogServer::new(log::LogService::new(broker.clone(), auth.clone()))
         .max_decoding_message_size(max_in)
         .max_encoding_message_size(max_out);
@@ -75,6 +78,7 @@ pub(crate) async fn serve(
             large: max_in,
             large_name: "limits.max_batch_bytes + 1MiB",
             large_reported: max_in as u64,
+            raft: raft_limit,
         })
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
@@ -92,8 +96,8 @@ pub(crate) async fn serve(
                 broker.replica_groups().clone(),
                 auth.clone(),
             ))
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+            .max_decoding_message_size(raft_limit)
+            .max_encoding_message_size(raft_limit)
         }));
     if let Ok(reflection) = reflection {
         router = router.add_service(reflection);

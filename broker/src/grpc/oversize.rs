@@ -44,6 +44,9 @@ pub(crate) struct OversizeLayer {
     /// Named in the error (e.g. `limits.max_batch_bytes`).
     pub large_name: &'static str,
     pub large_reported: u64,
+    /// The limit of the internal Raft service (replicated batches travel in
+    /// its AppendEntries).
+    pub raft: usize,
 }
 
 impl<S> tower::Layer<S> for OversizeLayer {
@@ -80,6 +83,8 @@ where
         };
         let (limit, name, reported) = if path.starts_with("/strata.v1.Log/") || path.starts_with("/strata.v1.Queues/") {
             (self.cfg.large, self.cfg.large_name, self.cfg.large_reported)
+        } else if path.starts_with("/strata.v1.Raft/") {
+            (self.cfg.raft, "the Raft message limit", self.cfg.raft as u64)
         } else {
             (DEFAULT_LIMIT, "the gRPC message limit", DEFAULT_LIMIT as u64)
         };

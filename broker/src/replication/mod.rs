@@ -49,6 +49,7 @@ crate::cluster::raft_group_types!(
 /// and on the wire (`[at_ms i64][count u32]` then `[length u32][batch]`
 /// each, little-endian; see `cluster/codec.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "EntryWire")]
 pub(crate) struct PartitionEntry {
     /// The batches as the producers sent them (validated by the leader), in
     /// the order they were proposed.
@@ -56,6 +57,33 @@ pub(crate) struct PartitionEntry {
     /// The leader's clock when it proposed the entry: every replica appends
     /// with this time, so they roll and index alike.
     pub at_ms: i64,
+}
+
+/// A partition entry as JSON: `batches` now, or the single base64 `batch`
+/// of version 1 Raft logs (read when such a log is upgraded).
+#[derive(Deserialize)]
+struct EntryWire {
+    #[serde(default)]
+    batches: Option<Vec<Bytes>>,
+    #[serde(default)]
+    batch: Option<String>,
+    at_ms: i64,
+}
+
+impl TryFrom<EntryWire> for PartitionEntry {
+    type Error = String;
+
+    fn try_from(w: EntryWire) -> Result<Self, String> {
+        use base64::Engine;
+        let batches = match (w.batches, w.batch) {
+            (Some(batches), None) => batches,
+            (None, Some(b64)) => vec![Bytes::from(
+                base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("batch: {e}"))?,
+            )],
+            _ => return Err("a partition entry needs either `batches` or `batch`".into()),
+        };
+        Ok(PartitionEntry { batches, at_ms: w.at_ms })
+    }
 }
 
 impl EntryData for PartitionEntry {
@@ -127,6 +155,7 @@ fn raft_config() -> Result<openraft::Config, String> {
         election_timeout_max: 2000,
         install_snapshot_timeout: 30_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(256),
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         max_in_snapshot_log_to_keep: 64,
         ..Default::default()
     }
@@ -149,6 +178,16 @@ const MAX_ENTRIES_IN_FLIGHT: usize = 4;
 /// An entry carries at most about this many bytes of batches (a larger
 /// single batch goes alone).
 const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Entries in one AppendEntries at most (openraft's `max_payload_entries`):
+/// a message stays within [`max_append_bytes`].
+const MAX_PAYLOAD_ENTRIES: u64 = 4;
+
+/// The largest AppendEntries a partition group sends, for batches of at
+/// most `max_batch_bytes` (framing included).
+pub(crate) fn max_append_bytes(max_batch_bytes: usize) -> usize {
+    (MAX_PAYLOAD_ENTRIES as usize) * (max_batch_bytes.max(MAX_ENTRY_BYTES) + 1024 * 1024) + 1024 * 1024
+}
 
 /// This broker's replica of one partition: its Raft node.
 pub(crate) struct ReplicaGroup {
@@ -300,6 +339,11 @@ impl ReplicaGroup {
         }
     }
 
+    /// The Raft term this replica is in.
+    pub(crate) fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -435,10 +479,31 @@ async fn run_proposer(raft: PartitionRaft, mut rx: mpsc::UnboundedReceiver<Submi
                 None => return,
             }
         }
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        // Whatever arrived while waiting for a slot goes too.
+        // Wait for a slot; batches arriving meanwhile queue up. A batch
+        // whose producer stopped waiting (its produce timed out, e.g. while
+        // the group had no quorum) is dropped, not proposed later: the queue
+        // holds only batches someone waits for.
+        let slot = loop {
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => break slot,
+                    Err(_) => return,
+                },
+                s = rx.recv() => match s {
+                    Some(s) => {
+                        queued.retain(|q| !q.reply.is_closed());
+                        queued.push_back(s);
+                    }
+                    None => return,
+                },
+            }
+        };
         while let Ok(s) = rx.try_recv() {
             queued.push_back(s);
+        }
+        queued.retain(|q| !q.reply.is_closed());
+        if queued.is_empty() {
+            continue;
         }
         let mut bytes = 0;
         let mut batches = Vec::new();

@@ -68,7 +68,14 @@ pub(crate) struct PartitionStateMachine {
     /// This broker's advertised address (named in snapshots it builds).
     me_addr: String,
     network: Network,
+    /// The index of the last marker written: markers are written by the
+    /// snapshot builder's own task and by installs, and one taken earlier
+    /// must never replace a newer one.
+    marker: Marker,
 }
+
+/// Serialises marker writes and remembers the newest written.
+type Marker = Arc<tokio::sync::Mutex<Option<u64>>>;
 
 fn io_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
@@ -108,7 +115,16 @@ impl PartitionStateMachine {
         fs.create_dir_all(dir)?;
         let applied = read_marker(&**fs, dir)?.unwrap_or_default();
         let recovered_end = partition.log().end_offset();
-        Ok(PartitionStateMachine { partition, dir: dir.to_path_buf(), applied, recovered_end, me_addr, network })
+        let marker = Arc::new(tokio::sync::Mutex::new(applied.last_applied.map(|l| l.index)));
+        Ok(PartitionStateMachine {
+            partition,
+            dir: dir.to_path_buf(),
+            applied,
+            recovered_end,
+            me_addr,
+            network,
+            marker,
+        })
     }
 
     fn snapshot(&self) -> Result<Snapshot<PartitionTypes>, StorageError<NodeId>> {
@@ -130,7 +146,7 @@ impl PartitionStateMachine {
 
     /// Makes everything applied durable, then records the marker.
     async fn persist(&self) -> Result<(), StorageError<NodeId>> {
-        persist(&self.partition, &self.dir, &self.applied).await
+        persist(&self.partition, &self.dir, &self.applied, &self.marker).await
     }
 }
 
@@ -138,7 +154,19 @@ impl PartitionStateMachine {
 /// (The log appends without fsync and fsyncs segments as it seals them: a
 /// sync of the active segment covers the rest. It does not hold the log's
 /// lock, so appends go on meanwhile.)
-async fn persist(partition: &Partition, dir: &Path, applied: &AppliedState) -> Result<(), StorageError<NodeId>> {
+/// A marker older than the newest written is not written (a snapshot
+/// install overtook the build that took it).
+async fn persist(
+    partition: &Partition,
+    dir: &Path,
+    applied: &AppliedState,
+    marker: &Marker,
+) -> Result<(), StorageError<NodeId>> {
+    let mut newest = marker.lock().await;
+    let index = applied.last_applied.map(|l| l.index);
+    if index < *newest {
+        return Ok(());
+    }
     let log = partition.log().clone();
     tokio::task::spawn_blocking(move || log.sync_written()).await.map_err(io_err)?.map_err(io_err)?;
     let bytes = serde_json::to_vec(applied).map_err(io_err)?;
@@ -147,7 +175,9 @@ async fn persist(partition: &Partition, dir: &Path, applied: &AppliedState) -> R
     tokio::task::spawn_blocking(move || crate::fsutil::replace(&*fs, &path, &bytes, crate::fsutil::Sync::Durable))
         .await
         .map_err(io_err)?
-        .map_err(io_err)
+        .map_err(io_err)?;
+    *newest = index;
+    Ok(())
 }
 
 /// Applies `entries` to the log (blocking file I/O). Returns the responses
@@ -241,6 +271,7 @@ fn apply_batch(
 pub(crate) struct SnapshotBuilder {
     partition: Arc<Partition>,
     dir: PathBuf,
+    marker: Marker,
     snapshot: Option<Result<Snapshot<PartitionTypes>, String>>,
     applied: AppliedState,
 }
@@ -250,7 +281,7 @@ impl RaftSnapshotBuilder<PartitionTypes> for SnapshotBuilder {
         let snapshot = self.snapshot.take().unwrap_or_else(|| Err("the snapshot was taken".into())).map_err(io_err)?;
         // The marker is written before openraft may purge the entries it
         // covers (it purges once this returns).
-        persist(&self.partition, &self.dir, &self.applied).await?;
+        persist(&self.partition, &self.dir, &self.applied, &self.marker).await?;
         Ok(snapshot)
     }
 }
@@ -286,6 +317,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         SnapshotBuilder {
             partition: self.partition.clone(),
             dir: self.dir.clone(),
+            marker: self.marker.clone(),
             snapshot: Some(self.snapshot().map_err(|e| e.to_string())),
             applied: self.applied.clone(),
         }

@@ -39,6 +39,19 @@ pub(crate) async fn upload_segment(
     if seg.base_offset < current.end() {
         return Ok(false);
     }
+    if !current.segments.is_empty() && seg.base_offset > current.end() {
+        // Publishing it would leave offsets end..base nowhere (a manifest
+        // that went back, e.g. published late by a replica that no longer
+        // led): refuse, loudly, rather than lose them.
+        return Err(TierError::Manifest {
+            key: super::manifest::manifest_key(&remote.prefix).to_string(),
+            reason: format!(
+                "the tier ends at offset {} but the next local segment starts at {}: uploading it would leave a gap",
+                current.end(),
+                seg.base_offset
+            ),
+        });
+    }
     let index_path = seg.index_path();
     let index_bytes = match tokio::fs::read(&index_path).await {
         Ok(b) => Bytes::from(b),
