@@ -164,9 +164,8 @@ impl Broker {
                     // Only while it leads in the term whose manifest it read.
                     let may_upload = move || group.as_ref().is_none_or(|(g, term)| g.is_leader() && g.term() == *term);
                     let result = async {
-                        if reload && let Some(remote) = log.remote() {
-                            remote.reload().await?;
-                            log.log().set_uploaded_end(remote.uploaded_end());
+                        if reload {
+                            log.reload_tier().await?;
                         }
                         log.upload_pending(limits, &metrics, clock.as_ref(), &may_upload).await
                     }

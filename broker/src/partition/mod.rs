@@ -317,13 +317,20 @@ impl Partition {
         Ok(())
     }
 
+    /// Reads the partition's manifest again (another replica publishes it)
+    /// and tells the log how far the tier reaches.
+    pub async fn reload_tier(&self) -> Result<(), TierError> {
+        let Some(remote) = self.remote() else { return Ok(()) };
+        remote.reload().await?;
+        self.log.set_uploaded_end(remote.uploaded_end());
+        Ok(())
+    }
+
     /// A follower of a replicated partition: learns from the manifest its
     /// leader publishes how far the tier reaches, then applies local
     /// retention (which deletes local copies only below that).
     pub async fn follow_tier(self: &Arc<Self>, clock: &dyn crate::clock::Clock) -> Result<(), TierError> {
-        let Some(remote) = self.remote() else { return Ok(()) };
-        remote.reload().await?;
-        self.log.set_uploaded_end(remote.uploaded_end());
+        self.reload_tier().await?;
         let this = self.clone();
         let now = clock.now_ms();
         let _ = tokio::task::spawn_blocking(move || this.maintain(now)).await;

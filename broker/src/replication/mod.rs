@@ -483,6 +483,9 @@ async fn run_proposer(raft: PartitionRaft, mut rx: mpsc::UnboundedReceiver<Submi
         // whose producer stopped waiting (its produce timed out, e.g. while
         // the group had no quorum) is dropped, not proposed later: the queue
         // holds only batches someone waits for.
+        // (Pruned whenever the queue doubled, so pruning costs O(1) per
+        // batch however long the wait.)
+        let mut pruned_at = queued.len();
         let slot = loop {
             tokio::select! {
                 slot = slots.clone().acquire_owned() => match slot {
@@ -491,8 +494,11 @@ async fn run_proposer(raft: PartitionRaft, mut rx: mpsc::UnboundedReceiver<Submi
                 },
                 s = rx.recv() => match s {
                     Some(s) => {
-                        queued.retain(|q| !q.reply.is_closed());
                         queued.push_back(s);
+                        if queued.len() >= 2 * pruned_at.max(64) {
+                            queued.retain(|q| !q.reply.is_closed());
+                            pruned_at = queued.len();
+                        }
                     }
                     None => return,
                 },

@@ -349,11 +349,11 @@ impl SenderTask {
         // A partition whose batches cannot go now keeps filling its open one.
         let per_partition = if self.identity.is_some() { MAX_IN_FLIGHT_PER_PARTITION } else { usize::MAX };
         let full = self.in_flight.len() >= self.config.max_in_flight_batches;
-        let waiting: std::collections::HashSet<u32> = self.ready.values().map(|b| b.partition).collect();
-        let partitions = &self.partitions;
+        let (partitions, ready) = (&self.partitions, &self.ready);
+        // Asked only for batches whose linger expired.
         let hold = |p: u32| {
-            full || waiting.contains(&p)
-                || partitions.get(&p).is_some_and(|s| (s.probing && s.in_flight > 0) || s.in_flight >= per_partition)
+            full || partitions.get(&p).is_some_and(|s| (s.probing && s.in_flight > 0) || s.in_flight >= per_partition)
+                || ready.values().any(|b| b.partition == p)
         };
         self.accumulator.expire(now, hold, &mut self.sealed);
         self.take_sealed();
